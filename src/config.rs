@@ -1,0 +1,600 @@
+//! Configuration: the TOML file, its defaults, and validation.
+//!
+//! A config is parsed into plain structs, then checked as a whole; every error names the file,
+//! the line and the reason, so a bad file is refused at start-up and on reload with something a
+//! DBA can act on. Identifiers (tables, key and version columns) follow PostgreSQL's rules:
+//! unquoted names fold to lower case, double-quoted names keep their case and spaces.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A schema-qualified table name, already case-folded.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}.{}",
+            quote_ident(&self.schema),
+            quote_ident(&self.name)
+        )
+    }
+}
+
+/// Quotes an identifier the way PostgreSQL's `quote_ident` does: only when needed.
+pub fn quote_ident(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// How long a session remembers the versions it read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackScope {
+    /// Until the client connection ends (or `DISCARD ALL` / `RESET ALL`).
+    Session,
+    /// Until the end of each transaction.
+    Transaction,
+}
+
+/// How the version column advances on a guarded write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionKind {
+    /// An integer column, set to `version + 1`.
+    Counter,
+    /// A timestamp column, set to `clock_timestamp()` (strictly later than before).
+    Timestamp,
+    /// PostgreSQL's `xmin` system column: every update changes it, nothing to set.
+    Xmin,
+}
+
+impl fmt::Display for VersionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VersionKind::Counter => "counter",
+            VersionKind::Timestamp => "timestamp",
+            VersionKind::Xmin => "xmin",
+        })
+    }
+}
+
+/// What to do with a keyed write whose expected version is unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnversionedPolicy {
+    /// Let it through; the version still advances.
+    Allow,
+    /// Refuse it with an error that says how to fix it.
+    Reject,
+}
+
+/// What to do with a write that is not pinned to one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BulkPolicy {
+    /// Let it through; the versions of every row it touches still advance.
+    Bump,
+    /// Refuse it.
+    Reject,
+}
+
+/// One guarded table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guard {
+    pub table: TableName,
+    /// Key columns (folded), in config order.
+    pub key: Vec<String>,
+    /// Version column (folded); `xmin` for the system column.
+    pub version: String,
+    pub kind: VersionKind,
+    pub unversioned: UnversionedPolicy,
+    pub bulk: BulkPolicy,
+}
+
+/// TLS for client connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub listen: String,
+    pub upstream: String,
+    pub conflict_sqlstate: String,
+    pub metrics_listen: Option<String>,
+    pub admin_users: Vec<String>,
+    pub track: TrackScope,
+    pub track_limit: usize,
+    pub tls: Option<TlsConfig>,
+    pub client_login_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub max_message_size: usize,
+    pub guards: Vec<Guard>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
+pub const DEFAULT_UPSTREAM: &str = "127.0.0.1:5432";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.into(),
+            upstream: DEFAULT_UPSTREAM.into(),
+            conflict_sqlstate: "40001".into(),
+            metrics_listen: None,
+            admin_users: vec!["postgres".into()],
+            track: TrackScope::Session,
+            track_limit: 10_000,
+            tls: None,
+            client_login_timeout: Duration::from_secs(15),
+            upstream_connect_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(30),
+            max_message_size: 64 * 1024 * 1024,
+            guards: Vec::new(),
+        }
+    }
+}
+
+/// A config that could not be used: which file, where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.reason),
+            None => write!(f, "{}: {}", self.file, self.reason),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Spanned<String>>,
+    upstream: Option<Spanned<String>>,
+    conflict_sqlstate: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
+    admin_users: Option<Vec<String>>,
+    track: Option<TrackScope>,
+    track_limit: Option<Spanned<i64>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    client_login_timeout: Option<Spanned<f64>>,
+    upstream_connect_timeout: Option<Spanned<f64>>,
+    shutdown_timeout: Option<Spanned<f64>>,
+    max_message_size: Option<Spanned<i64>>,
+    #[serde(default)]
+    guard: Vec<Spanned<RawGuard>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    table: Spanned<String>,
+    key: Spanned<Vec<String>>,
+    version: Option<Spanned<String>>,
+    kind: Option<Spanned<VersionKind>>,
+    unversioned: Option<UnversionedPolicy>,
+    bulk: Option<BulkPolicy>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            reason: format!("cannot read the config file: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |span: Option<Range<usize>>, reason: String| ConfigError {
+            file: file.to_string(),
+            line: span.map(|s| line_of(text, s.start)),
+            reason,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            err(
+                e.span(),
+                e.message().trim_end().replace('\n', "; ").to_string(),
+            )
+        })?;
+
+        let mut cfg = Config::default();
+        if let Some(v) = raw.listen {
+            check_address(v.get_ref()).map_err(|r| err(Some(v.span()), format!("listen: {r}")))?;
+            cfg.listen = v.into_inner();
+        }
+        if let Some(v) = raw.upstream {
+            check_address(v.get_ref())
+                .map_err(|r| err(Some(v.span()), format!("upstream: {r}")))?;
+            cfg.upstream = v.into_inner();
+        }
+        if let Some(v) = raw.conflict_sqlstate {
+            let ok = v.get_ref().len() == 5
+                && v.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+            if !ok {
+                return Err(err(
+                    Some(v.span()),
+                    format!(
+                        "conflict_sqlstate {:?} is not a SQLSTATE: five characters, digits or upper-case letters (default \"40001\")",
+                        v.get_ref()
+                    ),
+                ));
+            }
+            cfg.conflict_sqlstate = v.into_inner();
+        }
+        if let Some(v) = raw.metrics_listen {
+            check_address(v.get_ref())
+                .map_err(|r| err(Some(v.span()), format!("metrics_listen: {r}")))?;
+            cfg.metrics_listen = Some(v.into_inner());
+        }
+        if let Some(v) = raw.admin_users {
+            cfg.admin_users = v;
+        }
+        if let Some(v) = raw.track {
+            cfg.track = v;
+        }
+        if let Some(v) = raw.track_limit {
+            if *v.get_ref() < 1 {
+                return Err(err(
+                    Some(v.span()),
+                    "track_limit must be at least 1 (default 10000)".into(),
+                ));
+            }
+            cfg.track_limit = *v.get_ref() as usize;
+        }
+        match (raw.tls_cert, raw.tls_key) {
+            (Some(c), Some(k)) => {
+                cfg.tls = Some(TlsConfig {
+                    cert: PathBuf::from(c.into_inner()),
+                    key: PathBuf::from(k.into_inner()),
+                })
+            }
+            (Some(s), None) | (None, Some(s)) => {
+                return Err(err(
+                    Some(s.span()),
+                    "tls_cert and tls_key go together: set both to offer TLS, or neither".into(),
+                ));
+            }
+            (None, None) => {}
+        }
+        for (field, value, target) in [
+            (
+                "client_login_timeout",
+                raw.client_login_timeout,
+                &mut cfg.client_login_timeout,
+            ),
+            (
+                "upstream_connect_timeout",
+                raw.upstream_connect_timeout,
+                &mut cfg.upstream_connect_timeout,
+            ),
+            (
+                "shutdown_timeout",
+                raw.shutdown_timeout,
+                &mut cfg.shutdown_timeout,
+            ),
+        ] {
+            if let Some(v) = value {
+                let secs = *v.get_ref();
+                if !(secs > 0.0 && secs < 86_400.0 * 365.0) {
+                    return Err(err(
+                        Some(v.span()),
+                        format!("{field} must be a positive number of seconds"),
+                    ));
+                }
+                *target = Duration::from_secs_f64(secs);
+            }
+        }
+        if let Some(v) = raw.max_message_size {
+            let n = *v.get_ref();
+            if !(1024..=0x3fff_ffff).contains(&n) {
+                return Err(err(
+                    Some(v.span()),
+                    "max_message_size must be between 1024 and 1073741823 bytes".into(),
+                ));
+            }
+            cfg.max_message_size = n as usize;
+        }
+
+        for g in raw.guard {
+            let span = g.span();
+            let g = g.into_inner();
+            let guard = build_guard(g).map_err(|(s, r)| err(Some(s.unwrap_or(span.clone())), r))?;
+            if let Some(prev) = cfg.guards.iter().find(|p| p.table == guard.table) {
+                return Err(err(
+                    Some(span),
+                    format!("table {} is guarded twice", prev.table),
+                ));
+            }
+            cfg.guards.push(guard);
+        }
+        Ok(cfg)
+    }
+
+    /// The guard of a table, if it is guarded.
+    pub fn guard(&self, table: &TableName) -> Option<&Guard> {
+        self.guards.iter().find(|g| &g.table == table)
+    }
+}
+
+type SpanError = (Option<Range<usize>>, String);
+
+fn build_guard(g: RawGuard) -> Result<Guard, SpanError> {
+    let table_span = g.table.span();
+    let table = parse_table_name(g.table.get_ref())
+        .map_err(|r| (Some(table_span.clone()), format!("guard table: {r}")))?;
+    let key_span = g.key.span();
+    let mut key = Vec::new();
+    for k in g.key.get_ref() {
+        let col = parse_identifier(k)
+            .map_err(|r| (Some(key_span.clone()), format!("guard {table}: key: {r}")))?;
+        if key.contains(&col) {
+            return Err((
+                Some(key_span),
+                format!("guard {table}: key column {col:?} is listed twice"),
+            ));
+        }
+        key.push(col);
+    }
+    if key.is_empty() {
+        return Err((
+            Some(key_span),
+            format!(
+                "guard {table}: key must name at least one column (usually the primary key, e.g. key = [\"id\"])"
+            ),
+        ));
+    }
+    let (version, version_span) = match &g.version {
+        Some(v) => (
+            parse_identifier(v.get_ref())
+                .map_err(|r| (Some(v.span()), format!("guard {table}: version: {r}")))?,
+            Some(v.span()),
+        ),
+        None => ("version".to_string(), None),
+    };
+    let kind = match &g.kind {
+        Some(k) => *k.get_ref(),
+        None if version == "xmin" => VersionKind::Xmin,
+        None => VersionKind::Counter,
+    };
+    let kind_span = g.kind.as_ref().map(|k| k.span()).or(version_span.clone());
+    if (kind == VersionKind::Xmin) != (version == "xmin") {
+        return Err((
+            kind_span,
+            format!(
+                "guard {table}: kind = \"xmin\" goes with version = \"xmin\" and only with it (version {version:?}, kind \"{kind}\")"
+            ),
+        ));
+    }
+    if key.contains(&version) {
+        return Err((
+            version_span,
+            format!("guard {table}: the version column {version:?} cannot also be a key column"),
+        ));
+    }
+    Ok(Guard {
+        table,
+        key,
+        version,
+        kind,
+        unversioned: g.unversioned.unwrap_or(UnversionedPolicy::Allow),
+        bulk: g.bulk.unwrap_or(BulkPolicy::Bump),
+    })
+}
+
+fn check_address(addr: &str) -> Result<(), String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!(
+            "{addr:?} is not an address: write host:port, e.g. \"127.0.0.1:6432\""
+        )),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Parses one identifier: unquoted folds to lower case, `"Quoted"` keeps its text.
+pub fn parse_identifier(text: &str) -> Result<String, String> {
+    let (ident, rest) = split_identifier(text.trim())?;
+    if !rest.trim().is_empty() {
+        return Err(format!("{text:?} is not a single identifier"));
+    }
+    Ok(ident)
+}
+
+/// Parses `schema.table` or `table` (schema `public`), with PostgreSQL's quoting and folding.
+pub fn parse_table_name(text: &str) -> Result<TableName, String> {
+    let (first, rest) = split_identifier(text.trim())?;
+    let rest = rest.trim_start();
+    if rest.is_empty() {
+        return Ok(TableName {
+            schema: "public".into(),
+            name: first,
+        });
+    }
+    let Some(rest) = rest.strip_prefix('.') else {
+        return Err(format!(
+            "{text:?} is not a table name: write schema.table, e.g. \"public.invoice\" or 'public.\"tabSales Invoice\"'"
+        ));
+    };
+    let (second, tail) = split_identifier(rest.trim_start())?;
+    if !tail.trim().is_empty() {
+        return Err(format!(
+            "{text:?} is not a table name: write schema.table (two parts at most)"
+        ));
+    }
+    Ok(TableName {
+        schema: first,
+        name: second,
+    })
+}
+
+fn split_identifier(text: &str) -> Result<(String, &str), String> {
+    if let Some(body) = text.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = body.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if body[i + 1..].starts_with('"') {
+                    out.push('"');
+                    chars.next();
+                } else {
+                    if out.is_empty() {
+                        return Err("an identifier cannot be empty".into());
+                    }
+                    return Ok((out, &body[i + 1..]));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        return Err(format!("{text:?}: unterminated quoted identifier"));
+    }
+    let end = text
+        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .unwrap_or(text.len());
+    let word = &text[..end];
+    if word.is_empty() || word.starts_with(|c: char| c.is_ascii_digit() || c == '$') {
+        return Err(format!(
+            "{text:?} is not an identifier (names with spaces or capitals need double quotes)"
+        ));
+    }
+    Ok((word.to_lowercase(), &text[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let cfg = Config::parse("", "x.toml").unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn full_guard_parses_with_folding_and_quotes() {
+        let cfg = Config::parse(
+            r#"
+listen = "0.0.0.0:7000"
+[[guard]]
+table = 'public."tabSales Invoice"'
+key = ["Name"]
+version = "modified"
+kind = "timestamp"
+unversioned = "reject"
+bulk = "reject"
+
+[[guard]]
+table = "Accounts"
+key = ["aid"]
+version = "xmin"
+"#,
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.listen, "0.0.0.0:7000");
+        let g = &cfg.guards[0];
+        assert_eq!(g.table.name, "tabSales Invoice");
+        assert_eq!(g.table.to_string(), "public.\"tabSales Invoice\"");
+        assert_eq!(g.key, vec!["name"]);
+        assert_eq!(g.kind, VersionKind::Timestamp);
+        assert_eq!(g.unversioned, UnversionedPolicy::Reject);
+        let g = &cfg.guards[1];
+        assert_eq!(
+            g.table,
+            TableName {
+                schema: "public".into(),
+                name: "accounts".into()
+            }
+        );
+        assert_eq!(g.kind, VersionKind::Xmin);
+        assert_eq!(g.bulk, BulkPolicy::Bump);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let e = Config::parse(
+            "listen = \"127.0.0.1:1\"\n\n[[guard]]\ntable = \"t\"\nkey = []\n",
+            "bad.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.to_string().starts_with("bad.toml:5: "), "{e}");
+        assert!(e.reason.contains("at least one column"), "{e}");
+
+        let e = Config::parse("track = \"forever\"\n", "bad.toml").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+
+        let e = Config::parse("lisen = \"x\"\n", "bad.toml").unwrap_err();
+        assert!(e.reason.contains("lisen"), "{e}");
+
+        let e = Config::parse(
+            "[[guard]]\ntable = \"t\"\nkey = [\"id\"]\nversion = \"v\"\nkind = \"xmin\"\n",
+            "bad.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+
+        let e = Config::parse("conflict_sqlstate = \"4001\"\n", "bad.toml").unwrap_err();
+        assert!(e.reason.contains("SQLSTATE"), "{e}");
+    }
+
+    #[test]
+    fn identifiers_follow_postgres_rules() {
+        assert_eq!(parse_identifier("ID").unwrap(), "id");
+        assert_eq!(parse_identifier("\"ID\"").unwrap(), "ID");
+        assert_eq!(parse_identifier("\"a\"\"b\"").unwrap(), "a\"b");
+        assert!(parse_identifier("two words").is_err());
+        assert!(parse_table_name("a.b.c").is_err());
+        assert_eq!(quote_ident("tabSales Invoice"), "\"tabSales Invoice\"");
+        assert_eq!(quote_ident("invoice"), "invoice");
+    }
+}

@@ -1,0 +1,1 @@
+//! conflict (to be written).

@@ -1,0 +1,132 @@
+//! The guard: decides which statements write a guarded table and how to rewrite them.
+//!
+//! Pure and synchronous: the relay hands it SQL text and gets back an [`Analysis`] that says,
+//! statement by statement, what to pass, what to refuse and how to rewrite a guarded write.
+//! Nothing here touches the network.
+//!
+//! - [`prefilter`]: a cheap scan that keeps statements which cannot touch a guarded table away
+//!   from the parser.
+//! - [`analyze`]: sqlparser's AST decides; tokenizer positions locate the clauses to splice.
+//! - [`rewrite`]: renders a guarded write with its version predicate, bump and `RETURNING`.
+//! - [`cache`]: the analysis of each statement text, computed once.
+//! - [`values`]: canonical text of key and version values from text or binary wire formats.
+//! - [`track`]: the versions one session has seen, bounded (LRU).
+//! - [`conflict`]: the conflict error and the server-side `DO` block that raises it.
+
+pub mod analyze;
+pub mod cache;
+pub mod conflict;
+pub mod prefilter;
+pub mod rewrite;
+pub mod track;
+pub mod values;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::config::{Config, Guard, TableName};
+
+/// The guards of one config, ready for analysis. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct GuardSet {
+    pub guards: Vec<Guard>,
+    pub prefilter: prefilter::Prefilter,
+}
+
+impl GuardSet {
+    pub fn new(config: &Config) -> Arc<GuardSet> {
+        Arc::new(GuardSet {
+            guards: config.guards.clone(),
+            prefilter: prefilter::Prefilter::new(&config.guards),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.guards.is_empty()
+    }
+}
+
+/// What the guard says about one SQL text (a simple `Query` string, or a `Parse` statement).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    /// Top-level statements in text order. A text with no statement (empty, comments only)
+    /// has none.
+    pub statements: Vec<Statement>,
+}
+
+impl Analysis {
+    /// True when every statement passes unchanged: the relay forwards the original bytes.
+    pub fn passes_unchanged(&self) -> bool {
+        self.statements
+            .iter()
+            .all(|s| matches!(s.action, Action::Pass { .. }))
+    }
+}
+
+/// One top-level statement of a text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    /// Byte range of the statement in the analysed text, without the separating `;`.
+    pub range: Range<usize>,
+    pub action: Action,
+}
+
+/// What to do with one statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Not a guarded write: send it as written.
+    Pass {
+        /// Transaction control (`BEGIN`, `COMMIT`, `ROLLBACK`, `SAVEPOINT`, ...).
+        tx_control: bool,
+    },
+    /// A write to a guarded table that cannot be rewritten safely: refuse it (fail closed).
+    Refuse { table: TableName, reason: String },
+    /// A guarded write: rewrite it.
+    Write(Box<GuardedWrite>),
+}
+
+/// The statement kind of a guarded write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOp {
+    Update,
+    Delete,
+    /// `INSERT ... ON CONFLICT DO UPDATE`: bumped in its `DO UPDATE`, never checked.
+    Upsert,
+}
+
+/// Where a key or version value of a write comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueRef {
+    /// A literal in the SQL text, unquoted (the string's content, or the number's text).
+    Literal(String),
+    /// An extended-protocol parameter, 1-based (`$1` is 1).
+    Param(u16),
+}
+
+/// Which rows a guarded write touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Exactly one key: one value per key column, in the guard's key order.
+    Key(Vec<ValueRef>),
+    /// Anything else (`IN (...)`, ranges, no key predicate, joins that pick the rows): `bulk`.
+    Bulk,
+}
+
+/// A write to a guarded table and everything needed to rewrite and check it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardedWrite {
+    /// Index of the guard in [`GuardSet::guards`].
+    pub guard: usize,
+    pub op: WriteOp,
+    pub target: Target,
+    /// `WHERE version = <literal or $n>` already in the statement (Hibernate style).
+    pub pinned: Option<ValueRef>,
+    /// The statement already assigns the version column in its `SET`: no bump is added.
+    pub sets_version: bool,
+    /// The statement has its own `RETURNING` list (the proxy appends its columns after it).
+    pub client_returning: bool,
+    /// Highest `$n` used in the statement text (0 when none).
+    pub max_param: u16,
+    /// The pieces the renderer splices into the original text (see [`rewrite`]).
+    pub splice: rewrite::Splice,
+}

@@ -1,0 +1,1 @@
+//! track (to be written).
