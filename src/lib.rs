@@ -1,5 +1,14 @@
 //! optlock: a PostgreSQL wire-protocol proxy that enforces optimistic concurrency on guarded
 //! tables and passes everything else through untouched.
+//!
+//! - [`config`]: the TOML config and its validation.
+//! - [`protocol`]: framing and the few message fields the proxy reads or writes.
+//! - [`relay`]: client sessions, each relayed to its own upstream connection.
+//! - [`guard`]: which statements write guarded tables, and how they are rewritten.
+//! - [`server`]: accept loop, reload and graceful shutdown.
 
 pub mod config;
 pub mod guard;
+pub mod protocol;
+pub mod relay;
+pub mod server;

@@ -1,0 +1,127 @@
+//! The untagged startup packets a client sends first: `StartupMessage`, `SSLRequest`,
+//! `GSSENCRequest` and `CancelRequest`.
+
+use super::{be_i32, cstr};
+
+pub const SSL_REQUEST: i32 = 80877103;
+pub const GSSENC_REQUEST: i32 = 80877104;
+pub const CANCEL_REQUEST: i32 = 80877102;
+
+/// Largest startup packet accepted (PostgreSQL allows 10000 bytes).
+pub const MAX_STARTUP_PACKET: usize = 10_000;
+
+/// A decoded startup packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupPacket {
+    Ssl,
+    GssEnc,
+    /// Forwarded as is to the server, which knows the key.
+    Cancel,
+    /// Protocol `major.minor` and the parameters (`user`, `database`, `application_name`, ...).
+    Startup {
+        major: u16,
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
+}
+
+/// Size of the startup packet at the front of `buf`, once its length is buffered.
+pub fn packet_size(buf: &[u8]) -> Result<Option<usize>, String> {
+    let Some((len, _)) = be_i32(buf) else {
+        return Ok(None);
+    };
+    if len < 8 || len as usize > MAX_STARTUP_PACKET {
+        return Err(format!("invalid startup packet length {len}"));
+    }
+    Ok(Some(len as usize))
+}
+
+/// Decodes one complete startup packet (length field included).
+pub fn parse(packet: &[u8]) -> Result<StartupPacket, String> {
+    let (code, mut rest) = be_i32(&packet[4..]).ok_or("startup packet too short")?;
+    match code {
+        SSL_REQUEST => return Ok(StartupPacket::Ssl),
+        GSSENC_REQUEST => return Ok(StartupPacket::GssEnc),
+        CANCEL_REQUEST => return Ok(StartupPacket::Cancel),
+        _ => {}
+    }
+    let major = (code >> 16) as u16;
+    let minor = (code & 0xffff) as u16;
+    if major != 3 {
+        return Err(format!(
+            "unsupported frontend protocol {major}.{minor}: the server supports 3.0 to 3.x"
+        ));
+    }
+    let mut params = Vec::new();
+    loop {
+        let (key, after) = cstr(rest).ok_or("startup packet is not terminated")?;
+        if key.is_empty() {
+            break;
+        }
+        let (value, after) = cstr(after).ok_or("startup packet parameter has no value")?;
+        params.push((
+            String::from_utf8_lossy(key).into_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        ));
+        rest = after;
+    }
+    if !params.iter().any(|(k, _)| k == "user") {
+        return Err("no PostgreSQL user name specified in startup packet".into());
+    }
+    Ok(StartupPacket::Startup {
+        major,
+        minor,
+        params,
+    })
+}
+
+/// Encodes a startup message with the given protocol code and parameters.
+pub fn encode_startup(code: i32, params: &[(String, String)]) -> Vec<u8> {
+    let mut out = vec![0, 0, 0, 0];
+    out.extend_from_slice(&code.to_be_bytes());
+    for (k, v) in params {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out.push(0);
+    let len = out.len() as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_round_trips() {
+        let params = vec![
+            ("user".to_string(), "alice".to_string()),
+            ("database".to_string(), "shop".to_string()),
+        ];
+        let pkt = encode_startup(196608, &params);
+        assert_eq!(packet_size(&pkt).unwrap(), Some(pkt.len()));
+        assert_eq!(
+            parse(&pkt).unwrap(),
+            StartupPacket::Startup {
+                major: 3,
+                minor: 0,
+                params
+            }
+        );
+    }
+
+    #[test]
+    fn special_requests_and_errors() {
+        let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        assert_eq!(parse(&ssl).unwrap(), StartupPacket::Ssl);
+        assert!(packet_size(&[0, 0, 0, 4]).is_err());
+        assert!(packet_size(&[0, 1, 0, 0]).is_err());
+        let no_user = encode_startup(196608, &[("database".into(), "x".into())]);
+        assert!(parse(&no_user).unwrap_err().contains("user"));
+        let v2 = encode_startup(2 << 16, &[("user".into(), "x".into())]);
+        assert!(parse(&v2).unwrap_err().contains("unsupported"));
+    }
+}

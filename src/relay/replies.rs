@@ -1,0 +1,210 @@
+//! The expected-reply queue: what each client message still awaits from the server.
+//!
+//! Every message the relay forwards that the server answers pushes one [`Pending`]; replies
+//! pop them in order, so each `CommandComplete` is matched to the statement that produced it.
+//! After an `ErrorResponse` in the extended protocol the server skips everything up to `Sync`;
+//! [`Replies::on_error`] drops those entries the same way.
+
+use std::collections::VecDeque;
+
+use crate::protocol::backend as be;
+
+/// What one forwarded message still awaits.
+#[derive(Debug)]
+pub enum Pending<G> {
+    /// A simple `Query` (or `FunctionCall`): everything up to `ReadyForQuery`.
+    Simple(G),
+    Parse,
+    Bind,
+    Close,
+    /// `Describe` of a statement: `ParameterDescription`, then `RowDescription` or `NoData`.
+    DescribeStatement(G),
+    /// `Describe` of a portal: `RowDescription` or `NoData`.
+    DescribePortal(G),
+    /// `Execute`: rows, then `CommandComplete`, `EmptyQueryResponse` or `PortalSuspended`.
+    Execute(G),
+    /// `Sync`: `ReadyForQuery`.
+    Sync,
+}
+
+impl<G> Pending<G> {
+    fn is_sync_point(&self) -> bool {
+        matches!(self, Pending::Sync | Pending::Simple(_))
+    }
+}
+
+/// The queue of pending replies. `G` is what the guard attaches to a statement.
+#[derive(Debug)]
+pub struct Replies<G> {
+    queue: VecDeque<Pending<G>>,
+}
+
+impl<G> Default for Replies<G> {
+    fn default() -> Self {
+        Replies {
+            queue: VecDeque::with_capacity(16),
+        }
+    }
+}
+
+/// How a server message relates to the queue.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Step {
+    /// The message belongs to the front entry, which stays.
+    Within,
+    /// The message completes the front entry, which was popped.
+    Completes,
+    /// The message is asynchronous or unexpected; the queue is unchanged.
+    Unrelated,
+}
+
+impl<G> Replies<G> {
+    pub fn push(&mut self, p: Pending<G>) {
+        self.queue.push_back(p);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn front(&self) -> Option<&Pending<G>> {
+        self.queue.front()
+    }
+
+    pub fn front_mut(&mut self) -> Option<&mut Pending<G>> {
+        self.queue.front_mut()
+    }
+
+    pub fn pop(&mut self) -> Option<Pending<G>> {
+        self.queue.pop_front()
+    }
+
+    /// True while some `Sync` or `Query` is still unanswered.
+    pub fn awaits_ready(&self) -> bool {
+        self.queue.iter().any(Pending::is_sync_point)
+    }
+
+    /// Classifies a server message by tag against the front entry, popping it when complete.
+    /// Returns the popped entry (if any) with the step.
+    pub fn on_message(&mut self, tag: u8) -> (Step, Option<Pending<G>>) {
+        let Some(front) = self.queue.front() else {
+            return (Step::Unrelated, None);
+        };
+        let completes = match (front, tag) {
+            (_, be::NOTICE_RESPONSE | be::NOTIFICATION | be::PARAMETER_STATUS) => {
+                return (Step::Unrelated, None);
+            }
+            (Pending::Simple(_) | Pending::Sync, be::READY_FOR_QUERY) => true,
+            (Pending::Simple(_), _) => false,
+            (Pending::Parse, be::PARSE_COMPLETE)
+            | (Pending::Bind, be::BIND_COMPLETE)
+            | (Pending::Close, be::CLOSE_COMPLETE) => true,
+            (Pending::DescribeStatement(_), be::PARAMETER_DESCRIPTION) => false,
+            (
+                Pending::DescribeStatement(_) | Pending::DescribePortal(_),
+                be::ROW_DESCRIPTION | be::NO_DATA,
+            ) => true,
+            (
+                Pending::Execute(_),
+                be::COMMAND_COMPLETE | be::EMPTY_QUERY | be::PORTAL_SUSPENDED,
+            ) => true,
+            (Pending::Execute(_), _) => false,
+            _ => return (Step::Unrelated, None),
+        };
+        if completes {
+            (Step::Completes, self.queue.pop_front())
+        } else {
+            (Step::Within, None)
+        }
+    }
+
+    /// An `ErrorResponse` arrived: in the extended protocol the server now skips every message
+    /// up to the next `Sync`, so those entries will get no reply. Returns the dropped entries'
+    /// count. A simple `Query` entry stays until its `ReadyForQuery`.
+    pub fn on_error(&mut self, mut dropped: impl FnMut(Pending<G>)) {
+        while let Some(front) = self.queue.front() {
+            if front.is_sync_point() {
+                break;
+            }
+            if let Some(p) = self.queue.pop_front() {
+                dropped(p);
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.queue.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extended_batch_matches_replies() {
+        let mut r: Replies<()> = Replies::default();
+        r.push(Pending::Parse);
+        r.push(Pending::Bind);
+        r.push(Pending::DescribePortal(()));
+        r.push(Pending::Execute(()));
+        r.push(Pending::Sync);
+        assert!(matches!(
+            r.on_message(be::PARSE_COMPLETE),
+            (Step::Completes, Some(Pending::Parse))
+        ));
+        assert!(matches!(r.on_message(be::BIND_COMPLETE).0, Step::Completes));
+        assert!(matches!(
+            r.on_message(be::ROW_DESCRIPTION).0,
+            Step::Completes
+        ));
+        assert_eq!(r.on_message(be::DATA_ROW).0, Step::Within);
+        assert_eq!(r.on_message(be::NOTICE_RESPONSE).0, Step::Unrelated);
+        assert!(matches!(
+            r.on_message(be::COMMAND_COMPLETE),
+            (Step::Completes, Some(Pending::Execute(())))
+        ));
+        assert!(r.awaits_ready());
+        assert!(matches!(
+            r.on_message(be::READY_FOR_QUERY).0,
+            Step::Completes
+        ));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn error_skips_until_sync() {
+        let mut r: Replies<()> = Replies::default();
+        r.push(Pending::Parse);
+        r.push(Pending::Bind);
+        r.push(Pending::Execute(()));
+        r.push(Pending::Sync);
+        r.push(Pending::Parse);
+        let mut n = 0;
+        r.on_error(|_| n += 1);
+        assert_eq!(n, 3);
+        assert!(matches!(r.front(), Some(Pending::Sync)));
+        assert!(matches!(
+            r.on_message(be::READY_FOR_QUERY).0,
+            Step::Completes
+        ));
+        assert!(matches!(r.front(), Some(Pending::Parse)));
+    }
+
+    #[test]
+    fn simple_query_spans_until_ready() {
+        let mut r: Replies<()> = Replies::default();
+        r.push(Pending::Simple(()));
+        assert_eq!(r.on_message(be::ROW_DESCRIPTION).0, Step::Within);
+        assert_eq!(r.on_message(be::COMMAND_COMPLETE).0, Step::Within);
+        r.on_error(|_| panic!("a simple query is not dropped"));
+        assert!(matches!(
+            r.on_message(be::READY_FOR_QUERY).0,
+            Step::Completes
+        ));
+    }
+}

@@ -1,0 +1,446 @@
+//! One client session: a single task that relays messages between the client and its own
+//! upstream connection.
+//!
+//! Both directions run in one `select!` loop over cancel-safe reads and writes, with bounded
+//! output buffers (a side that is not read stops being read from, so neither peer can make
+//! the proxy buffer without limit). Messages are framed, their raw bytes forwarded; only the
+//! kinds the session must understand are decoded. Large `DataRow`/`CopyData` messages that
+//! need no inspection are streamed through without being buffered whole.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use super::guarded::{GuardState, StmtTag};
+use super::replies::{Pending, Replies};
+use super::{Settings, Shared};
+use crate::protocol::{self, backend as be, frontend as fe};
+
+/// Output is flushed before more input is read once a buffer holds this much.
+const HIGH_WATER: usize = 256 * 1024;
+/// Messages at least this large are streamed when they need no inspection.
+const STREAM_THRESHOLD: usize = 64 * 1024;
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum End {
+    ClientClosed,
+    ClientError(String),
+    ServerClosed,
+    ServerError(String),
+    Shutdown,
+    LoginTimeout,
+}
+
+/// The relay state of one session.
+pub struct Session {
+    pub(super) shared: Arc<Shared>,
+    pub(super) settings: Arc<Settings>,
+    pub(super) client_in: BytesMut,
+    pub(super) server_in: BytesMut,
+    pub(super) to_server: BytesMut,
+    pub(super) to_client: BytesMut,
+    /// Bytes of a client message being streamed that are still to come.
+    client_stream_left: usize,
+    server_stream_left: usize,
+    pub(super) replies: Replies<StmtTag>,
+    /// Transaction status from the last `ReadyForQuery`.
+    pub(super) tx_status: u8,
+    pub(super) logged_in: bool,
+    /// Client messages stay unread in `client_in` while set (the guard awaits a reply).
+    pub(super) hold_client: bool,
+    pub(super) guard: GuardState,
+    pub(super) params: SessionParams,
+    draining: bool,
+    /// The client sent `Terminate`: the server closing next is the normal end.
+    terminated: bool,
+}
+
+/// Server parameters the session follows (from `ParameterStatus`).
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    pub client_encoding: String,
+    pub standard_conforming_strings: bool,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, settings: Arc<Settings>, guard: GuardState) -> Session {
+        Session {
+            shared,
+            settings,
+            client_in: BytesMut::with_capacity(8192),
+            server_in: BytesMut::with_capacity(16384),
+            to_server: BytesMut::with_capacity(8192),
+            to_client: BytesMut::with_capacity(16384),
+            client_stream_left: 0,
+            server_stream_left: 0,
+            replies: Replies::default(),
+            tx_status: b'I',
+            logged_in: false,
+            hold_client: false,
+            guard,
+            params: SessionParams {
+                client_encoding: "UTF8".into(),
+                standard_conforming_strings: true,
+            },
+            draining: false,
+            terminated: false,
+        }
+    }
+
+    /// Relays until either side closes. The startup packet must already be in `to_server`.
+    pub async fn run<CR, CW, SR, SW>(
+        &mut self,
+        mut client_r: CR,
+        mut client_w: CW,
+        mut server_r: SR,
+        mut server_w: SW,
+    ) -> End
+    where
+        CR: AsyncRead + Unpin,
+        CW: AsyncWrite + Unpin,
+        SR: AsyncRead + Unpin,
+        SW: AsyncWrite + Unpin,
+    {
+        let login_deadline =
+            tokio::time::Instant::now() + self.settings.config.client_login_timeout;
+        let mut shutdown = self.shared.shutdown.clone();
+        let end = loop {
+            if self.draining && self.is_idle() {
+                break End::Shutdown;
+            }
+            let read_client = !self.hold_client
+                && self.to_server.len() < HIGH_WATER
+                && self.client_in.len() < self.settings.config.max_message_size + 5;
+            let read_server = self.to_client.len() < HIGH_WATER;
+            tokio::select! {
+                biased;
+                r = server_w.write_buf(&mut self.to_server), if !self.to_server.is_empty() => {
+                    if let Err(e) = r {
+                        break End::ServerError(format!("write to server failed: {e}"));
+                    }
+                }
+                r = client_w.write_buf(&mut self.to_client), if !self.to_client.is_empty() => {
+                    if let Err(e) = r {
+                        break End::ClientError(format!("write to client failed: {e}"));
+                    }
+                }
+                r = server_r.read_buf(&mut self.server_in), if read_server => {
+                    match r {
+                        Ok(0) if self.terminated => break End::ClientClosed,
+                        Ok(0) => break End::ServerClosed,
+                        Ok(n) => {
+                            self.shared.metrics_bytes(false, n);
+                            let started = Instant::now();
+                            if let Err(e) = self.process_server() {
+                                break End::ServerError(e);
+                            }
+                            self.shared.metrics_latency(started);
+                        }
+                        Err(e) => break End::ServerError(format!("read from server failed: {e}")),
+                    }
+                }
+                r = client_r.read_buf(&mut self.client_in), if read_client => {
+                    match r {
+                        Ok(0) => break End::ClientClosed,
+                        Ok(n) => {
+                            self.shared.metrics_bytes(true, n);
+                            let started = Instant::now();
+                            if let Err(e) = self.process_client() {
+                                break End::ClientError(e);
+                            }
+                            self.shared.metrics_latency(started);
+                        }
+                        Err(e) => break End::ClientError(format!("read from client failed: {e}")),
+                    }
+                }
+                _ = tokio::time::sleep_until(login_deadline), if !self.logged_in => {
+                    break End::LoginTimeout;
+                }
+                _ = shutdown.changed(), if !self.draining => {
+                    self.draining = true;
+                }
+            }
+        };
+        self.finish(&end, &mut client_w, &mut server_w).await;
+        end
+    }
+
+    /// Idle: logged in, outside any transaction, nothing in flight.
+    fn is_idle(&self) -> bool {
+        self.logged_in
+            && self.tx_status == b'I'
+            && self.replies.is_empty()
+            && self.client_in.is_empty()
+            && self.to_server.is_empty()
+            && self.to_client.is_empty()
+    }
+
+    /// Says goodbye to both sides as fits the way the session ended.
+    async fn finish<CW, SW>(&mut self, end: &End, client_w: &mut CW, server_w: &mut SW)
+    where
+        CW: AsyncWrite + Unpin,
+        SW: AsyncWrite + Unpin,
+    {
+        let fatal = match end {
+            End::ServerClosed => Some((
+                "08006",
+                "the upstream server closed the connection unexpectedly; any open transaction was rolled back".to_string(),
+            )),
+            End::ServerError(e) => Some(("08006", format!("lost the upstream server: {e}"))),
+            End::ClientError(e) if e.starts_with("protocol:") => {
+                Some(("08P01", e.trim_start_matches("protocol: ").to_string()))
+            }
+            End::LoginTimeout => Some((
+                "08006",
+                format!(
+                    "login not completed within client_login_timeout ({:?})",
+                    self.settings.config.client_login_timeout
+                ),
+            )),
+            End::Shutdown => Some((
+                "57P01",
+                "terminating connection: optlock is shutting down".to_string(),
+            )),
+            _ => None,
+        };
+        if matches!(end, End::ServerClosed | End::ServerError(_)) {
+            // Deliver what the server said before it went away.
+            let _ = client_w.write_all(&self.to_client).await;
+        } else {
+            // The server ends the session: a Terminate is cleaner than a dropped socket.
+            let _ = server_w.write_all(&[fe::TERMINATE, 0, 0, 0, 4]).await;
+            let _ = server_w.shutdown().await;
+        }
+        if let Some((code, message)) = fatal {
+            let mut out = BytesMut::new();
+            be::write_error(&mut out, "FATAL", code, &message);
+            let _ = client_w.write_all(&out).await;
+        }
+        let _ = client_w.shutdown().await;
+    }
+
+    /// Frames and handles every complete client message in `client_in`.
+    fn process_client(&mut self) -> Result<(), String> {
+        let max = self.settings.config.max_message_size;
+        loop {
+            if self.client_stream_left > 0 {
+                let n = self.client_stream_left.min(self.client_in.len());
+                self.to_server.extend_from_slice(&self.client_in[..n]);
+                self.client_in.advance(n);
+                self.client_stream_left -= n;
+                if self.client_stream_left > 0 {
+                    return Ok(());
+                }
+            }
+            if self.hold_client {
+                return Ok(());
+            }
+            let header = match protocol::peek_header(&self.client_in, max) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("protocol: {e}")),
+            };
+            if self.client_in.len() < header.size {
+                if header.tag == fe::COPY_DATA && header.size >= STREAM_THRESHOLD {
+                    self.client_stream_left = header.size;
+                    continue;
+                }
+                self.client_in.reserve(header.size - self.client_in.len());
+                return Ok(());
+            }
+            let msg = self.client_in.split_to(header.size);
+            self.on_client_message(header.tag, &msg)?;
+        }
+    }
+
+    /// One complete client message.
+    fn on_client_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), String> {
+        if !self.logged_in {
+            // Authentication messages go straight through.
+            self.to_server.extend_from_slice(msg);
+            return Ok(());
+        }
+        match tag {
+            fe::QUERY => {
+                self.shared.count_statement();
+                if !self.guard_query(msg)? {
+                    self.on_simple_query_passthrough(msg);
+                    self.to_server.extend_from_slice(msg);
+                    self.replies.push(Pending::Simple(None));
+                }
+            }
+            fe::PARSE => {
+                if !self.guard_parse(msg)? {
+                    self.to_server.extend_from_slice(msg);
+                    self.replies.push(Pending::Parse);
+                }
+            }
+            fe::BIND => {
+                if !self.guard_bind(msg)? {
+                    self.to_server.extend_from_slice(msg);
+                    self.replies.push(Pending::Bind);
+                }
+            }
+            fe::DESCRIBE => {
+                let tagged = self.guard_describe(&msg[5..]);
+                self.to_server.extend_from_slice(msg);
+                match fe::target(&msg[5..]) {
+                    Some((b'S', _)) => self.replies.push(Pending::DescribeStatement(tagged)),
+                    _ => self.replies.push(Pending::DescribePortal(tagged)),
+                }
+            }
+            fe::EXECUTE => {
+                self.shared.count_statement();
+                let tagged = self.guard_execute(&msg[5..]);
+                self.to_server.extend_from_slice(msg);
+                let hold = tagged.as_ref().is_some_and(|t| t.holds_batch());
+                self.replies.push(Pending::Execute(tagged));
+                if hold {
+                    // The row count decides whether the batch goes on: get it now.
+                    fe::write_simple(&mut self.to_server, fe::FLUSH);
+                    self.hold_client = true;
+                }
+            }
+            fe::CLOSE => {
+                self.guard_close(&msg[5..]);
+                self.to_server.extend_from_slice(msg);
+                self.replies.push(Pending::Close);
+            }
+            fe::SYNC => {
+                self.to_server.extend_from_slice(msg);
+                self.replies.push(Pending::Sync);
+            }
+            fe::FUNCTION_CALL => {
+                self.shared.count_statement();
+                self.to_server.extend_from_slice(msg);
+                self.replies.push(Pending::Simple(None));
+            }
+            fe::TERMINATE => {
+                self.terminated = true;
+                self.to_server.extend_from_slice(msg);
+            }
+            _ => {
+                // Flush, COPY data from the client, and anything newer than this proxy.
+                self.to_server.extend_from_slice(msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes what a passed-through simple query changes in the session's protocol state.
+    fn on_simple_query_passthrough(&mut self, msg: &[u8]) {
+        if let Some(sql) = fe::query_text(&msg[5..]) {
+            self.guard.on_session_command(sql);
+        }
+    }
+
+    /// Frames and handles every complete server message in `server_in`.
+    fn process_server(&mut self) -> Result<(), String> {
+        loop {
+            if self.server_stream_left > 0 {
+                let n = self.server_stream_left.min(self.server_in.len());
+                self.to_client.extend_from_slice(&self.server_in[..n]);
+                self.server_in.advance(n);
+                self.server_stream_left -= n;
+                if self.server_stream_left > 0 {
+                    return Ok(());
+                }
+            }
+            let header = match protocol::peek_header(&self.server_in, 0x3fff_ffff) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("malformed message from server: {e}")),
+            };
+            if self.server_in.len() < header.size {
+                let streamable = matches!(header.tag, be::DATA_ROW | be::COPY_DATA)
+                    && header.size >= STREAM_THRESHOLD
+                    && !self.guard.inspects_rows(self.replies.front());
+                if streamable {
+                    self.server_stream_left = header.size;
+                    continue;
+                }
+                self.server_in.reserve(header.size - self.server_in.len());
+                return Ok(());
+            }
+            let msg = self.server_in.split_to(header.size);
+            self.on_server_message(header.tag, &msg)?;
+        }
+    }
+
+    /// One complete server message.
+    fn on_server_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), String> {
+        match tag {
+            be::PARAMETER_STATUS => self.on_parameter_status(&msg[5..]),
+            be::ERROR_RESPONSE if !self.logged_in => {
+                // Authentication failed: pass the server's own words on.
+                self.to_client.extend_from_slice(msg);
+                return Ok(());
+            }
+            be::READY_FOR_QUERY if !self.logged_in => {
+                self.logged_in = true;
+                self.tx_status = be::ready_status(&msg[5..]);
+                if self.on_login(msg) {
+                    return Ok(());
+                }
+                self.to_client.extend_from_slice(msg);
+                return Ok(());
+            }
+            _ => {}
+        }
+        if !self.logged_in {
+            self.to_client.extend_from_slice(msg);
+            return Ok(());
+        }
+        if tag == be::ERROR_RESPONSE {
+            let mut dropped = Vec::new();
+            self.replies.on_error(|p| dropped.push(p));
+            for p in dropped {
+                self.guard.on_dropped(p);
+            }
+        }
+        let (step, popped) = self.replies.on_message(tag);
+        if tag == be::READY_FOR_QUERY {
+            self.tx_status = be::ready_status(&msg[5..]);
+        }
+        if !self.guard_server_message(tag, msg, step, popped)? {
+            self.to_client.extend_from_slice(msg);
+        }
+        Ok(())
+    }
+
+    fn on_parameter_status(&mut self, body: &[u8]) {
+        if let Some((name, value)) = be::parameter_status(body) {
+            match name {
+                b"client_encoding" => {
+                    self.params.client_encoding = String::from_utf8_lossy(value).into_owned()
+                }
+                b"standard_conforming_strings" => {
+                    self.params.standard_conforming_strings = value == b"on"
+                }
+                _ => {}
+            }
+            debug!(
+                parameter = %String::from_utf8_lossy(name),
+                value = %String::from_utf8_lossy(value),
+                "server parameter"
+            );
+        }
+    }
+}
+
+/// Logs how a session ended, at a level that fits.
+pub fn log_end(end: &End, started: Instant) {
+    let secs = started.elapsed().as_secs_f64();
+    match end {
+        End::ClientClosed => debug!(duration_s = secs, "session closed by client"),
+        End::Shutdown => info!(duration_s = secs, "session closed for shutdown"),
+        End::LoginTimeout => warn!(duration_s = secs, "login timed out"),
+        End::ClientError(e) => warn!(duration_s = secs, error = %e, "session ended: client"),
+        End::ServerClosed => warn!(duration_s = secs, "session ended: upstream closed"),
+        End::ServerError(e) => warn!(duration_s = secs, error = %e, "session ended: upstream"),
+    }
+}
