@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn header_reads_tag_and_size() {
-        let msg = [b'Q', 0, 0, 0, 9, b'a', b'b', b'c', 0];
+        let msg = [b'Q', 0, 0, 0, 8, b'a', b'b', b'c', 0];
         let h = peek_header(&msg, 100).unwrap().unwrap();
         assert_eq!(h, Header { tag: b'Q', size: 9 });
         assert_eq!(h.body(&msg), b"abc\0");
