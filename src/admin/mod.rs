@@ -3,14 +3,17 @@
 //! database `optlock`.
 //!
 //! - [`metrics`]: `optlock_*` counters, gauge and histogram; hot-path updates are atomics.
+//! - [`http`]: a minimal HTTP/1.1 server answering `GET /metrics`.
 //! - [`registry`]: who is connected, and what each session is doing.
 //! - [`conflicts`]: a bounded ring of the most recent conflicts.
 
 pub mod conflicts;
+pub mod http;
 pub mod metrics;
 pub mod registry;
 
 pub use conflicts::{Conflict, ConflictLog};
+pub use http::serve_metrics;
 pub use metrics::{ClientError, Direction, GuardCounters, Metrics, OpenSession, Outcome};
 pub use registry::{SessionHandle, SessionInfo, SessionRegistry, SessionStart, SessionState};
 
