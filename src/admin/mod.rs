@@ -6,13 +6,16 @@
 //! - [`http`]: a minimal HTTP/1.1 server answering `GET /metrics`.
 //! - [`registry`]: who is connected, and what each session is doing.
 //! - [`conflicts`]: a bounded ring of the most recent conflicts.
+//! - [`console`]: `SHOW ...` and `RELOAD`, answered as encoded backend messages.
 
 pub mod conflicts;
+pub mod console;
 pub mod http;
 pub mod metrics;
 pub mod registry;
 
 pub use conflicts::{Conflict, ConflictLog};
+pub use console::{AdminContext, execute};
 pub use http::serve_metrics;
 pub use metrics::{ClientError, Direction, GuardCounters, Metrics, OpenSession, Outcome};
 pub use registry::{SessionHandle, SessionInfo, SessionRegistry, SessionStart, SessionState};
