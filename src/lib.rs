@@ -7,6 +7,7 @@
 //! - [`guard`]: which statements write guarded tables, and how they are rewritten.
 //! - [`server`]: accept loop, reload and graceful shutdown.
 
+pub mod admin;
 pub mod config;
 pub mod guard;
 pub mod protocol;

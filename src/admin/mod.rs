@@ -1,0 +1,76 @@
+//! Operating the proxy: Prometheus metrics and their HTTP endpoint, the registry of live
+//! sessions, the log of recent conflicts, and the admin console served on the virtual
+//! database `optlock`.
+//!
+//! - [`metrics`]: `optlock_*` counters, gauge and histogram; hot-path updates are atomics.
+//! - [`http`]: a minimal HTTP/1.1 server answering `GET /metrics`.
+//! - [`registry`]: who is connected, and what each session is doing.
+//! - [`conflicts`]: a bounded ring of the most recent conflicts.
+//! - [`console`]: `SHOW ...` and `RELOAD`, answered as encoded backend messages.
+
+pub mod conflicts;
+pub mod console;
+pub mod http;
+pub mod metrics;
+pub mod registry;
+
+pub use conflicts::{Conflict, ConflictLog};
+pub use console::{AdminContext, execute};
+pub use http::serve_metrics;
+pub use metrics::{ClientError, Direction, GuardCounters, Metrics, OpenSession, Outcome};
+pub use registry::{SessionHandle, SessionInfo, SessionRegistry, SessionStart, SessionState};
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Formats a time as UTC the way PostgreSQL prints a `timestamptz` in UTC, to the millisecond:
+/// `2024-05-01 12:34:56.789+00`.
+pub fn format_utc(t: SystemTime) -> String {
+    let (secs, millis) = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_millis()),
+        Err(e) => {
+            let d = e.duration();
+            let ms = d.as_millis() as i64;
+            (-((ms + 999) / 1000), ((1000 - ms % 1000) % 1000) as u32)
+        }
+    };
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{millis:03}+00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc(UNIX_EPOCH), "1970-01-01 00:00:00.000+00");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789); // leap day 2024
+        assert_eq!(format_utc(t), "2024-02-29 12:34:56.789+00");
+        let t = UNIX_EPOCH + Duration::from_secs(951_868_800); // 2000-03-01
+        assert_eq!(format_utc(t), "2000-03-01 00:00:00.000+00");
+        let t = UNIX_EPOCH - Duration::from_millis(1);
+        assert_eq!(format_utc(t), "1969-12-31 23:59:59.999+00");
+    }
+}

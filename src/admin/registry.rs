@@ -1,0 +1,289 @@
+//! The registry of live client sessions, for `SHOW SESSIONS`.
+//!
+//! A session registers once it knows its user and database and holds the returned
+//! [`SessionHandle`] for its lifetime; dropping the handle unregisters it. The registry's map
+//! (one mutex) is touched only at register, unregister and snapshot; the per-statement updates
+//! (state, statement count, tracked versions) are relaxed atomics on data the handle shares.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// What a session is doing, as `pg_stat_activity.state` would say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// Waiting for a command outside a transaction.
+    Idle = 0,
+    /// A command is running.
+    Active = 1,
+    /// Waiting for a command inside a transaction.
+    InTransaction = 2,
+    /// Inside a transaction that failed; waiting for `ROLLBACK`.
+    FailedTransaction = 3,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Idle => "idle",
+            SessionState::Active => "active",
+            SessionState::InTransaction => "in transaction",
+            SessionState::FailedTransaction => "in failed transaction",
+        }
+    }
+
+    /// The state a `ReadyForQuery` transaction status byte (`I`, `T`, `E`) announces.
+    pub fn from_ready_status(status: u8) -> Option<SessionState> {
+        match status {
+            b'I' => Some(SessionState::Idle),
+            b'T' => Some(SessionState::InTransaction),
+            b'E' => Some(SessionState::FailedTransaction),
+            _ => None,
+        }
+    }
+
+    fn from_u8(v: u8) -> SessionState {
+        match v {
+            1 => SessionState::Active,
+            2 => SessionState::InTransaction,
+            3 => SessionState::FailedTransaction,
+            _ => SessionState::Idle,
+        }
+    }
+}
+
+/// What a session says about itself when it registers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionStart {
+    pub client_addr: SocketAddr,
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+}
+
+/// One session as `SHOW SESSIONS` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub client_addr: SocketAddr,
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    /// The upstream server's backend process id, once known.
+    pub backend_pid: Option<i32>,
+    pub connected_at: SystemTime,
+    pub state: SessionState,
+    pub statements: u64,
+    pub tracked_versions: u64,
+}
+
+#[derive(Debug)]
+struct Live {
+    id: u64,
+    start: SessionStart,
+    /// Changes only when the server reports a new `application_name`: rare, never per statement.
+    application_name: Mutex<String>,
+    connected_at: SystemTime,
+    backend_pid: AtomicI32,
+    state: AtomicU8,
+    statements: AtomicU64,
+    tracked_versions: AtomicU64,
+}
+
+/// All live sessions of the process. Share it as `Arc<SessionRegistry>`.
+#[derive(Debug, Default)]
+pub struct SessionRegistry {
+    next_id: AtomicU64,
+    sessions: Mutex<BTreeMap<u64, Arc<Live>>>,
+}
+
+impl SessionRegistry {
+    pub fn new() -> SessionRegistry {
+        SessionRegistry::default()
+    }
+
+    /// Registers a session; it stays listed until the returned handle is dropped.
+    pub fn register(self: &Arc<Self>, start: SessionStart) -> SessionHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let live = Arc::new(Live {
+            id,
+            application_name: Mutex::new(start.application_name.clone()),
+            start,
+            connected_at: SystemTime::now(),
+            backend_pid: AtomicI32::new(0),
+            state: AtomicU8::new(SessionState::Idle as u8),
+            statements: AtomicU64::new(0),
+            tracked_versions: AtomicU64::new(0),
+        });
+        self.lock().insert(id, live.clone());
+        SessionHandle {
+            registry: self.clone(),
+            live,
+        }
+    }
+
+    /// The live sessions, oldest first.
+    pub fn snapshot(&self) -> Vec<SessionInfo> {
+        let live: Vec<Arc<Live>> = self.lock().values().cloned().collect();
+        live.iter()
+            .map(|s| SessionInfo {
+                id: s.id,
+                client_addr: s.start.client_addr,
+                user: s.start.user.clone(),
+                database: s.start.database.clone(),
+                application_name: s
+                    .application_name
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+                backend_pid: match s.backend_pid.load(Ordering::Relaxed) {
+                    0 => None,
+                    pid => Some(pid),
+                },
+                connected_at: s.connected_at,
+                state: SessionState::from_u8(s.state.load(Ordering::Relaxed)),
+                statements: s.statements.load(Ordering::Relaxed),
+                tracked_versions: s.tracked_versions.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// How many sessions are live.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Live>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A registered session; dropping it unregisters the session.
+#[derive(Debug)]
+pub struct SessionHandle {
+    registry: Arc<SessionRegistry>,
+    live: Arc<Live>,
+}
+
+impl SessionHandle {
+    /// The session's id in the registry (unique within the process, from 1).
+    pub fn id(&self) -> u64 {
+        self.live.id
+    }
+
+    #[inline]
+    pub fn set_state(&self, state: SessionState) {
+        self.live.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Sets the state from a `ReadyForQuery` transaction status byte; unknown bytes are ignored.
+    #[inline]
+    pub fn ready_for_query(&self, status: u8) {
+        if let Some(s) = SessionState::from_ready_status(status) {
+            self.set_state(s);
+        }
+    }
+
+    /// Counts one statement of this session (a simple `Query` or an `Execute`).
+    #[inline]
+    pub fn statement(&self) {
+        self.live.statements.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets how many versions this session tracks now.
+    #[inline]
+    pub fn set_tracked_versions(&self, n: usize) {
+        self.live
+            .tracked_versions
+            .store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Sets the upstream backend process id (from `BackendKeyData`).
+    pub fn set_backend_pid(&self, pid: i32) {
+        self.live.backend_pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// Records a new `application_name` (from the server's `ParameterStatus`).
+    pub fn set_application_name(&self, name: &str) {
+        let mut current = self
+            .live
+            .application_name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *current != name {
+            *current = name.to_string();
+        }
+    }
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.live.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(user: &str) -> SessionStart {
+        SessionStart {
+            client_addr: "10.0.0.7:51234".parse().unwrap(),
+            user: user.into(),
+            database: "pos".into(),
+            application_name: "till-3".into(),
+        }
+    }
+
+    #[test]
+    fn snapshot_follows_register_updates_and_drop() {
+        let reg = Arc::new(SessionRegistry::new());
+        assert!(reg.snapshot().is_empty());
+        let a = reg.register(start("alice"));
+        let b = reg.register(start("bob"));
+        assert_ne!(a.id(), b.id());
+        assert_eq!(reg.len(), 2);
+
+        b.set_state(SessionState::Active);
+        b.statement();
+        b.statement();
+        b.set_tracked_versions(42);
+        b.set_backend_pid(4711);
+        b.set_application_name("psql");
+        a.ready_for_query(b'E');
+
+        let snap = reg.snapshot();
+        assert_eq!(snap.len(), 2);
+        assert_eq!(snap[0].user, "alice");
+        assert_eq!(snap[0].state, SessionState::FailedTransaction);
+        assert_eq!(snap[0].statements, 0);
+        assert_eq!(snap[0].backend_pid, None);
+        assert_eq!(snap[0].application_name, "till-3");
+        let sb = &snap[1];
+        assert_eq!(sb.user, "bob");
+        assert_eq!(sb.database, "pos");
+        assert_eq!(sb.client_addr.to_string(), "10.0.0.7:51234");
+        assert_eq!(sb.state, SessionState::Active);
+        assert_eq!(sb.statements, 2);
+        assert_eq!(sb.tracked_versions, 42);
+        assert_eq!(sb.backend_pid, Some(4711));
+        assert_eq!(sb.application_name, "psql");
+
+        drop(a);
+        let snap = reg.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0].user, "bob");
+        b.ready_for_query(b'T');
+        assert_eq!(reg.snapshot()[0].state, SessionState::InTransaction);
+        b.ready_for_query(b'?');
+        assert_eq!(reg.snapshot()[0].state, SessionState::InTransaction);
+        drop(b);
+        assert!(reg.is_empty());
+    }
+}
