@@ -5,9 +5,12 @@
 //! - [`protocol`]: framing and the few message fields the proxy reads or writes.
 //! - [`relay`]: client sessions, each relayed to its own upstream connection.
 //! - [`guard`]: which statements write guarded tables, and how they are rewritten.
+//! - [`catalog`]: guards checked and resolved against a live database; `check`, `suggest`.
+//! - [`admin`]: metrics, the admin console, the session registry and the conflict log.
 //! - [`server`]: accept loop, reload and graceful shutdown.
 
 pub mod admin;
+pub mod catalog;
 pub mod config;
 pub mod guard;
 pub mod protocol;

@@ -1,1 +1,301 @@
-//! conflict (to be written).
+//! The conflict error and the proxy's own refusals, as the client sees them.
+//!
+//! A conflict must behave like an error raised by PostgreSQL itself (aborted transaction,
+//! nothing after it in the batch runs), so the server raises it: after a guarded write that
+//! carried an expected version reports 0 rows, the relay sends [`raise_block`] on the same
+//! connection. Its `RAISE` reads the row's current version and fails with the conflict message,
+//! the configured SQLSTATE and the schema, table and constraint (`optlock`) fields.
+//! [`strip_context`] then removes the PL/pgSQL context from the server's ErrorResponse before
+//! the client sees it.
+//!
+//! Statements the proxy refuses itself (fail closed, `unversioned = "reject"`,
+//! `bulk = "reject"`) get an ErrorResponse built here by [`refusal_error`].
+
+use bytes::BytesMut;
+use pgwire::messages::Message;
+use pgwire::messages::response::ErrorResponse;
+
+use crate::config::{TableName, quote_ident};
+use crate::guard::values::quote_literal;
+
+/// The constraint name carried by every error of the proxy.
+pub const CONSTRAINT: &str = "optlock";
+
+/// What the conflict error says about the row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictInfo {
+    pub table: TableName,
+    /// Key column names (folded, unquoted), in the guard's key order.
+    pub key_columns: Vec<String>,
+    /// The key values of the row (canonical text), when the write named one row.
+    pub key_values: Option<Vec<String>>,
+    /// The version the write expected (canonical text).
+    pub expected: String,
+    /// The version column (folded, unquoted); `xmin` for the system column.
+    pub version_column: String,
+}
+
+impl ConflictInfo {
+    /// `optimistic lock conflict on public.invoice (id)=(42)`.
+    pub fn message(&self) -> String {
+        let cols: Vec<String> = self.key_columns.iter().map(|c| quote_ident(c)).collect();
+        let vals = match &self.key_values {
+            Some(v) => v.join(", "),
+            None => vec!["?"; self.key_columns.len()].join(", "),
+        };
+        format!(
+            "optimistic lock conflict on {} ({})=({})",
+            self.table,
+            cols.join(", "),
+            vals
+        )
+    }
+}
+
+pub const HINT_CONFLICT: &str = "reload the row and apply the change again";
+pub const DETAIL_GONE: &str = "the row no longer exists";
+
+/// A `DO` block that raises the conflict error for `info` with SQLSTATE `sqlstate`.
+///
+/// With key values, it looks the row up and reports its current version (or that it no longer
+/// exists); without, it says the row was changed or deleted. Every value is embedded as an
+/// escaped `E''` literal and every identifier quoted when needed; the dollar-quote tag is one
+/// that does not occur in the body.
+pub fn raise_block(info: &ConflictInfo, sqlstate: &str) -> String {
+    let table = &info.table;
+    let using = |detail: &str| {
+        format!(
+            "ERRCODE = {}, MESSAGE = {}, DETAIL = {}, HINT = {}, SCHEMA = {}, TABLE = {}, CONSTRAINT = {}",
+            quote_literal(sqlstate),
+            quote_literal(&info.message()),
+            detail,
+            quote_literal(HINT_CONFLICT),
+            quote_literal(&table.schema),
+            quote_literal(&table.name),
+            quote_literal(CONSTRAINT),
+        )
+    };
+    let body = match &info.key_values {
+        Some(values) if values.len() == info.key_columns.len() && !values.is_empty() => {
+            let cond: Vec<String> = info
+                .key_columns
+                .iter()
+                .zip(values)
+                .map(|(c, v)| format!("{} = {}", quote_ident(c), quote_literal(v)))
+                .collect();
+            let changed = format!(
+                "{} || current_version",
+                quote_literal(&format!(
+                    "the row was changed by another transaction: expected version {}, found ",
+                    info.expected
+                ))
+            );
+            format!(
+                "DECLARE current_version text;\nBEGIN\n\
+                 SELECT coalesce({}::text, 'NULL') INTO current_version FROM {} WHERE {} LIMIT 1;\n\
+                 IF NOT FOUND THEN\nRAISE EXCEPTION USING {};\nEND IF;\n\
+                 RAISE EXCEPTION USING {};\nEND",
+                quote_ident(&info.version_column),
+                table,
+                cond.join(" AND "),
+                using(&quote_literal(DETAIL_GONE)),
+                using(&changed),
+            )
+        }
+        _ => format!(
+            "BEGIN\nRAISE EXCEPTION USING {};\nEND",
+            using(&quote_literal(&format!(
+                "the row was changed or deleted by another transaction: expected version {}",
+                info.expected
+            )))
+        ),
+    };
+    let mut tag = String::from("$optlock$");
+    let mut n = 0;
+    while body.contains(&tag) {
+        n += 1;
+        tag = format!("$optlock{n}$");
+    }
+    format!("DO {tag}\n{body}\n{tag}")
+}
+
+/// The value of one field (`code` byte) of an ErrorResponse or NoticeResponse body.
+pub fn error_field(body: &[u8], code: u8) -> Option<&[u8]> {
+    fields(body).find(|(c, _)| *c == code).map(|(_, v)| v)
+}
+
+/// Fields the client must not see from a raised conflict: where (`W`, the PL/pgSQL context),
+/// position (`P`), internal position (`p`) and internal query (`q`).
+const HIDDEN_FIELDS: &[u8] = b"WPpq";
+
+/// An ErrorResponse body without the PL/pgSQL context and internal-query fields, so a conflict
+/// raised by [`raise_block`] reads like any other server error. The input is the message body
+/// (after tag and length): `code, cstring` pairs ending in a 0 byte.
+pub fn strip_context(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    for (code, value) in fields(body) {
+        if !HIDDEN_FIELDS.contains(&code) {
+            out.push(code);
+            out.extend_from_slice(value);
+            out.push(0);
+        }
+    }
+    out.push(0);
+    out
+}
+
+fn fields(body: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut rest = body;
+    std::iter::from_fn(move || {
+        let (&code, tail) = rest.split_first()?;
+        if code == 0 {
+            return None;
+        }
+        let end = memchr::memchr(0, tail)?;
+        let value = &tail[..end];
+        rest = &tail[end + 1..];
+        Some((code, value))
+    })
+}
+
+/// Why the proxy refuses a statement itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A form the proxy cannot rewrite safely (fail closed); the reason says which.
+    Unsupported(String),
+    /// `unversioned = "reject"` and no expected version is known; the text names the row,
+    /// e.g. `(id)=(42)`.
+    Unversioned(String),
+    /// `bulk = "reject"` and the write is not pinned to one key.
+    Bulk,
+}
+
+pub const SQLSTATE_UNSUPPORTED: &str = "0A000";
+pub const SQLSTATE_REJECTED: &str = "55000";
+
+/// The fields of the ErrorResponse for a statement the proxy refuses.
+pub fn refusal_fields(table: &TableName, refusal: &Refusal) -> Vec<(u8, String)> {
+    let (code, message, detail, hint) = match refusal {
+        Refusal::Unsupported(reason) => (
+            SQLSTATE_UNSUPPORTED,
+            format!("optlock refuses this write to guarded table {table}: {reason}"),
+            None,
+            format!(
+                "write the change as a plain UPDATE or DELETE of {table} (optlock guards it and cannot check this form)"
+            ),
+        ),
+        Refusal::Unversioned(row) => (
+            SQLSTATE_REJECTED,
+            format!("optlock refuses this write to guarded table {table}: no expected version is known for {row}"),
+            Some(format!(
+                "{table} is guarded with unversioned = \"reject\": a write must carry the version it expects"
+            )),
+            "read the row on this connection first (SELECT ... FROM t WHERE key = ...), or pin the version in the WHERE clause".to_string(),
+        ),
+        Refusal::Bulk => (
+            SQLSTATE_REJECTED,
+            format!("optlock refuses this write to guarded table {table}: it is not pinned to one row"),
+            Some(format!(
+                "{table} is guarded with bulk = \"reject\": a write must name exactly one key"
+            )),
+            "write one row at a time, with every key column compared to one value in the WHERE clause".to_string(),
+        ),
+    };
+    let mut fields = vec![
+        (b'S', "ERROR".to_string()),
+        (b'V', "ERROR".to_string()),
+        (b'C', code.to_string()),
+        (b'M', message),
+    ];
+    if let Some(d) = detail {
+        fields.push((b'D', d));
+    }
+    fields.push((b'H', hint));
+    fields.push((b's', table.schema.clone()));
+    fields.push((b't', table.name.clone()));
+    fields.push((b'n', CONSTRAINT.to_string()));
+    fields
+}
+
+/// The ErrorResponse for a statement the proxy refuses.
+pub fn refusal_error(table: &TableName, refusal: &Refusal) -> ErrorResponse {
+    ErrorResponse::new(refusal_fields(table, refusal))
+}
+
+/// A whole ErrorResponse message (tag, length, body) appended to `buf`.
+pub fn encode_error(error: &ErrorResponse, buf: &mut BytesMut) {
+    error
+        .encode(buf)
+        .expect("an ErrorResponse of plain fields always encodes");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> TableName {
+        TableName {
+            schema: "public".into(),
+            name: "tabSales Invoice".into(),
+        }
+    }
+
+    #[test]
+    fn message_names_table_and_key() {
+        let mut info = ConflictInfo {
+            table: table(),
+            key_columns: vec!["name".into(), "Line".into()],
+            key_values: Some(vec!["a".into(), "1".into()]),
+            expected: "7".into(),
+            version_column: "modified".into(),
+        };
+        assert_eq!(
+            info.message(),
+            "optimistic lock conflict on public.\"tabSales Invoice\" (name, \"Line\")=(a, 1)"
+        );
+        info.key_values = None;
+        assert!(info.message().ends_with("(name, \"Line\")=(?, ?)"));
+    }
+
+    #[test]
+    fn dollar_tag_avoids_the_body() {
+        let info = ConflictInfo {
+            table: table(),
+            key_columns: vec!["name".into()],
+            key_values: Some(vec!["x$optlock$y$optlock1$".into()]),
+            expected: "7".into(),
+            version_column: "version".into(),
+        };
+        let sql = raise_block(&info, "40001");
+        assert!(sql.starts_with("DO $optlock2$\n"), "{sql}");
+        assert!(sql.ends_with("\n$optlock2$"), "{sql}");
+    }
+
+    #[test]
+    fn strip_and_read_fields() {
+        let body = b"SERROR\0C40001\0Mconflict\0WPL/pgSQL function inline_code_block line 4 at RAISE\0P3\0q select\0Fpl_exec.c\0\0";
+        let clean = strip_context(body);
+        assert_eq!(clean, b"SERROR\0C40001\0Mconflict\0Fpl_exec.c\0\0".to_vec());
+        assert_eq!(error_field(body, b'C'), Some(&b"40001"[..]));
+        assert_eq!(error_field(body, b'D'), None);
+        assert_eq!(error_field(&clean, b'W'), None);
+    }
+
+    #[test]
+    fn refusal_encodes() {
+        let e = refusal_error(&table(), &Refusal::Unversioned("(name)=(a)".into()));
+        let mut buf = BytesMut::new();
+        encode_error(&e, &mut buf);
+        assert_eq!(buf[0], b'E');
+        let len = u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len + 1, buf.len());
+        let body = &buf[5..];
+        assert_eq!(error_field(body, b'C'), Some(&b"55000"[..]));
+        assert_eq!(error_field(body, b'n'), Some(&b"optlock"[..]));
+        assert_eq!(error_field(body, b't'), Some(&b"tabSales Invoice"[..]));
+        let m = String::from_utf8(error_field(body, b'M').unwrap().to_vec()).unwrap();
+        assert!(m.contains("public.\"tabSales Invoice\""), "{m}");
+        let e = refusal_fields(&table(), &Refusal::Unsupported("MERGE".into()));
+        assert!(e.contains(&(b'C', "0A000".into())));
+    }
+}

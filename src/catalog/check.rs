@@ -1,0 +1,392 @@
+//! `optlock check`: every guard against the live catalog, with the fix for what is wrong.
+//!
+//! For each guard: the table exists and is a table; the key columns exist and are exactly a
+//! primary key or a unique constraint or index (valid, not partial, no expressions); the
+//! version column exists, has a type that fits the kind, is NOT NULL and has a default (plain
+//! INSERTs leave it to the default); `xmin` always fits. Each problem is one [`Finding`] with
+//! the DDL or config change that fixes it; a guard without problems gets one `ok` finding.
+
+use std::path::Path;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::{Column, columns, default_expr, find_table, toml_ident_list, type_fits, unique_keys};
+use crate::config::{Config, Guard, VersionKind, quote_ident};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Ok,
+    Error,
+}
+
+/// One result of the check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The guard's table, as written by `TableName`'s Display (`public."tabSales Invoice"`).
+    pub table: String,
+    pub severity: Severity,
+    pub message: String,
+    /// SQL that fixes the problem, when a schema change does.
+    pub ddl: Option<String>,
+    /// A change to the guard's config stanza that fixes it instead (e.g. `kind = "timestamp"`).
+    pub config: Option<String>,
+}
+
+impl Finding {
+    fn error(guard: &Guard, message: String) -> Finding {
+        Finding {
+            table: guard.table.to_string(),
+            severity: Severity::Error,
+            message,
+            ddl: None,
+            config: None,
+        }
+    }
+
+    fn ddl(mut self, ddl: String) -> Finding {
+        self.ddl = Some(ddl);
+        self
+    }
+
+    fn config(mut self, config: String) -> Finding {
+        self.config = Some(config);
+        self
+    }
+}
+
+/// Checks every guard; findings in guard order.
+pub async fn check(guards: &[Guard], client: &Client) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for guard in guards {
+        match check_guard(guard, client).await {
+            Ok(findings) => out.extend(findings),
+            Err(e) => {
+                out.push(Finding::error(
+                    guard,
+                    format!("cannot read the catalog: {e}"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// True when no finding is an error.
+pub fn all_ok(findings: &[Finding]) -> bool {
+    findings.iter().all(|f| f.severity == Severity::Ok)
+}
+
+async fn check_guard(
+    guard: &Guard,
+    client: &Client,
+) -> Result<Vec<Finding>, tokio_postgres::Error> {
+    let t = &guard.table;
+    let mut out = Vec::new();
+    let Some(table) = find_table(client, &t.schema, &t.name).await? else {
+        let schema_exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1",
+                &[&t.schema],
+            )
+            .await?
+            .is_some();
+        let where_ = if schema_exists {
+            format!("in schema {}", quote_ident(&t.schema))
+        } else {
+            format!("(schema {} does not exist either)", quote_ident(&t.schema))
+        };
+        out.push(Finding::error(
+            guard,
+            format!(
+                "table {t} does not exist {where_}: correct the guard's table (names are case-folded unless double-quoted) or create the table"
+            ),
+        ));
+        return Ok(out);
+    };
+    if !matches!(table.relkind, 'r' | 'p') {
+        let what = match table.relkind {
+            'v' => "a view",
+            'm' => "a materialized view",
+            'f' => "a foreign table",
+            _ => "not a table",
+        };
+        out.push(Finding::error(
+            guard,
+            format!("{t} is {what}: guard the table its rows live in"),
+        ));
+        return Ok(out);
+    }
+    let cols = columns(client, table.oid).await?;
+    let col = |name: &str| cols.iter().find(|c| c.name == name);
+
+    // Key.
+    let mut key_attnums = Vec::new();
+    for k in &guard.key {
+        match col(k) {
+            Some(c) => key_attnums.push(c.attnum),
+            None => out.push(Finding::error(
+                guard,
+                format!("key column {} does not exist in {t}", quote_ident(k)),
+            )),
+        }
+    }
+    let uniques = unique_keys(client, table.oid).await?;
+    let names = |attnums: &[i16]| -> Vec<String> {
+        attnums
+            .iter()
+            .map(|a| {
+                cols.iter()
+                    .find(|c| c.attnum == *a)
+                    .map(|c| c.name.clone())
+                    .unwrap_or_else(|| a.to_string())
+            })
+            .collect()
+    };
+    let key_list = guard
+        .key
+        .iter()
+        .map(|k| quote_ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut key_note = String::new();
+    if key_attnums.len() == guard.key.len() {
+        let mut sorted = key_attnums.clone();
+        sorted.sort_unstable();
+        let found = uniques.iter().find(|u| {
+            let mut s = u.attnums.clone();
+            s.sort_unstable();
+            s == sorted
+        });
+        match found {
+            Some(u) => {
+                key_note = format!(
+                    "key ({key_list}) is {}",
+                    if u.primary {
+                        "the primary key"
+                    } else {
+                        "unique"
+                    }
+                );
+            }
+            None => {
+                let mut f = Finding::error(
+                    guard,
+                    format!(
+                        "key ({key_list}) is neither the primary key nor a unique constraint of {t}: one key value could name several rows"
+                    ),
+                )
+                .ddl(format!("ALTER TABLE {t} ADD UNIQUE ({key_list});"));
+                if let Some(pk) = uniques.iter().find(|u| u.primary) {
+                    f = f.config(format!("key = {}", toml_ident_list(&names(&pk.attnums))));
+                }
+                out.push(f);
+            }
+        }
+    } else if let Some(pk) = uniques.iter().find(|u| u.primary)
+        && let Some(last) = out.last_mut()
+    {
+        last.config = Some(format!("key = {}", toml_ident_list(&names(&pk.attnums))));
+    }
+
+    // Version.
+    let v = &guard.version;
+    let vq = quote_ident(v);
+    let version_note;
+    if guard.kind == VersionKind::Xmin {
+        version_note = "version is the system column xmin".to_string();
+    } else {
+        match col(v) {
+            None => {
+                let ty = match guard.kind {
+                    VersionKind::Timestamp => "timestamptz",
+                    _ => "bigint",
+                };
+                out.push(
+                    Finding::error(guard, format!("version column {vq} does not exist in {t}"))
+                        .ddl(format!(
+                            "ALTER TABLE {t} ADD COLUMN {vq} {ty} NOT NULL DEFAULT {};",
+                            default_expr(guard.kind)
+                        ))
+                        .config(
+                            "version = \"xmin\"  # or use the system column: no schema change"
+                                .into(),
+                        ),
+                );
+                version_note = String::new();
+            }
+            Some(c) => {
+                let before = out.len();
+                check_version_column(guard, c, &mut out);
+                version_note = if out.len() == before {
+                    format!(
+                        "version {vq} ({}) fits kind \"{}\"",
+                        c.type_name, guard.kind
+                    )
+                } else {
+                    String::new()
+                };
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(Finding {
+            table: t.to_string(),
+            severity: Severity::Ok,
+            message: format!("{key_note}; {version_note}"),
+            ddl: None,
+            config: None,
+        });
+    }
+    Ok(out)
+}
+
+fn check_version_column(guard: &Guard, c: &Column, out: &mut Vec<Finding>) {
+    let t = &guard.table;
+    let vq = quote_ident(&c.name);
+    let kind = guard.kind;
+    if !type_fits(kind, c.base_type) {
+        let other = [VersionKind::Counter, VersionKind::Timestamp]
+            .into_iter()
+            .find(|k| *k != kind && type_fits(*k, c.base_type));
+        let fits = match kind {
+            VersionKind::Timestamp => "timestamp or timestamptz",
+            _ => "smallint, integer, bigint or numeric",
+        };
+        let mut f = Finding::error(
+            guard,
+            format!(
+                "version column {vq} is {}, which does not fit kind \"{kind}\" (needs {fits})",
+                c.type_name
+            ),
+        );
+        f = match other {
+            Some(k) => f.config(format!("kind = \"{k}\"")),
+            None => {
+                let ty = match kind {
+                    VersionKind::Timestamp => "timestamptz",
+                    _ => "bigint",
+                };
+                f.ddl(format!(
+                    "ALTER TABLE {t} ALTER COLUMN {vq} DROP DEFAULT, \
+                     ALTER COLUMN {vq} TYPE {ty} USING {vq}::{ty}, \
+                     ALTER COLUMN {vq} SET DEFAULT {};",
+                    default_expr(kind)
+                ))
+            }
+        };
+        out.push(f);
+        return;
+    }
+    if !c.generated.is_empty() {
+        out.push(
+            Finding::error(
+                guard,
+                format!("version column {vq} is a generated column: its value cannot be set"),
+            )
+            .config("version = \"xmin\"".into()),
+        );
+        return;
+    }
+    if c.identity == "a" {
+        out.push(
+            Finding::error(
+                guard,
+                format!(
+                    "version column {vq} is GENERATED ALWAYS AS IDENTITY: an UPDATE cannot set it"
+                ),
+            )
+            .ddl(format!(
+                "ALTER TABLE {t} ALTER COLUMN {vq} SET GENERATED BY DEFAULT;"
+            )),
+        );
+    }
+    if !c.not_null {
+        out.push(
+            Finding::error(
+                guard,
+                format!(
+                    "version column {vq} is nullable: a NULL version never matches, every write to such a row would conflict"
+                ),
+            )
+            .ddl(format!(
+                "UPDATE {t} SET {vq} = {} WHERE {vq} IS NULL; ALTER TABLE {t} ALTER COLUMN {vq} SET NOT NULL;",
+                default_expr(kind)
+            )),
+        );
+    }
+    if !c.has_default && c.identity.is_empty() {
+        out.push(
+            Finding::error(
+                guard,
+                format!(
+                    "version column {vq} has no default: an INSERT that does not set it leaves it NULL or fails"
+                ),
+            )
+            .ddl(format!(
+                "ALTER TABLE {t} ALTER COLUMN {vq} SET DEFAULT {};",
+                default_expr(kind)
+            )),
+        );
+    }
+}
+
+/// One line per finding: `ok`/`error`, table, message, then the fix.
+pub fn render_human(findings: &[Finding]) -> String {
+    let mut out = String::new();
+    for f in findings {
+        let sev = match f.severity {
+            Severity::Ok => "ok   ",
+            Severity::Error => "error",
+        };
+        out.push_str(&format!("{sev} {}: {}", f.table, f.message));
+        if let Some(ddl) = &f.ddl {
+            out.push_str(&format!("; fix: {ddl}"));
+        }
+        if let Some(cfg) = &f.config {
+            out.push_str(&format!(
+                "; {} config: {cfg}",
+                if f.ddl.is_some() {
+                    "or in the"
+                } else {
+                    "fix in the"
+                }
+            ));
+        }
+        out.push('\n');
+    }
+    if findings.is_empty() {
+        out.push_str("no guards configured\n");
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    ok: bool,
+    findings: &'a [Finding],
+}
+
+/// `{"ok": bool, "findings": [...]}`.
+pub fn render_json(findings: &[Finding]) -> String {
+    serde_json::to_string_pretty(&Report {
+        ok: all_ok(findings),
+        findings,
+    })
+    .expect("findings serialize")
+}
+
+/// `optlock check`: loads the config, checks it against `database_url`, prints the findings
+/// (human or JSON) to stdout. Returns whether every guard is ok.
+pub async fn run_check(config_path: &Path, database_url: &str, json: bool) -> anyhow::Result<bool> {
+    let config = Config::load(config_path)?;
+    let client = super::connect(database_url).await?;
+    let findings = check(&config.guards, &client).await;
+    if json {
+        println!("{}", render_json(&findings));
+    } else {
+        print!("{}", render_human(&findings));
+    }
+    Ok(all_ok(&findings))
+}

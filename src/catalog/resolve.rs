@@ -1,0 +1,243 @@
+//! Guards resolved against one database: table OIDs, attribute numbers and types.
+//!
+//! RowDescription names each result column by (table OID, attribute number), whatever alias the
+//! query used, so recognising a guarded table's key and version columns in result rows needs
+//! those numbers for the session's own database. [`resolve_query`] is one catalog-only
+//! `SELECT` (no parameters, valid on PostgreSQL 12 and later) the relay runs in-band with a
+//! simple `Query`; [`parse_resolved`] reads its text rows. A guard whose table, key column or
+//! version column does not exist in that database is simply absent.
+
+use std::collections::HashMap;
+
+use crate::config::Guard;
+use crate::guard::values::quote_literal;
+
+/// The role of a column in a guard, as [`resolve_query`] reports it.
+const ROLE_KEY: &str = "k";
+const ROLE_VERSION: &str = "v";
+
+/// One guard in one database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedGuard {
+    pub table_oid: u32,
+    /// Attribute numbers of the key columns, in the guard's key order.
+    pub key_attnums: Vec<i16>,
+    /// Type OIDs of the key columns (domains replaced by their base type, as RowDescription
+    /// reports them).
+    pub key_types: Vec<u32>,
+    /// Attribute number of the version column (`xmin` is a system column: negative).
+    pub version_attnum: i16,
+    pub version_type: u32,
+}
+
+impl ResolvedGuard {
+    /// Position in the key of the column with attribute number `attnum`.
+    pub fn key_position(&self, attnum: i16) -> Option<usize> {
+        self.key_attnums.iter().position(|&a| a == attnum)
+    }
+
+    pub fn is_version(&self, attnum: i16) -> bool {
+        self.version_attnum == attnum
+    }
+}
+
+/// The guards of a config resolved in one database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedGuards {
+    /// Indexed like the config's guards; `None` when absent from this database.
+    guards: Vec<Option<ResolvedGuard>>,
+    by_oid: HashMap<u32, usize>,
+}
+
+impl ResolvedGuards {
+    /// The guard of the table with OID `oid`: its index in the config and its columns.
+    pub fn by_table_oid(&self, oid: u32) -> Option<(usize, &ResolvedGuard)> {
+        let i = *self.by_oid.get(&oid)?;
+        self.guards[i].as_ref().map(|g| (i, g))
+    }
+
+    /// The guard with config index `guard`, if present in this database.
+    pub fn get(&self, guard: usize) -> Option<&ResolvedGuard> {
+        self.guards.get(guard)?.as_ref()
+    }
+
+    /// How many guards are present in this database.
+    pub fn len(&self) -> usize {
+        self.by_oid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_oid.is_empty()
+    }
+}
+
+/// One `SELECT` over the catalog that resolves `guards`: one text row per (guard index, role,
+/// position, table OID, attnum, type OID) with role `k` (key column, position in the key) or
+/// `v` (version column, position 0). Columns that do not exist come back with NULL attnum.
+pub fn resolve_query(guards: &[Guard]) -> String {
+    let mut values = Vec::new();
+    for (i, g) in guards.iter().enumerate() {
+        let schema = quote_literal(&g.table.schema);
+        let name = quote_literal(&g.table.name);
+        let mut push = |role: &str, pos: usize, col: &str| {
+            values.push(format!(
+                "({i}, '{role}', {pos}, {schema}::name, {name}::name, {}::name)",
+                quote_literal(col)
+            ));
+        };
+        for (pos, k) in g.key.iter().enumerate() {
+            push(ROLE_KEY, pos, k);
+        }
+        push(ROLE_VERSION, 0, &g.version);
+    }
+    if values.is_empty() {
+        return "SELECT NULL::text AS guard, NULL::text AS role, NULL::text AS pos, \
+                NULL::text AS table_oid, NULL::text AS attnum, NULL::text AS type_oid LIMIT 0"
+            .to_string();
+    }
+    format!(
+        "SELECT g.guard::text, g.role, g.pos::text, c.oid::text, a.attnum::text, \
+         coalesce(nullif(b.typbasetype, 0), nullif(t.typbasetype, 0), t.oid)::text \
+         FROM (VALUES {}) AS g(guard, role, pos, nsp, rel, att) \
+         JOIN pg_catalog.pg_namespace n ON n.nspname = g.nsp \
+         JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = g.rel \
+         AND c.relkind IN ('r', 'p', 'v', 'f', 'm') \
+         LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = g.att \
+         AND NOT a.attisdropped \
+         LEFT JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+         LEFT JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype \
+         ORDER BY g.guard, g.role, g.pos",
+        values.join(", ")
+    )
+}
+
+/// Reads the text rows of [`resolve_query`] (six columns each) for the same `guards`.
+/// Rows that do not parse, or name a guard out of range, are ignored; a guard missing its
+/// table or any of its columns is absent.
+pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> ResolvedGuards {
+    struct Partial {
+        table_oid: u32,
+        keys: Vec<Option<(i16, u32)>>,
+        version: Option<(i16, u32)>,
+    }
+    let mut partial: Vec<Option<Partial>> = guards.iter().map(|_| None).collect();
+    for row in rows {
+        let field = |i: usize| row.get(i).and_then(|v| v.as_deref());
+        let (Some(guard), Some(role), Some(pos), Some(table_oid)) = (
+            field(0).and_then(|v| v.parse::<usize>().ok()),
+            field(1),
+            field(2).and_then(|v| v.parse::<usize>().ok()),
+            field(3).and_then(|v| v.parse::<u32>().ok()),
+        ) else {
+            continue;
+        };
+        let Some(g) = guards.get(guard) else {
+            continue;
+        };
+        let p = partial[guard].get_or_insert_with(|| Partial {
+            table_oid,
+            keys: vec![None; g.key.len()],
+            version: None,
+        });
+        if p.table_oid != table_oid {
+            continue;
+        }
+        let column = match (
+            field(4).and_then(|v| v.parse::<i16>().ok()),
+            field(5).and_then(|v| v.parse::<u32>().ok()),
+        ) {
+            (Some(attnum), Some(ty)) => Some((attnum, ty)),
+            _ => None,
+        };
+        match role {
+            ROLE_KEY if pos < p.keys.len() => p.keys[pos] = column,
+            ROLE_VERSION => p.version = column,
+            _ => {}
+        }
+    }
+    let mut out = ResolvedGuards::default();
+    for (i, p) in partial.into_iter().enumerate() {
+        let resolved = p.and_then(|p| {
+            let keys: Option<Vec<(i16, u32)>> = p.keys.into_iter().collect();
+            let keys = keys?;
+            let (version_attnum, version_type) = p.version?;
+            Some(ResolvedGuard {
+                table_oid: p.table_oid,
+                key_attnums: keys.iter().map(|k| k.0).collect(),
+                key_types: keys.iter().map(|k| k.1).collect(),
+                version_attnum,
+                version_type,
+            })
+        });
+        if let Some(r) = &resolved {
+            out.by_oid.insert(r.table_oid, i);
+        }
+        out.guards.push(resolved);
+    }
+    out
+}
+
+/// Runs [`resolve_query`] on `client` and parses it (for tools and tests; the relay runs the
+/// query in-band on the session's own connection).
+pub async fn resolve(
+    client: &tokio_postgres::Client,
+    guards: &[Guard],
+) -> Result<ResolvedGuards, tokio_postgres::Error> {
+    let mut rows = Vec::new();
+    for msg in client.simple_query(&resolve_query(guards)).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = msg {
+            rows.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
+        }
+    }
+    Ok(parse_resolved(&rows, guards))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn guards() -> Vec<Guard> {
+        Config::parse(
+            "[[guard]]\ntable = \"a\"\nkey = [\"x\", \"y\"]\n[[guard]]\ntable = \"b\"\nkey = [\"id\"]\nversion = \"xmin\"\n",
+            "t.toml",
+        )
+        .unwrap()
+        .guards
+    }
+
+    fn row(v: &[&str]) -> Vec<Option<String>> {
+        v.iter()
+            .map(|s| (!s.is_empty()).then(|| s.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_rows_and_drops_incomplete_guards() {
+        let g = guards();
+        let rows = vec![
+            row(&["0", "k", "0", "100", "1", "23"]),
+            row(&["0", "k", "1", "100", "2", "25"]),
+            row(&["0", "v", "0", "100", "3", "20"]),
+            row(&["1", "k", "0", "200", "", ""]),
+            row(&["1", "v", "0", "200", "-2", "28"]),
+        ];
+        let r = parse_resolved(&rows, &g);
+        assert_eq!(r.len(), 1);
+        let (i, a) = r.by_table_oid(100).unwrap();
+        assert_eq!(i, 0);
+        assert_eq!(a.key_attnums, vec![1, 2]);
+        assert_eq!(a.key_types, vec![23, 25]);
+        assert_eq!((a.version_attnum, a.version_type), (3, 20));
+        assert_eq!(a.key_position(2), Some(1));
+        assert!(a.is_version(3));
+        assert!(r.by_table_oid(200).is_none());
+        assert!(r.get(1).is_none());
+    }
+
+    #[test]
+    fn empty_guards_give_a_query_too() {
+        assert!(resolve_query(&[]).contains("LIMIT 0"));
+        assert!(parse_resolved(&[], &[]).is_empty());
+    }
+}
