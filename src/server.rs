@@ -14,14 +14,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::admin::serve_metrics;
 use crate::config::Config;
 use crate::relay::{self, Settings, Shared};
 
 /// A running proxy: bound, not yet serving.
 pub struct Server {
     pub listener: TcpListener,
+    pub metrics_listener: Option<TcpListener>,
     pub shared: Arc<Shared>,
-    config_path: Option<PathBuf>,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -35,12 +36,25 @@ impl Server {
         let listener = TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let metrics_listener = match &config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+            ),
+            None => None,
+        };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared::new(Settings::new(config, 1), shutdown_rx, tls));
+        let shared = Arc::new(Shared::new(
+            Settings::new(config, 1),
+            shutdown_rx,
+            tls,
+            config_path,
+        ));
         Ok(Server {
             listener,
+            metrics_listener,
             shared,
-            config_path,
             shutdown_tx,
         })
     }
@@ -50,36 +64,24 @@ impl Server {
         self.shutdown_tx.clone()
     }
 
-    /// Re-reads the config file; on error the running config stays.
-    pub fn reload(shared: &Shared, path: Option<&PathBuf>) -> Result<String, String> {
-        let Some(path) = path else {
-            return Err("no config file to reload (started without --config)".into());
-        };
-        let mut next = Config::load(path).map_err(|e| e.to_string())?;
-        let current = shared.settings();
-        // Where to listen and connect is fixed for the life of the process.
-        next.listen = current.config.listen.clone();
-        next.upstream = current.config.upstream.clone();
-        let n = next.guards.len();
-        let s = shared.replace_config(next);
-        Ok(format!(
-            "reloaded {}: {n} guarded table(s), generation {}",
-            path.display(),
-            s.generation
-        ))
-    }
-
     /// Serves until a shutdown signal, then drains.
     pub async fn run(self) -> anyhow::Result<()> {
         let Server {
             listener,
+            metrics_listener,
             shared,
-            config_path,
             shutdown_tx,
         } = self;
         let mut sessions = JoinSet::new();
         let mut shutdown_rx = shared.shutdown.clone();
-        spawn_signal_handlers(shared.clone(), config_path.clone(), shutdown_tx.clone())?;
+        spawn_signal_handlers(shared.clone(), shutdown_tx.clone())?;
+        if let Some(l) = metrics_listener {
+            info!(listen = %l.local_addr()?, "metrics at /metrics");
+            let mut stop = shared.shutdown.clone();
+            tokio::spawn(serve_metrics(l, shared.admin.metrics.clone(), async move {
+                let _ = stop.changed().await;
+            }));
+        }
         info!(
             listen = %listener.local_addr()?,
             upstream = %shared.settings().config.upstream,
@@ -125,11 +127,7 @@ impl Server {
     }
 }
 
-fn spawn_signal_handlers(
-    shared: Arc<Shared>,
-    config_path: Option<PathBuf>,
-    shutdown_tx: watch::Sender<bool>,
-) -> anyhow::Result<()> {
+fn spawn_signal_handlers(shared: Arc<Shared>, shutdown_tx: watch::Sender<bool>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -137,7 +135,7 @@ fn spawn_signal_handlers(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = hup.recv() => match Server::reload(&shared, config_path.as_ref()) {
+                _ = hup.recv() => match shared.reload() {
                     Ok(msg) => info!("{msg}"),
                     Err(e) => error!(error = %e, "reload failed; keeping the running config"),
                 },

@@ -38,17 +38,17 @@ pub struct ConflictInfo {
 impl ConflictInfo {
     /// `optimistic lock conflict on public.invoice (id)=(42)`.
     pub fn message(&self) -> String {
+        format!("optimistic lock conflict on {} {}", self.table, self.key_text())
+    }
+
+    /// The row as `(id)=(42)`; `?` stands for values the proxy does not know.
+    pub fn key_text(&self) -> String {
         let cols: Vec<String> = self.key_columns.iter().map(|c| quote_ident(c)).collect();
         let vals = match &self.key_values {
             Some(v) => v.join(", "),
             None => vec!["?"; self.key_columns.len()].join(", "),
         };
-        format!(
-            "optimistic lock conflict on {} ({})=({})",
-            self.table,
-            cols.join(", "),
-            vals
-        )
+        format!("({})=({})", cols.join(", "), vals)
     }
 }
 

@@ -142,27 +142,38 @@ pub fn bind_names(body: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((portal, statement))
 }
 
-/// Writes `bind` with one more text parameter (`extra`, `None` for NULL) appended; format codes
-/// become per-parameter when the client sent a single code for all.
-pub fn write_bind_with_extra(out: &mut BytesMut, bind: &Bind<'_>, extra: Option<&[u8]>) {
+/// Writes `bind` changed for a rewritten statement: with one more text parameter appended
+/// when `extra` is `Some` (`Some(None)` binds NULL), and `extra_columns` more text result
+/// columns when the client gave one format code per column. Parameter format codes become
+/// per-parameter when the client sent a single code for all.
+pub fn write_bind_rewritten(
+    out: &mut BytesMut,
+    bind: &Bind<'_>,
+    extra: Option<Option<&[u8]>>,
+    extra_columns: usize,
+) {
     let at = begin_message(out, BIND);
     out.extend_from_slice(bind.portal);
     out.extend_from_slice(&[0]);
     out.extend_from_slice(bind.statement);
     out.extend_from_slice(&[0]);
     let n = bind.params.len();
+    let added = usize::from(extra.is_some());
     match bind.param_formats.len() {
         0 => out.extend_from_slice(&0i16.to_be_bytes()),
+        1 if added == 0 => out.extend_from_slice(&[0, 1, 0, bind.param_formats[0] as u8]),
         _ => {
-            out.extend_from_slice(&((n + 1) as i16).to_be_bytes());
+            out.extend_from_slice(&((n + added) as i16).to_be_bytes());
             for i in 0..n {
                 out.extend_from_slice(&bind.param_format(i).to_be_bytes());
             }
-            out.extend_from_slice(&0i16.to_be_bytes());
+            if added == 1 {
+                out.extend_from_slice(&0i16.to_be_bytes());
+            }
         }
     }
-    out.extend_from_slice(&((n + 1) as i16).to_be_bytes());
-    for p in bind.params.iter().copied().chain(std::iter::once(extra)) {
+    out.extend_from_slice(&((n + added) as i16).to_be_bytes());
+    for p in bind.params.iter().copied().chain(extra) {
         match p {
             None => out.extend_from_slice(&(-1i32).to_be_bytes()),
             Some(v) => {
@@ -171,7 +182,17 @@ pub fn write_bind_with_extra(out: &mut BytesMut, bind: &Bind<'_>, extra: Option<
             }
         }
     }
-    out.extend_from_slice(bind.result_formats);
+    let codes = bind.result_formats;
+    let count = i16::from_be_bytes([codes.first().copied().unwrap_or(0), codes.get(1).copied().unwrap_or(0)]);
+    if count > 1 && extra_columns > 0 {
+        out.extend_from_slice(&(count + extra_columns as i16).to_be_bytes());
+        out.extend_from_slice(&codes[2..]);
+        for _ in 0..extra_columns {
+            out.extend_from_slice(&0i16.to_be_bytes());
+        }
+    } else {
+        out.extend_from_slice(codes);
+    }
     finish_message(out, at);
 }
 
@@ -269,11 +290,12 @@ mod tests {
         assert_eq!(b.param_format(1), 1);
 
         let mut out = BytesMut::new();
-        write_bind_with_extra(&mut out, &b, Some(b"7"));
+        write_bind_rewritten(&mut out, &b, Some(Some(b"7")), 2);
         let b2 = bind(body(&out)).unwrap();
         assert_eq!(b2.param_formats, vec![1, 1, 0]);
         assert_eq!(b2.params.len(), 3);
         assert_eq!(b2.params[2], Some(&b"7"[..]));
+        // A single result format code applies to the proxy's columns too.
         assert_eq!(b2.result_formats, b.result_formats);
     }
 

@@ -5,12 +5,14 @@
 //! - [`replies`]: the queue of replies each client message awaits.
 //! - [`guarded`]: the guard's hooks in that loop.
 
+pub mod admin_session;
 pub mod guarded;
 pub mod handshake;
 pub mod replies;
 pub mod session;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -21,8 +23,10 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::admin::{ConflictLog, Direction, Metrics, SessionRegistry, SessionStart};
 use crate::config::Config;
 use crate::guard::GuardSet;
+use guarded::{GuardState, Ident};
 use handshake::{ClientStream, Opening};
 use session::Session;
 
@@ -51,18 +55,16 @@ pub struct Shared {
     generation: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
     pub tls: Option<TlsAcceptor>,
-    pub(crate) stats: Stats,
+    pub admin: AdminState,
+    /// The config file, for reloads.
+    pub config_path: Option<PathBuf>,
 }
 
-/// Process-wide counters, updated with relaxed atomics on the hot path.
-#[derive(Default)]
-pub struct Stats {
-    pub sessions_total: AtomicU64,
-    pub sessions_active: AtomicU64,
-    pub statements: AtomicU64,
-    pub bytes_from_clients: AtomicU64,
-    pub bytes_from_server: AtomicU64,
-    pub upstream_connect_failures: AtomicU64,
+/// Metrics, live sessions and recent conflicts, shared with the admin console.
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub sessions: Arc<SessionRegistry>,
+    pub conflicts: Arc<ConflictLog>,
 }
 
 impl Shared {
@@ -70,22 +72,27 @@ impl Shared {
         settings: Settings,
         shutdown: watch::Receiver<bool>,
         tls: Option<TlsAcceptor>,
+        config_path: Option<PathBuf>,
     ) -> Shared {
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_tables(table_names(&settings.config));
         Shared {
             generation: AtomicU64::new(settings.generation),
             settings: RwLock::new(Arc::new(settings)),
             shutdown,
             tls,
-            stats: Stats::default(),
+            admin: AdminState {
+                metrics,
+                sessions: Arc::new(SessionRegistry::new()),
+                conflicts: Arc::new(ConflictLog::default()),
+            },
+            config_path,
         }
     }
 
     /// The current settings.
     pub fn settings(&self) -> Arc<Settings> {
-        self.settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The generation of the current settings (changes on reload).
@@ -97,29 +104,52 @@ impl Shared {
     /// Installs a new config for statements from now on.
     pub fn replace_config(&self, config: Config) -> Arc<Settings> {
         let mut slot = self.settings.write().unwrap_or_else(|e| e.into_inner());
+        self.admin.metrics.set_tables(table_names(&config));
         let next = Arc::new(Settings::new(config, slot.generation + 1));
         *slot = next.clone();
         self.generation.store(next.generation, Ordering::Release);
         next
     }
 
+    /// Re-reads the config file; on error the running config stays and the error says why.
+    pub fn reload(&self) -> Result<String, String> {
+        let Some(path) = &self.config_path else {
+            return Err("no config file to reload (started without --config)".into());
+        };
+        let mut next = Config::load(path).map_err(|e| e.to_string())?;
+        let current = self.settings();
+        // Where to listen and connect is fixed for the life of the process.
+        next.listen = current.config.listen.clone();
+        next.upstream = current.config.upstream.clone();
+        next.tls = current.config.tls.clone();
+        next.metrics_listen = current.config.metrics_listen.clone();
+        let n = next.guards.len();
+        let s = self.replace_config(next);
+        Ok(format!(
+            "reloaded {}: {n} guarded table(s), generation {}",
+            path.display(),
+            s.generation
+        ))
+    }
+
     #[inline]
     pub(crate) fn metrics_bytes(&self, from_client: bool, n: usize) {
-        let c = if from_client {
-            &self.stats.bytes_from_clients
+        let d = if from_client {
+            Direction::ClientToServer
         } else {
-            &self.stats.bytes_from_server
+            Direction::ServerToClient
         };
-        c.fetch_add(n as u64, Ordering::Relaxed);
+        self.admin.metrics.bytes(d, n as u64);
     }
 
     #[inline]
-    pub(crate) fn metrics_latency(&self, _started: Instant) {}
-
-    #[inline]
-    pub(crate) fn count_statement(&self) {
-        self.stats.statements.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn metrics_latency(&self, started: Instant) {
+        self.admin.metrics.added_latency(started.elapsed());
     }
+}
+
+fn table_names(config: &Config) -> Vec<String> {
+    config.guards.iter().map(|g| g.table.to_string()).collect()
 }
 
 /// Serves one accepted client connection to its end.
@@ -171,9 +201,21 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
                 database = %database,
                 application_name = %param("application_name"),
             );
-            run_session(stream, packet, shared, settings)
-                .instrument(span)
-                .await
+            let ident = Ident {
+                client: peer,
+                user,
+                database,
+                application_name: param("application_name").to_string(),
+            };
+            if ident.database == admin_session::ADMIN_DATABASE {
+                admin_session::serve(stream, &params, ident, shared, settings)
+                    .instrument(span)
+                    .await
+            } else {
+                run_session(stream, packet, ident, shared, settings)
+                    .instrument(span)
+                    .await
+            }
         }
     }
 }
@@ -181,6 +223,7 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
 async fn run_session(
     mut stream: ClientStream,
     packet: Vec<u8>,
+    ident: Ident,
     shared: Arc<Shared>,
     settings: Arc<Settings>,
 ) {
@@ -189,19 +232,22 @@ async fn run_session(
     let upstream = match connect_upstream(config).await {
         Ok(s) => s,
         Err(message) => {
-            shared
-                .stats
-                .upstream_connect_failures
-                .fetch_add(1, Ordering::Relaxed);
+            shared.admin.metrics.upstream_connect_failed();
             warn!(error = %message, "upstream connection failed");
             handshake::send_fatal(&mut stream, "08006", &message).await;
             return;
         }
     };
-    shared.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
-    shared.stats.sessions_active.fetch_add(1, Ordering::Relaxed);
+    let _open = shared.admin.metrics.open_session();
+    let handle = shared.admin.sessions.register(SessionStart {
+        client_addr: ident.client,
+        user: ident.user.clone(),
+        database: ident.database.clone(),
+        application_name: ident.application_name.clone(),
+    });
     debug!("session started");
-    let mut session = Session::new(shared.clone(), settings.clone(), Default::default());
+    let guard = GuardState::new(ident, config.track_limit);
+    let mut session = Session::new(shared.clone(), settings.clone(), guard, handle);
     session.to_server.extend_from_slice(&packet);
     let mut upstream = upstream;
     let (sr, sw) = upstream.split();
@@ -215,7 +261,6 @@ async fn run_session(
             session.run(cr, cw, sr, sw).await
         }
     };
-    shared.stats.sessions_active.fetch_sub(1, Ordering::Relaxed);
     session::log_end(&end, started);
 }
 

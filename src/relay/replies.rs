@@ -14,9 +14,9 @@ use crate::protocol::backend as be;
 pub enum Pending<G> {
     /// A simple `Query` (or `FunctionCall`): everything up to `ReadyForQuery`.
     Simple(G),
-    Parse,
-    Bind,
-    Close,
+    Parse(G),
+    Bind(G),
+    Close(G),
     /// `Describe` of a statement: `ParameterDescription`, then `RowDescription` or `NoData`.
     DescribeStatement(G),
     /// `Describe` of a portal: `RowDescription` or `NoData`.
@@ -100,9 +100,9 @@ impl<G> Replies<G> {
             }
             (Pending::Simple(_) | Pending::Sync, be::READY_FOR_QUERY) => true,
             (Pending::Simple(_), _) => false,
-            (Pending::Parse, be::PARSE_COMPLETE)
-            | (Pending::Bind, be::BIND_COMPLETE)
-            | (Pending::Close, be::CLOSE_COMPLETE) => true,
+            (Pending::Parse(_), be::PARSE_COMPLETE)
+            | (Pending::Bind(_), be::BIND_COMPLETE)
+            | (Pending::Close(_), be::CLOSE_COMPLETE) => true,
             (Pending::DescribeStatement(_), be::PARAMETER_DESCRIPTION) => false,
             (
                 Pending::DescribeStatement(_) | Pending::DescribePortal(_),
@@ -122,10 +122,17 @@ impl<G> Replies<G> {
         }
     }
 
-    /// An `ErrorResponse` arrived: in the extended protocol the server now skips every message
-    /// up to the next `Sync`, so those entries will get no reply. Returns the dropped entries'
-    /// count. A simple `Query` entry stays until its `ReadyForQuery`.
-    pub fn on_error(&mut self, mut dropped: impl FnMut(Pending<G>)) {
+    /// An `ErrorResponse` arrived. A simple `Query` (or a `Sync`) keeps its entry until its
+    /// `ReadyForQuery` (`Step::Within`). In the extended protocol the error answers the front
+    /// entry, returned with `Step::Completes`; the server then skips every message up to the
+    /// next `Sync`, so those entries get no reply and go to `dropped`.
+    pub fn on_error(&mut self, mut dropped: impl FnMut(Pending<G>)) -> (Step, Option<Pending<G>>) {
+        match self.queue.front() {
+            None => return (Step::Unrelated, None),
+            Some(front) if front.is_sync_point() => return (Step::Within, None),
+            Some(_) => {}
+        }
+        let answered = self.queue.pop_front();
         while let Some(front) = self.queue.front() {
             if front.is_sync_point() {
                 break;
@@ -134,6 +141,7 @@ impl<G> Replies<G> {
                 dropped(p);
             }
         }
+        (Step::Completes, answered)
     }
 
     pub fn clear(&mut self) {
@@ -148,14 +156,14 @@ mod tests {
     #[test]
     fn extended_batch_matches_replies() {
         let mut r: Replies<()> = Replies::default();
-        r.push(Pending::Parse);
-        r.push(Pending::Bind);
+        r.push(Pending::Parse(()));
+        r.push(Pending::Bind(()));
         r.push(Pending::DescribePortal(()));
         r.push(Pending::Execute(()));
         r.push(Pending::Sync);
         assert!(matches!(
             r.on_message(be::PARSE_COMPLETE),
-            (Step::Completes, Some(Pending::Parse))
+            (Step::Completes, Some(Pending::Parse(())))
         ));
         assert!(matches!(r.on_message(be::BIND_COMPLETE).0, Step::Completes));
         assert!(matches!(
@@ -179,20 +187,21 @@ mod tests {
     #[test]
     fn error_skips_until_sync() {
         let mut r: Replies<()> = Replies::default();
-        r.push(Pending::Parse);
-        r.push(Pending::Bind);
+        r.push(Pending::Parse(()));
+        r.push(Pending::Bind(()));
         r.push(Pending::Execute(()));
         r.push(Pending::Sync);
-        r.push(Pending::Parse);
+        r.push(Pending::Parse(()));
         let mut n = 0;
-        r.on_error(|_| n += 1);
-        assert_eq!(n, 3);
+        let (step, answered) = r.on_error(|_| n += 1);
+        assert_eq!(step, Step::Completes);
+        assert!(matches!(answered, Some(Pending::Parse(()))));
+        assert_eq!(n, 2);
         assert!(matches!(r.front(), Some(Pending::Sync)));
-        assert!(matches!(
-            r.on_message(be::READY_FOR_QUERY).0,
-            Step::Completes
-        ));
-        assert!(matches!(r.front(), Some(Pending::Parse)));
+        // An error at Sync (a failed COMMIT) belongs to it; ReadyForQuery completes it.
+        assert_eq!(r.on_error(|_| panic!("nothing to drop")).0, Step::Within);
+        assert!(matches!(r.on_message(be::READY_FOR_QUERY).0, Step::Completes));
+        assert!(matches!(r.front(), Some(Pending::Parse(()))));
     }
 
     #[test]
@@ -201,7 +210,7 @@ mod tests {
         r.push(Pending::Simple(()));
         assert_eq!(r.on_message(be::ROW_DESCRIPTION).0, Step::Within);
         assert_eq!(r.on_message(be::COMMAND_COMPLETE).0, Step::Within);
-        r.on_error(|_| panic!("a simple query is not dropped"));
+        assert_eq!(r.on_error(|_| panic!("a simple query is not dropped")).0, Step::Within);
         assert!(matches!(
             r.on_message(be::READY_FOR_QUERY).0,
             Step::Completes

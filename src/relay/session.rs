@@ -54,6 +54,8 @@ pub struct Session {
     pub(super) hold_client: bool,
     pub(super) guard: GuardState,
     pub(super) params: SessionParams,
+    /// This session in the registry the admin console lists.
+    pub(super) handle: SessionHandle,
     draining: bool,
     /// The client sent `Terminate`: the server closing next is the normal end.
     terminated: bool,
@@ -67,7 +69,12 @@ pub struct SessionParams {
 }
 
 impl Session {
-    pub fn new(shared: Arc<Shared>, settings: Arc<Settings>, guard: GuardState) -> Session {
+    pub fn new(
+        shared: Arc<Shared>,
+        settings: Arc<Settings>,
+        guard: GuardState,
+        handle: SessionHandle,
+    ) -> Session {
         Session {
             shared,
             settings,
@@ -86,6 +93,7 @@ impl Session {
                 client_encoding: "UTF8".into(),
                 standard_conforming_strings: true,
             },
+            handle,
             draining: false,
             terminated: false,
         }
@@ -224,7 +232,7 @@ impl Session {
     }
 
     /// Frames and handles every complete client message in `client_in`.
-    fn process_client(&mut self) -> Result<(), String> {
+    pub(super) fn process_client(&mut self) -> Result<(), String> {
         let max = self.settings.config.max_message_size;
         loop {
             if self.client_stream_left > 0 {
@@ -266,7 +274,7 @@ impl Session {
         }
         match tag {
             fe::QUERY => {
-                self.shared.count_statement();
+                self.count_statement();
                 if !self.guard_query(msg)? {
                     self.on_simple_query_passthrough(msg);
                     self.to_server.extend_from_slice(msg);
@@ -276,13 +284,13 @@ impl Session {
             fe::PARSE => {
                 if !self.guard_parse(msg)? {
                     self.to_server.extend_from_slice(msg);
-                    self.replies.push(Pending::Parse);
+                    self.replies.push(Pending::Parse(None));
                 }
             }
             fe::BIND => {
                 if !self.guard_bind(msg)? {
                     self.to_server.extend_from_slice(msg);
-                    self.replies.push(Pending::Bind);
+                    self.replies.push(Pending::Bind(None));
                 }
             }
             fe::DESCRIBE => {
@@ -294,7 +302,7 @@ impl Session {
                 }
             }
             fe::EXECUTE => {
-                self.shared.count_statement();
+                self.count_statement();
                 let tagged = self.guard_execute(&msg[5..]);
                 self.to_server.extend_from_slice(msg);
                 let hold = tagged.as_ref().is_some_and(|t| t.holds_batch());
@@ -308,14 +316,14 @@ impl Session {
             fe::CLOSE => {
                 self.guard_close(&msg[5..]);
                 self.to_server.extend_from_slice(msg);
-                self.replies.push(Pending::Close);
+                self.replies.push(Pending::Close(None));
             }
             fe::SYNC => {
                 self.to_server.extend_from_slice(msg);
                 self.replies.push(Pending::Sync);
             }
             fe::FUNCTION_CALL => {
-                self.shared.count_statement();
+                self.count_statement();
                 self.to_server.extend_from_slice(msg);
                 self.replies.push(Pending::Simple(None));
             }
@@ -375,6 +383,11 @@ impl Session {
     fn on_server_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), String> {
         match tag {
             be::PARAMETER_STATUS => self.on_parameter_status(&msg[5..]),
+            be::BACKEND_KEY_DATA => {
+                if let Some((pid, _)) = protocol::be_i32(&msg[5..]) {
+                    self.handle.set_backend_pid(pid);
+                }
+            }
             be::ERROR_RESPONSE if !self.logged_in => {
                 // Authentication failed: pass the server's own words on.
                 self.to_client.extend_from_slice(msg);
@@ -395,21 +408,31 @@ impl Session {
             self.to_client.extend_from_slice(msg);
             return Ok(());
         }
-        if tag == be::ERROR_RESPONSE {
+        let (step, popped) = if tag == be::ERROR_RESPONSE {
             let mut dropped = Vec::new();
-            self.replies.on_error(|p| dropped.push(p));
+            let answered = self.replies.on_error(|p| dropped.push(p));
             for p in dropped {
                 self.guard.on_dropped(p);
             }
-        }
-        let (step, popped) = self.replies.on_message(tag);
+            answered
+        } else {
+            self.replies.on_message(tag)
+        };
         if tag == be::READY_FOR_QUERY {
             self.tx_status = be::ready_status(&msg[5..]);
+            self.handle.ready_for_query(self.tx_status);
+            self.handle.set_tracked_versions(self.guard.tracked());
         }
         if !self.guard_server_message(tag, msg, step, popped)? {
             self.to_client.extend_from_slice(msg);
         }
         Ok(())
+    }
+
+    #[inline]
+    fn count_statement(&self) {
+        self.shared.admin.metrics.statement();
+        self.handle.statement();
     }
 
     fn on_parameter_status(&mut self, body: &[u8]) {
@@ -421,6 +444,9 @@ impl Session {
                 b"standard_conforming_strings" => {
                     self.params.standard_conforming_strings = value == b"on"
                 }
+                b"application_name" => self
+                    .handle
+                    .set_application_name(&String::from_utf8_lossy(value)),
                 _ => {}
             }
             debug!(

@@ -1,0 +1,487 @@
+//! Guarded writes in the extended protocol.
+//!
+//! `Parse` of a guarded write sends the rewritten text; when the session may know the row's
+//! version, the text compares the version with one more parameter (`$n`, NULL meaning
+//! unknown), which every `Bind` fills from the tracked versions and `ParameterDescription`
+//! hides from the client. The proxy's `RETURNING` columns are read and removed from the rows
+//! and from `RowDescription`. An `Execute` that carries an expected version holds the rest of
+//! the client's batch until its row count is known: 0 rows becomes a conflict raised by the
+//! server, and the server then skips the rest of the batch up to `Sync`, as for any error.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::super::replies::Pending;
+use super::super::session::Session;
+use super::raise::RaiseCtx;
+use super::reads::{ReadPlan, canonical, result_format_codes};
+use super::simple::{Plan, WriteCheck};
+use super::Tag;
+use crate::admin::Outcome;
+use crate::guard::conflict::{self, Refusal};
+use crate::guard::rewrite::Expected;
+use crate::guard::{Action, GuardedWrite, Target, ValueRef, WriteOp};
+use crate::protocol::{backend as be, frontend as fe};
+
+/// What the guard knows of a prepared statement.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    pub write: Option<PreparedWrite>,
+    /// The result columns of a statement that reads guarded rows (formats not yet bound).
+    pub reads: Option<ReadPlan>,
+}
+
+/// A rewritten guarded write.
+#[derive(Debug)]
+pub struct PreparedWrite {
+    pub write: GuardedWrite,
+    /// The parameter the proxy added for the expected version (1-based).
+    pub extra: Option<u16>,
+    /// Parameter types the client declared.
+    pub param_types: Vec<u32>,
+    pub added: usize,
+}
+
+/// What the guard knows of a portal.
+#[derive(Debug)]
+pub struct Portal {
+    pub write: Option<BoundWrite>,
+    pub reads: Option<ReadPlan>,
+}
+
+/// A guarded write bound to its values.
+#[derive(Debug)]
+pub struct BoundWrite {
+    pub guard: usize,
+    pub op: WriteOp,
+    pub added: usize,
+    pub client_returning: bool,
+    pub expected: Option<String>,
+    pub key: Option<Vec<String>>,
+    /// Reads the proxy's `RETURNING` columns.
+    pub plan: Option<ReadPlan>,
+}
+
+impl Tag {
+    /// True when later messages of the batch must wait for this statement's row count.
+    pub fn holds_batch(&self) -> bool {
+        matches!(self, Tag::Execute(p) if p.write.as_ref().is_some_and(|w| w.expected.is_some()))
+    }
+}
+
+impl Session {
+    /// A `Parse`. Returns true when the guard sent it (rewritten, or replaced by a refusal).
+    pub(super) fn guard_parse(&mut self, msg: &[u8]) -> Result<bool, String> {
+        if !self.guards_active() {
+            return Ok(false);
+        }
+        self.refresh_settings();
+        let body = &msg[5..];
+        let Some(name) = fe::parse_name(body) else {
+            return Ok(false);
+        };
+        if !self.guard.statements.is_empty() {
+            self.guard.statements.remove(name);
+        }
+        let guards = self.settings.guards.clone();
+        let Some(p) = fe::parse(body) else {
+            return Ok(false);
+        };
+        if !guards.prefilter.may_write_guarded(p.query) {
+            return Ok(false);
+        }
+        self.guard.on_session_command(p.query);
+        let Ok(sql) = std::str::from_utf8(p.query) else {
+            let table = guards.guards[0].table.clone();
+            let refusal = Refusal::Unsupported(format!(
+                "the statement text is not valid UTF-8 (client_encoding {}), so optlock cannot analyse it; use client_encoding UTF8",
+                self.params.client_encoding
+            ));
+            let block = self.refusal_block(&table, &refusal);
+            self.send_extended_raise(&block, refusal_ctx(0, refusal));
+            return Ok(true);
+        };
+        let analysis = self.guard.cache.get_or_analyze(sql, &guards);
+        let [statement] = analysis.statements.as_slice() else {
+            // Several statements: the server refuses them in a prepared statement.
+            return Ok(false);
+        };
+        match &statement.action {
+            Action::Pass { .. } => Ok(false),
+            Action::Refuse { table, reason } => {
+                let guard = guards.guards.iter().position(|g| &g.table == table).unwrap_or(0);
+                let refusal = Refusal::Unsupported(reason.clone());
+                let block = self.refusal_block(table, &refusal);
+                self.send_extended_raise(&block, refusal_ctx(guard, refusal));
+                Ok(true)
+            }
+            Action::Write(w) => {
+                let needs_param = w.op != WriteOp::Upsert
+                    && !w.splice.in_cte
+                    && w.pinned.is_none()
+                    && matches!(w.target, Target::Key(_));
+                let extra = needs_param
+                    .then(|| w.max_param.max(p.param_types.len() as u16) + 1);
+                let mut text = String::with_capacity(sql.len() + 128);
+                let expected = extra.map_or(Expected::None, Expected::Param);
+                w.render(sql, &guards, expected, &mut text);
+                fe::write_parse(&mut self.to_server, p.name, text.as_bytes(), &p.param_types);
+                self.replies.push(Pending::Parse(None));
+                let prepared = Prepared {
+                    write: Some(PreparedWrite {
+                        added: w.added_columns(&guards),
+                        write: (**w).clone(),
+                        extra,
+                        param_types: p.param_types.clone(),
+                    }),
+                    reads: None,
+                };
+                self.guard
+                    .statements
+                    .insert(p.name.into(), Arc::new(prepared));
+                Ok(true)
+            }
+        }
+    }
+
+    /// A `Bind`. Returns true when the guard sent it (with the expected version, or replaced
+    /// by a refusal).
+    pub(super) fn guard_bind(&mut self, msg: &[u8]) -> Result<bool, String> {
+        if !self.guards_active() {
+            return Ok(false);
+        }
+        let body = &msg[5..];
+        let Some((portal, statement)) = fe::bind_names(body) else {
+            return Ok(false);
+        };
+        if !self.guard.portals.is_empty() {
+            self.guard.portals.remove(portal);
+        }
+        let Some(prepared) = self.guard.statements.get(statement).cloned() else {
+            return Ok(false);
+        };
+        let Some(b) = fe::bind(body) else {
+            return Ok(false);
+        };
+        let Some(pw) = &prepared.write else {
+            if let Some(plan) = &prepared.reads {
+                let portal_info = Portal {
+                    write: None,
+                    reads: Some(plan.with_formats(b.result_formats)),
+                };
+                self.guard.portals.insert(portal.into(), Arc::new(portal_info));
+            }
+            return Ok(false);
+        };
+        let w = &pw.write;
+        let rg = self.guard.resolved.get(w.guard);
+        let param = |i: u16, column_type: u32| -> Option<String> {
+            let idx = usize::from(i).checked_sub(1)?;
+            let raw = (*b.params.get(idx)?)?;
+            let declared = pw.param_types.get(idx).copied().unwrap_or(0);
+            let t = if declared != 0 { declared } else { column_type };
+            canonical(t, b.param_format(idx), raw)
+        };
+        let key: Option<Vec<String>> = match &w.target {
+            Target::Key(vals) => vals
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let t = rg.and_then(|r| r.key_types.get(i).copied()).unwrap_or(0);
+                    match v {
+                        ValueRef::Literal(s) => canonical(t, 0, s.as_bytes()),
+                        ValueRef::Param(n) => param(*n, t),
+                    }
+                })
+                .collect(),
+            Target::Bulk => None,
+        };
+        let version_type = rg.map_or(0, |r| r.version_type);
+        let pinned = match &w.pinned {
+            Some(ValueRef::Literal(v)) => {
+                canonical(version_type, 0, v.as_bytes()).or_else(|| Some(v.clone()))
+            }
+            Some(ValueRef::Param(n)) => param(*n, version_type),
+            None => None,
+        };
+        let w = w.clone();
+        let (expected, key) = match self.plan_write(&w, key, pinned) {
+            Plan::Refuse(refusal) => {
+                let table = self.settings.guards.guards[w.guard].table.clone();
+                let block = self.refusal_block(&table, &refusal);
+                self.send_extended_raise(&block, refusal_ctx(w.guard, refusal));
+                return Ok(true);
+            }
+            Plan::Send { expected, key } => (expected, key),
+        };
+        let extra = pw.extra.map(|_| expected.as_deref().map(str::as_bytes));
+        fe::write_bind_rewritten(&mut self.to_server, &b, extra, pw.added);
+        self.replies.push(Pending::Bind(None));
+        let codes = result_format_codes(b.result_formats);
+        let our_format = if codes.len() == 1 { codes[0] } else { 0 };
+        let plan = (pw.added > 0).then(|| {
+            let rg = self.guard.resolved.get(w.guard);
+            let mut types: Vec<u32> = rg.map(|r| r.key_types.clone()).unwrap_or_default();
+            types.push(version_type);
+            ReadPlan::returning(w.guard, &types, our_format)
+        });
+        let bound = BoundWrite {
+            guard: w.guard,
+            op: w.op,
+            added: pw.added,
+            client_returning: w.client_returning,
+            expected: if w.splice.in_cte { None } else { expected },
+            key,
+            plan,
+        };
+        self.guard.portals.insert(
+            portal.into(),
+            Arc::new(Portal {
+                write: Some(bound),
+                reads: None,
+            }),
+        );
+        Ok(true)
+    }
+
+    /// A `Describe`: tagged when its reply may need changing or reading.
+    pub(super) fn guard_describe(&mut self, body: &[u8]) -> super::StmtTag {
+        if !self.guards_active() {
+            return None;
+        }
+        let (kind, name) = fe::target(body)?;
+        let portal = kind == b'P';
+        let known = if portal {
+            self.guard.portals.contains_key(name)
+        } else {
+            self.guard.statements.contains_key(name)
+        };
+        if !known && self.guard.resolved.is_empty() {
+            return None;
+        }
+        Some(Box::new(Tag::Describe {
+            name: name.into(),
+            portal,
+        }))
+    }
+
+    /// An `Execute`: tagged when the portal's rows or row count matter to the guard.
+    pub(super) fn guard_execute(&mut self, body: &[u8]) -> super::StmtTag {
+        if self.guard.portals.is_empty() {
+            return None;
+        }
+        let (portal, _) = fe::execute(body)?;
+        let p = self.guard.portals.get(portal)?.clone();
+        if let Some(w) = &p.write {
+            self.shared.admin.metrics.guarded(w.guard, Outcome::Rewritten);
+        }
+        Some(Box::new(Tag::Execute(p)))
+    }
+
+    /// A `Close`: forget the statement or portal.
+    pub(super) fn guard_close(&mut self, body: &[u8]) {
+        if let Some((kind, name)) = fe::target(body) {
+            if kind == b'S' {
+                self.guard.statements.remove(name);
+            } else {
+                self.guard.portals.remove(name);
+            }
+        }
+    }
+
+    /// A reply within a tagged extended entry (`ParameterDescription`, `DataRow`).
+    pub(super) fn on_extended_within(&mut self, tag: u8, msg: &[u8]) -> Result<bool, String> {
+        let body = &msg[5..];
+        match (self.replies.front(), tag) {
+            (Some(Pending::DescribeStatement(Some(t))), be::PARAMETER_DESCRIPTION) => {
+                let Tag::Describe { name, .. } = t.as_ref() else {
+                    return Ok(false);
+                };
+                let extra = self
+                    .guard
+                    .statements
+                    .get(name)
+                    .and_then(|p| p.write.as_ref())
+                    .and_then(|w| w.extra);
+                match extra {
+                    Some(n) => {
+                        be::write_parameter_description(&mut self.to_client, body, usize::from(n) - 1);
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            }
+            (Some(Pending::Execute(Some(t))), be::DATA_ROW) => {
+                let Tag::Execute(portal) = t.as_ref() else {
+                    return Ok(false);
+                };
+                let portal = portal.clone();
+                if let Some(w) = &portal.write {
+                    if w.added == 0 {
+                        return Ok(false);
+                    }
+                    let n = be::data_row(body).map_or(0, |v| v.len());
+                    if let Some(plan) = &w.plan {
+                        plan.observe(body, &mut self.guard.tracker);
+                    }
+                    if w.client_returning {
+                        be::write_truncated(&mut self.to_client, be::DATA_ROW, body, n - w.added.min(n));
+                    }
+                    return Ok(true);
+                }
+                if let Some(plan) = &portal.reads {
+                    plan.observe(body, &mut self.guard.tracker);
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// A reply that completes a tagged extended entry (already popped).
+    pub(super) fn on_extended_complete(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        p: Pending<super::StmtTag>,
+    ) -> Result<bool, String> {
+        let body = &msg[5..];
+        let t = match p {
+            Pending::Parse(Some(t)) | Pending::Bind(Some(t)) | Pending::Close(Some(t)) => t,
+            Pending::DescribeStatement(Some(t)) | Pending::DescribePortal(Some(t)) => t,
+            Pending::Execute(Some(t)) => t,
+            _ => return Ok(false),
+        };
+        match *t {
+            Tag::Hidden => Ok(tag != be::ERROR_RESPONSE),
+            Tag::Describe { name, portal } => Ok(self.on_describe_rows(tag, body, &name, portal)),
+            Tag::Execute(portal) => self.on_execute_done(tag, msg, &portal),
+            Tag::Raise(ctx) => {
+                if tag == be::ERROR_RESPONSE {
+                    self.deliver_raised_error(msg, &ctx);
+                } else if let Some(held) = &ctx.held {
+                    // The block raised nothing: the write's own conditions matched no row.
+                    self.to_client.extend_from_slice(held);
+                }
+                self.hold_client = false;
+                self.resume_client()?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// `RowDescription`/`NoData` answering a tagged `Describe`.
+    fn on_describe_rows(&mut self, tag: u8, body: &[u8], name: &[u8], portal: bool) -> bool {
+        if tag != be::ROW_DESCRIPTION {
+            return false;
+        }
+        let write = if portal {
+            self.guard
+                .portals
+                .get(name)
+                .and_then(|p| p.write.as_ref())
+                .map(|w| (w.added, w.client_returning))
+        } else {
+            self.guard
+                .statements
+                .get(name)
+                .and_then(|p| p.write.as_ref())
+                .map(|w| (w.added, w.write.client_returning))
+        };
+        if let Some((added, client_returning)) = write {
+            if added == 0 {
+                return false;
+            }
+            if client_returning {
+                let n = be::row_description(body).map_or(0, |c| c.len());
+                be::write_truncated(&mut self.to_client, be::ROW_DESCRIPTION, body, n - added.min(n));
+            } else {
+                be::write_simple(&mut self.to_client, be::NO_DATA);
+            }
+            return true;
+        }
+        if let Some(plan) = self.read_plan(body) {
+            if portal {
+                self.guard.portals.insert(
+                    name.into(),
+                    Arc::new(Portal {
+                        write: None,
+                        reads: Some(plan),
+                    }),
+                );
+            } else {
+                self.guard.statements.insert(
+                    name.into(),
+                    Arc::new(Prepared {
+                        write: None,
+                        reads: Some(plan),
+                    }),
+                );
+            }
+        }
+        false
+    }
+
+    /// The end of a tagged `Execute`: check the row count of a guarded write.
+    fn on_execute_done(&mut self, tag: u8, msg: &[u8], portal: &Portal) -> Result<bool, String> {
+        let Some(w) = &portal.write else {
+            return Ok(false);
+        };
+        let held = w.expected.is_some();
+        if tag == be::COMMAND_COMPLETE {
+            let rows = be::tag_rows(be::command_tag(&msg[5..]));
+            if rows == Some(0)
+                && w.expected.is_some()
+                && let Some(info) = (WriteCheck {
+                    guard: w.guard,
+                    op: w.op,
+                    added: w.added,
+                    client_returning: w.client_returning,
+                    expected: w.expected.clone(),
+                    key: w.key.clone(),
+                    plan: None,
+                    held: None,
+                })
+                .conflict_info(self)
+            {
+                let block =
+                    conflict::raise_block_if_changed(&info, &self.settings.config.conflict_sqlstate);
+                self.send_extended_raise(
+                    &block,
+                    RaiseCtx {
+                        guard: w.guard,
+                        held: Some(BytesMut::from(msg)),
+                        conflict: Some(info),
+                        refusal: None,
+                    },
+                );
+                return Ok(true);
+            }
+            if w.op == WriteOp::Delete
+                && rows.is_some_and(|n| n > 0)
+                && let Some(k) = &w.key
+            {
+                let parts: Vec<&str> = k.iter().map(String::as_str).collect();
+                self.guard.tracker.forget(w.guard, &parts);
+            }
+        }
+        if held {
+            self.to_client.extend_from_slice(msg);
+            self.hold_client = false;
+            self.resume_client()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+fn refusal_ctx(guard: usize, refusal: Refusal) -> RaiseCtx {
+    RaiseCtx {
+        guard,
+        held: None,
+        conflict: None,
+        refusal: Some(refusal),
+    }
+}

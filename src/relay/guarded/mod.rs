@@ -1,0 +1,340 @@
+//! The guard in the relay: rewrites guarded writes on their way to the server and reads their
+//! replies on the way back.
+//!
+//! - [`reads`]: versions tracked from result rows (any `SELECT`, text or binary).
+//! - [`simple`]: a simple `Query` holding guarded writes runs as a script of steps, so that a
+//!   conflict stops the rest of the text exactly as a server error would.
+//! - [`extended`]: `Parse`/`Bind`/`Describe`/`Execute` of guarded statements (an extra
+//!   parameter carries the expected version; the batch waits for the row count).
+//! - [`raise`]: the `DO` blocks that make the server itself raise conflicts and refusals.
+//!
+//! With no guard configured none of this runs: every hook returns at its first test.
+
+mod extended;
+mod raise;
+mod reads;
+mod simple;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tracing::debug;
+
+use super::replies::{Pending, Step};
+use super::session::Session;
+use crate::catalog::resolve::{self, ResolvedGuards};
+use crate::guard::cache::AnalysisCache;
+use crate::guard::track::Tracker;
+use crate::protocol::{backend as be, frontend as fe};
+
+pub use extended::{Portal, Prepared};
+pub use raise::RaiseCtx;
+pub use reads::ReadPlan;
+pub use simple::{Script, WriteCheck};
+
+/// What the guard attaches to a pending reply.
+pub type StmtTag = Option<Box<Tag>>;
+
+/// Why the guard follows a reply.
+#[derive(Debug)]
+pub enum Tag {
+    /// The in-band catalog query run after login (and after a reload); the client's
+    /// `ReadyForQuery` waits in `login_ready` when there is one.
+    Resolve {
+        rows: Vec<Vec<Option<String>>>,
+        login_ready: Option<BytesMut>,
+    },
+    /// A message of the proxy's own: every reply is swallowed.
+    Hidden,
+    /// One step of a simple-Query script; a guarded write when `check` is set.
+    Step(Option<Box<WriteCheck>>),
+    /// A `DO` block raising a conflict or a refusal.
+    Raise(Box<RaiseCtx>),
+    /// The hidden `COMMIT`/`ROLLBACK` ending a wrapped script: its error and `ReadyForQuery`
+    /// go to the client.
+    Final,
+    /// `Describe` of a statement or portal that the guard rewrote or reads from.
+    Describe {
+        name: Box<[u8]>,
+        portal: bool,
+    },
+    /// `Execute` of a portal whose rows or row count the guard needs.
+    Execute(Arc<Portal>),
+}
+
+/// Who the session is, for conflict logs.
+#[derive(Debug, Clone)]
+pub struct Ident {
+    pub client: SocketAddr,
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+}
+
+/// Per-session guard state.
+pub struct GuardState {
+    pub ident: Ident,
+    cache: AnalysisCache,
+    resolved: Arc<ResolvedGuards>,
+    tracker: Tracker,
+    statements: HashMap<Box<[u8]>, Arc<Prepared>>,
+    portals: HashMap<Box<[u8]>, Arc<Portal>>,
+    /// Columns of the result being read in a simple query (set by its `RowDescription`).
+    row_plan: Option<Arc<ReadPlan>>,
+    script: Option<Script>,
+    /// A conflict check in flight in the extended protocol (the batch is held).
+    held_complete: Option<BytesMut>,
+}
+
+impl GuardState {
+    pub fn new(ident: Ident, track_limit: usize) -> GuardState {
+        GuardState {
+            ident,
+            cache: AnalysisCache::new(),
+            resolved: Arc::new(ResolvedGuards::default()),
+            tracker: Tracker::new(track_limit),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            row_plan: None,
+            script: None,
+            held_complete: None,
+        }
+    }
+
+    /// Number of row versions this session tracks.
+    pub fn tracked(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Notes session commands in a passed-through simple query: `DISCARD ALL`, `RESET ALL`,
+    /// `DEALLOCATE`.
+    pub fn on_session_command(&mut self, sql: &[u8]) {
+        let start = sql
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(sql.len());
+        let sql = &sql[start..];
+        let Some(&first) = sql.first() else { return };
+        if !matches!(first | 0x20, b'd' | b'r') {
+            return;
+        }
+        let words: Vec<String> = String::from_utf8_lossy(&sql[..sql.len().min(200)])
+            .split(|c: char| c.is_whitespace() || c == ';')
+            .filter(|w| !w.is_empty())
+            .take(3)
+            .map(|w| w.to_string())
+            .collect();
+        let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+        let w: Vec<&str> = upper.iter().map(String::as_str).collect();
+        match w.as_slice() {
+            ["DISCARD", "ALL", ..] => {
+                self.tracker.clear();
+                self.statements.clear();
+                self.portals.clear();
+            }
+            ["RESET", "ALL", ..] => self.tracker.clear(),
+            ["DEALLOCATE", "ALL", ..] | ["DEALLOCATE", "PREPARE", "ALL", ..] => {
+                self.statements.clear()
+            }
+            ["DEALLOCATE", "PREPARE", _, ..] | ["DEALLOCATE", _, ..] => {
+                let raw = words.last().map(String::as_str).unwrap_or("");
+                let name = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+                    Some(quoted) => quoted.to_string(),
+                    None => raw.to_lowercase(),
+                };
+                self.statements.remove(name.as_bytes());
+            }
+            _ => {}
+        }
+    }
+
+    /// An entry the server will not answer (skipped after an error).
+    pub fn on_dropped(&mut self, _p: Pending<StmtTag>) {}
+
+    /// True when the rows of the front reply must be read whole (not streamed).
+    pub fn inspects_rows(&self, front: Option<&Pending<StmtTag>>) -> bool {
+        match front {
+            Some(Pending::Simple(t)) => t.is_some() || self.row_plan.is_some(),
+            Some(Pending::Execute(t)) => t.is_some(),
+            _ => false,
+        }
+    }
+}
+
+impl Session {
+    fn guards_active(&self) -> bool {
+        !self.settings.guards.is_empty()
+    }
+
+    /// Picks up a reloaded config: new guards for new statements, caches dropped, guards
+    /// resolved again in this database.
+    fn refresh_settings(&mut self) {
+        if self.shared.generation() == self.settings.generation {
+            return;
+        }
+        self.settings = self.shared.settings();
+        self.guard.cache.clear();
+        self.guard.tracker.clear();
+        debug!(generation = self.settings.generation, "session follows the reloaded config");
+        if self.guards_active() && self.replies.is_empty() {
+            self.send_resolve(None);
+        } else {
+            self.guard.resolved = Arc::new(ResolvedGuards::default());
+        }
+    }
+
+    /// Sends the catalog query that resolves the guards in this database.
+    fn send_resolve(&mut self, login_ready: Option<BytesMut>) {
+        let sql = resolve::resolve_query(&self.settings.guards.guards);
+        fe::write_query(&mut self.to_server, sql.as_bytes());
+        self.replies.push(Pending::Simple(Some(Box::new(Tag::Resolve {
+            rows: Vec::new(),
+            login_ready,
+        }))));
+        self.hold_client = true;
+    }
+
+    /// The first `ReadyForQuery`: resolve the guards before the client may send anything.
+    /// Returns true when the message was kept back.
+    pub(super) fn on_login(&mut self, ready: &[u8]) -> bool {
+        if !self.guards_active() {
+            return false;
+        }
+        self.send_resolve(Some(BytesMut::from(ready)));
+        true
+    }
+
+    pub(super) fn guard_query(&mut self, msg: &[u8]) -> Result<bool, String> {
+        if !self.guards_active() {
+            return Ok(false);
+        }
+        self.refresh_settings();
+        self.simple_query(msg)
+    }
+
+    /// A server message, given the entry it answers. Returns true when the guard took care of
+    /// it (forwarded a changed form, or kept it from the client).
+    pub(super) fn guard_server_message(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        step: Step,
+        popped: Option<Pending<StmtTag>>,
+    ) -> Result<bool, String> {
+        if tag == be::READY_FOR_QUERY {
+            self.on_ready(&msg[5..]);
+        }
+        match (step, popped) {
+            (Step::Completes, Some(p)) => self.on_reply_completing(tag, msg, p),
+            (Step::Within, _) => self.on_reply_within(tag, msg),
+            _ => Ok(false),
+        }
+    }
+
+    /// A reply that leaves its entry at the front of the queue.
+    fn on_reply_within(&mut self, tag: u8, msg: &[u8]) -> Result<bool, String> {
+        let Some(front) = self.replies.front_mut() else {
+            return Ok(false);
+        };
+        match front {
+            Pending::Simple(Some(t)) => match t.as_mut() {
+                Tag::Resolve { rows, .. } => {
+                    if tag == be::DATA_ROW {
+                        if let Some(vals) = be::data_row(&msg[5..]) {
+                            rows.push(
+                                vals.iter()
+                                    .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                                    .collect(),
+                            );
+                        }
+                    } else if tag == be::ERROR_RESPONSE {
+                        tracing::warn!(
+                            error = %String::from_utf8_lossy(be::error_field(&msg[5..], b'M').unwrap_or(b"")),
+                            "guards could not be resolved in this database; reads will not be tracked"
+                        );
+                    }
+                    Ok(true)
+                }
+                Tag::Hidden => Ok(true),
+                Tag::Step(_) => self.on_step_reply(tag, msg),
+                Tag::Raise(_) => self.on_raise_reply(tag, msg),
+                Tag::Final => Ok(tag != be::ERROR_RESPONSE),
+                Tag::Describe { .. } | Tag::Execute(_) => Ok(false),
+            },
+            Pending::Simple(None) => {
+                self.track_simple_rows(tag, msg);
+                Ok(false)
+            }
+            Pending::Execute(Some(_)) | Pending::DescribeStatement(Some(_)) => {
+                self.on_extended_within(tag, msg)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// A reply that completes its entry (already popped).
+    fn on_reply_completing(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        p: Pending<StmtTag>,
+    ) -> Result<bool, String> {
+        match p {
+            Pending::Simple(Some(t)) => match *t {
+                Tag::Resolve { rows, login_ready } => {
+                    self.guard.resolved =
+                        Arc::new(resolve::parse_resolved(&rows, &self.settings.guards.guards));
+                    debug!(resolved = self.guard.resolved.len(), "guards resolved");
+                    self.hold_client = false;
+                    if let Some(ready) = login_ready {
+                        self.to_client.extend_from_slice(&ready);
+                    }
+                    self.resume_client()?;
+                    Ok(true)
+                }
+                Tag::Hidden => Ok(true),
+                Tag::Step(check) => self.on_step_done(msg, check),
+                Tag::Raise(ctx) => {
+                    self.on_raise_done(msg, ctx)?;
+                    Ok(true)
+                }
+                Tag::Final => {
+                    self.guard.script = None;
+                    self.hold_client = false;
+                    self.to_client.extend_from_slice(msg);
+                    self.resume_client()?;
+                    Ok(true)
+                }
+                Tag::Describe { .. } | Tag::Execute(_) => Ok(false),
+            },
+            Pending::Simple(None) => {
+                self.guard.row_plan = None;
+                Ok(false)
+            }
+            other => self.on_extended_complete(tag, msg, other),
+        }
+    }
+
+    /// Every `ReadyForQuery`: transaction ends forget portals (and, with
+    /// `track = "transaction"`, tracked versions).
+    fn on_ready(&mut self, body: &[u8]) {
+        if be::ready_status(body) == b'I' {
+            if !self.guard.portals.is_empty() {
+                self.guard.portals.clear();
+            }
+            if self.settings.config.track == crate::config::TrackScope::Transaction {
+                self.guard.tracker.clear();
+            }
+        }
+    }
+
+    /// Processes client messages that waited while the guard held the batch.
+    fn resume_client(&mut self) -> Result<(), String> {
+        if !self.hold_client && !self.client_in.is_empty() {
+            self.process_client()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! Errors the server raises for the guard.
+//!
+//! A conflict or a refusal must behave exactly like an error raised by PostgreSQL: abort the
+//! transaction, stop the rest of the batch. So the proxy does not make up an ErrorResponse; it
+//! sends a hidden `DO` block whose `RAISE` produces it, then removes the PL/pgSQL context
+//! before the client sees it.
+
+use bytes::BytesMut;
+use tracing::warn;
+
+use super::super::replies::Pending;
+use super::super::session::Session;
+use super::Tag;
+use crate::admin::Outcome;
+use crate::admin::conflicts::Conflict;
+use crate::config::TableName;
+use crate::guard::conflict::{self, ConflictInfo, Refusal};
+use crate::guard::values::quote_literal;
+use crate::protocol::{backend as be, frontend as fe};
+
+/// Statement and portal name of the proxy's own raise in the extended protocol.
+const RAISE_NAME: &[u8] = b"optlock_raise";
+
+/// What a raise is about.
+#[derive(Debug)]
+pub struct RaiseCtx {
+    pub guard: usize,
+    /// The client's `CommandComplete` (`UPDATE 0`), delivered when the block raises nothing
+    /// (the row is still at the expected version: the write's other conditions did not match).
+    pub held: Option<BytesMut>,
+    pub conflict: Option<ConflictInfo>,
+    pub refusal: Option<Refusal>,
+}
+
+/// A `DO` block raising an error with these fields (code, value) as `RAISE ... USING`.
+pub fn raise_fields_block(fields: &[(u8, String)]) -> String {
+    let mut using = Vec::new();
+    for (code, value) in fields {
+        let option = match code {
+            b'C' => "ERRCODE",
+            b'M' => "MESSAGE",
+            b'D' => "DETAIL",
+            b'H' => "HINT",
+            b's' => "SCHEMA",
+            b't' => "TABLE",
+            b'n' => "CONSTRAINT",
+            _ => continue,
+        };
+        using.push(format!("{option} = {}", quote_literal(value)));
+    }
+    let body = format!("BEGIN RAISE EXCEPTION USING {}; END", using.join(", "));
+    let mut tag = String::from("optlock");
+    while body.contains(&format!("${tag}$")) {
+        tag.push('x');
+    }
+    format!("DO ${tag}${body}${tag}$")
+}
+
+impl Session {
+    /// The refusal block for guard `guard`.
+    pub(super) fn refusal_block(&self, table: &TableName, refusal: &Refusal) -> String {
+        raise_fields_block(&conflict::refusal_fields(table, refusal))
+    }
+
+    /// Queues a raise in the extended protocol: the block runs as the proxy's own statement and
+    /// portal, and the batch waits for its outcome.
+    pub(super) fn send_extended_raise(&mut self, block: &str, ctx: RaiseCtx) {
+        let out = &mut self.to_server;
+        fe::write_close(out, b'S', RAISE_NAME);
+        fe::write_close(out, b'P', RAISE_NAME);
+        fe::write_parse(out, RAISE_NAME, block.as_bytes(), &[]);
+        fe::write_bind_plain(out, RAISE_NAME, RAISE_NAME);
+        fe::write_execute(out, RAISE_NAME, 0);
+        fe::write_simple(out, fe::FLUSH);
+        for _ in 0..2 {
+            self.replies.push(Pending::Close(Some(Box::new(Tag::Hidden))));
+        }
+        self.replies.push(Pending::Parse(Some(Box::new(Tag::Hidden))));
+        self.replies.push(Pending::Bind(Some(Box::new(Tag::Hidden))));
+        self.replies
+            .push(Pending::Execute(Some(Box::new(Tag::Raise(Box::new(ctx))))));
+        self.hold_client = true;
+    }
+
+    /// Queues a raise as a simple query (inside a simple-Query script).
+    pub(super) fn send_simple_raise(&mut self, block: &str, ctx: RaiseCtx) {
+        fe::write_query(&mut self.to_server, block.as_bytes());
+        self.replies
+            .push(Pending::Simple(Some(Box::new(Tag::Raise(Box::new(ctx))))));
+    }
+
+    /// The raise's error reached the proxy: forward it without the PL/pgSQL context, log it,
+    /// count it.
+    pub(super) fn deliver_raised_error(&mut self, msg: &[u8], ctx: &RaiseCtx) {
+        let body = &msg[5..];
+        be::write_without_fields(&mut self.to_client, be::ERROR_RESPONSE, body, b"WPpqFLR");
+        let field = |c| String::from_utf8_lossy(be::error_field(body, c).unwrap_or(b"")).into_owned();
+        let table = self.settings.guards.guards.get(ctx.guard).map(|g| g.table.to_string());
+        let table = table.unwrap_or_default();
+        let ident = &self.guard.ident;
+        if let Some(info) = &ctx.conflict {
+            let detail = field(b'D');
+            let found = detail
+                .rsplit_once("found ")
+                .map(|(_, f)| f.trim().to_string());
+            let key = info.key_text();
+            warn!(
+                table = %table,
+                key = %key,
+                expected = %info.expected,
+                found = %found.as_deref().unwrap_or("(row gone)"),
+                client = %ident.client,
+                user = %ident.user,
+                application_name = %ident.application_name,
+                "optimistic lock conflict"
+            );
+            self.shared
+                .admin
+                .metrics
+                .guarded(ctx.guard, Outcome::Conflict);
+            self.shared.admin.conflicts.record(Conflict {
+                at: std::time::SystemTime::now(),
+                table: table.clone(),
+                key,
+                expected: info.expected.clone(),
+                found,
+                client_addr: ident.client,
+                user: ident.user.clone(),
+                application_name: ident.application_name.clone(),
+            });
+        } else {
+            warn!(
+                table = %table,
+                reason = %field(b'M'),
+                client = %ident.client,
+                user = %ident.user,
+                application_name = %ident.application_name,
+                "guarded write refused"
+            );
+            self.shared.admin.metrics.guarded(ctx.guard, Outcome::Refused);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_quotes_values_and_picks_a_free_tag() {
+        let b = raise_fields_block(&[
+            (b'C', "0A000".into()),
+            (b'M', "it's $optlock$ here".into()),
+            (b'S', "ERROR".into()),
+        ]);
+        assert!(b.starts_with("DO $optlockx$BEGIN RAISE EXCEPTION USING ERRCODE = E'0A000', MESSAGE = E'it''s $optlock$ here'; END$optlockx$"), "{b}");
+    }
+}

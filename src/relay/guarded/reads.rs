@@ -1,0 +1,195 @@
+//! Versions read from result rows.
+//!
+//! A `RowDescription` names each column's table OID and attribute number, whatever aliases the
+//! query used; when a result holds every key column and the version column of a guarded table,
+//! each `DataRow` tells this session the version of that row. Text and binary formats alike.
+
+use std::sync::Arc;
+
+use super::super::session::Session;
+use crate::catalog::resolve::ResolvedGuards;
+use crate::guard::track::Tracker;
+use crate::guard::values;
+use crate::protocol::backend::{self as be, Column};
+
+/// Where a column's value comes from in a row: index, type OID and format (0 text, 1 binary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Col {
+    pub index: usize,
+    pub type_oid: u32,
+    pub format: i16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    guard: usize,
+    keys: Vec<Col>,
+    version: Col,
+}
+
+/// The guarded rows a result carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadPlan {
+    entries: Vec<Entry>,
+    /// Indexes count from the end of the row: the row's last `n` columns are the plan's.
+    from_end: Option<usize>,
+}
+
+impl ReadPlan {
+    /// The plan for a result with these columns, if it carries some guarded table's key and
+    /// version columns.
+    pub fn from_columns(cols: &[Column<'_>], resolved: &ResolvedGuards) -> Option<ReadPlan> {
+        let mut entries = Vec::new();
+        for col in cols {
+            let Some((guard, rg)) = resolved.by_table_oid(col.table_oid) else {
+                continue;
+            };
+            if entries.iter().any(|e: &Entry| e.guard == guard) {
+                continue;
+            }
+            let find = |attnum: i16| {
+                cols.iter()
+                    .position(|c| c.table_oid == rg.table_oid && c.attnum == attnum)
+                    .map(|i| Col {
+                        index: i,
+                        type_oid: cols[i].type_oid,
+                        format: cols[i].format,
+                    })
+            };
+            let keys: Option<Vec<Col>> = rg.key_attnums.iter().map(|&a| find(a)).collect();
+            if let (Some(keys), Some(version)) = (keys, find(rg.version_attnum)) {
+                entries.push(Entry {
+                    guard,
+                    keys,
+                    version,
+                });
+            }
+        }
+        (!entries.is_empty()).then_some(ReadPlan {
+            entries,
+            from_end: None,
+        })
+    }
+
+    /// The plan for the proxy's own `RETURNING` columns: the last `types.len()` of each row
+    /// (key columns in key order, then the version).
+    pub fn returning(guard: usize, types: &[u32], format: i16) -> ReadPlan {
+        let mut cols: Vec<Col> = types
+            .iter()
+            .enumerate()
+            .map(|(index, &type_oid)| Col {
+                index,
+                type_oid,
+                format,
+            })
+            .collect();
+        let version = cols.pop().expect("at least the version column");
+        ReadPlan {
+            entries: vec![Entry {
+                guard,
+                keys: cols,
+                version,
+            }],
+            from_end: Some(types.len()),
+        }
+    }
+
+    /// The same plan with the result formats a `Bind` asked for (raw result-format section).
+    pub fn with_formats(&self, result_formats: &[u8]) -> ReadPlan {
+        let codes = result_format_codes(result_formats);
+        let fmt = |i: usize| match codes.len() {
+            0 => 0,
+            1 => codes[0],
+            _ => codes.get(i).copied().unwrap_or(0),
+        };
+        let mut plan = self.clone();
+        for e in &mut plan.entries {
+            for c in e.keys.iter_mut().chain(std::iter::once(&mut e.version)) {
+                c.format = fmt(c.index);
+            }
+        }
+        plan
+    }
+
+    /// Records the versions in one `DataRow` body.
+    pub fn observe(&self, row_body: &[u8], tracker: &mut Tracker) {
+        let Some(mut vals) = be::data_row(row_body) else {
+            return;
+        };
+        if let Some(n) = self.from_end {
+            let Some(first) = vals.len().checked_sub(n) else {
+                return;
+            };
+            vals.drain(..first);
+        }
+        for e in &self.entries {
+            let Some(version) = value(&vals, e.version) else {
+                continue;
+            };
+            let keys: Option<Vec<String>> = e.keys.iter().map(|&c| value(&vals, c)).collect();
+            if let Some(keys) = keys {
+                let parts: Vec<&str> = keys.iter().map(String::as_str).collect();
+                tracker.observe(e.guard, &parts, &version);
+            }
+        }
+    }
+}
+
+/// The result format codes in the raw tail of a `Bind` body.
+pub fn result_format_codes(raw: &[u8]) -> Vec<i16> {
+    let Some((n, mut rest)) = crate::protocol::be_i16(raw) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let Some((c, r)) = crate::protocol::be_i16(rest) else {
+            break;
+        };
+        out.push(c);
+        rest = r;
+    }
+    out
+}
+
+fn value(vals: &[Option<&[u8]>], col: Col) -> Option<String> {
+    let raw = (*vals.get(col.index)?)?;
+    canonical(col.type_oid, col.format, raw)
+}
+
+/// The canonical text of a value in the given format.
+pub fn canonical(type_oid: u32, format: i16, raw: &[u8]) -> Option<String> {
+    if format == 1 {
+        values::canonical_binary(type_oid, raw)
+    } else {
+        values::canonical_text(type_oid, raw)
+    }
+}
+
+impl Session {
+    /// Follows the rows of a passed-through simple query (and of pass-through script steps).
+    pub(super) fn track_simple_rows(&mut self, tag: u8, msg: &[u8]) {
+        match tag {
+            be::ROW_DESCRIPTION => {
+                self.guard.row_plan = self.read_plan(&msg[5..]).map(Arc::new);
+            }
+            be::DATA_ROW => {
+                if let Some(plan) = &self.guard.row_plan {
+                    plan.observe(&msg[5..], &mut self.guard.tracker);
+                }
+            }
+            be::COMMAND_COMPLETE | be::ERROR_RESPONSE => self.guard.row_plan = None,
+            _ => {}
+        }
+    }
+
+    /// The read plan of a `RowDescription` body; cheap when no guarded table is in it.
+    pub(super) fn read_plan(&self, body: &[u8]) -> Option<ReadPlan> {
+        let resolved = &self.guard.resolved;
+        if resolved.is_empty()
+            || !be::any_column_table(body, |oid| resolved.by_table_oid(oid).is_some())
+        {
+            return None;
+        }
+        ReadPlan::from_columns(&be::row_description(body)?, resolved)
+    }
+}

@@ -1,0 +1,492 @@
+//! Guarded writes in a simple `Query`.
+//!
+//! A query text holding guarded writes runs as a script: runs of other statements as one step,
+//! each guarded write as a step of its own, so the proxy sees a write's row count before
+//! anything after it runs. Several steps outside a transaction are wrapped in a hidden
+//! `BEGIN`/`COMMIT`, keeping the text one implicit transaction as PostgreSQL would. A conflict
+//! is raised by the server between steps; the steps after it never run; the client sees what it
+//! would have seen had PostgreSQL itself raised the error.
+
+use std::collections::VecDeque;
+
+use bytes::BytesMut;
+
+use super::super::replies::Pending;
+use super::super::session::Session;
+use super::raise::RaiseCtx;
+use super::reads::{ReadPlan, canonical};
+use super::Tag;
+use crate::admin::Outcome;
+use crate::config::{BulkPolicy, UnversionedPolicy};
+use crate::guard::conflict::{self, ConflictInfo, Refusal};
+use crate::guard::rewrite::Expected;
+use crate::guard::{Action, GuardedWrite, Target, ValueRef, WriteOp};
+use crate::protocol::{backend as be, frontend as fe};
+
+/// A simple query run step by step.
+#[derive(Debug)]
+pub struct Script {
+    steps: VecDeque<StepSpec>,
+    /// The proxy opened a transaction around the steps.
+    wrapped: bool,
+    /// An error reached the client: no further step runs.
+    failed: bool,
+}
+
+#[derive(Debug)]
+enum StepSpec {
+    Sql(String, Option<Box<WriteCheck>>),
+    Raise(String, RaiseCtx),
+}
+
+/// What the proxy checks of one guarded write.
+#[derive(Debug)]
+pub struct WriteCheck {
+    pub guard: usize,
+    pub op: WriteOp,
+    /// Columns the proxy appended to the result (its `RETURNING`).
+    pub added: usize,
+    pub client_returning: bool,
+    /// The version the write must find; 0 rows then means a conflict.
+    pub expected: Option<String>,
+    /// The row's key (canonical text), when the write names one row.
+    pub key: Option<Vec<String>>,
+    /// Reads the proxy's `RETURNING` columns.
+    pub plan: Option<ReadPlan>,
+    /// The `CommandComplete` of a write that matched 0 rows, kept back during the check.
+    pub held: Option<BytesMut>,
+}
+
+impl WriteCheck {
+    pub fn conflict_info(&self, session: &Session) -> Option<ConflictInfo> {
+        let guard = session.settings.guards.guards.get(self.guard)?;
+        Some(ConflictInfo {
+            table: guard.table.clone(),
+            key_columns: guard.key.clone(),
+            key_values: self.key.clone(),
+            expected: self.expected.clone()?,
+            version_column: guard.version.clone(),
+        })
+    }
+}
+
+/// How one guarded write is sent, once the session knows what it expects.
+pub(super) enum Plan {
+    /// Send it rewritten with this expected version, and check it.
+    Send {
+        expected: Option<String>,
+        key: Option<Vec<String>>,
+    },
+    /// Refuse it.
+    Refuse(Refusal),
+}
+
+impl Session {
+    /// A simple `Query` from the client. Returns true when the guard sent it (as a script).
+    pub(super) fn simple_query(&mut self, msg: &[u8]) -> Result<bool, String> {
+        let Some(sql_bytes) = fe::query_text(&msg[5..]) else {
+            return Ok(false);
+        };
+        let guards = self.settings.guards.clone();
+        if !guards.prefilter.may_write_guarded(sql_bytes) {
+            return Ok(false);
+        }
+        let Ok(sql) = std::str::from_utf8(sql_bytes) else {
+            let steps = VecDeque::from([self.not_utf8_step(sql_bytes)]);
+            self.start_script(steps, false);
+            return Ok(true);
+        };
+        let analysis = self.guard.cache.get_or_analyze(sql, &guards);
+        if analysis.passes_unchanged() {
+            return Ok(false);
+        }
+        let mut steps = VecDeque::new();
+        let mut chunk: Option<std::ops::Range<usize>> = None;
+        let mut tx_control = false;
+        let flush = |chunk: &mut Option<std::ops::Range<usize>>, steps: &mut VecDeque<StepSpec>| {
+            if let Some(r) = chunk.take() {
+                steps.push_back(StepSpec::Sql(sql[r].to_string(), None));
+            }
+        };
+        for st in &analysis.statements {
+            match &st.action {
+                Action::Pass { tx_control: t } => {
+                    tx_control |= *t;
+                    chunk = Some(match chunk.take() {
+                        Some(r) => r.start..st.range.end,
+                        None => st.range.clone(),
+                    });
+                }
+                Action::Refuse { table, reason } => {
+                    flush(&mut chunk, &mut steps);
+                    let guard = guards.guards.iter().position(|g| &g.table == table).unwrap_or(0);
+                    let refusal = Refusal::Unsupported(reason.clone());
+                    let block = self.refusal_block(table, &refusal);
+                    steps.push_back(StepSpec::Raise(
+                        block,
+                        RaiseCtx {
+                            guard,
+                            held: None,
+                            conflict: None,
+                            refusal: Some(refusal),
+                        },
+                    ));
+                }
+                Action::Write(w) => {
+                    flush(&mut chunk, &mut steps);
+                    steps.push_back(self.simple_write_step(sql, w));
+                }
+            }
+        }
+        flush(&mut chunk, &mut steps);
+        let wrap = steps.len() > 1 && self.tx_status == b'I' && !tx_control;
+        self.start_script(steps, wrap);
+        Ok(true)
+    }
+
+    fn not_utf8_step(&self, sql: &[u8]) -> StepSpec {
+        let lower = String::from_utf8_lossy(sql).to_lowercase();
+        let guards = &self.settings.guards.guards;
+        let guard = guards
+            .iter()
+            .position(|g| lower.contains(&g.table.name.to_lowercase()))
+            .unwrap_or(0);
+        let refusal = Refusal::Unsupported(format!(
+            "the statement text is not valid UTF-8 (client_encoding {}), so optlock cannot analyse it; use client_encoding UTF8",
+            self.params.client_encoding
+        ));
+        let block = self.refusal_block(&guards[guard].table, &refusal);
+        StepSpec::Raise(
+            block,
+            RaiseCtx {
+                guard,
+                held: None,
+                conflict: None,
+                refusal: Some(refusal),
+            },
+        )
+    }
+
+    /// Decides what a guarded write expects: pinned, tracked, or the policies.
+    pub(super) fn plan_write(
+        &mut self,
+        w: &GuardedWrite,
+        key: Option<Vec<String>>,
+        pinned: Option<String>,
+    ) -> Plan {
+        let guard = &self.settings.guards.guards[w.guard];
+        if w.op == WriteOp::Upsert {
+            return Plan::Send {
+                expected: None,
+                key: None,
+            };
+        }
+        if w.target == Target::Bulk {
+            return match guard.bulk {
+                BulkPolicy::Bump => Plan::Send {
+                    expected: None,
+                    key: None,
+                },
+                BulkPolicy::Reject => Plan::Refuse(Refusal::Bulk),
+            };
+        }
+        let expected = match pinned {
+            Some(v) => Some(v),
+            None if w.splice.in_cte => None,
+            None => key.as_ref().and_then(|k| {
+                let parts: Vec<&str> = k.iter().map(String::as_str).collect();
+                self.guard.tracker.expected(w.guard, &parts).map(str::to_string)
+            }),
+        };
+        if expected.is_none() && guard.unversioned == UnversionedPolicy::Reject {
+            let row = ConflictInfo {
+                table: guard.table.clone(),
+                key_columns: guard.key.clone(),
+                key_values: key.clone(),
+                expected: String::new(),
+                version_column: guard.version.clone(),
+            }
+            .key_text();
+            return Plan::Refuse(Refusal::Unversioned(row));
+        }
+        Plan::Send { expected, key }
+    }
+
+    /// Canonical text of the literal key values of a write (None when one is a parameter).
+    fn literal_key(&self, w: &GuardedWrite) -> Option<Vec<String>> {
+        let Target::Key(vals) = &w.target else {
+            return None;
+        };
+        let rg = self.guard.resolved.get(w.guard);
+        vals.iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                ValueRef::Literal(s) => {
+                    let t = rg.and_then(|r| r.key_types.get(i).copied()).unwrap_or(0);
+                    canonical(t, 0, s.as_bytes())
+                }
+                ValueRef::Param(_) => None,
+            })
+            .collect()
+    }
+
+    fn simple_write_step(&mut self, sql: &str, w: &GuardedWrite) -> StepSpec {
+        let key = self.literal_key(w);
+        let pinned = match &w.pinned {
+            Some(ValueRef::Literal(v)) => {
+                let t = self.guard.resolved.get(w.guard).map_or(0, |r| r.version_type);
+                canonical(t, 0, v.as_bytes()).or_else(|| Some(v.clone()))
+            }
+            _ => None,
+        };
+        let pinned_here = pinned.is_some();
+        match self.plan_write(w, key, pinned) {
+            Plan::Refuse(refusal) => {
+                let table = self.settings.guards.guards[w.guard].table.clone();
+                StepSpec::Raise(
+                    self.refusal_block(&table, &refusal),
+                    RaiseCtx {
+                        guard: w.guard,
+                        held: None,
+                        conflict: None,
+                        refusal: Some(refusal),
+                    },
+                )
+            }
+            Plan::Send { expected, key } => {
+                let guards = self.settings.guards.clone();
+                let mut text = String::with_capacity(w.splice.statement.len() + 96);
+                let render_with = match (&expected, pinned_here) {
+                    (Some(v), false) => Expected::Literal(v),
+                    _ => Expected::None,
+                };
+                w.render(sql, &guards, render_with, &mut text);
+                StepSpec::Sql(
+                    text,
+                    Some(Box::new(WriteCheck {
+                        guard: w.guard,
+                        op: w.op,
+                        added: w.added_columns(&guards),
+                        client_returning: w.client_returning,
+                        expected: if w.splice.in_cte { None } else { expected },
+                        key,
+                        plan: None,
+                        held: None,
+                    })),
+                )
+            }
+        }
+    }
+
+    fn start_script(&mut self, steps: VecDeque<StepSpec>, wrapped: bool) {
+        if wrapped {
+            fe::write_query(&mut self.to_server, b"BEGIN");
+            self.replies.push(Pending::Simple(Some(Box::new(Tag::Hidden))));
+        }
+        self.guard.script = Some(Script {
+            steps,
+            wrapped,
+            failed: false,
+        });
+        self.hold_client = true;
+        self.send_next_step();
+    }
+
+    fn send_next_step(&mut self) {
+        let Some(script) = self.guard.script.as_mut() else {
+            return;
+        };
+        match script.steps.pop_front() {
+            Some(StepSpec::Sql(text, check)) => {
+                if let Some(c) = &check {
+                    self.shared
+                        .admin
+                        .metrics
+                        .guarded(c.guard, Outcome::Rewritten);
+                }
+                fe::write_query(&mut self.to_server, text.as_bytes());
+                self.replies
+                    .push(Pending::Simple(Some(Box::new(Tag::Step(check)))));
+            }
+            Some(StepSpec::Raise(block, ctx)) => self.send_simple_raise(&block, ctx),
+            None => {}
+        }
+    }
+
+    /// A reply within a script step (the step stays at the front of the queue).
+    pub(super) fn on_step_reply(&mut self, tag: u8, msg: &[u8]) -> Result<bool, String> {
+        let Some(Pending::Simple(Some(t))) = self.replies.front_mut() else {
+            return Ok(false);
+        };
+        let Tag::Step(check) = t.as_mut() else {
+            return Ok(false);
+        };
+        let Some(c) = check.as_deref_mut().filter(|c| c.added > 0 || tag == be::COMMAND_COMPLETE)
+        else {
+            if tag == be::ERROR_RESPONSE
+                && let Some(s) = self.guard.script.as_mut()
+            {
+                s.failed = true;
+            }
+            self.track_simple_rows(tag, msg);
+            return Ok(false);
+        };
+        match tag {
+            be::ROW_DESCRIPTION => {
+                let body = &msg[5..];
+                let cols = be::row_description(body).unwrap_or_default();
+                if cols.len() >= c.added {
+                    let types: Vec<u32> = cols[cols.len() - c.added..]
+                        .iter()
+                        .map(|col| col.type_oid)
+                        .collect();
+                    c.plan = Some(ReadPlan::returning(c.guard, &types, 0));
+                    if c.client_returning {
+                        be::write_truncated(
+                            &mut self.to_client,
+                            be::ROW_DESCRIPTION,
+                            body,
+                            cols.len() - c.added,
+                        );
+                    }
+                }
+                Ok(true)
+            }
+            be::DATA_ROW => {
+                let body = &msg[5..];
+                if let Some(plan) = &c.plan {
+                    plan.observe(body, &mut self.guard.tracker);
+                }
+                if c.client_returning {
+                    let n = be::data_row(body).map_or(0, |v| v.len());
+                    be::write_truncated(&mut self.to_client, be::DATA_ROW, body, n - c.added.min(n));
+                }
+                Ok(true)
+            }
+            be::COMMAND_COMPLETE => {
+                let rows = be::tag_rows(be::command_tag(&msg[5..]));
+                if rows == Some(0) && c.expected.is_some() {
+                    c.held = Some(BytesMut::from(msg));
+                    return Ok(true);
+                }
+                if c.op == WriteOp::Delete
+                    && rows.is_some_and(|n| n > 0)
+                    && let Some(k) = &c.key
+                {
+                    let parts: Vec<&str> = k.iter().map(String::as_str).collect();
+                    self.guard.tracker.forget(c.guard, &parts);
+                }
+                Ok(false)
+            }
+            be::ERROR_RESPONSE => {
+                if let Some(s) = self.guard.script.as_mut() {
+                    s.failed = true;
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// A step's `ReadyForQuery`: check its write, then go on, or stop.
+    pub(super) fn on_step_done(
+        &mut self,
+        ready: &[u8],
+        check: Option<Box<WriteCheck>>,
+    ) -> Result<bool, String> {
+        if let Some(mut c) = check
+            && let Some(held) = c.held.take()
+            && let Some(info) = c.conflict_info(self)
+        {
+            let block = conflict::raise_block_if_changed(&info, &self.settings.config.conflict_sqlstate);
+            self.send_simple_raise(
+                &block,
+                RaiseCtx {
+                    guard: c.guard,
+                    held: Some(held),
+                    conflict: Some(info),
+                    refusal: None,
+                },
+            );
+            return Ok(true);
+        }
+        self.script_continue(ready)
+    }
+
+    /// A raise's reply within a script.
+    pub(super) fn on_raise_reply(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+    ) -> Result<bool, String> {
+        let Some(Pending::Simple(Some(t))) = self.replies.front_mut() else {
+            return Ok(false);
+        };
+        let Tag::Raise(ctx) = t.as_mut() else {
+            return Ok(false);
+        };
+        match tag {
+            be::ERROR_RESPONSE => {
+                let ctx = std::mem::replace(
+                    ctx.as_mut(),
+                    RaiseCtx {
+                        guard: ctx.guard,
+                        held: None,
+                        conflict: None,
+                        refusal: None,
+                    },
+                );
+                self.deliver_raised_error(msg, &ctx);
+                if let Some(s) = self.guard.script.as_mut() {
+                    s.failed = true;
+                }
+                Ok(true)
+            }
+            be::COMMAND_COMPLETE => {
+                // The block raised nothing: the write's own conditions matched no row.
+                if let Some(held) = ctx.held.take() {
+                    self.to_client.extend_from_slice(&held);
+                }
+                Ok(true)
+            }
+            be::NOTICE_RESPONSE => Ok(false),
+            _ => Ok(true),
+        }
+    }
+
+    /// The `ReadyForQuery` of a raise.
+    pub(super) fn on_raise_done(&mut self, ready: &[u8], _ctx: Box<RaiseCtx>) -> Result<(), String> {
+        self.script_continue(ready).map(|_| ())
+    }
+
+    /// After a step: the next one, the hidden `COMMIT`/`ROLLBACK`, or the client's
+    /// `ReadyForQuery`.
+    fn script_continue(&mut self, ready: &[u8]) -> Result<bool, String> {
+        let Some(script) = self.guard.script.as_mut() else {
+            return Ok(false);
+        };
+        let end_sql: Option<&[u8]> = if script.failed || script.steps.is_empty() {
+            match (script.wrapped, script.failed) {
+                (true, true) => Some(b"ROLLBACK"),
+                (true, false) => Some(b"COMMIT"),
+                (false, _) => None,
+            }
+        } else {
+            self.send_next_step();
+            return Ok(true);
+        };
+        match end_sql {
+            Some(sql) => {
+                fe::write_query(&mut self.to_server, sql);
+                self.replies.push(Pending::Simple(Some(Box::new(Tag::Final))));
+            }
+            None => {
+                self.guard.script = None;
+                self.hold_client = false;
+                self.to_client.extend_from_slice(ready);
+                self.resume_client()?;
+            }
+        }
+        Ok(true)
+    }
+}
