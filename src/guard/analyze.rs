@@ -201,6 +201,56 @@ impl<'a> Lexed<'a> {
                 blank(&mut out[star - r.start]);
             }
         }
+        // `ON CONFLICT (cols) WHERE predicate DO ...`: the index predicate only picks the
+        // arbiter index, and sqlparser does not accept it.
+        for i in r.clone() {
+            if !(self.is_word(i, "conflict")
+                && self
+                    .prev_sig(i, r.start)
+                    .is_some_and(|p| self.is_word(p, "on")))
+            {
+                continue;
+            }
+            let Some(open) = self.next_sig(i + 1, r.end) else {
+                continue;
+            };
+            if !matches!(self.token(open), Token::LParen) {
+                continue;
+            }
+            let mut depth = 0;
+            let Some(close) = (open..r.end).find(|&j| {
+                match self.token(j) {
+                    Token::LParen => depth += 1,
+                    Token::RParen => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            }) else {
+                continue;
+            };
+            let Some(where_kw) = self.next_sig(close + 1, r.end) else {
+                continue;
+            };
+            if !self.is_word(where_kw, "where") {
+                continue;
+            }
+            let mut depth = 0;
+            let Some(do_kw) = (where_kw..r.end).find(|&j| {
+                match self.token(j) {
+                    Token::LParen => depth += 1,
+                    Token::RParen => depth -= 1,
+                    _ => {}
+                }
+                depth == 0 && self.is_word(j, "do")
+            }) else {
+                continue;
+            };
+            for t in &mut out[where_kw - r.start..do_kw - r.start] {
+                if !is_trivia(&t.token) {
+                    blank(t);
+                }
+            }
+        }
         out
     }
 }
