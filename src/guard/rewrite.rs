@@ -327,6 +327,35 @@ version = "order"
     const LIT: Expected<'static> = Expected::Literal("7");
 
     #[test]
+    fn no_prefix_of_a_guarded_write_panics() {
+        let g = guards();
+        let mut writes = 0;
+        for sql in [
+            "WITH x AS (UPDATE ONLY public.invoice AS i SET total = (SELECT 1), tags[1] = 2 FROM c WHERE i.id = $1 AND version = 'v' RETURNING *) SELECT * FROM x -- é",
+            "INSERT INTO invoice AS t (id) VALUES (1) ON CONFLICT (id) WHERE t.open DO UPDATE SET total = 1 WHERE t.id = 1 RETURNING t.id; DELETE FROM shop.line USING x WHERE line_no = 1",
+            "UPDATE \"tabSales Invoice\" SET grand_total = 10 /* ☃ */ WHERE name = E'SINV\\'1' OR x IS DISTINCT FROM y",
+        ] {
+            let mut ends: Vec<usize> = sql.char_indices().map(|(i, _)| i).collect();
+            ends.push(sql.len());
+            for end in ends {
+                let text = &sql[..end];
+                for st in analyze(text, &g).statements {
+                    assert!(text.is_char_boundary(st.range.start) && st.range.end <= text.len());
+                    if let Action::Write(w) = st.action {
+                        writes += 1;
+                        for expected in [Expected::None, LIT, Expected::Param(9)] {
+                            let mut out = String::new();
+                            w.render(text, &g, expected, &mut out);
+                            assert!(out.starts_with(text[st.range.clone()].get(..6).unwrap_or("")));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(writes > 50, "{writes} prefixes were guarded writes");
+    }
+
+    #[test]
     fn update_gets_bump_predicate_and_returning() {
         assert_eq!(
             render("UPDATE invoice SET total = 1 WHERE id = 42", LIT),
