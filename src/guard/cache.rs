@@ -1,1 +1,139 @@
-//! cache (to be written).
+//! The analysis cache: each SQL text is analysed once per guard set, and applications that send
+//! the same statements over and over hit a bounded map (least recently used dropped first).
+//!
+//! A lookup hashes the `&str` itself and does not allocate; only a miss stores a copy of the
+//! text. The cache belongs to one session and one guard set: clear it when guards reload.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use lru::LruCache;
+
+use super::analyze::analyze;
+use super::{Analysis, GuardSet};
+
+/// Entries kept by [`AnalysisCache::new`].
+pub const DEFAULT_CAPACITY: usize = 4096;
+
+/// Texts longer than this are analysed every time instead of being kept (bulk `INSERT`s with
+/// megabytes of `VALUES` would otherwise pin their text in memory).
+pub const MAX_CACHED_TEXT: usize = 16 * 1024;
+
+pub struct AnalysisCache {
+    entries: LruCache<Box<str>, Arc<Analysis>>,
+}
+
+impl std::fmt::Debug for AnalysisCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnalysisCache")
+            .field("len", &self.entries.len())
+            .field("cap", &self.entries.cap())
+            .finish()
+    }
+}
+
+impl Default for AnalysisCache {
+    fn default() -> Self {
+        AnalysisCache::new()
+    }
+}
+
+impl AnalysisCache {
+    pub fn new() -> AnalysisCache {
+        AnalysisCache::with_capacity(DEFAULT_CAPACITY)
+    }
+
+    pub fn with_capacity(capacity: usize) -> AnalysisCache {
+        AnalysisCache {
+            entries: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("at least one")),
+        }
+    }
+
+    /// The analysis of `sql` under `guards`, from the cache when it was seen before.
+    pub fn get_or_analyze(&mut self, sql: &str, guards: &GuardSet) -> Arc<Analysis> {
+        if let Some(hit) = self.entries.get(sql) {
+            return hit.clone();
+        }
+        let analysis = Arc::new(analyze(sql, guards));
+        if sql.len() <= MAX_CACHED_TEXT {
+            self.entries.put(sql.into(), analysis.clone());
+        }
+        analysis
+    }
+
+    /// Forgets every analysis (the guard set changed).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::guard::Action;
+
+    fn guards(toml: &str) -> Arc<GuardSet> {
+        GuardSet::new(&Config::parse(toml, "test.toml").unwrap())
+    }
+
+    const INVOICE: &str = "[[guard]]\ntable = \"public.invoice\"\nkey = [\"id\"]\n";
+
+    #[test]
+    fn a_text_is_analysed_once() {
+        let g = guards(INVOICE);
+        let mut cache = AnalysisCache::new();
+        let sql = "UPDATE invoice SET total = 1 WHERE id = 1";
+        let a = cache.get_or_analyze(sql, &g);
+        let b = cache.get_or_analyze(&String::from(sql), &g);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(cache.len(), 1);
+        assert!(matches!(a.statements[0].action, Action::Write(_)));
+        let c = cache.get_or_analyze("SELECT 1", &g);
+        assert!(c.passes_unchanged());
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn clear_forgets_analyses_made_under_old_guards() {
+        let mut cache = AnalysisCache::new();
+        let sql = "UPDATE invoice SET total = 1 WHERE id = 1";
+        let a = cache.get_or_analyze(sql, &guards(""));
+        assert!(a.passes_unchanged());
+        cache.clear();
+        assert!(cache.is_empty());
+        let b = cache.get_or_analyze(sql, &guards(INVOICE));
+        assert!(!b.passes_unchanged());
+    }
+
+    #[test]
+    fn bounded_least_recently_used_first() {
+        let g = guards(INVOICE);
+        let mut cache = AnalysisCache::with_capacity(2);
+        let one = cache.get_or_analyze("SELECT 1", &g);
+        let two = cache.get_or_analyze("SELECT 2", &g);
+        cache.get_or_analyze("SELECT 1", &g); // now the most recent
+        cache.get_or_analyze("SELECT 3", &g); // drops SELECT 2
+        assert_eq!(cache.len(), 2);
+        assert!(Arc::ptr_eq(&one, &cache.get_or_analyze("SELECT 1", &g)));
+        assert!(!Arc::ptr_eq(&two, &cache.get_or_analyze("SELECT 2", &g)));
+    }
+
+    #[test]
+    fn long_texts_are_not_kept() {
+        let g = guards(INVOICE);
+        let mut cache = AnalysisCache::new();
+        let sql = format!("SELECT '{}'", "x".repeat(MAX_CACHED_TEXT));
+        let a = cache.get_or_analyze(&sql, &g);
+        assert_eq!(a.statements.len(), 1);
+        assert!(cache.is_empty());
+    }
+}

@@ -1,6 +1,613 @@
 //! Rendering a guarded write: the original text with the version predicate, the bump and the
 //! proxy's `RETURNING` columns spliced in at token positions found by [`super::analyze`].
+//!
+//! Everything the client wrote stays byte for byte (comments, literals, dollar quotes,
+//! whitespace); the renderer only inserts.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use super::{GuardSet, GuardedWrite, WriteOp};
+use crate::config::{VersionKind, quote_ident};
 
 /// Where the rewrite splices into the statement text (byte offsets into the analysed text).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Splice {}
+pub struct Splice {
+    /// The whole statement (the same range as its [`super::Statement`]).
+    pub statement: Range<usize>,
+    /// End of the last assignment of the `SET` list (of `DO UPDATE SET` for an upsert), where
+    /// the bump goes. `None` for `DELETE`.
+    pub set_end: Option<usize>,
+    /// The `WHERE` condition (without the keyword), when the write has one.
+    pub condition: Option<Range<usize>>,
+    /// Where ` WHERE ...` goes when the write has no `WHERE`.
+    pub where_at: usize,
+    /// End of the write (of its `RETURNING` list when it has one): where the proxy's columns go.
+    /// Trailing comments come after it.
+    pub returning_at: usize,
+    /// SQL text that qualifies the target's columns: the alias if any, else the table name as
+    /// the client wrote it.
+    pub qualifier: String,
+    /// The write is a data-modifying CTE (`WITH x AS (UPDATE ...) SELECT ...`): its row count
+    /// is not the statement's command tag and its `RETURNING` rows are not the statement's
+    /// result, so the proxy appends no columns to it.
+    pub in_cte: bool,
+}
+
+/// The expected version a rendered write checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected<'a> {
+    /// No predicate: the statement pins its own version, or none is known.
+    None,
+    /// A version the session read, as text.
+    Literal(&'a str),
+    /// A parameter the proxy binds; a NULL binding means "unknown" and matches any version.
+    Param(u16),
+}
+
+/// An identifier as SQL: quoted when `quote_ident` would, or when it is a reserved word.
+fn ident(name: &str) -> Cow<'_, str> {
+    let quoted = quote_ident(name);
+    if quoted.starts_with('"') {
+        return Cow::Owned(quoted);
+    }
+    if RESERVED.binary_search(&name).is_ok() {
+        return Cow::Owned(format!("\"{name}\""));
+    }
+    Cow::Borrowed(name)
+}
+
+/// PostgreSQL's reserved and type/function-name keywords (sorted): not usable as a bare column
+/// name in a `SET` list.
+const RESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// A string literal: `'...'` with `'` doubled, or `E'...'` when it holds a backslash.
+fn push_literal(out: &mut String, v: &str) {
+    if v.contains('\\') {
+        out.push_str("E'");
+        out.push_str(&v.replace('\\', "\\\\").replace('\'', "''"));
+    } else {
+        out.push('\'');
+        out.push_str(&v.replace('\'', "''"));
+    }
+    out.push('\'');
+}
+
+impl GuardedWrite {
+    /// Appends the rewritten statement (only this statement's range of `text`) to `out`.
+    pub fn render(&self, text: &str, guards: &GuardSet, expected: Expected<'_>, out: &mut String) {
+        let guard = &guards.guards[self.guard];
+        let s = &self.splice;
+        let q = s.qualifier.as_str();
+        let version = ident(&guard.version);
+        let mut at = s.statement.start;
+        let mut copy_to = |out: &mut String, pos: usize| {
+            out.push_str(&text[at..pos]);
+            at = pos;
+        };
+
+        if let Some(set_end) = s.set_end
+            && !self.sets_version
+        {
+            let bump = match guard.kind {
+                VersionKind::Counter => Some(format!(", {version} = {q}.{version} + 1")),
+                VersionKind::Timestamp => Some(format!(
+                    ", {version} = GREATEST(clock_timestamp(), {q}.{version} + interval '1 microsecond')"
+                )),
+                VersionKind::Xmin => None,
+            };
+            if let Some(bump) = bump {
+                copy_to(out, set_end);
+                out.push_str(&bump);
+            }
+        }
+
+        if self.op != WriteOp::Upsert {
+            let mut predicate = String::new();
+            match expected {
+                Expected::None => {}
+                Expected::Literal(v) => {
+                    predicate = format!("{q}.{version} = ");
+                    push_literal(&mut predicate, v);
+                }
+                Expected::Param(n) => {
+                    predicate = format!("({q}.{version} = ${n} OR ${n} IS NULL)");
+                }
+            }
+            if !predicate.is_empty() {
+                match &s.condition {
+                    Some(cond) => {
+                        copy_to(out, cond.start);
+                        out.push('(');
+                        copy_to(out, cond.end);
+                        out.push_str(") AND ");
+                        out.push_str(&predicate);
+                    }
+                    None => {
+                        copy_to(out, s.where_at);
+                        out.push_str(" WHERE ");
+                        out.push_str(&predicate);
+                    }
+                }
+            }
+        }
+
+        if self.added_columns(guards) > 0 {
+            copy_to(out, s.returning_at);
+            out.push_str(if self.client_returning {
+                ", "
+            } else {
+                " RETURNING "
+            });
+            for k in &guard.key {
+                out.push_str(q);
+                out.push('.');
+                out.push_str(&ident(k));
+                out.push_str(", ");
+            }
+            out.push_str(q);
+            out.push('.');
+            out.push_str(&version);
+        }
+        copy_to(out, s.statement.end);
+    }
+
+    /// Number of columns the proxy appends to the result rows (key columns + version).
+    pub fn added_columns(&self, guards: &GuardSet) -> usize {
+        if self.op == WriteOp::Delete || self.splice.in_cte {
+            0
+        } else {
+            guards.guards[self.guard].key.len() + 1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::guard::Action;
+    use crate::guard::analyze::{analyze, parses};
+
+    const CONFIG: &str = r#"
+[[guard]]
+table = "public.invoice"
+key = ["id"]
+
+[[guard]]
+table = 'public."tabSales Invoice"'
+key = ["name"]
+version = "modified"
+kind = "timestamp"
+
+[[guard]]
+table = "shop.line"
+key = ["invoice_id", "line_no"]
+
+[[guard]]
+table = "public.accounts"
+key = ["aid"]
+version = "xmin"
+
+[[guard]]
+table = "public.orders"
+key = ['"Order ID"']
+version = "order"
+"#;
+
+    fn guards() -> Arc<GuardSet> {
+        GuardSet::new(&Config::parse(CONFIG, "test.toml").unwrap())
+    }
+
+    /// Renders the only guarded write of `sql` and checks the result still parses.
+    fn render(sql: &str, expected: Expected<'_>) -> String {
+        let g = guards();
+        let a = analyze(sql, &g);
+        let writes: Vec<&GuardedWrite> = a
+            .statements
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Write(w) => Some(w.as_ref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(writes.len(), 1, "{sql}: {a:?}");
+        // Rendering appends: what is already in `out` stays.
+        let mut out = String::from("<");
+        writes[0].render(sql, &g, expected, &mut out);
+        let out = out.strip_prefix('<').unwrap().to_string();
+        assert!(parses(&out), "the rendered statement does not parse: {out}");
+        out
+    }
+
+    const LIT: Expected<'static> = Expected::Literal("7");
+
+    #[test]
+    fn no_prefix_of_a_guarded_write_panics() {
+        let g = guards();
+        let mut writes = 0;
+        for sql in [
+            "WITH x AS (UPDATE ONLY public.invoice AS i SET total = (SELECT 1), tags[1] = 2 FROM c WHERE i.id = $1 AND version = 'v' RETURNING *) SELECT * FROM x -- é",
+            "INSERT INTO invoice AS t (id) VALUES (1) ON CONFLICT (id) WHERE t.open DO UPDATE SET total = 1 WHERE t.id = 1 RETURNING t.id; DELETE FROM shop.line USING x WHERE line_no = 1",
+            "UPDATE \"tabSales Invoice\" SET grand_total = 10 /* ☃ */ WHERE name = E'SINV\\'1' OR x IS DISTINCT FROM y",
+        ] {
+            let mut ends: Vec<usize> = sql.char_indices().map(|(i, _)| i).collect();
+            ends.push(sql.len());
+            for end in ends {
+                let text = &sql[..end];
+                for st in analyze(text, &g).statements {
+                    assert!(text.is_char_boundary(st.range.start) && st.range.end <= text.len());
+                    if let Action::Write(w) = st.action {
+                        writes += 1;
+                        for expected in [Expected::None, LIT, Expected::Param(9)] {
+                            let mut out = String::new();
+                            w.render(text, &g, expected, &mut out);
+                            assert!(out.starts_with(text[st.range.clone()].get(..6).unwrap_or("")));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(writes > 50, "{writes} prefixes were guarded writes");
+    }
+
+    #[test]
+    fn update_gets_bump_predicate_and_returning() {
+        assert_eq!(
+            render("UPDATE invoice SET total = 1 WHERE id = 42", LIT),
+            "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE (id = 42) AND invoice.version = '7' RETURNING invoice.id, invoice.version"
+        );
+        assert_eq!(
+            render("UPDATE invoice SET total = 1 WHERE id = 42", Expected::None),
+            "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE id = 42 RETURNING invoice.id, invoice.version"
+        );
+        assert_eq!(
+            render(
+                "UPDATE invoice SET total = $2 WHERE id = $1",
+                Expected::Param(3)
+            ),
+            "UPDATE invoice SET total = $2, version = invoice.version + 1 WHERE (id = $1) AND (invoice.version = $3 OR $3 IS NULL) RETURNING invoice.id, invoice.version"
+        );
+    }
+
+    #[test]
+    fn or_conditions_are_wrapped_and_missing_where_is_added() {
+        assert_eq!(
+            render("UPDATE invoice SET total = 0 WHERE id = 1 OR id = 2", LIT),
+            "UPDATE invoice SET total = 0, version = invoice.version + 1 WHERE (id = 1 OR id = 2) AND invoice.version = '7' RETURNING invoice.id, invoice.version"
+        );
+        assert_eq!(
+            render("UPDATE invoice SET total = 0", LIT),
+            "UPDATE invoice SET total = 0, version = invoice.version + 1 WHERE invoice.version = '7' RETURNING invoice.id, invoice.version"
+        );
+        assert_eq!(
+            render("DELETE FROM invoice", Expected::Param(1)),
+            "DELETE FROM invoice WHERE (invoice.version = $1 OR $1 IS NULL)"
+        );
+    }
+
+    #[test]
+    fn alias_qualifies_everything_and_client_returning_comes_first() {
+        assert_eq!(
+            render(
+                "UPDATE ONLY public.invoice AS i SET total = 1 WHERE i.id = $1 RETURNING i.total, *",
+                Expected::Param(2)
+            ),
+            "UPDATE ONLY public.invoice AS i SET total = 1, version = i.version + 1 WHERE (i.id = $1) AND (i.version = $2 OR $2 IS NULL) RETURNING i.total, *, i.id, i.version"
+        );
+        assert_eq!(
+            render("update Public.Invoice inv set total=1 where inv.id=5", LIT),
+            "update Public.Invoice inv set total=1, version = inv.version + 1 where (inv.id=5) AND inv.version = '7' RETURNING inv.id, inv.version"
+        );
+        assert_eq!(
+            render("UPDATE public.invoice SET total = 1 WHERE id = 5", LIT),
+            "UPDATE public.invoice SET total = 1, version = public.invoice.version + 1 WHERE (id = 5) AND public.invoice.version = '7' RETURNING public.invoice.id, public.invoice.version"
+        );
+    }
+
+    #[test]
+    fn from_joins_and_subqueries_do_not_confuse_the_splice_points() {
+        assert_eq!(
+            render(
+                "UPDATE invoice i SET total = c.credit, flag = i.a IS DISTINCT FROM c.b * 2 FROM customer c WHERE c.id = i.customer_id AND i.id = 3 RETURNING c.name",
+                LIT
+            ),
+            "UPDATE invoice i SET total = c.credit, flag = i.a IS DISTINCT FROM c.b * 2, version = i.version + 1 FROM customer c WHERE (c.id = i.customer_id AND i.id = 3) AND i.version = '7' RETURNING c.name, i.id, i.version"
+        );
+        assert_eq!(
+            render(
+                "UPDATE invoice SET total = (SELECT sum(x) FROM line WHERE line.inv = invoice.id), tags = ARRAY[(SELECT 1 FROM t WHERE z)] WHERE id IN (SELECT id FROM t WHERE y) ",
+                LIT
+            ),
+            "UPDATE invoice SET total = (SELECT sum(x) FROM line WHERE line.inv = invoice.id), tags = ARRAY[(SELECT 1 FROM t WHERE z)], version = invoice.version + 1 WHERE (id IN (SELECT id FROM t WHERE y)) AND invoice.version = '7' RETURNING invoice.id, invoice.version"
+        );
+        // `WHERE` with nothing after it is a syntax error: never rewritten.
+        assert!(matches!(
+            analyze("UPDATE invoice SET total = 1 WHERE", &guards()).statements[0].action,
+            Action::Refuse { .. }
+        ));
+    }
+
+    #[test]
+    fn delete_gets_only_the_predicate() {
+        let g = guards();
+        let sql = "DELETE FROM invoice USING customer c WHERE invoice.customer_id = c.id AND invoice.id = 9 RETURNING invoice.*";
+        assert_eq!(
+            render(sql, LIT),
+            "DELETE FROM invoice USING customer c WHERE (invoice.customer_id = c.id AND invoice.id = 9) AND invoice.version = '7' RETURNING invoice.*"
+        );
+        let a = analyze(sql, &g);
+        let Action::Write(w) = &a.statements[0].action else {
+            panic!("{a:?}")
+        };
+        assert_eq!(w.added_columns(&g), 0);
+        assert_eq!(
+            render("DELETE FROM invoice WHERE id = 9", Expected::None),
+            "DELETE FROM invoice WHERE id = 9"
+        );
+    }
+
+    #[test]
+    fn trailing_comments_stay_after_the_insertions() {
+        assert_eq!(
+            render("UPDATE invoice SET total = 1 WHERE id = 1 -- done", LIT),
+            "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE (id = 1) AND invoice.version = '7' RETURNING invoice.id, invoice.version -- done"
+        );
+        assert_eq!(
+            render(
+                "UPDATE invoice SET total = 1 /* a */ WHERE /* b */ id = 1 /* c */\n",
+                LIT
+            ),
+            "UPDATE invoice SET total = 1, version = invoice.version + 1 /* a */ WHERE /* b */ (id = 1) AND invoice.version = '7' RETURNING invoice.id, invoice.version /* c */"
+        );
+        assert_eq!(
+            render("UPDATE invoice SET total = 1 -- where?\n", LIT),
+            "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE invoice.version = '7' RETURNING invoice.id, invoice.version -- where?\n"
+        );
+    }
+
+    #[test]
+    fn only_the_statement_range_is_rendered_and_multibyte_text_is_kept() {
+        let sql =
+            "SELECT 'ünï ✓'; UPDATE invoice SET note = 'naïve ☃ 😀' WHERE id = 'ключ'; SELECT 2";
+        assert_eq!(
+            render(sql, Expected::Literal("2024-01-01 00:00:00+00")),
+            "UPDATE invoice SET note = 'naïve ☃ 😀', version = invoice.version + 1 WHERE (id = 'ключ') AND invoice.version = '2024-01-01 00:00:00+00' RETURNING invoice.id, invoice.version"
+        );
+    }
+
+    #[test]
+    fn expected_literals_are_escaped() {
+        assert_eq!(
+            render(
+                "DELETE FROM invoice WHERE id = 1",
+                Expected::Literal("it's")
+            ),
+            "DELETE FROM invoice WHERE (id = 1) AND invoice.version = 'it''s'"
+        );
+        assert_eq!(
+            render(
+                "DELETE FROM invoice WHERE id = 1",
+                Expected::Literal("a\\'b")
+            ),
+            "DELETE FROM invoice WHERE (id = 1) AND invoice.version = E'a\\\\''b'"
+        );
+    }
+
+    #[test]
+    fn the_erp_case_with_a_timestamp_version() {
+        assert_eq!(
+            render(
+                "UPDATE \"tabSales Invoice\" SET grand_total = 10 WHERE name = 'SINV-0001'",
+                Expected::Literal("2024-05-01 10:00:00.123456")
+            ),
+            "UPDATE \"tabSales Invoice\" SET grand_total = 10, modified = GREATEST(clock_timestamp(), \"tabSales Invoice\".modified + interval '1 microsecond') WHERE (name = 'SINV-0001') AND \"tabSales Invoice\".modified = '2024-05-01 10:00:00.123456' RETURNING \"tabSales Invoice\".name, \"tabSales Invoice\".modified"
+        );
+    }
+
+    #[test]
+    fn a_set_version_is_not_bumped_again() {
+        assert_eq!(
+            render(
+                "UPDATE invoice SET total = 1, version = 8 WHERE id = 1 AND version = 7",
+                Expected::None
+            ),
+            "UPDATE invoice SET total = 1, version = 8 WHERE id = 1 AND version = 7 RETURNING invoice.id, invoice.version"
+        );
+    }
+
+    #[test]
+    fn xmin_needs_no_bump() {
+        assert_eq!(
+            render(
+                "UPDATE accounts SET abalance = abalance + 1 WHERE aid = 1",
+                Expected::Literal("1234")
+            ),
+            "UPDATE accounts SET abalance = abalance + 1 WHERE (aid = 1) AND accounts.xmin = '1234' RETURNING accounts.aid, accounts.xmin"
+        );
+    }
+
+    #[test]
+    fn identifiers_are_quoted_when_needed() {
+        assert_eq!(ident("version"), "version");
+        assert_eq!(ident("order"), "\"order\"");
+        assert_eq!(ident("Order ID"), "\"Order ID\"");
+        assert!(
+            RESERVED.windows(2).all(|w| w[0] < w[1]),
+            "sorted for binary search"
+        );
+        assert_eq!(
+            render("UPDATE orders SET total = 1 WHERE \"Order ID\" = 5", LIT),
+            "UPDATE orders SET total = 1, \"order\" = orders.\"order\" + 1 WHERE (\"Order ID\" = 5) AND orders.\"order\" = '7' RETURNING orders.\"Order ID\", orders.\"order\""
+        );
+    }
+
+    #[test]
+    fn composite_keys_are_all_returned() {
+        assert_eq!(
+            render(
+                "UPDATE shop.line l SET qty = 2 WHERE l.invoice_id = 1 AND l.line_no = 2",
+                Expected::None
+            ),
+            "UPDATE shop.line l SET qty = 2, version = l.version + 1 WHERE l.invoice_id = 1 AND l.line_no = 2 RETURNING l.invoice_id, l.line_no, l.version"
+        );
+    }
+
+    #[test]
+    fn data_modifying_ctes_get_bump_and_predicate_but_no_columns() {
+        let g = guards();
+        let sql =
+            "WITH x AS (UPDATE invoice SET total = 1 WHERE id = 3 RETURNING *) SELECT * FROM x";
+        assert_eq!(
+            render(sql, LIT),
+            "WITH x AS (UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE (id = 3) AND invoice.version = '7' RETURNING *) SELECT * FROM x"
+        );
+        let Action::Write(w) = &analyze(sql, &g).statements[0].action else {
+            panic!()
+        };
+        assert_eq!(w.added_columns(&g), 0);
+        assert_eq!(
+            render("WITH d AS (DELETE FROM invoice) SELECT 1", LIT),
+            "WITH d AS (DELETE FROM invoice WHERE invoice.version = '7') SELECT 1"
+        );
+        // A WITH prefix on the write itself is not a CTE write.
+        let sql = "WITH c AS (SELECT 5 AS id) UPDATE invoice SET total = 0 FROM c WHERE invoice.id = c.id";
+        assert_eq!(
+            render(sql, Expected::None),
+            "WITH c AS (SELECT 5 AS id) UPDATE invoice SET total = 0, version = invoice.version + 1 FROM c WHERE invoice.id = c.id RETURNING invoice.id, invoice.version"
+        );
+        let Action::Write(w) = &analyze(sql, &g).statements[0].action else {
+            panic!()
+        };
+        assert_eq!(w.added_columns(&g), 2);
+    }
+
+    #[test]
+    fn upserts_bump_in_do_update_and_return_the_version() {
+        assert_eq!(
+            render(
+                "INSERT INTO invoice (id, total) VALUES (1, 2) ON CONFLICT (id) DO UPDATE SET total = EXCLUDED.total",
+                LIT
+            ),
+            "INSERT INTO invoice (id, total) VALUES (1, 2) ON CONFLICT (id) DO UPDATE SET total = EXCLUDED.total, version = invoice.version + 1 RETURNING invoice.id, invoice.version"
+        );
+        assert_eq!(
+            render(
+                "INSERT INTO invoice AS t (id, total) SELECT id, total FROM staging WHERE ok ON CONFLICT (id) WHERE t.open DO UPDATE SET total = EXCLUDED.total WHERE t.total < 100 RETURNING t.total",
+                Expected::None
+            ),
+            "INSERT INTO invoice AS t (id, total) SELECT id, total FROM staging WHERE ok ON CONFLICT (id) WHERE t.open DO UPDATE SET total = EXCLUDED.total, version = t.version + 1 WHERE t.total < 100 RETURNING t.total, t.id, t.version"
+        );
+        assert_eq!(
+            render(
+                "INSERT INTO \"tabSales Invoice\" (name) VALUES ('a') ON CONFLICT ON CONSTRAINT pk DO UPDATE SET grand_total = 0",
+                Expected::None
+            ),
+            "INSERT INTO \"tabSales Invoice\" (name) VALUES ('a') ON CONFLICT ON CONSTRAINT pk DO UPDATE SET grand_total = 0, modified = GREATEST(clock_timestamp(), \"tabSales Invoice\".modified + interval '1 microsecond') RETURNING \"tabSales Invoice\".name, \"tabSales Invoice\".modified"
+        );
+    }
+}
