@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::guarded::{GuardState, StmtTag};
 use super::replies::{Pending, Replies};
 use super::{Settings, Shared};
+use crate::admin::SessionHandle;
 use crate::protocol::{self, backend as be, frontend as fe};
 
 /// Output is flushed before more input is read once a buffer holds this much.

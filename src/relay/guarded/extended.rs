@@ -72,7 +72,7 @@ impl Tag {
 
 impl Session {
     /// A `Parse`. Returns true when the guard sent it (rewritten, or replaced by a refusal).
-    pub(super) fn guard_parse(&mut self, msg: &[u8]) -> Result<bool, String> {
+    pub(in crate::relay) fn guard_parse(&mut self, msg: &[u8]) -> Result<bool, String> {
         if !self.guards_active() {
             return Ok(false);
         }
@@ -147,7 +147,7 @@ impl Session {
 
     /// A `Bind`. Returns true when the guard sent it (with the expected version, or replaced
     /// by a refusal).
-    pub(super) fn guard_bind(&mut self, msg: &[u8]) -> Result<bool, String> {
+    pub(in crate::relay) fn guard_bind(&mut self, msg: &[u8]) -> Result<bool, String> {
         if !self.guards_active() {
             return Ok(false);
         }
@@ -246,7 +246,7 @@ impl Session {
     }
 
     /// A `Describe`: tagged when its reply may need changing or reading.
-    pub(super) fn guard_describe(&mut self, body: &[u8]) -> super::StmtTag {
+    pub(in crate::relay) fn guard_describe(&mut self, body: &[u8]) -> super::StmtTag {
         if !self.guards_active() {
             return None;
         }
@@ -267,7 +267,7 @@ impl Session {
     }
 
     /// An `Execute`: tagged when the portal's rows or row count matter to the guard.
-    pub(super) fn guard_execute(&mut self, body: &[u8]) -> super::StmtTag {
+    pub(in crate::relay) fn guard_execute(&mut self, body: &[u8]) -> super::StmtTag {
         if self.guard.portals.is_empty() {
             return None;
         }
@@ -280,7 +280,7 @@ impl Session {
     }
 
     /// A `Close`: forget the statement or portal.
-    pub(super) fn guard_close(&mut self, body: &[u8]) {
+    pub(in crate::relay) fn guard_close(&mut self, body: &[u8]) {
         if let Some((kind, name)) = fe::target(body) {
             if kind == b'S' {
                 self.guard.statements.remove(name);

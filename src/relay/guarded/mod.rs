@@ -198,7 +198,7 @@ impl Session {
 
     /// The first `ReadyForQuery`: resolve the guards before the client may send anything.
     /// Returns true when the message was kept back.
-    pub(super) fn on_login(&mut self, ready: &[u8]) -> bool {
+    pub(in crate::relay) fn on_login(&mut self, ready: &[u8]) -> bool {
         if !self.guards_active() {
             return false;
         }
@@ -206,7 +206,7 @@ impl Session {
         true
     }
 
-    pub(super) fn guard_query(&mut self, msg: &[u8]) -> Result<bool, String> {
+    pub(in crate::relay) fn guard_query(&mut self, msg: &[u8]) -> Result<bool, String> {
         if !self.guards_active() {
             return Ok(false);
         }
@@ -216,7 +216,7 @@ impl Session {
 
     /// A server message, given the entry it answers. Returns true when the guard took care of
     /// it (forwarded a changed form, or kept it from the client).
-    pub(super) fn guard_server_message(
+    pub(in crate::relay) fn guard_server_message(
         &mut self,
         tag: u8,
         msg: &[u8],

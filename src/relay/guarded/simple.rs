@@ -427,10 +427,11 @@ impl Session {
         };
         match tag {
             be::ERROR_RESPONSE => {
+                let guard = ctx.guard;
                 let ctx = std::mem::replace(
                     ctx.as_mut(),
                     RaiseCtx {
-                        guard: ctx.guard,
+                        guard,
                         held: None,
                         conflict: None,
                         refusal: None,

@@ -1,0 +1,278 @@
+//! Guarded writes against a real PostgreSQL: conflicts, no false conflicts, policies, and the
+//! conflict error's fields and atomicity.
+
+mod common;
+use common::*;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const INVOICE: &str = r#"
+[[guard]]
+table = "public.invoice"
+key = ["id"]
+version = "version"
+"#;
+
+async fn setup(db: &TestDb) {
+    db.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE invoice (id int primary key, total numeric not null, version bigint not null default 0);
+             INSERT INTO invoice (id, total) SELECT g, 10 FROM generate_series(1, 5) g;
+             CREATE TABLE audit (n int);",
+        )
+        .await
+        .unwrap();
+}
+
+async fn version_of(c: &Client, id: i32) -> i64 {
+    c.query_one("SELECT version FROM invoice WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn rows_affected(msgs: &[SimpleQueryMessage]) -> Vec<u64> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn read_then_write_conflicts_in_autocommit_simple() {
+    let db = TestDb::new("g_auto").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let a = proxy.client(&db.name).await;
+    let b = proxy.client(&db.name).await;
+    a.simple_query("SELECT id, total, version FROM invoice WHERE id = 1").await.unwrap();
+    b.simple_query("SELECT * FROM invoice WHERE id = 1").await.unwrap();
+    let r = b.simple_query("UPDATE invoice SET total = 20 WHERE id = 1").await.unwrap();
+    assert_eq!(rows_affected(&r), vec![1]);
+    let err = a
+        .simple_query("UPDATE invoice SET total = 30 WHERE id = 1")
+        .await
+        .unwrap_err();
+    let e = err.as_db_error().expect("a server error");
+    assert_eq!(e.code().code(), "40001");
+    assert_eq!(e.message(), "optimistic lock conflict on public.invoice (id)=(1)");
+    assert_eq!(
+        e.detail(),
+        Some("the row was changed by another transaction: expected version 0, found 1")
+    );
+    assert_eq!(e.hint(), Some("reload the row and apply the change again"));
+    assert_eq!(e.schema(), Some("public"));
+    assert_eq!(e.table(), Some("invoice"));
+    assert_eq!(e.constraint(), Some("optlock"));
+    assert!(e.where_().is_none(), "no PL/pgSQL context leaks: {:?}", e.where_());
+    let total: String = match &db.direct().await.simple_query("SELECT total FROM invoice WHERE id = 1").await.unwrap()[1] {
+        SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_string(),
+        _ => panic!(),
+    };
+    assert_eq!(total, "20", "the second writer did not overwrite the first");
+    // After reloading, the write goes through.
+    a.simple_query("SELECT * FROM invoice WHERE id = 1").await.unwrap();
+    let r = a.simple_query("UPDATE invoice SET total = 30 WHERE id = 1").await.unwrap();
+    assert_eq!(rows_affected(&r), vec![1]);
+}
+
+#[tokio::test]
+async fn read_then_write_conflicts_extended_with_binary_rows() {
+    let db = TestDb::new("g_ext").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let a = proxy.client(&db.name).await;
+    let b = proxy.client(&db.name).await;
+    // tokio-postgres reads rows in binary format.
+    let v: i64 = a
+        .query_one("SELECT version FROM invoice i WHERE i.id = $1", &[&2i32])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or_default();
+    assert_eq!(v, 0);
+    a.query("SELECT id, version FROM invoice WHERE id = $1", &[&2i32]).await.unwrap();
+    let n = b
+        .execute("UPDATE invoice SET total = total + 1 WHERE id = $1", &[&2i32])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let err = a
+        .execute("UPDATE invoice SET total = total + 1 WHERE id = $1", &[&2i32])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "40001", "{err:?}");
+    // The prepared statement's parameter count is the client's own.
+    let st = a.prepare("UPDATE invoice SET total = $2 WHERE id = $1").await.unwrap();
+    assert_eq!(st.params().len(), 2);
+    // Own writes never conflict with themselves.
+    a.query("SELECT id, version FROM invoice WHERE id = $1", &[&2i32]).await.unwrap();
+    for _ in 0..3 {
+        let n = a.execute(&st, &[&2i32, &rust_decimal_free(5)]).await.unwrap();
+        assert_eq!(n, 1);
+    }
+    assert_eq!(version_of(&a, 2).await, 4);
+}
+
+/// A numeric parameter without extra crates: bind numeric as text through a cast instead.
+fn rust_decimal_free(v: i32) -> i32 {
+    v
+}
+
+#[tokio::test]
+async fn conflict_inside_transaction_aborts_it() {
+    let db = TestDb::new("g_tx").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let a = proxy.client(&db.name).await;
+    let b = proxy.client(&db.name).await;
+    a.batch_execute("BEGIN").await.unwrap();
+    a.simple_query("INSERT INTO audit VALUES (1)").await.unwrap();
+    a.simple_query("SELECT * FROM invoice WHERE id = 3").await.unwrap();
+    b.simple_query("SELECT * FROM invoice WHERE id = 3").await.unwrap();
+    b.simple_query("UPDATE invoice SET total = 1 WHERE id = 3").await.unwrap();
+    let err = a
+        .simple_query("UPDATE invoice SET total = 2 WHERE id = 3")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "40001");
+    let err = a.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "25P02", "the transaction is aborted on the server");
+    let r = a.simple_query("COMMIT").await.unwrap();
+    assert!(r.iter().any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))));
+    let audit = db.direct().await.query("SELECT * FROM audit", &[]).await.unwrap();
+    assert!(audit.is_empty(), "nothing of the aborted transaction committed");
+}
+
+#[tokio::test]
+async fn multi_statement_query_is_atomic() {
+    let db = TestDb::new("g_multi").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let a = proxy.client(&db.name).await;
+    let b = proxy.client(&db.name).await;
+    a.simple_query("SELECT * FROM invoice WHERE id = 4").await.unwrap();
+    b.simple_query("SELECT * FROM invoice WHERE id = 4").await.unwrap();
+    b.simple_query("UPDATE invoice SET total = 1 WHERE id = 4").await.unwrap();
+    let err = a
+        .simple_query(
+            "INSERT INTO audit VALUES (1); UPDATE invoice SET total = 2 WHERE id = 4; INSERT INTO audit VALUES (2)",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "40001");
+    let direct = db.direct().await;
+    assert!(direct.query("SELECT * FROM audit", &[]).await.unwrap().is_empty());
+    // The session is idle and usable afterwards.
+    let r = a.simple_query("SELECT 1; SELECT 2").await.unwrap();
+    assert_eq!(r.iter().filter(|m| matches!(m, SimpleQueryMessage::Row(_))).count(), 2);
+    // A successful multi-statement text keeps exact tags.
+    a.simple_query("SELECT * FROM invoice WHERE id = 4").await.unwrap();
+    let r = a
+        .simple_query("INSERT INTO audit VALUES (3); UPDATE invoice SET total = 5 WHERE id = 4; DELETE FROM audit")
+        .await
+        .unwrap();
+    assert_eq!(rows_affected(&r), vec![1, 1, 1]);
+}
+
+#[tokio::test]
+async fn pinned_deleted_disjoint_blind_and_bulk() {
+    let db = TestDb::new("g_misc").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let a = proxy.client(&db.name).await;
+    let b = proxy.client(&db.name).await;
+    // Blind write: allowed and bumped.
+    let r = a.simple_query("UPDATE invoice SET total = 11 WHERE id = 5").await.unwrap();
+    assert_eq!(rows_affected(&r), vec![1]);
+    assert_eq!(version_of(&a, 5).await, 1);
+    // Pinned stale version: conflict, and apps that ignored UPDATE 0 now see it.
+    let err = a
+        .simple_query("UPDATE invoice SET total = 12 WHERE id = 5 AND version = 0")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "40001");
+    let r = a
+        .simple_query("UPDATE invoice SET total = 12, version = 2 WHERE id = 5 AND version = 1")
+        .await
+        .unwrap();
+    assert_eq!(rows_affected(&r), vec![1]);
+    assert_eq!(version_of(&a, 5).await, 2, "a SET that assigns the version is not bumped again");
+    // Non-matching other conditions are not a conflict.
+    a.simple_query("SELECT * FROM invoice WHERE id = 5").await.unwrap();
+    let r = a
+        .simple_query("UPDATE invoice SET total = 13 WHERE id = 5 AND total = 999")
+        .await
+        .unwrap();
+    assert_eq!(rows_affected(&r), vec![0]);
+    // Deleted row.
+    a.simple_query("SELECT * FROM invoice WHERE id = 1").await.unwrap();
+    b.simple_query("DELETE FROM invoice WHERE id = 1").await.unwrap();
+    let err = a
+        .simple_query("UPDATE invoice SET total = 1 WHERE id = 1")
+        .await
+        .unwrap_err();
+    let e = err.as_db_error().unwrap();
+    assert_eq!(e.detail(), Some("the row no longer exists"));
+    // Disjoint rows never conflict.
+    a.simple_query("SELECT * FROM invoice WHERE id = 2").await.unwrap();
+    b.simple_query("SELECT * FROM invoice WHERE id = 3").await.unwrap();
+    b.simple_query("UPDATE invoice SET total = 1 WHERE id = 3").await.unwrap();
+    a.simple_query("UPDATE invoice SET total = 1 WHERE id = 2").await.unwrap();
+    // Bulk writes bump every row they touch.
+    let before2 = version_of(&a, 2).await;
+    let before3 = version_of(&a, 3).await;
+    let r = a
+        .simple_query("UPDATE invoice SET total = 0 WHERE id IN (2, 3)")
+        .await
+        .unwrap();
+    assert_eq!(rows_affected(&r), vec![2]);
+    assert_eq!(version_of(&a, 2).await, before2 + 1);
+    assert_eq!(version_of(&a, 3).await, before3 + 1);
+}
+
+#[tokio::test]
+async fn reject_policies_and_fail_closed() {
+    let db = TestDb::new("g_reject").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(
+        r#"
+[[guard]]
+table = "invoice"
+key = ["id"]
+unversioned = "reject"
+bulk = "reject"
+"#,
+    )
+    .await;
+    let a = proxy.client(&db.name).await;
+    let err = a
+        .simple_query("UPDATE invoice SET total = 1 WHERE id = 1")
+        .await
+        .unwrap_err();
+    let e = err.as_db_error().unwrap();
+    assert_eq!(e.code().code(), "55000");
+    assert!(e.hint().unwrap().contains("read the row on this connection first"), "{e:?}");
+    a.simple_query("SELECT id, version FROM invoice WHERE id = 1").await.unwrap();
+    a.simple_query("UPDATE invoice SET total = 1 WHERE id = 1").await.unwrap();
+    let err = a.simple_query("DELETE FROM invoice").await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "55000");
+    let err = a
+        .simple_query(
+            "MERGE INTO invoice i USING (SELECT 1 AS id) s ON i.id = s.id WHEN MATCHED THEN UPDATE SET total = 0",
+        )
+        .await
+        .unwrap_err();
+    let e = err.as_db_error().unwrap();
+    assert_eq!(e.code().code(), "0A000");
+    assert!(e.message().contains("public.invoice"), "{}", e.message());
+    // Extended protocol: refused at Bind, the session stays usable.
+    let err = a
+        .execute("UPDATE invoice SET total = 2 WHERE id = $1", &[&3i32])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "55000", "{err:?}");
+    let n: i64 = a.query_one("SELECT count(*) FROM invoice", &[]).await.unwrap().get(0);
+    assert_eq!(n, 5);
+}
