@@ -42,6 +42,39 @@ enum Command {
         /// Log filter, e.g. `info`, `debug`, `optlock=debug` (RUST_LOG works too).
         #[arg(long, env = "OPTLOCK_LOG", default_value = "info")]
         log: String,
+        /// Database to check the guards against before serving, e.g.
+        /// `postgres://postgres@127.0.0.1:5432/shop`. Without it, the check is skipped.
+        #[arg(long, env = "OPTLOCK_CHECK_URL")]
+        check_url: Option<String>,
+        /// Start even when the start-up check finds a wrong guard.
+        #[arg(long)]
+        ignore_check: bool,
+    },
+    /// Check every guard against a live database: table, key, version column and its type.
+    ///
+    /// Prints one line per finding, with the DDL that fixes it; exits 1 when a guard is wrong.
+    Check {
+        /// Config file (TOML).
+        #[arg(short, long, env = "OPTLOCK_CONFIG")]
+        config: PathBuf,
+        /// The database the guarded tables live in, e.g. `postgres://postgres@127.0.0.1/shop`.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print ready [[guard]] stanzas for the tables of a database that have a primary key.
+    Suggest {
+        /// The database to look at, e.g. `postgres://postgres@127.0.0.1/shop`.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Only tables in this schema.
+        #[arg(long)]
+        schema: Option<String>,
+        /// Only these tables (names as in the catalog, optionally schema-qualified).
+        #[arg(long, num_args = 1..)]
+        tables: Vec<String>,
     },
 }
 
@@ -55,6 +88,41 @@ fn init_logging(filter: &str) {
         .init();
 }
 
+/// Checks the guards before serving; a wrong guard stops the start unless ignored.
+async fn startup_check(cfg: &Config, url: &str, ignore: bool) -> anyhow::Result<()> {
+    let client = match optlock::catalog::connect(url).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "start-up check skipped: cannot connect");
+            return Ok(());
+        }
+    };
+    let findings = optlock::catalog::check::check(&cfg.guards, &client).await;
+    let report = optlock::catalog::check::render_human(&findings);
+    if optlock::catalog::check::all_ok(&findings) {
+        tracing::info!(guards = cfg.guards.len(), "start-up check passed");
+        return Ok(());
+    }
+    eprint!("{report}");
+    if ignore {
+        tracing::warn!("start-up check found wrong guards; starting anyway (--ignore-check)");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "start-up check found wrong guards (see above); fix them, or start with --ignore-check"
+    )
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("optlock: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -64,6 +132,8 @@ fn main() -> ExitCode {
             upstream,
             workers,
             log,
+            check_url,
+            ignore_check,
         } => {
             init_logging(&log);
             let mut cfg = match &config {
@@ -94,6 +164,9 @@ fn main() -> ExitCode {
                 }
             };
             let result = rt.block_on(async move {
+                if let Some(url) = &check_url {
+                    startup_check(&cfg, url, ignore_check).await?;
+                }
                 let server = Server::bind(cfg, config).await?;
                 server.run().await
             });
@@ -102,6 +175,51 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("optlock: {e:#}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check {
+            config,
+            database_url,
+            json,
+        } => {
+            init_logging("warn");
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.block_on(optlock::catalog::check::run_check(
+                &config,
+                &database_url,
+                json,
+            )) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("optlock check: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Suggest {
+            database_url,
+            schema,
+            tables,
+        } => {
+            init_logging("warn");
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.block_on(optlock::catalog::suggest::run_suggest(
+                &database_url,
+                schema.as_deref(),
+                &tables,
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("optlock suggest: {e:#}");
+                    ExitCode::from(2)
                 }
             }
         }

@@ -127,7 +127,10 @@ impl Server {
     }
 }
 
-fn spawn_signal_handlers(shared: Arc<Shared>, shutdown_tx: watch::Sender<bool>) -> anyhow::Result<()> {
+fn spawn_signal_handlers(
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;

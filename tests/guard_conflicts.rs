@@ -47,9 +47,16 @@ async fn read_then_write_conflicts_in_autocommit_simple() {
     let proxy = Proxy::with_guards(INVOICE).await;
     let a = proxy.client(&db.name).await;
     let b = proxy.client(&db.name).await;
-    a.simple_query("SELECT id, total, version FROM invoice WHERE id = 1").await.unwrap();
-    b.simple_query("SELECT * FROM invoice WHERE id = 1").await.unwrap();
-    let r = b.simple_query("UPDATE invoice SET total = 20 WHERE id = 1").await.unwrap();
+    a.simple_query("SELECT id, total, version FROM invoice WHERE id = 1")
+        .await
+        .unwrap();
+    b.simple_query("SELECT * FROM invoice WHERE id = 1")
+        .await
+        .unwrap();
+    let r = b
+        .simple_query("UPDATE invoice SET total = 20 WHERE id = 1")
+        .await
+        .unwrap();
     assert_eq!(rows_affected(&r), vec![1]);
     let err = a
         .simple_query("UPDATE invoice SET total = 30 WHERE id = 1")
@@ -57,7 +64,10 @@ async fn read_then_write_conflicts_in_autocommit_simple() {
         .unwrap_err();
     let e = err.as_db_error().expect("a server error");
     assert_eq!(e.code().code(), "40001");
-    assert_eq!(e.message(), "optimistic lock conflict on public.invoice (id)=(1)");
+    assert_eq!(
+        e.message(),
+        "optimistic lock conflict on public.invoice (id)=(1)"
+    );
     assert_eq!(
         e.detail(),
         Some("the row was changed by another transaction: expected version 0, found 1")
@@ -66,15 +76,30 @@ async fn read_then_write_conflicts_in_autocommit_simple() {
     assert_eq!(e.schema(), Some("public"));
     assert_eq!(e.table(), Some("invoice"));
     assert_eq!(e.constraint(), Some("optlock"));
-    assert!(e.where_().is_none(), "no PL/pgSQL context leaks: {:?}", e.where_());
-    let total: String = match &db.direct().await.simple_query("SELECT total FROM invoice WHERE id = 1").await.unwrap()[1] {
+    assert!(
+        e.where_().is_none(),
+        "no PL/pgSQL context leaks: {:?}",
+        e.where_()
+    );
+    let total: String = match &db
+        .direct()
+        .await
+        .simple_query("SELECT total FROM invoice WHERE id = 1")
+        .await
+        .unwrap()[1]
+    {
         SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_string(),
         _ => panic!(),
     };
     assert_eq!(total, "20", "the second writer did not overwrite the first");
     // After reloading, the write goes through.
-    a.simple_query("SELECT * FROM invoice WHERE id = 1").await.unwrap();
-    let r = a.simple_query("UPDATE invoice SET total = 30 WHERE id = 1").await.unwrap();
+    a.simple_query("SELECT * FROM invoice WHERE id = 1")
+        .await
+        .unwrap();
+    let r = a
+        .simple_query("UPDATE invoice SET total = 30 WHERE id = 1")
+        .await
+        .unwrap();
     assert_eq!(rows_affected(&r), vec![1]);
 }
 
@@ -92,32 +117,40 @@ async fn read_then_write_conflicts_extended_with_binary_rows() {
         .map(|r| r.get(0))
         .unwrap_or_default();
     assert_eq!(v, 0);
-    a.query("SELECT id, version FROM invoice WHERE id = $1", &[&2i32]).await.unwrap();
+    a.query("SELECT id, version FROM invoice WHERE id = $1", &[&2i32])
+        .await
+        .unwrap();
     let n = b
-        .execute("UPDATE invoice SET total = total + 1 WHERE id = $1", &[&2i32])
+        .execute(
+            "UPDATE invoice SET total = total + 1 WHERE id = $1",
+            &[&2i32],
+        )
         .await
         .unwrap();
     assert_eq!(n, 1);
     let err = a
-        .execute("UPDATE invoice SET total = total + 1 WHERE id = $1", &[&2i32])
+        .execute(
+            "UPDATE invoice SET total = total + 1 WHERE id = $1",
+            &[&2i32],
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "40001", "{err:?}");
     // The prepared statement's parameter count is the client's own.
-    let st = a.prepare("UPDATE invoice SET total = $2 WHERE id = $1").await.unwrap();
+    let st = a
+        .prepare("UPDATE invoice SET total = total + $2::int4 WHERE id = $1")
+        .await
+        .unwrap();
     assert_eq!(st.params().len(), 2);
     // Own writes never conflict with themselves.
-    a.query("SELECT id, version FROM invoice WHERE id = $1", &[&2i32]).await.unwrap();
+    a.query("SELECT id, version FROM invoice WHERE id = $1", &[&2i32])
+        .await
+        .unwrap();
     for _ in 0..3 {
-        let n = a.execute(&st, &[&2i32, &rust_decimal_free(5)]).await.unwrap();
+        let n = a.execute(&st, &[&2i32, &5i32]).await.unwrap();
         assert_eq!(n, 1);
     }
     assert_eq!(version_of(&a, 2).await, 4);
-}
-
-/// A numeric parameter without extra crates: bind numeric as text through a cast instead.
-fn rust_decimal_free(v: i32) -> i32 {
-    v
 }
 
 #[tokio::test]
@@ -128,21 +161,44 @@ async fn conflict_inside_transaction_aborts_it() {
     let a = proxy.client(&db.name).await;
     let b = proxy.client(&db.name).await;
     a.batch_execute("BEGIN").await.unwrap();
-    a.simple_query("INSERT INTO audit VALUES (1)").await.unwrap();
-    a.simple_query("SELECT * FROM invoice WHERE id = 3").await.unwrap();
-    b.simple_query("SELECT * FROM invoice WHERE id = 3").await.unwrap();
-    b.simple_query("UPDATE invoice SET total = 1 WHERE id = 3").await.unwrap();
+    a.simple_query("INSERT INTO audit VALUES (1)")
+        .await
+        .unwrap();
+    a.simple_query("SELECT * FROM invoice WHERE id = 3")
+        .await
+        .unwrap();
+    b.simple_query("SELECT * FROM invoice WHERE id = 3")
+        .await
+        .unwrap();
+    b.simple_query("UPDATE invoice SET total = 1 WHERE id = 3")
+        .await
+        .unwrap();
     let err = a
         .simple_query("UPDATE invoice SET total = 2 WHERE id = 3")
         .await
         .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "40001");
     let err = a.simple_query("SELECT 1").await.unwrap_err();
-    assert_eq!(err.code().unwrap().code(), "25P02", "the transaction is aborted on the server");
+    assert_eq!(
+        err.code().unwrap().code(),
+        "25P02",
+        "the transaction is aborted on the server"
+    );
     let r = a.simple_query("COMMIT").await.unwrap();
-    assert!(r.iter().any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))));
-    let audit = db.direct().await.query("SELECT * FROM audit", &[]).await.unwrap();
-    assert!(audit.is_empty(), "nothing of the aborted transaction committed");
+    assert!(
+        r.iter()
+            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)))
+    );
+    let audit = db
+        .direct()
+        .await
+        .query("SELECT * FROM audit", &[])
+        .await
+        .unwrap();
+    assert!(
+        audit.is_empty(),
+        "nothing of the aborted transaction committed"
+    );
 }
 
 #[tokio::test]
@@ -152,9 +208,15 @@ async fn multi_statement_query_is_atomic() {
     let proxy = Proxy::with_guards(INVOICE).await;
     let a = proxy.client(&db.name).await;
     let b = proxy.client(&db.name).await;
-    a.simple_query("SELECT * FROM invoice WHERE id = 4").await.unwrap();
-    b.simple_query("SELECT * FROM invoice WHERE id = 4").await.unwrap();
-    b.simple_query("UPDATE invoice SET total = 1 WHERE id = 4").await.unwrap();
+    a.simple_query("SELECT * FROM invoice WHERE id = 4")
+        .await
+        .unwrap();
+    b.simple_query("SELECT * FROM invoice WHERE id = 4")
+        .await
+        .unwrap();
+    b.simple_query("UPDATE invoice SET total = 1 WHERE id = 4")
+        .await
+        .unwrap();
     let err = a
         .simple_query(
             "INSERT INTO audit VALUES (1); UPDATE invoice SET total = 2 WHERE id = 4; INSERT INTO audit VALUES (2)",
@@ -163,12 +225,25 @@ async fn multi_statement_query_is_atomic() {
         .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "40001");
     let direct = db.direct().await;
-    assert!(direct.query("SELECT * FROM audit", &[]).await.unwrap().is_empty());
+    assert!(
+        direct
+            .query("SELECT * FROM audit", &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // The session is idle and usable afterwards.
     let r = a.simple_query("SELECT 1; SELECT 2").await.unwrap();
-    assert_eq!(r.iter().filter(|m| matches!(m, SimpleQueryMessage::Row(_))).count(), 2);
+    assert_eq!(
+        r.iter()
+            .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+            .count(),
+        2
+    );
     // A successful multi-statement text keeps exact tags.
-    a.simple_query("SELECT * FROM invoice WHERE id = 4").await.unwrap();
+    a.simple_query("SELECT * FROM invoice WHERE id = 4")
+        .await
+        .unwrap();
     let r = a
         .simple_query("INSERT INTO audit VALUES (3); UPDATE invoice SET total = 5 WHERE id = 4; DELETE FROM audit")
         .await
@@ -184,7 +259,10 @@ async fn pinned_deleted_disjoint_blind_and_bulk() {
     let a = proxy.client(&db.name).await;
     let b = proxy.client(&db.name).await;
     // Blind write: allowed and bumped.
-    let r = a.simple_query("UPDATE invoice SET total = 11 WHERE id = 5").await.unwrap();
+    let r = a
+        .simple_query("UPDATE invoice SET total = 11 WHERE id = 5")
+        .await
+        .unwrap();
     assert_eq!(rows_affected(&r), vec![1]);
     assert_eq!(version_of(&a, 5).await, 1);
     // Pinned stale version: conflict, and apps that ignored UPDATE 0 now see it.
@@ -198,17 +276,27 @@ async fn pinned_deleted_disjoint_blind_and_bulk() {
         .await
         .unwrap();
     assert_eq!(rows_affected(&r), vec![1]);
-    assert_eq!(version_of(&a, 5).await, 2, "a SET that assigns the version is not bumped again");
+    assert_eq!(
+        version_of(&a, 5).await,
+        2,
+        "a SET that assigns the version is not bumped again"
+    );
     // Non-matching other conditions are not a conflict.
-    a.simple_query("SELECT * FROM invoice WHERE id = 5").await.unwrap();
+    a.simple_query("SELECT * FROM invoice WHERE id = 5")
+        .await
+        .unwrap();
     let r = a
         .simple_query("UPDATE invoice SET total = 13 WHERE id = 5 AND total = 999")
         .await
         .unwrap();
     assert_eq!(rows_affected(&r), vec![0]);
     // Deleted row.
-    a.simple_query("SELECT * FROM invoice WHERE id = 1").await.unwrap();
-    b.simple_query("DELETE FROM invoice WHERE id = 1").await.unwrap();
+    a.simple_query("SELECT * FROM invoice WHERE id = 1")
+        .await
+        .unwrap();
+    b.simple_query("DELETE FROM invoice WHERE id = 1")
+        .await
+        .unwrap();
     let err = a
         .simple_query("UPDATE invoice SET total = 1 WHERE id = 1")
         .await
@@ -216,10 +304,18 @@ async fn pinned_deleted_disjoint_blind_and_bulk() {
     let e = err.as_db_error().unwrap();
     assert_eq!(e.detail(), Some("the row no longer exists"));
     // Disjoint rows never conflict.
-    a.simple_query("SELECT * FROM invoice WHERE id = 2").await.unwrap();
-    b.simple_query("SELECT * FROM invoice WHERE id = 3").await.unwrap();
-    b.simple_query("UPDATE invoice SET total = 1 WHERE id = 3").await.unwrap();
-    a.simple_query("UPDATE invoice SET total = 1 WHERE id = 2").await.unwrap();
+    a.simple_query("SELECT * FROM invoice WHERE id = 2")
+        .await
+        .unwrap();
+    b.simple_query("SELECT * FROM invoice WHERE id = 3")
+        .await
+        .unwrap();
+    b.simple_query("UPDATE invoice SET total = 1 WHERE id = 3")
+        .await
+        .unwrap();
+    a.simple_query("UPDATE invoice SET total = 1 WHERE id = 2")
+        .await
+        .unwrap();
     // Bulk writes bump every row they touch.
     let before2 = version_of(&a, 2).await;
     let before3 = version_of(&a, 3).await;
@@ -253,9 +349,18 @@ bulk = "reject"
         .unwrap_err();
     let e = err.as_db_error().unwrap();
     assert_eq!(e.code().code(), "55000");
-    assert!(e.hint().unwrap().contains("read the row on this connection first"), "{e:?}");
-    a.simple_query("SELECT id, version FROM invoice WHERE id = 1").await.unwrap();
-    a.simple_query("UPDATE invoice SET total = 1 WHERE id = 1").await.unwrap();
+    assert!(
+        e.hint()
+            .unwrap()
+            .contains("read the row on this connection first"),
+        "{e:?}"
+    );
+    a.simple_query("SELECT id, version FROM invoice WHERE id = 1")
+        .await
+        .unwrap();
+    a.simple_query("UPDATE invoice SET total = 1 WHERE id = 1")
+        .await
+        .unwrap();
     let err = a.simple_query("DELETE FROM invoice").await.unwrap_err();
     assert_eq!(err.code().unwrap().code(), "55000");
     let err = a
@@ -273,6 +378,10 @@ bulk = "reject"
         .await
         .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "55000", "{err:?}");
-    let n: i64 = a.query_one("SELECT count(*) FROM invoice", &[]).await.unwrap().get(0);
+    let n: i64 = a
+        .query_one("SELECT count(*) FROM invoice", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 5);
 }

@@ -38,7 +38,11 @@ pub struct ConflictInfo {
 impl ConflictInfo {
     /// `optimistic lock conflict on public.invoice (id)=(42)`.
     pub fn message(&self) -> String {
-        format!("optimistic lock conflict on {} {}", self.table, self.key_text())
+        format!(
+            "optimistic lock conflict on {} {}",
+            self.table,
+            self.key_text()
+        )
     }
 
     /// The row as `(id)=(42)`; `?` stands for values the proxy does not know.

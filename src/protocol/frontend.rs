@@ -183,7 +183,10 @@ pub fn write_bind_rewritten(
         }
     }
     let codes = bind.result_formats;
-    let count = i16::from_be_bytes([codes.first().copied().unwrap_or(0), codes.get(1).copied().unwrap_or(0)]);
+    let count = i16::from_be_bytes([
+        codes.first().copied().unwrap_or(0),
+        codes.get(1).copied().unwrap_or(0),
+    ]);
     if count > 1 && extra_columns > 0 {
         out.extend_from_slice(&(count + extra_columns as i16).to_be_bytes());
         out.extend_from_slice(&codes[2..]);

@@ -66,7 +66,12 @@ pub async fn serve(
         .await
         .is_err()
     {
-        handshake::send_fatal(&mut stream, "08006", "the upstream server went away during login").await;
+        handshake::send_fatal(
+            &mut stream,
+            "08006",
+            "the upstream server went away during login",
+        )
+        .await;
         return;
     }
     let mut from_server = BytesMut::with_capacity(4096);

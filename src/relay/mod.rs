@@ -92,7 +92,10 @@ impl Shared {
 
     /// The current settings.
     pub fn settings(&self) -> Arc<Settings> {
-        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The generation of the current settings (changes on reload).

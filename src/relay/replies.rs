@@ -200,7 +200,10 @@ mod tests {
         assert!(matches!(r.front(), Some(Pending::Sync)));
         // An error at Sync (a failed COMMIT) belongs to it; ReadyForQuery completes it.
         assert_eq!(r.on_error(|_| panic!("nothing to drop")).0, Step::Within);
-        assert!(matches!(r.on_message(be::READY_FOR_QUERY).0, Step::Completes));
+        assert!(matches!(
+            r.on_message(be::READY_FOR_QUERY).0,
+            Step::Completes
+        ));
         assert!(matches!(r.front(), Some(Pending::Parse(()))));
     }
 
@@ -210,7 +213,10 @@ mod tests {
         r.push(Pending::Simple(()));
         assert_eq!(r.on_message(be::ROW_DESCRIPTION).0, Step::Within);
         assert_eq!(r.on_message(be::COMMAND_COMPLETE).0, Step::Within);
-        assert_eq!(r.on_error(|_| panic!("a simple query is not dropped")).0, Step::Within);
+        assert_eq!(
+            r.on_error(|_| panic!("a simple query is not dropped")).0,
+            Step::Within
+        );
         assert!(matches!(
             r.on_message(be::READY_FOR_QUERY).0,
             Step::Completes

@@ -14,10 +14,10 @@ use bytes::BytesMut;
 
 use super::super::replies::Pending;
 use super::super::session::Session;
+use super::Tag;
 use super::raise::RaiseCtx;
 use super::reads::{ReadPlan, canonical, result_format_codes};
 use super::simple::{Plan, WriteCheck};
-use super::Tag;
 use crate::admin::Outcome;
 use crate::guard::conflict::{self, Refusal};
 use crate::guard::rewrite::Expected;
@@ -110,7 +110,11 @@ impl Session {
         match &statement.action {
             Action::Pass { .. } => Ok(false),
             Action::Refuse { table, reason } => {
-                let guard = guards.guards.iter().position(|g| &g.table == table).unwrap_or(0);
+                let guard = guards
+                    .guards
+                    .iter()
+                    .position(|g| &g.table == table)
+                    .unwrap_or(0);
                 let refusal = Refusal::Unsupported(reason.clone());
                 let block = self.refusal_block(table, &refusal);
                 self.send_extended_raise(&block, refusal_ctx(guard, refusal));
@@ -121,8 +125,7 @@ impl Session {
                     && !w.splice.in_cte
                     && w.pinned.is_none()
                     && matches!(w.target, Target::Key(_));
-                let extra = needs_param
-                    .then(|| w.max_param.max(p.param_types.len() as u16) + 1);
+                let extra = needs_param.then(|| w.max_param.max(p.param_types.len() as u16) + 1);
                 let mut text = String::with_capacity(sql.len() + 128);
                 let expected = extra.map_or(Expected::None, Expected::Param);
                 w.render(sql, &guards, expected, &mut text);
@@ -170,7 +173,9 @@ impl Session {
                     write: None,
                     reads: Some(plan.with_formats(b.result_formats)),
                 };
-                self.guard.portals.insert(portal.into(), Arc::new(portal_info));
+                self.guard
+                    .portals
+                    .insert(portal.into(), Arc::new(portal_info));
             }
             return Ok(false);
         };
@@ -274,7 +279,10 @@ impl Session {
         let (portal, _) = fe::execute(body)?;
         let p = self.guard.portals.get(portal)?.clone();
         if let Some(w) = &p.write {
-            self.shared.admin.metrics.guarded(w.guard, Outcome::Rewritten);
+            self.shared
+                .admin
+                .metrics
+                .guarded(w.guard, Outcome::Rewritten);
         }
         Some(Box::new(Tag::Execute(p)))
     }
@@ -306,7 +314,11 @@ impl Session {
                     .and_then(|w| w.extra);
                 match extra {
                     Some(n) => {
-                        be::write_parameter_description(&mut self.to_client, body, usize::from(n) - 1);
+                        be::write_parameter_description(
+                            &mut self.to_client,
+                            body,
+                            usize::from(n) - 1,
+                        );
                         Ok(true)
                     }
                     None => Ok(false),
@@ -326,7 +338,12 @@ impl Session {
                         plan.observe(body, &mut self.guard.tracker);
                     }
                     if w.client_returning {
-                        be::write_truncated(&mut self.to_client, be::DATA_ROW, body, n - w.added.min(n));
+                        be::write_truncated(
+                            &mut self.to_client,
+                            be::DATA_ROW,
+                            body,
+                            n - w.added.min(n),
+                        );
                     }
                     return Ok(true);
                 }
@@ -396,7 +413,12 @@ impl Session {
             }
             if client_returning {
                 let n = be::row_description(body).map_or(0, |c| c.len());
-                be::write_truncated(&mut self.to_client, be::ROW_DESCRIPTION, body, n - added.min(n));
+                be::write_truncated(
+                    &mut self.to_client,
+                    be::ROW_DESCRIPTION,
+                    body,
+                    n - added.min(n),
+                );
             } else {
                 be::write_simple(&mut self.to_client, be::NO_DATA);
             }
@@ -446,8 +468,7 @@ impl Session {
                 })
                 .conflict_info(self)
             {
-                let block =
-                    conflict::raise_block_if_changed(&info, &self.settings.config.conflict_sqlstate);
+                let block = conflict::raise_block(&info, &self.settings.config.conflict_sqlstate);
                 self.send_extended_raise(
                     &block,
                     RaiseCtx {

@@ -56,10 +56,7 @@ pub enum Tag {
     /// go to the client.
     Final,
     /// `Describe` of a statement or portal that the guard rewrote or reads from.
-    Describe {
-        name: Box<[u8]>,
-        portal: bool,
-    },
+    Describe { name: Box<[u8]>, portal: bool },
     /// `Execute` of a portal whose rows or row count the guard needs.
     Execute(Arc<Portal>),
 }
@@ -84,8 +81,6 @@ pub struct GuardState {
     /// Columns of the result being read in a simple query (set by its `RowDescription`).
     row_plan: Option<Arc<ReadPlan>>,
     script: Option<Script>,
-    /// A conflict check in flight in the extended protocol (the batch is held).
-    held_complete: Option<BytesMut>,
 }
 
 impl GuardState {
@@ -99,7 +94,6 @@ impl GuardState {
             portals: HashMap::new(),
             row_plan: None,
             script: None,
-            held_complete: None,
         }
     }
 
@@ -177,7 +171,10 @@ impl Session {
         self.settings = self.shared.settings();
         self.guard.cache.clear();
         self.guard.tracker.clear();
-        debug!(generation = self.settings.generation, "session follows the reloaded config");
+        debug!(
+            generation = self.settings.generation,
+            "session follows the reloaded config"
+        );
         if self.guards_active() && self.replies.is_empty() {
             self.send_resolve(None);
         } else {
@@ -189,10 +186,11 @@ impl Session {
     fn send_resolve(&mut self, login_ready: Option<BytesMut>) {
         let sql = resolve::resolve_query(&self.settings.guards.guards);
         fe::write_query(&mut self.to_server, sql.as_bytes());
-        self.replies.push(Pending::Simple(Some(Box::new(Tag::Resolve {
-            rows: Vec::new(),
-            login_ready,
-        }))));
+        self.replies
+            .push(Pending::Simple(Some(Box::new(Tag::Resolve {
+                rows: Vec::new(),
+                login_ready,
+            }))));
         self.hold_client = true;
     }
 

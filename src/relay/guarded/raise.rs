@@ -73,10 +73,13 @@ impl Session {
         fe::write_execute(out, RAISE_NAME, 0);
         fe::write_simple(out, fe::FLUSH);
         for _ in 0..2 {
-            self.replies.push(Pending::Close(Some(Box::new(Tag::Hidden))));
+            self.replies
+                .push(Pending::Close(Some(Box::new(Tag::Hidden))));
         }
-        self.replies.push(Pending::Parse(Some(Box::new(Tag::Hidden))));
-        self.replies.push(Pending::Bind(Some(Box::new(Tag::Hidden))));
+        self.replies
+            .push(Pending::Parse(Some(Box::new(Tag::Hidden))));
+        self.replies
+            .push(Pending::Bind(Some(Box::new(Tag::Hidden))));
         self.replies
             .push(Pending::Execute(Some(Box::new(Tag::Raise(Box::new(ctx))))));
         self.hold_client = true;
@@ -94,8 +97,14 @@ impl Session {
     pub(super) fn deliver_raised_error(&mut self, msg: &[u8], ctx: &RaiseCtx) {
         let body = &msg[5..];
         be::write_without_fields(&mut self.to_client, be::ERROR_RESPONSE, body, b"WPpqFLR");
-        let field = |c| String::from_utf8_lossy(be::error_field(body, c).unwrap_or(b"")).into_owned();
-        let table = self.settings.guards.guards.get(ctx.guard).map(|g| g.table.to_string());
+        let field =
+            |c| String::from_utf8_lossy(be::error_field(body, c).unwrap_or(b"")).into_owned();
+        let table = self
+            .settings
+            .guards
+            .guards
+            .get(ctx.guard)
+            .map(|g| g.table.to_string());
         let table = table.unwrap_or_default();
         let ident = &self.guard.ident;
         if let Some(info) = &ctx.conflict {
@@ -137,7 +146,10 @@ impl Session {
                 application_name = %ident.application_name,
                 "guarded write refused"
             );
-            self.shared.admin.metrics.guarded(ctx.guard, Outcome::Refused);
+            self.shared
+                .admin
+                .metrics
+                .guarded(ctx.guard, Outcome::Refused);
         }
     }
 }

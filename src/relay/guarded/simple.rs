@@ -13,9 +13,9 @@ use bytes::BytesMut;
 
 use super::super::replies::Pending;
 use super::super::session::Session;
+use super::Tag;
 use super::raise::RaiseCtx;
 use super::reads::{ReadPlan, canonical};
-use super::Tag;
 use crate::admin::Outcome;
 use crate::config::{BulkPolicy, UnversionedPolicy};
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
@@ -119,7 +119,11 @@ impl Session {
                 }
                 Action::Refuse { table, reason } => {
                     flush(&mut chunk, &mut steps);
-                    let guard = guards.guards.iter().position(|g| &g.table == table).unwrap_or(0);
+                    let guard = guards
+                        .guards
+                        .iter()
+                        .position(|g| &g.table == table)
+                        .unwrap_or(0);
                     let refusal = Refusal::Unsupported(reason.clone());
                     let block = self.refusal_block(table, &refusal);
                     steps.push_back(StepSpec::Raise(
@@ -195,7 +199,10 @@ impl Session {
             None if w.splice.in_cte => None,
             None => key.as_ref().and_then(|k| {
                 let parts: Vec<&str> = k.iter().map(String::as_str).collect();
-                self.guard.tracker.expected(w.guard, &parts).map(str::to_string)
+                self.guard
+                    .tracker
+                    .expected(w.guard, &parts)
+                    .map(str::to_string)
             }),
         };
         if expected.is_none() && guard.unversioned == UnversionedPolicy::Reject {
@@ -234,7 +241,11 @@ impl Session {
         let key = self.literal_key(w);
         let pinned = match &w.pinned {
             Some(ValueRef::Literal(v)) => {
-                let t = self.guard.resolved.get(w.guard).map_or(0, |r| r.version_type);
+                let t = self
+                    .guard
+                    .resolved
+                    .get(w.guard)
+                    .map_or(0, |r| r.version_type);
                 canonical(t, 0, v.as_bytes()).or_else(|| Some(v.clone()))
             }
             _ => None,
@@ -281,7 +292,8 @@ impl Session {
     fn start_script(&mut self, steps: VecDeque<StepSpec>, wrapped: bool) {
         if wrapped {
             fe::write_query(&mut self.to_server, b"BEGIN");
-            self.replies.push(Pending::Simple(Some(Box::new(Tag::Hidden))));
+            self.replies
+                .push(Pending::Simple(Some(Box::new(Tag::Hidden))));
         }
         self.guard.script = Some(Script {
             steps,
@@ -321,7 +333,9 @@ impl Session {
         let Tag::Step(check) = t.as_mut() else {
             return Ok(false);
         };
-        let Some(c) = check.as_deref_mut().filter(|c| c.added > 0 || tag == be::COMMAND_COMPLETE)
+        let Some(c) = check
+            .as_deref_mut()
+            .filter(|c| c.added > 0 || tag == be::COMMAND_COMPLETE)
         else {
             if tag == be::ERROR_RESPONSE
                 && let Some(s) = self.guard.script.as_mut()
@@ -359,7 +373,12 @@ impl Session {
                 }
                 if c.client_returning {
                     let n = be::data_row(body).map_or(0, |v| v.len());
-                    be::write_truncated(&mut self.to_client, be::DATA_ROW, body, n - c.added.min(n));
+                    be::write_truncated(
+                        &mut self.to_client,
+                        be::DATA_ROW,
+                        body,
+                        n - c.added.min(n),
+                    );
                 }
                 Ok(true)
             }
@@ -398,7 +417,7 @@ impl Session {
             && let Some(held) = c.held.take()
             && let Some(info) = c.conflict_info(self)
         {
-            let block = conflict::raise_block_if_changed(&info, &self.settings.config.conflict_sqlstate);
+            let block = conflict::raise_block(&info, &self.settings.config.conflict_sqlstate);
             self.send_simple_raise(
                 &block,
                 RaiseCtx {
@@ -414,11 +433,7 @@ impl Session {
     }
 
     /// A raise's reply within a script.
-    pub(super) fn on_raise_reply(
-        &mut self,
-        tag: u8,
-        msg: &[u8],
-    ) -> Result<bool, String> {
+    pub(super) fn on_raise_reply(&mut self, tag: u8, msg: &[u8]) -> Result<bool, String> {
         let Some(Pending::Simple(Some(t))) = self.replies.front_mut() else {
             return Ok(false);
         };
@@ -456,7 +471,11 @@ impl Session {
     }
 
     /// The `ReadyForQuery` of a raise.
-    pub(super) fn on_raise_done(&mut self, ready: &[u8], _ctx: Box<RaiseCtx>) -> Result<(), String> {
+    pub(super) fn on_raise_done(
+        &mut self,
+        ready: &[u8],
+        _ctx: Box<RaiseCtx>,
+    ) -> Result<(), String> {
         self.script_continue(ready).map(|_| ())
     }
 
@@ -479,7 +498,8 @@ impl Session {
         match end_sql {
             Some(sql) => {
                 fe::write_query(&mut self.to_server, sql);
-                self.replies.push(Pending::Simple(Some(Box::new(Tag::Final))));
+                self.replies
+                    .push(Pending::Simple(Some(Box::new(Tag::Final))));
             }
             None => {
                 self.guard.script = None;
