@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use optlock::config::{Config, TableName};
-use optlock::guard::conflict::{ConflictInfo, raise_block};
+use optlock::guard::conflict::{
+    ConflictInfo, error_field, raise_block, raise_block_if_changed, strip_context,
+};
 use optlock::guard::values::{canonical_binary, canonical_text};
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
@@ -188,7 +190,10 @@ async fn canonical_values_match_postgres() {
             let raw = raw.0.unwrap();
             let from_binary = canonical_binary(type_oid, &raw)
                 .unwrap_or_else(|| panic!("{value}: binary {raw:?} not decoded"));
-            let text = text_value(&utc, &format!("SELECT {value}")).await;
+            let mut text = text_value(&utc, &format!("SELECT {value}")).await;
+            if type_oid == 1042 {
+                text.truncate(text.trim_end_matches(' ').len());
+            }
             assert_eq!(from_binary, text, "{value}: binary vs PostgreSQL's text");
             assert_eq!(
                 canonical_text(type_oid, text.as_bytes()).as_deref(),
@@ -251,9 +256,13 @@ async fn raise(
     info: &ConflictInfo,
     sqlstate: &str,
 ) -> tokio_postgres::error::DbError {
+    raise_sql(client, &raise_block(info, sqlstate)).await
+}
+
+async fn raise_sql(client: &Client, block: &str) -> tokio_postgres::error::DbError {
     client.batch_execute("BEGIN").await.unwrap();
     let err = client
-        .batch_execute(&raise_block(info, sqlstate))
+        .batch_execute(block)
         .await
         .expect_err("the block raises");
     let db = err.as_db_error().expect("a server error").clone();
@@ -345,6 +354,33 @@ async fn conflict_is_raised_by_the_server() {
             format!("the row was changed by another transaction: expected version 1, found {xmin}")
         );
 
+        // The checking variant stays silent when the row is at the expected version.
+        let at_8 = info(public("invoice"), &["id"], Some(&["42"]), "8", "version");
+        c.batch_execute(&raise_block_if_changed(&at_8, "40001"))
+            .await
+            .expect("row unchanged: no error");
+        let e = raise_sql(&c, &raise_block_if_changed(&info(public("invoice"), &["id"], Some(&["042"]), "7", "version"), "40001")).await;
+        assert_eq!(e.detail(), Some("the row was changed by another transaction: expected version 7, found 8"));
+        assert_eq!(e.code().code(), "40001");
+        let e = raise_sql(&c, &raise_block_if_changed(&info(public("invoice"), &["id"], Some(&["44"]), "8", "version"), "40001")).await;
+        assert_eq!(e.detail(), Some("the row no longer exists"));
+        let e = raise_sql(&c, &raise_block_if_changed(&info(public("invoice"), &["id"], None, "8", "version"), "40001")).await;
+        assert_eq!(e.code().code(), "40001");
+        let line_xmin = info(public("line"), &["a", "b"], Some(&["1", "x"]), &xmin, "xmin");
+        c.batch_execute(&raise_block_if_changed(&line_xmin, "40001"))
+            .await
+            .expect("xmin unchanged: no error");
+        let sales_at = info(
+            public("tabSales Invoice"),
+            &["name"],
+            Some(&["SINV-0001"]),
+            "2024-01-01 10:00:00.123456",
+            "modified",
+        );
+        c.batch_execute(&raise_block_if_changed(&sales_at, "40001"))
+            .await
+            .expect("timestamp unchanged: no error");
+
         // In an implicit transaction nothing of the batch commits.
         let block = raise_block(&info(public("invoice"), &["id"], Some(&["42"]), "7", "version"), "40001");
         let err = c
@@ -353,6 +389,87 @@ async fn conflict_is_raised_by_the_server() {
             .unwrap_err();
         assert_eq!(err.code().unwrap().code(), "40001");
         assert_eq!(text_value(&c, "SELECT version::text FROM invoice").await, "8");
+    })
+    .await;
+}
+
+/// The ErrorResponse body the server sends for `sql`, read off a raw protocol connection.
+async fn raw_error_body(conninfo: &str, sql: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = conninfo.rsplit("dbname=").next().unwrap();
+    let mut sock = tokio::net::TcpStream::connect("127.0.0.1:5432")
+        .await
+        .unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196608u32.to_be_bytes());
+    startup.extend_from_slice(format!("user\0postgres\0database\0{db}\0\0").as_bytes());
+    let mut msg = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&startup);
+    sock.write_all(&msg).await.unwrap();
+    async fn read_until_ready(sock: &mut tokio::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            let tag = sock.read_u8().await.unwrap();
+            let len = sock.read_u32().await.unwrap() as usize;
+            let mut body = vec![0; len - 4];
+            sock.read_exact(&mut body).await.unwrap();
+            out.push((tag, body));
+            if tag == b'Z' {
+                return out;
+            }
+        }
+    }
+    read_until_ready(&mut sock).await;
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+    q.extend_from_slice(sql.as_bytes());
+    q.push(0);
+    sock.write_all(&q).await.unwrap();
+    let msgs = read_until_ready(&mut sock).await;
+    msgs.into_iter()
+        .find(|(t, _)| *t == b'E')
+        .expect("an ErrorResponse")
+        .1
+}
+
+#[tokio::test]
+async fn raised_conflict_body_is_stripped_of_context() {
+    with_db(|url| async move {
+        let c = connect(&url).await;
+        c.batch_execute(
+            "CREATE TABLE invoice (id int PRIMARY KEY, version int NOT NULL DEFAULT 0);
+             INSERT INTO invoice VALUES (42, 8);",
+        )
+        .await
+        .unwrap();
+        let block = raise_block(
+            &info(public("invoice"), &["id"], Some(&["42"]), "7", "version"),
+            "40001",
+        );
+        let body = raw_error_body(&url, &block).await;
+        let field =
+            |b: &[u8], code| error_field(b, code).map(|v| String::from_utf8(v.to_vec()).unwrap());
+        assert!(
+            field(&body, b'W').unwrap().contains("PL/pgSQL"),
+            "the server adds context"
+        );
+        let clean = strip_context(&body);
+        assert_eq!(field(&clean, b'W'), None);
+        assert_eq!(clean.last(), Some(&0));
+        for code in [b'S', b'V', b'C', b'M', b'D', b'H', b's', b't', b'n'] {
+            assert_eq!(
+                field(&clean, code),
+                field(&body, code),
+                "field {}",
+                code as char
+            );
+        }
+        assert_eq!(field(&clean, b'C').as_deref(), Some("40001"));
+        assert_eq!(field(&clean, b'n').as_deref(), Some("optlock"));
+        assert_eq!(
+            field(&clean, b'M').as_deref(),
+            Some("optimistic lock conflict on public.invoice (id)=(42)")
+        );
     })
     .await;
 }
@@ -657,6 +774,25 @@ async fn check_finds_each_problem_and_its_fix() {
             c.batch_execute(x.ddl.as_deref().unwrap()).await.unwrap();
         }
         assert!(all_ok(&findings(&c, &k9).await));
+
+        // A column of the other kind is checked as that kind too.
+        c.batch_execute("CREATE TABLE k11 (id int PRIMARY KEY, updated_at timestamptz)")
+            .await
+            .unwrap();
+        let f = findings(&c, &guard_toml("k11", r#"["id"]"#, "updated_at", "counter")).await;
+        assert_eq!(f.len(), 3, "{f:#?}");
+        assert_eq!(f[0].config.as_deref(), Some(r#"kind = "timestamp""#));
+        assert!(
+            f[1].ddl
+                .as_deref()
+                .unwrap()
+                .contains("SET updated_at = now()"),
+            "{f:#?}"
+        );
+        assert_eq!(
+            f[2].ddl.as_deref(),
+            Some("ALTER TABLE public.k11 ALTER COLUMN updated_at SET DEFAULT now();")
+        );
 
         // The CLI entry point.
         let dir = tempfile::tempdir().unwrap();

@@ -221,7 +221,7 @@ async fn check_guard(
                 check_version_column(guard, c, &mut out);
                 version_note = if out.len() == before {
                     format!(
-                        "version {vq} ({}) fits kind \"{}\"",
+                        "version column {vq} ({}) fits kind \"{}\"",
                         c.type_name, guard.kind
                     )
                 } else {
@@ -245,7 +245,7 @@ async fn check_guard(
 fn check_version_column(guard: &Guard, c: &Column, out: &mut Vec<Finding>) {
     let t = &guard.table;
     let vq = quote_ident(&c.name);
-    let kind = guard.kind;
+    let mut kind = guard.kind;
     if !type_fits(kind, c.base_type) {
         let other = [VersionKind::Counter, VersionKind::Timestamp]
             .into_iter()
@@ -262,7 +262,11 @@ fn check_version_column(guard: &Guard, c: &Column, out: &mut Vec<Finding>) {
             ),
         );
         f = match other {
-            Some(k) => f.config(format!("kind = \"{k}\"")),
+            Some(k) => {
+                // The remaining checks apply to the kind the column fits.
+                kind = k;
+                f.config(format!("kind = \"{k}\""))
+            }
             None => {
                 let ty = match kind {
                     VersionKind::Timestamp => "timestamptz",
@@ -277,7 +281,9 @@ fn check_version_column(guard: &Guard, c: &Column, out: &mut Vec<Finding>) {
             }
         };
         out.push(f);
-        return;
+        if other.is_none() {
+            return;
+        }
     }
     if !c.generated.is_empty() {
         out.push(
@@ -341,18 +347,13 @@ pub fn render_human(findings: &[Finding]) -> String {
             Severity::Error => "error",
         };
         out.push_str(&format!("{sev} {}: {}", f.table, f.message));
-        if let Some(ddl) = &f.ddl {
-            out.push_str(&format!("; fix: {ddl}"));
-        }
-        if let Some(cfg) = &f.config {
-            out.push_str(&format!(
-                "; {} config: {cfg}",
-                if f.ddl.is_some() {
-                    "or in the"
-                } else {
-                    "fix in the"
-                }
-            ));
+        match (&f.ddl, &f.config) {
+            (Some(ddl), Some(cfg)) => {
+                out.push_str(&format!(" -- fix: {ddl} -- or in the config: {cfg}"))
+            }
+            (Some(ddl), None) => out.push_str(&format!(" -- fix: {ddl}")),
+            (None, Some(cfg)) => out.push_str(&format!(" -- fix in the config: {cfg}")),
+            (None, None) => {}
         }
         out.push('\n');
     }

@@ -66,6 +66,18 @@ pub const DETAIL_GONE: &str = "the row no longer exists";
 /// escaped `E''` literal and every identifier quoted when needed; the dollar-quote tag is one
 /// that does not occur in the body.
 pub fn raise_block(info: &ConflictInfo, sqlstate: &str) -> String {
+    block(info, sqlstate, false)
+}
+
+/// Like [`raise_block`], but when the row still exists at the expected version the block
+/// raises nothing and completes as `DO`: the write matched 0 rows because of its other
+/// conditions, not because of a conflict, and the client should see its plain `UPDATE 0` /
+/// `DELETE 0`. Without key values it always raises, like [`raise_block`].
+pub fn raise_block_if_changed(info: &ConflictInfo, sqlstate: &str) -> String {
+    block(info, sqlstate, true)
+}
+
+fn block(info: &ConflictInfo, sqlstate: &str, only_if_changed: bool) -> String {
     let table = &info.table;
     let using = |detail: &str| {
         format!(
@@ -94,16 +106,22 @@ pub fn raise_block(info: &ConflictInfo, sqlstate: &str) -> String {
                     info.expected
                 ))
             );
+            let version = quote_ident(&info.version_column);
+            let mut raise_changed = format!("RAISE EXCEPTION USING {};", using(&changed));
+            let mut unchanged = String::new();
+            if only_if_changed {
+                unchanged = format!(", {version} = {}", quote_literal(&info.expected));
+                raise_changed = format!("IF unchanged IS NOT TRUE THEN\n{raise_changed}\nEND IF;");
+            }
             format!(
-                "DECLARE current_version text;\nBEGIN\n\
-                 SELECT coalesce({}::text, 'NULL') INTO current_version FROM {} WHERE {} LIMIT 1;\n\
-                 IF NOT FOUND THEN\nRAISE EXCEPTION USING {};\nEND IF;\n\
-                 RAISE EXCEPTION USING {};\nEND",
-                quote_ident(&info.version_column),
-                table,
+                "DECLARE current_version text; unchanged boolean;\nBEGIN\n\
+                 SELECT coalesce({version}::text, 'NULL'){unchanged} INTO current_version{} \
+                 FROM {table} WHERE {} LIMIT 1;\n\
+                 IF NOT FOUND THEN\nRAISE EXCEPTION USING {};\nEND IF;\n{}\nEND",
+                if only_if_changed { ", unchanged" } else { "" },
                 cond.join(" AND "),
                 using(&quote_literal(DETAIL_GONE)),
-                using(&changed),
+                raise_changed,
             )
         }
         _ => format!(

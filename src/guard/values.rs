@@ -3,8 +3,9 @@
 //! Key and version values reach the proxy as SQL literals, as Bind parameters (text or binary)
 //! and in result rows (text or binary). To compare them, each is turned into the text
 //! PostgreSQL itself prints for that value with `DateStyle = ISO` and `TimeZone = UTC`, chosen
-//! by the type OID of the column the value belongs to. `None` means "nothing known": the value
-//! is malformed, or its binary form is one this module does not decode.
+//! by the type OID of the column the value belongs to (`char(n)` drops its trailing blanks,
+//! which PostgreSQL ignores when comparing). `None` means "nothing known": the value is
+//! malformed, or its binary form is one this module does not decode.
 //!
 //! Also here: [`quote_literal`], the one way the proxy embeds a value in SQL text.
 
@@ -50,6 +51,7 @@ pub fn canonical_text(type_oid: u32, text: &[u8]) -> Option<String> {
             "f" | "false" | "no" | "off" | "0" => Some("f".into()),
             _ => None,
         },
+        oid::BPCHAR => Some(s.trim_end_matches(' ').to_string()),
         oid::TIMESTAMP => Some(parse_timestamp(s, false).unwrap_or_else(|| s.to_string())),
         oid::TIMESTAMPTZ => Some(parse_timestamp(s, true).unwrap_or_else(|| s.to_string())),
         _ => Some(s.to_string()),
@@ -64,9 +66,10 @@ pub fn canonical_binary(type_oid: u32, bytes: &[u8]) -> Option<String> {
         oid::INT4 => Some(i32::from_be_bytes(bytes.try_into().ok()?).to_string()),
         oid::INT8 => Some(i64::from_be_bytes(bytes.try_into().ok()?).to_string()),
         oid::OID | oid::XID => Some(u32::from_be_bytes(bytes.try_into().ok()?).to_string()),
-        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN => {
+        oid::TEXT | oid::VARCHAR | oid::NAME | oid::UNKNOWN => {
             std::str::from_utf8(bytes).ok().map(str::to_string)
         }
+        oid::BPCHAR => canonical_text(oid::BPCHAR, bytes),
         oid::UUID => {
             let b: [u8; 16] = bytes.try_into().ok()?;
             Some(format_uuid(&b))
