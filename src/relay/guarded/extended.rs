@@ -468,7 +468,10 @@ impl Session {
                 })
                 .conflict_info(self)
             {
-                let block = conflict::raise_block(&info, &self.settings.config.conflict_sqlstate);
+                let block = conflict::raise_block_if_changed(
+                    &info,
+                    &self.settings.config.conflict_sqlstate,
+                );
                 self.send_extended_raise(
                     &block,
                     RaiseCtx {

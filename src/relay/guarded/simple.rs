@@ -417,7 +417,8 @@ impl Session {
             && let Some(held) = c.held.take()
             && let Some(info) = c.conflict_info(self)
         {
-            let block = conflict::raise_block(&info, &self.settings.config.conflict_sqlstate);
+            let block =
+                conflict::raise_block_if_changed(&info, &self.settings.config.conflict_sqlstate);
             self.send_simple_raise(
                 &block,
                 RaiseCtx {
