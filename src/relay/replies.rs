@@ -124,24 +124,29 @@ impl<G> Replies<G> {
 
     /// An `ErrorResponse` arrived. A simple `Query` (or a `Sync`) keeps its entry until its
     /// `ReadyForQuery` (`Step::Within`). In the extended protocol the error answers the front
-    /// entry, returned with `Step::Completes`; the server then skips every message up to the
-    /// next `Sync`, so those entries get no reply and go to `dropped`.
-    pub fn on_error(&mut self, mut dropped: impl FnMut(Pending<G>)) -> (Step, Option<Pending<G>>) {
+    /// entry, returned with `Step::Completes`; the server then discards every message up to
+    /// the next `Sync` (a `Query` too), so those entries get no reply and go to `dropped`.
+    /// The flag is true when no `Sync` is queued yet: the server is still discarding, and
+    /// messages the client sends until its `Sync` will get no reply either.
+    pub fn on_error(
+        &mut self,
+        mut dropped: impl FnMut(Pending<G>),
+    ) -> (Step, Option<Pending<G>>, bool) {
         match self.queue.front() {
-            None => return (Step::Unrelated, None),
-            Some(front) if front.is_sync_point() => return (Step::Within, None),
+            None => return (Step::Unrelated, None, false),
+            Some(front) if front.is_sync_point() => return (Step::Within, None, false),
             Some(_) => {}
         }
         let answered = self.queue.pop_front();
         while let Some(front) = self.queue.front() {
-            if front.is_sync_point() {
+            if matches!(front, Pending::Sync) {
                 break;
             }
             if let Some(p) = self.queue.pop_front() {
                 dropped(p);
             }
         }
-        (Step::Completes, answered)
+        (Step::Completes, answered, self.queue.is_empty())
     }
 
     pub fn clear(&mut self) {
@@ -193,8 +198,9 @@ mod tests {
         r.push(Pending::Sync);
         r.push(Pending::Parse(()));
         let mut n = 0;
-        let (step, answered) = r.on_error(|_| n += 1);
+        let (step, answered, skipping) = r.on_error(|_| n += 1);
         assert_eq!(step, Step::Completes);
+        assert!(!skipping, "the Sync is already queued");
         assert!(matches!(answered, Some(Pending::Parse(()))));
         assert_eq!(n, 2);
         assert!(matches!(r.front(), Some(Pending::Sync)));
@@ -205,6 +211,10 @@ mod tests {
             Step::Completes
         ));
         assert!(matches!(r.front(), Some(Pending::Parse(()))));
+        // An error before the client's Sync: the server discards until it.
+        let (_, _, skipping) = r.on_error(|_| {});
+        assert!(skipping);
+        assert!(r.is_empty());
     }
 
     #[test]

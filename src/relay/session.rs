@@ -60,6 +60,9 @@ pub struct Session {
     draining: bool,
     /// The client sent `Terminate`: the server closing next is the normal end.
     terminated: bool,
+    /// An extended-protocol error before the client's `Sync`: the server discards every
+    /// message until that `Sync`, so they are relayed as they are and await no reply.
+    skipping_until_sync: bool,
 }
 
 /// Server parameters the session follows (from `ParameterStatus`).
@@ -97,6 +100,7 @@ impl Session {
             handle,
             draining: false,
             terminated: false,
+            skipping_until_sync: false,
         }
     }
 
@@ -273,6 +277,14 @@ impl Session {
             self.to_server.extend_from_slice(msg);
             return Ok(());
         }
+        if self.skipping_until_sync {
+            self.to_server.extend_from_slice(msg);
+            if tag == fe::SYNC {
+                self.skipping_until_sync = false;
+                self.replies.push(Pending::Sync);
+            }
+            return Ok(());
+        }
         match tag {
             fe::QUERY => {
                 self.count_statement();
@@ -411,11 +423,12 @@ impl Session {
         }
         let (step, popped) = if tag == be::ERROR_RESPONSE {
             let mut dropped = Vec::new();
-            let answered = self.replies.on_error(|p| dropped.push(p));
+            let (step, answered, skipping) = self.replies.on_error(|p| dropped.push(p));
             for p in dropped {
                 self.guard.on_dropped(p);
             }
-            answered
+            self.skipping_until_sync |= skipping;
+            (step, answered)
         } else {
             self.replies.on_message(tag)
         };
