@@ -21,8 +21,9 @@ pub mod rewrite;
 pub mod track;
 pub mod values;
 
+use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::{Config, Guard, TableName};
 
@@ -31,6 +32,9 @@ use crate::config::{Config, Guard, TableName};
 pub struct GuardSet {
     pub guards: Vec<Guard>,
     pub prefilter: prefilter::Prefilter,
+    /// A process-wide id of each guard's table, the same in every config generation, so
+    /// tracked versions survive a reload that reorders or adds guards.
+    pub table_ids: Vec<usize>,
 }
 
 impl GuardSet {
@@ -38,12 +42,24 @@ impl GuardSet {
         Arc::new(GuardSet {
             guards: config.guards.clone(),
             prefilter: prefilter::Prefilter::new(&config.guards),
+            table_ids: config.guards.iter().map(|g| table_id(&g.table)).collect(),
         })
     }
 
     pub fn is_empty(&self) -> bool {
         self.guards.is_empty()
     }
+}
+
+/// The process-wide id of a table name (assigned on first use, never reused).
+fn table_id(table: &TableName) -> usize {
+    static IDS: OnceLock<Mutex<HashMap<TableName, usize>>> = OnceLock::new();
+    let mut ids = IDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let next = ids.len();
+    *ids.entry(table.clone()).or_insert(next)
 }
 
 /// What the guard says about one SQL text (a simple `Query` string, or a `Parse` statement).

@@ -21,7 +21,7 @@ use super::simple::{Plan, WriteCheck};
 use crate::admin::Outcome;
 use crate::guard::conflict::{self, Refusal};
 use crate::guard::rewrite::Expected;
-use crate::guard::{Action, GuardedWrite, Target, ValueRef, WriteOp};
+use crate::guard::{Action, GuardSet, GuardedWrite, Target, ValueRef, WriteOp};
 use crate::protocol::{backend as be, frontend as fe};
 
 /// What the guard knows of a prepared statement.
@@ -35,6 +35,8 @@ pub struct Prepared {
 /// A rewritten guarded write.
 #[derive(Debug)]
 pub struct PreparedWrite {
+    /// The guards the statement was analysed with.
+    pub guards: Arc<GuardSet>,
     pub write: GuardedWrite,
     /// The parameter the proxy added for the expected version (1-based).
     pub extra: Option<u16>,
@@ -46,21 +48,8 @@ pub struct PreparedWrite {
 /// What the guard knows of a portal.
 #[derive(Debug)]
 pub struct Portal {
-    pub write: Option<BoundWrite>,
+    pub write: Option<WriteCheck>,
     pub reads: Option<ReadPlan>,
-}
-
-/// A guarded write bound to its values.
-#[derive(Debug)]
-pub struct BoundWrite {
-    pub guard: usize,
-    pub op: WriteOp,
-    pub added: usize,
-    pub client_returning: bool,
-    pub expected: Option<String>,
-    pub key: Option<Vec<String>>,
-    /// Reads the proxy's `RETURNING` columns.
-    pub plan: Option<ReadPlan>,
 }
 
 impl Tag {
@@ -73,10 +62,10 @@ impl Tag {
 impl Session {
     /// A `Parse`. Returns true when the guard sent it (rewritten, or replaced by a refusal).
     pub(in crate::relay) fn guard_parse(&mut self, msg: &[u8]) -> Result<bool, String> {
+        self.refresh_settings();
         if !self.guards_active() {
             return Ok(false);
         }
-        self.refresh_settings();
         let body = &msg[5..];
         let Some(name) = fe::parse_name(body) else {
             return Ok(false);
@@ -133,6 +122,7 @@ impl Session {
                 self.replies.push(Pending::Parse(None));
                 let prepared = Prepared {
                     write: Some(PreparedWrite {
+                        guards: guards.clone(),
                         added: w.added_columns(&guards),
                         write: (**w).clone(),
                         extra,
@@ -211,9 +201,10 @@ impl Session {
             None => None,
         };
         let w = w.clone();
-        let (expected, key) = match self.plan_write(&w, key, pinned) {
+        let guards = pw.guards.clone();
+        let (expected, key) = match self.plan_write(&guards, &w, key, pinned) {
             Plan::Refuse(refusal) => {
-                let table = self.settings.guards.guards[w.guard].table.clone();
+                let table = guards.guards[w.guard].table.clone();
                 let block = self.refusal_block(&table, &refusal);
                 self.send_extended_raise(&block, refusal_ctx(w.guard, refusal));
                 return Ok(true);
@@ -229,9 +220,10 @@ impl Session {
             let rg = self.guard.resolved.get(w.guard);
             let mut types: Vec<u32> = rg.map(|r| r.key_types.clone()).unwrap_or_default();
             types.push(version_type);
-            ReadPlan::returning(w.guard, &types, our_format)
+            ReadPlan::returning(guards.table_ids[w.guard], &types, our_format)
         });
-        let bound = BoundWrite {
+        let bound = WriteCheck {
+            guards: guards.clone(),
             guard: w.guard,
             op: w.op,
             added: pw.added,
@@ -239,6 +231,7 @@ impl Session {
             expected: if w.splice.in_cte { None } else { expected },
             key,
             plan,
+            held: None,
         };
         self.guard.portals.insert(
             portal.into(),
@@ -456,17 +449,7 @@ impl Session {
             let rows = be::tag_rows(be::command_tag(&msg[5..]));
             if rows == Some(0)
                 && w.expected.is_some()
-                && let Some(info) = (WriteCheck {
-                    guard: w.guard,
-                    op: w.op,
-                    added: w.added,
-                    client_returning: w.client_returning,
-                    expected: w.expected.clone(),
-                    key: w.key.clone(),
-                    plan: None,
-                    held: None,
-                })
-                .conflict_info(self)
+                && let Some(info) = w.conflict_info()
             {
                 let block = conflict::raise_block_if_changed(
                     &info,
@@ -488,7 +471,7 @@ impl Session {
                 && let Some(k) = &w.key
             {
                 let parts: Vec<&str> = k.iter().map(String::as_str).collect();
-                self.guard.tracker.forget(w.guard, &parts);
+                self.guard.tracker.forget(w.table(), &parts);
             }
         }
         if held {

@@ -81,6 +81,8 @@ pub struct GuardState {
     /// Columns of the result being read in a simple query (set by its `RowDescription`).
     row_plan: Option<Arc<ReadPlan>>,
     script: Option<Script>,
+    /// The guards changed: resolve them again before the next statement.
+    need_resolve: bool,
 }
 
 impl GuardState {
@@ -94,6 +96,7 @@ impl GuardState {
             portals: HashMap::new(),
             row_plan: None,
             script: None,
+            need_resolve: false,
         }
     }
 
@@ -162,36 +165,39 @@ impl Session {
         !self.settings.guards.is_empty()
     }
 
-    /// Picks up a reloaded config: new guards for new statements, caches dropped, guards
-    /// resolved again in this database.
-    fn refresh_settings(&mut self) {
-        if self.shared.generation() == self.settings.generation {
-            return;
-        }
-        self.settings = self.shared.settings();
-        self.guard.cache.clear();
-        self.guard.tracker.clear();
-        debug!(
-            generation = self.settings.generation,
-            "session follows the reloaded config"
-        );
-        if self.guards_active() && self.replies.is_empty() {
-            self.send_resolve(None);
-        } else {
+    /// Picks up a reloaded config: new guards for new statements, the analysis cache dropped,
+    /// and the guards resolved again in this database (queued ahead of the client's message,
+    /// whose replies come after).
+    pub(super) fn refresh_settings(&mut self) {
+        if self.shared.generation() != self.settings.generation {
+            self.settings = self.shared.settings();
+            self.guard.cache.clear();
             self.guard.resolved = Arc::new(ResolvedGuards::default());
+            self.guard.need_resolve = self.guards_active();
+            debug!(
+                generation = self.settings.generation,
+                "session follows the reloaded config"
+            );
+        }
+        if self.guard.need_resolve && self.replies.is_empty() && self.tx_status != b'E' {
+            self.guard.need_resolve = false;
+            self.send_resolve(None);
         }
     }
 
-    /// Sends the catalog query that resolves the guards in this database.
+    /// Sends the catalog query that resolves the guards in this database. At login the
+    /// client's first `ReadyForQuery` waits for it.
     fn send_resolve(&mut self, login_ready: Option<BytesMut>) {
         let sql = resolve::resolve_query(&self.settings.guards.guards);
         fe::write_query(&mut self.to_server, sql.as_bytes());
+        if login_ready.is_some() {
+            self.hold_client = true;
+        }
         self.replies
             .push(Pending::Simple(Some(Box::new(Tag::Resolve {
                 rows: Vec::new(),
                 login_ready,
             }))));
-        self.hold_client = true;
     }
 
     /// The first `ReadyForQuery`: resolve the guards before the client may send anything.
@@ -205,10 +211,10 @@ impl Session {
     }
 
     pub(in crate::relay) fn guard_query(&mut self, msg: &[u8]) -> Result<bool, String> {
+        self.refresh_settings();
         if !self.guards_active() {
             return Ok(false);
         }
-        self.refresh_settings();
         self.simple_query(msg)
     }
 
@@ -285,11 +291,11 @@ impl Session {
                     self.guard.resolved =
                         Arc::new(resolve::parse_resolved(&rows, &self.settings.guards.guards));
                     debug!(resolved = self.guard.resolved.len(), "guards resolved");
-                    self.hold_client = false;
                     if let Some(ready) = login_ready {
                         self.to_client.extend_from_slice(&ready);
+                        self.hold_client = false;
+                        self.resume_client()?;
                     }
-                    self.resume_client()?;
                     Ok(true)
                 }
                 Tag::Hidden => Ok(true),

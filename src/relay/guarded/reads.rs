@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::super::session::Session;
 use crate::catalog::resolve::ResolvedGuards;
+use crate::guard::GuardSet;
 use crate::guard::track::Tracker;
 use crate::guard::values;
 use crate::protocol::backend::{self as be, Column};
@@ -22,7 +23,8 @@ pub struct Col {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
-    guard: usize,
+    /// The table's id in the tracker ([`crate::guard::GuardSet::table_ids`]).
+    table: usize,
     keys: Vec<Col>,
     version: Col,
 }
@@ -38,13 +40,20 @@ pub struct ReadPlan {
 impl ReadPlan {
     /// The plan for a result with these columns, if it carries some guarded table's key and
     /// version columns.
-    pub fn from_columns(cols: &[Column<'_>], resolved: &ResolvedGuards) -> Option<ReadPlan> {
+    pub fn from_columns(
+        cols: &[Column<'_>],
+        resolved: &ResolvedGuards,
+        guards: &GuardSet,
+    ) -> Option<ReadPlan> {
         let mut entries = Vec::new();
         for col in cols {
             let Some((guard, rg)) = resolved.by_table_oid(col.table_oid) else {
                 continue;
             };
-            if entries.iter().any(|e: &Entry| e.guard == guard) {
+            let Some(&table) = guards.table_ids.get(guard) else {
+                continue;
+            };
+            if entries.iter().any(|e: &Entry| e.table == table) {
                 continue;
             }
             let find = |attnum: i16| {
@@ -59,7 +68,7 @@ impl ReadPlan {
             let keys: Option<Vec<Col>> = rg.key_attnums.iter().map(|&a| find(a)).collect();
             if let (Some(keys), Some(version)) = (keys, find(rg.version_attnum)) {
                 entries.push(Entry {
-                    guard,
+                    table,
                     keys,
                     version,
                 });
@@ -73,7 +82,7 @@ impl ReadPlan {
 
     /// The plan for the proxy's own `RETURNING` columns: the last `types.len()` of each row
     /// (key columns in key order, then the version).
-    pub fn returning(guard: usize, types: &[u32], format: i16) -> ReadPlan {
+    pub fn returning(table: usize, types: &[u32], format: i16) -> ReadPlan {
         let mut cols: Vec<Col> = types
             .iter()
             .enumerate()
@@ -86,7 +95,7 @@ impl ReadPlan {
         let version = cols.pop().expect("at least the version column");
         ReadPlan {
             entries: vec![Entry {
-                guard,
+                table,
                 keys: cols,
                 version,
             }],
@@ -129,7 +138,7 @@ impl ReadPlan {
             let keys: Option<Vec<String>> = e.keys.iter().map(|&c| value(&vals, c)).collect();
             if let Some(keys) = keys {
                 let parts: Vec<&str> = keys.iter().map(String::as_str).collect();
-                tracker.observe(e.guard, &parts, &version);
+                tracker.observe(e.table, &parts, &version);
             }
         }
     }
@@ -190,6 +199,6 @@ impl Session {
         {
             return None;
         }
-        ReadPlan::from_columns(&be::row_description(body)?, resolved)
+        ReadPlan::from_columns(&be::row_description(body)?, resolved, &self.settings.guards)
     }
 }

@@ -20,8 +20,9 @@ use crate::admin::Outcome;
 use crate::config::{BulkPolicy, UnversionedPolicy};
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
 use crate::guard::rewrite::Expected;
-use crate::guard::{Action, GuardedWrite, Target, ValueRef, WriteOp};
+use crate::guard::{Action, GuardSet, GuardedWrite, Target, ValueRef, WriteOp};
 use crate::protocol::{backend as be, frontend as fe};
+use std::sync::Arc;
 
 /// A simple query run step by step.
 #[derive(Debug)]
@@ -42,6 +43,8 @@ enum StepSpec {
 /// What the proxy checks of one guarded write.
 #[derive(Debug)]
 pub struct WriteCheck {
+    /// The guards the write was analysed with (a reload may have replaced them since).
+    pub guards: Arc<GuardSet>,
     pub guard: usize,
     pub op: WriteOp,
     /// Columns the proxy appended to the result (its `RETURNING`).
@@ -58,8 +61,13 @@ pub struct WriteCheck {
 }
 
 impl WriteCheck {
-    pub fn conflict_info(&self, session: &Session) -> Option<ConflictInfo> {
-        let guard = session.settings.guards.guards.get(self.guard)?;
+    /// The table's id in the tracker.
+    pub fn table(&self) -> usize {
+        self.guards.table_ids[self.guard]
+    }
+
+    pub fn conflict_info(&self) -> Option<ConflictInfo> {
+        let guard = self.guards.guards.get(self.guard)?;
         Some(ConflictInfo {
             table: guard.table.clone(),
             key_columns: guard.key.clone(),
@@ -174,11 +182,12 @@ impl Session {
     /// Decides what a guarded write expects: pinned, tracked, or the policies.
     pub(super) fn plan_write(
         &mut self,
+        guards: &GuardSet,
         w: &GuardedWrite,
         key: Option<Vec<String>>,
         pinned: Option<String>,
     ) -> Plan {
-        let guard = &self.settings.guards.guards[w.guard];
+        let guard = &guards.guards[w.guard];
         if w.op == WriteOp::Upsert {
             return Plan::Send {
                 expected: None,
@@ -251,7 +260,8 @@ impl Session {
             _ => None,
         };
         let pinned_here = pinned.is_some();
-        match self.plan_write(w, key, pinned) {
+        let guards = self.settings.guards.clone();
+        match self.plan_write(&guards, w, key, pinned) {
             Plan::Refuse(refusal) => {
                 let table = self.settings.guards.guards[w.guard].table.clone();
                 StepSpec::Raise(
@@ -265,7 +275,6 @@ impl Session {
                 )
             }
             Plan::Send { expected, key } => {
-                let guards = self.settings.guards.clone();
                 let mut text = String::with_capacity(w.splice.statement.len() + 96);
                 let render_with = match (&expected, pinned_here) {
                     (Some(v), false) => Expected::Literal(v),
@@ -275,6 +284,7 @@ impl Session {
                 StepSpec::Sql(
                     text,
                     Some(Box::new(WriteCheck {
+                        guards: guards.clone(),
                         guard: w.guard,
                         op: w.op,
                         added: w.added_columns(&guards),
@@ -354,7 +364,7 @@ impl Session {
                         .iter()
                         .map(|col| col.type_oid)
                         .collect();
-                    c.plan = Some(ReadPlan::returning(c.guard, &types, 0));
+                    c.plan = Some(ReadPlan::returning(c.table(), &types, 0));
                     if c.client_returning {
                         be::write_truncated(
                             &mut self.to_client,
@@ -393,7 +403,7 @@ impl Session {
                     && let Some(k) = &c.key
                 {
                     let parts: Vec<&str> = k.iter().map(String::as_str).collect();
-                    self.guard.tracker.forget(c.guard, &parts);
+                    self.guard.tracker.forget(c.table(), &parts);
                 }
                 Ok(false)
             }
@@ -415,7 +425,7 @@ impl Session {
     ) -> Result<bool, String> {
         if let Some(mut c) = check
             && let Some(held) = c.held.take()
-            && let Some(info) = c.conflict_info(self)
+            && let Some(info) = c.conflict_info()
         {
             let block =
                 conflict::raise_block_if_changed(&info, &self.settings.config.conflict_sqlstate);
