@@ -7,8 +7,8 @@
 //! [`Metrics::set_tables`] at start and on reload, and the latency histogram is a fixed array of
 //! atomic buckets. Locks are taken only at reload and when the metrics are encoded.
 
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -231,14 +231,12 @@ impl EncodeMetric for SharedHistogram {
     }
 }
 
-/// The current [`GuardCounters`], swappable without a lock on the reading side.
-///
-/// Every list ever set is kept (one per distinct list of table names, so reloading between the
-/// same configs adds nothing), which is what makes the lock-free read sound: a pointer loaded
-/// from `current` always points into an `Arc` held by `generations` for as long as `self` lives.
+/// The current [`GuardCounters`]. Every list ever set is kept (one per distinct list of table
+/// names, so reloading between the same configs adds nothing) and a table's counters keep their
+/// totals across reloads.
 #[derive(Debug)]
 struct TableSlots {
-    current: AtomicPtr<GuardCounters>,
+    current: RwLock<Arc<GuardCounters>>,
     generations: Mutex<Vec<Arc<GuardCounters>>>,
 }
 
@@ -249,27 +247,24 @@ impl TableSlots {
             counters: Vec::new(),
         });
         TableSlots {
-            current: AtomicPtr::new(Arc::as_ptr(&empty).cast_mut()),
+            current: RwLock::new(empty.clone()),
             generations: Mutex::new(vec![empty]),
         }
     }
 
     #[inline]
-    fn current(&self) -> &GuardCounters {
-        // SAFETY: `current` only ever holds pointers obtained from `Arc::as_ptr` of an `Arc`
-        // pushed into `generations`, which never removes one; so the pointee lives as long as
-        // `self`, which outlives the returned borrow.
-        unsafe { &*self.current.load(Ordering::Acquire) }
+    fn inc(&self, table_index: usize, outcome: Outcome) {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .inc(table_index, outcome);
     }
 
     fn current_arc(&self) -> Arc<GuardCounters> {
-        let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        let ptr = self.current.load(Ordering::Acquire);
-        generations
-            .iter()
-            .find(|g| Arc::as_ptr(g) == ptr.cast_const())
-            .cloned()
-            .expect("the current guard counters are always among the kept generations")
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set(
@@ -287,8 +282,7 @@ impl TableSlots {
                 g
             }
         };
-        self.current
-            .store(Arc::as_ptr(&chosen).cast_mut(), Ordering::Release);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = chosen.clone();
         chosen
     }
 }
@@ -422,7 +416,7 @@ impl Metrics {
     /// Counts one write to guarded table `table_index` (its guard's position in the config).
     #[inline]
     pub fn guarded(&self, table_index: usize, outcome: Outcome) {
-        self.tables.current().inc(table_index, outcome);
+        self.tables.inc(table_index, outcome);
     }
 
     /// Counts a new client session and keeps it in `sessions_active` until the result drops.

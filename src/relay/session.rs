@@ -118,8 +118,8 @@ impl Session {
         SR: AsyncRead + Unpin,
         SW: AsyncWrite + Unpin,
     {
-        let login_deadline =
-            tokio::time::Instant::now() + self.settings.config.client_login_timeout;
+        let login_timeout = tokio::time::sleep(self.settings.config.client_login_timeout);
+        tokio::pin!(login_timeout);
         let mut shutdown = self.shared.shutdown.clone();
         let end = loop {
             if self.draining && self.is_idle() {
@@ -152,6 +152,7 @@ impl Session {
                                 break End::ServerError(e);
                             }
                             self.shared.metrics_latency(started);
+                            keep_room(&mut self.server_in);
                         }
                         Err(e) => break End::ServerError(format!("read from server failed: {e}")),
                     }
@@ -166,11 +167,12 @@ impl Session {
                                 break End::ClientError(e);
                             }
                             self.shared.metrics_latency(started);
+                            keep_room(&mut self.client_in);
                         }
                         Err(e) => break End::ClientError(format!("read from client failed: {e}")),
                     }
                 }
-                _ = tokio::time::sleep_until(login_deadline), if !self.logged_in => {
+                _ = &mut login_timeout, if !self.logged_in => {
                     break End::LoginTimeout;
                 }
                 _ = shutdown.changed(), if !self.draining => {
@@ -469,6 +471,15 @@ impl Session {
                 "server parameter"
             );
         }
+    }
+}
+
+/// Keeps room in an input buffer for the next read (reclaiming the space of messages already
+/// handled when nothing else holds it).
+#[inline]
+fn keep_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
     }
 }
 
