@@ -479,7 +479,7 @@ impl Metrics {
                 self.statements.get().to_string(),
             ),
         ];
-        let tables = self.tables.current();
+        let tables = self.tables.current_arc();
         for (i, table) in tables.tables().iter().enumerate() {
             for o in Outcome::ALL {
                 rows.push((
