@@ -169,7 +169,7 @@ stop_pgbouncer() {
 # Creates the benchmark database (dropping a leftover one). Sets BENCH_DB.
 create_db() {
     BENCH_DB=$1
-    pg_direct postgres -c "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" -c "CREATE DATABASE \"$BENCH_DB\""
+    pg_direct postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" -c "CREATE DATABASE \"$BENCH_DB\""
 }
 
 drop_db() {
