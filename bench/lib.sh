@@ -27,7 +27,8 @@ chmod 755 "$WORK_DIR"
 RESULTS_DIR="$BENCH_DIR/results"
 mkdir -p "$RESULTS_DIR"
 
-OPTLOCK_PID=""
+OPTLOCK_PID=""      # the proxy started last
+OPTLOCK_PIDS=()     # every proxy started (all stopped on exit)
 PGBOUNCER_PIDFILE=""
 BENCH_DB=""
 
@@ -87,7 +88,8 @@ wait_ready() {
     die "$what on port $port did not become ready"
 }
 
-# Starts optlock. Usage: start_optlock PORT [CONFIG_FILE]. Sets OPTLOCK_PID.
+# Starts optlock. Usage: start_optlock PORT [CONFIG_FILE]. Sets OPTLOCK_PID; may be called
+# several times (several proxies side by side).
 start_optlock() {
     local port=$1 config=${2:-}
     local args=(serve --listen "127.0.0.1:$port" --upstream "$PG_HOST:$PG_PORT" --log warn)
@@ -97,18 +99,22 @@ start_optlock() {
     env -u OPTLOCK_WORKERS -u OPTLOCK_CONFIG -u OPTLOCK_LISTEN -u OPTLOCK_UPSTREAM \
         "$OPTLOCK_BIN" "${args[@]}" >>"$WORK_DIR/optlock.log" 2>&1 &
     OPTLOCK_PID=$!
+    OPTLOCK_PIDS+=("$OPTLOCK_PID")
     wait_ready "$port" optlock
     log "optlock pid $OPTLOCK_PID on 127.0.0.1:$port${config:+ (config $config)}${OPTLOCK_WORKERS:+ workers=$OPTLOCK_WORKERS}"
 }
 
+# Stops every proxy this script started (SIGTERM, then SIGKILL after 5 s).
 stop_optlock() {
-    if [[ -n "$OPTLOCK_PID" ]] && kill -0 "$OPTLOCK_PID" 2>/dev/null; then
-        kill -TERM "$OPTLOCK_PID" 2>/dev/null || true
-        local i
-        for i in $(seq 1 50); do kill -0 "$OPTLOCK_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$OPTLOCK_PID" 2>/dev/null || true
-        wait "$OPTLOCK_PID" 2>/dev/null || true
-    fi
+    local pid i
+    for pid in "${OPTLOCK_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || continue
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    OPTLOCK_PIDS=()
     OPTLOCK_PID=""
 }
 
