@@ -1,0 +1,226 @@
+# bench/lib.sh: helpers shared by the optlock benchmark scripts (sourced, not run).
+#
+# Provides: building the proxy, picking free ports, starting/stopping optlock and PgBouncer,
+# creating/dropping the benchmark database, parsing pgbench output, medians and ratios,
+# and one cleanup trap that runs on exit, Ctrl-C and SIGTERM.
+#
+# Environment understood by every script that sources this file:
+#   PG_HOST (127.0.0.1), PG_PORT (5432), PG_USER (postgres)  the real PostgreSQL (trust auth)
+#   CARGO_TARGET_DIR   where cargo puts the build (default: <repo>/target)
+#   OPTLOCK_BIN        use this binary instead of building one
+#   OPTLOCK_WORKERS    pass --workers N to the proxy (default: unset = one per core)
+#   KEEP_DB=1          keep the benchmark database afterwards
+#   NO_BUILD=1         do not run cargo build (use an existing binary)
+
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$BENCH_DIR/.." && pwd)
+PG_HOST=${PG_HOST:-127.0.0.1}
+PG_PORT=${PG_PORT:-5432}
+PG_USER=${PG_USER:-postgres}
+export PGUSER=$PG_USER PGCONNECT_TIMEOUT=${PGCONNECT_TIMEOUT:-10}
+unset PGPASSWORD PGDATABASE PGOPTIONS 2>/dev/null || true
+
+WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/optlock-bench.XXXXXX")
+chmod 755 "$WORK_DIR"
+RESULTS_DIR="$BENCH_DIR/results"
+mkdir -p "$RESULTS_DIR"
+
+OPTLOCK_PID=""      # the proxy started last
+OPTLOCK_PIDS=()     # every proxy started (all stopped on exit)
+PGBOUNCER_PIDFILE=""
+BENCH_DB=""
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+need() {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null 2>&1 || die "'$c' not found on PATH"
+    done
+}
+
+# psql against the real server. Usage: pg_direct DB [psql args...]
+pg_direct() {
+    local db=$1; shift
+    psql -X -q -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -d "$db" "$@"
+}
+
+# Builds the proxy (release) and sets OPTLOCK_BIN.
+build_optlock() {
+    if [[ -n "${OPTLOCK_BIN:-}" ]]; then
+        [[ -x "$OPTLOCK_BIN" ]] || die "OPTLOCK_BIN=$OPTLOCK_BIN is not executable"
+        return
+    fi
+    local target=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
+    if [[ "${NO_BUILD:-0}" != 1 ]]; then
+        need cargo
+        log "building optlock (cargo build --release, target dir $target)"
+        (cd "$REPO_ROOT" && cargo build --release --quiet) || die "cargo build failed"
+    fi
+    OPTLOCK_BIN=$target/release/optlock
+    [[ -x "$OPTLOCK_BIN" ]] || die "no binary at $OPTLOCK_BIN"
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Prints a TCP port on 127.0.0.1 that nothing listens on.
+free_port() {
+    local p i
+    for i in $(seq 1 200); do
+        p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+        if ! port_in_use "$p"; then echo "$p"; return; fi
+    done
+    die "no free port found"
+}
+
+# Waits until a PostgreSQL-speaking server answers on PORT (proxy or pooler included).
+wait_ready() {
+    local port=$1 what=$2 i
+    for i in $(seq 1 100); do
+        if psql -X -q -h 127.0.0.1 -p "$port" -d postgres -Atc 'select 1' >/dev/null 2>&1; then
+            return
+        fi
+        sleep 0.1
+    done
+    die "$what on port $port did not become ready"
+}
+
+# Starts optlock. Usage: start_optlock PORT [CONFIG_FILE]. Sets OPTLOCK_PID; may be called
+# several times (several proxies side by side).
+start_optlock() {
+    local port=$1 config=${2:-}
+    local args=(serve --listen "127.0.0.1:$port" --upstream "$PG_HOST:$PG_PORT" --log warn)
+    [[ -n "$config" ]] && args+=(--config "$config")
+    [[ -n "${OPTLOCK_WORKERS:-}" ]] && args+=(--workers "$OPTLOCK_WORKERS")
+    # OPTLOCK_WORKERS is also read by clap from the environment; pass it explicitly only.
+    env -u OPTLOCK_WORKERS -u OPTLOCK_CONFIG -u OPTLOCK_LISTEN -u OPTLOCK_UPSTREAM \
+        "$OPTLOCK_BIN" "${args[@]}" >>"$WORK_DIR/optlock.log" 2>&1 &
+    OPTLOCK_PID=$!
+    OPTLOCK_PIDS+=("$OPTLOCK_PID")
+    wait_ready "$port" optlock
+    log "optlock pid $OPTLOCK_PID on 127.0.0.1:$port${config:+ (config $config)}${OPTLOCK_WORKERS:+ workers=$OPTLOCK_WORKERS}"
+}
+
+# Stops every proxy this script started (SIGTERM, then SIGKILL after 5 s).
+stop_optlock() {
+    local pid i
+    for pid in "${OPTLOCK_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || continue
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    OPTLOCK_PIDS=()
+    OPTLOCK_PID=""
+}
+
+# Starts PgBouncer (session pooling) in front of the real server. Usage: start_pgbouncer PORT
+start_pgbouncer() {
+    local port=$1 dir="$WORK_DIR/pgbouncer"
+    if ! command -v pgbouncer >/dev/null 2>&1; then
+        [[ $(id -u) -eq 0 ]] || die "pgbouncer missing (apt-get install pgbouncer)"
+        log "installing pgbouncer"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer >/dev/null; } ||
+            die "cannot install pgbouncer"
+    fi
+    mkdir -p "$dir"
+    printf '"%s" ""\n' "$PG_USER" >"$dir/userlist.txt"
+    cat >"$dir/pgbouncer.ini" <<EOF
+[databases]
+* = host=$PG_HOST port=$PG_PORT
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/userlist.txt
+pool_mode = session
+max_client_conn = 1000
+default_pool_size = 200
+max_db_connections = 0
+server_reset_query = DISCARD ALL
+ignore_startup_parameters = extra_float_digits,options
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+EOF
+    PGBOUNCER_PIDFILE=$dir/pgbouncer.pid
+    if [[ $(id -u) -eq 0 ]]; then
+        # PgBouncer refuses to run as root.
+        chown -R postgres "$dir"
+        runuser -u postgres -- pgbouncer -d -q "$dir/pgbouncer.ini" || die "pgbouncer did not start (see $dir/pgbouncer.log)"
+    else
+        pgbouncer -d -q "$dir/pgbouncer.ini" || die "pgbouncer did not start (see $dir/pgbouncer.log)"
+    fi
+    wait_ready "$port" pgbouncer
+    log "pgbouncer pid $(cat "$PGBOUNCER_PIDFILE") on 127.0.0.1:$port (pool_mode=session)"
+}
+
+stop_pgbouncer() {
+    if [[ -n "$PGBOUNCER_PIDFILE" && -s "$PGBOUNCER_PIDFILE" ]]; then
+        local pid i
+        pid=$(cat "$PGBOUNCER_PIDFILE")
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    PGBOUNCER_PIDFILE=""
+}
+
+# Creates the benchmark database (dropping a leftover one). Sets BENCH_DB.
+create_db() {
+    BENCH_DB=$1
+    pg_direct postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" -c "CREATE DATABASE \"$BENCH_DB\""
+}
+
+drop_db() {
+    if [[ -n "$BENCH_DB" ]]; then
+        if [[ "${KEEP_DB:-0}" == 1 ]]; then
+            log "keeping database $BENCH_DB (KEEP_DB=1)"
+        else
+            pg_direct postgres -c "DROP DATABASE IF EXISTS \"$BENCH_DB\" WITH (FORCE)" 2>/dev/null || true
+        fi
+    fi
+    BENCH_DB=""
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_optlock
+    stop_pgbouncer
+    drop_db
+    if [[ $rc -ne 0 && -s "$WORK_DIR/optlock.log" ]]; then
+        log "optlock log (last lines):"; tail -n 20 "$WORK_DIR/optlock.log" >&2 || true
+    fi
+    rm -rf "$WORK_DIR"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Field extraction from a saved pgbench output file.
+pgb_tps()       { sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$1" | head -n1; }
+pgb_processed() { sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$1" | head -n1; }
+pgb_failed()    { local v; v=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$1" | head -n1); echo "${v:-0}"; }
+pgb_retried()   { local v; v=$(sed -n 's/^number of transactions retried: \([0-9]*\).*/\1/p' "$1" | head -n1); echo "${v:-0}"; }
+pgb_retries()   { local v; v=$(sed -n 's/^total number of retries: \([0-9]*\).*/\1/p' "$1" | head -n1); echo "${v:-0}"; }
+
+# Median of the numbers given as arguments ("-" when none).
+median() {
+    [[ $# -gt 0 ]] || { echo "-"; return; }
+    printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR%2) printf "%.1f\n", a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+
+# ratio A B: A/B with three decimals ("-" when not computable).
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.3f\n", a / b }'
+}
+
+results_file() { echo "$RESULTS_DIR/$1-$(date +%Y%m%d-%H%M%S).txt"; }

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# bench/lost_updates.sh: the read-modify-write benchmark (lost updates, retries, TPS).
+#
+# Measures how many updates are silently lost when concurrent clients do a naive
+# read-modify-write on a few hot rows, and what preventing that costs. Table
+#   bench_rmw(id int primary key, balance bigint not null default 0, version bigint not null default 0)
+# with ROWS rows. Each pgbench "transaction" is one run of a custom script:
+#   \set id random(1, ROWS)
+#   SELECT balance, version FROM bench_rmw WHERE id = :id \gset
+#   UPDATE bench_rmw SET balance = :balance + 1 WHERE id = :id;
+# i.e. the application's naive write: no version in it; optlock is expected to add the check.
+# Scripts: "autocommit" (as above: the read and the write are separate transactions) and
+# "transaction" (wrapped in BEGIN; ... COMMIT;, or BEGIN ISOLATION LEVEL SERIALIZABLE for
+# the serializable target).
+# Targets:
+#   direct   READ COMMITTED   plain PostgreSQL
+#   direct   SERIALIZABLE     PGOPTIONS='-c default_transaction_isolation=serializable'
+#                             (so each autocommit statement is serializable too)
+#   optlock  READ COMMITTED   through optlock with public.bench_rmw guarded
+#                             (key id, version "version", kind counter)
+# each for -M simple, extended and prepared. Balances are reset to 0 before every run, so
+#   lost = processed - sum(balance)
+# where processed = pgbench's "number of transactions actually processed" (successful script
+# runs; failed ones are counted separately and changed nothing). A negative "lost" would mean
+# more increments than successful runs (a bug in the measurement or the proxy).
+# Until the guard is finished, the optlock rows show lost updates like the direct RC rows:
+# the script reports what happens, whatever it is.
+#
+# How pgbench (>= 15) retries, read from pgbench.c (CSTATE_ERROR / doRetry) and checked here:
+# pgbench treats one run of the script as one transaction. On SQLSTATE 40001 (serialization
+# failure; optlock's conflict error uses it too) or 40P01 (deadlock), it sends ROLLBACK if
+# the connection is inside a transaction block, restores the script's variables and random
+# state, and runs the whole script again from its first command, up to --max-tries times;
+# the run then counts as "retried" (or as "failed" after the last try). This is the same for
+# scripts without BEGIN: after a failing autocommit UPDATE the connection is idle, so there is
+# nothing to roll back, and the retry re-runs the SELECT too, i.e. it re-reads the row, which
+# is exactly what an application must do after a conflict. Any other error aborts the client
+# (reported in the "note" column). An earlier autocommit statement that already committed is
+# not undone; here that is only the SELECT, so no effect is lost or doubled.
+# Autocommit under SERIALIZABLE still loses updates: the read and the write are separate
+# transactions; only a write that races a concurrent commit of the same row gets 40001.
+#
+# Usage:  bench/lost_updates.sh
+#         DURATION=30 MODES=prepared bench/lost_updates.sh
+# Options (environment variables):
+#   CLIENTS=8  THREADS=2  DURATION=10 (pgbench -T)  MAX_TRIES=100 (pgbench --max-tries)
+#   ROWS=10                       hot rows (fewer rows = more contention)
+#   MODES="simple extended prepared"
+#   SCRIPTS="autocommit transaction"
+#   TARGETS="direct-rc direct-serializable optlock"
+#   OPTLOCK_WORKERS=N, KEEP_DB=1, PG_HOST/PG_PORT/PG_USER, CARGO_TARGET_DIR, OPTLOCK_BIN,
+#   NO_BUILD=1                    see bench/lib.sh
+# Default run: 3 targets x 2 scripts x 3 modes x 10 s, about 3.5 minutes.
+# Results are printed and saved to bench/results/lost_updates-<date>.txt (gitignored).
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CLIENTS=${CLIENTS:-8}
+THREADS=${THREADS:-2}
+DURATION=${DURATION:-10}
+MAX_TRIES=${MAX_TRIES:-100}
+ROWS=${ROWS:-10}
+MODES=${MODES:-simple extended prepared}
+SCRIPTS=${SCRIPTS:-autocommit transaction}
+TARGETS=${TARGETS:-direct-rc direct-serializable optlock}
+DB=optlock_bench_rmw
+
+need psql pgbench
+build_optlock
+
+log "creating database $DB"
+create_db "$DB"
+pg_direct "$DB" <<SQL
+CREATE TABLE bench_rmw (
+    id      int PRIMARY KEY,
+    balance bigint NOT NULL DEFAULT 0,
+    version bigint NOT NULL DEFAULT 0
+);
+INSERT INTO bench_rmw (id) SELECT g FROM generate_series(1, $ROWS) g;
+SQL
+
+# pgbench scripts.
+body="\\set id random(1, $ROWS)
+SELECT balance, version FROM bench_rmw WHERE id = :id \\gset
+UPDATE bench_rmw SET balance = :balance + 1 WHERE id = :id;"
+printf '%s\n' "$body" >"$WORK_DIR/autocommit.sql"
+printf 'BEGIN;\n%s\nCOMMIT;\n' "$body" >"$WORK_DIR/transaction.sql"
+printf 'BEGIN ISOLATION LEVEL SERIALIZABLE;\n%s\nCOMMIT;\n' "$body" >"$WORK_DIR/transaction-serializable.sql"
+
+OPTLOCK_PORT=""
+if [[ " $TARGETS " == *" optlock "* ]]; then
+    OPTLOCK_PORT=$(free_port)
+    cat >"$WORK_DIR/optlock.toml" <<EOF
+listen = "127.0.0.1:$OPTLOCK_PORT"
+upstream = "$PG_HOST:$PG_PORT"
+conflict_sqlstate = "40001"
+
+[[guard]]
+table = "public.bench_rmw"
+key = ["id"]
+version = "version"
+kind = "counter"
+EOF
+    start_optlock "$OPTLOCK_PORT" "$WORK_DIR/optlock.toml"
+fi
+
+RESULT=$(results_file lost_updates)
+FMT='%-8s %-12s %-11s %-9s %10s %8s %7s %8s %7s %9s  %s\n'
+{
+    echo "# optlock lost-update benchmark: pgbench -c $CLIENTS -j $THREADS -T $DURATION --max-tries=$MAX_TRIES, $ROWS hot rows"
+    echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  host $(hostname)  $(nproc) cores  $(pgbench --version)"
+    echo "# optlock $("$OPTLOCK_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), workers ${OPTLOCK_WORKERS:-default}"
+    echo "# lost = processed - sum(balance); retried = transactions that needed more than one try"
+    echo
+    # shellcheck disable=SC2059
+    printf "$FMT" target isolation script mode processed retried failed lost "lost %" TPS note
+} | tee "$RESULT"
+
+for mode in $MODES; do
+    for script in $SCRIPTS; do
+        for target in $TARGETS; do
+            case $target in
+                direct-rc) port=$PG_PORT host=$PG_HOST iso="read-commit" pgopts="" file=$script.sql name=direct ;;
+                direct-serializable)
+                    port=$PG_PORT host=$PG_HOST iso="serializable" name=direct
+                    pgopts="-c default_transaction_isolation=serializable"
+                    file=$script.sql; [[ $script == transaction ]] && file=transaction-serializable.sql ;;
+                optlock) port=$OPTLOCK_PORT host=127.0.0.1 iso="read-commit" pgopts="" file=$script.sql name=optlock ;;
+                *) die "unknown target $target" ;;
+            esac
+            pg_direct "$DB" -c "UPDATE bench_rmw SET balance = 0" -c "VACUUM bench_rmw"
+            out="$WORK_DIR/run-$mode-$script-$target.txt"
+            rc=0
+            PGOPTIONS=$pgopts pgbench -n -f "$WORK_DIR/$file" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" \
+                -M "$mode" --max-tries="$MAX_TRIES" -h "$host" -p "$port" "$DB" >"$out" 2>&1 || rc=$?
+            processed=$(pgb_processed "$out")
+            retried=$(pgb_retried "$out")
+            failed=$(pgb_failed "$out")
+            tps=$(pgb_tps "$out")
+            sum=$(pg_direct "$DB" -Atc "SELECT coalesce(sum(balance), 0) FROM bench_rmw")
+            note=""
+            if [[ $rc -ne 0 ]]; then
+                note="pgbench rc=$rc: $(grep -m1 -iE 'aborted|error|fatal' "$out" | cut -c1-120)"
+            fi
+            if [[ -n "$processed" ]]; then
+                lost=$((processed - sum))
+                pct=$(awk -v l="$lost" -v p="$processed" 'BEGIN { if (p > 0) printf "%.1f", 100 * l / p; else print "-" }')
+            else
+                processed="-" lost="-" pct="-"
+            fi
+            [[ -n "$tps" ]] && tps=$(printf '%.1f' "$tps") || tps="-"
+            # shellcheck disable=SC2059
+            printf "$FMT" "$name" "$iso" "$script" "$mode" "$processed" "$retried" "$failed" "$lost" "$pct" "$tps" "$note" | tee -a "$RESULT"
+        done
+    done
+done
+log "saved to $RESULT"

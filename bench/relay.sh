@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# bench/relay.sh: the cost of the relay path alone.
+#
+# Measures pgbench's read-only select-only workload (pgbench -S, SELECT by primary key)
+# connected three ways: directly to PostgreSQL, through optlock (no config = no guards, so
+# this is pure relay overhead), and through PgBouncer in session pool mode (a familiar
+# reference for "a proxy in the path"), for each protocol mode -M simple, extended, prepared.
+# Runs are interleaved (round -> mode -> target, target order rotated every round) so that a
+# noisy shared machine affects all targets alike; the report gives the median TPS per target
+# and the ratios optlock/direct, pgbouncer/direct and optlock/pgbouncer. Compare ratios from
+# one run, not absolute TPS across runs or machines.
+#
+# Usage:  bench/relay.sh                       (from anywhere; builds optlock in release mode)
+#         DURATION=30 ROUNDS=5 bench/relay.sh  (a longer, steadier run)
+#
+# Options (environment variables):
+#   CLIENTS=8          pgbench -c
+#   THREADS=2          pgbench -j
+#   DURATION=8         pgbench -T seconds per run
+#   ROUNDS=3           interleaved rounds (median is taken over rounds)
+#   MODES="simple extended prepared"   protocol modes to run
+#   TARGETS="direct optlock pgbouncer" targets to run
+#   SCALE=10           pgbench -i scale factor for the benchmark database
+#   OPTLOCK_WORKERS=N  start optlock with --workers N (default: unset = one per core)
+#   KEEP_DB=1          keep the database optlock_bench afterwards
+#   PG_HOST/PG_PORT/PG_USER  the PostgreSQL server (127.0.0.1 / 5432 / postgres, trust auth)
+#   CARGO_TARGET_DIR, OPTLOCK_BIN, NO_BUILD=1  see bench/lib.sh
+# Default run: 3 rounds x 3 modes x 3 targets x 8 s, about 4 minutes with set-up.
+#
+# Needs: cargo, psql, pgbench (PostgreSQL 15+ client), pgbouncer (installed with apt-get when
+# missing and running as root; it is started as user postgres because it refuses root).
+# Results are printed and saved to bench/results/relay-<date>.txt (gitignored).
+# Everything started is stopped and the database dropped on exit, including Ctrl-C.
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CLIENTS=${CLIENTS:-8}
+THREADS=${THREADS:-2}
+DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-3}
+MODES=${MODES:-simple extended prepared}
+TARGETS=${TARGETS:-direct optlock pgbouncer}
+SCALE=${SCALE:-10}
+DB=optlock_bench
+
+need psql pgbench
+build_optlock
+
+declare -A PORT
+PORT[direct]=$PG_PORT
+for t in $TARGETS; do
+    case $t in
+        direct) ;;
+        optlock) PORT[optlock]=$(free_port); start_optlock "${PORT[optlock]}" ;;
+        pgbouncer) PORT[pgbouncer]=$(free_port); start_pgbouncer "${PORT[pgbouncer]}" ;;
+        *) die "unknown target $t" ;;
+    esac
+done
+
+log "creating database $DB (pgbench -i -s $SCALE, direct)"
+create_db "$DB"
+pgbench -i -q -s "$SCALE" -h "$PG_HOST" -p "$PG_PORT" "$DB" >"$WORK_DIR/init.log" 2>&1 ||
+    { cat "$WORK_DIR/init.log" >&2; die "pgbench -i failed"; }
+
+read -r -a TARGET_LIST <<<"$TARGETS"
+declare -A TPS=() ERRORS=()
+host_of() { [[ $1 == direct ]] && echo "$PG_HOST" || echo 127.0.0.1; }
+
+total=$(( ROUNDS * $(wc -w <<<"$MODES") * ${#TARGET_LIST[@]} ))
+n=0
+for round in $(seq 1 "$ROUNDS"); do
+    for mode in $MODES; do
+        k=${#TARGET_LIST[@]}
+        for i in $(seq 0 $((k - 1))); do
+            t=${TARGET_LIST[$(( (i + round - 1) % k ))]}
+            n=$((n + 1))
+            out="$WORK_DIR/run-$round-$mode-$t.txt"
+            rc=0
+            pgbench -n -S -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$mode" \
+                -h "$(host_of "$t")" -p "${PORT[$t]}" "$DB" >"$out" 2>&1 || rc=$?
+            tps=$(pgb_tps "$out")
+            if [[ $rc -ne 0 || -z "$tps" ]]; then
+                ERRORS[$mode:$t]="${ERRORS[$mode:$t]:-}[round $round rc=$rc: $(grep -m1 -iE 'error|fatal|abort' "$out" | cut -c1-150)] "
+            fi
+            [[ -n "$tps" ]] && TPS[$mode:$t]="${TPS[$mode:$t]:-} $(printf "%.1f" "$tps")"
+            log "[$n/$total] round $round  -M $mode  $t: ${tps:-FAILED} tps"
+        done
+    done
+done
+
+RESULT=$(results_file relay)
+{
+    echo "# optlock relay benchmark: pgbench -S -c $CLIENTS -j $THREADS -T $DURATION, $ROUNDS interleaved rounds"
+    echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  host $(hostname)  $(nproc) cores  $(pgbench --version)"
+    echo "# optlock $( "$OPTLOCK_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), workers ${OPTLOCK_WORKERS:-default}; pgbouncer $(pgbouncer --version 2>/dev/null | awk 'NR==1{print $2}') session mode; scale $SCALE"
+    echo "# TPS = median over rounds (without initial connection time)"
+    echo
+    printf '%-9s %12s %12s %12s %15s %17s %18s\n' mode direct optlock pgbouncer optlock/direct pgbouncer/direct optlock/pgbouncer
+    for mode in $MODES; do
+        declare -A MED=()
+        for t in direct optlock pgbouncer; do
+            # shellcheck disable=SC2086
+            MED[$t]=$(median ${TPS[$mode:$t]:-})
+        done
+        printf '%-9s %12s %12s %12s %15s %17s %18s\n' "$mode" "${MED[direct]}" "${MED[optlock]}" "${MED[pgbouncer]}" \
+            "$(ratio "${MED[optlock]}" "${MED[direct]}")" "$(ratio "${MED[pgbouncer]}" "${MED[direct]}")" \
+            "$(ratio "${MED[optlock]}" "${MED[pgbouncer]}")"
+    done
+    echo
+    echo "# every run (TPS, in round order)"
+    for mode in $MODES; do
+        for t in "${TARGET_LIST[@]}"; do
+            printf '%-9s %-10s %s\n' "$mode" "$t" "${TPS[$mode:$t]:- (none)}"
+        done
+    done
+    if [[ ${#ERRORS[@]} -gt 0 ]]; then
+        echo
+        echo "# failed runs"
+        for key in "${!ERRORS[@]}"; do echo "$key ${ERRORS[$key]}"; done
+    fi
+} | tee "$RESULT"
+log "saved to $RESULT"

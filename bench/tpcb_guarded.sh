@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# bench/tpcb_guarded.sh: the cost of guarding on a write-heavy workload.
+#
+# Measures pgbench's built-in TPC-B-like transaction (three UPDATEs by key, a SELECT and an
+# INSERT in BEGIN ... END) run directly against PostgreSQL and through optlock with
+# pgbench's own tables guarded by PostgreSQL's xmin system column (no schema change):
+#   public.pgbench_accounts key aid, public.pgbench_tellers key tid,
+#   public.pgbench_branches key bid, all version = "xmin"
+# so every UPDATE goes through the proxy's analysis and rewrite. Optionally also through an
+# unguarded optlock ("plain": relay only), which separates the relay cost from the guard cost.
+# Runs are interleaved (round -> mode -> target, target order rotated every round); the report
+# gives the median TPS per target, the ratios, and retried/failed transaction counts
+# (--max-tries=10: conflicts and serialization failures are SQLSTATE 40001 and are retried).
+# Compare ratios from one run, not absolute TPS across runs or machines.
+#
+# Usage:  bench/tpcb_guarded.sh
+#         TARGETS="direct optlock plain" DURATION=30 ROUNDS=5 bench/tpcb_guarded.sh
+# Options (environment variables):
+#   CLIENTS=8  THREADS=2  DURATION=8 (pgbench -T)  ROUNDS=3  MAX_TRIES=10
+#   MODES="simple extended prepared"
+#   TARGETS="direct optlock"       add "plain" for optlock without guards
+#   SCALE=10                       pgbench -i scale factor (branches = SCALE: the hot rows)
+#   OPTLOCK_WORKERS=N, KEEP_DB=1, PG_HOST/PG_PORT/PG_USER, CARGO_TARGET_DIR, OPTLOCK_BIN,
+#   NO_BUILD=1                     see bench/lib.sh
+# Default run: 3 rounds x 3 modes x 2 targets x 8 s, about 3 minutes with set-up.
+# Results are printed and saved to bench/results/tpcb_guarded-<date>.txt (gitignored).
+
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CLIENTS=${CLIENTS:-8}
+THREADS=${THREADS:-2}
+DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-3}
+MAX_TRIES=${MAX_TRIES:-10}
+MODES=${MODES:-simple extended prepared}
+TARGETS=${TARGETS:-direct optlock}
+SCALE=${SCALE:-10}
+DB=optlock_bench_tpcb
+
+need psql pgbench
+build_optlock
+
+log "creating database $DB (pgbench -i -s $SCALE, direct)"
+create_db "$DB"
+pgbench -i -q -s "$SCALE" -h "$PG_HOST" -p "$PG_PORT" "$DB" >"$WORK_DIR/init.log" 2>&1 ||
+    { cat "$WORK_DIR/init.log" >&2; die "pgbench -i failed"; }
+
+declare -A PORT=() HOST=()
+PORT[direct]=$PG_PORT HOST[direct]=$PG_HOST
+for t in $TARGETS; do
+    case $t in
+        direct) ;;
+        optlock)
+            PORT[optlock]=$(free_port) HOST[optlock]=127.0.0.1
+            cat >"$WORK_DIR/optlock.toml" <<EOF
+listen = "127.0.0.1:${PORT[optlock]}"
+upstream = "$PG_HOST:$PG_PORT"
+
+[[guard]]
+table = "public.pgbench_accounts"
+key = ["aid"]
+version = "xmin"
+
+[[guard]]
+table = "public.pgbench_tellers"
+key = ["tid"]
+version = "xmin"
+
+[[guard]]
+table = "public.pgbench_branches"
+key = ["bid"]
+version = "xmin"
+EOF
+            start_optlock "${PORT[optlock]}" "$WORK_DIR/optlock.toml"
+            ;;
+        plain)
+            PORT[plain]=$(free_port) HOST[plain]=127.0.0.1
+            start_optlock "${PORT[plain]}"    # a second proxy, without config
+            ;;
+        *) die "unknown target $t" ;;
+    esac
+done
+
+read -r -a TARGET_LIST <<<"$TARGETS"
+declare -A TPS=() RETRIED=() FAILED=() ERRORS=()
+total=$(( ROUNDS * $(wc -w <<<"$MODES") * ${#TARGET_LIST[@]} ))
+n=0
+for round in $(seq 1 "$ROUNDS"); do
+    for mode in $MODES; do
+        k=${#TARGET_LIST[@]}
+        for i in $(seq 0 $((k - 1))); do
+            t=${TARGET_LIST[$(( (i + round - 1) % k ))]}
+            n=$((n + 1))
+            out="$WORK_DIR/run-$round-$mode-$t.txt"
+            rc=0
+            pgbench -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$mode" --max-tries="$MAX_TRIES" \
+                -h "${HOST[$t]}" -p "${PORT[$t]}" "$DB" >"$out" 2>&1 || rc=$?
+            tps=$(pgb_tps "$out")
+            RETRIED[$mode:$t]=$(( ${RETRIED[$mode:$t]:-0} + $(pgb_retried "$out") ))
+            FAILED[$mode:$t]=$(( ${FAILED[$mode:$t]:-0} + $(pgb_failed "$out") ))
+            if [[ $rc -ne 0 || -z "$tps" ]]; then
+                ERRORS[$mode:$t]="${ERRORS[$mode:$t]:-}[round $round rc=$rc: $(grep -m1 -iE 'aborted|error|fatal' "$out" | cut -c1-150)] "
+            fi
+            [[ -n "$tps" ]] && TPS[$mode:$t]="${TPS[$mode:$t]:-} $(printf '%.1f' "$tps")"
+            log "[$n/$total] round $round  -M $mode  $t: ${tps:-FAILED} tps"
+        done
+    done
+done
+
+RESULT=$(results_file tpcb_guarded)
+{
+    echo "# optlock guarded TPC-B benchmark: pgbench (tpcb-like) -c $CLIENTS -j $THREADS -T $DURATION --max-tries=$MAX_TRIES, scale $SCALE, $ROUNDS interleaved rounds"
+    echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  host $(hostname)  $(nproc) cores  $(pgbench --version)"
+    echo "# optlock $("$OPTLOCK_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), workers ${OPTLOCK_WORKERS:-default}"
+    echo "# optlock = guarded by xmin (pgbench_accounts/aid, pgbench_tellers/tid, pgbench_branches/bid); plain = no guards"
+    echo "# TPS = median over rounds; retried/failed = summed over rounds"
+    echo
+    printf '%-9s %10s %10s %10s %15s %13s %16s %16s\n' mode direct optlock plain optlock/direct plain/direct "optlock retried" "optlock failed"
+    for mode in $MODES; do
+        declare -A MED=()
+        for t in direct optlock plain; do
+            # shellcheck disable=SC2086
+            MED[$t]=$(median ${TPS[$mode:$t]:-})
+        done
+        printf '%-9s %10s %10s %10s %15s %13s %16s %16s\n' "$mode" "${MED[direct]}" "${MED[optlock]}" "${MED[plain]}" \
+            "$(ratio "${MED[optlock]}" "${MED[direct]}")" "$(ratio "${MED[plain]}" "${MED[direct]}")" \
+            "${RETRIED[$mode:optlock]:--}" "${FAILED[$mode:optlock]:--}"
+    done
+    echo
+    echo "# every run (TPS in round order; retried/failed summed)"
+    for mode in $MODES; do
+        for t in "${TARGET_LIST[@]}"; do
+            printf '%-9s %-8s retried %-6s failed %-6s tps %s\n' "$mode" "$t" "${RETRIED[$mode:$t]}" "${FAILED[$mode:$t]}" "${TPS[$mode:$t]:- (none)}"
+        done
+    done
+    if [[ ${#ERRORS[@]} -gt 0 ]]; then
+        echo
+        echo "# failed runs"
+        for key in "${!ERRORS[@]}"; do echo "$key ${ERRORS[$key]}"; done
+    fi
+} | tee "$RESULT"
+log "saved to $RESULT"
