@@ -82,12 +82,16 @@ for round in $(seq 1 "$ROUNDS"); do
             pgbench -n -S -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$mode" \
                 -h "$(host_of "$t")" -p "${PORT[$t]}" "$DB" >"$out" 2>&1 || rc=$?
             tps=$(pgb_tps "$out")
+            died=0
             if [[ $t != direct && $t != pgbouncer ]] && ! check_optlock "${PORT[$t]}"; then
                 ERRORS[$mode:$t]="${ERRORS[$mode:$t]:-}[round $round: $OPTLOCK_DIED] "
+                died=1
             fi
+            # A run with aborted clients or a proxy that exited gives no TPS figure.
             if [[ $rc -ne 0 || -z "$tps" ]]; then
                 ERRORS[$mode:$t]="${ERRORS[$mode:$t]:-}[round $round rc=$rc: $(grep -m1 -iE 'error|fatal|abort' "$out" | cut -c1-150)] "
             fi
+            [[ $rc -ne 0 || $died -eq 1 ]] && tps=""
             [[ -n "$tps" ]] && TPS[$mode:$t]="${TPS[$mode:$t]:-} $(printf "%.1f" "$tps")"
             log "[$n/$total] round $round  -M $mode  $t: ${tps:-FAILED} tps"
         done

@@ -101,12 +101,16 @@ for round in $(seq 1 "$ROUNDS"); do
             tps=$(pgb_tps "$out")
             RETRIED[$mode:$t]=$(( ${RETRIED[$mode:$t]:-0} + $(pgb_retried "$out") ))
             FAILED[$mode:$t]=$(( ${FAILED[$mode:$t]:-0} + $(pgb_failed "$out") ))
+            died=0
             if [[ $t != direct && $t != pgbouncer ]] && ! check_optlock "${PORT[$t]}"; then
                 ERRORS[$mode:$t]="${ERRORS[$mode:$t]:-}[round $round: $OPTLOCK_DIED] "
+                died=1
             fi
+            # A run with aborted clients or a proxy that exited gives no TPS figure.
             if [[ $rc -ne 0 || -z "$tps" ]]; then
                 ERRORS[$mode:$t]="${ERRORS[$mode:$t]:-}[round $round rc=$rc: $(grep -m1 -iE 'aborted|error|fatal' "$out" | cut -c1-150)] "
             fi
+            [[ $rc -ne 0 || $died -eq 1 ]] && tps=""
             [[ -n "$tps" ]] && TPS[$mode:$t]="${TPS[$mode:$t]:-} $(printf '%.1f' "$tps")"
             log "[$n/$total] round $round  -M $mode  $t: ${tps:-FAILED} tps"
         done
