@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/lib.sh: helpers shared by the optlock benchmark scripts (sourced, not run).
 #
 # Provides: building the proxy, picking free ports, starting/stopping optlock and PgBouncer,
@@ -29,6 +30,9 @@ mkdir -p "$RESULTS_DIR"
 
 OPTLOCK_PID=""      # the proxy started last
 OPTLOCK_PIDS=()     # every proxy started (all stopped on exit)
+declare -A OPTLOCK_AT=() OPTLOCK_CFG=()   # port -> pid, port -> config file
+OPTLOCK_LOG=$WORK_DIR/optlock.log
+RESULT=""           # the script's result file; the proxy log is kept beside it
 PGBOUNCER_PIDFILE=""
 BENCH_DB=""
 
@@ -68,8 +72,8 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Prints a TCP port on 127.0.0.1 that nothing listens on.
 free_port() {
-    local p i
-    for i in $(seq 1 200); do
+    local p
+    for _ in $(seq 1 200); do
         p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
         if ! port_in_use "$p"; then echo "$p"; return; fi
     done
@@ -78,8 +82,8 @@ free_port() {
 
 # Waits until a PostgreSQL-speaking server answers on PORT (proxy or pooler included).
 wait_ready() {
-    local port=$1 what=$2 i
-    for i in $(seq 1 100); do
+    local port=$1 what=$2
+    for _ in $(seq 1 100); do
         if psql -X -q -h 127.0.0.1 -p "$port" -d postgres -Atc 'select 1' >/dev/null 2>&1; then
             return
         fi
@@ -97,20 +101,38 @@ start_optlock() {
     [[ -n "${OPTLOCK_WORKERS:-}" ]] && args+=(--workers "$OPTLOCK_WORKERS")
     # OPTLOCK_WORKERS is also read by clap from the environment; pass it explicitly only.
     env -u OPTLOCK_WORKERS -u OPTLOCK_CONFIG -u OPTLOCK_LISTEN -u OPTLOCK_UPSTREAM \
-        "$OPTLOCK_BIN" "${args[@]}" >>"$WORK_DIR/optlock.log" 2>&1 &
+        "$OPTLOCK_BIN" "${args[@]}" >>"$OPTLOCK_LOG" 2>&1 &
     OPTLOCK_PID=$!
     OPTLOCK_PIDS+=("$OPTLOCK_PID")
+    OPTLOCK_AT[$port]=$OPTLOCK_PID OPTLOCK_CFG[$port]=$config
     wait_ready "$port" optlock
     log "optlock pid $OPTLOCK_PID on 127.0.0.1:$port${config:+ (config $config)}${OPTLOCK_WORKERS:+ workers=$OPTLOCK_WORKERS}"
 }
 
+# Checks that the proxy started on PORT still runs. If it has exited, logs that with its exit
+# status and the end of its log, sets OPTLOCK_DIED to a short note for the report, and starts
+# it again so the remaining runs can go on. Returns 1 when it had exited.
+OPTLOCK_DIED=""
+check_optlock() {
+    local port=$1 pid=${OPTLOCK_AT[$1]:-} status=0
+    OPTLOCK_DIED=""
+    [[ -n "$pid" ]] || return 0
+    kill -0 "$pid" 2>/dev/null && return 0
+    wait "$pid" 2>/dev/null || status=$?
+    OPTLOCK_DIED="optlock (pid $pid) had exited with status $status; restarted"
+    log "$OPTLOCK_DIED; its log ends with:"
+    tail -n 15 "$OPTLOCK_LOG" >&2 || true
+    start_optlock "$port" "${OPTLOCK_CFG[$port]}"
+    return 1
+}
+
 # Stops every proxy this script started (SIGTERM, then SIGKILL after 5 s).
 stop_optlock() {
-    local pid i
+    local pid
     for pid in "${OPTLOCK_PIDS[@]}"; do
         kill -0 "$pid" 2>/dev/null || continue
         kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
@@ -163,10 +185,10 @@ EOF
 
 stop_pgbouncer() {
     if [[ -n "$PGBOUNCER_PIDFILE" && -s "$PGBOUNCER_PIDFILE" ]]; then
-        local pid i
+        local pid
         pid=$(cat "$PGBOUNCER_PIDFILE")
         kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null || true
     fi
     PGBOUNCER_PIDFILE=""
@@ -195,8 +217,12 @@ cleanup() {
     stop_optlock
     stop_pgbouncer
     drop_db
-    if [[ $rc -ne 0 && -s "$WORK_DIR/optlock.log" ]]; then
-        log "optlock log (last lines):"; tail -n 20 "$WORK_DIR/optlock.log" >&2 || true
+    if [[ $rc -ne 0 && -s "$OPTLOCK_LOG" ]]; then
+        log "optlock log (last lines):"; tail -n 20 "$OPTLOCK_LOG" >&2 || true
+    fi
+    if [[ -n "$RESULT" && -s "$OPTLOCK_LOG" ]]; then
+        cp "$OPTLOCK_LOG" "${RESULT%.txt}.optlock.log" 2>/dev/null &&
+            log "optlock log saved to ${RESULT%.txt}.optlock.log"
     fi
     rm -rf "$WORK_DIR"
     exit "$rc"

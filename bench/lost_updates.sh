@@ -53,6 +53,7 @@
 # Default run: 3 targets x 2 scripts x 3 modes x 10 s, about 3.5 minutes.
 # Results are printed and saved to bench/results/lost_updates-<date>.txt (gitignored).
 
+# shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CLIENTS=${CLIENTS:-8}
@@ -67,6 +68,7 @@ DB=optlock_bench_rmw
 
 need psql pgbench
 build_optlock
+RESULT=$(results_file lost_updates)
 
 log "creating database $DB"
 create_db "$DB"
@@ -104,7 +106,6 @@ EOF
     start_optlock "$OPTLOCK_PORT" "$WORK_DIR/optlock.toml"
 fi
 
-RESULT=$(results_file lost_updates)
 FMT='%-8s %-12s %-11s %-9s %10s %8s %7s %8s %7s %9s  %s\n'
 {
     echo "# optlock lost-update benchmark: pgbench -c $CLIENTS -j $THREADS -T $DURATION --max-tries=$MAX_TRIES, $ROWS hot rows"
@@ -130,6 +131,7 @@ for mode in $MODES; do
             esac
             pg_direct "$DB" -c "UPDATE bench_rmw SET balance = 0" -c "VACUUM bench_rmw"
             out="$WORK_DIR/run-$mode-$script-$target.txt"
+            [[ $name == optlock ]] && { check_optlock "$port" || true; }
             rc=0
             PGOPTIONS=$pgopts pgbench -n -f "$WORK_DIR/$file" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" \
                 -M "$mode" --max-tries="$MAX_TRIES" -h "$host" -p "$port" "$DB" >"$out" 2>&1 || rc=$?
@@ -141,6 +143,9 @@ for mode in $MODES; do
             note=""
             if [[ $rc -ne 0 ]]; then
                 note="pgbench rc=$rc: $(grep -m1 -iE 'aborted|error|fatal' "$out" | cut -c1-120)"
+            fi
+            if [[ $name == optlock ]] && ! check_optlock "$port"; then
+                note="$note [$OPTLOCK_DIED]"
             fi
             if [[ -n "$processed" ]]; then
                 lost=$((processed - sum))

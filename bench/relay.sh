@@ -32,6 +32,7 @@
 # Results are printed and saved to bench/results/relay-<date>.txt (gitignored).
 # Everything started is stopped and the database dropped on exit, including Ctrl-C.
 
+# shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CLIENTS=${CLIENTS:-8}
@@ -45,6 +46,7 @@ DB=optlock_bench
 
 need psql pgbench
 build_optlock
+RESULT=$(results_file relay)
 
 declare -A PORT
 PORT[direct]=$PG_PORT
@@ -75,20 +77,27 @@ for round in $(seq 1 "$ROUNDS"); do
             t=${TARGET_LIST[$(( (i + round - 1) % k ))]}
             n=$((n + 1))
             out="$WORK_DIR/run-$round-$mode-$t.txt"
+            [[ $t != direct && $t != pgbouncer ]] && { check_optlock "${PORT[$t]}" || true; }
             rc=0
             pgbench -n -S -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$mode" \
                 -h "$(host_of "$t")" -p "${PORT[$t]}" "$DB" >"$out" 2>&1 || rc=$?
             tps=$(pgb_tps "$out")
+            died=0
+            if [[ $t != direct && $t != pgbouncer ]] && ! check_optlock "${PORT[$t]}"; then
+                ERRORS[$mode:$t]="${ERRORS[$mode:$t]:-}[round $round: $OPTLOCK_DIED] "
+                died=1
+            fi
+            # A run with aborted clients or a proxy that exited gives no TPS figure.
             if [[ $rc -ne 0 || -z "$tps" ]]; then
                 ERRORS[$mode:$t]="${ERRORS[$mode:$t]:-}[round $round rc=$rc: $(grep -m1 -iE 'error|fatal|abort' "$out" | cut -c1-150)] "
             fi
+            [[ $rc -ne 0 || $died -eq 1 ]] && tps=""
             [[ -n "$tps" ]] && TPS[$mode:$t]="${TPS[$mode:$t]:-} $(printf "%.1f" "$tps")"
             log "[$n/$total] round $round  -M $mode  $t: ${tps:-FAILED} tps"
         done
     done
 done
 
-RESULT=$(results_file relay)
 {
     echo "# optlock relay benchmark: pgbench -S -c $CLIENTS -j $THREADS -T $DURATION, $ROUNDS interleaved rounds"
     echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  host $(hostname)  $(nproc) cores  $(pgbench --version)"

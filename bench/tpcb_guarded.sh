@@ -25,6 +25,7 @@
 # Default run: 3 rounds x 3 modes x 2 targets x 8 s, about 3 minutes with set-up.
 # Results are printed and saved to bench/results/tpcb_guarded-<date>.txt (gitignored).
 
+# shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CLIENTS=${CLIENTS:-8}
@@ -39,6 +40,7 @@ DB=optlock_bench_tpcb
 
 need psql pgbench
 build_optlock
+RESULT=$(results_file tpcb_guarded)
 
 log "creating database $DB (pgbench -i -s $SCALE, direct)"
 create_db "$DB"
@@ -92,22 +94,29 @@ for round in $(seq 1 "$ROUNDS"); do
             t=${TARGET_LIST[$(( (i + round - 1) % k ))]}
             n=$((n + 1))
             out="$WORK_DIR/run-$round-$mode-$t.txt"
+            [[ $t != direct && $t != pgbouncer ]] && { check_optlock "${PORT[$t]}" || true; }
             rc=0
             pgbench -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$mode" --max-tries="$MAX_TRIES" \
                 -h "${HOST[$t]}" -p "${PORT[$t]}" "$DB" >"$out" 2>&1 || rc=$?
             tps=$(pgb_tps "$out")
             RETRIED[$mode:$t]=$(( ${RETRIED[$mode:$t]:-0} + $(pgb_retried "$out") ))
             FAILED[$mode:$t]=$(( ${FAILED[$mode:$t]:-0} + $(pgb_failed "$out") ))
+            died=0
+            if [[ $t != direct && $t != pgbouncer ]] && ! check_optlock "${PORT[$t]}"; then
+                ERRORS[$mode:$t]="${ERRORS[$mode:$t]:-}[round $round: $OPTLOCK_DIED] "
+                died=1
+            fi
+            # A run with aborted clients or a proxy that exited gives no TPS figure.
             if [[ $rc -ne 0 || -z "$tps" ]]; then
                 ERRORS[$mode:$t]="${ERRORS[$mode:$t]:-}[round $round rc=$rc: $(grep -m1 -iE 'aborted|error|fatal' "$out" | cut -c1-150)] "
             fi
+            [[ $rc -ne 0 || $died -eq 1 ]] && tps=""
             [[ -n "$tps" ]] && TPS[$mode:$t]="${TPS[$mode:$t]:-} $(printf '%.1f' "$tps")"
             log "[$n/$total] round $round  -M $mode  $t: ${tps:-FAILED} tps"
         done
     done
 done
 
-RESULT=$(results_file tpcb_guarded)
 {
     echo "# optlock guarded TPC-B benchmark: pgbench (tpcb-like) -c $CLIENTS -j $THREADS -T $DURATION --max-tries=$MAX_TRIES, scale $SCALE, $ROUNDS interleaved rounds"
     echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  host $(hostname)  $(nproc) cores  $(pgbench --version)"
