@@ -35,7 +35,18 @@ pub fn analyze(sql: &str, guards: &GuardSet) -> Analysis {
         let action = analyze_statement(&lexed, toks, guards);
         statements.push(Statement { range, action });
     }
-    Analysis { statements }
+    let read = match statements.as_slice() {
+        [
+            Statement {
+                action: Action::Pass { tx_control: false },
+                range,
+            },
+        ] if guards.prefilter.names_guarded(sql.as_bytes()) => {
+            super::reads::pinned_read(&sql[range.clone()], guards)
+        }
+        _ => None,
+    };
+    Analysis { statements, read }
 }
 
 /// The text's tokens with their byte ranges.
@@ -328,7 +339,10 @@ fn untokenizable(sql: &str, guards: &GuardSet) -> Analysis {
     let start = sql.len() - sql.trim_start().len();
     let end = sql.trim_end().len();
     if start >= end {
-        return Analysis { statements: vec![] };
+        return Analysis {
+            statements: vec![],
+            read: None,
+        };
     }
     let action = if guards.prefilter.may_write_guarded(sql.as_bytes()) {
         let lower = sql.to_ascii_lowercase();
@@ -359,6 +373,7 @@ fn untokenizable(sql: &str, guards: &GuardSet) -> Analysis {
             range: start..end,
             action,
         }],
+        read: None,
     }
 }
 
@@ -458,7 +473,7 @@ fn fold(value: &str, quote_style: Option<char>) -> String {
     }
 }
 
-fn fold_ident(i: &Ident) -> String {
+pub(super) fn fold_ident(i: &Ident) -> String {
     fold(&i.value, i.quote_style)
 }
 
@@ -485,7 +500,7 @@ fn name_parts(name: &ObjectName) -> Option<Vec<&Ident>> {
 
 /// The guard of a table reference: schema and name when schema-qualified, else the first guard
 /// with that name.
-fn resolve(name: &ObjectName, guards: &GuardSet) -> Option<usize> {
+pub(super) fn resolve(name: &ObjectName, guards: &GuardSet) -> Option<usize> {
     let parts: Vec<String> = name_parts(name)?.into_iter().map(fold_ident).collect();
     match parts.as_slice() {
         [] => None,
@@ -727,12 +742,12 @@ fn decide(
 }
 
 /// The target of a write as the client named it, for matching column qualifiers.
-struct TargetName {
+pub(super) struct TargetName {
     /// Folded alias.
-    alias: Option<String>,
+    pub(super) alias: Option<String>,
     /// Folded table name (last part) and the guard's schema.
-    name: String,
-    schema: String,
+    pub(super) name: String,
+    pub(super) schema: String,
 }
 
 impl TargetName {
@@ -813,7 +828,7 @@ fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
 }
 
 /// The key and pinned version a WHERE clause fixes with `column = value` conjuncts.
-fn key_and_pin(
+pub(super) fn key_and_pin(
     selection: Option<&Expr>,
     target: &TargetName,
     key: &[String],

@@ -8,6 +8,7 @@
 //!   from the parser.
 //! - [`analyze`]: sqlparser's AST decides; tokenizer positions locate the clauses to splice.
 //! - [`rewrite`]: renders a guarded write with its version predicate, bump and `RETURNING`.
+//! - [`reads`]: which row a `SELECT` pins, for versions read without their key.
 //! - [`cache`]: the analysis of each statement text, computed once.
 //! - [`values`]: canonical text of key and version values from text or binary wire formats.
 //! - [`track`]: the versions one session has seen, bounded (LRU).
@@ -17,6 +18,7 @@ pub mod analyze;
 pub mod cache;
 pub mod conflict;
 pub mod prefilter;
+pub mod reads;
 pub mod rewrite;
 pub mod track;
 pub mod values;
@@ -68,6 +70,19 @@ pub struct Analysis {
     /// Top-level statements in text order. A text with no statement (empty, comments only)
     /// has none.
     pub statements: Vec<Statement>,
+    /// A lone `SELECT` that pins one row of a guarded table (see [`reads`]).
+    pub read: Option<PinnedRead>,
+}
+
+/// A read of one row of a guarded table: `SELECT ... FROM t WHERE key = value`. Its result
+/// tells the version of that row even when it does not list the key columns, and a read of
+/// the row that shows no version means the session no longer knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedRead {
+    /// Index of the guard in [`GuardSet::guards`].
+    pub guard: usize,
+    /// One value per key column, in the guard's key order.
+    pub key: Vec<ValueRef>,
 }
 
 impl Analysis {

@@ -15,13 +15,14 @@ use bytes::BytesMut;
 use super::super::replies::Pending;
 use super::super::session::Session;
 use super::Tag;
+use super::pinned::{ReadCheck, param_text};
 use super::raise::RaiseCtx;
-use super::reads::{ReadPlan, canonical, result_format_codes};
+use super::reads::{Col, ReadPlan, canonical, result_format_codes};
 use super::simple::{Plan, WriteCheck};
 use crate::admin::Outcome;
 use crate::guard::conflict::{self, Refusal};
 use crate::guard::rewrite::Expected;
-use crate::guard::{Action, GuardSet, GuardedWrite, Target, ValueRef, WriteOp};
+use crate::guard::{Action, GuardSet, GuardedWrite, PinnedRead, Target, ValueRef, WriteOp};
 use crate::protocol::{backend as be, frontend as fe};
 
 /// What the guard knows of a prepared statement.
@@ -30,6 +31,9 @@ pub struct Prepared {
     pub write: Option<PreparedWrite>,
     /// The result columns of a statement that reads guarded rows (formats not yet bound).
     pub reads: Option<ReadPlan>,
+    /// A `SELECT` that pins one guarded row, and where its version column is.
+    pub pinned: Option<PinnedRead>,
+    pub pinned_version: Option<Col>,
 }
 
 /// A rewritten guarded write.
@@ -50,6 +54,7 @@ pub struct PreparedWrite {
 pub struct Portal {
     pub write: Option<WriteCheck>,
     pub reads: Option<ReadPlan>,
+    pub pinned: Option<ReadCheck>,
 }
 
 impl Tag {
@@ -78,6 +83,7 @@ impl Session {
             return Ok(false);
         };
         if !guards.prefilter.may_write_guarded(p.query) {
+            self.prepare_pinned_read(&p, &guards);
             return Ok(false);
         }
         self.guard.on_session_command(p.query);
@@ -121,6 +127,8 @@ impl Session {
                 fe::write_parse(&mut self.to_server, p.name, text.as_bytes(), &p.param_types);
                 self.replies.push(Pending::Parse(None));
                 let prepared = Prepared {
+                    pinned: None,
+                    pinned_version: None,
                     write: Some(PreparedWrite {
                         guards: guards.clone(),
                         added: w.added_columns(&guards),
@@ -158,10 +166,23 @@ impl Session {
             return Ok(false);
         };
         let Some(pw) = &prepared.write else {
-            if let Some(plan) = &prepared.reads {
+            let pinned = prepared.pinned.as_ref().and_then(|read| {
+                let guards = self.settings.guards.clone();
+                let mut check = self.read_check(&guards, read, Some((&b, &[])))?;
+                check.version = prepared
+                    .pinned_version
+                    .map(|c| c.with_format(&b.result_formats));
+                Some(check)
+            });
+            let reads = prepared
+                .reads
+                .as_ref()
+                .map(|plan| plan.with_formats(b.result_formats));
+            if reads.is_some() || pinned.is_some() {
                 let portal_info = Portal {
                     write: None,
-                    reads: Some(plan.with_formats(b.result_formats)),
+                    reads,
+                    pinned,
                 };
                 self.guard
                     .portals
@@ -171,25 +192,9 @@ impl Session {
         };
         let w = &pw.write;
         let rg = self.guard.resolved.get(w.guard);
-        let param = |i: u16, column_type: u32| -> Option<String> {
-            let idx = usize::from(i).checked_sub(1)?;
-            let raw = (*b.params.get(idx)?)?;
-            let declared = pw.param_types.get(idx).copied().unwrap_or(0);
-            let t = if declared != 0 { declared } else { column_type };
-            canonical(t, b.param_format(idx), raw)
-        };
+        let bound = Some((&b, pw.param_types.as_slice()));
         let key: Option<Vec<String>> = match &w.target {
-            Target::Key(vals) => vals
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    let t = rg.and_then(|r| r.key_types.get(i).copied()).unwrap_or(0);
-                    match v {
-                        ValueRef::Literal(s) => canonical(t, 0, s.as_bytes()),
-                        ValueRef::Param(n) => param(*n, t),
-                    }
-                })
-                .collect(),
+            Target::Key(vals) => self.key_text(w.guard, vals, bound),
             Target::Bulk => None,
         };
         let version_type = rg.map_or(0, |r| r.version_type);
@@ -197,7 +202,7 @@ impl Session {
             Some(ValueRef::Literal(v)) => {
                 canonical(version_type, 0, v.as_bytes()).or_else(|| Some(v.clone()))
             }
-            Some(ValueRef::Param(n)) => param(*n, version_type),
+            Some(ValueRef::Param(n)) => param_text(&b, &pw.param_types, *n, version_type),
             None => None,
         };
         let w = w.clone();
@@ -238,6 +243,7 @@ impl Session {
             Arc::new(Portal {
                 write: Some(bound),
                 reads: None,
+                pinned: None,
             }),
         );
         Ok(true)
@@ -343,6 +349,9 @@ impl Session {
                 if let Some(plan) = &portal.reads {
                     plan.observe(body, &mut self.guard.tracker);
                 }
+                if let Some(check) = &portal.pinned {
+                    check.observe(self, body);
+                }
                 Ok(false)
             }
             _ => Ok(false),
@@ -417,31 +426,73 @@ impl Session {
             }
             return true;
         }
-        if let Some(plan) = self.read_plan(body) {
-            if portal {
-                self.guard.portals.insert(
-                    name.into(),
-                    Arc::new(Portal {
-                        write: None,
-                        reads: Some(plan),
-                    }),
-                );
-            } else {
-                self.guard.statements.insert(
-                    name.into(),
-                    Arc::new(Prepared {
-                        write: None,
-                        reads: Some(plan),
-                    }),
-                );
+        let plan = self.read_plan(body);
+        let cols = || be::row_description(body).unwrap_or_default();
+        if portal {
+            let mut pinned = self.guard.portals.get(name).and_then(|p| p.pinned.clone());
+            if let Some(check) = pinned.as_mut() {
+                check.version = self.version_column(check.guard, &cols());
+            }
+            if plan.is_some() || pinned.is_some() {
+                let p = Portal {
+                    write: None,
+                    reads: plan,
+                    pinned,
+                };
+                self.guard.portals.insert(name.into(), Arc::new(p));
+            }
+        } else {
+            let pinned = self
+                .guard
+                .statements
+                .get(name)
+                .and_then(|p| p.pinned.clone());
+            let pinned_version = pinned
+                .as_ref()
+                .and_then(|read| self.version_column(read.guard, &cols()));
+            if plan.is_some() || pinned.is_some() {
+                let p = Prepared {
+                    write: None,
+                    reads: plan,
+                    pinned,
+                    pinned_version,
+                };
+                self.guard.statements.insert(name.into(), Arc::new(p));
             }
         }
         false
     }
 
+    /// Remembers a prepared `SELECT` that pins one guarded row.
+    fn prepare_pinned_read(&mut self, p: &fe::Parse<'_>, guards: &Arc<GuardSet>) {
+        if self.guard.resolved.is_empty() || !guards.prefilter.names_guarded(p.query) {
+            return;
+        }
+        let Ok(sql) = std::str::from_utf8(p.query) else {
+            return;
+        };
+        let analysis = self.guard.cache.get_or_analyze(sql, guards);
+        if let Some(read) = &analysis.read {
+            let prepared = Prepared {
+                write: None,
+                reads: None,
+                pinned: Some(read.clone()),
+                pinned_version: None,
+            };
+            self.guard
+                .statements
+                .insert(p.name.into(), Arc::new(prepared));
+        }
+    }
+
     /// The end of a tagged `Execute`: check the row count of a guarded write.
     fn on_execute_done(&mut self, tag: u8, msg: &[u8], portal: &Portal) -> Result<bool, String> {
         let Some(w) = &portal.write else {
+            if let Some(check) = &portal.pinned
+                && tag == be::COMMAND_COMPLETE
+            {
+                check.complete(self, &msg[5..]);
+            }
             return Ok(false);
         };
         let held = w.expected.is_some();

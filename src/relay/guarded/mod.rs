@@ -2,6 +2,7 @@
 //! replies on the way back.
 //!
 //! - [`reads`]: versions tracked from result rows (any `SELECT`, text or binary).
+//! - [`pinned`]: versions read by a `SELECT` that pins one row without selecting its key.
 //! - [`simple`]: a simple `Query` holding guarded writes runs as a script of steps, so that a
 //!   conflict stops the rest of the text exactly as a server error would.
 //! - [`extended`]: `Parse`/`Bind`/`Describe`/`Execute` of guarded statements (an extra
@@ -11,6 +12,7 @@
 //! With no guard configured none of this runs: every hook returns at its first test.
 
 mod extended;
+mod pinned;
 mod raise;
 mod reads;
 mod simple;
@@ -59,6 +61,8 @@ pub enum Tag {
     Describe { name: Box<[u8]>, portal: bool },
     /// `Execute` of a portal whose rows or row count the guard needs.
     Execute(Arc<Portal>),
+    /// A simple-Query `SELECT` that pins one guarded row.
+    Read(Box<pinned::ReadCheck>),
 }
 
 /// Who the session is, for conflict logs.
@@ -265,6 +269,11 @@ impl Session {
                 Tag::Step(_) => self.on_step_reply(tag, msg),
                 Tag::Raise(_) => self.on_raise_reply(tag, msg),
                 Tag::Final => Ok(tag != be::ERROR_RESPONSE),
+                Tag::Read(check) => {
+                    let check = check.clone();
+                    self.on_pinned_read_reply(tag, msg, check);
+                    Ok(false)
+                }
                 Tag::Describe { .. } | Tag::Execute(_) => Ok(false),
             },
             Pending::Simple(None) => {
@@ -311,7 +320,7 @@ impl Session {
                     self.resume_client()?;
                     Ok(true)
                 }
-                Tag::Describe { .. } | Tag::Execute(_) => Ok(false),
+                Tag::Read(_) | Tag::Describe { .. } | Tag::Execute(_) => Ok(false),
             },
             Pending::Simple(None) => {
                 self.guard.row_plan = None;
@@ -331,6 +340,24 @@ impl Session {
             if self.settings.config.track == crate::config::TrackScope::Transaction {
                 self.guard.tracker.clear();
             }
+        }
+    }
+
+    /// A reply to a simple-Query pinned read.
+    fn on_pinned_read_reply(&mut self, tag: u8, msg: &[u8], mut check: Box<pinned::ReadCheck>) {
+        let body = &msg[5..];
+        self.track_simple_rows(tag, msg);
+        match tag {
+            be::ROW_DESCRIPTION => {
+                let cols = be::row_description(body).unwrap_or_default();
+                check.version = self.version_column(check.guard, &cols);
+                if let Some(Pending::Simple(Some(t))) = self.replies.front_mut() {
+                    **t = Tag::Read(check);
+                }
+            }
+            be::DATA_ROW => check.observe(self, body),
+            be::COMMAND_COMPLETE => check.complete(self, body),
+            _ => {}
         }
     }
 

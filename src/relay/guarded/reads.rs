@@ -21,6 +21,19 @@ pub struct Col {
     pub format: i16,
 }
 
+impl Col {
+    /// The same column with the result format a `Bind` asked for (raw result-format section).
+    pub fn with_format(self, result_formats: &[u8]) -> Col {
+        let codes = result_format_codes(result_formats);
+        let format = match codes.len() {
+            0 => 0,
+            1 => codes[0],
+            _ => codes.get(self.index).copied().unwrap_or(0),
+        };
+        Col { format, ..self }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     /// The table's id in the tracker ([`crate::guard::GuardSet::table_ids`]).

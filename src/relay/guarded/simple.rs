@@ -97,7 +97,7 @@ impl Session {
         };
         let guards = self.settings.guards.clone();
         if !guards.prefilter.may_write_guarded(sql_bytes) {
-            return Ok(false);
+            return Ok(self.pinned_read_query(msg, sql_bytes, &guards));
         }
         let Ok(sql) = std::str::from_utf8(sql_bytes) else {
             let steps = VecDeque::from([self.not_utf8_step(sql_bytes)]);
@@ -228,22 +228,34 @@ impl Session {
         Plan::Send { expected, key }
     }
 
+    /// A `SELECT` that pins one guarded row: relayed as it is, its result followed.
+    fn pinned_read_query(&mut self, msg: &[u8], sql: &[u8], guards: &Arc<GuardSet>) -> bool {
+        if self.guard.resolved.is_empty() || !guards.prefilter.names_guarded(sql) {
+            return false;
+        }
+        let Ok(sql) = std::str::from_utf8(sql) else {
+            return false;
+        };
+        let analysis = self.guard.cache.get_or_analyze(sql, guards);
+        let Some(check) = analysis
+            .read
+            .as_ref()
+            .and_then(|read| self.read_check(guards, read, None))
+        else {
+            return false;
+        };
+        self.to_server.extend_from_slice(msg);
+        self.replies
+            .push(Pending::Simple(Some(Box::new(Tag::Read(Box::new(check))))));
+        true
+    }
+
     /// Canonical text of the literal key values of a write (None when one is a parameter).
     fn literal_key(&self, w: &GuardedWrite) -> Option<Vec<String>> {
-        let Target::Key(vals) = &w.target else {
-            return None;
-        };
-        let rg = self.guard.resolved.get(w.guard);
-        vals.iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                ValueRef::Literal(s) => {
-                    let t = rg.and_then(|r| r.key_types.get(i).copied()).unwrap_or(0);
-                    canonical(t, 0, s.as_bytes())
-                }
-                ValueRef::Param(_) => None,
-            })
-            .collect()
+        match &w.target {
+            Target::Key(vals) => self.key_text(w.guard, vals, None),
+            Target::Bulk => None,
+        }
     }
 
     fn simple_write_step(&mut self, sql: &str, w: &GuardedWrite) -> StepSpec {

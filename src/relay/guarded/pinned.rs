@@ -1,0 +1,119 @@
+//! Versions read without their key: `SELECT balance, version FROM account WHERE id = 7`.
+//!
+//! When a `SELECT` pins one row of a guarded table (see [`crate::guard::reads`]), the version
+//! column in its result is that row's version even if the key columns are not selected; and a
+//! read of the row that shows no version, or finds no row, leaves the session knowing nothing
+//! about it (it is forgotten), so an application that re-reads before retrying is never held
+//! to a version it has not seen.
+
+use super::super::session::Session;
+use super::reads::{Col, canonical};
+use crate::guard::{GuardSet, PinnedRead, ValueRef};
+use crate::protocol::backend::{self as be, Column};
+use crate::protocol::frontend::Bind;
+
+/// A pinned read in flight.
+#[derive(Debug, Clone)]
+pub struct ReadCheck {
+    /// The table's id in the tracker.
+    pub table: usize,
+    /// The guard's index in the session's current guards.
+    pub guard: usize,
+    pub key: Vec<String>,
+    /// The version column in the result, once known.
+    pub version: Option<Col>,
+}
+
+impl ReadCheck {
+    /// Records what one `DataRow` says.
+    pub fn observe(&self, session: &mut Session, row_body: &[u8]) {
+        let Some(col) = self.version else { return };
+        let Some(vals) = be::data_row(row_body) else {
+            return;
+        };
+        let version = vals
+            .get(col.index)
+            .copied()
+            .flatten()
+            .and_then(|raw| canonical(col.type_oid, col.format, raw));
+        let parts: Vec<&str> = self.key.iter().map(String::as_str).collect();
+        match version {
+            Some(v) => session.guard.tracker.observe(self.table, &parts, &v),
+            None => session.guard.tracker.forget(self.table, &parts),
+        }
+    }
+
+    /// The read is over: a row that was not found, or read without its version, is forgotten.
+    pub fn complete(&self, session: &mut Session, complete_body: &[u8]) {
+        let rows = be::tag_rows(be::command_tag(complete_body));
+        if self.version.is_none() || rows == Some(0) {
+            let parts: Vec<&str> = self.key.iter().map(String::as_str).collect();
+            session.guard.tracker.forget(self.table, &parts);
+        }
+    }
+}
+
+impl Session {
+    /// Canonical key text from literals and bound parameters (`None` when one is unknown).
+    pub(super) fn key_text(
+        &self,
+        guard: usize,
+        vals: &[ValueRef],
+        bind: Option<(&Bind<'_>, &[u32])>,
+    ) -> Option<Vec<String>> {
+        let rg = self.guard.resolved.get(guard);
+        vals.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let column_type = rg.and_then(|r| r.key_types.get(i).copied()).unwrap_or(0);
+                match v {
+                    ValueRef::Literal(s) => canonical(column_type, 0, s.as_bytes()),
+                    ValueRef::Param(n) => {
+                        let (b, declared) = bind?;
+                        param_text(b, declared, *n, column_type)
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// A pinned read, ready to follow (`None` when its key is not known).
+    pub(super) fn read_check(
+        &self,
+        guards: &GuardSet,
+        read: &PinnedRead,
+        bind: Option<(&Bind<'_>, &[u32])>,
+    ) -> Option<ReadCheck> {
+        Some(ReadCheck {
+            table: *guards.table_ids.get(read.guard)?,
+            guard: read.guard,
+            key: self.key_text(read.guard, &read.key, bind)?,
+            version: None,
+        })
+    }
+
+    /// The version column of guard `guard` in a result with these columns.
+    pub(super) fn version_column(&self, guard: usize, cols: &[Column<'_>]) -> Option<Col> {
+        let rg = self.guard.resolved.get(guard)?;
+        let index = cols
+            .iter()
+            .position(|c| c.table_oid == rg.table_oid && c.attnum == rg.version_attnum)?;
+        Some(Col {
+            index,
+            type_oid: cols[index].type_oid,
+            format: cols[index].format,
+        })
+    }
+}
+
+/// Canonical text of bound parameter `n` (1-based), typed by its declared type or else the
+/// column it is compared with.
+pub fn param_text(b: &Bind<'_>, declared: &[u32], n: u16, column_type: u32) -> Option<String> {
+    let idx = usize::from(n).checked_sub(1)?;
+    let raw = (*b.params.get(idx)?)?;
+    let t = match declared.get(idx).copied() {
+        Some(t) if t != 0 => t,
+        _ => column_type,
+    };
+    canonical(t, b.param_format(idx), raw)
+}
