@@ -1,0 +1,390 @@
+//! Faults and cancellation through the relay: CancelRequest reaching the right backend, an
+//! upstream that refuses connections or goes away mid-session and comes back, malformed and
+//! oversize client messages, a client that never logs in, and a client that vanishes inside
+//! a transaction (its backend must end and release its locks).
+
+#[path = "common/cluster.rs"]
+mod cluster;
+mod common;
+#[path = "common/wire.rs"]
+mod wire;
+
+use std::time::Duration;
+
+use cluster::Cluster;
+use common::*;
+use optlock::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::NoTls;
+use wire::Raw;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// Waits until `sql` (a boolean query on `client`) is true, polling.
+async fn wait_for(client: &tokio_postgres::Client, sql: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let ok: bool = client.query_one(sql, &[]).await.unwrap().get(0);
+        if ok {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still false after {PATIENCE:?}: {sql}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn cancel_request_reaches_the_right_backend() {
+    let db = TestDb::new("fault_cancel").await;
+    let proxy = Proxy::plain().await;
+    let direct = db.direct().await;
+    let a = proxy.client(&db.name).await;
+    let b = proxy.client(&db.name).await;
+    a.batch_execute("SET application_name = 'sleeper_a'")
+        .await
+        .unwrap();
+    b.batch_execute("SET application_name = 'sleeper_b'")
+        .await
+        .unwrap();
+    let token_a = a.cancel_token();
+    let token_b = b.cancel_token();
+    let qa = tokio::spawn(async move { a.simple_query("SELECT pg_sleep(30)").await.map(|_| a) });
+    let qb = tokio::spawn(async move { b.query("SELECT pg_sleep(30)", &[]).await.map(|_| b) });
+    let active = |name: &str| {
+        format!(
+            "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = '{name}' \
+             AND state = 'active' AND query LIKE '%pg_sleep%'"
+        )
+    };
+    wait_for(&direct, &active("sleeper_a")).await;
+    wait_for(&direct, &active("sleeper_b")).await;
+
+    token_a.cancel_query(NoTls).await.unwrap();
+    let e = tokio::time::timeout(PATIENCE, qa)
+        .await
+        .expect("cancelled query ends")
+        .unwrap()
+        .err()
+        .expect("cancelled query fails");
+    assert_eq!(code(&e), "57014");
+    // The other session's query was not touched.
+    let still: bool = direct
+        .query_one(&active("sleeper_b"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(still, "cancelling session a must not cancel session b");
+    token_b.cancel_query(NoTls).await.unwrap();
+    let e = tokio::time::timeout(PATIENCE, qb)
+        .await
+        .expect("cancelled query ends")
+        .unwrap()
+        .err()
+        .expect("cancelled query fails");
+    assert_eq!(code(&e), "57014");
+
+    // A cancelled session goes on working.
+    let c = proxy.client(&db.name).await;
+    let token = c.cancel_token();
+    let q = c.query_one("SELECT pg_sleep(30)", &[]);
+    let cancel = async {
+        wait_for(
+            &direct,
+            "SELECT count(*) = 1 FROM pg_stat_activity WHERE state = 'active' \
+             AND query = 'SELECT pg_sleep(30)' AND backend_type = 'client backend'",
+        )
+        .await;
+        token.cancel_query(NoTls).await.unwrap();
+    };
+    let (r, ()) = tokio::join!(q, cancel);
+    assert_eq!(code(&r.unwrap_err()), "57014");
+    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn refused_upstream_gives_a_clean_fatal_error() {
+    let port = closed_port();
+    let upstream = format!("127.0.0.1:{port}");
+    let proxy = Proxy::start(Config {
+        upstream: upstream.clone(),
+        ..Config::default()
+    })
+    .await;
+    for _ in 0..2 {
+        let e = tokio_postgres::connect(&proxy.conninfo("postgres"), NoTls)
+            .await
+            .err()
+            .expect("no upstream: login fails");
+        let db = e
+            .as_db_error()
+            .unwrap_or_else(|| panic!("not a server error: {e}"));
+        assert_eq!(db.severity(), "FATAL");
+        assert_eq!(db.code().code(), "08006");
+        assert!(
+            db.message().contains(&upstream),
+            "message names the upstream: {}",
+            db.message()
+        );
+    }
+    // psql reports it the same way (run off the runtime that serves the proxy).
+    let port = proxy.addr.port().to_string();
+    let (ok, _, err) = tokio::task::spawn_blocking(move || {
+        run(
+            "psql",
+            &[
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-c",
+                "SELECT 1",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(err.contains(&upstream), "{err}");
+    assert!(!proxy.task.is_finished(), "the proxy keeps running");
+}
+
+#[tokio::test]
+async fn upstream_restart_mid_session() {
+    let mut cluster = Cluster::start(&["host all all 127.0.0.1/32 trust"]);
+    let proxy = Proxy::start(Config {
+        upstream: cluster.addr(),
+        ..Config::default()
+    })
+    .await;
+    let idle = proxy.client("postgres").await;
+    let busy = proxy.client("postgres").await;
+    let one: i32 = idle.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    let sleeping = tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(30)").await });
+    let watcher = connect(&format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        cluster.port
+    ))
+    .await;
+    wait_for(
+        &watcher,
+        "SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'",
+    )
+    .await;
+    drop(watcher);
+
+    cluster.stop();
+    let r = tokio::time::timeout(PATIENCE, sleeping)
+        .await
+        .expect("the running query ends when the server stops")
+        .unwrap();
+    let e = r.err().expect("the running query fails");
+    assert!(
+        e.is_closed() || matches!(code(&e).as_str(), "57P01" | "08006"),
+        "unexpected error: {e:?}"
+    );
+    let e = tokio::time::timeout(PATIENCE, idle.simple_query("SELECT 1"))
+        .await
+        .expect("no hang")
+        .err()
+        .expect("the idle session lost its server");
+    assert!(
+        e.is_closed() || matches!(code(&e).as_str(), "57P01" | "08006"),
+        "unexpected error: {e:?}"
+    );
+    // While the server is down: a clean 08006.
+    let e = tokio_postgres::connect(&proxy.conninfo("postgres"), NoTls)
+        .await
+        .err()
+        .expect("server down: login fails");
+    assert_eq!(code(&e), "08006");
+
+    cluster.start_again();
+    let c = proxy.client("postgres").await;
+    let two: i32 = c.query_one("SELECT 1 + 1", &[]).await.unwrap().get(0);
+    assert_eq!(two, 2);
+}
+
+#[tokio::test]
+async fn malformed_message_length_is_a_protocol_violation() {
+    let db = TestDb::new("fault_malformed").await;
+    let proxy = Proxy::plain().await;
+    let bystander = proxy.client(&db.name).await;
+    let one: i32 = bystander.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+
+    let (mut raw, _) = Raw::login(&proxy.addr.to_string(), "postgres", &db.name).await;
+    raw.send(&wire::query(b"SELECT 1")).await;
+    let replies = raw.read_until(b'Z', 1).await;
+    assert!(replies.iter().any(|m| m.tag == b'D'));
+    raw.send(&[b'Q', 0, 0, 0, 2]).await;
+    let msgs = raw.read_to_end().await;
+    assert_eq!(msgs.len(), 1, "one FATAL, then EOF: {msgs:?}");
+    let e = &msgs[0];
+    assert_eq!(e.tag, b'E');
+    assert_eq!(e.field(b'S').as_deref(), Some("FATAL"));
+    assert_eq!(e.field(b'C').as_deref(), Some("08P01"));
+
+    let two: i32 = bystander.query_one("SELECT 2", &[]).await.unwrap().get(0);
+    assert_eq!(two, 2);
+    // Its server backend is gone too.
+    let direct = db.direct().await;
+    wait_for(
+        &direct,
+        "SELECT count(*) = 2 FROM pg_stat_activity WHERE datname = current_database()",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn oversize_message_is_refused() {
+    let db = TestDb::new("fault_oversize").await;
+    let proxy = Proxy::start(Config {
+        max_message_size: 1024,
+        ..Config::default()
+    })
+    .await;
+    let c = proxy.client(&db.name).await;
+    let small = format!("SELECT '{}'", "a".repeat(900));
+    assert_eq!(c.simple_query(&small).await.unwrap().len(), 3);
+    let big = format!("SELECT '{}'", "b".repeat(4096));
+    let e = c.simple_query(&big).await.unwrap_err();
+    let db_err = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {e:?}"));
+    assert_eq!(db_err.severity(), "FATAL");
+    assert_eq!(db_err.code().code(), "08P01");
+    assert!(
+        db_err.message().contains("max_message_size"),
+        "{}",
+        db_err.message()
+    );
+    assert!(c.simple_query("SELECT 1").await.is_err(), "session ended");
+    // Other sessions are fine.
+    let c2 = proxy.client(&db.name).await;
+    assert_eq!(c2.simple_query(&small).await.unwrap().len(), 3);
+}
+
+async fn expect_eof(s: &mut tokio::net::TcpStream) {
+    let mut buf = [0u8; 1024];
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
+            Err(_) => panic!("the proxy did not close a silent client"),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    // Whatever came before the end is at most an error message.
+    assert!(
+        got.is_empty() || got[0] == b'E',
+        "unexpected bytes: {got:?}"
+    );
+}
+
+#[tokio::test]
+async fn silent_clients_are_dropped_after_client_login_timeout() {
+    let proxy = Proxy::start(Config {
+        client_login_timeout: Duration::from_millis(500),
+        ..Config::default()
+    })
+    .await;
+    let addr = proxy.addr.to_string();
+    // Sends nothing at all.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Sends half a startup packet.
+    let mut partial = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    partial.write_all(&[0, 0, 0, 40, 0, 3]).await.unwrap();
+    // Asks for TLS, hears 'N', then says nothing.
+    let mut ssl = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    ssl.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    let mut n = [0u8; 1];
+    ssl.read_exact(&mut n).await.unwrap();
+    assert_eq!(&n, b"N");
+    expect_eof(&mut silent).await;
+    expect_eof(&mut partial).await;
+    expect_eof(&mut ssl).await;
+    // A real client still logs in.
+    let c = proxy.client("postgres").await;
+    assert_eq!(c.simple_query("SELECT 1").await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn vanished_client_releases_its_transaction() {
+    let db = TestDb::new("fault_vanish").await;
+    let proxy = Proxy::plain().await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute("CREATE TABLE t (id int primary key, v int); INSERT INTO t VALUES (1, 0)")
+        .await
+        .unwrap();
+    let (client, conn) = tokio_postgres::connect(&proxy.conninfo(&db.name), NoTls)
+        .await
+        .unwrap();
+    let conn_task = tokio::spawn(conn);
+    client
+        .batch_execute("BEGIN; UPDATE t SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let locked: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state = 'idle in transaction'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(locked, 1);
+    // The client disappears without a Terminate: its socket is simply closed.
+    conn_task.abort();
+    let _ = conn_task.await;
+    drop(client);
+
+    wait_for(
+        &direct,
+        "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid()",
+    )
+    .await;
+    direct
+        .batch_execute("SET lock_timeout = '10s'")
+        .await
+        .unwrap();
+    assert_eq!(
+        direct
+            .execute("UPDATE t SET v = 2 WHERE id = 1", &[])
+            .await
+            .unwrap(),
+        1
+    );
+    let v: i32 = direct
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 2, "the vanished client's update was rolled back");
+}
