@@ -40,10 +40,16 @@ impl Cluster {
     /// Like [`Cluster::start`], with extra postgresql.conf lines (e.g. `max_connections = 250`,
     /// `password_encryption = md5`).
     pub fn start_with(hba_lines: &[&str], conf_lines: &[&str]) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("optlock-cluster-")
-            .tempdir()
-            .expect("temp dir");
+        // Memory-backed when available: initdb and checkpoints on a slow disk dominate otherwise.
+        let shm = Path::new("/dev/shm");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("optlock-cluster-");
+        let dir = if shm.is_dir() {
+            builder.tempdir_in(shm)
+        } else {
+            builder.tempdir()
+        }
+        .expect("temp dir");
         let st = Command::new("chown")
             .args(["-R", "postgres:postgres"])
             .arg(dir.path())
