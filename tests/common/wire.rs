@@ -85,9 +85,14 @@ pub fn query(sql: &[u8]) -> Vec<u8> {
 }
 
 pub fn parse(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
+    parse_raw(name, sql.as_bytes(), types)
+}
+
+/// `Parse` of SQL bytes in the client's encoding.
+pub fn parse_raw(name: &str, sql: &[u8], types: &[u32]) -> Vec<u8> {
     let mut b = Vec::new();
     cstr(&mut b, name.as_bytes());
-    cstr(&mut b, sql.as_bytes());
+    cstr(&mut b, sql);
     b.extend_from_slice(&(types.len() as i16).to_be_bytes());
     for t in types {
         b.extend_from_slice(&t.to_be_bytes());
