@@ -388,3 +388,51 @@ async fn vanished_client_releases_its_transaction() {
         .get(0);
     assert_eq!(v, 2, "the vanished client's update was rolled back");
 }
+
+/// Sends `sql` and Terminate in one go and leaves at once, without reading any reply.
+async fn fire_and_forget(addr: &str, db: &str, sql: &str) {
+    let (mut raw, _) = Raw::login(addr, "postgres", db).await;
+    let mut bytes = wire::query(sql.as_bytes());
+    bytes.extend_from_slice(&wire::terminate());
+    raw.send(&bytes).await;
+    drop(raw);
+}
+
+#[tokio::test]
+async fn last_statement_of_a_departing_client_still_runs() {
+    let db = TestDb::new("fault_depart").await;
+    let proxy = Proxy::plain().await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute("CREATE TABLE t (id int primary key, payload text)")
+        .await
+        .unwrap();
+    let payload = "p".repeat(8 * 1024 * 1024);
+    // Directly, PostgreSQL reads the whole statement after the client left and runs it.
+    fire_and_forget(
+        &upstream(),
+        &db.name,
+        &format!("INSERT INTO t VALUES (1, '{payload}')"),
+    )
+    .await;
+    fire_and_forget(
+        &proxy.addr.to_string(),
+        &db.name,
+        &format!("INSERT INTO t VALUES (2, '{payload}')"),
+    )
+    .await;
+    wait_for(
+        &direct,
+        "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid()",
+    )
+    .await;
+    let ids: Vec<i32> = direct
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![1, 2], "the relayed statement was lost");
+}
