@@ -436,3 +436,80 @@ async fn last_statement_of_a_departing_client_still_runs() {
         .collect();
     assert_eq!(ids, vec![1, 2], "the relayed statement was lost");
 }
+
+#[tokio::test]
+async fn shutdown_drains_open_transactions() {
+    let db = TestDb::new("fault_drain").await;
+    let proxy = Proxy::plain().await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute("CREATE TABLE t (id int primary key)")
+        .await
+        .unwrap();
+    let (mut idle, _) = Raw::login(&proxy.addr.to_string(), "postgres", &db.name).await;
+    let in_tx = proxy.client(&db.name).await;
+    in_tx
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let busy = proxy.client(&db.name).await;
+    busy.batch_execute("SET application_name = 'busy'")
+        .await
+        .unwrap();
+    let running = tokio::spawn(async move {
+        let r = busy
+            .query_one("SELECT pg_sleep(1)::text || 'done'", &[])
+            .await;
+        (r.map(|row| row.get::<_, String>(0)), busy)
+    });
+    wait_for(
+        &direct,
+        "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = 'busy' \
+         AND state = 'active'",
+    )
+    .await;
+
+    proxy.shutdown();
+    // The idle session is closed at once with 57P01.
+    let msgs = idle.read_to_end().await;
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(msgs[0].field(b'C').as_deref(), Some("57P01"));
+    assert_eq!(msgs[0].field(b'S').as_deref(), Some("FATAL"));
+    // New clients are turned away.
+    assert!(
+        tokio_postgres::connect(&proxy.conninfo(&db.name), NoTls)
+            .await
+            .is_err()
+    );
+    // The running statement finishes and its answer is delivered.
+    let (r, busy) = tokio::time::timeout(PATIENCE, running)
+        .await
+        .expect("the running statement ends")
+        .unwrap();
+    assert_eq!(r.unwrap(), "done");
+    // The open transaction goes on to its end.
+    in_tx
+        .batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    in_tx.batch_execute("COMMIT").await.unwrap();
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    // Then both sessions are closed, and the proxy stops.
+    for c in [&in_tx, &busy] {
+        let e = tokio::time::timeout(PATIENCE, c.simple_query("SELECT 1"))
+            .await
+            .expect("no hang")
+            .expect_err("closed after draining");
+        assert!(e.is_closed() || code(&e) == "57P01", "{e:?}");
+    }
+    let task = proxy.task;
+    let stopped = tokio::time::timeout(PATIENCE, task)
+        .await
+        .expect("the proxy stops once drained");
+    stopped.unwrap().unwrap();
+}
