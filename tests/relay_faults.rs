@@ -58,7 +58,9 @@ async fn cancel_request_reaches_the_right_backend() {
     let token_a = a.cancel_token();
     let token_b = b.cancel_token();
     let qa = tokio::spawn(async move { a.simple_query("SELECT pg_sleep(30)").await.map(|_| a) });
-    let qb = tokio::spawn(async move { b.query("SELECT pg_sleep(30)", &[]).await.map(|_| b) });
+    // Prepared first, so the statement is active only while it executes.
+    let sleep_b = b.prepare("SELECT pg_sleep(30)").await.unwrap();
+    let qb = tokio::spawn(async move { b.query(&sleep_b, &[]).await.map(|_| b) });
     let active = |name: &str| {
         format!(
             "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = '{name}' \
@@ -95,7 +97,8 @@ async fn cancel_request_reaches_the_right_backend() {
     // A cancelled session goes on working.
     let c = proxy.client(&db.name).await;
     let token = c.cancel_token();
-    let q = c.query_one("SELECT pg_sleep(30)", &[]);
+    let sleep_c = c.prepare("SELECT pg_sleep(30)").await.unwrap();
+    let q = c.query_one(&sleep_c, &[]);
     let cancel = async {
         wait_for(
             &direct,
@@ -456,11 +459,20 @@ async fn shutdown_drains_open_transactions() {
     busy.batch_execute("SET application_name = 'busy'")
         .await
         .unwrap();
+    // One simple Query: an extended-protocol client would be idle between its Sync points.
     let running = tokio::spawn(async move {
         let r = busy
-            .query_one("SELECT pg_sleep(1)::text || 'done'", &[])
+            .simple_query("SELECT pg_sleep(1)::text || 'done'")
             .await;
-        (r.map(|row| row.get::<_, String>(0)), busy)
+        let value = r.map(|msgs| {
+            msgs.iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .unwrap_or_default()
+        });
+        (value, busy)
     });
     wait_for(
         &direct,
