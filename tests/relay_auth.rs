@@ -345,3 +345,128 @@ async fn scram_over_tls_to_the_proxy(cluster: &Cluster) {
     assert!(!ok);
     assert!(err.contains("password authentication failed"), "{err}");
 }
+
+/// Accepts any server certificate (the test's own self-signed one), still checking signatures.
+#[derive(Debug)]
+struct AcceptAnyCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// SSLRequest, 'S', then a TLS handshake: a raw protocol connection over TLS.
+async fn raw_tls(addr: &str) -> Raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A small receive window keeps the proxy's socket to this client small and full.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    let mut tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnyCert(provider)))
+        .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("TLS handshake with the proxy");
+    Raw::over(tls)
+}
+
+#[tokio::test]
+async fn large_results_to_a_slow_tls_reader_arrive_whole() {
+    use tokio::io::AsyncReadExt;
+    let db = TestDb::new("auth_tls_slow").await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(Config {
+        tls: Some(self_signed(dir.path())),
+        ..Config::default()
+    })
+    .await;
+    let mut raw = raw_tls(&proxy.addr.to_string()).await;
+    raw.send(&wire::startup(&[
+        ("user", "postgres"),
+        ("database", &db.name),
+    ]))
+    .await;
+    raw.read_until(b'Z', 1).await;
+    // Replies larger than the socket to the client, read at a steady pace slower than the
+    // proxy sends: the socket stays full, and the end of each reply is written while it is.
+    for round in 0..10 {
+        raw.send(&wire::query(
+            b"SELECT repeat('x', 1000) FROM generate_series(1, 300)",
+        ))
+        .await;
+        let mut got: Vec<u8> = Vec::with_capacity(400_000);
+        let mut chunk = vec![0u8; 4 * 1024];
+        let ready = [b'Z', 0, 0, 0, 5, b'I'];
+        while !got.ends_with(&ready) {
+            let n = tokio::time::timeout(Duration::from_secs(10), raw.stream.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "round {round}: the reply stalled after {} bytes; it ends with {:?}",
+                        got.len(),
+                        &got[got.len().saturating_sub(16)..]
+                    )
+                })
+                .unwrap();
+            assert!(n > 0, "EOF after {} bytes", got.len());
+            got.extend_from_slice(&chunk[..n]);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(got.len() > 300_000);
+    }
+}

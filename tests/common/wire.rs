@@ -197,9 +197,13 @@ pub fn function_call(oid: u32, args: &[&[u8]]) -> Vec<u8> {
     message(b'F', &b)
 }
 
+/// A byte stream a raw connection runs over: plain TCP or TLS.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
 /// A raw protocol connection.
 pub struct Raw {
-    pub stream: TcpStream,
+    pub stream: Box<dyn Io>,
     buf: Vec<u8>,
 }
 
@@ -209,8 +213,13 @@ impl Raw {
             .await
             .expect("connect timed out")
             .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        Raw::over(stream)
+    }
+
+    /// A raw connection over an established stream (e.g. TLS).
+    pub fn over(stream: impl Io + 'static) -> Raw {
         Raw {
-            stream,
+            stream: Box::new(stream),
             buf: Vec::new(),
         }
     }
