@@ -1,6 +1,7 @@
 //! Real clients through the relay: pgbench (initialisation with COPY, then select-only runs in
-//! simple, extended and prepared mode, and a read-write run), psql's `\copy` both ways and its
-//! report of a session ended by the server, and 200 concurrent tokio-postgres sessions.
+//! simple, extended and prepared mode, a read-write run and pipeline mode), psql's `\copy`
+//! both ways, its cancel on SIGINT and its report of a session ended by the server, pg_dump
+//! and a restore with psql, and 200 concurrent tokio-postgres sessions.
 
 #[path = "common/cluster.rs"]
 mod cluster;
@@ -284,4 +285,133 @@ async fn two_hundred_concurrent_sessions() {
         .unwrap()
         .get(0);
     assert_eq!(total, 2 * SESSIONS as i64);
+}
+
+#[tokio::test]
+async fn pgbench_pipeline_mode() {
+    let db = TestDb::new("clients_pipeline").await;
+    let proxy = Proxy::plain().await;
+    db.direct()
+        .await
+        .batch_execute("CREATE TABLE p (id int primary key, n int); INSERT INTO p SELECT g, 0 FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("pipeline.sql");
+    let mut text = String::from("\\set id random(1, 100)\n\\startpipeline\n");
+    for _ in 0..20 {
+        text.push_str("SELECT n FROM p WHERE id = :id;\n");
+        text.push_str("UPDATE p SET n = n + 1 WHERE id = :id;\n");
+    }
+    text.push_str("\\endpipeline\n");
+    std::fs::write(&script, text).unwrap();
+    let to = target(proxy.addr.port(), &db.name);
+    for mode in ["extended", "prepared"] {
+        let (ok, out, err) = run_async(
+            "pgbench",
+            args(
+                &["-n", "-t", "50", "-c", "2", "-M", mode, "-f"],
+                &[script.display().to_string()],
+            )
+            .into_iter()
+            .chain(to.clone())
+            .collect(),
+        )
+        .await;
+        assert!(ok, "pgbench pipeline -M {mode}: {out}\n{err}");
+        assert!(out.contains("number of failed transactions: 0"), "{out}");
+    }
+    let total: i64 = db
+        .direct()
+        .await
+        .query_one("SELECT sum(n) FROM p", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 2 * 2 * 50 * 20);
+}
+
+#[tokio::test]
+async fn psql_cancels_on_interrupt() {
+    let db = TestDb::new("clients_cancel").await;
+    let proxy = Proxy::plain().await;
+    // psql gets SIGINT after a second and sends a CancelRequest through the proxy.
+    let mut a = vec![
+        "-s".to_string(),
+        "INT".to_string(),
+        "1".to_string(),
+        "psql".to_string(),
+        "-X".to_string(),
+        "-c".to_string(),
+        "SELECT pg_sleep(30)".to_string(),
+    ];
+    a.extend(target(proxy.addr.port(), &db.name));
+    let (ok, _, err) = run_async("timeout", a).await;
+    assert!(!ok);
+    assert!(
+        err.contains("canceling statement due to user request"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn pg_dump_and_restore_through_the_proxy() {
+    let source = TestDb::new("clients_dump_src").await;
+    let target_db = TestDb::new("clients_dump_dst").await;
+    let proxy = Proxy::plain().await;
+    source
+        .direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE a (id int primary key, t text, b bytea, j jsonb); \
+             INSERT INTO a SELECT g, 'row ' || g, decode(md5(g::text), 'hex'), \
+                 jsonb_build_object('g', g) FROM generate_series(1, 5000) g; \
+             CREATE VIEW v AS SELECT id FROM a WHERE id % 2 = 0; \
+             CREATE FUNCTION f(x int) RETURNS int LANGUAGE sql AS 'SELECT x + 1';",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("dump.sql");
+    let (ok, _, err) = run_async(
+        "pg_dump",
+        args(
+            &["-f", dump.to_str().unwrap()],
+            &target(proxy.addr.port(), &source.name),
+        ),
+    )
+    .await;
+    assert!(ok, "pg_dump: {err}");
+    let (ok, _, err) = run_async(
+        "psql",
+        args(
+            &[
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-f",
+                dump.to_str().unwrap(),
+            ],
+            &target(proxy.addr.port(), &target_db.name),
+        ),
+    )
+    .await;
+    assert!(ok, "restore: {err}");
+    let check = "SELECT md5(string_agg(a::text, ',' ORDER BY id)) || (SELECT count(*) FROM v) || f(1) FROM a";
+    let src: String = source
+        .direct()
+        .await
+        .query_one(check, &[])
+        .await
+        .unwrap()
+        .get(0);
+    let dst: String = target_db
+        .direct()
+        .await
+        .query_one(check, &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dst, src);
 }
