@@ -341,9 +341,20 @@ async fn copy_both_ways() {
         Until(b'Z', 1),
         Send(query(b"COPY c TO STDOUT (FORMAT binary)")),
         Until(b'Z', 1),
+        // An error after many (some streamed) CopyData messages.
+        Send(query(
+            b"COPY (SELECT repeat('z', 70000 * (g % 2)) || (1 / (300 - g)) \
+              FROM generate_series(1, 400) g) TO STDOUT",
+        )),
+        Until(b'Z', 1),
+        // And after large streamed DataRows.
+        Send(query(
+            b"SELECT repeat('r', 100000) || (1 / (5 - g)) FROM generate_series(1, 9) g",
+        )),
+        Until(b'Z', 1),
     ];
     let replies = differential(&db, &proxy, &script, false).await;
-    assert_eq!(codes(&replies), vec!["22P02", "57014"]);
+    assert_eq!(codes(&replies), vec!["22P02", "57014", "22012", "22012"]);
     let last_copy: Vec<&Msg> = replies.iter().filter(|m| m.tag == b'd').collect();
     assert!(last_copy.iter().any(|m| m.body() == b"8\t5\n"));
     assert!(last_copy.iter().any(|m| m.body() == b"1\t200000\n"));
