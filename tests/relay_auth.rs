@@ -297,6 +297,30 @@ async fn tls_to_the_proxy() {
     assert_eq!(len, "100000");
     assert_eq!(ys.len(), 3_000_000);
     assert!(ys.bytes().all(|b| b == b'y'));
+    // psql's cancel on SIGINT (a plain CancelRequest) reaches a TLS session's backend.
+    let conninfo = format!("{base} sslmode=require");
+    let (ok, _, err) = tokio::task::spawn_blocking(move || {
+        run(
+            "timeout",
+            &[
+                "-s",
+                "INT",
+                "1",
+                "psql",
+                "-X",
+                &conninfo,
+                "-c",
+                "SELECT pg_sleep(30)",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(
+        err.contains("canceling statement due to user request"),
+        "{err}"
+    );
     // Plain connections are still served.
     let (ok, out, err) = psql_conn(format!("{base} sslmode=disable"), "\\conninfo").await;
     assert!(ok, "sslmode=disable: {err}");

@@ -573,3 +573,35 @@ async fn replies_after_the_client_half_closes() {
     assert_eq!(direct.last().map(|m| m.tag), Some(b'Z'));
     assert_eq!(relayed, direct);
 }
+
+#[tokio::test]
+async fn messages_trickling_in_one_byte_at_a_time() {
+    let (db, proxy) = setup("diff_trickle").await;
+    let mut bytes = startup(&[("user", "postgres"), ("database", &db.name)]);
+    bytes.extend(query(b"SELECT name FROM items WHERE id < 4 ORDER BY id"));
+    bytes.extend(parse("t", "SELECT $1::int * 3", &[]));
+    bytes.extend(bind("", "t", &[Some(b"14")], &[]));
+    bytes.extend(execute("", 0));
+    bytes.extend(sync());
+    let mut replies = Vec::new();
+    for addr in [upstream(), proxy.addr.to_string()] {
+        let mut raw = Raw::connect(&addr).await;
+        for b in &bytes {
+            raw.send(&[*b]).await;
+            tokio::task::yield_now().await;
+        }
+        let mut msgs = raw.read_until(b'Z', 3).await;
+        for m in &mut msgs {
+            if m.tag == b'K' {
+                m.bytes[5..].fill(0);
+            }
+        }
+        replies.push(msgs);
+    }
+    assert_eq!(replies[1], replies[0]);
+    assert!(
+        replies[0]
+            .iter()
+            .any(|m| m.tag == b'D' && m.body().ends_with(b"42"))
+    );
+}

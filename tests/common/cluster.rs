@@ -87,7 +87,8 @@ impl Cluster {
         conf.push_str(&format!(
             "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-             shared_buffers = 16MB\nmax_wal_senders = 0\nwal_level = minimal\n",
+             shared_buffers = 16MB\nmax_wal_senders = 0\nwal_level = minimal\n\
+             dynamic_shared_memory_type = mmap\n",
             dir.path().display()
         ));
         for l in conf_lines {
