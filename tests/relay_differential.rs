@@ -2,8 +2,11 @@
 //! through the proxy, and the two reply streams (from the start-up to the end of the
 //! connection) must be byte-identical, BackendKeyData contents aside. Scripts cover extended
 //! pipelines with errors, unnamed and named statements and portals, Describe, Close, Flush,
-//! multi-statement simple queries, empty queries, COPY both ways (large rows included),
-//! FunctionCall, a LATIN1 client encoding, large rows and a session ended by the server.
+//! multi-statement simple queries, empty queries, COPY both ways (large rows and mid-stream
+//! errors included), FunctionCall, a LATIN1 client encoding, large rows, thousands of messages
+//! in one write, bytes trickling in one at a time, protocol version negotiation, queries sent
+//! behind the startup packet, a refused startup, a session ended by the server and a client
+//! that half-closes its connection.
 
 mod common;
 #[path = "common/wire.rs"]
@@ -604,4 +607,24 @@ async fn messages_trickling_in_one_byte_at_a_time() {
             .iter()
             .any(|m| m.tag == b'D' && m.body().ends_with(b"42"))
     );
+}
+
+#[tokio::test]
+async fn thousands_of_pipelined_messages_in_one_write() {
+    let (db, proxy) = setup("diff_bulk").await;
+    let mut msgs = vec![parse("b", "SELECT $1::int + 1", &[23])];
+    for i in 0..3000 {
+        msgs.push(bind("", "b", &[Some(i.to_string().as_bytes())], &[1]));
+        msgs.push(execute("", 0));
+        if i % 1000 == 999 {
+            msgs.push(bind("", "b", &[Some(b"x")], &[]));
+            msgs.push(execute("", 0));
+            msgs.push(sync());
+        }
+    }
+    msgs.push(sync());
+    let script = [batch(&msgs), Until(b'Z', 4)];
+    let replies = differential(&db, &proxy, &script, false).await;
+    assert_eq!(codes(&replies), vec!["22P02"; 3]);
+    assert_eq!(replies.iter().filter(|m| m.tag == b'D').count(), 3000);
 }
