@@ -8,7 +8,7 @@
 //! the client's batch until its row count is known: 0 rows becomes a conflict raised by the
 //! server, and the server then skips the rest of the batch up to `Sync`, as for any error.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
 
@@ -25,15 +25,22 @@ use crate::guard::rewrite::Expected;
 use crate::guard::{Action, GuardSet, GuardedWrite, PinnedRead, Target, ValueRef, WriteOp};
 use crate::protocol::{backend as be, frontend as fe};
 
-/// What the guard knows of a prepared statement.
+/// What a `Describe` told of a result: the guarded rows it carries, and where a pinned read's
+/// version column is.
+#[derive(Debug, Clone, Default)]
+pub struct Described {
+    pub reads: Option<ReadPlan>,
+    pub version: Option<Col>,
+}
+
+/// What the guard knows of a prepared statement that writes or reads a guarded table.
 #[derive(Debug, Default)]
 pub struct Prepared {
     pub write: Option<PreparedWrite>,
-    /// The result columns of a statement that reads guarded rows (formats not yet bound).
-    pub reads: Option<ReadPlan>,
-    /// A `SELECT` that pins one guarded row, and where its version column is.
+    /// A `SELECT` that pins one guarded row.
     pub pinned: Option<PinnedRead>,
-    pub pinned_version: Option<Col>,
+    /// Set by the reply to a `Describe` of the statement (formats not bound yet).
+    pub described: OnceLock<Described>,
 }
 
 /// A rewritten guarded write.
@@ -50,11 +57,35 @@ pub struct PreparedWrite {
 }
 
 /// What the guard knows of a portal.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Portal {
     pub write: Option<WriteCheck>,
-    pub reads: Option<ReadPlan>,
+    /// The statement bound, for reads.
+    pub statement: Option<Arc<Prepared>>,
+    /// A pinned read with its key bound.
     pub pinned: Option<ReadCheck>,
+    /// The raw result-format section of the `Bind`.
+    pub result_formats: Box<[u8]>,
+    /// Set by the reply to a `Describe` of the portal (formats as bound).
+    pub described: OnceLock<Described>,
+    /// The statement's description with this portal's formats, made on first use.
+    bound: OnceLock<Described>,
+}
+
+impl Portal {
+    /// The result's description, from a `Describe` of the portal or of its statement. The
+    /// `Describe` reply may come after the `Execute` was sent (pipelining): this is read when
+    /// the rows arrive.
+    pub fn described(&self) -> Option<&Described> {
+        if let Some(d) = self.described.get() {
+            return Some(d);
+        }
+        let s = self.statement.as_ref()?.described.get()?;
+        Some(self.bound.get_or_init(|| Described {
+            reads: s.reads.as_ref().map(|p| p.with_formats(&self.result_formats)),
+            version: s.version.map(|c| c.with_format(&self.result_formats)),
+        }))
+    }
 }
 
 impl Tag {
@@ -83,7 +114,7 @@ impl Session {
             return Ok(false);
         };
         if !guards.prefilter.may_write_guarded(p.query) {
-            self.prepare_pinned_read(&p, &guards);
+            self.prepare_read(&p, &guards);
             return Ok(false);
         }
         self.guard.on_session_command(p.query);
@@ -128,7 +159,7 @@ impl Session {
                 self.replies.push(Pending::Parse(None));
                 let prepared = Prepared {
                     pinned: None,
-                    pinned_version: None,
+                    described: OnceLock::new(),
                     write: Some(PreparedWrite {
                         guards: guards.clone(),
                         added: w.added_columns(&guards),
@@ -136,7 +167,6 @@ impl Session {
                         extra,
                         param_types: p.param_types.clone(),
                     }),
-                    reads: None,
                 };
                 self.guard
                     .statements
@@ -166,28 +196,20 @@ impl Session {
             return Ok(false);
         };
         let Some(pw) = &prepared.write else {
-            let pinned = prepared.pinned.as_ref().and_then(|read| {
-                let guards = self.settings.guards.clone();
-                let mut check = self.read_check(&guards, read, Some((&b, &[])))?;
-                check.version = prepared
-                    .pinned_version
-                    .map(|c| c.with_format(&b.result_formats));
-                Some(check)
-            });
-            let reads = prepared
-                .reads
+            let guards = self.settings.guards.clone();
+            let pinned = prepared
+                .pinned
                 .as_ref()
-                .map(|plan| plan.with_formats(b.result_formats));
-            if reads.is_some() || pinned.is_some() {
-                let portal_info = Portal {
-                    write: None,
-                    reads,
-                    pinned,
-                };
-                self.guard
-                    .portals
-                    .insert(portal.into(), Arc::new(portal_info));
-            }
+                .and_then(|read| self.read_check(&guards, read, Some((&b, &[]))));
+            let portal_info = Portal {
+                statement: Some(prepared.clone()),
+                pinned,
+                result_formats: b.result_formats.into(),
+                ..Portal::default()
+            };
+            self.guard
+                .portals
+                .insert(portal.into(), Arc::new(portal_info));
             return Ok(false);
         };
         let w = &pw.write;
@@ -242,8 +264,8 @@ impl Session {
             portal.into(),
             Arc::new(Portal {
                 write: Some(bound),
-                reads: None,
-                pinned: None,
+                result_formats: b.result_formats.into(),
+                ..Portal::default()
             }),
         );
         Ok(true)
@@ -255,19 +277,12 @@ impl Session {
             return None;
         }
         let (kind, name) = fe::target(body)?;
-        let portal = kind == b'P';
-        let known = if portal {
-            self.guard.portals.contains_key(name)
+        let tag = if kind == b'P' {
+            Tag::DescribePortal(self.guard.portals.get(name)?.clone())
         } else {
-            self.guard.statements.contains_key(name)
+            Tag::DescribeStatement(self.guard.statements.get(name)?.clone())
         };
-        if !known && self.guard.resolved.is_empty() {
-            return None;
-        }
-        Some(Box::new(Tag::Describe {
-            name: name.into(),
-            portal,
-        }))
+        Some(Box::new(tag))
     }
 
     /// An `Execute`: tagged when the portal's rows or row count matter to the guard.
@@ -302,15 +317,10 @@ impl Session {
         let body = &msg[5..];
         match (self.replies.front(), tag) {
             (Some(Pending::DescribeStatement(Some(t))), be::PARAMETER_DESCRIPTION) => {
-                let Tag::Describe { name, .. } = t.as_ref() else {
+                let Tag::DescribeStatement(prepared) = t.as_ref() else {
                     return Ok(false);
                 };
-                let extra = self
-                    .guard
-                    .statements
-                    .get(name)
-                    .and_then(|p| p.write.as_ref())
-                    .and_then(|w| w.extra);
+                let extra = prepared.write.as_ref().and_then(|w| w.extra);
                 match extra {
                     Some(n) => {
                         be::write_parameter_description(
@@ -346,11 +356,14 @@ impl Session {
                     }
                     return Ok(true);
                 }
-                if let Some(plan) = &portal.reads {
+                let Some(described) = portal.described() else {
+                    return Ok(false);
+                };
+                if let Some(plan) = &described.reads {
                     plan.observe(body, &mut self.guard.tracker);
                 }
                 if let Some(check) = &portal.pinned {
-                    check.observe(self, body);
+                    check.observe(self, body, described.version);
                 }
                 Ok(false)
             }
@@ -374,7 +387,8 @@ impl Session {
         };
         match *t {
             Tag::Hidden => Ok(tag != be::ERROR_RESPONSE),
-            Tag::Describe { name, portal } => Ok(self.on_describe_rows(tag, body, &name, portal)),
+            Tag::DescribeStatement(prepared) => Ok(self.on_describe_statement(tag, body, &prepared)),
+            Tag::DescribePortal(portal) => Ok(self.on_describe_portal(tag, body, &portal)),
             Tag::Execute(portal) => self.on_execute_done(tag, msg, &portal),
             Tag::Raise(ctx) => {
                 if tag == be::ERROR_RESPONSE {
@@ -391,98 +405,77 @@ impl Session {
         }
     }
 
-    /// `RowDescription`/`NoData` answering a tagged `Describe`.
-    fn on_describe_rows(&mut self, tag: u8, body: &[u8], name: &[u8], portal: bool) -> bool {
+    /// `RowDescription`/`NoData` answering a `Describe` of a statement the guard follows.
+    fn on_describe_statement(&mut self, tag: u8, body: &[u8], prepared: &Prepared) -> bool {
         if tag != be::ROW_DESCRIPTION {
             return false;
         }
-        let write = if portal {
-            self.guard
-                .portals
-                .get(name)
-                .and_then(|p| p.write.as_ref())
-                .map(|w| (w.added, w.client_returning))
-        } else {
-            self.guard
-                .statements
-                .get(name)
-                .and_then(|p| p.write.as_ref())
-                .map(|w| (w.added, w.write.client_returning))
-        };
-        if let Some((added, client_returning)) = write {
-            if added == 0 {
-                return false;
-            }
-            if client_returning {
-                let n = be::row_description(body).map_or(0, |c| c.len());
-                be::write_truncated(
-                    &mut self.to_client,
-                    be::ROW_DESCRIPTION,
-                    body,
-                    n - added.min(n),
-                );
-            } else {
-                be::write_simple(&mut self.to_client, be::NO_DATA);
-            }
-            return true;
+        if let Some(w) = &prepared.write {
+            return self.hide_added_columns(body, w.added, w.write.client_returning);
         }
-        let plan = self.read_plan(body);
-        let cols = || be::row_description(body).unwrap_or_default();
-        if portal {
-            let mut pinned = self.guard.portals.get(name).and_then(|p| p.pinned.clone());
-            if let Some(check) = pinned.as_mut() {
-                check.version = self.version_column(check.guard, &cols());
-            }
-            if plan.is_some() || pinned.is_some() {
-                let p = Portal {
-                    write: None,
-                    reads: plan,
-                    pinned,
-                };
-                self.guard.portals.insert(name.into(), Arc::new(p));
-            }
-        } else {
-            let pinned = self
-                .guard
-                .statements
-                .get(name)
-                .and_then(|p| p.pinned.clone());
-            let pinned_version = pinned
-                .as_ref()
-                .and_then(|read| self.version_column(read.guard, &cols()));
-            if plan.is_some() || pinned.is_some() {
-                let p = Prepared {
-                    write: None,
-                    reads: plan,
-                    pinned,
-                    pinned_version,
-                };
-                self.guard.statements.insert(name.into(), Arc::new(p));
-            }
-        }
+        let pinned_guard = prepared.pinned.as_ref().map(|r| r.guard);
+        let _ = prepared.described.set(self.describe(body, pinned_guard));
         false
     }
 
-    /// Remembers a prepared `SELECT` that pins one guarded row.
-    fn prepare_pinned_read(&mut self, p: &fe::Parse<'_>, guards: &Arc<GuardSet>) {
+    /// `RowDescription`/`NoData` answering a `Describe` of a portal the guard follows.
+    fn on_describe_portal(&mut self, tag: u8, body: &[u8], portal: &Portal) -> bool {
+        if tag != be::ROW_DESCRIPTION {
+            return false;
+        }
+        if let Some(w) = &portal.write {
+            return self.hide_added_columns(body, w.added, w.client_returning);
+        }
+        let pinned_guard = portal.pinned.as_ref().map(|r| r.guard);
+        let _ = portal.described.set(self.describe(body, pinned_guard));
+        false
+    }
+
+    /// What a `RowDescription` body tells the guard.
+    fn describe(&self, body: &[u8], pinned_guard: Option<usize>) -> Described {
+        Described {
+            reads: self.read_plan(body),
+            version: pinned_guard.and_then(|g| {
+                self.version_column(g, &be::row_description(body).unwrap_or_default())
+            }),
+        }
+    }
+
+    /// The client sees the row description of its own statement: without the proxy's
+    /// `RETURNING` columns, or `NoData` when it had none. Returns true when it was changed.
+    fn hide_added_columns(&mut self, body: &[u8], added: usize, client_returning: bool) -> bool {
+        if added == 0 {
+            return false;
+        }
+        if client_returning {
+            let n = be::row_description(body).map_or(0, |c| c.len());
+            be::write_truncated(
+                &mut self.to_client,
+                be::ROW_DESCRIPTION,
+                body,
+                n - added.min(n),
+            );
+        } else {
+            be::write_simple(&mut self.to_client, be::NO_DATA);
+        }
+        true
+    }
+
+    /// Remembers a prepared statement that reads a guarded table, so its rows can be followed.
+    fn prepare_read(&mut self, p: &fe::Parse<'_>, guards: &Arc<GuardSet>) {
         if self.guard.resolved.is_empty() || !guards.prefilter.names_guarded(p.query) {
             return;
         }
-        let Ok(sql) = std::str::from_utf8(p.query) else {
-            return;
+        let pinned = std::str::from_utf8(p.query)
+            .ok()
+            .and_then(|sql| self.guard.cache.get_or_analyze(sql, guards).read.clone());
+        let prepared = Prepared {
+            pinned,
+            ..Prepared::default()
         };
-        let analysis = self.guard.cache.get_or_analyze(sql, guards);
-        if let Some(read) = &analysis.read {
-            let prepared = Prepared {
-                write: None,
-                reads: None,
-                pinned: Some(read.clone()),
-                pinned_version: None,
-            };
-            self.guard
-                .statements
-                .insert(p.name.into(), Arc::new(prepared));
-        }
+        self.guard
+            .statements
+            .insert(p.name.into(), Arc::new(prepared));
     }
 
     /// The end of a tagged `Execute`: check the row count of a guarded write.
@@ -491,7 +484,8 @@ impl Session {
             if let Some(check) = &portal.pinned
                 && tag == be::COMMAND_COMPLETE
             {
-                check.complete(self, &msg[5..]);
+                let version = portal.described().and_then(|d| d.version);
+                check.complete(self, &msg[5..], version.is_some());
             }
             return Ok(false);
         };

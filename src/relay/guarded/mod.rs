@@ -57,8 +57,10 @@ pub enum Tag {
     /// The hidden `COMMIT`/`ROLLBACK` ending a wrapped script: its error and `ReadyForQuery`
     /// go to the client.
     Final,
-    /// `Describe` of a statement or portal that the guard rewrote or reads from.
-    Describe { name: Box<[u8]>, portal: bool },
+    /// `Describe` of a statement the guard rewrote or reads from.
+    DescribeStatement(Arc<Prepared>),
+    /// `Describe` of a portal the guard rewrote or reads from.
+    DescribePortal(Arc<Portal>),
     /// `Execute` of a portal whose rows or row count the guard needs.
     Execute(Arc<Portal>),
     /// A simple-Query `SELECT` that pins one guarded row.
@@ -274,7 +276,7 @@ impl Session {
                     self.on_pinned_read_reply(tag, msg, check);
                     Ok(false)
                 }
-                Tag::Describe { .. } | Tag::Execute(_) => Ok(false),
+                Tag::DescribeStatement(_) | Tag::DescribePortal(_) | Tag::Execute(_) => Ok(false),
             },
             Pending::Simple(None) => {
                 self.track_simple_rows(tag, msg);
@@ -320,7 +322,7 @@ impl Session {
                     self.resume_client()?;
                     Ok(true)
                 }
-                Tag::Read(_) | Tag::Describe { .. } | Tag::Execute(_) => Ok(false),
+                Tag::Read(_) | Tag::DescribeStatement(_) | Tag::DescribePortal(_) | Tag::Execute(_) => Ok(false),
             },
             Pending::Simple(None) => {
                 self.guard.row_plan = None;
@@ -355,8 +357,8 @@ impl Session {
                     **t = Tag::Read(check);
                 }
             }
-            be::DATA_ROW => check.observe(self, body),
-            be::COMMAND_COMPLETE => check.complete(self, body),
+            be::DATA_ROW => check.observe(self, body, check.version),
+            be::COMMAND_COMPLETE => check.complete(self, body, check.version.is_some()),
             _ => {}
         }
     }

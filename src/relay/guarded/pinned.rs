@@ -20,14 +20,15 @@ pub struct ReadCheck {
     /// The guard's index in the session's current guards.
     pub guard: usize,
     pub key: Vec<String>,
-    /// The version column in the result, once known.
+    /// The version column in the result, once known (simple protocol; the extended protocol
+    /// keeps it in the portal's description).
     pub version: Option<Col>,
 }
 
 impl ReadCheck {
-    /// Records what one `DataRow` says.
-    pub fn observe(&self, session: &mut Session, row_body: &[u8]) {
-        let Some(col) = self.version else { return };
+    /// Records what one `DataRow` says, given where the version column is.
+    pub fn observe(&self, session: &mut Session, row_body: &[u8], version: Option<Col>) {
+        let Some(col) = version else { return };
         let Some(vals) = be::data_row(row_body) else {
             return;
         };
@@ -44,9 +45,9 @@ impl ReadCheck {
     }
 
     /// The read is over: a row that was not found, or read without its version, is forgotten.
-    pub fn complete(&self, session: &mut Session, complete_body: &[u8]) {
+    pub fn complete(&self, session: &mut Session, complete_body: &[u8], version_known: bool) {
         let rows = be::tag_rows(be::command_tag(complete_body));
-        if self.version.is_none() || rows == Some(0) {
+        if !version_known || rows == Some(0) {
             let parts: Vec<&str> = self.key.iter().map(String::as_str).collect();
             session.guard.tracker.forget(self.table, &parts);
         }
