@@ -171,6 +171,19 @@ impl<'a> Lexed<'a> {
                 || matches!(self.token(p), Token::Comma)
             {
                 blank(&mut out[i - r.start]);
+                // `ONLY (name)`: the parentheses only group the name; sqlparser would read them
+                // as a nested join and miss the target.
+                if let Some(open) = self.next_sig(i + 1, r.end)
+                    && matches!(self.token(open), Token::LParen)
+                    && let Some(name) = self.next_sig(open + 1, r.end)
+                    && let Some(last) = self.name_end(name, r.end)
+                    && let Some(close) = self.next_sig(last + 1, r.end)
+                    && matches!(self.token(close), Token::RParen)
+                {
+                    blank(&mut out[open - r.start]);
+                    blank(&mut out[close - r.start]);
+                    continue;
+                }
                 // `ONLY name *`: the `*` is a legacy spelling of the default.
                 if let Some(name) = self.next_sig(i + 1, r.end)
                     && let Some(last) = self.name_end(name, r.end)
@@ -1306,6 +1319,8 @@ version = "xmin"
             "UPDATE \"public\".\"invoice\" SET total = 1 WHERE \"id\" = 42",
             "UPDATE ONLY invoice SET total = 1 WHERE id = 42",
             "UPDATE ONLY public.invoice SET total = 1 WHERE public.invoice.id = 42",
+            "UPDATE ONLY (invoice) SET total = 1 WHERE id = 42",
+            "UPDATE ONLY ( public.invoice ) AS i SET total = 1 WHERE i.id = 42",
             "UPDATE invoice * SET total = 1 WHERE id = 42",
             "UPDATE invoice AS i SET total = 1 WHERE i.id = 42",
             "UPDATE invoice i SET total = 1 WHERE i.id = 42",
@@ -1322,6 +1337,7 @@ version = "xmin"
         for sql in [
             "DELETE FROM invoice WHERE id = 42",
             "DELETE FROM ONLY public.invoice WHERE id = 42",
+            "DELETE FROM ONLY (invoice) WHERE id = 42",
             "delete from Invoice AS i where i.id = 42",
             "DELETE FROM invoice i USING customer c WHERE i.customer_id = c.id AND i.id = 42 RETURNING i.*",
         ] {
