@@ -711,3 +711,31 @@ async fn insert_copy_and_mentions_pass_untouched() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+#[tokio::test]
+async fn unicode_escaped_name_of_a_guarded_table_is_refused() {
+    let db = TestDb::new("sp_uescape").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(GUARDS).await;
+    let a = proxy.client(&db.name).await;
+    // U&"\0069nvoice" is `invoice`: PostgreSQL would run it; unguarded it must not.
+    let err = a
+        .simple_query(r#"UPDATE U&"\0069nvoice" SET total = 0 WHERE id = 1"#)
+        .await
+        .unwrap_err();
+    let e = err.as_db_error().unwrap();
+    assert_eq!(e.code().code(), "0A000", "{e:?}");
+    assert!(e.message().contains("public.invoice"), "{}", e.message());
+    let err = a
+        .execute(r#"DELETE FROM U&"\0069nvoice" WHERE id = $1"#, &[&1i32])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "0A000", "{err:?}");
+    assert_eq!(version(&db, "invoice", 1).await, Some(100));
+    // A unicode-escaped name of an unguarded table passes.
+    let r = a
+        .simple_query(r#"UPDATE U&"\006Fther" SET amount = 0 WHERE id = 101"#)
+        .await
+        .unwrap();
+    assert_eq!(rows_affected(&r), vec![1]);
+}
