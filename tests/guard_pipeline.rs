@@ -546,3 +546,62 @@ async fn reads_in_a_pipelined_describe_execute_are_tracked() {
         ]
     );
 }
+
+/// Bind with one result format per column of the client's `RETURNING` (as pgjdbc sends them):
+/// the proxy's own columns must not disturb them, and it still reads the new version.
+#[tokio::test]
+async fn per_column_result_formats_with_returning() {
+    let db = TestDb::new("pl_formats").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    raw.read_row(8).await;
+    // RETURNING id (binary int4), total (text).
+    let mut b = Vec::new();
+    cstr(&mut b, "");
+    cstr(&mut b, "");
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&2i16.to_be_bytes());
+    b.extend_from_slice(&1i16.to_be_bytes());
+    b.extend_from_slice(&0i16.to_be_bytes());
+    let batch = [
+        parse(
+            "",
+            "UPDATE invoice SET total = 5 WHERE id = 8 RETURNING id, total",
+        ),
+        frame(b'B', &b),
+        describe_portal(""),
+        execute(""),
+        sync(),
+    ]
+    .concat();
+    raw.send(&batch).await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![
+            Msg::ParseComplete,
+            Msg::BindComplete,
+            Msg::RowDescription(2),
+            Msg::DataRow(vec![
+                Some(String::from_utf8_lossy(&8i32.to_be_bytes()).into_owned()),
+                Some("5".into())
+            ]),
+            cc("UPDATE 1"),
+            Msg::Ready('I')
+        ]
+    );
+    // The session's own write was tracked: a later change by another session conflicts.
+    bump_directly(&db, 8).await;
+    raw.send(&[pbe("UPDATE invoice SET total = 6 WHERE id = 8"), sync()].concat())
+        .await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![
+            Msg::ParseComplete,
+            Msg::BindComplete,
+            conflict_msg(8),
+            Msg::Ready('I')
+        ]
+    );
+}
