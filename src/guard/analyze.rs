@@ -182,6 +182,19 @@ impl<'a> Lexed<'a> {
                 || matches!(self.token(p), Token::Comma)
             {
                 blank(&mut out[i - r.start]);
+                // `ONLY (name)`: the parentheses only group the name; sqlparser would read them
+                // as a nested join and miss the target.
+                if let Some(open) = self.next_sig(i + 1, r.end)
+                    && matches!(self.token(open), Token::LParen)
+                    && let Some(name) = self.next_sig(open + 1, r.end)
+                    && let Some(last) = self.name_end(name, r.end)
+                    && let Some(close) = self.next_sig(last + 1, r.end)
+                    && matches!(self.token(close), Token::RParen)
+                {
+                    blank(&mut out[open - r.start]);
+                    blank(&mut out[close - r.start]);
+                    continue;
+                }
                 // `ONLY name *`: the `*` is a legacy spelling of the default.
                 if let Some(name) = self.next_sig(i + 1, r.end)
                     && let Some(last) = self.name_end(name, r.end)
@@ -417,42 +430,11 @@ fn unparsed(lexed: &Lexed, r: &Range<usize>, guards: &GuardSet, tx_control: bool
             return Action::Pass { tx_control };
         }
     }
-    let mut table = None;
-    let mut writes = false;
-    let mut current_of = false;
-    for i in r.clone() {
-        let Token::Word(w) = lexed.token(i) else {
-            continue;
-        };
-        if table.is_none() {
-            let folded = fold(&w.value, w.quote_style);
-            table = guards.guards.iter().find(|g| g.table.name == folded);
-        }
-        if w.quote_style.is_some() {
-            continue;
-        }
-        if ["update", "delete", "merge", "insert"]
-            .iter()
-            .any(|k| w.value.eq_ignore_ascii_case(k))
-        {
-            // `FOR [NO KEY] UPDATE` locks rows, `ON UPDATE/DELETE` is a foreign-key action.
-            let locking = lexed
-                .prev_sig(i, r.start)
-                .is_some_and(|p| ["for", "key", "on"].iter().any(|k| lexed.is_word(p, k)));
-            writes |= !locking;
-        }
-        if lexed.is_word(i, "current")
-            && lexed
-                .next_sig(i + 1, r.end)
-                .is_some_and(|j| lexed.is_word(j, "of"))
-        {
-            current_of = true;
-        }
-    }
-    match table {
-        Some(g) if writes => Action::Refuse {
+    let scan = lexed.scan_writes(r.clone(), guards);
+    match scan.table {
+        Some(g) if scan.writes => Action::Refuse {
             table: g.table.clone(),
-            reason: if current_of {
+            reason: if scan.current_of {
                 format!(
                     "WHERE CURRENT OF cannot carry a version check; optlock refuses it on guarded table {}",
                     g.table
@@ -463,6 +445,113 @@ fn unparsed(lexed: &Lexed, r: &Range<usize>, guards: &GuardSet, tx_control: bool
         },
         _ => Action::Pass { tx_control },
     }
+}
+
+/// What the words of an unparsed statement say about guarded writes.
+struct Scan<'g> {
+    /// The first guarded table named.
+    table: Option<&'g crate::config::Guard>,
+    /// A write word (`UPDATE`, `DELETE`, `MERGE`, `INSERT`) that is not a row lock or a
+    /// foreign-key action.
+    writes: bool,
+    current_of: bool,
+}
+
+impl Lexed<'_> {
+    fn scan_writes<'g>(&self, r: Range<usize>, guards: &'g GuardSet) -> Scan<'g> {
+        let mut scan = Scan {
+            table: None,
+            writes: false,
+            current_of: false,
+        };
+        for i in r.clone() {
+            let Token::Word(w) = self.token(i) else {
+                continue;
+            };
+            if scan.table.is_none() {
+                let folded = match self.unicode_ident(i) {
+                    Some(decoded) => decoded,
+                    None => fold(&w.value, w.quote_style),
+                };
+                scan.table = guards.guards.iter().find(|g| g.table.name == folded);
+                // `U&"..." UESCAPE '?'`: escapes this scan does not decode may spell any name.
+                if scan.table.is_none() && self.is_word(i, "uescape") {
+                    scan.table = guards.guards.first();
+                }
+            }
+            if w.quote_style.is_some() {
+                continue;
+            }
+            if ["update", "delete", "merge", "insert"]
+                .iter()
+                .any(|k| w.value.eq_ignore_ascii_case(k))
+            {
+                // `FOR [NO KEY] UPDATE` locks rows, `ON UPDATE/DELETE` is a foreign-key action.
+                let locking = self
+                    .prev_sig(i, r.start)
+                    .is_some_and(|p| ["for", "key", "on"].iter().any(|k| self.is_word(p, k)));
+                scan.writes |= !locking;
+            }
+            if self.is_word(i, "current")
+                && self
+                    .next_sig(i + 1, r.end)
+                    .is_some_and(|j| self.is_word(j, "of"))
+            {
+                scan.current_of = true;
+            }
+        }
+        scan
+    }
+
+    /// The name a `U&"..."` identifier spells (the tokenizer splits it into `U`, `&` and a
+    /// quoted word), with the default `\` escapes decoded. `None` for any other token.
+    fn unicode_ident(&self, i: usize) -> Option<String> {
+        let Token::Word(w) = self.token(i) else {
+            return None;
+        };
+        w.quote_style?;
+        let amp = i.checked_sub(1)?;
+        let u = i.checked_sub(2)?;
+        if !matches!(self.token(amp), Token::Ampersand) || !self.is_word(u, "u") {
+            return None;
+        }
+        // No space between `U`, `&` and the quote.
+        if self.spans[u].end != self.spans[amp].start || self.spans[amp].end != self.spans[i].start
+        {
+            return None;
+        }
+        decode_unicode_escapes(&w.value)
+    }
+}
+
+/// `\XXXX`, `\+XXXXXX` and `\\` of a `U&` identifier; `None` when malformed.
+fn decode_unicode_escapes(s: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let digits = match chars.peek() {
+            Some('\\') => {
+                chars.next();
+                out.push('\\');
+                continue;
+            }
+            Some('+') => {
+                chars.next();
+                6
+            }
+            _ => 4,
+        };
+        let hex: String = (0..digits).filter_map(|_| chars.next()).collect();
+        if hex.len() != digits {
+            return None;
+        }
+        out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+    }
+    Some(out)
 }
 
 /// PostgreSQL's identifier folding: unquoted names fold to lower case (ASCII only).
@@ -1321,6 +1410,8 @@ version = "xmin"
             "UPDATE \"public\".\"invoice\" SET total = 1 WHERE \"id\" = 42",
             "UPDATE ONLY invoice SET total = 1 WHERE id = 42",
             "UPDATE ONLY public.invoice SET total = 1 WHERE public.invoice.id = 42",
+            "UPDATE ONLY (invoice) SET total = 1 WHERE id = 42",
+            "UPDATE ONLY ( public.invoice ) AS i SET total = 1 WHERE i.id = 42",
             "UPDATE invoice * SET total = 1 WHERE id = 42",
             "UPDATE invoice AS i SET total = 1 WHERE i.id = 42",
             "UPDATE invoice i SET total = 1 WHERE i.id = 42",
@@ -1337,6 +1428,7 @@ version = "xmin"
         for sql in [
             "DELETE FROM invoice WHERE id = 42",
             "DELETE FROM ONLY public.invoice WHERE id = 42",
+            "DELETE FROM ONLY (invoice) WHERE id = 42",
             "delete from Invoice AS i where i.id = 42",
             "DELETE FROM invoice i USING customer c WHERE i.customer_id = c.id AND i.id = 42 RETURNING i.*",
         ] {
@@ -1629,6 +1721,16 @@ version = "xmin"
             ]
         );
         assert!(a.passes_unchanged());
+    }
+
+    #[test]
+    fn unicode_escaped_names_are_refused_when_they_spell_a_guarded_table() {
+        let (t, reason) = refused("UPDATE U&\"\\0069nvoice\" SET total = 1 WHERE id = 1");
+        assert_eq!(t.to_string(), "public.invoice");
+        assert!(reason.contains("cannot parse"), "{reason}");
+        refused("DELETE FROM public.U&\"inv\\+00006Fice\" WHERE id = 1");
+        refused("UPDATE U&\"!0069nvoice\" UESCAPE '!' SET total = 1");
+        passes("UPDATE U&\"\\0063ustomer\" SET total = 1 WHERE id = 1");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! One Aho-Corasick automaton (ASCII case-insensitive) holds the bare name of every guarded
 //! table and the words that start a write (`update`, `delete`, `merge`, `insert`). A text that
 //! lacks either kind of match cannot write a guarded table and never reaches the parser. The
-//! scan is substring-based on purpose: a false positive only costs a parse, a false negative
+//! scan is substring-based on purpose (a `U&"` identifier counts as a name: its escapes may
+//! spell one): a false positive only costs a parse, a false negative
 //! would let a write through unguarded.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
@@ -36,6 +37,8 @@ impl Prefilter {
                 patterns.push(g.table.name.replace('"', "\"\""));
             }
         }
+        // A `U&"..."` identifier may spell any name with escapes: it counts as a name.
+        patterns.push("u&\"".to_string());
         let names = patterns.len();
         patterns.extend(WRITE_WORDS.iter().map(|w| w.to_string()));
         let automaton = AhoCorasickBuilder::new()
@@ -133,6 +136,14 @@ mod tests {
         assert!(!p.may_write_guarded(b"SELECT 1 FROM update_lo"));
         let p = Prefilter::new(&[guard("inv")]);
         assert!(p.may_write_guarded(b"DELETE FROM inv"));
+    }
+
+    #[test]
+    fn unicode_escaped_identifiers_count_as_names() {
+        let p = Prefilter::new(&[guard("invoice")]);
+        assert!(p.may_write_guarded(b"UPDATE U&\"\\0069nvoice\" SET a = 1"));
+        assert!(p.may_write_guarded(b"delete from u&\"x\""));
+        assert!(!p.may_write_guarded(b"SELECT U&\"x\""));
     }
 
     #[test]
