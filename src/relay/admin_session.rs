@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::guarded::Ident;
@@ -133,18 +134,43 @@ pub async fn serve(
     if stream.write_all(&out).await.is_err() {
         return;
     }
-    serve_commands(stream, &ctx, config.max_message_size).await;
+    serve_commands(
+        stream,
+        &ctx,
+        config.max_message_size,
+        shared.shutdown.clone(),
+    )
+    .await;
 }
 
-/// Answers simple queries until the client leaves; the extended protocol is refused politely.
-async fn serve_commands(mut stream: ClientStream, ctx: &AdminContext, max: usize) {
+/// Answers simple queries until the client leaves or the proxy shuts down (a console holds no
+/// transaction, so it is closed at once, like an idle session); the extended protocol is
+/// refused politely.
+async fn serve_commands(
+    mut stream: ClientStream,
+    ctx: &AdminContext,
+    max: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::with_capacity(4096);
     let mut failed_batch = false;
     loop {
-        match stream.read_buf(&mut buf).await {
-            Ok(n) if n > 0 => {}
-            _ => return,
+        tokio::select! {
+            r = stream.read_buf(&mut buf) => match r {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            },
+            _ = shutdown.changed() => {
+                info!("admin console closed for shutdown");
+                handshake::send_fatal(
+                    &mut stream,
+                    "57P01",
+                    "terminating connection: optlock is shutting down",
+                )
+                .await;
+                return;
+            }
         }
         loop {
             let h = match protocol::peek_header(&buf, max) {
