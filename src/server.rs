@@ -2,7 +2,8 @@
 //! SIGTERM/SIGINT.
 //!
 //! Draining stops accepting, lets every session finish its transaction (an idle session is
-//! closed at once with `57P01`), and after `shutdown_timeout` closes what is left.
+//! closed at once with `57P01`), and after `shutdown_timeout` closes what is left. `/metrics`
+//! answers until the drain is over.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
@@ -100,11 +101,13 @@ impl Server {
         let mut sessions = JoinSet::new();
         let mut shutdown_rx = shared.shutdown.clone();
         spawn_signal_handlers(shared.clone(), shutdown_tx.clone())?;
+        // `/metrics` stays up while draining (sessions_active shows the drain) and stops when
+        // `stop_metrics` is dropped, as `run` returns.
+        let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
         if let Some(l) = metrics_listener {
             info!(listen = %l.local_addr()?, "metrics at /metrics");
-            let mut stop = shared.shutdown.clone();
             tokio::spawn(serve_metrics(l, shared.admin.metrics.clone(), async move {
-                let _ = stop.changed().await;
+                let _ = metrics_stopped.await;
             }));
         }
         info!(
@@ -147,6 +150,7 @@ impl Server {
             );
             sessions.shutdown().await;
         }
+        drop(stop_metrics);
         info!("optlock stopped");
         Ok(())
     }

@@ -58,6 +58,25 @@ async fn open(conninfo: &str) -> Conn {
     Conn { client, ended }
 }
 
+/// The body of `GET /metrics`.
+async fn metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the metrics listener is up");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut raw))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
 /// Polls the console until `SHOW GUARDS` lists exactly `tables`.
 fn wait_for_guards(proc: &Running, tables: &[&str]) {
     let start = Instant::now();
@@ -189,7 +208,11 @@ async fn sighup_adds_the_first_guard_to_open_sessions() {
 async fn sigterm_drains_sessions_then_exits_zero() {
     let db = TestDb::new("drain").await;
     setup(&db).await;
-    let file = ConfigFile::new(&format!("{}{INVOICE}", base()));
+    let metrics_port = binary::free_port();
+    let file = ConfigFile::new(&format!(
+        "{}metrics_listen = \"127.0.0.1:{metrics_port}\"\n{INVOICE}",
+        base()
+    ));
     let mut proc = Running::serve(&file.path, &[]);
     proc.wait_ready();
     let idle = open(&proc.conninfo(&db.name)).await;
@@ -223,6 +246,17 @@ async fn sigterm_drains_sessions_then_exits_zero() {
         let err = end.expect_err("closed with an error");
         assert_eq!(err.code().map(|c| c.code()), Some("57P01"), "{err}");
         drop(late);
+    }
+
+    // /metrics still answers while draining, down to the one session left.
+    let start = Instant::now();
+    loop {
+        let body = metrics(metrics_port).await;
+        if body.lines().any(|l| l == "optlock_sessions_active 1") {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // The open transaction finishes its work and commits.
