@@ -260,6 +260,27 @@ async fn serve_check_url_refuses_a_wrong_guard_unless_ignored() {
     assert_eq!(out.trim(), "0");
     drop(started);
 
+    // A database that cannot be reached stops the start too, unless ignored.
+    let nowhere = format!(
+        "postgres://postgres@{}/optlock_no_such_database",
+        upstream()
+    );
+    let mut refused = Running::serve(&file.path, &["--check-url", &nowhere]);
+    let status = refused.wait_exit();
+    assert!(!status.success(), "{}", refused.stderr());
+    let log = refused.stderr();
+    assert!(log.contains("cannot reach the database"), "{log}");
+    assert!(log.contains("optlock_no_such_database"), "{log}");
+    assert!(log.contains("--ignore-check"), "{log}");
+    let mut started = Running::serve(&file.path, &["--check-url", &nowhere, "--ignore-check"]);
+    started.wait_ready();
+    assert!(
+        started.stderr().contains("start-up check skipped"),
+        "{}",
+        started.stderr()
+    );
+    drop(started);
+
     // A correct guard passes the start-up check.
     let good = ConfigFile::new(&format!("upstream = \"{}\"\n{GOOD}", upstream()));
     let mut checked = Running::serve(&good.path, &["--check-url", &url]);
