@@ -131,7 +131,11 @@ async fn reload_reaches_open_sessions(initial_guards: &str, prefix: &str) {
     let file = ConfigFile::new(&format!("{}{initial_guards}", base()));
     let mut proc = Running::serve(&file.path, &[]);
     proc.wait_ready();
-    let a = open(&proc.conninfo(&db.name)).await;
+    let a = open(&format!(
+        "{} application_name=till-a",
+        proc.conninfo(&db.name)
+    ))
+    .await;
     let b = open(&proc.conninfo(&db.name)).await;
     // Unguarded: the lost update goes through.
     read_change_write(&a.client, &b.client, 1).await.unwrap();
@@ -152,6 +156,24 @@ async fn reload_reaches_open_sessions(initial_guards: &str, prefix: &str) {
         read_change_write(&a.client, &b.client, 2).await,
         "read-then-write in a session opened before the reload",
     );
+
+    // The conflict is one log line saying what, where and who.
+    let log = proc.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("optimistic lock conflict"))
+        .unwrap_or_else(|| panic!("no conflict line:\n{log}"));
+    for part in [
+        "table=public.invoice",
+        "key=(id)=(2)",
+        "expected=0",
+        "found=1",
+        "client=127.0.0.1:",
+        "user=postgres",
+        "application_name=till-a",
+    ] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
 
     // A broken file: refused with file and line, the running guards stay.
     file.rewrite(&format!(
@@ -347,4 +369,35 @@ async fn sigterm_closes_a_transaction_left_open_after_shutdown_timeout() {
         assert!(start.elapsed() < PATIENCE, "the upstream backend stays");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn sighup_keeps_the_versions_sessions_read_before_it() {
+    let db = TestDb::new("hup_keep").await;
+    setup(&db).await;
+    let file = ConfigFile::new(&format!("{}{INVOICE}", base()));
+    let mut proc = Running::serve(&file.path, &[]);
+    proc.wait_ready();
+    let a = open(&proc.conninfo(&db.name)).await;
+    let b = open(&proc.conninfo(&db.name)).await;
+    // A loads the row (a form opened before the reload)...
+    a.client
+        .simple_query("SELECT id, version FROM invoice WHERE id = 1")
+        .await
+        .unwrap();
+    // ...the DBA reloads an unchanged file...
+    let mark = proc.stderr().len();
+    proc.signal("HUP");
+    proc.wait_for_log("reloaded", mark);
+    // ...B changes the row, and A's save must still conflict.
+    b.client
+        .simple_query("UPDATE invoice SET total = total + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_conflict(
+        a.client
+            .simple_query("UPDATE invoice SET total = 99 WHERE id = 1")
+            .await,
+        "a write whose read came before a reload of the same guards",
+    );
 }
