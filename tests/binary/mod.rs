@@ -73,6 +73,8 @@ pub struct Running {
     pub port: u16,
     stderr: Arc<Mutex<String>>,
     status: Option<ExitStatus>,
+    /// The config and extra arguments of a process started by [`Running::serve`].
+    serve_args: Option<(PathBuf, Vec<String>)>,
 }
 
 impl Running {
@@ -88,7 +90,12 @@ impl Running {
             &listen,
         ];
         args.extend_from_slice(extra);
-        Running::spawn(&args, port)
+        let mut running = Running::spawn(&args, port);
+        running.serve_args = Some((
+            config.to_path_buf(),
+            extra.iter().map(|a| a.to_string()).collect(),
+        ));
+        running
     }
 
     pub fn spawn(args: &[&str], port: u16) -> Running {
@@ -119,6 +126,7 @@ impl Running {
             port,
             stderr,
             status: None,
+            serve_args: None,
         }
     }
 
@@ -156,8 +164,37 @@ impl Running {
         }
     }
 
-    /// Waits until the proxy is serving.
+    /// Waits until the proxy is serving. When another process took the free port in the
+    /// meantime, starts again on a new one.
     pub fn wait_ready(&mut self) {
+        for _ in 0..5 {
+            let start = Instant::now();
+            loop {
+                if self.stderr().contains("optlock is ready") {
+                    return;
+                }
+                if self.try_status().is_some() {
+                    std::thread::sleep(Duration::from_millis(200));
+                    break;
+                }
+                assert!(
+                    start.elapsed() < PATIENCE,
+                    "optlock is not ready:\n{}",
+                    self.stderr()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let port_taken = self
+                .stderr()
+                .contains(&format!("cannot listen on 127.0.0.1:{}", self.port));
+            match &self.serve_args {
+                Some((config, extra)) if port_taken => {
+                    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                    *self = Running::serve(&config.clone(), &extra);
+                }
+                _ => break,
+            }
+        }
         self.wait_for_log("optlock is ready", 0);
     }
 
