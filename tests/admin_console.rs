@@ -619,3 +619,60 @@ async fn scram_login_is_checked_by_the_server_before_the_console_answers() {
         rows.len()
     );
 }
+
+/// Reads backend messages until `ReadyForQuery` number `readies`: (tag, body) each.
+async fn read_messages(sock: &mut tokio::net::TcpStream, readies: usize) -> Vec<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut seen = 0;
+    while seen < readies {
+        let tag = sock.read_u8().await.expect("a message");
+        let len = sock.read_i32().await.unwrap() as usize;
+        let mut body = vec![0; len - 4];
+        sock.read_exact(&mut body).await.unwrap();
+        if tag == b'Z' {
+            seen += 1;
+        }
+        let fatal = tag == b'E';
+        out.push((tag, body));
+        if fatal {
+            break;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_with_the_startup_packet_is_answered_by_the_console() {
+    use tokio::io::AsyncWriteExt;
+    let served = Served::start(INVOICE).await;
+    let mut sock = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+    let mut startup = Vec::new();
+    let params = b"user\0postgres\0database\0optlock\0application_name\0pipelined\0\0";
+    startup.extend_from_slice(&((8 + params.len()) as i32).to_be_bytes());
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    startup.extend_from_slice(params);
+    let sql = b"SHOW GUARDS\0";
+    startup.push(b'Q');
+    startup.extend_from_slice(&((4 + sql.len()) as i32).to_be_bytes());
+    startup.extend_from_slice(sql);
+    sock.write_all(&startup).await.unwrap();
+
+    let messages = tokio::time::timeout(PATIENCE, read_messages(&mut sock, 2))
+        .await
+        .expect("the console answers the pipelined command");
+    let tags: Vec<u8> = messages.iter().map(|m| m.0).collect();
+    assert_eq!(tags.first(), Some(&b'R'), "authentication first");
+    assert!(!tags.contains(&b'E'), "{messages:?}");
+    let after_login = tags.iter().position(|&t| t == b'Z').unwrap();
+    assert_eq!(
+        &tags[after_login..],
+        b"ZTDCZ",
+        "login, then the console's answer: {messages:?}"
+    );
+    let row = &messages[after_login + 2].1;
+    assert!(
+        String::from_utf8_lossy(row).contains("public.invoice"),
+        "{row:?}"
+    );
+}
