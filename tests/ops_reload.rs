@@ -158,6 +158,7 @@ async fn reload_reaches_open_sessions(initial_guards: &str, prefix: &str) {
     );
 
     // The conflict is one log line saying what, where and who.
+    proc.wait_for_log("optimistic lock conflict", 0);
     let log = proc.stderr();
     let line = log
         .lines()

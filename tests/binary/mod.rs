@@ -75,6 +75,8 @@ pub struct Running {
     status: Option<ExitStatus>,
     /// The config and extra arguments of a process started by [`Running::serve`].
     serve_args: Option<(PathBuf, Vec<String>)>,
+    /// The thread copying stderr; it ends once the process has exited and the pipe is drained.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -113,7 +115,7 @@ impl Running {
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 let mut s = sink.lock().unwrap();
@@ -127,6 +129,7 @@ impl Running {
             stderr,
             status: None,
             serve_args: None,
+            reader: Some(reader),
         }
     }
 
@@ -149,8 +152,6 @@ impl Running {
                 return;
             }
             if let Some(status) = self.try_status() {
-                // The reader thread may still be draining the pipe.
-                std::thread::sleep(Duration::from_millis(200));
                 let log = self.stderr();
                 if log.get(skip..).is_some_and(|l| l.contains(text)) {
                     return;
@@ -174,7 +175,6 @@ impl Running {
                     return;
                 }
                 if self.try_status().is_some() {
-                    std::thread::sleep(Duration::from_millis(200));
                     break;
                 }
                 assert!(
@@ -207,11 +207,17 @@ impl Running {
         assert!(ok, "kill -{name} {}", self.pid());
     }
 
+    /// The exit status once the process has exited; by then all of its stderr is collected.
     fn try_status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none()
             && let Some(c) = self.child.as_mut()
         {
             self.status = c.try_wait().expect("try_wait");
+        }
+        if self.status.is_some()
+            && let Some(r) = self.reader.take()
+        {
+            let _ = r.join();
         }
         self.status
     }
