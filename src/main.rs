@@ -43,10 +43,11 @@ enum Command {
         #[arg(long, env = "OPTLOCK_LOG", default_value = "info")]
         log: String,
         /// Database to check the guards against before serving, e.g.
-        /// `postgres://postgres@127.0.0.1:5432/shop`. Without it, the check is skipped.
+        /// `postgres://postgres@127.0.0.1:5432/shop`; a wrong guard, or a database that cannot
+        /// be reached, stops the start. Without it, the check is skipped.
         #[arg(long, env = "OPTLOCK_CHECK_URL")]
         check_url: Option<String>,
-        /// Start even when the start-up check finds a wrong guard.
+        /// Start even when the start-up check finds a wrong guard or cannot reach the database.
         #[arg(long)]
         ignore_check: bool,
     },
@@ -92,9 +93,15 @@ fn init_logging(filter: &str) {
 async fn startup_check(cfg: &Config, url: &str, ignore: bool) -> anyhow::Result<()> {
     let client = match optlock::catalog::connect(url).await {
         Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "start-up check skipped: cannot connect");
+        Err(e) if ignore => {
+            tracing::warn!(error = %format!("{e:#}"), "start-up check skipped: cannot connect (--ignore-check)");
             return Ok(());
+        }
+        Err(e) => {
+            return Err(e.context(
+                "start-up check: cannot reach the database to check the guards against; \
+                 start with --ignore-check to serve without the check",
+            ));
         }
     };
     let findings = optlock::catalog::check::check(&cfg.guards, &client).await;

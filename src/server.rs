@@ -2,15 +2,17 @@
 //! SIGTERM/SIGINT.
 //!
 //! Draining stops accepting, lets every session finish its transaction (an idle session is
-//! closed at once with `57P01`), and after `shutdown_timeout` closes what is left.
+//! closed at once with `57P01`), and after `shutdown_timeout` closes what is left. `/metrics`
+//! answers until the drain is over.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
@@ -28,7 +30,10 @@ pub struct Server {
 
 impl Server {
     /// Binds the listen address and prepares TLS.
-    pub async fn bind(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Server> {
+    ///
+    /// An address that asked for port 0 is recorded in the config as the one bound, so that
+    /// logs and `SHOW CONFIG` tell where the proxy really listens.
+    pub async fn bind(mut config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Server> {
         let tls = match &config.tls {
             Some(t) => Some(relay::handshake::tls_acceptor(&t.cert, &t.key)?),
             None => None,
@@ -44,6 +49,14 @@ impl Server {
             ),
             None => None,
         };
+        if asks_port_zero(&config.listen) {
+            config.listen = listener.local_addr()?.to_string();
+        }
+        if let (Some(addr), Some(l)) = (&mut config.metrics_listen, &metrics_listener)
+            && asks_port_zero(addr)
+        {
+            *addr = l.local_addr()?.to_string();
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared::new(
             Settings::new(config, 1),
@@ -57,6 +70,19 @@ impl Server {
             shared,
             shutdown_tx,
         })
+    }
+
+    /// The address clients connect to (the bound port when `listen` asked for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The address `/metrics` is served on, when `metrics_listen` is set (the bound port when
+    /// it asked for port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// A handle that starts a graceful shutdown when sent `true`.
@@ -75,11 +101,13 @@ impl Server {
         let mut sessions = JoinSet::new();
         let mut shutdown_rx = shared.shutdown.clone();
         spawn_signal_handlers(shared.clone(), shutdown_tx.clone())?;
+        // `/metrics` stays up while draining (sessions_active shows the drain) and stops when
+        // `stop_metrics` is dropped, as `run` returns.
+        let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
         if let Some(l) = metrics_listener {
             info!(listen = %l.local_addr()?, "metrics at /metrics");
-            let mut stop = shared.shutdown.clone();
             tokio::spawn(serve_metrics(l, shared.admin.metrics.clone(), async move {
-                let _ = stop.changed().await;
+                let _ = metrics_stopped.await;
             }));
         }
         info!(
@@ -122,9 +150,15 @@ impl Server {
             );
             sessions.shutdown().await;
         }
+        drop(stop_metrics);
         info!("optlock stopped");
         Ok(())
     }
+}
+
+/// True for `host:0`: any free port.
+fn asks_port_zero(addr: &str) -> bool {
+    addr.rsplit_once(':').is_some_and(|(_, port)| port == "0")
 }
 
 fn spawn_signal_handlers(

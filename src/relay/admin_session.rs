@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::guarded::Ident;
@@ -75,9 +76,14 @@ pub async fn serve(
         return;
     }
     let mut from_server = BytesMut::with_capacity(4096);
+    // Only authentication messages (`p`) go to the server. Anything else the client sends
+    // ahead of the login's end is for the console: it waits here (and the client is not read
+    // further) until the login completes.
     let mut from_client = BytesMut::with_capacity(1024);
+    let mut held = false;
+    let max = config.max_message_size;
     let deadline = tokio::time::Instant::now() + config.client_login_timeout;
-    let accepted = loop {
+    let accepted = 'login: loop {
         tokio::select! {
             r = upstream.read_buf(&mut from_server) => {
                 if !matches!(r, Ok(n) if n > 0) { break false; }
@@ -99,10 +105,23 @@ pub async fn serve(
                 }
                 if let Some(ok) = done { break ok; }
             }
-            r = stream.read_buf(&mut from_client) => {
+            r = stream.read_buf(&mut from_client), if !held => {
                 if !matches!(r, Ok(n) if n > 0) { return; }
-                if upstream.write_all(&from_client).await.is_err() { break false; }
-                from_client.clear();
+                loop {
+                    match protocol::peek_header(&from_client, max) {
+                        Ok(Some(h)) if h.tag == fe::PASSWORD => {
+                            if from_client.len() < h.size { break; }
+                            let msg = from_client.split_to(h.size);
+                            if upstream.write_all(&msg).await.is_err() { break 'login false; }
+                        }
+                        Ok(Some(_)) => { held = true; break; }
+                        Ok(None) => break,
+                        Err(e) => {
+                            handshake::send_fatal(&mut stream, "08P01", &e.to_string()).await;
+                            return;
+                        }
+                    }
+                }
             }
             _ = tokio::time::sleep_until(deadline) => {
                 handshake::send_fatal(&mut stream, "08006", "login not completed within client_login_timeout").await;
@@ -133,19 +152,29 @@ pub async fn serve(
     if stream.write_all(&out).await.is_err() {
         return;
     }
-    serve_commands(stream, &ctx, config.max_message_size).await;
+    serve_commands(
+        stream,
+        &ctx,
+        config.max_message_size,
+        shared.shutdown.clone(),
+        from_client,
+    )
+    .await;
 }
 
-/// Answers simple queries until the client leaves; the extended protocol is refused politely.
-async fn serve_commands(mut stream: ClientStream, ctx: &AdminContext, max: usize) {
-    let mut buf = BytesMut::with_capacity(4096);
+/// Answers simple queries until the client leaves or the proxy shuts down (a console holds no
+/// transaction, so it is closed at once, like an idle session); the extended protocol is
+/// refused politely. `buf` holds what the client sent ahead, during the login.
+async fn serve_commands(
+    mut stream: ClientStream,
+    ctx: &AdminContext,
+    max: usize,
+    mut shutdown: watch::Receiver<bool>,
+    mut buf: BytesMut,
+) {
     let mut out = BytesMut::with_capacity(4096);
     let mut failed_batch = false;
     loop {
-        match stream.read_buf(&mut buf).await {
-            Ok(n) if n > 0 => {}
-            _ => return,
-        }
         loop {
             let h = match protocol::peek_header(&buf, max) {
                 Ok(Some(h)) if buf.len() >= h.size => h,
@@ -186,6 +215,22 @@ async fn serve_commands(mut stream: ClientStream, ctx: &AdminContext, max: usize
                 return;
             }
             out.clear();
+        }
+        tokio::select! {
+            r = stream.read_buf(&mut buf) => match r {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            },
+            _ = shutdown.changed() => {
+                info!("admin console closed for shutdown");
+                handshake::send_fatal(
+                    &mut stream,
+                    "57P01",
+                    "terminating connection: optlock is shutting down",
+                )
+                .await;
+                return;
+            }
         }
     }
 }

@@ -1,0 +1,404 @@
+//! The `optlock serve` process under operation: SIGHUP reloads guards into sessions that stay
+//! open, a broken file is refused with file and line while the old guards keep working, and
+//! SIGTERM drains (idle sessions closed with 57P01, open transactions may still commit, exit 0).
+
+mod binary;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use binary::{ConfigFile, PATIENCE, Running};
+use common::{TestDb, upstream};
+use tokio_postgres::{Client, NoTls};
+
+const INVOICE: &str = r#"
+[[guard]]
+table = "public.invoice"
+key = ["id"]
+version = "version"
+"#;
+
+const AUDIT: &str = r#"
+[[guard]]
+table = "public.audit"
+key = ["id"]
+version = "xmin"
+"#;
+
+fn base() -> String {
+    format!(
+        "upstream = \"{}\"\nadmin_users = [\"postgres\"]\nshutdown_timeout = 120\n",
+        upstream()
+    )
+}
+
+async fn setup(db: &TestDb) {
+    db.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE invoice (id int primary key, total numeric not null, version bigint not null default 0);
+             INSERT INTO invoice (id, total) SELECT g, 10 FROM generate_series(1, 3) g;
+             CREATE TABLE audit (id int primary key, note text);",
+        )
+        .await
+        .unwrap();
+}
+
+/// A client whose connection's end (error or not) can be awaited.
+struct Conn {
+    client: Client,
+    ended: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+async fn open(conninfo: &str) -> Conn {
+    let (client, conn) = tokio_postgres::connect(conninfo, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {conninfo}: {e}"));
+    let ended = tokio::spawn(conn);
+    Conn { client, ended }
+}
+
+/// The body of `GET /metrics`.
+async fn metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the metrics listener is up");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut raw))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+/// Polls the console until `SHOW GUARDS` lists exactly `tables`.
+fn wait_for_guards(proc: &Running, tables: &[&str]) {
+    let start = Instant::now();
+    loop {
+        let (ok, out, err) = proc.psql("optlock", "SHOW GUARDS");
+        let listed: Vec<&str> = out.lines().filter_map(|l| l.split('|').next()).collect();
+        if ok && listed == tables {
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "SHOW GUARDS never listed {tables:?}: {out}{err}\n{}",
+            proc.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `a` reads row `id`, `b` changes it, then `a` writes it: the result of `a`'s write.
+async fn read_change_write(
+    a: &Client,
+    b: &Client,
+    id: i32,
+) -> Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error> {
+    a.simple_query(&format!("SELECT id, version FROM invoice WHERE id = {id}"))
+        .await
+        .unwrap();
+    b.simple_query(&format!(
+        "UPDATE invoice SET total = total + 1 WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    a.simple_query(&format!("UPDATE invoice SET total = 99 WHERE id = {id}"))
+        .await
+}
+
+fn assert_conflict(
+    r: Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>,
+    what: &str,
+) {
+    match r {
+        Ok(_) => panic!("{what}: the write went through, no conflict"),
+        Err(e) => assert_eq!(e.code().map(|c| c.code()), Some("40001"), "{what}: {e}"),
+    }
+}
+
+/// Reload into open sessions, for a session that already had guards when it started and for
+/// one that had none.
+async fn reload_reaches_open_sessions(initial_guards: &str, prefix: &str) {
+    let db = TestDb::new(prefix).await;
+    setup(&db).await;
+    let file = ConfigFile::new(&format!("{}{initial_guards}", base()));
+    let mut proc = Running::serve(&file.path, &[]);
+    proc.wait_ready();
+    let a = open(&format!(
+        "{} application_name=till-a",
+        proc.conninfo(&db.name)
+    ))
+    .await;
+    let b = open(&proc.conninfo(&db.name)).await;
+    // Unguarded: the lost update goes through.
+    read_change_write(&a.client, &b.client, 1).await.unwrap();
+
+    file.rewrite(&format!("{}{initial_guards}{INVOICE}", base()));
+    let mark = proc.stderr().len();
+    proc.signal("HUP");
+    proc.wait_for_log("reloaded", mark);
+    let mut expected = vec![];
+    if !initial_guards.is_empty() {
+        expected.push("public.audit");
+    }
+    expected.push("public.invoice");
+    wait_for_guards(&proc, &expected);
+
+    // The same open sessions, not reconnected: the guard applies to their next statements.
+    assert_conflict(
+        read_change_write(&a.client, &b.client, 2).await,
+        "read-then-write in a session opened before the reload",
+    );
+
+    // The conflict is one log line saying what, where and who.
+    proc.wait_for_log("optimistic lock conflict", 0);
+    let log = proc.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("optimistic lock conflict"))
+        .unwrap_or_else(|| panic!("no conflict line:\n{log}"));
+    for part in [
+        "table=public.invoice",
+        "key=(id)=(2)",
+        "expected=0",
+        "found=1",
+        "client=127.0.0.1:",
+        "user=postgres",
+        "application_name=till-a",
+    ] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+
+    // A broken file: refused with file and line, the running guards stay.
+    file.rewrite(&format!(
+        "{}{INVOICE}[[guard]]\ntable = \"public.audit\"\nkey = []\n",
+        base()
+    ));
+    let key_line = std::fs::read_to_string(&file.path)
+        .unwrap()
+        .lines()
+        .position(|l| l == "key = []")
+        .unwrap()
+        + 1;
+    let mark = proc.stderr().len();
+    proc.signal("HUP");
+    proc.wait_for_log("reload failed", mark);
+    let log = proc.stderr()[mark..].to_string();
+    let at = format!("{}:{key_line}:", file.path.display());
+    assert!(
+        log.contains(&at),
+        "the log names file and line ({at}):\n{log}"
+    );
+    assert!(log.contains("key must name at least one column"), "{log}");
+    wait_for_guards(&proc, &expected);
+    assert_conflict(
+        read_change_write(&a.client, &b.client, 3).await,
+        "the guards in force before the broken reload",
+    );
+
+    // RELOAD from the console reports the same error.
+    let (ok, _, err) = proc.psql("optlock", "RELOAD");
+    assert!(!ok);
+    assert!(
+        err.contains(&at),
+        "RELOAD names file and line ({at}): {err}"
+    );
+    assert!(err.contains("F0000"), "{err}");
+
+    // Both sessions lived through all of it.
+    assert!(!a.ended.is_finished() && !b.ended.is_finished());
+    a.client.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn sighup_adds_a_guard_to_sessions_that_already_had_guards() {
+    reload_reaches_open_sessions(AUDIT, "hup_some").await;
+}
+
+#[tokio::test]
+async fn sighup_adds_the_first_guard_to_open_sessions() {
+    reload_reaches_open_sessions("", "hup_none").await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_sessions_then_exits_zero() {
+    let db = TestDb::new("drain").await;
+    setup(&db).await;
+    let metrics_port = binary::free_port();
+    let file = ConfigFile::new(&format!(
+        "{}metrics_listen = \"127.0.0.1:{metrics_port}\"\n{INVOICE}",
+        base()
+    ));
+    let mut proc = Running::serve(&file.path, &[]);
+    proc.wait_ready();
+    let idle = open(&proc.conninfo(&db.name)).await;
+    let busy = open(&proc.conninfo(&db.name)).await;
+    let console = open(&proc.conninfo("optlock")).await;
+    idle.client.simple_query("SELECT 1").await.unwrap();
+    console.client.simple_query("SHOW SESSIONS").await.unwrap();
+    busy.client
+        .batch_execute("BEGIN; UPDATE invoice SET total = 42 WHERE id = 1")
+        .await
+        .unwrap();
+
+    proc.signal("TERM");
+    // The idle session is told why and closed.
+    let end = tokio::time::timeout(PATIENCE, idle.ended)
+        .await
+        .expect("the idle session is closed")
+        .unwrap();
+    let err = end.expect_err("closed with an error");
+    assert_eq!(err.code().map(|c| c.code()), Some("57P01"), "{err}");
+    // So is an admin console: it holds no transaction.
+    let end = tokio::time::timeout(PATIENCE, console.ended)
+        .await
+        .expect("the console is closed")
+        .unwrap();
+    let err = end.expect_err("closed with an error");
+    assert_eq!(err.code().map(|c| c.code()), Some("57P01"), "{err}");
+    // No new session gets to work once draining: refused, or closed right after its login.
+    if let Ok((late, conn)) = tokio_postgres::connect(&proc.conninfo(&db.name), NoTls).await {
+        let end = tokio::time::timeout(PATIENCE, conn).await.expect("closed");
+        let err = end.expect_err("closed with an error");
+        assert_eq!(err.code().map(|c| c.code()), Some("57P01"), "{err}");
+        drop(late);
+    }
+
+    // /metrics still answers while draining, down to the one session left.
+    let start = Instant::now();
+    loop {
+        let body = metrics(metrics_port).await;
+        if body.lines().any(|l| l == "optlock_sessions_active 1") {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The open transaction finishes its work and commits.
+    busy.client
+        .simple_query("UPDATE invoice SET total = total + 1 WHERE id = 2")
+        .await
+        .unwrap();
+    busy.client.batch_execute("COMMIT").await.unwrap();
+    let end = tokio::time::timeout(PATIENCE, busy.ended)
+        .await
+        .expect("the session is closed after its transaction")
+        .unwrap();
+    let err = end.expect_err("closed with an error");
+    assert_eq!(err.code().map(|c| c.code()), Some("57P01"), "{err}");
+
+    let status = proc.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", proc.stderr());
+    let log = proc.stderr();
+    assert!(log.contains("optlock stopped"), "{log}");
+    assert!(!log.contains("shutdown_timeout reached"), "{log}");
+
+    let direct = db.direct().await;
+    let totals: Vec<String> = direct
+        .simple_query("SELECT total::text FROM invoice WHERE id IN (1, 2) ORDER BY id")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(totals, ["42", "11"], "the drained transaction committed");
+}
+
+#[tokio::test]
+async fn sigterm_closes_a_transaction_left_open_after_shutdown_timeout() {
+    let db = TestDb::new("drain_to").await;
+    setup(&db).await;
+    let file = ConfigFile::new(&format!(
+        "upstream = \"{}\"\nshutdown_timeout = 1\n{INVOICE}",
+        upstream()
+    ));
+    let mut proc = Running::serve(&file.path, &[]);
+    proc.wait_ready();
+    let stuck = open(&proc.conninfo(&db.name)).await;
+    stuck
+        .client
+        .batch_execute("BEGIN; UPDATE invoice SET total = 7 WHERE id = 1")
+        .await
+        .unwrap();
+    proc.signal("TERM");
+    let status = proc.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", proc.stderr());
+    assert!(
+        proc.stderr().contains("shutdown_timeout reached"),
+        "{}",
+        proc.stderr()
+    );
+    let _ = tokio::time::timeout(PATIENCE, stuck.ended).await;
+    // The transaction never committed.
+    let direct = db.direct().await;
+    let start = Instant::now();
+    loop {
+        let total: String = direct
+            .simple_query("SELECT total::text FROM invoice WHERE id = 1")
+            .await
+            .unwrap()
+            .into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(total, "10");
+        // The server notices the closed connection a little later; wait for its backend to go.
+        let left: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "the upstream backend stays");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_keeps_the_versions_sessions_read_before_it() {
+    let db = TestDb::new("hup_keep").await;
+    setup(&db).await;
+    let file = ConfigFile::new(&format!("{}{INVOICE}", base()));
+    let mut proc = Running::serve(&file.path, &[]);
+    proc.wait_ready();
+    let a = open(&proc.conninfo(&db.name)).await;
+    let b = open(&proc.conninfo(&db.name)).await;
+    // A loads the row (a form opened before the reload)...
+    a.client
+        .simple_query("SELECT id, version FROM invoice WHERE id = 1")
+        .await
+        .unwrap();
+    // ...the DBA reloads an unchanged file...
+    let mark = proc.stderr().len();
+    proc.signal("HUP");
+    proc.wait_for_log("reloaded", mark);
+    // ...B changes the row, and A's save must still conflict.
+    b.client
+        .simple_query("UPDATE invoice SET total = total + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    assert_conflict(
+        a.client
+            .simple_query("UPDATE invoice SET total = 99 WHERE id = 1")
+            .await,
+        "a write whose read came before a reload of the same guards",
+    );
+}
