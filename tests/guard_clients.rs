@@ -234,13 +234,11 @@ async fn pgbench_simple_loses_no_update() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "relay bug: libpq sends Bind/Describe(portal)/Execute/Sync in one write; guard_execute (extended.rs) does not tag the Execute because the portal's read plan only exists once the Describe reply arrives, so reads are never tracked: lost updates, and a session whose own write was tracked conflicts forever on that row"]
 async fn pgbench_extended_loses_no_update() {
     pgbench_read_modify_write("extended").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "relay bug: same as -M extended (PQprepare sends no Describe of the statement, PQexecPrepared pipelines Describe(portal) with Execute), so reads are never tracked"]
 async fn pgbench_prepared_loses_no_update() {
     pgbench_read_modify_write("prepared").await;
 }

@@ -526,7 +526,6 @@ async fn unnamed_statement_is_reused_across_batches_after_a_conflict() {
 /// libpq's `PQexecParams` (and `pgbench -M extended`) sends Parse, Bind, Describe(portal),
 /// Execute and Sync in one write: the rows it reads must be tracked like any other.
 #[tokio::test]
-#[ignore = "relay bug: guard_execute (extended.rs) tags an Execute only when its portal already has a read plan, which a Describe in the same batch has not produced yet, so pipelined reads are never tracked"]
 async fn reads_in_a_pipelined_describe_execute_are_tracked() {
     let db = TestDb::new("pl_readpipe").await;
     setup(&db).await;

@@ -36,7 +36,7 @@ pub struct GuardSet {
     pub prefilter: prefilter::Prefilter,
     /// A process-wide id of each guard's table, the same in every config generation, so
     /// tracked versions survive a reload that reorders or adds guards.
-    pub table_ids: Vec<usize>,
+    pub table_ids: Vec<TableId>,
 }
 
 impl GuardSet {
@@ -53,14 +53,19 @@ impl GuardSet {
     }
 }
 
+/// The process-wide id of a guarded table: what tracked versions are keyed by (never a guard's
+/// index in one config, which a reload may change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TableId(pub usize);
+
 /// The process-wide id of a table name (assigned on first use, never reused).
-fn table_id(table: &TableName) -> usize {
-    static IDS: OnceLock<Mutex<HashMap<TableName, usize>>> = OnceLock::new();
+fn table_id(table: &TableName) -> TableId {
+    static IDS: OnceLock<Mutex<HashMap<TableName, TableId>>> = OnceLock::new();
     let mut ids = IDS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let next = ids.len();
+    let next = TableId(ids.len());
     *ids.entry(table.clone()).or_insert(next)
 }
 

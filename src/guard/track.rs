@@ -12,6 +12,8 @@ use std::num::NonZeroUsize;
 
 use lru::LruCache;
 
+use super::TableId;
+
 /// The versions one session has seen.
 #[derive(Debug)]
 pub struct Tracker {
@@ -30,7 +32,7 @@ impl Tracker {
 
     /// Records that the row `key_parts` of guard `guard` has version `version` (inserted, or
     /// replaced and made most recently used).
-    pub fn observe(&mut self, guard: usize, key_parts: &[&str], version: &str) {
+    pub fn observe(&mut self, guard: TableId, key_parts: &[&str], version: &str) {
         encode(&mut self.scratch, guard, key_parts);
         if let Some(v) = self.rows.get_mut(self.scratch.as_str()) {
             if **v != *version {
@@ -42,13 +44,13 @@ impl Tracker {
     }
 
     /// The version this session last saw for the row, if still tracked; marks it recently used.
-    pub fn expected(&mut self, guard: usize, key_parts: &[&str]) -> Option<&str> {
+    pub fn expected(&mut self, guard: TableId, key_parts: &[&str]) -> Option<&str> {
         encode(&mut self.scratch, guard, key_parts);
         self.rows.get(self.scratch.as_str()).map(|v| &**v)
     }
 
     /// Forgets one row (e.g. after this session deleted it).
-    pub fn forget(&mut self, guard: usize, key_parts: &[&str]) {
+    pub fn forget(&mut self, guard: TableId, key_parts: &[&str]) {
         encode(&mut self.scratch, guard, key_parts);
         self.rows.pop(self.scratch.as_str());
     }
@@ -74,9 +76,9 @@ impl Tracker {
     }
 }
 
-fn encode(buf: &mut String, guard: usize, key_parts: &[&str]) {
+fn encode(buf: &mut String, guard: TableId, key_parts: &[&str]) {
     buf.clear();
-    let _ = write!(buf, "{guard}");
+    let _ = write!(buf, "{}", guard.0);
     for part in key_parts {
         let _ = write!(buf, ":{}:", part.len());
         buf.push_str(part);
@@ -90,58 +92,58 @@ mod tests {
     #[test]
     fn observe_expected_forget() {
         let mut t = Tracker::new(10);
-        assert_eq!(t.expected(0, &["42"]), None);
-        t.observe(0, &["42"], "7");
-        assert_eq!(t.expected(0, &["42"]), Some("7"));
-        assert_eq!(t.expected(1, &["42"]), None, "other guard");
-        t.observe(0, &["42"], "8");
-        assert_eq!(t.expected(0, &["42"]), Some("8"));
+        assert_eq!(t.expected(TableId(0), &["42"]), None);
+        t.observe(TableId(0), &["42"], "7");
+        assert_eq!(t.expected(TableId(0), &["42"]), Some("7"));
+        assert_eq!(t.expected(TableId(1), &["42"]), None, "other guard");
+        t.observe(TableId(0), &["42"], "8");
+        assert_eq!(t.expected(TableId(0), &["42"]), Some("8"));
         assert_eq!(t.len(), 1);
-        t.forget(0, &["42"]);
-        assert_eq!(t.expected(0, &["42"]), None);
+        t.forget(TableId(0), &["42"]);
+        assert_eq!(t.expected(TableId(0), &["42"]), None);
         assert!(t.is_empty());
     }
 
     #[test]
     fn keys_with_separators_stay_apart() {
         let mut t = Tracker::new(10);
-        t.observe(0, &["a:1:b"], "1");
-        t.observe(0, &["a", "b"], "2");
-        t.observe(0, &["a:1", "b"], "3");
-        t.observe(1, &["2"], "4");
-        t.observe(12, &[""], "5");
-        t.observe(1, &["2:"], "6");
-        assert_eq!(t.expected(0, &["a:1:b"]), Some("1"));
-        assert_eq!(t.expected(0, &["a", "b"]), Some("2"));
-        assert_eq!(t.expected(0, &["a:1", "b"]), Some("3"));
-        assert_eq!(t.expected(1, &["2"]), Some("4"));
-        assert_eq!(t.expected(12, &[""]), Some("5"));
-        assert_eq!(t.expected(1, &["2:"]), Some("6"));
-        assert_eq!(t.expected(1, &[]), None);
+        t.observe(TableId(0), &["a:1:b"], "1");
+        t.observe(TableId(0), &["a", "b"], "2");
+        t.observe(TableId(0), &["a:1", "b"], "3");
+        t.observe(TableId(1), &["2"], "4");
+        t.observe(TableId(12), &[""], "5");
+        t.observe(TableId(1), &["2:"], "6");
+        assert_eq!(t.expected(TableId(0), &["a:1:b"]), Some("1"));
+        assert_eq!(t.expected(TableId(0), &["a", "b"]), Some("2"));
+        assert_eq!(t.expected(TableId(0), &["a:1", "b"]), Some("3"));
+        assert_eq!(t.expected(TableId(1), &["2"]), Some("4"));
+        assert_eq!(t.expected(TableId(12), &[""]), Some("5"));
+        assert_eq!(t.expected(TableId(1), &["2:"]), Some("6"));
+        assert_eq!(t.expected(TableId(1), &[]), None);
         assert_eq!(t.len(), 6);
     }
 
     #[test]
     fn least_recently_used_is_dropped() {
         let mut t = Tracker::new(3);
-        t.observe(0, &["1"], "a");
-        t.observe(0, &["2"], "b");
-        t.observe(0, &["3"], "c");
+        t.observe(TableId(0), &["1"], "a");
+        t.observe(TableId(0), &["2"], "b");
+        t.observe(TableId(0), &["3"], "c");
         // Reading 1 makes 2 the least recently used.
-        assert_eq!(t.expected(0, &["1"]), Some("a"));
-        t.observe(0, &["4"], "d");
+        assert_eq!(t.expected(TableId(0), &["1"]), Some("a"));
+        t.observe(TableId(0), &["4"], "d");
         assert_eq!(t.len(), 3);
-        assert_eq!(t.expected(0, &["2"]), None);
-        assert_eq!(t.expected(0, &["1"]), Some("a"));
-        assert_eq!(t.expected(0, &["3"]), Some("c"));
-        assert_eq!(t.expected(0, &["4"]), Some("d"));
+        assert_eq!(t.expected(TableId(0), &["2"]), None);
+        assert_eq!(t.expected(TableId(0), &["1"]), Some("a"));
+        assert_eq!(t.expected(TableId(0), &["3"]), Some("c"));
+        assert_eq!(t.expected(TableId(0), &["4"]), Some("d"));
         // Refreshing 1 by observing keeps it over 3.
-        t.observe(0, &["3"], "c2");
-        t.observe(0, &["1"], "a2");
-        t.observe(0, &["5"], "e");
-        assert_eq!(t.expected(0, &["4"]), None);
-        assert_eq!(t.expected(0, &["1"]), Some("a2"));
-        assert_eq!(t.expected(0, &["3"]), Some("c2"));
+        t.observe(TableId(0), &["3"], "c2");
+        t.observe(TableId(0), &["1"], "a2");
+        t.observe(TableId(0), &["5"], "e");
+        assert_eq!(t.expected(TableId(0), &["4"]), None);
+        assert_eq!(t.expected(TableId(0), &["1"]), Some("a2"));
+        assert_eq!(t.expected(TableId(0), &["3"]), Some("c2"));
     }
 
     #[test]
@@ -149,13 +151,13 @@ mod tests {
         let mut t = Tracker::new(100);
         for i in 0..10_000u32 {
             let k = i.to_string();
-            t.observe(0, &[&k], &(i * 2).to_string());
+            t.observe(TableId(0), &[&k], &(i * 2).to_string());
         }
         assert_eq!(t.len(), 100);
         for i in 0..10_000u32 {
             let k = i.to_string();
             let want = (i * 2).to_string();
-            match t.expected(0, &[&k]) {
+            match t.expected(TableId(0), &[&k]) {
                 None => {}
                 Some(v) => assert_eq!(v, want),
             }
@@ -166,9 +168,9 @@ mod tests {
     fn clear_forgets_everything() {
         let mut t = Tracker::new(0);
         assert_eq!(t.limit(), 1);
-        t.observe(0, &["1"], "a");
+        t.observe(TableId(0), &["1"], "a");
         t.clear();
         assert!(t.is_empty());
-        assert_eq!(t.expected(0, &["1"]), None);
+        assert_eq!(t.expected(TableId(0), &["1"]), None);
     }
 }

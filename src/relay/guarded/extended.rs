@@ -81,9 +81,14 @@ impl Portal {
             return Some(d);
         }
         let s = self.statement.as_ref()?.described.get()?;
-        Some(self.bound.get_or_init(|| Described {
-            reads: s.reads.as_ref().map(|p| p.with_formats(&self.result_formats)),
-            version: s.version.map(|c| c.with_format(&self.result_formats)),
+        Some(self.bound.get_or_init(|| {
+            Described {
+                reads: s
+                    .reads
+                    .as_ref()
+                    .map(|p| p.with_formats(&self.result_formats)),
+                version: s.version.map(|c| c.with_format(&self.result_formats)),
+            }
         }))
     }
 }
@@ -387,7 +392,9 @@ impl Session {
         };
         match *t {
             Tag::Hidden => Ok(tag != be::ERROR_RESPONSE),
-            Tag::DescribeStatement(prepared) => Ok(self.on_describe_statement(tag, body, &prepared)),
+            Tag::DescribeStatement(prepared) => {
+                Ok(self.on_describe_statement(tag, body, &prepared))
+            }
             Tag::DescribePortal(portal) => Ok(self.on_describe_portal(tag, body, &portal)),
             Tag::Execute(portal) => self.on_execute_done(tag, msg, &portal),
             Tag::Raise(ctx) => {

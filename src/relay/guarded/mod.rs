@@ -322,7 +322,10 @@ impl Session {
                     self.resume_client()?;
                     Ok(true)
                 }
-                Tag::Read(_) | Tag::DescribeStatement(_) | Tag::DescribePortal(_) | Tag::Execute(_) => Ok(false),
+                Tag::Read(_)
+                | Tag::DescribeStatement(_)
+                | Tag::DescribePortal(_)
+                | Tag::Execute(_) => Ok(false),
             },
             Pending::Simple(None) => {
                 self.guard.row_plan = None;

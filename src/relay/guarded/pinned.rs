@@ -8,7 +8,7 @@
 
 use super::super::session::Session;
 use super::reads::{Col, canonical};
-use crate::guard::{GuardSet, PinnedRead, ValueRef};
+use crate::guard::{GuardSet, PinnedRead, TableId, ValueRef};
 use crate::protocol::backend::{self as be, Column};
 use crate::protocol::frontend::Bind;
 
@@ -16,7 +16,7 @@ use crate::protocol::frontend::Bind;
 #[derive(Debug, Clone)]
 pub struct ReadCheck {
     /// The table's id in the tracker.
-    pub table: usize,
+    pub table: TableId,
     /// The guard's index in the session's current guards.
     pub guard: usize,
     pub key: Vec<String>,

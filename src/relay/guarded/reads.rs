@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use super::super::session::Session;
 use crate::catalog::resolve::ResolvedGuards;
-use crate::guard::GuardSet;
 use crate::guard::track::Tracker;
 use crate::guard::values;
+use crate::guard::{GuardSet, TableId};
 use crate::protocol::backend::{self as be, Column};
 
 /// Where a column's value comes from in a row: index, type OID and format (0 text, 1 binary).
@@ -36,8 +36,8 @@ impl Col {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
-    /// The table's id in the tracker ([`crate::guard::GuardSet::table_ids`]).
-    table: usize,
+    /// The table's id in the tracker.
+    table: TableId,
     keys: Vec<Col>,
     version: Col,
 }
@@ -95,7 +95,7 @@ impl ReadPlan {
 
     /// The plan for the proxy's own `RETURNING` columns: the last `types.len()` of each row
     /// (key columns in key order, then the version).
-    pub fn returning(table: usize, types: &[u32], format: i16) -> ReadPlan {
+    pub fn returning(table: TableId, types: &[u32], format: i16) -> ReadPlan {
         let mut cols: Vec<Col> = types
             .iter()
             .enumerate()

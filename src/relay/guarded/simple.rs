@@ -20,7 +20,7 @@ use crate::admin::Outcome;
 use crate::config::{BulkPolicy, UnversionedPolicy};
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
 use crate::guard::rewrite::Expected;
-use crate::guard::{Action, GuardSet, GuardedWrite, Target, ValueRef, WriteOp};
+use crate::guard::{Action, GuardSet, GuardedWrite, TableId, Target, ValueRef, WriteOp};
 use crate::protocol::{backend as be, frontend as fe};
 use std::sync::Arc;
 
@@ -62,7 +62,7 @@ pub struct WriteCheck {
 
 impl WriteCheck {
     /// The table's id in the tracker.
-    pub fn table(&self) -> usize {
+    pub fn table(&self) -> TableId {
         self.guards.table_ids[self.guard]
     }
 
@@ -208,9 +208,10 @@ impl Session {
             None if w.splice.in_cte => None,
             None => key.as_ref().and_then(|k| {
                 let parts: Vec<&str> = k.iter().map(String::as_str).collect();
+                let table = guards.table_ids[w.guard];
                 self.guard
                     .tracker
-                    .expected(w.guard, &parts)
+                    .expected(table, &parts)
                     .map(str::to_string)
             }),
         };
