@@ -160,8 +160,6 @@ async fn cleartext_login(addr: &str, password: &str) -> Vec<Msg> {
 }
 
 #[tokio::test]
-#[ignore = "relay bug: after the server's own FATAL the proxy appends a second FATAL 08006 \
-            (src/relay/session.rs Session::finish on End::ServerClosed)"]
 async fn failed_login_reply_is_exactly_the_servers() {
     let cluster = password_cluster();
     let proxy = proxy_for(&cluster, None).await;

@@ -177,8 +177,6 @@ async fn psql_copy_in_and_out() {
 }
 
 #[tokio::test]
-#[ignore = "relay bug: after the server's own FATAL the proxy appends a second FATAL 08006 \
-            (src/relay/session.rs Session::finish on End::ServerClosed)"]
 async fn psql_reports_a_terminated_session_like_postgres() {
     let db = TestDb::new("clients_term").await;
     let proxy = Proxy::plain().await;

@@ -464,8 +464,6 @@ async fn large_rows_and_notices() {
 }
 
 #[tokio::test]
-#[ignore = "relay bug: after the server's own FATAL the proxy appends a second FATAL 08006 \
-            (src/relay/session.rs Session::finish on End::ServerClosed)"]
 async fn session_ended_by_the_server() {
     let (db, proxy) = setup("diff_terminate").await;
     let script = [Send(query(
@@ -544,8 +542,6 @@ async fn queries_pipelined_behind_the_startup_packet() {
 }
 
 #[tokio::test]
-#[ignore = "relay bug: after the server's own FATAL the proxy appends a second FATAL 08006 \
-            (src/relay/session.rs Session::finish on End::ServerClosed)"]
 async fn refused_startup_reply_is_exactly_the_servers() {
     let proxy = Proxy::plain().await;
     let bytes = startup(&[
@@ -566,8 +562,6 @@ async fn half_close_script(addr: &str, db: &str, bytes: &[u8]) -> Vec<Msg> {
 }
 
 #[tokio::test]
-#[ignore = "relay bug: client EOF ends the session at once (src/relay/session.rs Session::run, \
-            End::ClientClosed), so replies to statements sent before a half-close are lost"]
 async fn replies_after_the_client_half_closes() {
     let (db, proxy) = setup("diff_halfclose").await;
     let bytes = query(b"SELECT pg_sleep(0.2); SELECT count(*) FROM items");

@@ -402,9 +402,6 @@ async fn fire_and_forget(addr: &str, db: &str, sql: &str) {
 }
 
 #[tokio::test]
-#[ignore = "relay bug (a race, so this fails only sometimes): on client EOF, \
-            src/relay/session.rs Session::finish drops bytes still in to_server and writes \
-            Terminate after a partly sent message, so a departing client's last statement is lost"]
 async fn last_statement_of_a_departing_client_still_runs() {
     let db = TestDb::new("fault_depart").await;
     let proxy = Proxy::plain().await;
@@ -540,8 +537,6 @@ async fn shutdown_drains_open_transactions() {
 }
 
 #[tokio::test]
-#[ignore = "relay bug: draining closes a session between Execute and Sync (src/relay/session.rs \
-            Session::is_idle ignores an unsynced extended batch), losing its implicit transaction"]
 async fn shutdown_waits_for_an_unsynced_extended_batch() {
     let db = TestDb::new("fault_drain_batch").await;
     let proxy = Proxy::plain().await;

@@ -63,6 +63,14 @@ pub struct Session {
     /// An extended-protocol error before the client's `Sync`: the server discards every
     /// message until that `Sync`, so they are relayed as they are and await no reply.
     skipping_until_sync: bool,
+    /// Extended-protocol messages were sent since the last `ReadyForQuery`: the server holds
+    /// an unfinished batch (an implicit transaction), so the session is not idle.
+    batch_open: bool,
+    /// The client closed its side: what it sent still runs and its replies are still
+    /// delivered, then the session ends.
+    client_eof: bool,
+    /// The server sent a FATAL error of its own; the proxy adds none after it.
+    server_fatal: bool,
 }
 
 /// Server parameters the session follows (from `ParameterStatus`).
@@ -101,6 +109,9 @@ impl Session {
             draining: false,
             terminated: false,
             skipping_until_sync: false,
+            batch_open: false,
+            client_eof: false,
+            server_fatal: false,
         }
     }
 
@@ -122,10 +133,14 @@ impl Session {
         tokio::pin!(login_timeout);
         let mut shutdown = self.shared.shutdown.clone();
         let end = loop {
+            if self.client_eof && self.nothing_in_flight() {
+                break End::ClientClosed;
+            }
             if self.draining && self.is_idle() {
                 break End::Shutdown;
             }
-            let read_client = !self.hold_client
+            let read_client = !self.client_eof
+                && !self.hold_client
                 && self.to_server.len() < HIGH_WATER
                 && self.client_in.len() < self.settings.config.max_message_size + 5;
             let read_server = self.to_client.len() < HIGH_WATER;
@@ -138,6 +153,12 @@ impl Session {
                 }
                 r = client_w.write_buf(&mut self.to_client), if !self.to_client.is_empty() => {
                     if let Err(e) = r {
+                        break End::ClientError(format!("write to client failed: {e}"));
+                    }
+                    // A TLS stream may keep encrypted bytes until flushed.
+                    if self.to_client.is_empty()
+                        && let Err(e) = client_w.flush().await
+                    {
                         break End::ClientError(format!("write to client failed: {e}"));
                     }
                 }
@@ -159,7 +180,18 @@ impl Session {
                 }
                 r = client_r.read_buf(&mut self.client_in), if read_client => {
                     match r {
-                        Ok(0) => break End::ClientClosed,
+                        Ok(0) => {
+                            // A partial message will never complete.
+                            if self.client_stream_left == 0
+                                && protocol::peek_header(&self.client_in, usize::MAX)
+                                    .ok()
+                                    .flatten()
+                                    .is_none_or(|h| h.size > self.client_in.len())
+                            {
+                                self.client_in.clear();
+                            }
+                            self.client_eof = true;
+                        }
                         Ok(n) => {
                             self.shared.metrics_bytes(true, n);
                             let started = Instant::now();
@@ -184,14 +216,17 @@ impl Session {
         end
     }
 
-    /// Idle: logged in, outside any transaction, nothing in flight.
-    fn is_idle(&self) -> bool {
-        self.logged_in
-            && self.tx_status == b'I'
-            && self.replies.is_empty()
+    /// Nothing sent that awaits a reply, nothing left to send either way.
+    fn nothing_in_flight(&self) -> bool {
+        self.replies.is_empty()
             && self.client_in.is_empty()
             && self.to_server.is_empty()
             && self.to_client.is_empty()
+    }
+
+    /// Idle: logged in, outside any transaction and any unfinished batch, nothing in flight.
+    fn is_idle(&self) -> bool {
+        self.logged_in && self.tx_status == b'I' && !self.batch_open && self.nothing_in_flight()
     }
 
     /// Says goodbye to both sides as fits the way the session ended.
@@ -201,6 +236,8 @@ impl Session {
         SW: AsyncWrite + Unpin,
     {
         let fatal = match end {
+            // The server said why itself.
+            End::ServerClosed if self.server_fatal => None,
             End::ServerClosed => Some((
                 "08006",
                 "the upstream server closed the connection unexpectedly; any open transaction was rolled back".to_string(),
@@ -226,7 +263,11 @@ impl Session {
             // Deliver what the server said before it went away.
             let _ = client_w.write_all(&self.to_client).await;
         } else {
-            // The server ends the session: a Terminate is cleaner than a dropped socket.
+            // The proxy ends the session: what the client sent goes first, then a Terminate,
+            // which is cleaner than a dropped socket.
+            if !self.to_server.is_empty() && self.client_stream_left == 0 {
+                let _ = server_w.write_all(&self.to_server).await;
+            }
             let _ = server_w.write_all(&[fe::TERMINATE, 0, 0, 0, 4]).await;
             let _ = server_w.shutdown().await;
         }
@@ -286,6 +327,12 @@ impl Session {
                 self.replies.push(Pending::Sync);
             }
             return Ok(());
+        }
+        if matches!(
+            tag,
+            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::FLUSH
+        ) {
+            self.batch_open = true;
         }
         match tag {
             fe::QUERY => {
@@ -396,6 +443,14 @@ impl Session {
 
     /// One complete server message.
     fn on_server_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), String> {
+        if tag == be::ERROR_RESPONSE
+            && matches!(
+                be::error_field(&msg[5..], b'V').or_else(|| be::error_field(&msg[5..], b'S')),
+                Some(b"FATAL" | b"PANIC")
+            )
+        {
+            self.server_fatal = true;
+        }
         match tag {
             be::PARAMETER_STATUS => self.on_parameter_status(&msg[5..]),
             be::BACKEND_KEY_DATA => {
@@ -436,6 +491,7 @@ impl Session {
         };
         if tag == be::READY_FOR_QUERY {
             self.tx_status = be::ready_status(&msg[5..]);
+            self.batch_open = false;
             self.handle.ready_for_query(self.tx_status);
             self.handle.set_tracked_versions(self.guard.tracked());
         }
