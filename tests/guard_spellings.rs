@@ -465,7 +465,6 @@ async fn data_modifying_cte_is_bumped() {
 /// The CTE's row count is not the statement's command tag, so the proxy cannot turn "0 rows"
 /// into a conflict there; the least it must do is not apply the stale write.
 #[tokio::test]
-#[ignore = "relay bug: a data-modifying CTE write is sent without its tracked expected version (simple.rs plan_write, extended.rs guard_parse skip in_cte), so a stale write applies"]
 async fn stale_write_in_a_cte_does_not_apply() {
     let db = TestDb::new("sp_ctestale").await;
     setup(&db).await;

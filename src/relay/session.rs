@@ -338,7 +338,6 @@ impl Session {
             fe::QUERY => {
                 self.count_statement();
                 if !self.guard_query(msg)? {
-                    self.on_simple_query_passthrough(msg);
                     self.to_server.extend_from_slice(msg);
                     self.replies.push(Pending::Simple(None));
                 }
@@ -399,13 +398,6 @@ impl Session {
             }
         }
         Ok(())
-    }
-
-    /// Notes what a passed-through simple query changes in the session's protocol state.
-    fn on_simple_query_passthrough(&mut self, msg: &[u8]) {
-        if let Some(sql) = fe::query_text(&msg[5..]) {
-            self.guard.on_session_command(sql);
-        }
     }
 
     /// Frames and handles every complete server message in `server_in`.

@@ -41,6 +41,23 @@ pub struct Prepared {
     pub pinned: Option<PinnedRead>,
     /// Set by the reply to a `Describe` of the statement (formats not bound yet).
     pub described: OnceLock<Described>,
+    /// Parameter types: as the client declared them, completed by a `ParameterDescription`.
+    pub declared_types: Vec<u32>,
+    pub described_types: OnceLock<Vec<u32>>,
+}
+
+impl Prepared {
+    /// The type of each parameter, as far as known (0 = unknown).
+    fn param_types(&self) -> Vec<u32> {
+        let described = self.described_types.get().map_or(&[][..], Vec::as_slice);
+        let n = self.declared_types.len().max(described.len());
+        (0..n)
+            .map(|i| match self.declared_types.get(i) {
+                Some(&t) if t != 0 => t,
+                _ => described.get(i).copied().unwrap_or(0),
+            })
+            .collect()
+    }
 }
 
 /// A rewritten guarded write.
@@ -51,8 +68,6 @@ pub struct PreparedWrite {
     pub write: GuardedWrite,
     /// The parameter the proxy added for the expected version (1-based).
     pub extra: Option<u16>,
-    /// Parameter types the client declared.
-    pub param_types: Vec<u32>,
     pub added: usize,
 }
 
@@ -118,11 +133,11 @@ impl Session {
         let Some(p) = fe::parse(body) else {
             return Ok(false);
         };
+        self.guard.on_session_command(p.query);
         if !guards.prefilter.may_write_guarded(p.query) {
             self.prepare_read(&p, &guards);
             return Ok(false);
         }
-        self.guard.on_session_command(p.query);
         let Ok(sql) = std::str::from_utf8(p.query) else {
             let table = guards.guards[0].table.clone();
             let refusal = Refusal::Unsupported(format!(
@@ -153,7 +168,6 @@ impl Session {
             }
             Action::Write(w) => {
                 let needs_param = w.op != WriteOp::Upsert
-                    && !w.splice.in_cte
                     && w.pinned.is_none()
                     && matches!(w.target, Target::Key(_));
                 let extra = needs_param.then(|| w.max_param.max(p.param_types.len() as u16) + 1);
@@ -163,15 +177,14 @@ impl Session {
                 fe::write_parse(&mut self.to_server, p.name, text.as_bytes(), &p.param_types);
                 self.replies.push(Pending::Parse(None));
                 let prepared = Prepared {
-                    pinned: None,
-                    described: OnceLock::new(),
+                    declared_types: p.param_types.clone(),
                     write: Some(PreparedWrite {
                         guards: guards.clone(),
                         added: w.added_columns(&guards),
                         write: (**w).clone(),
                         extra,
-                        param_types: p.param_types.clone(),
                     }),
+                    ..Prepared::default()
                 };
                 self.guard
                     .statements
@@ -202,10 +215,10 @@ impl Session {
         };
         let Some(pw) = &prepared.write else {
             let guards = self.settings.guards.clone();
-            let pinned = prepared
-                .pinned
-                .as_ref()
-                .and_then(|read| self.read_check(&guards, read, Some((&b, &[]))));
+            let pinned = prepared.pinned.as_ref().and_then(|read| {
+                let types = prepared.param_types();
+                self.read_check(&guards, read, Some((&b, &types)))
+            });
             let portal_info = Portal {
                 statement: Some(prepared.clone()),
                 pinned,
@@ -219,7 +232,8 @@ impl Session {
         };
         let w = &pw.write;
         let rg = self.guard.resolved.get(w.guard);
-        let bound = Some((&b, pw.param_types.as_slice()));
+        let types = prepared.param_types();
+        let bound = Some((&b, types.as_slice()));
         let key: Option<Vec<String>> = match &w.target {
             Target::Key(vals) => self.key_text(w.guard, vals, bound),
             Target::Bulk => None,
@@ -229,7 +243,7 @@ impl Session {
             Some(ValueRef::Literal(v)) => {
                 canonical(version_type, 0, v.as_bytes()).or_else(|| Some(v.clone()))
             }
-            Some(ValueRef::Param(n)) => param_text(&b, &pw.param_types, *n, version_type),
+            Some(ValueRef::Param(n)) => param_text(&b, &types, *n, version_type),
             None => None,
         };
         let w = w.clone();
@@ -260,6 +274,8 @@ impl Session {
             op: w.op,
             added: pw.added,
             client_returning: w.client_returning,
+            // A write inside WITH checks its version in its predicate, but its row count is
+            // not the statement's: a stale one does not apply, and raises nothing.
             expected: if w.splice.in_cte { None } else { expected },
             key,
             plan,
@@ -325,6 +341,9 @@ impl Session {
                 let Tag::DescribeStatement(prepared) = t.as_ref() else {
                     return Ok(false);
                 };
+                if let Some(types) = be::parameter_types(body) {
+                    let _ = prepared.described_types.set(types);
+                }
                 let extra = prepared.write.as_ref().and_then(|w| w.extra);
                 match extra {
                     Some(n) => {
@@ -478,6 +497,7 @@ impl Session {
             .and_then(|sql| self.guard.cache.get_or_analyze(sql, guards).read.clone());
         let prepared = Prepared {
             pinned,
+            declared_types: p.param_types.clone(),
             ..Prepared::default()
         };
         self.guard

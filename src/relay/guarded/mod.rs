@@ -19,7 +19,9 @@ mod simple;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use aho_corasick::AhoCorasick;
 
 use bytes::BytesMut;
 use tracing::debug;
@@ -111,45 +113,44 @@ impl GuardState {
         self.tracker.len()
     }
 
-    /// Notes session commands in a passed-through simple query: `DISCARD ALL`, `RESET ALL`,
-    /// `DEALLOCATE`.
+    /// Notes session commands in a text sent to the server: `DISCARD ALL`, `RESET ALL`,
+    /// `DEALLOCATE`. Forgetting more than needed is safe (a forgotten version reads as "nothing
+    /// known"), so the scan is simple: every `;`-separated part, comments skipped.
     pub fn on_session_command(&mut self, sql: &[u8]) {
-        let start = sql
-            .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .unwrap_or(sql.len());
-        let sql = &sql[start..];
-        let Some(&first) = sql.first() else { return };
-        if !matches!(first | 0x20, b'd' | b'r') {
+        static WORDS: OnceLock<AhoCorasick> = OnceLock::new();
+        let words = WORDS.get_or_init(|| {
+            AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(["discard", "reset", "deallocate"])
+                .expect("fixed patterns")
+        });
+        if !words.is_match(sql) {
             return;
         }
-        let words: Vec<String> = String::from_utf8_lossy(&sql[..sql.len().min(200)])
-            .split(|c: char| c.is_whitespace() || c == ';')
-            .filter(|w| !w.is_empty())
-            .take(3)
-            .map(|w| w.to_string())
-            .collect();
-        let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
-        let w: Vec<&str> = upper.iter().map(String::as_str).collect();
-        match w.as_slice() {
-            ["DISCARD", "ALL", ..] => {
-                self.tracker.clear();
-                self.statements.clear();
-                self.portals.clear();
+        for part in String::from_utf8_lossy(sql).split(';') {
+            let words: Vec<&str> = skip_comments(part).split_whitespace().take(3).collect();
+            let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+            let w: Vec<&str> = upper.iter().map(String::as_str).collect();
+            match w.as_slice() {
+                ["DISCARD", "ALL", ..] => {
+                    self.tracker.clear();
+                    self.statements.clear();
+                    self.portals.clear();
+                }
+                ["RESET", "ALL", ..] => self.tracker.clear(),
+                ["DEALLOCATE", "ALL", ..] | ["DEALLOCATE", "PREPARE", "ALL", ..] => {
+                    self.statements.clear()
+                }
+                ["DEALLOCATE", "PREPARE", _, ..] | ["DEALLOCATE", _, ..] => {
+                    let raw = words.last().copied().unwrap_or("");
+                    let name = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+                        Some(quoted) => quoted.to_string(),
+                        None => raw.to_lowercase(),
+                    };
+                    self.statements.remove(name.as_bytes());
+                }
+                _ => {}
             }
-            ["RESET", "ALL", ..] => self.tracker.clear(),
-            ["DEALLOCATE", "ALL", ..] | ["DEALLOCATE", "PREPARE", "ALL", ..] => {
-                self.statements.clear()
-            }
-            ["DEALLOCATE", "PREPARE", _, ..] | ["DEALLOCATE", _, ..] => {
-                let raw = words.last().map(String::as_str).unwrap_or("");
-                let name = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-                    Some(quoted) => quoted.to_string(),
-                    None => raw.to_lowercase(),
-                };
-                self.statements.remove(name.as_bytes());
-            }
-            _ => {}
         }
     }
 
@@ -220,6 +221,9 @@ impl Session {
         self.refresh_settings();
         if !self.guards_active() {
             return Ok(false);
+        }
+        if let Some(sql) = fe::query_text(&msg[5..]) {
+            self.guard.on_session_command(sql);
         }
         self.simple_query(msg)
     }
@@ -372,5 +376,19 @@ impl Session {
             self.process_client()?;
         }
         Ok(())
+    }
+}
+
+/// The text after leading white space and comments.
+fn skip_comments(mut s: &str) -> &str {
+    loop {
+        s = s.trim_start();
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            s = rest.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            return s;
+        }
     }
 }

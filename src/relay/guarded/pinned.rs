@@ -107,14 +107,19 @@ impl Session {
     }
 }
 
-/// Canonical text of bound parameter `n` (1-based), typed by its declared type or else the
-/// column it is compared with.
-pub fn param_text(b: &Bind<'_>, declared: &[u32], n: u16, column_type: u32) -> Option<String> {
+/// Canonical text of bound parameter `n` (1-based): decoded as its own type (declared or
+/// described; else the column's), then made canonical for the column it is compared with.
+pub fn param_text(b: &Bind<'_>, types: &[u32], n: u16, column_type: u32) -> Option<String> {
     let idx = usize::from(n).checked_sub(1)?;
     let raw = (*b.params.get(idx)?)?;
-    let t = match declared.get(idx).copied() {
+    let t = match types.get(idx).copied() {
         Some(t) if t != 0 => t,
         _ => column_type,
     };
-    canonical(t, b.param_format(idx), raw)
+    let text = canonical(t, b.param_format(idx), raw)?;
+    if t == column_type || column_type == 0 {
+        Some(text)
+    } else {
+        canonical(column_type, 0, text.as_bytes())
+    }
 }

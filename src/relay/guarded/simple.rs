@@ -205,7 +205,6 @@ impl Session {
         }
         let expected = match pinned {
             Some(v) => Some(v),
-            None if w.splice.in_cte => None,
             None => key.as_ref().and_then(|k| {
                 let parts: Vec<&str> = k.iter().map(String::as_str).collect();
                 let table = guards.table_ids[w.guard];
@@ -302,6 +301,9 @@ impl Session {
                         op: w.op,
                         added: w.added_columns(&guards),
                         client_returning: w.client_returning,
+                        // A write inside WITH checks its version in its predicate, but its row
+                        // count is not the statement's: a stale one does not apply, and raises
+                        // nothing.
                         expected: if w.splice.in_cte { None } else { expected },
                         key,
                         plan: None,
