@@ -231,10 +231,14 @@ impl Config {
             reason,
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            err(
-                e.span(),
-                e.message().trim_end().replace('\n', "; ").to_string(),
-            )
+            let mut reason = e.message().trim_end().replace('\n', "; ");
+            // Name the setting: the message alone may only say what type was wrong.
+            if let Some(line) = e.span().map(|s| line_text(text, s.start))
+                && !line.is_empty()
+            {
+                reason = format!("{reason} (in `{line}`)");
+            }
+            err(e.span(), reason)
         })?;
 
         let mut cfg = Config::default();
@@ -432,6 +436,14 @@ fn check_address(addr: &str) -> Result<(), String> {
     }
 }
 
+/// The text of the line holding byte `offset`, trimmed.
+fn line_text(text: &str, offset: usize) -> &str {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    text[start..end].trim()
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
         .bytes()
@@ -572,6 +584,9 @@ version = "xmin"
 
         let e = Config::parse("track = \"forever\"\n", "bad.toml").unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
+
+        let e = Config::parse("listen = 6432\n", "bad.toml").unwrap_err();
+        assert!(e.reason.contains("(in `listen = 6432`)"), "{e}");
 
         let e = Config::parse("lisen = \"x\"\n", "bad.toml").unwrap_err();
         assert!(e.reason.contains("lisen"), "{e}");

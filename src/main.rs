@@ -171,6 +171,10 @@ fn main() -> ExitCode {
                 }
             };
             let result = rt.block_on(async move {
+                // A SIGHUP before the server listens must not end the process (its default
+                // action): take it over now; the server handles the ones after.
+                let _early_hangup =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
                 if let Some(url) = &check_url {
                     startup_check(&cfg, url, ignore_check).await?;
                 }

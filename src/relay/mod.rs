@@ -122,17 +122,38 @@ impl Shared {
         let mut next = Config::load(path).map_err(|e| e.to_string())?;
         let current = self.settings();
         // Where to listen and connect is fixed for the life of the process.
-        next.listen = current.config.listen.clone();
-        next.upstream = current.config.upstream.clone();
-        next.tls = current.config.tls.clone();
-        next.metrics_listen = current.config.metrics_listen.clone();
+        let mut at_restart = Vec::new();
+        let c = &current.config;
+        if next.listen != c.listen {
+            at_restart.push("listen");
+        }
+        if next.upstream != c.upstream {
+            at_restart.push("upstream");
+        }
+        if next.tls != c.tls {
+            at_restart.push("tls_cert/tls_key");
+        }
+        if next.metrics_listen != c.metrics_listen {
+            at_restart.push("metrics_listen");
+        }
+        next.listen = c.listen.clone();
+        next.upstream = c.upstream.clone();
+        next.tls = c.tls.clone();
+        next.metrics_listen = c.metrics_listen.clone();
         let n = next.guards.len();
         let s = self.replace_config(next);
-        Ok(format!(
+        let mut msg = format!(
             "reloaded {}: {n} guarded table(s), generation {}",
             path.display(),
             s.generation
-        ))
+        );
+        if !at_restart.is_empty() {
+            msg.push_str(&format!(
+                "; {} differ from the running values and take effect only at restart",
+                at_restart.join(", ")
+            ));
+        }
+        Ok(msg)
     }
 
     #[inline]
