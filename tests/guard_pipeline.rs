@@ -604,3 +604,32 @@ async fn per_column_result_formats_with_returning() {
         ]
     );
 }
+
+#[tokio::test]
+async fn an_error_before_a_checked_write_does_not_stall_the_batch() {
+    let db = TestDb::new("pl_stall").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    raw.read_row(2).await;
+    // The Bind fails on the server (not a number), so the checked write's Execute, which the
+    // rest of the batch waits for, is skipped by the server.
+    let batch = [
+        parse("", "UPDATE invoice SET total = $2 WHERE id = $1"),
+        bind("", "", &["2", "not a number"]),
+        execute(""),
+        sync(),
+    ]
+    .concat();
+    raw.send(&batch).await;
+    let replies = tokio::time::timeout(std::time::Duration::from_secs(10), raw.until_ready())
+        .await
+        .expect("the batch ends instead of waiting forever");
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    assert_eq!(replies[0], Msg::ParseComplete);
+    assert!(
+        matches!(&replies[1], Msg::Error(code, _) if code == "22P02"),
+        "{replies:?}"
+    );
+    assert_eq!(replies[2], Msg::Ready('I'));
+}

@@ -22,6 +22,8 @@ pub use registry::{SessionHandle, SessionInfo, SessionRegistry, SessionStart, Se
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::guard::values::civil_from_days;
+
 /// Formats a time as UTC the way PostgreSQL prints a `timestamptz` in UTC, to the millisecond:
 /// `2024-05-01 12:34:56.789+00`.
 pub fn format_utc(t: SystemTime) -> String {
@@ -42,20 +44,6 @@ pub fn format_utc(t: SystemTime) -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]

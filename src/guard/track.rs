@@ -43,6 +43,18 @@ impl Tracker {
         self.rows.put(self.scratch.as_str().into(), version.into());
     }
 
+    /// Records the version a write of this session gave the row, when the session tracks the
+    /// row: its own writes advance what it knows, and never conflict with themselves. A row
+    /// the session never read stays unknown (its own blind write is not a read).
+    pub fn advance(&mut self, guard: TableId, key_parts: &[&str], version: &str) {
+        encode(&mut self.scratch, guard, key_parts);
+        if let Some(v) = self.rows.get_mut(self.scratch.as_str())
+            && **v != *version
+        {
+            *v = version.into();
+        }
+    }
+
     /// The version this session last saw for the row, if still tracked; marks it recently used.
     pub fn expected(&mut self, guard: TableId, key_parts: &[&str]) -> Option<&str> {
         encode(&mut self.scratch, guard, key_parts);
@@ -88,6 +100,20 @@ fn encode(buf: &mut String, guard: TableId, key_parts: &[&str]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_writes_advance_only_what_was_read() {
+        let mut t = Tracker::new(10);
+        t.advance(TableId(0), &["1"], "5");
+        assert_eq!(
+            t.expected(TableId(0), &["1"]),
+            None,
+            "a blind write is not a read"
+        );
+        t.observe(TableId(0), &["1"], "5");
+        t.advance(TableId(0), &["1"], "6");
+        assert_eq!(t.expected(TableId(0), &["1"]), Some("6"));
+    }
 
     #[test]
     fn observe_expected_forget() {

@@ -470,12 +470,11 @@ impl Session {
             self.to_client.extend_from_slice(msg);
             return Ok(());
         }
+        let mut release = false;
         let (step, popped) = if tag == be::ERROR_RESPONSE {
-            let mut dropped = Vec::new();
-            let (step, answered, skipping) = self.replies.on_error(|p| dropped.push(p));
-            for p in dropped {
-                self.guard.on_dropped(p);
-            }
+            let (step, answered, skipping) = self
+                .replies
+                .on_error(|p| release |= super::guarded::held_batch_for(&p));
             self.skipping_until_sync |= skipping;
             (step, answered)
         } else {
@@ -489,6 +488,12 @@ impl Session {
         }
         if !self.guard_server_message(tag, msg, step, popped)? {
             self.to_client.extend_from_slice(msg);
+        }
+        if release {
+            // The statement the batch waited for was skipped after an earlier error: the rest
+            // of the batch (up to its Sync) goes on, to be skipped by the server too.
+            self.hold_client = false;
+            self.process_client()?;
         }
         Ok(())
     }

@@ -139,13 +139,8 @@ impl Session {
             return Ok(false);
         }
         let Ok(sql) = std::str::from_utf8(p.query) else {
-            let table = guards.guards[0].table.clone();
-            let refusal = Refusal::Unsupported(format!(
-                "the statement text is not valid UTF-8 (client_encoding {}), so optlock cannot analyse it; use client_encoding UTF8",
-                self.params.client_encoding
-            ));
-            let block = self.refusal_block(&table, &refusal);
-            self.send_extended_raise(&block, refusal_ctx(0, refusal));
+            let (block, ctx) = self.not_utf8_refusal(p.query);
+            self.send_extended_raise(&block, ctx);
             return Ok(true);
         };
         let analysis = self.guard.cache.get_or_analyze(sql, &guards);
@@ -161,9 +156,8 @@ impl Session {
                     .iter()
                     .position(|g| &g.table == table)
                     .unwrap_or(0);
-                let refusal = Refusal::Unsupported(reason.clone());
-                let block = self.refusal_block(table, &refusal);
-                self.send_extended_raise(&block, refusal_ctx(guard, refusal));
+                let (block, ctx) = self.refusal(table, guard, Refusal::Unsupported(reason.clone()));
+                self.send_extended_raise(&block, ctx);
                 Ok(true)
             }
             Action::Write(w) => {
@@ -250,9 +244,8 @@ impl Session {
         let guards = pw.guards.clone();
         let (expected, key) = match self.plan_write(&guards, &w, key, pinned) {
             Plan::Refuse(refusal) => {
-                let table = guards.guards[w.guard].table.clone();
-                let block = self.refusal_block(&table, &refusal);
-                self.send_extended_raise(&block, refusal_ctx(w.guard, refusal));
+                let (block, ctx) = self.refusal(&guards.guards[w.guard].table, w.guard, refusal);
+                self.send_extended_raise(&block, ctx);
                 return Ok(true);
             }
             Plan::Send { expected, key } => (expected, key),
@@ -538,13 +531,7 @@ impl Session {
                 );
                 return Ok(true);
             }
-            if w.op == WriteOp::Delete
-                && rows.is_some_and(|n| n > 0)
-                && let Some(k) = &w.key
-            {
-                let parts: Vec<&str> = k.iter().map(String::as_str).collect();
-                self.guard.tracker.forget(w.table(), &parts);
-            }
+            w.forget_if_deleted(rows, &mut self.guard.tracker);
         }
         if held {
             self.to_client.extend_from_slice(msg);
@@ -553,14 +540,5 @@ impl Session {
             return Ok(true);
         }
         Ok(false)
-    }
-}
-
-fn refusal_ctx(guard: usize, refusal: Refusal) -> RaiseCtx {
-    RaiseCtx {
-        guard,
-        held: None,
-        conflict: None,
-        refusal: Some(refusal),
     }
 }

@@ -69,6 +69,12 @@ pub enum Tag {
     Read(Box<pinned::ReadCheck>),
 }
 
+/// True for an entry the client's batch waits for (a checked write's `Execute`, or the
+/// proxy's raise): when the server skips it after an error, the batch must go on.
+pub fn held_batch_for(p: &Pending<StmtTag>) -> bool {
+    matches!(p, Pending::Execute(Some(t)) if t.holds_batch() || matches!(**t, Tag::Raise(_)))
+}
+
 /// Who the session is, for conflict logs.
 #[derive(Debug, Clone)]
 pub struct Ident {
@@ -153,9 +159,6 @@ impl GuardState {
             }
         }
     }
-
-    /// An entry the server will not answer (skipped after an error).
-    pub fn on_dropped(&mut self, _p: Pending<StmtTag>) {}
 
     /// True when the rows of the front reply must be read whole (not streamed).
     pub fn inspects_rows(&self, front: Option<&Pending<StmtTag>>) -> bool {

@@ -32,6 +32,18 @@ pub struct RaiseCtx {
     pub refusal: Option<Refusal>,
 }
 
+impl RaiseCtx {
+    /// The context of a refused write to guard `guard`.
+    pub fn refusal(guard: usize, refusal: Refusal) -> RaiseCtx {
+        RaiseCtx {
+            guard,
+            held: None,
+            conflict: None,
+            refusal: Some(refusal),
+        }
+    }
+}
+
 /// A `DO` block raising an error with these fields (code, value) as `RAISE ... USING`.
 pub fn raise_fields_block(fields: &[(u8, String)]) -> String {
     let mut using = Vec::new();
@@ -57,9 +69,32 @@ pub fn raise_fields_block(fields: &[(u8, String)]) -> String {
 }
 
 impl Session {
-    /// The refusal block for guard `guard`.
-    pub(super) fn refusal_block(&self, table: &TableName, refusal: &Refusal) -> String {
-        raise_fields_block(&conflict::refusal_fields(table, refusal))
+    /// A refused write to `table` (guard `guard`): the block that raises the refusal, and
+    /// its context.
+    pub(super) fn refusal(
+        &self,
+        table: &TableName,
+        guard: usize,
+        refusal: Refusal,
+    ) -> (String, RaiseCtx) {
+        let block = raise_fields_block(&conflict::refusal_fields(table, &refusal));
+        (block, RaiseCtx::refusal(guard, refusal))
+    }
+
+    /// The refusal of a text that is not UTF-8 and may write a guarded table (the first one
+    /// whose name it seems to hold).
+    pub(super) fn not_utf8_refusal(&self, sql: &[u8]) -> (String, RaiseCtx) {
+        let lower = String::from_utf8_lossy(sql).to_lowercase();
+        let guards = &self.settings.guards.guards;
+        let guard = guards
+            .iter()
+            .position(|g| lower.contains(&g.table.name.to_lowercase()))
+            .unwrap_or(0);
+        let refusal = Refusal::Unsupported(format!(
+            "the statement text is not valid UTF-8 (client_encoding {}), so optlock cannot analyse it; use client_encoding UTF8",
+            self.params.client_encoding
+        ));
+        self.refusal(&guards[guard].table, guard, refusal)
     }
 
     /// Queues a raise in the extended protocol: the block runs as the proxy's own statement and

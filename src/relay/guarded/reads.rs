@@ -47,6 +47,8 @@ struct Entry {
 pub struct ReadPlan {
     entries: Vec<Entry>,
     /// Indexes count from the end of the row: the row's last `n` columns are the plan's.
+    /// Such a plan reads the proxy's own `RETURNING` columns of a write: it advances the
+    /// versions the session knows and adds none.
     from_end: Option<usize>,
 }
 
@@ -151,7 +153,11 @@ impl ReadPlan {
             let keys: Option<Vec<String>> = e.keys.iter().map(|&c| value(&vals, c)).collect();
             if let Some(keys) = keys {
                 let parts: Vec<&str> = keys.iter().map(String::as_str).collect();
-                tracker.observe(e.table, &parts, &version);
+                if self.from_end.is_some() {
+                    tracker.advance(e.table, &parts, &version);
+                } else {
+                    tracker.observe(e.table, &parts, &version);
+                }
             }
         }
     }

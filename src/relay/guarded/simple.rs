@@ -20,6 +20,7 @@ use crate::admin::Outcome;
 use crate::config::{BulkPolicy, UnversionedPolicy};
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
 use crate::guard::rewrite::Expected;
+use crate::guard::track::Tracker;
 use crate::guard::{Action, GuardSet, GuardedWrite, TableId, Target, ValueRef, WriteOp};
 use crate::protocol::{backend as be, frontend as fe};
 use std::sync::Arc;
@@ -66,6 +67,17 @@ impl WriteCheck {
         self.guards.table_ids[self.guard]
     }
 
+    /// A delete that removed the row: its version is no longer known.
+    pub fn forget_if_deleted(&self, rows: Option<u64>, tracker: &mut Tracker) {
+        if self.op == WriteOp::Delete
+            && rows.is_some_and(|n| n > 0)
+            && let Some(k) = &self.key
+        {
+            let parts: Vec<&str> = k.iter().map(String::as_str).collect();
+            tracker.forget(self.table(), &parts);
+        }
+    }
+
     pub fn conflict_info(&self) -> Option<ConflictInfo> {
         let guard = self.guards.guards.get(self.guard)?;
         Some(ConflictInfo {
@@ -100,8 +112,8 @@ impl Session {
             return Ok(self.pinned_read_query(msg, sql_bytes, &guards));
         }
         let Ok(sql) = std::str::from_utf8(sql_bytes) else {
-            let steps = VecDeque::from([self.not_utf8_step(sql_bytes)]);
-            self.start_script(steps, false);
+            let (block, ctx) = self.not_utf8_refusal(sql_bytes);
+            self.start_script(VecDeque::from([StepSpec::Raise(block, ctx)]), false);
             return Ok(true);
         };
         let analysis = self.guard.cache.get_or_analyze(sql, &guards);
@@ -132,17 +144,9 @@ impl Session {
                         .iter()
                         .position(|g| &g.table == table)
                         .unwrap_or(0);
-                    let refusal = Refusal::Unsupported(reason.clone());
-                    let block = self.refusal_block(table, &refusal);
-                    steps.push_back(StepSpec::Raise(
-                        block,
-                        RaiseCtx {
-                            guard,
-                            held: None,
-                            conflict: None,
-                            refusal: Some(refusal),
-                        },
-                    ));
+                    let (block, ctx) =
+                        self.refusal(table, guard, Refusal::Unsupported(reason.clone()));
+                    steps.push_back(StepSpec::Raise(block, ctx));
                 }
                 Action::Write(w) => {
                     flush(&mut chunk, &mut steps);
@@ -154,29 +158,6 @@ impl Session {
         let wrap = steps.len() > 1 && self.tx_status == b'I' && !tx_control;
         self.start_script(steps, wrap);
         Ok(true)
-    }
-
-    fn not_utf8_step(&self, sql: &[u8]) -> StepSpec {
-        let lower = String::from_utf8_lossy(sql).to_lowercase();
-        let guards = &self.settings.guards.guards;
-        let guard = guards
-            .iter()
-            .position(|g| lower.contains(&g.table.name.to_lowercase()))
-            .unwrap_or(0);
-        let refusal = Refusal::Unsupported(format!(
-            "the statement text is not valid UTF-8 (client_encoding {}), so optlock cannot analyse it; use client_encoding UTF8",
-            self.params.client_encoding
-        ));
-        let block = self.refusal_block(&guards[guard].table, &refusal);
-        StepSpec::Raise(
-            block,
-            RaiseCtx {
-                guard,
-                held: None,
-                conflict: None,
-                refusal: Some(refusal),
-            },
-        )
     }
 
     /// Decides what a guarded write expects: pinned, tracked, or the policies.
@@ -275,16 +256,8 @@ impl Session {
         let guards = self.settings.guards.clone();
         match self.plan_write(&guards, w, key, pinned) {
             Plan::Refuse(refusal) => {
-                let table = self.settings.guards.guards[w.guard].table.clone();
-                StepSpec::Raise(
-                    self.refusal_block(&table, &refusal),
-                    RaiseCtx {
-                        guard: w.guard,
-                        held: None,
-                        conflict: None,
-                        refusal: Some(refusal),
-                    },
-                )
+                let (block, ctx) = self.refusal(&guards.guards[w.guard].table, w.guard, refusal);
+                StepSpec::Raise(block, ctx)
             }
             Plan::Send { expected, key } => {
                 let mut text = String::with_capacity(w.splice.statement.len() + 96);
@@ -413,13 +386,7 @@ impl Session {
                     c.held = Some(BytesMut::from(msg));
                     return Ok(true);
                 }
-                if c.op == WriteOp::Delete
-                    && rows.is_some_and(|n| n > 0)
-                    && let Some(k) = &c.key
-                {
-                    let parts: Vec<&str> = k.iter().map(String::as_str).collect();
-                    self.guard.tracker.forget(c.table(), &parts);
-                }
+                c.forget_if_deleted(rows, &mut self.guard.tracker);
                 Ok(false)
             }
             be::ERROR_RESPONSE => {
