@@ -36,7 +36,8 @@ enum Command {
         /// The real PostgreSQL server, overriding `upstream` (host:port).
         #[arg(long, env = "OPTLOCK_UPSTREAM")]
         upstream: Option<String>,
-        /// Worker threads (default: one per CPU core).
+        /// Session threads, each an event loop of its own (default: half the CPU cores, at
+        /// least one).
         #[arg(long, env = "OPTLOCK_WORKERS")]
         workers: Option<usize>,
         /// Log filter, e.g. `info`, `debug`, `optlock=debug` (RUST_LOG works too).
@@ -159,11 +160,17 @@ fn main() -> ExitCode {
             if let Some(u) = upstream {
                 cfg.upstream = u;
             }
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            if let Some(w) = workers {
-                rt.worker_threads(w.max(1));
-            }
-            let rt = match rt.enable_all().build() {
+            // One event loop serves thousands of sessions; on a machine shared with the database
+            // (and its clients) more loops only add wake-ups. Half the cores, at least one.
+            let threads = workers.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get() / 2)
+                    .max(1)
+            });
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("optlock: cannot start the runtime: {e}");
@@ -178,7 +185,9 @@ fn main() -> ExitCode {
                 if let Some(url) = &check_url {
                     startup_check(&cfg, url, ignore_check).await?;
                 }
-                let server = Server::bind(cfg, config).await?;
+                let server = Server::bind(cfg, config)
+                    .await?
+                    .with_session_threads(threads.max(1))?;
                 server.run().await
             });
             match result {

@@ -26,6 +26,8 @@ pub struct Server {
     pub metrics_listener: Option<TcpListener>,
     pub shared: Arc<Shared>,
     shutdown_tx: watch::Sender<bool>,
+    /// Single-threaded runtimes the sessions are spread over (empty: the caller's runtime).
+    session_threads: Vec<tokio::runtime::Handle>,
 }
 
 impl Server {
@@ -69,6 +71,7 @@ impl Server {
             metrics_listener,
             shared,
             shutdown_tx,
+            session_threads: Vec::new(),
         })
     }
 
@@ -85,6 +88,23 @@ impl Server {
             .and_then(|l| l.local_addr().ok())
     }
 
+    /// Runs the sessions on `n` threads, each with a single-threaded runtime of its own, in
+    /// turn. A session then stays on one thread and is woken only by its own sockets: no work
+    /// stealing, no cross-thread wake-ups on the relay path (the way PgBouncer runs one event
+    /// loop, times `n`).
+    pub fn with_session_threads(mut self, n: usize) -> anyhow::Result<Server> {
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            self.session_threads.push(rt.handle().clone());
+            std::thread::Builder::new()
+                .name(format!("optlock-sessions-{i}"))
+                .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        }
+        Ok(self)
+    }
+
     /// A handle that starts a graceful shutdown when sent `true`.
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown_tx.clone()
@@ -97,7 +117,9 @@ impl Server {
             metrics_listener,
             shared,
             shutdown_tx,
+            session_threads,
         } = self;
+        let mut next_thread = 0usize;
         let mut sessions = JoinSet::new();
         let mut shutdown_rx = shared.shutdown.clone();
         spawn_signal_handlers(shared.clone(), shutdown_tx.clone())?;
@@ -120,7 +142,31 @@ impl Server {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        sessions.spawn(relay::serve_client(tcp, peer, shared.clone()));
+                        match session_threads.get(next_thread % session_threads.len().max(1)) {
+                            Some(handle) => {
+                                next_thread = next_thread.wrapping_add(1);
+                                // The socket moves to the session thread's own reactor, so its
+                                // readiness wakes that thread directly.
+                                match tcp.into_std() {
+                                    Ok(std) => {
+                                        let shared = shared.clone();
+                                        sessions.spawn_on(
+                                            async move {
+                                                match tokio::net::TcpStream::from_std(std) {
+                                                    Ok(tcp) => relay::serve_client(tcp, peer, shared).await,
+                                                    Err(e) => error!(client = %peer, error = %e, "cannot register the client socket"),
+                                                }
+                                            },
+                                            handle,
+                                        );
+                                    }
+                                    Err(e) => error!(client = %peer, error = %e, "cannot hand the client socket over"),
+                                }
+                            }
+                            None => {
+                                sessions.spawn(relay::serve_client(tcp, peer, shared.clone()));
+                            }
+                        }
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.

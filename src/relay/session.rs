@@ -131,7 +131,11 @@ impl Session {
     {
         let login_timeout = tokio::time::sleep(self.settings.config.client_login_timeout);
         tokio::pin!(login_timeout);
-        let mut shutdown = self.shared.shutdown.clone();
+        // Created once: polling a fresh `changed()` every turn would touch the shared channel's
+        // lock on every message.
+        let mut shutdown_rx = self.shared.shutdown.clone();
+        let shutdown = shutdown_rx.changed();
+        tokio::pin!(shutdown);
         let end = loop {
             if self.client_eof && self.nothing_in_flight() {
                 break End::ClientClosed;
@@ -146,14 +150,19 @@ impl Session {
             let read_server = self.to_client.len() < HIGH_WATER;
             tokio::select! {
                 biased;
-                r = server_w.write_buf(&mut self.to_server), if !self.to_server.is_empty() => {
-                    if let Err(e) = r {
-                        break End::ServerError(format!("write to server failed: {e}"));
+                // Plain `write` (send), not vectored: one buffer, and the cheaper system call.
+                r = server_w.write(&self.to_server), if !self.to_server.is_empty() => {
+                    match r {
+                        Ok(n) if n > 0 => self.to_server.advance(n),
+                        Ok(_) => break End::ServerError("the server stopped reading".into()),
+                        Err(e) => break End::ServerError(format!("write to server failed: {e}")),
                     }
                 }
-                r = client_w.write_buf(&mut self.to_client), if !self.to_client.is_empty() => {
-                    if let Err(e) = r {
-                        break End::ClientError(format!("write to client failed: {e}"));
+                r = client_w.write(&self.to_client), if !self.to_client.is_empty() => {
+                    match r {
+                        Ok(n) if n > 0 => self.to_client.advance(n),
+                        Ok(_) => break End::ClientError("the client stopped reading".into()),
+                        Err(e) => break End::ClientError(format!("write to client failed: {e}")),
                     }
                     // A TLS stream may keep encrypted bytes until flushed.
                     if self.to_client.is_empty()
@@ -207,7 +216,7 @@ impl Session {
                 _ = &mut login_timeout, if !self.logged_in => {
                     break End::LoginTimeout;
                 }
-                _ = shutdown.changed(), if !self.draining => {
+                _ = &mut shutdown, if !self.draining => {
                     self.draining = true;
                 }
             }
