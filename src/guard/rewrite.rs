@@ -178,6 +178,19 @@ fn push_literal(out: &mut String, v: &str) {
 impl GuardedWrite {
     /// Appends the rewritten statement (only this statement's range of `text`) to `out`.
     pub fn render(&self, text: &str, guards: &GuardSet, expected: Expected<'_>, out: &mut String) {
+        self.render_with(text, guards, expected, true, out);
+    }
+
+    /// [`GuardedWrite::render`], leaving out the proxy's `RETURNING` columns when `returning`
+    /// is false (nothing the session tracks can change).
+    pub fn render_with(
+        &self,
+        text: &str,
+        guards: &GuardSet,
+        expected: Expected<'_>,
+        returning: bool,
+        out: &mut String,
+    ) {
         let guard = &guards.guards[self.guard];
         let s = &self.splice;
         let q = s.qualifier.as_str();
@@ -234,7 +247,7 @@ impl GuardedWrite {
             }
         }
 
-        if self.added_columns(guards) > 0 {
+        if returning && self.added_columns(guards) > 0 {
             copy_to(out, s.returning_at);
             out.push_str(if self.client_returning {
                 ", "

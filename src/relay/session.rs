@@ -137,8 +137,16 @@ impl Session {
         let shutdown = shutdown_rx.changed();
         tokio::pin!(shutdown);
         let end = loop {
-            if self.client_eof && self.nothing_in_flight() {
-                break End::ClientClosed;
+            if self.client_eof {
+                // Every complete message was handled (unless the guard holds some back): what
+                // is left is the start of one that will never be finished.
+                if !self.hold_client {
+                    self.client_in.clear();
+                    self.client_stream_left = 0;
+                }
+                if self.nothing_in_flight() {
+                    break End::ClientClosed;
+                }
             }
             if self.draining && self.is_idle() {
                 break End::Shutdown;
@@ -189,18 +197,7 @@ impl Session {
                 }
                 r = client_r.read_buf(&mut self.client_in), if read_client => {
                     match r {
-                        Ok(0) => {
-                            // A partial message will never complete.
-                            if self.client_stream_left == 0
-                                && protocol::peek_header(&self.client_in, usize::MAX)
-                                    .ok()
-                                    .flatten()
-                                    .is_none_or(|h| h.size > self.client_in.len())
-                            {
-                                self.client_in.clear();
-                            }
-                            self.client_eof = true;
-                        }
+                        Ok(0) => self.client_eof = true,
                         Ok(n) => {
                             self.shared.metrics_bytes(true, n);
                             let started = Instant::now();
