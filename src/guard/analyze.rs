@@ -1196,30 +1196,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    const CONFIG: &str = r#"
-[[guard]]
-table = "public.invoice"
-key = ["id"]
-
-[[guard]]
-table = 'public."tabSales Invoice"'
-key = ["name"]
-version = "modified"
-kind = "timestamp"
-
-[[guard]]
-table = "shop.line"
-key = ["invoice_id", "line_no"]
-
-[[guard]]
-table = "public.accounts"
-key = ["aid"]
-version = "xmin"
-"#;
-
-    fn guards() -> Arc<GuardSet> {
-        GuardSet::new(&Config::parse(CONFIG, "test.toml").unwrap())
-    }
+    use crate::guard::fixtures::guards;
 
     fn one(sql: &str) -> Action {
         let a = analyze(sql, &guards());

@@ -166,3 +166,42 @@ pub struct GuardedWrite {
     /// The pieces the renderer splices into the original text (see [`rewrite`]).
     pub splice: rewrite::Splice,
 }
+
+/// The guards the unit tests of this module analyse and rewrite against.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::sync::Arc;
+
+    use super::GuardSet;
+    use crate::config::Config;
+
+    pub const CONFIG: &str = r#"
+[[guard]]
+table = "public.invoice"
+key = ["id"]
+
+[[guard]]
+table = 'public."tabSales Invoice"'
+key = ["name"]
+version = "modified"
+kind = "timestamp"
+
+[[guard]]
+table = "shop.line"
+key = ["invoice_id", "line_no"]
+
+[[guard]]
+table = "public.accounts"
+key = ["aid"]
+version = "xmin"
+
+[[guard]]
+table = "public.orders"
+key = ['"Order ID"']
+version = "order"
+"#;
+
+    pub fn guards() -> Arc<GuardSet> {
+        GuardSet::new(&Config::parse(CONFIG, "test.toml").expect("test config"))
+    }
+}

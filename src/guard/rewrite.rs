@@ -286,35 +286,7 @@ mod tests {
     use crate::guard::Action;
     use crate::guard::analyze::{analyze, parses};
 
-    const CONFIG: &str = r#"
-[[guard]]
-table = "public.invoice"
-key = ["id"]
-
-[[guard]]
-table = 'public."tabSales Invoice"'
-key = ["name"]
-version = "modified"
-kind = "timestamp"
-
-[[guard]]
-table = "shop.line"
-key = ["invoice_id", "line_no"]
-
-[[guard]]
-table = "public.accounts"
-key = ["aid"]
-version = "xmin"
-
-[[guard]]
-table = "public.orders"
-key = ['"Order ID"']
-version = "order"
-"#;
-
-    fn guards() -> Arc<GuardSet> {
-        GuardSet::new(&Config::parse(CONFIG, "test.toml").unwrap())
-    }
+    use crate::guard::fixtures::guards;
 
     /// Renders the only guarded write of `sql` and checks the result still parses.
     fn render(sql: &str, expected: Expected<'_>) -> String {
