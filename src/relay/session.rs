@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use super::guarded::{GuardState, StmtTag};
 use super::replies::{Pending, Replies};
@@ -321,6 +321,7 @@ impl Session {
 
     /// One complete client message.
     fn on_client_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), String> {
+        trace!(tag = %(tag as char), len = msg.len(), "client message");
         if !self.logged_in {
             // Authentication messages go straight through.
             self.to_server.extend_from_slice(msg);
@@ -371,7 +372,17 @@ impl Session {
             fe::EXECUTE => {
                 self.count_statement();
                 let tagged = self.guard_execute(&msg[5..]);
-                self.to_server.extend_from_slice(msg);
+                match (
+                    tagged.as_ref().is_some_and(|t| t.hides_all_rows()),
+                    fe::execute(&msg[5..]),
+                ) {
+                    // The client expects no rows (it may ask for at most one, as pgjdbc does),
+                    // so the proxy's own rows must not suspend the portal before its row count.
+                    (true, Some((portal, limit))) if limit != 0 => {
+                        fe::write_execute(&mut self.to_server, portal, 0)
+                    }
+                    _ => self.to_server.extend_from_slice(msg),
+                }
                 let hold = tagged.as_ref().is_some_and(|t| t.holds_batch());
                 self.replies.push(Pending::Execute(tagged));
                 if hold {
@@ -441,6 +452,7 @@ impl Session {
 
     /// One complete server message.
     fn on_server_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), String> {
+        trace!(tag = %(tag as char), len = msg.len(), "server message");
         if tag == be::ERROR_RESPONSE
             && matches!(
                 be::error_field(&msg[5..], b'V').or_else(|| be::error_field(&msg[5..], b'S')),

@@ -109,6 +109,12 @@ impl Portal {
 }
 
 impl Tag {
+    /// True for a guarded write whose rows are all the proxy's own (the client wrote no
+    /// `RETURNING`): the client sees none of them.
+    pub fn hides_all_rows(&self) -> bool {
+        matches!(self, Tag::Execute(p) if p.write.as_ref().is_some_and(|w| w.added > 0 && !w.client_returning))
+    }
+
     /// True when later messages of the batch must wait for this statement's row count.
     pub fn holds_batch(&self) -> bool {
         matches!(self, Tag::Execute(p) if p.write.as_ref().is_some_and(|w| w.expected.is_some()))
