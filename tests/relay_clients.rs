@@ -186,7 +186,7 @@ async fn psql_reports_a_terminated_session_like_postgres() {
     let head = ["-X", "-c"];
     let direct = run_async(
         "psql",
-        args(&head, &[sql.clone()])
+        args(&head, std::slice::from_ref(&sql))
             .into_iter()
             .chain(target(PG_PORT, &dbname))
             .collect(),

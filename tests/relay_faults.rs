@@ -75,8 +75,7 @@ async fn cancel_request_reaches_the_right_backend() {
         .await
         .expect("cancelled query ends")
         .unwrap()
-        .err()
-        .expect("cancelled query fails");
+        .expect_err("cancelled query fails");
     assert_eq!(code(&e), "57014");
     // The other session's query was not touched.
     let still: bool = direct
@@ -90,8 +89,7 @@ async fn cancel_request_reaches_the_right_backend() {
         .await
         .expect("cancelled query ends")
         .unwrap()
-        .err()
-        .expect("cancelled query fails");
+        .expect_err("cancelled query fails");
     assert_eq!(code(&e), "57014");
 
     // A cancelled session goes on working.
@@ -202,7 +200,7 @@ async fn upstream_restart_mid_session() {
         .await
         .expect("the running query ends when the server stops")
         .unwrap();
-    let e = r.err().expect("the running query fails");
+    let e = r.expect_err("the running query fails");
     assert!(
         e.is_closed() || matches!(code(&e).as_str(), "57P01" | "08006"),
         "unexpected error: {e:?}"
@@ -210,8 +208,7 @@ async fn upstream_restart_mid_session() {
     let e = tokio::time::timeout(PATIENCE, idle.simple_query("SELECT 1"))
         .await
         .expect("no hang")
-        .err()
-        .expect("the idle session lost its server");
+        .expect_err("the idle session lost its server");
     assert!(
         e.is_closed() || matches!(code(&e).as_str(), "57P01" | "08006"),
         "unexpected error: {e:?}"

@@ -1191,7 +1191,6 @@ pub(crate) fn parses(sql: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::config::Config;

@@ -279,10 +279,9 @@ impl GuardedWrite {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
-    use crate::config::Config;
+
     use crate::guard::Action;
     use crate::guard::analyze::{analyze, parses};
 

@@ -16,12 +16,11 @@ pub struct Cluster {
 }
 
 fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
-    let out = Command::new("runuser")
+    Command::new("runuser")
         .args(["-u", "postgres", "--", &format!("{BIN}/{program}")])
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    out
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
 }
 
 fn free_port() -> u16 {

@@ -38,7 +38,7 @@ pub struct Script {
 #[derive(Debug)]
 enum StepSpec {
     Sql(String, Option<Box<WriteCheck>>),
-    Raise(String, RaiseCtx),
+    Raise(String, Box<RaiseCtx>),
 }
 
 /// What the proxy checks of one guarded write.
@@ -113,7 +113,10 @@ impl Session {
         }
         let Ok(sql) = std::str::from_utf8(sql_bytes) else {
             let (block, ctx) = self.not_utf8_refusal(sql_bytes);
-            self.start_script(VecDeque::from([StepSpec::Raise(block, ctx)]), false);
+            self.start_script(
+                VecDeque::from([StepSpec::Raise(block, Box::new(ctx))]),
+                false,
+            );
             return Ok(true);
         };
         let analysis = self.guard.cache.get_or_analyze(sql, &guards);
@@ -146,7 +149,7 @@ impl Session {
                         .unwrap_or(0);
                     let (block, ctx) =
                         self.refusal(table, guard, Refusal::Unsupported(reason.clone()));
-                    steps.push_back(StepSpec::Raise(block, ctx));
+                    steps.push_back(StepSpec::Raise(block, Box::new(ctx)));
                 }
                 Action::Write(w) => {
                     flush(&mut chunk, &mut steps);
@@ -273,7 +276,7 @@ impl Session {
         match self.plan_write(&guards, w, key, pinned) {
             Plan::Refuse(refusal) => {
                 let (block, ctx) = self.refusal(&guards.guards[w.guard].table, w.guard, refusal);
-                StepSpec::Raise(block, ctx)
+                StepSpec::Raise(block, Box::new(ctx))
             }
             Plan::Send { expected, key } => {
                 let mut text = String::with_capacity(w.splice.statement.len() + 96);
@@ -348,7 +351,7 @@ impl Session {
                 self.replies
                     .push(Pending::Simple(Some(Box::new(Tag::Step(check)))));
             }
-            Some(StepSpec::Raise(block, ctx)) => self.send_simple_raise(&block, ctx),
+            Some(StepSpec::Raise(block, ctx)) => self.send_simple_raise(&block, *ctx),
             None => {}
         }
     }
