@@ -372,16 +372,16 @@ impl Session {
             fe::EXECUTE => {
                 self.count_statement();
                 let tagged = self.guard_execute(&msg[5..]);
-                match (
-                    tagged.as_ref().is_some_and(|t| t.hides_all_rows()),
-                    fe::execute(&msg[5..]),
-                ) {
-                    // The client expects no rows (it may ask for at most one, as pgjdbc does),
-                    // so the proxy's own rows must not suspend the portal before its row count.
-                    (true, Some((portal, limit))) if limit != 0 => {
-                        fe::write_execute(&mut self.to_server, portal, 0)
-                    }
-                    _ => self.to_server.extend_from_slice(msg),
+                // The client expects no rows (it may ask for at most one, as pgjdbc does), so
+                // the proxy's own rows must not suspend the portal before its row count.
+                let unlimited = tagged
+                    .as_ref()
+                    .filter(|t| t.hides_all_rows())
+                    .and_then(|_| fe::execute(&msg[5..]))
+                    .filter(|&(_, limit)| limit != 0);
+                match unlimited {
+                    Some((portal, _)) => fe::write_execute(&mut self.to_server, portal, 0),
+                    None => self.to_server.extend_from_slice(msg),
                 }
                 let hold = tagged.as_ref().is_some_and(|t| t.holds_batch());
                 self.replies.push(Pending::Execute(tagged));
