@@ -6,10 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use optlock::config::{Config, TableName};
-use optlock::guard::conflict::{
-    ConflictInfo, error_field, raise_block, raise_block_if_changed, strip_context,
-};
+use optlock::guard::conflict::{ConflictInfo, raise_block, raise_block_if_changed, strip_context};
 use optlock::guard::values::{canonical_binary, canonical_text};
+use optlock::protocol::backend::error_field;
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 

@@ -9,14 +9,13 @@
 //! the client sees it.
 //!
 //! Statements the proxy refuses itself (fail closed, `unversioned = "reject"`,
-//! `bulk = "reject"`) get an ErrorResponse built here by [`refusal_error`].
+//! `bulk = "reject"`) get an ErrorResponse built here by [`refusal_fields`] (the relay raises them on the server too, so they abort like any error).
 
 use bytes::BytesMut;
-use pgwire::messages::Message;
-use pgwire::messages::response::ErrorResponse;
 
 use crate::config::{TableName, quote_ident};
 use crate::guard::values::quote_literal;
+use crate::protocol::backend;
 
 /// The constraint name carried by every error of the proxy.
 pub const CONSTRAINT: &str = "optlock";
@@ -141,11 +140,6 @@ fn block(info: &ConflictInfo, sqlstate: &str, only_if_changed: bool) -> String {
     format!("DO {tag}\n{body}\n{tag}")
 }
 
-/// The value of one field (`code` byte) of an ErrorResponse or NoticeResponse body.
-pub fn error_field(body: &[u8], code: u8) -> Option<&[u8]> {
-    fields(body).find(|(c, _)| *c == code).map(|(_, v)| v)
-}
-
 /// Fields the client must not see from a raised conflict: where (`W`, the PL/pgSQL context),
 /// position (`P`), internal position (`p`) and internal query (`q`).
 const HIDDEN_FIELDS: &[u8] = b"WPpq";
@@ -154,30 +148,9 @@ const HIDDEN_FIELDS: &[u8] = b"WPpq";
 /// raised by [`raise_block`] reads like any other server error. The input is the message body
 /// (after tag and length): `code, cstring` pairs ending in a 0 byte.
 pub fn strip_context(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len());
-    for (code, value) in fields(body) {
-        if !HIDDEN_FIELDS.contains(&code) {
-            out.push(code);
-            out.extend_from_slice(value);
-            out.push(0);
-        }
-    }
-    out.push(0);
-    out
-}
-
-fn fields(body: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
-    let mut rest = body;
-    std::iter::from_fn(move || {
-        let (&code, tail) = rest.split_first()?;
-        if code == 0 {
-            return None;
-        }
-        let end = memchr::memchr(0, tail)?;
-        let value = &tail[..end];
-        rest = &tail[end + 1..];
-        Some((code, value))
-    })
+    let mut out = BytesMut::with_capacity(body.len() + 5);
+    backend::write_without_fields(&mut out, backend::ERROR_RESPONSE, body, HIDDEN_FIELDS);
+    out[5..].to_vec()
 }
 
 /// Why the proxy refuses a statement itself.
@@ -239,21 +212,10 @@ pub fn refusal_fields(table: &TableName, refusal: &Refusal) -> Vec<(u8, String)>
     fields
 }
 
-/// The ErrorResponse for a statement the proxy refuses.
-pub fn refusal_error(table: &TableName, refusal: &Refusal) -> ErrorResponse {
-    ErrorResponse::new(refusal_fields(table, refusal))
-}
-
-/// A whole ErrorResponse message (tag, length, body) appended to `buf`.
-pub fn encode_error(error: &ErrorResponse, buf: &mut BytesMut) {
-    error
-        .encode(buf)
-        .expect("an ErrorResponse of plain fields always encodes");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::backend::error_field;
 
     fn table() -> TableName {
         TableName {
@@ -305,9 +267,11 @@ mod tests {
 
     #[test]
     fn refusal_encodes() {
-        let e = refusal_error(&table(), &Refusal::Unversioned("(name)=(a)".into()));
         let mut buf = BytesMut::new();
-        encode_error(&e, &mut buf);
+        backend::write_error_fields(
+            &mut buf,
+            refusal_fields(&table(), &Refusal::Unversioned("(name)=(a)".into())),
+        );
         assert_eq!(buf[0], b'E');
         let len = u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize;
         assert_eq!(len + 1, buf.len());

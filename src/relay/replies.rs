@@ -83,11 +83,6 @@ impl<G> Replies<G> {
         self.queue.pop_front()
     }
 
-    /// True while some `Sync` or `Query` is still unanswered.
-    pub fn awaits_ready(&self) -> bool {
-        self.queue.iter().any(Pending::is_sync_point)
-    }
-
     /// Classifies a server message by tag against the front entry, popping it when complete.
     /// Returns the popped entry (if any) with the step.
     pub fn on_message(&mut self, tag: u8) -> (Step, Option<Pending<G>>) {
@@ -181,7 +176,6 @@ mod tests {
             r.on_message(be::COMMAND_COMPLETE),
             (Step::Completes, Some(Pending::Execute(())))
         ));
-        assert!(r.awaits_ready());
         assert!(matches!(
             r.on_message(be::READY_FOR_QUERY).0,
             Step::Completes
