@@ -7,6 +7,9 @@
 #
 # Environment understood by every script that sources this file:
 #   PG_HOST (127.0.0.1), PG_PORT (5432), PG_USER (postgres)  the real PostgreSQL (trust auth)
+#   UPSTREAM_SOCKET    the server's socket directory (e.g. /var/run/postgresql): optlock and
+#                      PgBouncer then reach the server through its Unix-domain socket instead
+#                      of TCP (pgbench still connects over TCP; "direct" stays TCP)
 #   CARGO_TARGET_DIR   where cargo puts the build (default: <repo>/target)
 #   OPTLOCK_BIN        use this binary instead of building one
 #   OPTLOCK_WORKERS    pass --workers N to the proxy (default: unset = one per core)
@@ -20,6 +23,11 @@ REPO_ROOT=$(cd "$BENCH_DIR/.." && pwd)
 PG_HOST=${PG_HOST:-127.0.0.1}
 PG_PORT=${PG_PORT:-5432}
 PG_USER=${PG_USER:-postgres}
+UPSTREAM_SOCKET=${UPSTREAM_SOCKET:-}
+if [[ -n "$UPSTREAM_SOCKET" && ! -S "$UPSTREAM_SOCKET/.s.PGSQL.$PG_PORT" ]]; then
+    printf 'error: no PostgreSQL socket at %s\n' "$UPSTREAM_SOCKET/.s.PGSQL.$PG_PORT" >&2
+    exit 1
+fi
 export PGUSER=$PG_USER PGCONNECT_TIMEOUT=${PGCONNECT_TIMEOUT:-10}
 unset PGPASSWORD PGDATABASE PGOPTIONS 2>/dev/null || true
 
@@ -50,6 +58,15 @@ need() {
 pg_direct() {
     local db=$1; shift
     psql -X -q -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -d "$db" "$@"
+}
+
+# How the proxies reach the server, for report headers.
+upstream_note() {
+    if [[ -n "$UPSTREAM_SOCKET" ]]; then
+        echo "proxies reach the server through its Unix socket in $UPSTREAM_SOCKET"
+    else
+        echo "proxies reach the server over TCP at $PG_HOST:$PG_PORT"
+    fi
 }
 
 # Builds the proxy (release) and sets OPTLOCK_BIN.
@@ -96,7 +113,9 @@ wait_ready() {
 # several times (several proxies side by side).
 start_optlock() {
     local port=$1 config=${2:-}
-    local args=(serve --listen "127.0.0.1:$port" --upstream "$PG_HOST:$PG_PORT" --log warn)
+    local upstream="$PG_HOST:$PG_PORT"
+    [[ -n "$UPSTREAM_SOCKET" ]] && upstream="$UPSTREAM_SOCKET/.s.PGSQL.$PG_PORT"
+    local args=(serve --listen "127.0.0.1:$port" --upstream "$upstream" --log warn)
     [[ -n "$config" ]] && args+=(--config "$config")
     [[ -n "${OPTLOCK_WORKERS:-}" ]] && args+=(--workers "$OPTLOCK_WORKERS")
     # OPTLOCK_WORKERS is also read by clap from the environment; pass it explicitly only.
@@ -106,7 +125,7 @@ start_optlock() {
     OPTLOCK_PIDS+=("$OPTLOCK_PID")
     OPTLOCK_AT[$port]=$OPTLOCK_PID OPTLOCK_CFG[$port]=$config
     wait_ready "$port" optlock
-    log "optlock pid $OPTLOCK_PID on 127.0.0.1:$port${config:+ (config $config)}${OPTLOCK_WORKERS:+ workers=$OPTLOCK_WORKERS}"
+    log "optlock pid $OPTLOCK_PID on 127.0.0.1:$port, upstream $upstream${config:+ (config $config)}${OPTLOCK_WORKERS:+ workers=$OPTLOCK_WORKERS}"
 }
 
 # Checks that the proxy started on PORT still runs. If it has exited, logs that with its exit
@@ -154,7 +173,7 @@ start_pgbouncer() {
     printf '"%s" ""\n' "$PG_USER" >"$dir/userlist.txt"
     cat >"$dir/pgbouncer.ini" <<EOF
 [databases]
-* = host=$PG_HOST port=$PG_PORT
+* = host=${UPSTREAM_SOCKET:-$PG_HOST} port=$PG_PORT
 
 [pgbouncer]
 listen_addr = 127.0.0.1

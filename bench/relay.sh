@@ -101,7 +101,7 @@ done
 {
     echo "# optlock relay benchmark: pgbench -S -c $CLIENTS -j $THREADS -T $DURATION, $ROUNDS interleaved rounds"
     echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  host $(hostname)  $(nproc) cores  $(pgbench --version)"
-    echo "# optlock $( "$OPTLOCK_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), workers ${OPTLOCK_WORKERS:-default}; pgbouncer $(pgbouncer --version 2>/dev/null | awk 'NR==1{print $2}') session mode; scale $SCALE"
+    echo "# optlock $( "$OPTLOCK_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), workers ${OPTLOCK_WORKERS:-default}; pgbouncer $(pgbouncer --version 2>/dev/null | awk 'NR==1{print $2}') session mode; scale $SCALE; $(upstream_note)"
     echo "# TPS = median over rounds (without initial connection time)"
     echo
     printf '%-9s %12s %12s %12s %15s %17s %18s\n' mode direct optlock pgbouncer optlock/direct pgbouncer/direct optlock/pgbouncer

@@ -120,7 +120,7 @@ done
 {
     echo "# optlock guarded TPC-B benchmark: pgbench (tpcb-like) -c $CLIENTS -j $THREADS -T $DURATION --max-tries=$MAX_TRIES, scale $SCALE, $ROUNDS interleaved rounds"
     echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  host $(hostname)  $(nproc) cores  $(pgbench --version)"
-    echo "# optlock $("$OPTLOCK_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), workers ${OPTLOCK_WORKERS:-default}"
+    echo "# optlock $("$OPTLOCK_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), workers ${OPTLOCK_WORKERS:-default}; $(upstream_note)"
     echo "# optlock = guarded by xmin (pgbench_accounts/aid, pgbench_tellers/tid, pgbench_branches/bid); plain = no guards"
     echo "# TPS = median over rounds; retried/failed = summed over rounds"
     echo

@@ -247,7 +247,7 @@ impl Config {
             cfg.listen = v.into_inner();
         }
         if let Some(v) = raw.upstream {
-            check_address(v.get_ref())
+            check_upstream(v.get_ref())
                 .map_err(|r| err(Some(v.span()), format!("upstream: {r}")))?;
             cfg.upstream = v.into_inner();
         }
@@ -427,6 +427,51 @@ fn build_guard(g: RawGuard) -> Result<Guard, SpanError> {
     })
 }
 
+/// Where the upstream server listens: `host:port` over TCP, or a Unix-domain socket given by
+/// an absolute path, either the socket file itself (`/var/run/postgresql/.s.PGSQL.5432`) or
+/// the directory holding it, as libpq's `host=/var/run/postgresql` (port 5432 then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr<'a> {
+    Tcp(&'a str),
+    Unix(PathBuf),
+}
+
+/// PostgreSQL's socket file name for a port, as in its `unix_socket_directories`.
+pub fn socket_file_name(port: u16) -> String {
+    format!(".s.PGSQL.{port}")
+}
+
+impl<'a> UpstreamAddr<'a> {
+    pub fn parse(addr: &'a str) -> UpstreamAddr<'a> {
+        if !addr.starts_with('/') {
+            return UpstreamAddr::Tcp(addr);
+        }
+        let path = std::path::Path::new(addr);
+        let is_socket_file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".s.PGSQL."));
+        if is_socket_file {
+            UpstreamAddr::Unix(path.to_path_buf())
+        } else {
+            UpstreamAddr::Unix(path.join(socket_file_name(5432)))
+        }
+    }
+}
+
+/// Checks an `upstream` value: `host:port` or an absolute socket path.
+pub fn check_upstream(addr: &str) -> Result<(), String> {
+    if addr.starts_with('/') {
+        return Ok(());
+    }
+    check_address(addr).map_err(|_| {
+        format!(
+            "{addr:?} is not an address: write host:port (\"127.0.0.1:5432\") or the path of \
+             the server's socket directory (\"/var/run/postgresql\")"
+        )
+    })
+}
+
 fn check_address(addr: &str) -> Result<(), String> {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
@@ -524,6 +569,28 @@ fn split_identifier(text: &str) -> Result<(String, &str), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_is_host_port_or_a_socket_path() {
+        assert_eq!(
+            UpstreamAddr::parse("db.local:5433"),
+            UpstreamAddr::Tcp("db.local:5433")
+        );
+        assert_eq!(
+            UpstreamAddr::parse("/var/run/postgresql"),
+            UpstreamAddr::Unix("/var/run/postgresql/.s.PGSQL.5432".into())
+        );
+        assert_eq!(
+            UpstreamAddr::parse("/tmp/.s.PGSQL.5433"),
+            UpstreamAddr::Unix("/tmp/.s.PGSQL.5433".into())
+        );
+        let cfg = Config::parse("upstream = \"/var/run/postgresql\"", "x.toml").unwrap();
+        assert_eq!(cfg.upstream, "/var/run/postgresql");
+        let e = Config::parse("\nupstream = \"postgres\"", "x.toml").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("x.toml:2"), "{text}");
+        assert!(text.contains("socket directory"), "{text}");
+    }
 
     #[test]
     fn defaults_apply() {

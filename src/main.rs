@@ -33,7 +33,8 @@ enum Command {
         /// Where clients connect, overriding `listen` (host:port).
         #[arg(long, env = "OPTLOCK_LISTEN")]
         listen: Option<String>,
-        /// The real PostgreSQL server, overriding `upstream` (host:port).
+        /// The real PostgreSQL server, overriding `upstream`: host:port, or the path of its
+        /// socket directory (e.g. /var/run/postgresql).
         #[arg(long, env = "OPTLOCK_UPSTREAM")]
         upstream: Option<String>,
         /// Session threads, each an event loop of its own (default: half the CPU cores, at
@@ -158,6 +159,10 @@ fn main() -> ExitCode {
                 cfg.listen = l;
             }
             if let Some(u) = upstream {
+                if let Err(e) = optlock::config::check_upstream(&u) {
+                    eprintln!("optlock: --upstream: {e}");
+                    return ExitCode::from(2);
+                }
                 cfg.upstream = u;
             }
             // One event loop serves thousands of sessions; on a machine shared with the database

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::guarded::Ident;
 use super::handshake::{self, ClientStream};
-use super::{Settings, Shared, connect_upstream};
+use super::{Settings, Shared, upstream};
 use crate::admin::{AdminContext, execute};
 use crate::protocol::startup::encode_startup;
 use crate::protocol::{self, backend as be, frontend as fe};
@@ -53,7 +53,7 @@ pub async fn serve(
             _ => (k.clone(), v.clone()),
         })
         .collect();
-    let mut upstream = match connect_upstream(config).await {
+    let mut upstream = match upstream::connect(config).await {
         Ok(s) => s,
         Err(message) => {
             shared.admin.metrics.upstream_connect_failed();

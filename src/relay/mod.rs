@@ -10,6 +10,7 @@ pub mod guarded;
 pub mod handshake;
 pub mod replies;
 pub mod session;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -29,6 +29,7 @@ use crate::guard::GuardSet;
 use guarded::{GuardState, Ident};
 use handshake::{ClientStream, Opening};
 use session::Session;
+use upstream::Upstream;
 
 /// What one config generation gives the sessions: the config and its guards.
 #[derive(Debug)]
@@ -200,7 +201,9 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
         Ok(Ok(o)) => o,
     };
     match opening {
-        Opening::Cancel(packet) => forward_cancel(&settings.config.upstream, &packet, peer).await,
+        Opening::Cancel(packet) => {
+            upstream::forward_cancel(&settings.config.upstream, &packet, peer).await
+        }
         Opening::Startup {
             stream,
             packet,
@@ -253,7 +256,7 @@ async fn run_session(
 ) {
     let started = Instant::now();
     let config = &settings.config;
-    let upstream = match connect_upstream(config).await {
+    let upstream = match upstream::connect(config).await {
         Ok(s) => s,
         Err(message) => {
             shared.admin.metrics.upstream_connect_failed();
@@ -273,9 +276,31 @@ async fn run_session(
     let guard = GuardState::new(ident, config.track_limit);
     let mut session = Session::new(shared.clone(), settings.clone(), guard, handle);
     session.to_server.extend_from_slice(&packet);
-    let mut upstream = upstream;
-    let (sr, sw) = upstream.split();
-    let end = match &mut stream {
+    let end = match upstream {
+        Upstream::Tcp(mut s) => {
+            let (sr, sw) = s.split();
+            relay_to(&mut session, &mut stream, sr, sw).await
+        }
+        Upstream::Unix(mut s) => {
+            let (sr, sw) = s.split();
+            relay_to(&mut session, &mut stream, sr, sw).await
+        }
+    };
+    session::log_end(&end, started);
+}
+
+/// Runs the session's relay loop between the client and the server halves given.
+async fn relay_to<SR, SW>(
+    session: &mut Session,
+    stream: &mut ClientStream,
+    sr: SR,
+    sw: SW,
+) -> session::End
+where
+    SR: tokio::io::AsyncRead + Unpin,
+    SW: tokio::io::AsyncWrite + Unpin,
+{
+    match stream {
         ClientStream::Plain(tcp) => {
             let (cr, cw) = tcp.split();
             session.run(cr, cw, sr, sw).await
@@ -283,39 +308,6 @@ async fn run_session(
         ClientStream::Tls(tls) => {
             let (cr, cw) = tokio::io::split(tls.as_mut());
             session.run(cr, cw, sr, sw).await
-        }
-    };
-    session::log_end(&end, started);
-}
-
-/// Connects to the upstream server, with the configured timeout.
-pub async fn connect_upstream(config: &Config) -> Result<TcpStream, String> {
-    let addr = &config.upstream;
-    match tokio::time::timeout(config.upstream_connect_timeout, TcpStream::connect(addr)).await {
-        Err(_) => Err(format!(
-            "could not connect to the upstream server at {addr}: no answer within upstream_connect_timeout ({:?})",
-            config.upstream_connect_timeout
-        )),
-        Ok(Err(e)) => Err(format!(
-            "could not connect to the upstream server at {addr}: {e}"
-        )),
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-    }
-}
-
-/// Forwards a `CancelRequest` to the server; the key in it was issued by that server.
-async fn forward_cancel(upstream: &str, packet: &[u8], peer: SocketAddr) {
-    match TcpStream::connect(upstream).await {
-        Ok(mut s) => {
-            let _ = s.write_all(packet).await;
-            let _ = s.shutdown().await;
-            debug!(client = %peer, "cancel request forwarded");
-        }
-        Err(e) => {
-            warn!(client = %peer, error = %e, "cancel request could not reach the upstream server")
         }
     }
 }
