@@ -55,8 +55,10 @@ async fn upstream_through_a_unix_socket() {
     let direct = db.direct().await;
     let dir = socket_dir(&direct).await;
     for upstream in [dir.clone(), format!("{dir}/.s.PGSQL.{PG_PORT}")] {
-        let mut config = optlock::config::Config::default();
-        config.upstream = upstream.clone();
+        let config = optlock::config::Config {
+            upstream: upstream.clone(),
+            ..Default::default()
+        };
         let proxy = Proxy::start(config).await;
         let c = proxy.client(&db.name).await;
         // A socket connection has no client address on the server side.
@@ -98,8 +100,10 @@ async fn upstream_through_a_unix_socket() {
     }
 
     // A socket path with no server behind it: a FATAL that names the path.
-    let mut config = optlock::config::Config::default();
-    config.upstream = "/nonexistent/optlock-test".into();
+    let config = optlock::config::Config {
+        upstream: "/nonexistent/optlock-test".into(),
+        ..Default::default()
+    };
     let proxy = Proxy::start(config).await;
     let err = tokio_postgres::connect(&proxy.conninfo(&db.name), tokio_postgres::NoTls)
         .await
