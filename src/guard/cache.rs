@@ -10,6 +10,7 @@ use std::sync::Arc;
 use lru::LruCache;
 
 use super::analyze::analyze;
+use super::shape::shape;
 use super::{Analysis, GuardSet};
 
 /// Entries kept by [`AnalysisCache::new`].
@@ -61,6 +62,25 @@ impl AnalysisCache {
         analysis
     }
 
+    /// The analysis of a simple-protocol text. A text with constants is looked up by its
+    /// [`shape`](super::shape), so texts that differ only in their constants are analysed once;
+    /// `conforming` is the session's `standard_conforming_strings` (off: backslashes escape
+    /// in plain strings, and the text is looked up as it is).
+    pub fn get_or_analyze_simple(
+        &mut self,
+        sql: &str,
+        guards: &GuardSet,
+        conforming: bool,
+    ) -> Arc<Analysis> {
+        if conforming && let Some(shape) = shape(sql) {
+            let shaped = self.get_or_analyze(&shape.text, guards);
+            if let Some(analysis) = shape.instantiate(&shaped, sql) {
+                return Arc::new(analysis);
+            }
+        }
+        self.get_or_analyze(sql, guards)
+    }
+
     /// Forgets every analysis (the guard set changed).
     pub fn clear(&mut self) {
         self.entries.clear();
@@ -99,6 +119,27 @@ mod tests {
         assert!(matches!(a.statements[0].action, Action::Write(_)));
         let c = cache.get_or_analyze("SELECT 1", &g);
         assert!(c.passes_unchanged());
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn texts_differing_in_constants_share_one_analysis() {
+        let g = guards(INVOICE);
+        let mut cache = AnalysisCache::new();
+        for id in 1..=50 {
+            let sql = format!("UPDATE invoice SET total = total + {id} WHERE id = {id}");
+            let a = cache.get_or_analyze_simple(&sql, &g, true);
+            let Action::Write(w) = &a.statements[0].action else {
+                panic!("{sql}: not a guarded write");
+            };
+            assert_eq!(
+                w.target,
+                crate::guard::Target::Key(vec![crate::guard::ValueRef::Literal(id.to_string())])
+            );
+        }
+        assert_eq!(cache.len(), 1, "one shape for all fifty texts");
+        // Without standard_conforming_strings each text is its own entry.
+        cache.get_or_analyze_simple("UPDATE invoice SET total = 1 WHERE id = 2", &g, false);
         assert_eq!(cache.len(), 2);
     }
 

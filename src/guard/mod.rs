@@ -10,6 +10,8 @@
 //! - [`rewrite`]: renders a guarded write with its version predicate, bump and `RETURNING`.
 //! - [`reads`]: which row a `SELECT` pins, for versions read without their key.
 //! - [`cache`]: the analysis of each statement text, computed once.
+//! - [`shape`]: simple-protocol texts with their constants taken out, so texts that differ
+//!   only in constants share one analysis.
 //! - [`values`]: canonical text of key and version values from text or binary wire formats.
 //! - [`track`]: the versions one session has seen, bounded (LRU).
 //! - [`conflict`]: the conflict error and the server-side `DO` block that raises it.
@@ -20,6 +22,7 @@ pub mod conflict;
 pub mod prefilter;
 pub mod reads;
 pub mod rewrite;
+pub mod shape;
 pub mod track;
 pub mod values;
 

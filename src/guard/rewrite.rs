@@ -57,6 +57,14 @@ fn ident(name: &str) -> Cow<'_, str> {
     Cow::Borrowed(name)
 }
 
+/// True when `word` (any case) is one of PostgreSQL's reserved or type/function-name keywords.
+pub(super) fn is_reserved(word: &str) -> bool {
+    let lower = |b: &u8| b.to_ascii_lowercase();
+    RESERVED
+        .binary_search_by(|k| k.bytes().cmp(word.as_bytes().iter().map(lower)))
+        .is_ok()
+}
+
 /// PostgreSQL's reserved and type/function-name keywords (sorted): not usable as a bare column
 /// name in a `SET` list.
 const RESERVED: &[&str] = &[

@@ -119,7 +119,11 @@ impl Session {
             );
             return Ok(true);
         };
-        let analysis = self.guard.cache.get_or_analyze(sql, &guards);
+        let conforming = self.params.standard_conforming_strings;
+        let analysis = self
+            .guard
+            .cache
+            .get_or_analyze_simple(sql, &guards, conforming);
         if analysis.passes_unchanged() {
             return Ok(false);
         }
@@ -236,7 +240,11 @@ impl Session {
         let Ok(sql) = std::str::from_utf8(sql) else {
             return false;
         };
-        let analysis = self.guard.cache.get_or_analyze(sql, guards);
+        let conforming = self.params.standard_conforming_strings;
+        let analysis = self
+            .guard
+            .cache
+            .get_or_analyze_simple(sql, guards, conforming);
         let Some(check) = analysis
             .read
             .as_ref()
