@@ -42,11 +42,15 @@ pub fn analyze(sql: &str, guards: &GuardSet) -> Analysis {
                 range,
             },
         ] if guards.prefilter.names_guarded(sql.as_bytes()) => {
-            super::reads::pinned_read(&sql[range.clone()], guards)
+            super::reads::parse_pinned_read(&sql[range.clone()], guards)
         }
-        _ => None,
+        _ => Ok(None),
     };
-    Analysis { statements, read }
+    Analysis {
+        statements,
+        read_unparsed: read.is_err(),
+        read: read.ok().flatten(),
+    }
 }
 
 /// The text's tokens with their byte ranges.
@@ -355,6 +359,7 @@ fn untokenizable(sql: &str, guards: &GuardSet) -> Analysis {
         return Analysis {
             statements: vec![],
             read: None,
+            read_unparsed: false,
         };
     }
     let action = if guards.prefilter.may_write_guarded(sql.as_bytes()) {
@@ -387,6 +392,7 @@ fn untokenizable(sql: &str, guards: &GuardSet) -> Analysis {
             action,
         }],
         read: None,
+        read_unparsed: false,
     }
 }
 

@@ -80,6 +80,9 @@ pub struct Analysis {
     pub statements: Vec<Statement>,
     /// A lone `SELECT` that pins one row of a guarded table (see [`reads`]).
     pub read: Option<PinnedRead>,
+    /// A lone statement naming a guarded table that sqlparser could not parse as a read:
+    /// whether it pins a row is unknown.
+    pub read_unparsed: bool,
 }
 
 /// A read of one row of a guarded table: `SELECT ... FROM t WHERE key = value`. Its result

@@ -14,7 +14,16 @@ use super::{GuardSet, PinnedRead, Target};
 
 /// The row of a guarded table a single-table `SELECT` pins, if any.
 pub fn pinned_read(sql: &str, guards: &GuardSet) -> Option<PinnedRead> {
-    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    parse_pinned_read(sql, guards).ok().flatten()
+}
+
+/// As [`pinned_read`], telling apart a text sqlparser cannot parse (`Err`).
+pub fn parse_pinned_read(sql: &str, guards: &GuardSet) -> Result<Option<PinnedRead>, ()> {
+    let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|_| ())?;
+    Ok(pinned_in(stmts, guards))
+}
+
+fn pinned_in(mut stmts: Vec<ast::Statement>, guards: &GuardSet) -> Option<PinnedRead> {
     if stmts.len() != 1 {
         return None;
     }

@@ -157,7 +157,10 @@ fn next_significant(b: &[u8], mut i: usize) -> Option<u8> {
 fn dollar_end(b: &[u8], i: usize) -> Option<usize> {
     let tag_len = b[i + 1..].iter().position(|&c| c == b'$')?;
     let tag = &b[i..i + tag_len + 2];
-    if !tag[1..tag.len() - 1].iter().all(|&c| is_ident_char(c) && c != b'$') {
+    if !tag[1..tag.len() - 1]
+        .iter()
+        .all(|&c| is_ident_char(c) && c != b'$')
+    {
         return None;
     }
     let body = i + tag.len();
@@ -252,7 +255,7 @@ pub fn shape(sql: &str) -> Option<Shape> {
                                 && b[s + 1..i].iter().all(u8::is_ascii_whitespace) =>
                         {
                             found.push((
-                            s..end,
+                                s..end,
                                 LitKind::Number {
                                     negative: b[s] == b'-',
                                 },
@@ -378,6 +381,9 @@ impl Shape {
     /// shape's analysis refuses a statement (the text itself decides that) or cannot be
     /// mapped back.
     pub fn instantiate(&self, shaped: &Analysis, sql: &str) -> Option<Analysis> {
+        if shaped.read_unparsed {
+            return None;
+        }
         let mut out = shaped.clone();
         for st in &mut out.statements {
             st.range = self.map_range(&st.range)?;
@@ -459,7 +465,10 @@ mod tests {
         assert_eq!(shape("SELECT 'open"), None);
         assert_eq!(shaped("SELECT a - 5, - 6"), "SELECT a - $1, $2");
         assert_eq!(shaped("SELECT 7 WHERE x = +5"), "SELECT 7 WHERE x = $1");
-        assert_eq!(shaped("SELECT x = - /* c */ 5, 6"), "SELECT x = - /* c */ 5, $1");
+        assert_eq!(
+            shaped("SELECT x = - /* c */ 5, 6"),
+            "SELECT x = - /* c */ 5, $1"
+        );
     }
 
     /// The instantiated analysis of a shape is the analysis of the text itself.
@@ -508,6 +517,21 @@ mod tests {
             }
         }
         assert!(instantiated >= 24, "only {instantiated} texts instantiated");
+    }
+
+    #[test]
+    fn a_read_whose_shape_does_not_parse_is_not_trusted() {
+        let g = guards();
+        let sql = "SELECT total::numeric(10, 2) FROM invoice WHERE id = 7";
+        let shape = shape(sql).expect("has constants");
+        assert_eq!(
+            shape.text,
+            "SELECT total::numeric($1, $2) FROM invoice WHERE id = $3"
+        );
+        let shaped = analyze(&shape.text, &g);
+        assert!(shaped.read_unparsed);
+        assert!(shape.instantiate(&shaped, sql).is_none());
+        assert!(analyze(sql, &g).read.is_some());
     }
 
     #[test]
