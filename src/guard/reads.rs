@@ -17,9 +17,13 @@ pub fn pinned_read(sql: &str, guards: &GuardSet) -> Option<PinnedRead> {
     parse_pinned_read(sql, guards).ok().flatten()
 }
 
-/// As [`pinned_read`], telling apart a text sqlparser cannot parse (`Err`).
-pub fn parse_pinned_read(sql: &str, guards: &GuardSet) -> Result<Option<PinnedRead>, ()> {
-    let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|_| ())?;
+/// A text sqlparser cannot parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unparsed;
+
+/// As [`pinned_read`], telling apart a text sqlparser cannot parse.
+pub fn parse_pinned_read(sql: &str, guards: &GuardSet) -> Result<Option<PinnedRead>, Unparsed> {
+    let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|_| Unparsed)?;
     Ok(pinned_in(stmts, guards))
 }
 
