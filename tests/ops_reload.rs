@@ -37,7 +37,7 @@ async fn setup(db: &TestDb) {
         .await
         .batch_execute(
             "CREATE TABLE invoice (id int primary key, total numeric not null, version bigint not null default 0);
-             INSERT INTO invoice (id, total) SELECT g, 10 FROM generate_series(1, 3) g;
+             INSERT INTO invoice (id, total) SELECT g, 10 FROM generate_series(1, 5) g;
              CREATE TABLE audit (id int primary key, note text);",
         )
         .await
@@ -139,6 +139,16 @@ async fn reload_reaches_open_sessions(initial_guards: &str, prefix: &str) {
     let b = open(&proc.conninfo(&db.name)).await;
     // Unguarded: the lost update goes through.
     read_change_write(&a.client, &b.client, 1).await.unwrap();
+    // Statements prepared before the reload: in the protocol, and with SQL PREPARE.
+    let write = a
+        .client
+        .prepare("UPDATE invoice SET total = total + 1 WHERE id = $1")
+        .await
+        .unwrap();
+    a.client
+        .batch_execute("PREPARE bump AS UPDATE invoice SET total = total + 1 WHERE id = 5")
+        .await
+        .unwrap();
 
     file.rewrite(&format!("{}{initial_guards}{INVOICE}", base()));
     let mark = proc.stderr().len();
@@ -156,6 +166,30 @@ async fn reload_reaches_open_sessions(initial_guards: &str, prefix: &str) {
         read_change_write(&a.client, &b.client, 2).await,
         "read-then-write in a session opened before the reload",
     );
+
+    // A statement prepared before the reload is guarded from its next use on, through the
+    // client's own handle.
+    let read4 = "SELECT id, version FROM invoice WHERE id = 4";
+    a.client.simple_query(read4).await.unwrap();
+    b.client
+        .simple_query("UPDATE invoice SET total = total + 1 WHERE id = 4")
+        .await
+        .unwrap();
+    let e = a
+        .client
+        .execute(&write, &[&4i32])
+        .await
+        .expect_err("a stale write by a statement prepared before the reload");
+    assert_eq!(e.code().map(|c| c.code()), Some("40001"), "{e}");
+    a.client.simple_query(read4).await.unwrap();
+    assert_eq!(a.client.execute(&write, &[&4i32]).await.unwrap(), 1);
+    // One made with PREPARE cannot be rewritten: it is gone rather than unguarded.
+    let e = a
+        .client
+        .batch_execute("EXECUTE bump")
+        .await
+        .expect_err("EXECUTE of a statement deallocated at the reload");
+    assert_eq!(e.code().map(|c| c.code()), Some("26000"), "{e}");
 
     // The conflict is one log line saying what, where and who.
     proc.wait_for_log("optimistic lock conflict", 0);

@@ -335,6 +335,16 @@ impl Session {
             }
             return Ok(());
         }
+        if matches!(tag, fe::QUERY | fe::PARSE | fe::BIND)
+            && self.refresh_settings(!self.batch_open)
+        {
+            // The proxy's catalog queries after a reload go first; the message waits for them.
+            let mut again = BytesMut::with_capacity(msg.len() + self.client_in.len());
+            again.extend_from_slice(msg);
+            again.extend_from_slice(&self.client_in);
+            self.client_in = again;
+            return Ok(());
+        }
         if matches!(
             tag,
             fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::FLUSH

@@ -25,6 +25,17 @@ use crate::guard::rewrite::Expected;
 use crate::guard::{Action, GuardSet, GuardedWrite, PinnedRead, Target, ValueRef, WriteOp};
 use crate::protocol::{backend as be, frontend as fe};
 
+/// What [`Session::parse_guarded`] did with a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not a guarded write: nothing sent.
+    Passed,
+    /// Sent rewritten.
+    Rewritten,
+    /// Replaced by a refusal raised on the server.
+    Refused,
+}
+
 /// What a `Describe` told of a result: the guarded rows it carries, and where a pinned read's
 /// version column is.
 #[derive(Debug, Clone, Default)]
@@ -124,7 +135,6 @@ impl Tag {
 impl Session {
     /// A `Parse`. Returns true when the guard sent it (rewritten, or replaced by a refusal).
     pub(in crate::relay) fn guard_parse(&mut self, msg: &[u8]) -> Result<bool, String> {
-        self.refresh_settings();
         if !self.guards_active() {
             return Ok(false);
         }
@@ -134,6 +144,9 @@ impl Session {
         };
         if !self.guard.statements.is_empty() {
             self.guard.statements.remove(name);
+        }
+        if !self.guard.stale.is_empty() {
+            self.guard.stale.remove(name);
         }
         let guards = self.settings.guards.clone();
         let Some(p) = fe::parse(body) else {
@@ -149,13 +162,27 @@ impl Session {
             self.send_extended_raise(&block, ctx);
             return Ok(true);
         };
+        Ok(self.parse_guarded(p.name, sql, &p.param_types, None) != Parsed::Passed)
+    }
+
+    /// Sends the `Parse` of a statement that may write a guarded table: rewritten, or replaced
+    /// by a refusal, or (`Passed`) not sent at all. `reply` tags the `ParseComplete` (hidden
+    /// when the proxy prepares the statement again on its own).
+    pub(super) fn parse_guarded(
+        &mut self,
+        name: &[u8],
+        sql: &str,
+        param_types: &[u32],
+        reply: super::StmtTag,
+    ) -> Parsed {
+        let guards = self.settings.guards.clone();
         let analysis = self.guard.cache.get_or_analyze(sql, &guards);
         let [statement] = analysis.statements.as_slice() else {
             // Several statements: the server refuses them in a prepared statement.
-            return Ok(false);
+            return Parsed::Passed;
         };
         match &statement.action {
-            Action::Pass { .. } => Ok(false),
+            Action::Pass { .. } => Parsed::Passed,
             Action::Refuse { table, reason } => {
                 let guard = guards
                     .guards
@@ -164,20 +191,20 @@ impl Session {
                     .unwrap_or(0);
                 let (block, ctx) = self.refusal(table, guard, Refusal::Unsupported(reason.clone()));
                 self.send_extended_raise(&block, ctx);
-                Ok(true)
+                Parsed::Refused
             }
             Action::Write(w) => {
                 let needs_param = w.op != WriteOp::Upsert
                     && w.pinned.is_none()
                     && matches!(w.target, Target::Key(_));
-                let extra = needs_param.then(|| w.max_param.max(p.param_types.len() as u16) + 1);
+                let extra = needs_param.then(|| w.max_param.max(param_types.len() as u16) + 1);
                 let mut text = String::with_capacity(sql.len() + 128);
                 let expected = extra.map_or(Expected::None, Expected::Param);
                 w.render(sql, &guards, expected, &mut text);
-                fe::write_parse(&mut self.to_server, p.name, text.as_bytes(), &p.param_types);
-                self.replies.push(Pending::Parse(None));
+                fe::write_parse(&mut self.to_server, name, text.as_bytes(), param_types);
+                self.replies.push(Pending::Parse(reply));
                 let prepared = Prepared {
-                    declared_types: p.param_types.clone(),
+                    declared_types: param_types.to_vec(),
                     write: Some(PreparedWrite {
                         guards: guards.clone(),
                         added: w.added_columns(&guards),
@@ -188,8 +215,8 @@ impl Session {
                 };
                 self.guard
                     .statements
-                    .insert(p.name.into(), Arc::new(prepared));
-                Ok(true)
+                    .insert(name.into(), Arc::new(prepared));
+                Parsed::Rewritten
             }
         }
     }
@@ -206,6 +233,12 @@ impl Session {
         };
         if !self.guard.portals.is_empty() {
             self.guard.portals.remove(portal);
+        }
+        if !self.guard.stale.is_empty()
+            && let Some(stale) = self.guard.stale.remove(statement)
+            && self.reprepare(statement, &stale) == Parsed::Refused
+        {
+            return Ok(true);
         }
         let Some(prepared) = self.guard.statements.get(statement).cloned() else {
             return Ok(false);
@@ -326,6 +359,7 @@ impl Session {
         if let Some((kind, name)) = fe::target(body) {
             if kind == b'S' {
                 self.guard.statements.remove(name);
+                self.guard.stale.remove(name);
             } else {
                 self.guard.portals.remove(name);
             }

@@ -8,6 +8,7 @@
 //! - [`extended`]: `Parse`/`Bind`/`Describe`/`Execute` of guarded statements (an extra
 //!   parameter carries the expected version; the batch waits for the row count).
 //! - [`raise`]: the `DO` blocks that make the server itself raise conflicts and refusals.
+//! - [`stale`]: statements prepared before a reload that guards their table.
 //!
 //! With no guard configured none of this runs: every hook returns at its first test.
 
@@ -16,6 +17,7 @@ mod pinned;
 mod raise;
 mod reads;
 mod simple;
+mod stale;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,7 +52,11 @@ pub enum Tag {
         rows: Vec<Vec<Option<String>>>,
         login_ready: Option<BytesMut>,
     },
-    /// A message of the proxy's own: every reply is swallowed.
+    /// The listing of the session's prepared statements after a reload; the client's next
+    /// message waits for it.
+    Listing { rows: Vec<Vec<Option<String>>> },
+    /// A message of the proxy's own: every reply is swallowed (in the extended protocol an
+    /// error still reaches the client).
     Hidden,
     /// One step of a simple-Query script; a guarded write when `check` is set.
     Step(Option<Box<WriteCheck>>),
@@ -91,6 +97,8 @@ pub struct GuardState {
     resolved: Arc<ResolvedGuards>,
     tracker: Tracker,
     statements: HashMap<Box<[u8]>, Arc<Prepared>>,
+    /// Statements prepared before a reload that now write a guarded table.
+    stale: HashMap<Box<[u8]>, stale::StaleStatement>,
     portals: HashMap<Box<[u8]>, Arc<Portal>>,
     /// Columns of the result being read in a simple query (set by its `RowDescription`).
     row_plan: Option<Arc<ReadPlan>>,
@@ -107,6 +115,7 @@ impl GuardState {
             resolved: Arc::new(ResolvedGuards::default()),
             tracker: Tracker::new(track_limit),
             statements: HashMap::new(),
+            stale: HashMap::new(),
             portals: HashMap::new(),
             row_plan: None,
             script: None,
@@ -141,11 +150,13 @@ impl GuardState {
                 ["DISCARD", "ALL", ..] => {
                     self.tracker.clear();
                     self.statements.clear();
+                    self.stale.clear();
                     self.portals.clear();
                 }
                 ["RESET", "ALL", ..] => self.tracker.clear(),
                 ["DEALLOCATE", "ALL", ..] | ["DEALLOCATE", "PREPARE", "ALL", ..] => {
-                    self.statements.clear()
+                    self.statements.clear();
+                    self.stale.clear();
                 }
                 ["DEALLOCATE", "PREPARE", _, ..] | ["DEALLOCATE", _, ..] => {
                     let raw = words.last().copied().unwrap_or("");
@@ -154,6 +165,7 @@ impl GuardState {
                         None => raw.to_lowercase(),
                     };
                     self.statements.remove(name.as_bytes());
+                    self.stale.remove(name.as_bytes());
                 }
                 _ => {}
             }
@@ -175,10 +187,12 @@ impl Session {
         !self.settings.guards.is_empty()
     }
 
-    /// Picks up a reloaded config: new guards for new statements, the analysis cache dropped,
-    /// and the guards resolved again in this database (queued ahead of the client's message,
-    /// whose replies come after).
-    pub(super) fn refresh_settings(&mut self) {
+    /// Picks up a reloaded config before a client's `Query`, `Parse` or `Bind`: new guards
+    /// for what comes next, the analysis cache dropped. At the first batch boundary after
+    /// that, the guards are resolved again in this database and the statements the session
+    /// prepared before are listed (see [`stale`]). Returns true when those queries were just
+    /// sent: the client's message must then wait for their replies.
+    pub(in crate::relay) fn refresh_settings(&mut self, at_boundary: bool) -> bool {
         if self.shared.generation() != self.settings.generation {
             self.settings = self.shared.settings();
             self.guard.cache.clear();
@@ -189,10 +203,18 @@ impl Session {
                 "session follows the reloaded config"
             );
         }
-        if self.guard.need_resolve && self.replies.is_empty() && self.tx_status != b'E' {
+        if self.guard.need_resolve
+            && at_boundary
+            && self.replies.is_empty()
+            && self.tx_status != b'E'
+        {
             self.guard.need_resolve = false;
             self.send_resolve(None);
+            self.send_listing();
+            self.hold_client = true;
+            return true;
         }
+        false
     }
 
     /// Sends the catalog query that resolves the guards in this database. At login the
@@ -221,7 +243,6 @@ impl Session {
     }
 
     pub(in crate::relay) fn guard_query(&mut self, msg: &[u8]) -> Result<bool, String> {
-        self.refresh_settings();
         if !self.guards_active() {
             return Ok(false);
         }
@@ -257,7 +278,7 @@ impl Session {
         };
         match front {
             Pending::Simple(Some(t)) => match t.as_mut() {
-                Tag::Resolve { rows, .. } => {
+                Tag::Resolve { rows, .. } | Tag::Listing { rows } => {
                     if tag == be::DATA_ROW {
                         if let Some(vals) = be::data_row(&msg[5..]) {
                             rows.push(
@@ -269,7 +290,7 @@ impl Session {
                     } else if tag == be::ERROR_RESPONSE {
                         tracing::warn!(
                             error = %String::from_utf8_lossy(be::error_field(&msg[5..], b'M').unwrap_or(b"")),
-                            "guards could not be resolved in this database; reads will not be tracked"
+                            "a catalog query of the proxy failed in this database (guards not resolved: reads are not tracked; or statements prepared before a reload not listed)"
                         );
                     }
                     Ok(true)
@@ -314,6 +335,12 @@ impl Session {
                         self.hold_client = false;
                         self.resume_client()?;
                     }
+                    Ok(true)
+                }
+                Tag::Listing { rows } => {
+                    self.on_listing(rows);
+                    self.hold_client = false;
+                    self.resume_client()?;
                     Ok(true)
                 }
                 Tag::Hidden => Ok(true),

@@ -1,0 +1,137 @@
+//! Statements prepared before a reload.
+//!
+//! A reload that guards a table also concerns the statements a session prepared before it: the
+//! server keeps their text as it was parsed, unguarded. When a session picks up new guards it
+//! lists its server-side statements (`pg_prepared_statements`) and analyses each under the new
+//! guards. A protocol-level statement that now writes a guarded table is marked stale; its next
+//! `Bind` first prepares it again, rewritten, under the same name (the `Close` and `Parse`
+//! replies hidden from the client), so the client's own statement handle goes on working and
+//! is guarded. A statement made with SQL `PREPARE` cannot be rewritten (`EXECUTE` names no
+//! table): it is deallocated, so its next `EXECUTE` fails instead of writing unguarded.
+
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use super::super::replies::Pending;
+use super::super::session::Session;
+use super::Tag;
+use super::extended::Parsed;
+use crate::config::quote_ident;
+use crate::guard::Action;
+use crate::protocol::frontend as fe;
+
+/// The catalog query that lists the session's prepared statements.
+pub const LISTING_QUERY: &str = "SELECT name, statement, from_sql::text, \
+     parameter_types::oid[]::text FROM pg_catalog.pg_prepared_statements";
+
+/// A statement the client prepared before the guards changed, to be prepared again.
+#[derive(Debug, Clone)]
+pub struct StaleStatement {
+    text: String,
+    types: Vec<u32>,
+}
+
+/// `{23,1700}` as type OIDs.
+fn oid_array(text: &str) -> Vec<u32> {
+    text.trim_matches(['{', '}'])
+        .split(',')
+        .filter_map(|t| t.trim().parse().ok())
+        .collect()
+}
+
+impl Session {
+    /// Sends the listing of the session's prepared statements (after a reload).
+    pub(super) fn send_listing(&mut self) {
+        fe::write_query(&mut self.to_server, LISTING_QUERY.as_bytes());
+        self.replies
+            .push(Pending::Simple(Some(Box::new(Tag::Listing {
+                rows: Vec::new(),
+            }))));
+    }
+
+    /// The listing's rows: marks what now writes a guarded table.
+    pub(super) fn on_listing(&mut self, rows: Vec<Vec<Option<String>>>) {
+        let guards = self.settings.guards.clone();
+        for row in rows {
+            let [Some(name), Some(text), Some(from_sql), types] = row.as_slice() else {
+                continue;
+            };
+            if !guards.prefilter.may_write_guarded(text.as_bytes()) {
+                continue;
+            }
+            let analysis = self.guard.cache.get_or_analyze(text, &guards);
+            let table = match analysis.statements.as_slice() {
+                [st] => match &st.action {
+                    Action::Write(w) => guards.guards[w.guard].table.clone(),
+                    Action::Refuse { table, .. } => table.clone(),
+                    Action::Pass { .. } => continue,
+                },
+                _ => continue,
+            };
+            let current = self
+                .guard
+                .statements
+                .get(name.as_bytes())
+                .and_then(|p| p.write.as_ref())
+                .is_some_and(|w| Arc::ptr_eq(&w.guards, &guards));
+            if current {
+                continue;
+            }
+            if from_sql == "true" {
+                warn!(
+                    statement = %name,
+                    table = %table,
+                    "a statement made with PREPARE before the reload writes a guarded table: \
+                     deallocated, the client must prepare it again"
+                );
+                let sql = format!("DEALLOCATE {}", quote_ident(name));
+                fe::write_query(&mut self.to_server, sql.as_bytes());
+                self.replies
+                    .push(Pending::Simple(Some(Box::new(Tag::Hidden))));
+            } else {
+                debug!(statement = %name, table = %table, "prepared before the reload: prepared again at its next Bind");
+                self.guard.statements.remove(name.as_bytes());
+                self.guard.stale.insert(
+                    name.as_bytes().into(),
+                    StaleStatement {
+                        text: text.clone(),
+                        types: types.as_deref().map(oid_array).unwrap_or_default(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Prepares a stale statement again under the current guards, ahead of the client's
+    /// `Bind`: `Close` then the rewritten `Parse`, their replies hidden. Returns `Refused`
+    /// when the statement is refused instead (the refusal then answers the `Bind`).
+    pub(super) fn reprepare(&mut self, name: &[u8], stale: &StaleStatement) -> Parsed {
+        fe::write_close(&mut self.to_server, b'S', name);
+        self.replies
+            .push(Pending::Close(Some(Box::new(Tag::Hidden))));
+        let done = self.parse_guarded(name, &stale.text, &stale.types, Some(Box::new(Tag::Hidden)));
+        if done == Parsed::Passed {
+            fe::write_parse(
+                &mut self.to_server,
+                name,
+                stale.text.as_bytes(),
+                &stale.types,
+            );
+            self.replies
+                .push(Pending::Parse(Some(Box::new(Tag::Hidden))));
+        }
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::oid_array;
+
+    #[test]
+    fn parameter_types_read_as_oids() {
+        assert_eq!(oid_array("{23,1700}"), vec![23, 1700]);
+        assert_eq!(oid_array("{}"), Vec::<u32>::new());
+    }
+}
