@@ -633,3 +633,65 @@ async fn an_error_before_a_checked_write_does_not_stall_the_batch() {
     );
     assert_eq!(replies[2], Msg::Ready('I'));
 }
+
+/// An unnamed statement whose first `Bind` names a row the session never read goes without
+/// version check (bumped all the same); bound later to a row the session did read, it is
+/// checked, and a stale version is a conflict.
+#[tokio::test]
+async fn unnamed_statement_first_bound_to_an_unread_row_is_checked_for_a_read_one() {
+    let db = TestDb::new("pl_lean").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    raw.read_row(6).await;
+    let sql = "UPDATE invoice SET total = total + 1 WHERE id = $1";
+    raw.send(&[parse("", sql), bind("", "", &["7"]), execute(""), sync()].concat())
+        .await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![
+            Msg::ParseComplete,
+            Msg::BindComplete,
+            cc("UPDATE 1"),
+            Msg::Ready('I')
+        ]
+    );
+    // What the server ran: the bump, without version predicate or RETURNING.
+    let direct = db.direct().await;
+    let ran: String = direct
+        .query_one(
+            "SELECT query FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        ran.starts_with("UPDATE invoice SET total = total + 1,"),
+        "{ran}"
+    );
+    assert!(
+        ran.contains("version") && !ran.contains("RETURNING"),
+        "{ran}"
+    );
+    bump_directly(&db, 6).await;
+    raw.send(&[bind("", "", &["6"]), execute(""), sync()].concat())
+        .await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![Msg::BindComplete, conflict_msg(6), Msg::Ready('I')]
+    );
+    let versions: Vec<i64> = direct
+        .query(
+            "SELECT version FROM invoice WHERE id IN (6, 7) ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Row 6: bumped once directly, the stale write did not apply; row 7: bumped by the write.
+    assert_eq!(versions, vec![1, 1]);
+}

@@ -22,7 +22,9 @@ use super::simple::{Plan, WriteCheck};
 use crate::admin::Outcome;
 use crate::guard::conflict::{self, Refusal};
 use crate::guard::rewrite::Expected;
-use crate::guard::{Action, GuardSet, GuardedWrite, PinnedRead, Target, ValueRef, WriteOp};
+use crate::guard::{
+    Action, GuardSet, GuardedWrite, PinnedRead, TableId, Target, ValueRef, WriteOp,
+};
 use crate::protocol::{backend as be, frontend as fe};
 
 /// What [`Session::parse_guarded`] did with a statement.
@@ -80,6 +82,10 @@ pub struct PreparedWrite {
     /// The parameter the proxy added for the expected version (1-based).
     pub extra: Option<u16>,
     pub added: usize,
+    /// The client's text, when the statement went to the server without version check or
+    /// `RETURNING` (see [`Session::lean_parse`]): a `Bind` of a row the session tracks
+    /// prepares it again in full first.
+    pub lean_text: Option<String>,
 }
 
 /// What the guard knows of a portal.
@@ -162,18 +168,20 @@ impl Session {
             self.send_extended_raise(&block, ctx);
             return Ok(true);
         };
-        Ok(self.parse_guarded(p.name, sql, &p.param_types, None) != Parsed::Passed)
+        Ok(self.parse_guarded(p.name, sql, &p.param_types, None, true) != Parsed::Passed)
     }
 
     /// Sends the `Parse` of a statement that may write a guarded table: rewritten, or replaced
     /// by a refusal, or (`Passed`) not sent at all. `reply` tags the `ParseComplete` (hidden
-    /// when the proxy prepares the statement again on its own).
+    /// when the proxy prepares the statement again on its own). With `may_lean`, a statement
+    /// whose first `Bind` is already in view may go without version check.
     pub(super) fn parse_guarded(
         &mut self,
         name: &[u8],
         sql: &str,
         param_types: &[u32],
         reply: super::StmtTag,
+        may_lean: bool,
     ) -> Parsed {
         let guards = self.settings.guards.clone();
         let analysis = self.guard.cache.get_or_analyze(sql, &guards);
@@ -194,22 +202,25 @@ impl Session {
                 Parsed::Refused
             }
             Action::Write(w) => {
+                let lean = may_lean && self.lean_parse(name, w, param_types);
                 let needs_param = w.op != WriteOp::Upsert
                     && w.pinned.is_none()
                     && matches!(w.target, Target::Key(_));
-                let extra = needs_param.then(|| w.max_param.max(param_types.len() as u16) + 1);
+                let extra =
+                    (needs_param && !lean).then(|| w.max_param.max(param_types.len() as u16) + 1);
                 let mut text = String::with_capacity(sql.len() + 128);
                 let expected = extra.map_or(Expected::None, Expected::Param);
-                w.render(sql, &guards, expected, &mut text);
+                w.render_with(sql, &guards, expected, !lean, &mut text);
                 fe::write_parse(&mut self.to_server, name, text.as_bytes(), param_types);
                 self.replies.push(Pending::Parse(reply));
                 let prepared = Prepared {
                     declared_types: param_types.to_vec(),
                     write: Some(PreparedWrite {
                         guards: guards.clone(),
-                        added: w.added_columns(&guards),
+                        added: if lean { 0 } else { w.added_columns(&guards) },
                         write: (**w).clone(),
                         extra,
+                        lean_text: lean.then(|| sql.to_string()),
                     }),
                     ..Prepared::default()
                 };
@@ -219,6 +230,76 @@ impl Session {
                 Parsed::Rewritten
             }
         }
+    }
+
+    /// A `Parse` of the unnamed statement with its `Bind` right behind it (libpq's
+    /// `PQexecParams`, `pgbench -M extended`), binding a row the session does not track: that
+    /// execution checks no version, so the statement goes without predicate and `RETURNING`
+    /// (with its bump where the version kind needs one), which spares the server planning
+    /// them on every execution. A later `Bind` of a row the session does track prepares the
+    /// statement again in full ([`Session::unlean`]).
+    fn lean_parse(&mut self, name: &[u8], w: &GuardedWrite, param_types: &[u32]) -> bool {
+        if !name.is_empty() || w.pinned.is_some() || w.op == WriteOp::Upsert {
+            return false;
+        }
+        let Target::Key(vals) = &w.target else {
+            return false;
+        };
+        let Ok(Some(h)) = crate::protocol::peek_header(&self.client_in, usize::MAX) else {
+            return false;
+        };
+        if h.tag != fe::BIND || self.client_in.len() < h.size {
+            return false;
+        }
+        let body = &self.client_in[5..h.size];
+        let Some(b) = fe::bind_names(body)
+            .filter(|(_, statement)| statement.is_empty())
+            .and_then(|_| fe::bind(body))
+        else {
+            return false;
+        };
+        let key = self.key_text(w.guard, vals, Some((&b, param_types)));
+        let table = self.settings.guards.table_ids[w.guard];
+        !self.is_tracked(table, key)
+    }
+
+    /// True when the session tracks a version of the row with this key.
+    fn is_tracked(&mut self, table: TableId, key: Option<Vec<String>>) -> bool {
+        let Some(key) = key else {
+            return false;
+        };
+        let parts: Vec<&str> = key.iter().map(String::as_str).collect();
+        self.guard.tracker.expected(table, &parts).is_some()
+    }
+
+    /// A `Bind` of a statement that went lean, for a row the session tracks: the statement is
+    /// prepared again with its version check (the `ParseComplete` hidden). Returns the new
+    /// statement.
+    fn unlean(
+        &mut self,
+        statement: &[u8],
+        prepared: Arc<Prepared>,
+        b: &fe::Bind<'_>,
+    ) -> Arc<Prepared> {
+        let Some(pw) = &prepared.write else {
+            return prepared;
+        };
+        let (Some(text), Target::Key(vals)) = (&pw.lean_text, &pw.write.target) else {
+            return prepared;
+        };
+        let table = pw.guards.table_ids[pw.write.guard];
+        let key = self.key_text(pw.write.guard, vals, Some((b, &prepared.param_types())));
+        if !self.is_tracked(table, key) {
+            return prepared;
+        }
+        let text = text.clone();
+        let types = prepared.declared_types.clone();
+        self.parse_guarded(statement, &text, &types, Some(Box::new(Tag::Hidden)), false);
+        self.guard
+            .statements
+            .get(statement)
+            .cloned()
+            .unwrap_or(prepared)
     }
 
     /// A `Bind`. Returns true when the guard sent it (with the expected version, or replaced
@@ -246,6 +327,7 @@ impl Session {
         let Some(b) = fe::bind(body) else {
             return Ok(false);
         };
+        let prepared = self.unlean(statement, prepared, &b);
         let Some(pw) = &prepared.write else {
             let guards = self.settings.guards.clone();
             let pinned = prepared.pinned.as_ref().and_then(|read| {

@@ -110,7 +110,8 @@ impl Session {
         fe::write_close(&mut self.to_server, b'S', name);
         self.replies
             .push(Pending::Close(Some(Box::new(Tag::Hidden))));
-        let done = self.parse_guarded(name, &stale.text, &stale.types, Some(Box::new(Tag::Hidden)));
+        let hidden = Some(Box::new(Tag::Hidden));
+        let done = self.parse_guarded(name, &stale.text, &stale.types, hidden, false);
         if done == Parsed::Passed {
             fe::write_parse(
                 &mut self.to_server,
