@@ -5,6 +5,54 @@
 //! - [`replies`]: the queue of replies each client message awaits.
 //! - [`guarded`]: the guard's hooks in that loop.
 
+/// Implements `AsyncRead` and `AsyncWrite` for an enum whose variants each hold one stream, by
+/// handing every call to the stream at hand.
+macro_rules! stream_enum_io {
+    ($ty:ident { $($variant:ident),+ $(,)? }) => {
+        impl tokio::io::AsyncRead for $ty {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => std::pin::Pin::new(s).poll_read(cx, buf),)+
+                }
+            }
+        }
+
+        impl tokio::io::AsyncWrite for $ty {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => std::pin::Pin::new(s).poll_write(cx, buf),)+
+                }
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => std::pin::Pin::new(s).poll_flush(cx),)+
+                }
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => std::pin::Pin::new(s).poll_shutdown(cx),)+
+                }
+            }
+        }
+    };
+}
+
 pub mod admin_session;
 pub mod guarded;
 pub mod handshake;

@@ -6,10 +6,8 @@
 //! than TCP over loopback.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 use tracing::{debug, warn};
 
@@ -65,42 +63,4 @@ pub async fn forward_cancel(addr: &str, packet: &[u8], peer: std::net::SocketAdd
     }
 }
 
-impl AsyncRead for Upstream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Upstream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Upstream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Upstream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Upstream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Upstream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Upstream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+stream_enum_io!(Upstream { Tcp, Unix });
