@@ -288,10 +288,14 @@ impl Session {
                             );
                         }
                     } else if tag == be::ERROR_RESPONSE {
-                        tracing::warn!(
-                            error = %String::from_utf8_lossy(be::error_field(&msg[5..], b'M').unwrap_or(b"")),
-                            "a catalog query of the proxy failed in this database (guards not resolved: reads are not tracked; or statements prepared before a reload not listed)"
+                        let error = String::from_utf8_lossy(
+                            be::error_field(&msg[5..], b'M').unwrap_or(b""),
                         );
+                        if matches!(t.as_ref(), Tag::Resolve { .. }) {
+                            tracing::warn!(%error, "guards could not be resolved in this database; reads will not be tracked");
+                        } else {
+                            tracing::warn!(%error, "statements prepared before the reload could not be listed; they keep the guards they were prepared with");
+                        }
                     }
                     Ok(true)
                 }
