@@ -14,6 +14,7 @@
 //! `standard_conforming_strings = off` (the caller checks). An instantiated analysis that
 //! refuses a statement is not trusted: the caller analyses the text itself.
 
+use std::fmt::Write;
 use std::ops::Range;
 
 use super::rewrite::is_reserved;
@@ -319,8 +320,7 @@ pub fn shape(sql: &str) -> Option<Shape> {
     for (n, (range, kind)) in found.into_iter().enumerate() {
         text.push_str(&sql[copied..range.start]);
         let at = text.len();
-        text.push('$');
-        text.push_str(itoa_u16(n + 1)?.as_str());
+        let _ = write!(text, "${}", u16::try_from(n + 1).ok()?);
         literals.push(Lit {
             shape: at..text.len(),
             text: range.clone(),
@@ -330,10 +330,6 @@ pub fn shape(sql: &str) -> Option<Shape> {
     }
     text.push_str(&sql[copied..]);
     Some(Shape { text, literals })
-}
-
-fn itoa_u16(n: usize) -> Option<String> {
-    u16::try_from(n).ok().map(|n| n.to_string())
 }
 
 impl Shape {

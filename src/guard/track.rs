@@ -32,7 +32,7 @@ impl Tracker {
 
     /// Records that the row `key_parts` of guard `guard` has version `version` (inserted, or
     /// replaced and made most recently used).
-    pub fn observe(&mut self, guard: TableId, key_parts: &[&str], version: &str) {
+    pub fn observe<S: AsRef<str>>(&mut self, guard: TableId, key_parts: &[S], version: &str) {
         encode(&mut self.scratch, guard, key_parts);
         if let Some(v) = self.rows.get_mut(self.scratch.as_str()) {
             if **v != *version {
@@ -46,7 +46,7 @@ impl Tracker {
     /// Records the version a write of this session gave the row, when the session tracks the
     /// row: its own writes advance what it knows, and never conflict with themselves. A row
     /// the session never read stays unknown (its own blind write is not a read).
-    pub fn advance(&mut self, guard: TableId, key_parts: &[&str], version: &str) {
+    pub fn advance<S: AsRef<str>>(&mut self, guard: TableId, key_parts: &[S], version: &str) {
         encode(&mut self.scratch, guard, key_parts);
         if let Some(v) = self.rows.get_mut(self.scratch.as_str())
             && **v != *version
@@ -56,13 +56,13 @@ impl Tracker {
     }
 
     /// The version this session last saw for the row, if still tracked; marks it recently used.
-    pub fn expected(&mut self, guard: TableId, key_parts: &[&str]) -> Option<&str> {
+    pub fn expected<S: AsRef<str>>(&mut self, guard: TableId, key_parts: &[S]) -> Option<&str> {
         encode(&mut self.scratch, guard, key_parts);
         self.rows.get(self.scratch.as_str()).map(|v| &**v)
     }
 
     /// Forgets one row (e.g. after this session deleted it).
-    pub fn forget(&mut self, guard: TableId, key_parts: &[&str]) {
+    pub fn forget<S: AsRef<str>>(&mut self, guard: TableId, key_parts: &[S]) {
         encode(&mut self.scratch, guard, key_parts);
         self.rows.pop(self.scratch.as_str());
     }
@@ -88,10 +88,11 @@ impl Tracker {
     }
 }
 
-fn encode(buf: &mut String, guard: TableId, key_parts: &[&str]) {
+fn encode<S: AsRef<str>>(buf: &mut String, guard: TableId, key_parts: &[S]) {
     buf.clear();
     let _ = write!(buf, "{}", guard.0);
     for part in key_parts {
+        let part = part.as_ref();
         let _ = write!(buf, ":{}:", part.len());
         buf.push_str(part);
     }
@@ -145,7 +146,7 @@ mod tests {
         assert_eq!(t.expected(TableId(1), &["2"]), Some("4"));
         assert_eq!(t.expected(TableId(12), &[""]), Some("5"));
         assert_eq!(t.expected(TableId(1), &["2:"]), Some("6"));
-        assert_eq!(t.expected(TableId(1), &[]), None);
+        assert_eq!(t.expected::<&str>(TableId(1), &[]), None);
         assert_eq!(t.len(), 6);
     }
 

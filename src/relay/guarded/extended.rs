@@ -268,8 +268,7 @@ impl Session {
         let Some(key) = key else {
             return false;
         };
-        let parts: Vec<&str> = key.iter().map(String::as_str).collect();
-        self.guard.tracker.expected(table, &parts).is_some()
+        self.guard.tracker.expected(table, &key).is_some()
     }
 
     /// A `Bind` of a statement that went lean, for a row the session tracks: the statement is

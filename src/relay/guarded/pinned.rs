@@ -37,10 +37,9 @@ impl ReadCheck {
             .copied()
             .flatten()
             .and_then(|raw| canonical(col.type_oid, col.format, raw));
-        let parts: Vec<&str> = self.key.iter().map(String::as_str).collect();
         match version {
-            Some(v) => session.guard.tracker.observe(self.table, &parts, &v),
-            None => session.guard.tracker.forget(self.table, &parts),
+            Some(v) => session.guard.tracker.observe(self.table, &self.key, &v),
+            None => session.guard.tracker.forget(self.table, &self.key),
         }
     }
 
@@ -48,8 +47,7 @@ impl ReadCheck {
     pub fn complete(&self, session: &mut Session, complete_body: &[u8], version_known: bool) {
         let rows = be::tag_rows(be::command_tag(complete_body));
         if !version_known || rows == Some(0) {
-            let parts: Vec<&str> = self.key.iter().map(String::as_str).collect();
-            session.guard.tracker.forget(self.table, &parts);
+            session.guard.tracker.forget(self.table, &self.key);
         }
     }
 }

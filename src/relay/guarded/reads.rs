@@ -152,11 +152,10 @@ impl ReadPlan {
             };
             let keys: Option<Vec<String>> = e.keys.iter().map(|&c| value(&vals, c)).collect();
             if let Some(keys) = keys {
-                let parts: Vec<&str> = keys.iter().map(String::as_str).collect();
                 if self.from_end.is_some() {
-                    tracker.advance(e.table, &parts, &version);
+                    tracker.advance(e.table, &keys, &version);
                 } else {
-                    tracker.observe(e.table, &parts, &version);
+                    tracker.observe(e.table, &keys, &version);
                 }
             }
         }

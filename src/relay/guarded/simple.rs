@@ -73,8 +73,7 @@ impl WriteCheck {
             && rows.is_some_and(|n| n > 0)
             && let Some(k) = &self.key
         {
-            let parts: Vec<&str> = k.iter().map(String::as_str).collect();
-            tracker.forget(self.table(), &parts);
+            tracker.forget(self.table(), k);
         }
     }
 
@@ -210,12 +209,8 @@ impl Session {
         let expected = match pinned {
             Some(v) => Some(v),
             None => key.as_ref().and_then(|k| {
-                let parts: Vec<&str> = k.iter().map(String::as_str).collect();
                 let table = guards.table_ids[w.guard];
-                self.guard
-                    .tracker
-                    .expected(table, &parts)
-                    .map(str::to_string)
+                self.guard.tracker.expected(table, k).map(str::to_string)
             }),
         };
         if expected.is_none() && guard.unversioned == UnversionedPolicy::Reject {
@@ -296,10 +291,7 @@ impl Session {
                 // does not track (or, for a bulk write, a table it tracks nothing of) needs none.
                 let table = guards.table_ids[w.guard];
                 let returning = match &key {
-                    Some(k) => {
-                        let parts: Vec<&str> = k.iter().map(String::as_str).collect();
-                        self.guard.tracker.expected(table, &parts).is_some()
-                    }
+                    Some(k) => self.guard.tracker.expected(table, k).is_some(),
                     None => !self.guard.tracker.is_empty(),
                 };
                 w.render_with(sql, &guards, render_with, returning, &mut text);
