@@ -179,6 +179,7 @@ impl Server {
             }
         }
         drop(listener);
+        shared.admin.sessions.drain_all();
         let timeout = shared.settings().config.shutdown_timeout;
         info!(
             sessions = sessions.len(),

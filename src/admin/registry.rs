@@ -2,14 +2,21 @@
 //!
 //! A session registers once it knows its user and database and holds the returned
 //! [`SessionHandle`] for its lifetime; dropping the handle unregisters it. The registry's map
-//! (one mutex) is touched only at register, unregister and snapshot; the per-statement updates
-//! (state, statement count, tracked versions) are relaxed atomics on data the handle shares.
+//! (one mutex) is touched only at register, unregister, snapshot and drain; the per-statement
+//! updates (state, statement count, tracked versions) are relaxed atomics on data the handle
+//! shares.
+//!
+//! A graceful shutdown reaches the sessions through it too: [`SessionRegistry::drain_all`]
+//! flags every session, and every one registered after it, and wakes each session's task.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Waker};
 use std::time::SystemTime;
+
+use futures_util::task::AtomicWaker;
 
 /// What a session is doing, as `pg_stat_activity.state` would say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +97,10 @@ struct Live {
     state: AtomicU8,
     statements: AtomicU64,
     tracked_versions: AtomicU64,
+    /// Set by [`SessionRegistry::drain_all`]: end once idle.
+    drain: AtomicBool,
+    /// The session task, woken when `drain` is set.
+    waker: AtomicWaker,
 }
 
 /// All live sessions of the process. Share it as `Arc<SessionRegistry>`.
@@ -97,6 +108,8 @@ struct Live {
 pub struct SessionRegistry {
     next_id: AtomicU64,
     sessions: Mutex<BTreeMap<u64, Arc<Live>>>,
+    /// Set (under the `sessions` lock) by `drain_all`; sessions registered later start drained.
+    draining: AtomicBool,
 }
 
 impl SessionRegistry {
@@ -116,11 +129,30 @@ impl SessionRegistry {
             state: AtomicU8::new(SessionState::Idle as u8),
             statements: AtomicU64::new(0),
             tracked_versions: AtomicU64::new(0),
+            drain: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         });
-        self.lock().insert(id, live.clone());
+        let mut sessions = self.lock();
+        if self.draining.load(Ordering::Relaxed) {
+            live.drain.store(true, Ordering::Release);
+        }
+        sessions.insert(id, live.clone());
+        drop(sessions);
         SessionHandle {
             registry: self.clone(),
             live,
+            registered_waker: None,
+        }
+    }
+
+    /// Asks every live session, and every session registered from now on, to end as soon as
+    /// it is idle (see [`SessionHandle::poll_drain`]).
+    pub fn drain_all(&self) {
+        let sessions = self.lock();
+        self.draining.store(true, Ordering::Relaxed);
+        for live in sessions.values() {
+            live.drain.store(true, Ordering::Release);
+            live.waker.wake();
         }
     }
 
@@ -169,12 +201,32 @@ impl SessionRegistry {
 pub struct SessionHandle {
     registry: Arc<SessionRegistry>,
     live: Arc<Live>,
+    /// The waker last given to `live.waker`: a task's waker rarely changes, so registering
+    /// again is skipped while it is the same.
+    registered_waker: Option<Waker>,
 }
 
 impl SessionHandle {
     /// The session's id in the registry (unique within the process, from 1).
     pub fn id(&self) -> u64 {
         self.live.id
+    }
+
+    /// True once [`SessionRegistry::drain_all`] was called. Until then the task of `cx` is
+    /// woken when it is.
+    pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.live.drain.load(Ordering::Acquire) {
+            return true;
+        }
+        if !self
+            .registered_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            self.live.waker.register(cx.waker());
+            self.registered_waker = Some(cx.waker().clone());
+        }
+        self.live.drain.load(Ordering::Acquire)
     }
 
     #[inline]
@@ -285,5 +337,39 @@ mod tests {
         assert_eq!(reg.snapshot()[0].state, SessionState::InTransaction);
         drop(b);
         assert!(reg.is_empty());
+    }
+
+    /// Counts its wake-ups.
+    struct CountingWaker(AtomicU64);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn drain_all_wakes_live_sessions_and_marks_later_ones() {
+        let reg = Arc::new(SessionRegistry::new());
+        let mut a = reg.register(start("alice"));
+        let count = Arc::new(CountingWaker(AtomicU64::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(!a.poll_drain(&mut cx));
+        assert!(!a.poll_drain(&mut cx));
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+
+        reg.drain_all();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the waiting task is woken once"
+        );
+        assert!(a.poll_drain(&mut cx));
+        let mut b = reg.register(start("bob"));
+        assert!(
+            b.poll_drain(&mut cx),
+            "a session registered while draining starts drained"
+        );
     }
 }

@@ -28,6 +28,20 @@ pub enum Pending<G> {
 }
 
 impl<G> Pending<G> {
+    /// What the guard attached (none for `Sync`).
+    pub fn guard(&self) -> Option<&G> {
+        match self {
+            Pending::Simple(g)
+            | Pending::Parse(g)
+            | Pending::Bind(g)
+            | Pending::Close(g)
+            | Pending::DescribeStatement(g)
+            | Pending::DescribePortal(g)
+            | Pending::Execute(g) => Some(g),
+            Pending::Sync => None,
+        }
+    }
+
     fn is_sync_point(&self) -> bool {
         matches!(self, Pending::Sync | Pending::Simple(_))
     }

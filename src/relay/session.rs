@@ -1,17 +1,21 @@
 //! One client session: a single task that relays messages between the client and its own
 //! upstream connection.
 //!
-//! Both directions run in one `select!` loop over cancel-safe reads and writes, with bounded
+//! Both directions run in one hand-written poll loop over the four socket halves, with bounded
 //! output buffers (a side that is not read stops being read from, so neither peer can make
 //! the proxy buffer without limit). Messages are framed, their raw bytes forwarded; only the
 //! kinds the session must understand are decoded. Large `DataRow`/`CopyData` messages that
 //! need no inspection are streamed through without being buffered whole.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
 use tracing::{debug, info, trace, warn};
 
 use super::guarded::{GuardState, StmtTag};
@@ -24,6 +28,20 @@ use crate::protocol::{self, backend as be, frontend as fe};
 const HIGH_WATER: usize = 256 * 1024;
 /// Messages at least this large are streamed when they need no inspection.
 const STREAM_THRESHOLD: usize = 64 * 1024;
+/// One batch of messages in this many is timed for the `added_latency` histogram.
+pub const LATENCY_SAMPLE: u32 = 16;
+
+/// The session's two sockets (as read and write halves) and the relay's own I/O state.
+struct Io<'w, CR, CW, SR, SW> {
+    client_r: CR,
+    client_w: &'w mut CW,
+    server_r: SR,
+    server_w: &'w mut SW,
+    /// Everything for the client was written; a flush is still owed (TLS).
+    client_flush: bool,
+    /// Until login completes (dropped then, so no timer stays armed).
+    login_timeout: Option<Pin<Box<tokio::time::Sleep>>>,
+}
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -71,6 +89,8 @@ pub struct Session {
     client_eof: bool,
     /// The server sent a FATAL error of its own; the proxy adds none after it.
     server_fatal: bool,
+    /// Batches of messages read so far (for sampling `added_latency`).
+    batches: u32,
 }
 
 /// Server parameters the session follows (from `ParameterStatus`).
@@ -112,15 +132,16 @@ impl Session {
             batch_open: false,
             client_eof: false,
             server_fatal: false,
+            batches: 0,
         }
     }
 
     /// Relays until either side closes. The startup packet must already be in `to_server`.
     pub async fn run<CR, CW, SR, SW>(
         &mut self,
-        mut client_r: CR,
+        client_r: CR,
         mut client_w: CW,
-        mut server_r: SR,
+        server_r: SR,
         mut server_w: SW,
     ) -> End
     where
@@ -129,14 +150,38 @@ impl Session {
         SR: AsyncRead + Unpin,
         SW: AsyncWrite + Unpin,
     {
-        let login_timeout = tokio::time::sleep(self.settings.config.client_login_timeout);
-        tokio::pin!(login_timeout);
-        // Created once: polling a fresh `changed()` every turn would touch the shared channel's
-        // lock on every message.
-        let mut shutdown_rx = self.shared.shutdown.clone();
-        let shutdown = shutdown_rx.changed();
-        tokio::pin!(shutdown);
-        let end = loop {
+        let mut io = Io {
+            client_r,
+            client_w: &mut client_w,
+            server_r,
+            server_w: &mut server_w,
+            client_flush: false,
+            login_timeout: Some(Box::pin(tokio::time::sleep(
+                self.settings.config.client_login_timeout,
+            ))),
+        };
+        let end = std::future::poll_fn(|cx| self.poll_relay(cx, &mut io)).await;
+        self.finish(&end, &mut client_w, &mut server_w).await;
+        end
+    }
+
+    /// One turn of the relay: moves bytes both ways until nothing more can be done without
+    /// waiting. Each socket is polled again only while it makes progress: one that returned
+    /// `Pending` has the task's waker and wakes it when it is ready.
+    fn poll_relay<CR, CW, SR, SW>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut Io<'_, CR, CW, SR, SW>,
+    ) -> Poll<End>
+    where
+        CR: AsyncRead + Unpin,
+        CW: AsyncWrite + Unpin,
+        SR: AsyncRead + Unpin,
+        SW: AsyncWrite + Unpin,
+    {
+        let (mut server_r_waits, mut client_r_waits) = (false, false);
+        let (mut server_w_waits, mut client_w_waits) = (false, false);
+        loop {
             if self.client_eof {
                 // Every complete message was handled (unless the guard holds some back): what
                 // is left is the start of one that will never be finished.
@@ -145,81 +190,144 @@ impl Session {
                     self.client_stream_left = 0;
                 }
                 if self.nothing_in_flight() {
-                    break End::ClientClosed;
+                    return Poll::Ready(End::ClientClosed);
                 }
             }
             if self.draining && self.is_idle() {
-                break End::Shutdown;
+                return Poll::Ready(End::Shutdown);
+            }
+            let mut progress = false;
+            // Plain `write` (send), not vectored: one buffer, and the cheaper system call.
+            if !self.to_server.is_empty() && !server_w_waits {
+                match Pin::new(&mut *io.server_w).poll_write(cx, &self.to_server) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        self.to_server.advance(n);
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        return Poll::Ready(End::ServerError("the server stopped reading".into()));
+                    }
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(End::ServerError(format!(
+                            "write to server failed: {e}"
+                        )));
+                    }
+                    Poll::Pending => server_w_waits = true,
+                }
+            }
+            if !self.to_client.is_empty() && !client_w_waits {
+                match Pin::new(&mut *io.client_w).poll_write(cx, &self.to_client) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        self.to_client.advance(n);
+                        // A TLS stream may keep encrypted bytes until flushed.
+                        io.client_flush = self.to_client.is_empty();
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        return Poll::Ready(End::ClientError("the client stopped reading".into()));
+                    }
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(End::ClientError(format!(
+                            "write to client failed: {e}"
+                        )));
+                    }
+                    Poll::Pending => client_w_waits = true,
+                }
+            }
+            if io.client_flush && !client_w_waits {
+                match Pin::new(&mut *io.client_w).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => io.client_flush = false,
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(End::ClientError(format!(
+                            "write to client failed: {e}"
+                        )));
+                    }
+                    Poll::Pending => client_w_waits = true,
+                }
+            }
+            if self.to_client.len() < HIGH_WATER && !server_r_waits {
+                match poll_read_buf(Pin::new(&mut io.server_r), cx, &mut self.server_in) {
+                    Poll::Ready(Ok(0)) if self.terminated => {
+                        return Poll::Ready(End::ClientClosed);
+                    }
+                    Poll::Ready(Ok(0)) => return Poll::Ready(End::ServerClosed),
+                    Poll::Ready(Ok(n)) => {
+                        self.shared.metrics_bytes(false, n);
+                        let timer = self.latency_sample();
+                        if let Err(e) = self.process_server() {
+                            return Poll::Ready(End::ServerError(e));
+                        }
+                        self.latency_done(timer);
+                        keep_room(&mut self.server_in);
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(End::ServerError(format!(
+                            "read from server failed: {e}"
+                        )));
+                    }
+                    Poll::Pending => server_r_waits = true,
+                }
             }
             let read_client = !self.client_eof
                 && !self.hold_client
                 && self.to_server.len() < HIGH_WATER
                 && self.client_in.len() < self.settings.config.max_message_size + 5;
-            let read_server = self.to_client.len() < HIGH_WATER;
-            tokio::select! {
-                biased;
-                // Plain `write` (send), not vectored: one buffer, and the cheaper system call.
-                r = server_w.write(&self.to_server), if !self.to_server.is_empty() => {
-                    match r {
-                        Ok(n) if n > 0 => self.to_server.advance(n),
-                        Ok(_) => break End::ServerError("the server stopped reading".into()),
-                        Err(e) => break End::ServerError(format!("write to server failed: {e}")),
+            if read_client && !client_r_waits {
+                match poll_read_buf(Pin::new(&mut io.client_r), cx, &mut self.client_in) {
+                    Poll::Ready(Ok(0)) => {
+                        self.client_eof = true;
+                        progress = true;
                     }
-                }
-                r = client_w.write(&self.to_client), if !self.to_client.is_empty() => {
-                    match r {
-                        Ok(n) if n > 0 => self.to_client.advance(n),
-                        Ok(_) => break End::ClientError("the client stopped reading".into()),
-                        Err(e) => break End::ClientError(format!("write to client failed: {e}")),
-                    }
-                    // A TLS stream may keep encrypted bytes until flushed.
-                    if self.to_client.is_empty()
-                        && let Err(e) = client_w.flush().await
-                    {
-                        break End::ClientError(format!("write to client failed: {e}"));
-                    }
-                }
-                r = server_r.read_buf(&mut self.server_in), if read_server => {
-                    match r {
-                        Ok(0) if self.terminated => break End::ClientClosed,
-                        Ok(0) => break End::ServerClosed,
-                        Ok(n) => {
-                            self.shared.metrics_bytes(false, n);
-                            let started = Instant::now();
-                            if let Err(e) = self.process_server() {
-                                break End::ServerError(e);
-                            }
-                            self.shared.metrics_latency(started);
-                            keep_room(&mut self.server_in);
+                    Poll::Ready(Ok(n)) => {
+                        self.shared.metrics_bytes(true, n);
+                        let timer = self.latency_sample();
+                        if let Err(e) = self.process_client() {
+                            return Poll::Ready(End::ClientError(e));
                         }
-                        Err(e) => break End::ServerError(format!("read from server failed: {e}")),
+                        self.latency_done(timer);
+                        keep_room(&mut self.client_in);
+                        progress = true;
                     }
-                }
-                r = client_r.read_buf(&mut self.client_in), if read_client => {
-                    match r {
-                        Ok(0) => self.client_eof = true,
-                        Ok(n) => {
-                            self.shared.metrics_bytes(true, n);
-                            let started = Instant::now();
-                            if let Err(e) = self.process_client() {
-                                break End::ClientError(e);
-                            }
-                            self.shared.metrics_latency(started);
-                            keep_room(&mut self.client_in);
-                        }
-                        Err(e) => break End::ClientError(format!("read from client failed: {e}")),
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(End::ClientError(format!(
+                            "read from client failed: {e}"
+                        )));
                     }
-                }
-                _ = &mut login_timeout, if !self.logged_in => {
-                    break End::LoginTimeout;
-                }
-                _ = &mut shutdown, if !self.draining => {
-                    self.draining = true;
+                    Poll::Pending => client_r_waits = true,
                 }
             }
-        };
-        self.finish(&end, &mut client_w, &mut server_w).await;
-        end
+            if progress {
+                continue;
+            }
+            if self.logged_in {
+                io.login_timeout = None;
+            } else if let Some(t) = &mut io.login_timeout
+                && t.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(End::LoginTimeout);
+            }
+            if !self.draining && self.handle.poll_drain(cx) {
+                self.draining = true;
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// Starts timing this batch of messages for the `added_latency` histogram, one batch in
+    /// [`LATENCY_SAMPLE`] (reading the clock for every batch costs more than the relay work).
+    #[inline]
+    fn latency_sample(&mut self) -> Option<Instant> {
+        self.batches = self.batches.wrapping_add(1);
+        self.batches.is_multiple_of(LATENCY_SAMPLE).then(Instant::now)
+    }
+
+    #[inline]
+    fn latency_done(&self, timer: Option<Instant>) {
+        if let Some(started) = timer {
+            self.shared.metrics_latency(started);
+        }
     }
 
     /// Nothing sent that awaits a reply, nothing left to send either way.
@@ -514,7 +622,9 @@ impl Session {
             self.handle.ready_for_query(self.tx_status);
             self.handle.set_tracked_versions(self.guard.tracked());
         }
-        if !self.guard_server_message(tag, msg, step, popped)? {
+        let taken = !self.guard_ignores(tag, step, popped.as_ref())
+            && self.guard_server_message(tag, msg, step, popped)?;
+        if !taken {
             self.to_client.extend_from_slice(msg);
         }
         if release {

@@ -252,6 +252,27 @@ impl Session {
         self.simple_query(msg)
     }
 
+    /// True when [`Session::guard_server_message`] has nothing to do with a server message:
+    /// it is not a `ReadyForQuery`, and the entry it answers carries no tag and is not a simple
+    /// `Query` (whose rows may be tracked). Checked first because it is the common case.
+    #[inline]
+    pub(in crate::relay) fn guard_ignores(
+        &self,
+        tag: u8,
+        step: Step,
+        popped: Option<&Pending<StmtTag>>,
+    ) -> bool {
+        let plain = |p: &Pending<StmtTag>| {
+            !matches!(p, Pending::Simple(_)) && p.guard().is_none_or(|g| g.is_none())
+        };
+        tag != be::READY_FOR_QUERY
+            && match step {
+                Step::Completes => popped.is_none_or(plain),
+                Step::Within => self.replies.front().is_none_or(plain),
+                Step::Unrelated => true,
+            }
+    }
+
     /// A server message, given the entry it answers. Returns true when the guard took care of
     /// it (forwarded a changed form, or kept it from the client).
     pub(in crate::relay) fn guard_server_message(
