@@ -119,8 +119,12 @@ start_optlock() {
     [[ -n "$config" ]] && args+=(--config "$config")
     [[ -n "${OPTLOCK_WORKERS:-}" ]] && args+=(--workers "$OPTLOCK_WORKERS")
     # OPTLOCK_WORKERS is also read by clap from the environment; pass it explicitly only.
+    # setsid: the proxy runs in a session of its own, as a service (or PgBouncer's -d) does.
+    # With the kernel's autogroup scheduling (sched_autogroup_enabled=1) a process shares CPU
+    # time with the rest of its session: left in this script's session, the proxy would
+    # compete with pgbench for one group's share while PgBouncer has a group of its own.
     env -u OPTLOCK_WORKERS -u OPTLOCK_CONFIG -u OPTLOCK_LISTEN -u OPTLOCK_UPSTREAM \
-        "$OPTLOCK_BIN" "${args[@]}" >>"$OPTLOCK_LOG" 2>&1 &
+        setsid "$OPTLOCK_BIN" "${args[@]}" >>"$OPTLOCK_LOG" 2>&1 </dev/null &
     OPTLOCK_PID=$!
     OPTLOCK_PIDS+=("$OPTLOCK_PID")
     OPTLOCK_AT[$port]=$OPTLOCK_PID OPTLOCK_CFG[$port]=$config
