@@ -1,23 +1,46 @@
 //! The prefilter: a cheap scan that tells which texts may touch a guarded table.
 //!
-//! One Aho-Corasick automaton (ASCII case-insensitive) holds the bare name of every guarded
-//! table and the words that start a write (`update`, `delete`, `merge`, `insert`). A text that
-//! lacks either kind of match cannot write a guarded table and never reaches the parser. The
-//! scan is substring-based on purpose (a `U&"` identifier counts as a name: its escapes may
-//! spell one): a false positive only costs a parse, a false negative
-//! would let a write through unguarded.
+//! One Aho-Corasick DFA (ASCII case-insensitive, used directly: a table lookup per byte) holds
+//! the bare name of every guarded table, the words that start a write (`update`, `delete`,
+//! `merge`, `insert`) and the words of the session commands that make a session forget what it
+//! tracked (`discard`, `reset`, `deallocate`). One pass over a text tells all three. A text that lacks a name or a write word cannot write a guarded table and
+//! never reaches the parser. The scan is substring-based on purpose (a `U&"` identifier counts
+//! as a name: its escapes may spell one): a false positive only costs a parse, a false
+//! negative would let a write through unguarded.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::automaton::{Automaton, OverlappingState};
+use aho_corasick::dfa::DFA;
+use aho_corasick::{Input, MatchKind};
 
 use crate::config::Guard;
 
 /// Words whose presence means a statement may write.
 const WRITE_WORDS: [&str; 4] = ["update", "delete", "merge", "insert"];
+/// Words of the session commands `DISCARD`, `RESET` and `DEALLOCATE`.
+const SESSION_WORDS: [&str; 3] = ["discard", "reset", "deallocate"];
+
+/// What one scan of a text found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Found {
+    /// The bare name of a guarded table (or a `U&"` identifier).
+    pub name: bool,
+    /// A word that starts a write.
+    pub write: bool,
+    /// A word that starts a session command.
+    pub session: bool,
+}
+
+impl Found {
+    /// A name and a write word: the text may write a guarded table.
+    pub fn may_write_guarded(self) -> bool {
+        self.name && self.write
+    }
+}
 
 #[derive(Debug)]
 pub struct Prefilter {
-    /// Patterns `0..names` are table names, the rest are [`WRITE_WORDS`].
-    automaton: Option<AhoCorasick>,
+    /// Patterns `0..names` are table names, then [`WRITE_WORDS`], then [`SESSION_WORDS`].
+    automaton: Option<DFA>,
     names: usize,
 }
 
@@ -41,43 +64,55 @@ impl Prefilter {
         patterns.push("u&\"".to_string());
         let names = patterns.len();
         patterns.extend(WRITE_WORDS.iter().map(|w| w.to_string()));
-        let automaton = AhoCorasickBuilder::new()
+        patterns.extend(SESSION_WORDS.iter().map(|w| w.to_string()));
+        let automaton = DFA::builder()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
             .build(&patterns)
-            .expect("table names and write words form a valid automaton");
+            .expect("table names and keywords form a valid automaton");
         Prefilter {
             automaton: Some(automaton),
             names,
         }
     }
 
-    /// True when `sql` contains the bare name of a guarded table and a write word.
-    pub fn may_write_guarded(&self, sql: &[u8]) -> bool {
+    /// Scans `sql` once for every kind of pattern. With no guard configured nothing is found.
+    pub fn scan(&self, sql: &[u8]) -> Found {
+        let mut found = Found::default();
         let Some(ac) = &self.automaton else {
-            return false;
+            return found;
         };
-        let (mut name, mut word) = (false, false);
-        for m in ac.find_overlapping_iter(sql) {
-            if m.pattern().as_usize() < self.names {
-                name = true;
-            } else {
-                word = true;
+        let writes = self.names + WRITE_WORDS.len();
+        let input = Input::new(sql);
+        let mut state = OverlappingState::start();
+        loop {
+            if ac.try_find_overlapping(&input, &mut state).is_err() {
+                // Not expected with this configuration; finding everything is the safe answer.
+                return Found {
+                    name: true,
+                    write: true,
+                    session: true,
+                };
             }
-            if name && word {
-                return true;
+            let Some(m) = state.get_match() else {
+                return found;
+            };
+            match m.pattern().as_usize() {
+                p if p < self.names => found.name = true,
+                p if p < writes => found.write = true,
+                _ => found.session = true,
             }
         }
-        false
+    }
+
+    /// True when `sql` contains the bare name of a guarded table and a write word.
+    pub fn may_write_guarded(&self, sql: &[u8]) -> bool {
+        self.scan(sql).may_write_guarded()
     }
 
     /// True when `sql` contains the bare name of a guarded table.
     pub fn names_guarded(&self, sql: &[u8]) -> bool {
-        let Some(ac) = &self.automaton else {
-            return false;
-        };
-        ac.find_overlapping_iter(sql)
-            .any(|m| m.pattern().as_usize() < self.names)
+        self.scan(sql).name
     }
 }
 
@@ -136,6 +171,28 @@ mod tests {
         assert!(!p.may_write_guarded(b"SELECT 1 FROM update_lo"));
         let p = Prefilter::new(&[guard("inv")]);
         assert!(p.may_write_guarded(b"DELETE FROM inv"));
+    }
+
+    #[test]
+    fn one_scan_tells_names_writes_and_session_commands() {
+        let p = Prefilter::new(&[guard("invoice")]);
+        let f = p.scan(b"UPDATE invoice SET a = 1");
+        assert_eq!(
+            f,
+            Found {
+                name: true,
+                write: true,
+                session: false
+            }
+        );
+        assert!(f.may_write_guarded());
+        let f = p.scan(b"select 1; DEALLOCATE ALL");
+        assert!(f.session && !f.name && !f.write && !f.may_write_guarded());
+        assert!(p.scan(b"discard all").session);
+        assert!(p.scan(b"RESET ALL").session);
+        assert!(p.scan(b"SELECT * FROM Invoice").name);
+        assert_eq!(p.scan(b"BEGIN"), Found::default());
+        assert_eq!(Prefilter::new(&[]).scan(b"DISCARD ALL"), Found::default());
     }
 
     #[test]

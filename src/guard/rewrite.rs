@@ -59,11 +59,40 @@ fn ident(name: &str) -> Cow<'_, str> {
 
 /// True when `word` (any case) is one of PostgreSQL's reserved or type/function-name keywords.
 pub(super) fn is_reserved(word: &str) -> bool {
-    let lower = |b: &u8| b.to_ascii_lowercase();
+    let w = word.as_bytes();
+    // Most words are names: most are told apart by their length and first letter alone.
+    let Some(&first) = w.first() else {
+        return false;
+    };
+    let letter = first.to_ascii_lowercase().wrapping_sub(b'a');
+    if w.len() > LONGEST_RESERVED || letter >= 26 || RESERVED_STARTS[w.len()] & (1 << letter) == 0 {
+        return false;
+    }
+    let mut buf = [0u8; LONGEST_RESERVED];
+    for (lower, b) in buf.iter_mut().zip(w) {
+        *lower = b.to_ascii_lowercase();
+    }
+    let lower = &buf[..w.len()];
     RESERVED
-        .binary_search_by(|k| k.bytes().cmp(word.as_bytes().iter().map(lower)))
+        .binary_search_by(|k| k.as_bytes().cmp(lower))
         .is_ok()
 }
+
+/// Length of the longest word in [`RESERVED`] (`current_timestamp`).
+const LONGEST_RESERVED: usize = 17;
+
+/// For each length, one bit per first letter (`a` = bit 0) of the [`RESERVED`] words of that
+/// length.
+const RESERVED_STARTS: [u32; LONGEST_RESERVED + 1] = {
+    let mut starts = [0u32; LONGEST_RESERVED + 1];
+    let mut i = 0;
+    while i < RESERVED.len() {
+        let w = RESERVED[i].as_bytes();
+        starts[w.len()] |= 1 << (w[0] - b'a');
+        i += 1;
+    }
+    starts
+};
 
 /// PostgreSQL's reserved and type/function-name keywords (sorted): not usable as a bare column
 /// name in a `SET` list.
@@ -532,6 +561,18 @@ mod tests {
             RESERVED.windows(2).all(|w| w[0] < w[1]),
             "sorted for binary search"
         );
+        assert_eq!(
+            RESERVED.iter().map(|w| w.len()).max(),
+            Some(LONGEST_RESERVED)
+        );
+        for w in RESERVED {
+            assert!(
+                is_reserved(w) && is_reserved(&w.to_ascii_uppercase()),
+                "{w}"
+            );
+        }
+        assert!(is_reserved("WHERE") && is_reserved("Current_Timestamp") && is_reserved("as"));
+        assert!(!is_reserved("current_timestamps") && !is_reserved("abalance") && !is_reserved(""));
         assert_eq!(
             render("UPDATE orders SET total = 1 WHERE \"Order ID\" = 5", LIT),
             "UPDATE orders SET total = 1, \"order\" = orders.\"order\" + 1 WHERE (\"Order ID\" = 5) AND orders.\"order\" = '7' RETURNING orders.\"Order ID\", orders.\"order\""

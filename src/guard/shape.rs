@@ -14,7 +14,6 @@
 //! `standard_conforming_strings = off` (the caller checks). An instantiated analysis that
 //! refuses a statement is not trusted: the caller analyses the text itself.
 
-use std::fmt::Write;
 use std::ops::Range;
 
 use super::rewrite::is_reserved;
@@ -320,7 +319,8 @@ pub fn shape(sql: &str) -> Option<Shape> {
     for (n, (range, kind)) in found.into_iter().enumerate() {
         text.push_str(&sql[copied..range.start]);
         let at = text.len();
-        let _ = write!(text, "${}", u16::try_from(n + 1).ok()?);
+        text.push('$');
+        text.push_str(itoa::Buffer::new().format(u16::try_from(n + 1).ok()?));
         literals.push(Lit {
             shape: at..text.len(),
             text: range.clone(),

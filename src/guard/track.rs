@@ -7,7 +7,6 @@
 //! share an encoding whatever the key text contains); lookups reuse a scratch buffer and do not
 //! allocate.
 
-use std::fmt::Write as _;
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
@@ -90,10 +89,13 @@ impl Tracker {
 
 fn encode<S: AsRef<str>>(buf: &mut String, guard: TableId, key_parts: &[S]) {
     buf.clear();
-    let _ = write!(buf, "{}", guard.0);
+    let mut digits = itoa::Buffer::new();
+    buf.push_str(digits.format(guard.0));
     for part in key_parts {
         let part = part.as_ref();
-        let _ = write!(buf, ":{}:", part.len());
+        buf.push(':');
+        buf.push_str(digits.format(part.len()));
+        buf.push(':');
         buf.push_str(part);
     }
 }

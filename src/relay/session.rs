@@ -320,7 +320,9 @@ impl Session {
     #[inline]
     fn latency_sample(&mut self) -> Option<Instant> {
         self.batches = self.batches.wrapping_add(1);
-        self.batches.is_multiple_of(LATENCY_SAMPLE).then(Instant::now)
+        self.batches
+            .is_multiple_of(LATENCY_SAMPLE)
+            .then(Instant::now)
     }
 
     #[inline]

@@ -158,9 +158,14 @@ impl Session {
         let Some(p) = fe::parse(body) else {
             return Ok(false);
         };
-        self.guard.on_session_command(p.query);
-        if !guards.prefilter.may_write_guarded(p.query) {
-            self.prepare_read(&p, &guards);
+        let found = guards.prefilter.scan(p.query);
+        if found.session {
+            self.guard.on_session_command(p.query);
+        }
+        if !found.may_write_guarded() {
+            if found.name {
+                self.prepare_read(&p, &guards);
+            }
             return Ok(false);
         }
         let Ok(sql) = std::str::from_utf8(p.query) else {
@@ -601,9 +606,10 @@ impl Session {
         true
     }
 
-    /// Remembers a prepared statement that reads a guarded table, so its rows can be followed.
+    /// Remembers a prepared statement that reads a guarded table (`p` names one), so its rows
+    /// can be followed.
     fn prepare_read(&mut self, p: &fe::Parse<'_>, guards: &Arc<GuardSet>) {
-        if self.guard.resolved.is_empty() || !guards.prefilter.names_guarded(p.query) {
+        if self.guard.resolved.is_empty() {
             return;
         }
         let pinned = std::str::from_utf8(p.query)

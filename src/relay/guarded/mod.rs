@@ -21,9 +21,7 @@ mod stale;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
-
-use aho_corasick::AhoCorasick;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use tracing::debug;
@@ -129,19 +127,10 @@ impl GuardState {
     }
 
     /// Notes session commands in a text sent to the server: `DISCARD ALL`, `RESET ALL`,
-    /// `DEALLOCATE`. Forgetting more than needed is safe (a forgotten version reads as "nothing
-    /// known"), so the scan is simple: every `;`-separated part, comments skipped.
+    /// `DEALLOCATE`. Called for texts in which the prefilter found one of those words.
+    /// Forgetting more than needed is safe (a forgotten version reads as "nothing known"), so
+    /// the scan is simple: every `;`-separated part, comments skipped.
     pub fn on_session_command(&mut self, sql: &[u8]) {
-        static WORDS: OnceLock<AhoCorasick> = OnceLock::new();
-        let words = WORDS.get_or_init(|| {
-            AhoCorasick::builder()
-                .ascii_case_insensitive(true)
-                .build(["discard", "reset", "deallocate"])
-                .expect("fixed patterns")
-        });
-        if !words.is_match(sql) {
-            return;
-        }
         for part in String::from_utf8_lossy(sql).split(';') {
             let words: Vec<&str> = skip_comments(part).split_whitespace().take(3).collect();
             let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
@@ -246,10 +235,14 @@ impl Session {
         if !self.guards_active() {
             return Ok(false);
         }
-        if let Some(sql) = fe::query_text(&msg[5..]) {
+        let Some(sql) = fe::query_text(&msg[5..]) else {
+            return Ok(false);
+        };
+        let found = self.settings.guards.prefilter.scan(sql);
+        if found.session {
             self.guard.on_session_command(sql);
         }
-        self.simple_query(msg)
+        self.simple_query(msg, sql, found)
     }
 
     /// True when [`Session::guard_server_message`] has nothing to do with a server message:

@@ -19,6 +19,7 @@ use super::reads::{ReadPlan, canonical};
 use crate::admin::Outcome;
 use crate::config::{BulkPolicy, UnversionedPolicy};
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
+use crate::guard::prefilter::Found;
 use crate::guard::rewrite::Expected;
 use crate::guard::track::Tracker;
 use crate::guard::{Action, GuardSet, GuardedWrite, TableId, Target, ValueRef, WriteOp};
@@ -102,13 +103,16 @@ pub(super) enum Plan {
 
 impl Session {
     /// A simple `Query` from the client. Returns true when the guard sent it (as a script).
-    pub(super) fn simple_query(&mut self, msg: &[u8]) -> Result<bool, String> {
-        let Some(sql_bytes) = fe::query_text(&msg[5..]) else {
-            return Ok(false);
-        };
+    /// `sql_bytes` is its text, `found` what the prefilter found in it.
+    pub(super) fn simple_query(
+        &mut self,
+        msg: &[u8],
+        sql_bytes: &[u8],
+        found: Found,
+    ) -> Result<bool, String> {
         let guards = self.settings.guards.clone();
-        if !guards.prefilter.may_write_guarded(sql_bytes) {
-            return Ok(self.pinned_read_query(msg, sql_bytes, &guards));
+        if !found.may_write_guarded() {
+            return Ok(found.name && self.pinned_read_query(msg, sql_bytes, &guards));
         }
         let Ok(sql) = std::str::from_utf8(sql_bytes) else {
             let (block, ctx) = self.not_utf8_refusal(sql_bytes);
@@ -228,8 +232,9 @@ impl Session {
     }
 
     /// A `SELECT` that pins one guarded row: relayed as it is, its result followed.
+    /// `sql` names a guarded table.
     fn pinned_read_query(&mut self, msg: &[u8], sql: &[u8], guards: &Arc<GuardSet>) -> bool {
-        if self.guard.resolved.is_empty() || !guards.prefilter.names_guarded(sql) {
+        if self.guard.resolved.is_empty() {
             return false;
         }
         let Ok(sql) = std::str::from_utf8(sql) else {
