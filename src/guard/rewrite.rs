@@ -68,15 +68,40 @@ pub(super) fn is_reserved(word: &str) -> bool {
     if w.len() > LONGEST_RESERVED || letter >= 26 || RESERVED_STARTS[w.len()] & (1 << letter) == 0 {
         return false;
     }
-    let mut buf = [0u8; LONGEST_RESERVED];
-    for (lower, b) in buf.iter_mut().zip(w) {
-        *lower = b.to_ascii_lowercase();
+    if w.len() > 16 {
+        return RESERVED
+            .iter()
+            .any(|k| k.len() > 16 && k.as_bytes().eq_ignore_ascii_case(w));
     }
-    let lower = &buf[..w.len()];
-    RESERVED
-        .binary_search_by(|k| k.as_bytes().cmp(lower))
-        .is_ok()
+    RESERVED_KEYS.binary_search(&reserved_key(w)).is_ok()
 }
+
+/// A word of at most 16 bytes as a number that sorts as the word does (ASCII lowercase,
+/// big-endian, zero-padded: no word holds a zero byte). Only the first 16 bytes count.
+const fn reserved_key(w: &[u8]) -> u128 {
+    let mut key = 0u128;
+    let mut i = 0;
+    while i < 16 {
+        key <<= 8;
+        if i < w.len() {
+            key |= w[i].to_ascii_lowercase() as u128;
+        }
+        i += 1;
+    }
+    key
+}
+
+/// [`RESERVED`] as [`reserved_key`]s, in the same (sorted) order: a binary search compares
+/// numbers, not strings.
+const RESERVED_KEYS: [u128; RESERVED.len()] = {
+    let mut keys = [0u128; RESERVED.len()];
+    let mut i = 0;
+    while i < RESERVED.len() {
+        keys[i] = reserved_key(RESERVED[i].as_bytes());
+        i += 1;
+    }
+    keys
+};
 
 /// Length of the longest word in [`RESERVED`] (`current_timestamp`).
 const LONGEST_RESERVED: usize = 17;
@@ -564,6 +589,10 @@ mod tests {
         assert_eq!(
             RESERVED.iter().map(|w| w.len()).max(),
             Some(LONGEST_RESERVED)
+        );
+        assert!(
+            RESERVED_KEYS.windows(2).all(|w| w[0] < w[1]),
+            "keys sorted as the words, none cut to a duplicate"
         );
         for w in RESERVED {
             assert!(

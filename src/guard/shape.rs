@@ -53,34 +53,71 @@ enum Prev {
     Other,
 }
 
+/// Byte classes, one table lookup per byte (the scan runs on every simple-protocol text that
+/// may touch a guarded table).
+const SPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT: u8 = 4;
+const OPERATOR: u8 = 8;
+
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_whitespace() {
+            t[b] |= SPACE;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            t[b] |= IDENT_START | IDENT;
+        }
+        if c.is_ascii_digit() || c == b'$' {
+            t[b] |= IDENT;
+        }
+        if matches!(
+            c,
+            b'+' | b'-'
+                | b'*'
+                | b'/'
+                | b'<'
+                | b'>'
+                | b'='
+                | b'~'
+                | b'!'
+                | b'@'
+                | b'#'
+                | b'%'
+                | b'^'
+                | b'&'
+                | b'|'
+                | b'`'
+                | b'?'
+        ) {
+            t[b] |= OPERATOR;
+        }
+        b += 1;
+    }
+    t
+};
+
+#[inline]
+fn is_space(b: u8) -> bool {
+    CLASSES[b as usize] & SPACE != 0
+}
+
+#[inline]
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    CLASSES[b as usize] & IDENT_START != 0
 }
 
+#[inline]
 fn is_ident_char(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+    CLASSES[b as usize] & IDENT != 0
 }
 
+#[inline]
 fn is_operator_char(b: u8) -> bool {
-    matches!(
-        b,
-        b'+' | b'-'
-            | b'*'
-            | b'/'
-            | b'<'
-            | b'>'
-            | b'='
-            | b'~'
-            | b'!'
-            | b'@'
-            | b'#'
-            | b'%'
-            | b'^'
-            | b'&'
-            | b'|'
-            | b'`'
-            | b'?'
-    )
+    CLASSES[b as usize] & OPERATOR != 0
 }
 
 /// End of a quoted token starting at `start` (`'` or `"`, the quote doubled inside; with
@@ -141,7 +178,7 @@ fn comment_end(b: &[u8], i: usize) -> Option<Option<usize>> {
 /// The first byte after `i` that is not whitespace or comment.
 fn next_significant(b: &[u8], mut i: usize) -> Option<u8> {
     while i < b.len() {
-        if b[i].is_ascii_whitespace() {
+        if is_space(b[i]) {
             i += 1;
         } else if let Some(end) = comment_end(b, i) {
             i = end?;
@@ -197,7 +234,12 @@ fn number_end(b: &[u8], mut i: usize) -> usize {
 /// The shape of `sql`, or None when it has no constant to take out or cannot have a shape.
 pub fn shape(sql: &str) -> Option<Shape> {
     let b = sql.as_bytes();
-    let mut found: Vec<(Range<usize>, LitKind)> = Vec::new();
+    let mut out = Builder {
+        sql,
+        text: String::new(),
+        literals: Vec::new(),
+        copied: 0,
+    };
     let mut prev = Prev::OperandSlot;
     // The token before the last one, and where a sign that may be unary started.
     let mut before_sign = Prev::Other;
@@ -205,11 +247,13 @@ pub fn shape(sql: &str) -> Option<Shape> {
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
-        if c.is_ascii_whitespace() {
+        if is_space(c) {
             i += 1;
             continue;
         }
-        if let Some(end) = comment_end(b, i) {
+        if (c == b'-' || c == b'/')
+            && let Some(end) = comment_end(b, i)
+        {
             i = end?;
             continue;
         }
@@ -226,7 +270,7 @@ pub fn shape(sql: &str) -> Option<Shape> {
                     && !glued
                     && next_significant(b, end) != Some(b'\'')
                 {
-                    found.push((i..end, LitKind::Quoted));
+                    out.push(i..end, LitKind::Quoted)?;
                 }
                 i = end;
                 Prev::Operand
@@ -252,17 +296,17 @@ pub fn shape(sql: &str) -> Option<Shape> {
                         // A unary sign belongs to the constant (`id = -5`).
                         Some(s)
                             if slot_before_sign != Prev::Operand
-                                && b[s + 1..i].iter().all(u8::is_ascii_whitespace) =>
+                                && b[s + 1..i].iter().all(|&c| is_space(c)) =>
                         {
-                            found.push((
+                            out.push(
                                 s..end,
                                 LitKind::Number {
                                     negative: b[s] == b'-',
                                 },
-                            ))
+                            )?
                         }
                         Some(_) if slot_before_sign != Prev::Operand => {}
-                        _ => found.push((i..end, LitKind::Number { negative: false })),
+                        _ => out.push(i..end, LitKind::Number { negative: false })?,
                     }
                 }
                 i = end;
@@ -310,26 +354,49 @@ pub fn shape(sql: &str) -> Option<Shape> {
         };
         prev = this;
     }
-    if found.is_empty() {
-        return None;
-    }
-    let mut text = String::with_capacity(sql.len());
-    let mut literals = Vec::with_capacity(found.len());
-    let mut copied = 0;
-    for (n, (range, kind)) in found.into_iter().enumerate() {
-        text.push_str(&sql[copied..range.start]);
-        let at = text.len();
-        text.push('$');
-        text.push_str(itoa::Buffer::new().format(u16::try_from(n + 1).ok()?));
-        literals.push(Lit {
-            shape: at..text.len(),
+    out.finish()
+}
+
+/// Writes a shape as its constants are found.
+struct Builder<'a> {
+    sql: &'a str,
+    text: String,
+    literals: Vec<Lit>,
+    /// How much of `sql` is in `text` already.
+    copied: usize,
+}
+
+impl Builder<'_> {
+    /// Replaces the constant at `range` (after any before it) by the next placeholder.
+    fn push(&mut self, range: Range<usize>, kind: LitKind) -> Option<()> {
+        let n = u16::try_from(self.literals.len() + 1).ok()?;
+        if self.literals.is_empty() {
+            self.text.reserve(self.sql.len() + 8);
+        }
+        self.text.push_str(&self.sql[self.copied..range.start]);
+        let at = self.text.len();
+        self.text.push('$');
+        self.text.push_str(itoa::Buffer::new().format(n));
+        self.literals.push(Lit {
+            shape: at..self.text.len(),
             text: range.clone(),
             kind,
         });
-        copied = range.end;
+        self.copied = range.end;
+        Some(())
     }
-    text.push_str(&sql[copied..]);
-    Some(Shape { text, literals })
+
+    /// The shape, or None when no constant was taken out.
+    fn finish(mut self) -> Option<Shape> {
+        if self.literals.is_empty() {
+            return None;
+        }
+        self.text.push_str(&self.sql[self.copied..]);
+        Some(Shape {
+            text: self.text,
+            literals: self.literals,
+        })
+    }
 }
 
 impl Shape {
