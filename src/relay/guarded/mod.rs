@@ -317,9 +317,15 @@ impl Session {
                 Tag::Step(_) => self.on_step_reply(tag, msg),
                 Tag::Raise(_) => self.on_raise_reply(tag, msg),
                 Tag::Final => Ok(tag != be::ERROR_RESPONSE),
-                Tag::Read(check) => {
-                    let check = check.clone();
-                    self.on_pinned_read_reply(tag, msg, check);
+                Tag::Read(_) => {
+                    // Taken out of the queue while the session works with it, then put back.
+                    let Tag::Read(check) = std::mem::replace(t.as_mut(), Tag::Hidden) else {
+                        unreachable!("matched Tag::Read");
+                    };
+                    let check = self.on_pinned_read_reply(tag, msg, check);
+                    if let Some(Pending::Simple(Some(t))) = self.replies.front_mut() {
+                        **t = Tag::Read(check);
+                    }
                     Ok(false)
                 }
                 Tag::DescribeStatement(_) | Tag::DescribePortal(_) | Tag::Execute(_) => Ok(false),
@@ -400,22 +406,25 @@ impl Session {
         }
     }
 
-    /// A reply to a simple-Query pinned read.
-    fn on_pinned_read_reply(&mut self, tag: u8, msg: &[u8], mut check: Box<pinned::ReadCheck>) {
+    /// A reply to a simple-Query pinned read, within its entry (the check is given back).
+    fn on_pinned_read_reply(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        mut check: Box<pinned::ReadCheck>,
+    ) -> Box<pinned::ReadCheck> {
         let body = &msg[5..];
         self.track_simple_rows(tag, msg);
         match tag {
             be::ROW_DESCRIPTION => {
                 let cols = be::row_description(body).unwrap_or_default();
                 check.version = self.version_column(check.guard, &cols);
-                if let Some(Pending::Simple(Some(t))) = self.replies.front_mut() {
-                    **t = Tag::Read(check);
-                }
             }
             be::DATA_ROW => check.observe(self, body, check.version),
             be::COMMAND_COMPLETE => check.complete(self, body, check.version.is_some()),
             _ => {}
         }
+        check
     }
 
     /// Processes client messages that waited while the guard held the batch.
