@@ -88,16 +88,20 @@ pub struct Ident {
     pub application_name: String,
 }
 
+/// Statements or portals by name. Looked up on every `Bind` and `Execute`: hashed with
+/// foldhash (fast on short keys, seeded per process) rather than SipHash.
+type NameMap<V> = HashMap<Box<[u8]>, V, foldhash::fast::RandomState>;
+
 /// Per-session guard state.
 pub struct GuardState {
     pub ident: Ident,
     cache: AnalysisCache,
     resolved: Arc<ResolvedGuards>,
     tracker: Tracker,
-    statements: HashMap<Box<[u8]>, Arc<Prepared>>,
+    statements: NameMap<Arc<Prepared>>,
     /// Statements prepared before a reload that now write a guarded table.
-    stale: HashMap<Box<[u8]>, stale::StaleStatement>,
-    portals: HashMap<Box<[u8]>, Arc<Portal>>,
+    stale: NameMap<stale::StaleStatement>,
+    portals: NameMap<Arc<Portal>>,
     /// Columns of the result being read in a simple query (set by its `RowDescription`).
     row_plan: Option<Arc<ReadPlan>>,
     script: Option<Script>,
@@ -112,9 +116,9 @@ impl GuardState {
             cache: AnalysisCache::new(),
             resolved: Arc::new(ResolvedGuards::default()),
             tracker: Tracker::new(track_limit),
-            statements: HashMap::new(),
-            stale: HashMap::new(),
-            portals: HashMap::new(),
+            statements: NameMap::default(),
+            stale: NameMap::default(),
+            portals: NameMap::default(),
             row_plan: None,
             script: None,
             need_resolve: false,

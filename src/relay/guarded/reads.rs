@@ -137,6 +137,10 @@ impl ReadPlan {
 
     /// Records the versions in one `DataRow` body.
     pub fn observe(&self, row_body: &[u8], tracker: &mut Tracker) {
+        if self.from_end.is_some() && tracker.is_empty() {
+            // A write's own versions only advance rows already tracked: none are.
+            return;
+        }
         let Some(mut vals) = be::data_row(row_body) else {
             return;
         };
