@@ -158,7 +158,7 @@ impl Session {
         let Some(p) = fe::parse(body) else {
             return Ok(false);
         };
-        let found = guards.prefilter.scan(p.query);
+        let found = self.guard.found_in_parse(p.query, &guards.prefilter);
         if found.session {
             self.guard.on_session_command(p.query);
         }

@@ -30,6 +30,7 @@ use super::replies::{Pending, Step};
 use super::session::Session;
 use crate::catalog::resolve::{self, ResolvedGuards};
 use crate::guard::cache::AnalysisCache;
+use crate::guard::prefilter::{Found, Prefilter};
 use crate::guard::track::Tracker;
 use crate::protocol::{backend as be, frontend as fe};
 
@@ -88,14 +89,21 @@ pub struct Ident {
     pub application_name: String,
 }
 
-/// Statements or portals by name. Looked up on every `Bind` and `Execute`: hashed with
-/// foldhash (fast on short keys, seeded per process) rather than SipHash.
+/// `Parse` texts whose prefilter result a session remembers (forgotten all at once beyond).
+const FOUND_TEXTS: usize = 1024;
+
+/// A map keyed by statement or portal names (or statement texts), looked up on every `Parse`,
+/// `Bind` and `Execute`: hashed with foldhash (fast on short keys, seeded per process) rather
+/// than SipHash.
 type NameMap<V> = HashMap<Box<[u8]>, V, foldhash::fast::RandomState>;
 
 /// Per-session guard state.
 pub struct GuardState {
     pub ident: Ident,
     cache: AnalysisCache,
+    /// What the prefilter found in each `Parse` text (the extended protocol sends the same
+    /// texts again and again; scanning one costs more than looking it up).
+    found: NameMap<Found>,
     resolved: Arc<ResolvedGuards>,
     tracker: Tracker,
     statements: NameMap<Arc<Prepared>>,
@@ -114,6 +122,7 @@ impl GuardState {
         GuardState {
             ident,
             cache: AnalysisCache::new(),
+            found: NameMap::default(),
             resolved: Arc::new(ResolvedGuards::default()),
             tracker: Tracker::new(track_limit),
             statements: NameMap::default(),
@@ -123,6 +132,19 @@ impl GuardState {
             script: None,
             need_resolve: false,
         }
+    }
+
+    /// What the prefilter finds in `text`, remembered for the texts of `Parse` messages.
+    fn found_in_parse(&mut self, text: &[u8], prefilter: &Prefilter) -> Found {
+        if let Some(found) = self.found.get(text) {
+            return *found;
+        }
+        let found = prefilter.scan(text);
+        if self.found.len() >= FOUND_TEXTS {
+            self.found.clear();
+        }
+        self.found.insert(text.into(), found);
+        found
     }
 
     /// Number of row versions this session tracks.
@@ -189,6 +211,7 @@ impl Session {
         if self.shared.generation() != self.settings.generation {
             self.settings = self.shared.settings();
             self.guard.cache.clear();
+            self.guard.found.clear();
             self.guard.resolved = Arc::new(ResolvedGuards::default());
             self.guard.need_resolve = self.guards_active();
             debug!(
