@@ -695,3 +695,45 @@ async fn unnamed_statement_first_bound_to_an_unread_row_is_checked_for_a_read_on
     // Row 6: bumped once directly, the stale write did not apply; row 7: bumped by the write.
     assert_eq!(versions, vec![1, 1]);
 }
+
+#[tokio::test]
+async fn unnamed_write_pipelined_after_a_read_of_its_row_learns_its_new_version() {
+    let db = TestDb::new("pl_lean_race").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    // The read and the write go in one batch: when the write is parsed the read's row has not
+    // come back yet, so the session does not track the row at that moment.
+    let batch = [
+        parse("", "SELECT id, total, version FROM invoice WHERE id = $1"),
+        bind("", "", &["7"]),
+        describe_portal(""),
+        execute(""),
+        parse("", "UPDATE invoice SET total = total + 1 WHERE id = $1"),
+        bind("", "", &["7"]),
+        execute(""),
+        sync(),
+    ]
+    .concat();
+    raw.send(&batch).await;
+    let msgs = raw.until_ready().await;
+    assert!(msgs.contains(&cc("UPDATE 1")), "{msgs:?}");
+    // The session's own write moved the row on: writing it again is no conflict.
+    raw.send(
+        &[
+            pbe("UPDATE invoice SET total = total + 1 WHERE id = 7"),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let msgs = raw.until_ready().await;
+    assert!(msgs.contains(&cc("UPDATE 1")), "{msgs:?}");
+    let direct = db.direct().await;
+    let version: i64 = direct
+        .query_one("SELECT version FROM invoice WHERE id = 7", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2, "both writes applied, each bumped the version");
+}

@@ -85,6 +85,11 @@ impl<G> Replies<G> {
         self.queue.len()
     }
 
+    /// The entries, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Pending<G>> {
+        self.queue.iter()
+    }
+
     pub fn front(&self) -> Option<&Pending<G>> {
         self.queue.front()
     }

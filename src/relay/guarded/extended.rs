@@ -238,11 +238,12 @@ impl Session {
     }
 
     /// A `Parse` of the unnamed statement with its `Bind` right behind it (libpq's
-    /// `PQexecParams`, `pgbench -M extended`), binding a row the session does not track: that
-    /// execution checks no version, so the statement goes without predicate and `RETURNING`
-    /// (with its bump where the version kind needs one), which spares the server planning
-    /// them on every execution. A later `Bind` of a row the session does track prepares the
-    /// statement again in full ([`Session::unlean`]).
+    /// `PQexecParams`, `pgbench -M extended`), binding a row the session does not track, with
+    /// no read still to answer before it: that execution checks no version, so the statement
+    /// goes without predicate and `RETURNING` (with its bump where the version kind needs
+    /// one), which spares the server planning them on every execution. A later `Bind` of a row
+    /// the session does track (or may, by then) prepares the statement again in full
+    /// ([`Session::unlean`]).
     fn lean_parse(&mut self, name: &[u8], w: &GuardedWrite, param_types: &[u32]) -> bool {
         if !name.is_empty() || w.pinned.is_some() || w.op == WriteOp::Upsert {
             return false;
@@ -250,6 +251,9 @@ impl Session {
         let Target::Key(vals) = &w.target else {
             return false;
         };
+        if self.rows_may_come() {
+            return false;
+        }
         let Ok(Some(h)) = crate::protocol::peek_header(&self.client_in, usize::MAX) else {
             return false;
         };
@@ -266,6 +270,17 @@ impl Session {
         let key = self.key_text(w.guard, vals, Some((&b, param_types)));
         let table = self.settings.guards.table_ids[w.guard];
         !self.is_tracked(table, key)
+    }
+
+    /// True while a reply still to come may start tracking rows (a read earlier in the
+    /// pipeline): a row untracked now may be tracked by the time a write of it runs, and only
+    /// a write with its `RETURNING` then tells the session the row's new version.
+    fn rows_may_come(&self) -> bool {
+        self.replies.iter().any(|p| match p {
+            Pending::Simple(_) => true,
+            Pending::Execute(tag) => tag.is_some(),
+            _ => false,
+        })
     }
 
     /// True when the session tracks a version of the row with this key.
@@ -293,7 +308,7 @@ impl Session {
         };
         let table = pw.guards.table_ids[pw.write.guard];
         let key = self.key_text(pw.write.guard, vals, Some((b, &prepared.param_types())));
-        if !self.is_tracked(table, key) {
+        if !self.rows_may_come() && !self.is_tracked(table, key) {
             return prepared;
         }
         let text = text.clone();
