@@ -23,8 +23,7 @@
 # where processed = pgbench's "number of transactions actually processed" (successful script
 # runs; failed ones are counted separately and changed nothing). A negative "lost" would mean
 # more increments than successful runs (a bug in the measurement or the proxy).
-# Until the guard is finished, the optlock rows show lost updates like the direct RC rows:
-# the script reports what happens, whatever it is.
+# The script reports what happens, whatever it is: a lost update through optlock would show.
 #
 # How pgbench (>= 15) retries, read from pgbench.c (CSTATE_ERROR / doRetry) and checked here:
 # pgbench treats one run of the script as one transaction. On SQLSTATE 40001 (serialization
