@@ -380,9 +380,8 @@ impl Session {
             Some(ValueRef::Param(n)) => param_text(&b, &types, *n, version_type),
             None => None,
         };
-        let w = w.clone();
         let guards = pw.guards.clone();
-        let (expected, key) = match self.plan_write(&guards, &w, key, pinned) {
+        let (expected, key) = match self.plan_write(&guards, w, key, pinned) {
             Plan::Refuse(refusal) => {
                 let (block, ctx) = self.refusal(&guards.guards[w.guard].table, w.guard, refusal);
                 self.send_extended_raise(&block, ctx);
