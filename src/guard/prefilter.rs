@@ -3,10 +3,11 @@
 //! One Aho-Corasick DFA (ASCII case-insensitive, used directly: a table lookup per byte) holds
 //! the bare name of every guarded table, the words that start a write (`update`, `delete`,
 //! `merge`, `insert`) and the words of the session commands that make a session forget what it
-//! tracked (`discard`, `reset`, `deallocate`). One pass over a text tells all three. A text that lacks a name or a write word cannot write a guarded table and
-//! never reaches the parser. The scan is substring-based on purpose (a `U&"` identifier counts
-//! as a name: its escapes may spell one): a false positive only costs a parse, a false
-//! negative would let a write through unguarded.
+//! tracked (`discard`, `reset`, `deallocate`). One pass over a text tells all three. A text
+//! that lacks a name or a write word cannot write a guarded table and never reaches the
+//! parser. The scan is substring-based on purpose (a `U&"` identifier counts as a name: its
+//! escapes may spell one): a false positive only costs a parse, a false negative would let a
+//! write through unguarded.
 
 use aho_corasick::automaton::{Automaton, OverlappingState};
 use aho_corasick::dfa::DFA;

@@ -29,7 +29,7 @@ const HIGH_WATER: usize = 256 * 1024;
 /// Messages at least this large are streamed when they need no inspection.
 const STREAM_THRESHOLD: usize = 64 * 1024;
 /// One batch of messages in this many is timed for the `added_latency` histogram.
-pub const LATENCY_SAMPLE: u32 = 16;
+const LATENCY_SAMPLE: u32 = 16;
 
 /// The session's two sockets (as read and write halves) and the relay's own I/O state.
 struct Io<'w, CR, CW, SR, SW> {
