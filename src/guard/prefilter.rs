@@ -1,6 +1,6 @@
 //! The prefilter: a cheap scan that tells which texts may touch a guarded table.
 //!
-//! One Aho-Corasick DFA (ASCII case-insensitive, used directly: a table lookup per byte) holds
+//! One Aho-Corasick DFA (ASCII case-insensitive, walked by hand: a table lookup per byte) holds
 //! the bare name of every guarded table, the words that start a write (`update`, `delete`,
 //! `merge`, `insert`) and the words of the session commands that make a session forget what it
 //! tracked (`discard`, `reset`, `deallocate`). One pass over a text tells all three. A text
@@ -9,9 +9,9 @@
 //! escapes may spell one): a false positive only costs a parse, a false negative would let a
 //! write through unguarded.
 
-use aho_corasick::automaton::{Automaton, OverlappingState};
+use aho_corasick::automaton::Automaton;
 use aho_corasick::dfa::DFA;
-use aho_corasick::{Input, MatchKind};
+use aho_corasick::{Anchored, MatchKind};
 
 use crate::config::Guard;
 
@@ -32,17 +32,32 @@ pub struct Found {
 }
 
 impl Found {
+    fn from_bits(bits: u8) -> Found {
+        Found {
+            name: bits & NAME != 0,
+            write: bits & WRITE != 0,
+            session: bits & SESSION != 0,
+        }
+    }
+
     /// A name and a write word: the text may write a guarded table.
     pub fn may_write_guarded(self) -> bool {
         self.name && self.write
     }
 }
 
+/// What a pattern tells, as bits of [`Prefilter::kinds`].
+const NAME: u8 = 1;
+const WRITE: u8 = 2;
+const SESSION: u8 = 4;
+const ALL: u8 = NAME | WRITE | SESSION;
+
 #[derive(Debug)]
 pub struct Prefilter {
-    /// Patterns `0..names` are table names, then [`WRITE_WORDS`], then [`SESSION_WORDS`].
+    /// Table names, then [`WRITE_WORDS`], then [`SESSION_WORDS`].
     automaton: Option<DFA>,
-    names: usize,
+    /// The kind of each pattern, by pattern index.
+    kinds: Vec<u8>,
 }
 
 impl Prefilter {
@@ -50,7 +65,7 @@ impl Prefilter {
         if guards.is_empty() {
             return Prefilter {
                 automaton: None,
-                names: 0,
+                kinds: Vec::new(),
             };
         }
         let mut patterns: Vec<String> = Vec::new();
@@ -63,47 +78,49 @@ impl Prefilter {
         }
         // A `U&"..."` identifier may spell any name with escapes: it counts as a name.
         patterns.push("u&\"".to_string());
-        let names = patterns.len();
+        let mut kinds = vec![NAME; patterns.len()];
         patterns.extend(WRITE_WORDS.iter().map(|w| w.to_string()));
         patterns.extend(SESSION_WORDS.iter().map(|w| w.to_string()));
+        kinds.resize(kinds.len() + WRITE_WORDS.len(), WRITE);
+        kinds.resize(kinds.len() + SESSION_WORDS.len(), SESSION);
+        // Standard semantics and no prefilter: every match state is reported, and only match
+        // states are special, so the loop in `scan` takes one branch per byte.
         let automaton = DFA::builder()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
+            .prefilter(false)
+            .start_kind(aho_corasick::StartKind::Unanchored)
             .build(&patterns)
             .expect("table names and keywords form a valid automaton");
         Prefilter {
             automaton: Some(automaton),
-            names,
+            kinds,
         }
     }
 
     /// Scans `sql` once for every kind of pattern. With no guard configured nothing is found.
     pub fn scan(&self, sql: &[u8]) -> Found {
-        let mut found = Found::default();
         let Some(ac) = &self.automaton else {
-            return found;
+            return Found::default();
         };
-        let writes = self.names + WRITE_WORDS.len();
-        let input = Input::new(sql);
-        let mut state = OverlappingState::start();
-        loop {
-            if ac.try_find_overlapping(&input, &mut state).is_err() {
-                // Not expected with this configuration; finding everything is the safe answer.
-                return Found {
-                    name: true,
-                    write: true,
-                    session: true,
-                };
-            }
-            let Some(m) = state.get_match() else {
-                return found;
-            };
-            match m.pattern().as_usize() {
-                p if p < self.names => found.name = true,
-                p if p < writes => found.write = true,
-                _ => found.session = true,
+        let Ok(mut state) = ac.start_state(Anchored::No) else {
+            // Not expected with this configuration; finding everything is the safe answer.
+            return Found::from_bits(ALL);
+        };
+        let mut bits = 0u8;
+        for &b in sql {
+            state = ac.next_state(Anchored::No, state, b);
+            if ac.is_special(state) && ac.is_match(state) {
+                // A match state reports every pattern that ends here, overlapping ones too.
+                for i in 0..ac.match_len(state) {
+                    bits |= self.kinds[ac.match_pattern(state, i).as_usize()];
+                }
+                if bits == ALL {
+                    break;
+                }
             }
         }
+        Found::from_bits(bits)
     }
 
     /// True when `sql` contains the bare name of a guarded table and a write word.
@@ -194,6 +211,76 @@ mod tests {
         assert!(p.scan(b"SELECT * FROM Invoice").name);
         assert_eq!(p.scan(b"BEGIN"), Found::default());
         assert_eq!(Prefilter::new(&[]).scan(b"DISCARD ALL"), Found::default());
+    }
+
+    /// The hand-walked automaton finds exactly what a naive case-insensitive substring search
+    /// finds, overlaps and repeats included, on texts glued from names, words and noise.
+    #[test]
+    fn agrees_with_a_naive_substring_search() {
+        // `last_update` ends in a write word: one match state reports both kinds.
+        let guards = [
+            guard("invoice"),
+            guard("inv"),
+            guard("update_log"),
+            guard("a\"b"),
+            guard("last_update"),
+        ];
+        let p = Prefilter::new(&guards);
+        let pieces = [
+            "INVOICE",
+            "inv",
+            "Update",
+            "update_lo",
+            "g",
+            "DELETE",
+            "merge",
+            "insert",
+            "Discard",
+            "reset",
+            "dealLOCATE",
+            "a\"\"b",
+            "U&\"",
+            " ",
+            ";",
+            "x",
+            "in",
+            "voice",
+            "upd",
+            "ate",
+            "a",
+            "\"b",
+            "last_",
+        ];
+        let naive = |text: &str| {
+            let t = text.to_ascii_lowercase();
+            let any = |ws: &[&str]| ws.iter().any(|w| t.contains(w));
+            Found {
+                name: any(&[
+                    "invoice",
+                    "inv",
+                    "update_log",
+                    "a\"b",
+                    "a\"\"b",
+                    "u&\"",
+                    "last_update",
+                ]),
+                write: any(&WRITE_WORDS),
+                session: any(&SESSION_WORDS),
+            }
+        };
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..5000 {
+            let mut text = String::new();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut bits = seed;
+            for _ in 0..(seed % 9) {
+                text.push_str(pieces[(bits % pieces.len() as u64) as usize]);
+                bits /= pieces.len() as u64;
+            }
+            assert_eq!(p.scan(text.as_bytes()), naive(&text), "{text:?}");
+        }
     }
 
     #[test]
