@@ -17,6 +17,9 @@ use super::TableId;
 #[derive(Debug)]
 pub struct Tracker {
     rows: LruCache<Box<str>, Box<str>>,
+    /// How many rows of each table are tracked, by [`TableId`]: a write or read of a table the
+    /// session tracks nothing of needs no key lookup.
+    per_table: Vec<u32>,
     scratch: String,
 }
 
@@ -25,6 +28,7 @@ impl Tracker {
     pub fn new(limit: usize) -> Tracker {
         Tracker {
             rows: LruCache::new(NonZeroUsize::new(limit).unwrap_or(NonZeroUsize::MIN)),
+            per_table: Vec::new(),
             scratch: String::new(),
         }
     }
@@ -39,13 +43,34 @@ impl Tracker {
             }
             return;
         }
-        self.rows.put(self.scratch.as_str().into(), version.into());
+        if let Some((dropped, _)) = self.rows.push(self.scratch.as_str().into(), version.into())
+            && let Some(table) = table_of(&dropped)
+        {
+            self.count(table, -1);
+        }
+        self.count(guard, 1);
+    }
+
+    fn count(&mut self, table: TableId, delta: i32) {
+        if self.per_table.len() <= table.0 {
+            self.per_table.resize(table.0 + 1, 0);
+        }
+        let n = &mut self.per_table[table.0];
+        *n = n.saturating_add_signed(delta);
+    }
+
+    /// True when the session tracks at least one row of `table`.
+    pub fn tracks_table(&self, table: TableId) -> bool {
+        self.per_table.get(table.0).is_some_and(|&n| n > 0)
     }
 
     /// Records the version a write of this session gave the row, when the session tracks the
     /// row: its own writes advance what it knows, and never conflict with themselves. A row
     /// the session never read stays unknown (its own blind write is not a read).
     pub fn advance<S: AsRef<str>>(&mut self, guard: TableId, key_parts: &[S], version: &str) {
+        if !self.tracks_table(guard) {
+            return;
+        }
         encode(&mut self.scratch, guard, key_parts);
         if let Some(v) = self.rows.get_mut(self.scratch.as_str())
             && **v != *version
@@ -56,20 +81,29 @@ impl Tracker {
 
     /// The version this session last saw for the row, if still tracked; marks it recently used.
     pub fn expected<S: AsRef<str>>(&mut self, guard: TableId, key_parts: &[S]) -> Option<&str> {
+        if !self.tracks_table(guard) {
+            return None;
+        }
         encode(&mut self.scratch, guard, key_parts);
         self.rows.get(self.scratch.as_str()).map(|v| &**v)
     }
 
     /// Forgets one row (e.g. after this session deleted it).
     pub fn forget<S: AsRef<str>>(&mut self, guard: TableId, key_parts: &[S]) {
+        if !self.tracks_table(guard) {
+            return;
+        }
         encode(&mut self.scratch, guard, key_parts);
-        self.rows.pop(self.scratch.as_str());
+        if self.rows.pop(self.scratch.as_str()).is_some() {
+            self.count(guard, -1);
+        }
     }
 
     /// Forgets every row (end of transaction with `track = "transaction"`, `DISCARD ALL`,
     /// `RESET ALL`, reload of the guards).
     pub fn clear(&mut self) {
         self.rows.clear();
+        self.per_table.clear();
     }
 
     /// How many rows are tracked.
@@ -85,6 +119,12 @@ impl Tracker {
     pub fn limit(&self) -> usize {
         self.rows.cap().get()
     }
+}
+
+/// The table an encoded key belongs to (the digits before the first `:`).
+fn table_of(encoded: &str) -> Option<TableId> {
+    let digits = encoded.split(':').next()?;
+    digits.parse().ok().map(TableId)
 }
 
 fn encode<S: AsRef<str>>(buf: &mut String, guard: TableId, key_parts: &[S]) {
@@ -191,6 +231,26 @@ mod tests {
                 Some(v) => assert_eq!(v, want),
             }
         }
+    }
+
+    #[test]
+    fn rows_are_counted_per_table() {
+        let mut t = Tracker::new(2);
+        assert!(!t.tracks_table(TableId(3)));
+        t.observe(TableId(3), &["1"], "5");
+        t.observe(TableId(3), &["1"], "6"); // the same row again
+        t.observe(TableId(12), &["1"], "5");
+        assert!(t.tracks_table(TableId(3)) && t.tracks_table(TableId(12)));
+        t.forget(TableId(3), &["1"]);
+        assert!(!t.tracks_table(TableId(3)));
+        t.forget(TableId(3), &["1"]); // not tracked: nothing to count down
+        t.observe(TableId(3), &["2"], "1");
+        t.observe(TableId(4), &["2"], "1"); // the limit drops table 12's row
+        assert!(!t.tracks_table(TableId(12)), "a dropped row is counted out");
+        assert!(t.tracks_table(TableId(3)) && t.tracks_table(TableId(4)));
+        assert_eq!(t.expected(TableId(12), &["1"]), None);
+        t.clear();
+        assert!(!t.tracks_table(TableId(3)) && !t.tracks_table(TableId(4)));
     }
 
     #[test]
