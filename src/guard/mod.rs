@@ -94,6 +94,10 @@ pub struct PinnedRead {
     pub guard: usize,
     /// One value per key column, in the guard's key order.
     pub key: Vec<ValueRef>,
+    /// The select list may show the version column (it spells the column's name, or has a
+    /// `*`). A read that cannot show it, of a table the session tracks nothing of, needs no
+    /// following.
+    pub shows_version: bool,
 }
 
 impl Analysis {

@@ -57,9 +57,26 @@ fn pinned_in(mut stmts: Vec<ast::Statement>, guards: &GuardSet) -> Option<Pinned
         schema: g.table.schema.clone(),
     };
     match key_and_pin(select.selection.as_ref(), &target, &g.key, &g.version) {
-        (Target::Key(key), _) => Some(PinnedRead { guard, key }),
+        (Target::Key(key), _) => Some(PinnedRead {
+            guard,
+            key,
+            shows_version: may_show_column(&select.projection, &g.version),
+        }),
         _ => None,
     }
+}
+
+/// Whether a result with this select list may hold the column `name` (folded). The server
+/// reports a result column as a table's column only for a column reference, which may be
+/// parenthesised or cast; so an item that does not spell the name anywhere and is not a `*`
+/// never shows it. Conservative: the name anywhere in an item's text counts.
+fn may_show_column(projection: &[ast::SelectItem], name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let quoted = name.replace('"', "\"\"");
+    projection.iter().any(|item| {
+        let text = item.to_string().to_ascii_lowercase();
+        text.contains('*') || text.contains(&name) || text.contains(&quoted)
+    })
 }
 
 #[cfg(test)]
@@ -89,6 +106,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.key, vec![ValueRef::Param(1)]);
+    }
+
+    #[test]
+    fn a_read_shows_the_version_only_if_its_select_list_may_hold_it() {
+        let g = guards();
+        let shows = |sql: &str| pinned_read(sql, &g).expect(sql).shows_version;
+        for sql in [
+            "SELECT balance, version FROM account WHERE id = 7",
+            "SELECT * FROM account WHERE id = 7",
+            "SELECT a.* FROM account a WHERE a.id = 7",
+            "SELECT (VERSION)::int8 AS v FROM account WHERE id = 7",
+            "SELECT \"version\" FROM account WHERE id = 7",
+            "SELECT account.version FROM account WHERE id = 7",
+            // Conservative: a `*` anywhere counts.
+            "SELECT count(*) FROM account WHERE id = 7",
+        ] {
+            assert!(shows(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT balance FROM account WHERE id = 7",
+            "SELECT balance + 1, 'v', now() FROM account WHERE id = 7",
+            "SELECT id FROM account WHERE id = 7 AND version = 3",
+        ] {
+            assert!(!shows(sql), "{sql}");
+        }
     }
 
     #[test]

@@ -275,7 +275,7 @@ impl Session {
     /// True while a reply still to come may start tracking rows (a read earlier in the
     /// pipeline): a row untracked now may be tracked by the time a write of it runs, and only
     /// a write with its `RETURNING` then tells the session the row's new version.
-    fn rows_may_come(&self) -> bool {
+    pub(super) fn rows_may_come(&self) -> bool {
         self.replies.iter().any(|p| match p {
             Pending::Simple(_) => true,
             Pending::Execute(tag) => tag.is_some(),
@@ -349,10 +349,14 @@ impl Session {
         let prepared = self.unlean(statement, prepared, &b);
         let Some(pw) = &prepared.write else {
             let guards = self.settings.guards.clone();
-            let pinned = prepared.pinned.as_ref().and_then(|read| {
-                let types = prepared.param_types();
-                self.read_check(&guards, read, Some((&b, &types)))
-            });
+            let pinned = prepared
+                .pinned
+                .as_ref()
+                .filter(|read| self.follows_read(&guards, read))
+                .and_then(|read| {
+                    let types = prepared.param_types();
+                    self.read_check(&guards, read, Some((&b, &types)))
+                });
             let portal_info = Portal {
                 statement: Some(prepared.clone()),
                 pinned,

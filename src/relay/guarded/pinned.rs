@@ -76,6 +76,18 @@ impl Session {
             .collect()
     }
 
+    /// True when a pinned read must be followed: its result may show the version, or the
+    /// session tracks rows of its table (a read without the version forgets its row), or a
+    /// reply still to come may start tracking some.
+    pub(super) fn follows_read(&self, guards: &GuardSet, read: &PinnedRead) -> bool {
+        read.shows_version
+            || guards
+                .table_ids
+                .get(read.guard)
+                .is_none_or(|&t| self.guard.tracker.tracks_table(t))
+            || self.rows_may_come()
+    }
+
     /// A pinned read, ready to follow (`None` when its key is not known).
     pub(super) fn read_check(
         &self,

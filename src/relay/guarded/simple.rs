@@ -248,6 +248,7 @@ impl Session {
         let Some(check) = analysis
             .read
             .as_ref()
+            .filter(|read| self.follows_read(guards, read))
             .and_then(|read| self.read_check(guards, read, None))
         else {
             return false;
