@@ -20,6 +20,7 @@ use super::raise::RaiseCtx;
 use super::reads::{Col, ReadPlan, canonical, result_format_codes};
 use super::simple::{Plan, WriteCheck};
 use crate::admin::Outcome;
+use crate::config::{BulkPolicy, UnversionedPolicy};
 use crate::guard::conflict::{self, Refusal};
 use crate::guard::rewrite::Expected;
 use crate::guard::{
@@ -343,6 +344,11 @@ impl Session {
         let Some(prepared) = self.guard.statements.get(statement).cloned() else {
             return Ok(false);
         };
+        if let Some(pw) = &prepared.write
+            && self.expects_nothing(pw)
+        {
+            return Ok(self.bind_unchecked(portal, body, pw));
+        }
         let Some(b) = fe::bind(body) else {
             return Ok(false);
         };
@@ -428,6 +434,63 @@ impl Session {
         Ok(true)
     }
 
+    /// True when a write can expect no version, whatever row it binds: no pinned version, a
+    /// table the session tracks nothing of (and no reply still to come that may change that),
+    /// and policies that let an unversioned write through. Its `Bind` needs no key decoded.
+    fn expects_nothing(&self, pw: &PreparedWrite) -> bool {
+        let w = &pw.write;
+        let guard = &pw.guards.guards[w.guard];
+        w.pinned.is_none()
+            && guard.unversioned == UnversionedPolicy::Allow
+            && (matches!(w.target, Target::Key(_)) || guard.bulk == BulkPolicy::Bump)
+            && !self
+                .guard
+                .tracker
+                .tracks_table(pw.guards.table_ids[w.guard])
+            && !self.rows_may_come()
+    }
+
+    /// The `Bind` of a write that expects no version ([`Session::expects_nothing`]): sent with
+    /// a NULL for the proxy's version parameter, if the statement has one, and its portal
+    /// told to hide the proxy's `RETURNING` columns; a statement with neither (lean, or an
+    /// `xmin` write without `RETURNING`) needs no portal, and its `Bind` goes as it is.
+    /// Returns true when the guard sent it.
+    fn bind_unchecked(&mut self, portal: &[u8], body: &[u8], pw: &PreparedWrite) -> bool {
+        let w = &pw.write;
+        if pw.extra.is_none() && pw.added == 0 {
+            self.shared
+                .admin
+                .metrics
+                .guarded(w.guard, Outcome::Rewritten);
+            return false;
+        }
+        let Some(b) = fe::bind(body) else {
+            return false;
+        };
+        fe::write_bind_rewritten(&mut self.to_server, &b, pw.extra.map(|_| None), pw.added);
+        self.replies.push(Pending::Bind(None));
+        let check = WriteCheck {
+            guards: pw.guards.clone(),
+            guard: w.guard,
+            op: w.op,
+            added: pw.added,
+            client_returning: w.client_returning,
+            expected: None,
+            key: None,
+            plan: None,
+            held: None,
+        };
+        self.guard.portals.insert(
+            portal.into(),
+            Arc::new(Portal {
+                write: Some(check),
+                result_formats: b.result_formats.into(),
+                ..Portal::default()
+            }),
+        );
+        true
+    }
+
     /// A `Describe`: tagged when its reply may need changing or reading.
     pub(in crate::relay) fn guard_describe(&mut self, body: &[u8]) -> super::StmtTag {
         if !self.guards_active() {
@@ -503,11 +566,11 @@ impl Session {
                     if w.added == 0 {
                         return Ok(false);
                     }
-                    let n = be::data_row(body).map_or(0, |v| v.len());
                     if let Some(plan) = &w.plan {
                         plan.observe(body, &mut self.guard.tracker);
                     }
                     if w.client_returning {
+                        let n = be::data_row(body).map_or(0, |v| v.len());
                         be::write_truncated(
                             &mut self.to_client,
                             be::DATA_ROW,
