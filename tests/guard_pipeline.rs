@@ -737,3 +737,36 @@ async fn unnamed_write_pipelined_after_a_read_of_its_row_learns_its_new_version(
         .get(0);
     assert_eq!(version, 2, "both writes applied, each bumped the version");
 }
+
+#[tokio::test]
+async fn simple_write_pipelined_after_a_read_of_its_row_learns_its_new_version() {
+    let db = TestDb::new("pl_simple_race").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    // Two simple queries sent back to back: when the write is looked at, the read's row has
+    // not come back yet, so the session does not track the row at that moment.
+    raw.send(
+        &[
+            query("SELECT id, total, version FROM invoice WHERE id = 7"),
+            query("UPDATE invoice SET total = total + 1 WHERE id = 7"),
+        ]
+        .concat(),
+    )
+    .await;
+    raw.until_ready().await;
+    let msgs = raw.until_ready().await;
+    assert!(msgs.contains(&cc("UPDATE 1")), "{msgs:?}");
+    // The session's own write moved the row on: writing it again is no conflict.
+    raw.send(&query("UPDATE invoice SET total = total + 1 WHERE id = 7"))
+        .await;
+    let msgs = raw.until_ready().await;
+    assert!(msgs.contains(&cc("UPDATE 1")), "{msgs:?}");
+    let direct = db.direct().await;
+    let version: i64 = direct
+        .query_one("SELECT version FROM invoice WHERE id = 7", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2, "both writes applied, each bumped the version");
+}

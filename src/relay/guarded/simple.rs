@@ -294,12 +294,15 @@ impl Session {
                     _ => Expected::None,
                 };
                 // The proxy's RETURNING only advances versions the session tracks: a row it
-                // does not track (or, for a bulk write, a table it tracks nothing of) needs none.
+                // does not track (or, for a bulk write, a table it tracks nothing of) needs
+                // none, unless a reply still to come (a read pipelined before this query) may
+                // start tracking it before the write's rows arrive.
                 let table = guards.table_ids[w.guard];
-                let returning = match &key {
-                    Some(k) => self.guard.tracker.expected(table, k).is_some(),
-                    None => !self.guard.tracker.is_empty(),
-                };
+                let returning = self.rows_may_come()
+                    || match &key {
+                        Some(k) => self.guard.tracker.expected(table, k).is_some(),
+                        None => self.guard.tracker.tracks_table(table),
+                    };
                 w.render_with(sql, &guards, render_with, returning, &mut text);
                 StepSpec::Sql(
                     text,
