@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use lru::LruCache;
 
+use std::borrow::Cow;
+
 use super::analyze::analyze;
-use super::shape::shape;
-use super::{Analysis, GuardSet};
+use super::shape::{Shape, shape};
+use super::{Analysis, GuardSet, PinnedRead};
 
 /// Entries kept by [`AnalysisCache::new`].
 pub const DEFAULT_CAPACITY: usize = 4096;
@@ -19,6 +21,51 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 /// Texts longer than this are analysed every time instead of being kept (bulk `INSERT`s with
 /// megabytes of `VALUES` would otherwise pin their text in memory).
 pub const MAX_CACHED_TEXT: usize = 16 * 1024;
+
+/// The analysis of a simple-protocol text, as [`AnalysisCache::get_or_analyze_simple`] finds
+/// it.
+#[derive(Debug)]
+pub enum Simple {
+    /// The analysis of the text itself.
+    Text(Arc<Analysis>),
+    /// The analysis of the text's shape, which the shape [trusts](Shape::trusts): its
+    /// statements and their actions hold for the text, but its offsets and values are the
+    /// shape's until instantiated.
+    Shaped(Shape, Arc<Analysis>),
+}
+
+impl Simple {
+    /// The statements and what to do with each (offsets and values may be the shape's).
+    pub fn kinds(&self) -> &Analysis {
+        match self {
+            Simple::Text(a) | Simple::Shaped(_, a) => a,
+        }
+    }
+
+    /// The analysis of the text itself.
+    pub fn of_text(self, sql: &str, guards: &GuardSet) -> Arc<Analysis> {
+        match self {
+            Simple::Text(a) => a,
+            Simple::Shaped(shape, a) => Arc::new(
+                shape
+                    .instantiate(&a, sql)
+                    .unwrap_or_else(|| analyze(sql, guards)),
+            ),
+        }
+    }
+
+    /// The text's pinned read, with the text's key values.
+    pub fn read(&self, sql: &str) -> Option<Cow<'_, PinnedRead>> {
+        match self {
+            Simple::Text(a) => a.read.as_ref().map(Cow::Borrowed),
+            Simple::Shaped(shape, a) => a
+                .read
+                .as_ref()
+                .and_then(|r| shape.instantiate_read(r, sql))
+                .map(Cow::Owned),
+        }
+    }
+}
 
 pub struct AnalysisCache {
     entries: LruCache<Box<str>, Arc<Analysis>>,
@@ -71,14 +118,14 @@ impl AnalysisCache {
         sql: &str,
         guards: &GuardSet,
         conforming: bool,
-    ) -> Arc<Analysis> {
+    ) -> Simple {
         if conforming && let Some(shape) = shape(sql) {
             let shaped = self.get_or_analyze(&shape.text, guards);
-            if let Some(analysis) = shape.instantiate(&shaped, sql) {
-                return Arc::new(analysis);
+            if shape.trusts(&shaped) {
+                return Simple::Shaped(shape, shaped);
             }
         }
-        self.get_or_analyze(sql, guards)
+        Simple::Text(self.get_or_analyze(sql, guards))
     }
 
     /// Forgets every analysis (the guard set changed).
@@ -128,7 +175,9 @@ mod tests {
         let mut cache = AnalysisCache::new();
         for id in 1..=50 {
             let sql = format!("UPDATE invoice SET total = total + {id} WHERE id = {id}");
-            let a = cache.get_or_analyze_simple(&sql, &g, true);
+            let a = cache
+                .get_or_analyze_simple(&sql, &g, true)
+                .of_text(&sql, &g);
             let Action::Write(w) = &a.statements[0].action else {
                 panic!("{sql}: not a guarded write");
             };

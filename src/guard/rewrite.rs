@@ -264,7 +264,7 @@ impl GuardedWrite {
         };
 
         if let Some(set_end) = s.set_end
-            && !self.sets_version
+            && self.adds_bump(guards)
         {
             let bump = match guard.kind {
                 VersionKind::Counter => Some(format!(", {version} = {q}.{version} + 1")),
@@ -330,6 +330,14 @@ impl GuardedWrite {
     }
 
     /// Number of columns the proxy appends to the result rows (key columns + version).
+    /// True when the rewrite bumps the version in the statement's `SET` (not for `xmin`, which
+    /// the server bumps, nor when the statement sets the version itself).
+    pub fn adds_bump(&self, guards: &GuardSet) -> bool {
+        self.splice.set_end.is_some()
+            && !self.sets_version
+            && guards.guards[self.guard].kind != VersionKind::Xmin
+    }
+
     pub fn added_columns(&self, guards: &GuardSet) -> usize {
         if self.op == WriteOp::Delete || self.splice.in_cte {
             0

@@ -440,6 +440,55 @@ impl Shape {
         }))
     }
 
+    /// True when [`Shape::instantiate`] maps `shaped` onto a text of this shape. Checked
+    /// without building anything: a caller may decide from the shape's analysis alone, and
+    /// instantiate only what it needs.
+    pub fn trusts(&self, shaped: &Analysis) -> bool {
+        let value = |v: &ValueRef| match v {
+            ValueRef::Param(n) => usize::from(*n)
+                .checked_sub(1)
+                .is_some_and(|i| i < self.literals.len()),
+            ValueRef::Literal(_) => true,
+        };
+        let write = |w: &super::GuardedWrite| {
+            let s = &w.splice;
+            let key = match &w.target {
+                Target::Key(vals) => vals.iter().all(value),
+                Target::Bulk => true,
+            };
+            key && w.pinned.as_ref().is_none_or(value)
+                && self.map_range(&s.statement).is_some()
+                && s.set_end.is_none_or(|e| self.map(e).is_some())
+                && s.condition
+                    .as_ref()
+                    .is_none_or(|c| self.map_range(c).is_some())
+                && self.map(s.where_at).is_some()
+                && self.map(s.returning_at).is_some()
+        };
+        !shaped.read_unparsed
+            && shaped.statements.iter().all(|st| {
+                self.map_range(&st.range).is_some()
+                    && match &st.action {
+                        Action::Pass { .. } => true,
+                        Action::Refuse { .. } => false,
+                        Action::Write(w) => write(w),
+                    }
+            })
+            && shaped.read.as_ref().is_none_or(|r| r.key.iter().all(value))
+    }
+
+    /// The pinned read of the original text, from the pinned read of its shape.
+    pub fn instantiate_read(&self, read: &PinnedRead, sql: &str) -> Option<PinnedRead> {
+        Some(PinnedRead {
+            key: read
+                .key
+                .iter()
+                .map(|v| self.value(sql, v))
+                .collect::<Option<_>>()?,
+            ..read.clone()
+        })
+    }
+
     /// The analysis of the original text, from the analysis of its shape. None when the
     /// shape's analysis refuses a statement (the text itself decides that) or cannot be
     /// mapped back.
@@ -476,10 +525,8 @@ impl Shape {
                 }
             }
         }
-        if let Some(PinnedRead { key, .. }) = &mut out.read {
-            for v in key.iter_mut() {
-                *v = self.value(sql, v)?;
-            }
+        if let Some(read) = &mut out.read {
+            *read = self.instantiate_read(read, sql)?;
         }
         Some(out)
     }
@@ -574,6 +621,11 @@ mod tests {
                 continue;
             };
             let from_shape = analyze(&shape.text, &g);
+            assert_eq!(
+                shape.trusts(&from_shape),
+                shape.instantiate(&from_shape, sql).is_some(),
+                "{sql}"
+            );
             if let Some(a) = shape.instantiate(&from_shape, sql) {
                 assert_eq!(a, direct, "{sql}\nshape: {}", shape.text);
                 instantiated += 1;
@@ -594,6 +646,7 @@ mod tests {
         let shaped = analyze(&shape.text, &g);
         assert!(shaped.read_unparsed);
         assert!(shape.instantiate(&shaped, sql).is_none());
+        assert!(!shape.trusts(&shaped));
         assert!(analyze(sql, &g).read.is_some());
     }
 
@@ -604,5 +657,6 @@ mod tests {
                    WHEN MATCHED THEN UPDATE SET total = 5";
         let shape = shape(sql).expect("has constants");
         assert!(shape.instantiate(&analyze(&shape.text, &g), sql).is_none());
+        assert!(!shape.trusts(&analyze(&shape.text, &g)));
     }
 }

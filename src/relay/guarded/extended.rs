@@ -20,7 +20,6 @@ use super::raise::RaiseCtx;
 use super::reads::{Col, ReadPlan, canonical, result_format_codes};
 use super::simple::{Plan, WriteCheck};
 use crate::admin::Outcome;
-use crate::config::{BulkPolicy, UnversionedPolicy};
 use crate::guard::conflict::{self, Refusal};
 use crate::guard::rewrite::Expected;
 use crate::guard::{
@@ -345,7 +344,7 @@ impl Session {
             return Ok(false);
         };
         if let Some(pw) = &prepared.write
-            && self.expects_nothing(pw)
+            && self.expects_nothing(&pw.guards, &pw.write)
         {
             return Ok(self.bind_unchecked(portal, body, pw));
         }
@@ -434,23 +433,8 @@ impl Session {
         Ok(true)
     }
 
-    /// True when a write can expect no version, whatever row it binds: no pinned version, a
-    /// table the session tracks nothing of (and no reply still to come that may change that),
-    /// and policies that let an unversioned write through. Its `Bind` needs no key decoded.
-    fn expects_nothing(&self, pw: &PreparedWrite) -> bool {
-        let w = &pw.write;
-        let guard = &pw.guards.guards[w.guard];
-        w.pinned.is_none()
-            && guard.unversioned == UnversionedPolicy::Allow
-            && (matches!(w.target, Target::Key(_)) || guard.bulk == BulkPolicy::Bump)
-            && !self
-                .guard
-                .tracker
-                .tracks_table(pw.guards.table_ids[w.guard])
-            && !self.rows_may_come()
-    }
-
-    /// The `Bind` of a write that expects no version ([`Session::expects_nothing`]): sent with
+    /// The `Bind` of a write that expects no version ([`Session::expects_nothing`]), whatever
+    /// row it binds, so no key is decoded: sent with
     /// a NULL for the proxy's version parameter, if the statement has one, and its portal
     /// told to hide the proxy's `RETURNING` columns; a statement with neither (lean, or an
     /// `xmin` write without `RETURNING`) needs no portal, and its `Bind` goes as it is.

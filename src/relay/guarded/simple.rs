@@ -127,9 +127,27 @@ impl Session {
             .guard
             .cache
             .get_or_analyze_simple(sql, &guards, conforming);
-        if analysis.passes_unchanged() {
+        let kinds = analysis.kinds();
+        if kinds.passes_unchanged() {
             return Ok(false);
         }
+        // One write that can expect no version and gets no bump (an `xmin` guard, a table the
+        // session tracks nothing of): it goes as the client wrote it, decided on the shape's
+        // analysis alone.
+        if let [st] = kinds.statements.as_slice()
+            && let Action::Write(w) = &st.action
+            && !w.adds_bump(&guards)
+            && self.expects_nothing(&guards, w)
+        {
+            self.shared
+                .admin
+                .metrics
+                .guarded(w.guard, Outcome::Rewritten);
+            self.to_server.extend_from_slice(msg);
+            self.replies.push(Pending::Simple(None));
+            return Ok(true);
+        }
+        let analysis = analysis.of_text(sql, &guards);
         let mut steps = VecDeque::new();
         let mut chunk: Option<std::ops::Range<usize>> = None;
         let mut tx_control = false;
@@ -184,6 +202,18 @@ impl Session {
         let wrap = steps.len() > 1 && self.tx_status == b'I' && !tx_control;
         self.start_script(steps, wrap);
         Ok(true)
+    }
+
+    /// True when a write can expect no version, whatever row it names: no pinned version, a
+    /// table the session tracks nothing of (and no reply still to come that may change that),
+    /// and policies that let an unversioned write through.
+    pub(super) fn expects_nothing(&self, guards: &GuardSet, w: &GuardedWrite) -> bool {
+        let guard = &guards.guards[w.guard];
+        w.pinned.is_none()
+            && guard.unversioned == UnversionedPolicy::Allow
+            && (matches!(w.target, Target::Key(_)) || guard.bulk == BulkPolicy::Bump)
+            && !self.guard.tracker.tracks_table(guards.table_ids[w.guard])
+            && !self.rows_may_come()
     }
 
     /// Decides what a guarded write expects: pinned, tracked, or the policies.
@@ -246,10 +276,12 @@ impl Session {
             .cache
             .get_or_analyze_simple(sql, guards, conforming);
         let Some(check) = analysis
+            .kinds()
             .read
             .as_ref()
             .filter(|read| self.follows_read(guards, read))
-            .and_then(|read| self.read_check(guards, read, None))
+            .and_then(|_| analysis.read(sql))
+            .and_then(|read| self.read_check(guards, &read, None))
         else {
             return false;
         };
