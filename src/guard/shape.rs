@@ -48,6 +48,9 @@ enum Prev {
     OperandSlot,
     /// A reserved keyword (`WHERE`, `AND`, `THEN`, ...): a sign after it is unary.
     Keyword,
+    /// A word not looked up yet: a keyword or a name. Only a sign after it tells the two
+    /// apart, so the lookup waits for one.
+    Word,
     /// A column, a constant, `)`: a sign after it is a binary operator.
     Operand,
     Other,
@@ -244,6 +247,8 @@ pub fn shape(sql: &str) -> Option<Shape> {
     // The token before the last one, and where a sign that may be unary started.
     let mut before_sign = Prev::Other;
     let mut sign_at: Option<usize> = None;
+    // The last word, for a `Prev::Word`.
+    let mut word = 0..0;
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -323,10 +328,9 @@ pub fn shape(sql: &str) -> Option<Shape> {
                     let escapes = i - start == 1 && (b[start] | 0x20) == b'e';
                     i = quoted_end(b, i, escapes)?;
                     Prev::Operand
-                } else if is_reserved(&sql[start..i]) {
-                    Prev::Keyword
                 } else {
-                    Prev::Operand
+                    word = start..i;
+                    Prev::Word
                 }
             }
             b'(' | b',' => {
@@ -335,7 +339,11 @@ pub fn shape(sql: &str) -> Option<Shape> {
             }
             b'+' | b'-' if !b.get(i + 1).copied().is_some_and(is_operator_char) => {
                 sign_at = Some(i);
-                before_sign = prev;
+                before_sign = match prev {
+                    Prev::Word if is_reserved(&sql[word.clone()]) => Prev::Keyword,
+                    Prev::Word => Prev::Operand,
+                    p => p,
+                };
                 i += 1;
                 Prev::OperandSlot
             }
@@ -372,6 +380,7 @@ impl Builder<'_> {
         let n = u16::try_from(self.literals.len() + 1).ok()?;
         if self.literals.is_empty() {
             self.text.reserve(self.sql.len() + 8);
+            self.literals.reserve(4);
         }
         self.text.push_str(&self.sql[self.copied..range.start]);
         let at = self.text.len();
