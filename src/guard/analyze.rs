@@ -6,6 +6,7 @@
 //! insertions, never SQL re-rendered from the AST.
 
 use std::ops::{ControlFlow, Range};
+use std::sync::Arc;
 
 use sqlparser::ast::{
     self, AssignmentTarget, BinaryOperator, Expr, FromTable, Ident, ObjectName, ObjectNamePart,
@@ -825,7 +826,7 @@ fn decide(
         };
     };
     match build_write(first, in_cte, lexed, r, guards) {
-        Some(w) => Action::Write(Box::new(w)),
+        Some(w) => Action::Write(Arc::new(w)),
         None => Action::Refuse {
             table: table(first),
             reason: format!(
@@ -1211,7 +1212,7 @@ mod tests {
 
     fn write(sql: &str) -> GuardedWrite {
         match one(sql) {
-            Action::Write(w) => *w,
+            Action::Write(w) => Arc::unwrap_or_clone(w),
             other => panic!("{sql}: expected a guarded write, got {other:?}"),
         }
     }

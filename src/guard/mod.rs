@@ -127,8 +127,9 @@ pub enum Action {
     },
     /// A write to a guarded table that cannot be rewritten safely: refuse it (fail closed).
     Refuse { table: TableName, reason: String },
-    /// A guarded write: rewrite it.
-    Write(Box<GuardedWrite>),
+    /// A guarded write: rewrite it. Shared: a prepared statement keeps its write without a
+    /// copy.
+    Write(Arc<GuardedWrite>),
 }
 
 /// The statement kind of a guarded write.

@@ -15,6 +15,7 @@
 //! refuses a statement is not trusted: the caller analyses the text itself.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::rewrite::is_reserved;
 use super::{Action, Analysis, PinnedRead, Target, ValueRef};
@@ -512,6 +513,7 @@ impl Shape {
                 Action::Pass { .. } => {}
                 Action::Refuse { .. } => return None,
                 Action::Write(w) => {
+                    let w = Arc::make_mut(w);
                     if let Target::Key(vals) = &mut w.target {
                         for v in vals.iter_mut() {
                             *v = self.value(sql, v)?;

@@ -78,7 +78,7 @@ impl Prepared {
 pub struct PreparedWrite {
     /// The guards the statement was analysed with.
     pub guards: Arc<GuardSet>,
-    pub write: GuardedWrite,
+    pub write: Arc<GuardedWrite>,
     /// The parameter the proxy added for the expected version (1-based).
     pub extra: Option<u16>,
     pub added: usize,
@@ -213,17 +213,22 @@ impl Session {
                     && matches!(w.target, Target::Key(_));
                 let extra =
                     (needs_param && !lean).then(|| w.max_param.max(param_types.len() as u16) + 1);
-                let mut text = String::with_capacity(sql.len() + 128);
-                let expected = extra.map_or(Expected::None, Expected::Param);
-                w.render_with(sql, &guards, expected, !lean, &mut text);
-                fe::write_parse(&mut self.to_server, name, text.as_bytes(), param_types);
+                if lean && !w.adds_bump(&guards) {
+                    // Nothing to add: the statement goes as the client wrote it.
+                    fe::write_parse(&mut self.to_server, name, sql.as_bytes(), param_types);
+                } else {
+                    let mut text = String::with_capacity(sql.len() + 128);
+                    let expected = extra.map_or(Expected::None, Expected::Param);
+                    w.render_with(sql, &guards, expected, !lean, &mut text);
+                    fe::write_parse(&mut self.to_server, name, text.as_bytes(), param_types);
+                }
                 self.replies.push(Pending::Parse(reply));
                 let prepared = Prepared {
                     declared_types: param_types.to_vec(),
                     write: Some(PreparedWrite {
                         guards: guards.clone(),
                         added: if lean { 0 } else { w.added_columns(&guards) },
-                        write: (**w).clone(),
+                        write: w.clone(),
                         extra,
                         lean_text: lean.then(|| sql.to_string()),
                     }),
@@ -261,14 +266,17 @@ impl Session {
             return false;
         }
         let body = &self.client_in[5..h.size];
-        let Some(b) = fe::bind_names(body)
-            .filter(|(_, statement)| statement.is_empty())
-            .and_then(|_| fe::bind(body))
-        else {
+        if !fe::bind_names(body).is_some_and(|(_, statement)| statement.is_empty()) {
+            return false;
+        }
+        let table = self.settings.guards.table_ids[w.guard];
+        if !self.guard.tracker.tracks_table(table) {
+            return true;
+        }
+        let Some(b) = fe::bind(body) else {
             return false;
         };
         let key = self.key_text(w.guard, vals, Some((&b, param_types)));
-        let table = self.settings.guards.table_ids[w.guard];
         !self.is_tracked(table, key)
     }
 
