@@ -770,3 +770,54 @@ async fn simple_write_pipelined_after_a_read_of_its_row_learns_its_new_version()
         .get(0);
     assert_eq!(version, 2, "both writes applied, each bumped the version");
 }
+
+/// A prepared read that cannot show the version is not followed while the session tracks
+/// nothing of its table; once the session tracks the row, the same statement's next read
+/// (without the version) makes it forget the row, so the write after it is not held to a
+/// version the session no longer shows.
+#[tokio::test]
+async fn prepared_read_without_the_version_is_followed_once_the_table_is_tracked() {
+    let db = TestDb::new("pl_read_follow").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    let read = |id: &str| {
+        [
+            bind("", "total_of", &[id]),
+            describe_portal(""),
+            execute(""),
+            sync(),
+        ]
+        .concat()
+    };
+    raw.send(
+        &[
+            parse("total_of", "SELECT total FROM invoice WHERE id = $1"),
+            read("7"),
+        ]
+        .concat(),
+    )
+    .await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        msgs.contains(&Msg::DataRow(vec![Some("10".into())])),
+        "{msgs:?}"
+    );
+    // The session now tracks row 7 ...
+    raw.send(&query("SELECT id, version FROM invoice WHERE id = 7"))
+        .await;
+    raw.until_ready().await;
+    // ... another session changes it, and this session reads it again, without the version.
+    db.direct()
+        .await
+        .execute("UPDATE invoice SET version = version + 1 WHERE id = 7", &[])
+        .await
+        .unwrap();
+    raw.send(&read("7")).await;
+    raw.until_ready().await;
+    // The row is forgotten: the write is blind, and goes through.
+    raw.send(&query("UPDATE invoice SET total = 1 WHERE id = 7"))
+        .await;
+    let msgs = raw.until_ready().await;
+    assert!(msgs.contains(&cc("UPDATE 1")), "{msgs:?}");
+}

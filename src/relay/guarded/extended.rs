@@ -356,6 +356,17 @@ impl Session {
         {
             return Ok(self.bind_unchecked(portal, body, pw));
         }
+        // A read not followed whose result is known to carry no guarded key and version: its
+        // portal needs nothing.
+        if prepared.write.is_none()
+            && prepared.described.get().is_some_and(|d| d.reads.is_none())
+            && prepared
+                .pinned
+                .as_ref()
+                .is_none_or(|read| !self.follows_read(&self.settings.guards, read))
+        {
+            return Ok(false);
+        }
         let Some(b) = fe::bind(body) else {
             return Ok(false);
         };
@@ -645,7 +656,19 @@ impl Session {
             return self.hide_added_columns(body, w.added, w.client_returning);
         }
         let pinned_guard = portal.pinned.as_ref().map(|r| r.guard);
-        let _ = portal.described.set(self.describe(body, pinned_guard));
+        let described = self.describe(body, pinned_guard);
+        // The statement's result has the same columns: remembered for its next portals.
+        if let Some(s) = &portal.statement
+            && s.described.get().is_none()
+        {
+            let statement_guard = s.pinned.as_ref().map(|r| r.guard);
+            let _ = s.described.set(if statement_guard == pinned_guard {
+                described.clone()
+            } else {
+                self.describe(body, statement_guard)
+            });
+        }
+        let _ = portal.described.set(described);
         false
     }
 
