@@ -821,3 +821,62 @@ async fn prepared_read_without_the_version_is_followed_once_the_table_is_tracked
     let msgs = raw.until_ready().await;
     assert!(msgs.contains(&cc("UPDATE 1")), "{msgs:?}");
 }
+
+#[tokio::test]
+async fn write_after_a_read_of_its_row_in_the_same_query_learns_its_new_version() {
+    let db = TestDb::new("pl_same_query").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    // One query: when its steps are planned, the read's row has not come back yet.
+    raw.send(&query(
+        "SELECT id, total, version FROM invoice WHERE id = 7; \
+         UPDATE invoice SET total = total + 1 WHERE id = 7",
+    ))
+    .await;
+    let msgs = raw.until_ready().await;
+    assert!(msgs.contains(&cc("UPDATE 1")), "{msgs:?}");
+    raw.send(&query("UPDATE invoice SET total = total + 1 WHERE id = 7"))
+        .await;
+    let msgs = raw.until_ready().await;
+    assert!(msgs.contains(&cc("UPDATE 1")), "{msgs:?}");
+}
+
+#[tokio::test]
+async fn two_writes_of_one_tracked_row_in_one_query_do_not_conflict_with_each_other() {
+    let db = TestDb::new("pl_two_writes").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    raw.send(&query("SELECT id, version FROM invoice WHERE id = 7"))
+        .await;
+    raw.until_ready().await;
+    // The second write expects the version the first one gave the row.
+    raw.send(&query(
+        "UPDATE invoice SET total = total + 1 WHERE id = 7; \
+         UPDATE invoice SET total = total + 1 WHERE id = 7",
+    ))
+    .await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(
+        msgs.iter().filter(|m| **m == cc("UPDATE 1")).count(),
+        2,
+        "{msgs:?}"
+    );
+    // A stale row still conflicts inside such a query.
+    db.direct()
+        .await
+        .execute("UPDATE invoice SET version = version + 1 WHERE id = 7", &[])
+        .await
+        .unwrap();
+    raw.send(&query(
+        "UPDATE invoice SET total = 0 WHERE id = 7; UPDATE invoice SET total = 0 WHERE id = 8",
+    ))
+    .await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, Msg::Error(code, _) if code == "40001")),
+        "{msgs:?}"
+    );
+}

@@ -4,12 +4,11 @@
 //! A lookup hashes the `&str` itself and does not allocate; only a miss stores a copy of the
 //! text. The cache belongs to one session and one guard set: clear it when guards reload.
 
+use std::borrow::Cow;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use lru::LruCache;
-
-use std::borrow::Cow;
 
 use super::analyze::analyze;
 use super::shape::{Shape, shape};

@@ -52,7 +52,8 @@ pub struct Prepared {
     pub write: Option<PreparedWrite>,
     /// A `SELECT` that pins one guarded row.
     pub pinned: Option<PinnedRead>,
-    /// Set by the reply to a `Describe` of the statement (formats not bound yet).
+    /// Set by the reply to a `Describe` of the statement, or of its first described portal
+    /// (each portal applies its own result formats).
     pub described: OnceLock<Described>,
     /// Parameter types: as the client declared them, completed by a `ParameterDescription`.
     pub declared_types: Vec<u32>,
@@ -452,12 +453,11 @@ impl Session {
         Ok(true)
     }
 
-    /// The `Bind` of a write that expects no version ([`Session::expects_nothing`]), whatever
-    /// row it binds, so no key is decoded: sent with
-    /// a NULL for the proxy's version parameter, if the statement has one, and its portal
-    /// told to hide the proxy's `RETURNING` columns; a statement with neither (lean, or an
-    /// `xmin` write without `RETURNING`) needs no portal, and its `Bind` goes as it is.
-    /// Returns true when the guard sent it.
+    /// The `Bind` of a write that expects no version, whatever row it binds
+    /// ([`Session::expects_nothing`]), so no key is decoded. It is sent with a NULL for the
+    /// proxy's version parameter, if the statement has one, and its portal hides the proxy's
+    /// `RETURNING` columns; a statement with neither (a lean one) needs no portal, and its
+    /// `Bind` goes as it is. Returns true when the guard sent it.
     fn bind_unchecked(&mut self, portal: &[u8], body: &[u8], pw: &PreparedWrite) -> bool {
         let w = &pw.write;
         if pw.extra.is_none() && pw.added == 0 {

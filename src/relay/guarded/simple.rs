@@ -2,7 +2,8 @@
 //!
 //! A query text holding guarded writes runs as a script: runs of other statements as one step,
 //! each guarded write as a step of its own, so the proxy sees a write's row count before
-//! anything after it runs. Several steps outside a transaction are wrapped in a hidden
+//! anything after it runs. A write is planned (expected version, `RETURNING`) when its turn
+//! comes, after the steps before it have told the session what they read and wrote. Several steps outside a transaction are wrapped in a hidden
 //! `BEGIN`/`COMMIT`, keeping the text one implicit transaction as PostgreSQL would. A conflict
 //! is raised by the server between steps; the steps after it never run; the client sees what it
 //! would have seen had PostgreSQL itself raised the error.
@@ -30,6 +31,8 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct Script {
     steps: VecDeque<StepSpec>,
+    /// The query's text, for the writes planned when their turn comes.
+    sql: Arc<str>,
     /// The proxy opened a transaction around the steps.
     wrapped: bool,
     /// An error reached the client: no further step runs.
@@ -39,6 +42,9 @@ pub struct Script {
 #[derive(Debug)]
 enum StepSpec {
     Sql(String, Option<Box<WriteCheck>>),
+    /// A guarded write, planned when its turn comes: the steps before it may change what the
+    /// session knows of its row (a read, or a write of the same row).
+    Write(Arc<GuardedWrite>),
     Raise(String, Box<RaiseCtx>),
 }
 
@@ -119,6 +125,7 @@ impl Session {
             self.start_script(
                 VecDeque::from([StepSpec::Raise(block, Box::new(ctx))]),
                 false,
+                Arc::from(""),
             );
             return Ok(true);
         };
@@ -178,11 +185,16 @@ impl Session {
                 }
                 Action::Write(w) => {
                     flush(&mut chunk, &mut steps);
-                    steps.push_back(self.simple_write_step(sql, w));
+                    steps.push_back(StepSpec::Write(w.clone()));
                 }
             }
         }
         flush(&mut chunk, &mut steps);
+        // A write that is the first step is planned now: nothing runs before it.
+        if let Some(StepSpec::Write(w)) = steps.front() {
+            let w = w.clone();
+            steps[0] = self.simple_write_step(sql, &w);
+        }
         // One write that needs nothing changed and nothing checked (an `xmin` guard, a row the
         // session does not track): it goes as the client wrote it.
         if let [StepSpec::Sql(text, Some(check))] = steps.as_slices().0
@@ -200,7 +212,7 @@ impl Session {
             return Ok(true);
         }
         let wrap = steps.len() > 1 && self.tx_status == b'I' && !tx_control;
-        self.start_script(steps, wrap);
+        self.start_script(steps, wrap, sql.into());
         Ok(true)
     }
 
@@ -361,7 +373,7 @@ impl Session {
         }
     }
 
-    fn start_script(&mut self, steps: VecDeque<StepSpec>, wrapped: bool) {
+    fn start_script(&mut self, steps: VecDeque<StepSpec>, wrapped: bool, sql: Arc<str>) {
         if wrapped {
             fe::write_query(&mut self.to_server, b"BEGIN");
             self.replies
@@ -369,6 +381,7 @@ impl Session {
         }
         self.guard.script = Some(Script {
             steps,
+            sql,
             wrapped,
             failed: false,
         });
@@ -380,7 +393,14 @@ impl Session {
         let Some(script) = self.guard.script.as_mut() else {
             return;
         };
-        match script.steps.pop_front() {
+        let step = match script.steps.pop_front() {
+            Some(StepSpec::Write(w)) => {
+                let sql = script.sql.clone();
+                Some(self.simple_write_step(&sql, &w))
+            }
+            step => step,
+        };
+        match step {
             Some(StepSpec::Sql(text, check)) => {
                 if let Some(c) = &check {
                     self.shared
@@ -393,6 +413,7 @@ impl Session {
                     .push(Pending::Simple(Some(Box::new(Tag::Step(check)))));
             }
             Some(StepSpec::Raise(block, ctx)) => self.send_simple_raise(&block, *ctx),
+            Some(StepSpec::Write(_)) => unreachable!("a planned write is SQL or a raise"),
             None => {}
         }
     }
