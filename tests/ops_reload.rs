@@ -436,3 +436,46 @@ async fn sighup_keeps_the_versions_sessions_read_before_it() {
         "a write whose read came before a reload of the same guards",
     );
 }
+
+/// A statement prepared (rewritten) under a guard that a reload keeps goes on working: it is
+/// prepared again from the client's own text, not from the server's rewritten one.
+#[tokio::test]
+async fn sighup_keeps_statements_prepared_under_the_same_guard_working() {
+    let db = TestDb::new("hup_same_stmt").await;
+    setup(&db).await;
+    let file = ConfigFile::new(&format!("{}{INVOICE}", base()));
+    let mut proc = Running::serve(&file.path, &[]);
+    proc.wait_ready();
+    let a = open(&proc.conninfo(&db.name)).await;
+    let write = a
+        .client
+        .prepare("UPDATE invoice SET total = total + 1 WHERE id = $1 RETURNING total")
+        .await
+        .unwrap();
+    a.client
+        .simple_query("SELECT id, version FROM invoice WHERE id = 3")
+        .await
+        .unwrap();
+    assert_eq!(a.client.query(&write, &[&3i32]).await.unwrap().len(), 1);
+    file.rewrite(&format!("{}{INVOICE}{AUDIT}", base()));
+    let mark = proc.stderr().len();
+    proc.signal("HUP");
+    proc.wait_for_log("reloaded", mark);
+    wait_for_guards(&proc, &["public.invoice", "public.audit"]);
+    for _ in 0..2 {
+        let rows = a.client.query(&write, &[&3i32]).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].len(), 1, "the client's own columns only");
+    }
+    let b = open(&proc.conninfo(&db.name)).await;
+    b.client
+        .simple_query("UPDATE invoice SET total = 0 WHERE id = 3")
+        .await
+        .unwrap();
+    let e = a
+        .client
+        .query(&write, &[&3i32])
+        .await
+        .expect_err("the statement is still guarded after the reload");
+    assert_eq!(e.code().map(|c| c.code()), Some("40001"), "{e}");
+}

@@ -83,10 +83,13 @@ pub struct PreparedWrite {
     /// The parameter the proxy added for the expected version (1-based).
     pub extra: Option<u16>,
     pub added: usize,
-    /// The client's text, when the statement went to the server without version check or
-    /// `RETURNING` (see [`Session::lean_parse`]): a `Bind` of a row the session tracks
-    /// prepares it again in full first.
-    pub lean_text: Option<String>,
+    /// The client's own text: what the statement is prepared from again (after a reload,
+    /// or in full after going lean).
+    pub text: String,
+    /// The statement went to the server without version check or `RETURNING` (see
+    /// [`Session::lean_parse`]): a `Bind` of a row the session tracks prepares it again in full
+    /// first.
+    pub lean: bool,
 }
 
 /// What the guard knows of a portal.
@@ -231,7 +234,8 @@ impl Session {
                         added: if lean { 0 } else { w.added_columns(&guards) },
                         write: w.clone(),
                         extra,
-                        lean_text: lean.then(|| sql.to_string()),
+                        text: sql.to_string(),
+                        lean,
                     }),
                     ..Prepared::default()
                 };
@@ -312,7 +316,7 @@ impl Session {
         let Some(pw) = &prepared.write else {
             return prepared;
         };
-        let (Some(text), Target::Key(vals)) = (&pw.lean_text, &pw.write.target) else {
+        let (true, Target::Key(vals)) = (pw.lean, &pw.write.target) else {
             return prepared;
         };
         let table = pw.guards.table_ids[pw.write.guard];
@@ -320,7 +324,7 @@ impl Session {
         if !self.rows_may_come() && !self.is_tracked(table, key) {
             return prepared;
         }
-        let text = text.clone();
+        let text = pw.text.clone();
         let types = prepared.declared_types.clone();
         self.parse_guarded(statement, &text, &types, Some(Box::new(Tag::Hidden)), false);
         self.guard

@@ -54,13 +54,27 @@ impl Session {
     pub(super) fn on_listing(&mut self, rows: Vec<Vec<Option<String>>>) {
         let guards = self.settings.guards.clone();
         for row in rows {
-            let [Some(name), Some(text), Some(from_sql), types] = row.as_slice() else {
+            let [Some(name), Some(server_text), Some(from_sql), types] = row.as_slice() else {
                 continue;
+            };
+            // A statement the proxy rewrote is on the server in its rewritten form: it is
+            // judged, and prepared again, from the client's own text and parameter types.
+            let known = self
+                .guard
+                .statements
+                .get(name.as_bytes())
+                .and_then(|p| Some((p.write.as_ref()?.text.clone(), p.declared_types.clone())));
+            let (text, types) = match known {
+                Some(known) => known,
+                None => (
+                    server_text.clone(),
+                    types.as_deref().map(oid_array).unwrap_or_default(),
+                ),
             };
             if !guards.prefilter.may_write_guarded(text.as_bytes()) {
                 continue;
             }
-            let analysis = self.guard.cache.get_or_analyze(text, &guards);
+            let analysis = self.guard.cache.get_or_analyze(&text, &guards);
             let table = match analysis.statements.as_slice() {
                 [st] => match &st.action {
                     Action::Write(w) => guards.guards[w.guard].table.clone(),
@@ -92,13 +106,9 @@ impl Session {
             } else {
                 debug!(statement = %name, table = %table, "prepared before the reload: prepared again at its next Bind");
                 self.guard.statements.remove(name.as_bytes());
-                self.guard.stale.insert(
-                    name.as_bytes().into(),
-                    StaleStatement {
-                        text: text.clone(),
-                        types: types.as_deref().map(oid_array).unwrap_or_default(),
-                    },
-                );
+                self.guard
+                    .stale
+                    .insert(name.as_bytes().into(), StaleStatement { text, types });
             }
         }
     }
