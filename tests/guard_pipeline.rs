@@ -880,3 +880,100 @@ async fn two_writes_of_one_tracked_row_in_one_query_do_not_conflict_with_each_ot
         "{msgs:?}"
     );
 }
+
+/// A named guarded write is prepared as the client wrote it (plus its bump) and, under a name
+/// of the proxy's, in full; a `Bind` that checks a version goes to the full form, even in the
+/// batch that prepares both, and closing the statement closes both.
+#[tokio::test]
+async fn named_write_is_bound_in_full_only_when_it_checks_a_version() {
+    let db = TestDb::new("pl_named_lean").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    raw.send(&query("SELECT id, version FROM invoice WHERE id = 7"))
+        .await;
+    raw.until_ready().await;
+    db.direct()
+        .await
+        .execute("UPDATE invoice SET version = version + 1 WHERE id = 7", &[])
+        .await
+        .unwrap();
+    let write = |id: &str| [bind("", "add_one", &[id]), describe_portal(""), execute("")].concat();
+    // Row 7 is tracked and stale: a conflict, in the batch that prepares the statement.
+    raw.send(
+        &[
+            parse(
+                "add_one",
+                "UPDATE invoice SET total = total + 1 WHERE id = $1",
+            ),
+            write("7"),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(msgs[0], Msg::ParseComplete, "one ParseComplete: {msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, Msg::Error(code, _) if code == "40001")),
+        "{msgs:?}"
+    );
+    // Row 8 is not tracked: the client's statement, bumped, without RETURNING.
+    raw.send(&[write("8"), sync()].concat()).await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(
+        msgs,
+        vec![
+            Msg::BindComplete,
+            Msg::NoData,
+            cc("UPDATE 1"),
+            Msg::Ready('I')
+        ]
+    );
+    // After a re-read, row 7 is written through the full form and its new version learnt:
+    // the second write of it is no conflict.
+    raw.send(&query("SELECT id, version FROM invoice WHERE id = 7"))
+        .await;
+    raw.until_ready().await;
+    for _ in 0..2 {
+        raw.send(&[write("7"), sync()].concat()).await;
+        let msgs = raw.until_ready().await;
+        assert_eq!(
+            msgs,
+            vec![
+                Msg::BindComplete,
+                Msg::NoData,
+                cc("UPDATE 1"),
+                Msg::Ready('I')
+            ]
+        );
+    }
+    let direct = db.direct().await;
+    let versions: Vec<i64> = direct
+        .query(
+            "SELECT version FROM invoice WHERE id IN (7, 8) ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![3, 1], "every write bumped its row");
+    // Closing the statement closes its full form too.
+    raw.send(&[close_statement("add_one"), sync()].concat())
+        .await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(msgs, vec![Msg::Other('3'), Msg::Ready('I')]);
+    raw.send(&query(
+        "SELECT count(*) FROM pg_prepared_statements \
+         WHERE name = 'add_one' OR name LIKE 'optlock\\_full\\_%'",
+    ))
+    .await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        msgs.contains(&Msg::DataRow(vec![Some("0".into())])),
+        "{msgs:?}"
+    );
+}

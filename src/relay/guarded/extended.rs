@@ -90,7 +90,24 @@ pub struct PreparedWrite {
     /// [`Session::lean_parse`]): a `Bind` of a row the session tracks prepares it again in full
     /// first.
     pub lean: bool,
+    /// A named statement goes to the server as the client wrote it (bumped where the version
+    /// kind needs it), and its full form with version check and `RETURNING` under a name of
+    /// the proxy's: a `Bind` that checks a version, or must learn the row's new one, is bound
+    /// to the full form; any other goes to the client's statement untouched.
+    pub full: Option<FullVariant>,
 }
+
+/// The full form of a named statement that went lean.
+#[derive(Debug)]
+pub struct FullVariant {
+    pub name: Box<[u8]>,
+    /// The parameter the proxy added for the expected version (1-based).
+    pub extra: u16,
+    pub added: usize,
+}
+
+/// The names the proxy gives the full forms of named statements.
+pub const FULL_VARIANT_PREFIX: &str = "optlock_full_";
 
 /// What the guard knows of a portal.
 #[derive(Debug, Default)]
@@ -211,6 +228,15 @@ impl Session {
                 Parsed::Refused
             }
             Action::Write(w) => {
+                if may_lean
+                    && !name.is_empty()
+                    && w.op != WriteOp::Upsert
+                    && w.pinned.is_none()
+                    && matches!(w.target, Target::Key(_))
+                {
+                    self.parse_named_lean(name, sql, param_types, reply, &guards, w);
+                    return Parsed::Rewritten;
+                }
                 let lean = may_lean && self.lean_parse(name, w, param_types);
                 let needs_param = w.op != WriteOp::Upsert
                     && w.pinned.is_none()
@@ -236,6 +262,7 @@ impl Session {
                         extra,
                         text: sql.to_string(),
                         lean,
+                        full: None,
                     }),
                     ..Prepared::default()
                 };
@@ -245,6 +272,61 @@ impl Session {
                 Parsed::Rewritten
             }
         }
+    }
+
+    /// A named guarded write: the client's statement as written (with its bump), and its full
+    /// form under a name of the proxy's, that `ParseComplete` hidden (see
+    /// [`PreparedWrite::full`]).
+    fn parse_named_lean(
+        &mut self,
+        name: &[u8],
+        sql: &str,
+        param_types: &[u32],
+        reply: super::StmtTag,
+        guards: &Arc<GuardSet>,
+        w: &Arc<GuardedWrite>,
+    ) {
+        if w.adds_bump(guards) {
+            let mut text = String::with_capacity(sql.len() + 64);
+            w.render_with(sql, guards, Expected::None, false, &mut text);
+            fe::write_parse(&mut self.to_server, name, text.as_bytes(), param_types);
+        } else {
+            fe::write_parse(&mut self.to_server, name, sql.as_bytes(), param_types);
+        }
+        self.replies.push(Pending::Parse(reply));
+        self.guard.full_variants += 1;
+        let full_name = format!("{FULL_VARIANT_PREFIX}{}", self.guard.full_variants);
+        let extra = w.max_param.max(param_types.len() as u16) + 1;
+        let mut text = String::with_capacity(sql.len() + 128);
+        w.render_with(sql, guards, Expected::Param(extra), true, &mut text);
+        fe::write_parse(
+            &mut self.to_server,
+            full_name.as_bytes(),
+            text.as_bytes(),
+            param_types,
+        );
+        self.replies
+            .push(Pending::Parse(Some(Box::new(Tag::Hidden))));
+        let prepared = Prepared {
+            declared_types: param_types.to_vec(),
+            write: Some(PreparedWrite {
+                guards: guards.clone(),
+                write: w.clone(),
+                extra: None,
+                added: 0,
+                text: sql.to_string(),
+                lean: false,
+                full: Some(FullVariant {
+                    name: full_name.into_bytes().into(),
+                    extra,
+                    added: w.added_columns(guards),
+                }),
+            }),
+            ..Prepared::default()
+        };
+        self.guard
+            .statements
+            .insert(name.into(), Arc::new(prepared));
     }
 
     /// A `Parse` of the unnamed statement with its `Bind` right behind it (libpq's
@@ -422,12 +504,32 @@ impl Session {
             }
             Plan::Send { expected, key } => (expected, key),
         };
-        let extra = pw.extra.map(|_| expected.as_deref().map(str::as_bytes));
-        fe::write_bind_rewritten(&mut self.to_server, &b, extra, pw.added);
+        let (b, extra, added) = match &pw.full {
+            // A named statement that went lean: bound as it is unless this `Bind` checks a
+            // version, or a reply still to come may make the session track the row.
+            Some(_) if expected.is_none() && !self.rows_may_come() => {
+                self.shared
+                    .admin
+                    .metrics
+                    .guarded(w.guard, Outcome::Rewritten);
+                return Ok(false);
+            }
+            Some(full) => (
+                fe::Bind {
+                    statement: &full.name,
+                    ..b
+                },
+                Some(full.extra),
+                full.added,
+            ),
+            None => (b, pw.extra, pw.added),
+        };
+        let extra = extra.map(|_| expected.as_deref().map(str::as_bytes));
+        fe::write_bind_rewritten(&mut self.to_server, &b, extra, added);
         self.replies.push(Pending::Bind(None));
         let codes = result_format_codes(b.result_formats);
         let our_format = if codes.len() == 1 { codes[0] } else { 0 };
-        let plan = (pw.added > 0).then(|| {
+        let plan = (added > 0).then(|| {
             let rg = self.guard.resolved.get(w.guard);
             let mut types: Vec<u32> = rg.map(|r| r.key_types.clone()).unwrap_or_default();
             types.push(version_type);
@@ -437,7 +539,7 @@ impl Session {
             guards: guards.clone(),
             guard: w.guard,
             op: w.op,
-            added: pw.added,
+            added,
             client_returning: w.client_returning,
             // A write inside WITH checks its version in its predicate, but its row count is
             // not the statement's: a stale one does not apply, and raises nothing.
@@ -528,11 +630,23 @@ impl Session {
         Some(Box::new(Tag::Execute(p)))
     }
 
+    /// Closes the full form of a named statement the client no longer has (its
+    /// `CloseComplete` hidden).
+    pub(super) fn close_full_variant(&mut self, p: &Prepared) {
+        if let Some(full) = p.write.as_ref().and_then(|w| w.full.as_ref()) {
+            fe::write_close(&mut self.to_server, b'S', &full.name);
+            self.replies
+                .push(Pending::Close(Some(Box::new(Tag::Hidden))));
+        }
+    }
+
     /// A `Close`: forget the statement or portal.
     pub(in crate::relay) fn guard_close(&mut self, body: &[u8]) {
         if let Some((kind, name)) = fe::target(body) {
             if kind == b'S' {
-                self.guard.statements.remove(name);
+                if let Some(p) = self.guard.statements.remove(name) {
+                    self.close_full_variant(&p);
+                }
                 self.guard.stale.remove(name);
             } else {
                 self.guard.portals.remove(name);

@@ -115,6 +115,8 @@ pub struct GuardState {
     script: Option<Script>,
     /// The guards changed: resolve them again before the next statement.
     need_resolve: bool,
+    /// How many full variants of named statements the proxy prepared (it names them).
+    full_variants: u64,
 }
 
 impl GuardState {
@@ -131,6 +133,7 @@ impl GuardState {
             row_plan: None,
             script: None,
             need_resolve: false,
+            full_variants: 0,
         }
     }
 

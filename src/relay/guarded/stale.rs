@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 use super::super::replies::Pending;
 use super::super::session::Session;
 use super::Tag;
-use super::extended::Parsed;
+use super::extended::{FULL_VARIANT_PREFIX, Parsed, Prepared};
 use crate::config::quote_ident;
 use crate::guard::Action;
 use crate::protocol::frontend as fe;
@@ -30,6 +30,8 @@ pub const LISTING_QUERY: &str = "SELECT name, statement, from_sql::text, \
 pub struct StaleStatement {
     text: String,
     types: Vec<u32>,
+    /// What the proxy knew of it before.
+    old: Option<Arc<Prepared>>,
 }
 
 /// `{23,1700}` as type OIDs.
@@ -57,6 +59,10 @@ impl Session {
             let [Some(name), Some(server_text), Some(from_sql), types] = row.as_slice() else {
                 continue;
             };
+            if name.starts_with(FULL_VARIANT_PREFIX) {
+                // The proxy's own: it follows its client statement.
+                continue;
+            }
             // A statement the proxy rewrote is on the server in its rewritten form: it is
             // judged, and prepared again, from the client's own text and parameter types.
             let known = self
@@ -105,10 +111,12 @@ impl Session {
                     .push(Pending::Simple(Some(Box::new(Tag::Hidden))));
             } else {
                 debug!(statement = %name, table = %table, "prepared before the reload: prepared again at its next Bind");
-                self.guard.statements.remove(name.as_bytes());
+                // Its full form, if any, is closed with it when it is prepared again (inside
+                // the client's batch).
+                let old = self.guard.statements.remove(name.as_bytes());
                 self.guard
                     .stale
-                    .insert(name.as_bytes().into(), StaleStatement { text, types });
+                    .insert(name.as_bytes().into(), StaleStatement { text, types, old });
             }
         }
     }
@@ -117,6 +125,9 @@ impl Session {
     /// `Bind`: `Close` then the rewritten `Parse`, their replies hidden. Returns `Refused`
     /// when the statement is refused instead (the refusal then answers the `Bind`).
     pub(super) fn reprepare(&mut self, name: &[u8], stale: &StaleStatement) -> Parsed {
+        if let Some(old) = &stale.old {
+            self.close_full_variant(old);
+        }
         fe::write_close(&mut self.to_server, b'S', name);
         self.replies
             .push(Pending::Close(Some(Box::new(Tag::Hidden))));
