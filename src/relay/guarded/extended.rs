@@ -548,14 +548,7 @@ impl Session {
             plan,
             held: None,
         };
-        self.guard.portals.insert(
-            portal.into(),
-            Arc::new(Portal {
-                write: Some(bound),
-                result_formats: b.result_formats.into(),
-                ..Portal::default()
-            }),
-        );
+        self.write_portal(portal, bound, b.result_formats);
         Ok(true)
     }
 
@@ -589,15 +582,20 @@ impl Session {
             plan: None,
             held: None,
         };
+        self.write_portal(portal, check, b.result_formats);
+        true
+    }
+
+    /// Remembers the portal of a guarded write.
+    fn write_portal(&mut self, portal: &[u8], check: WriteCheck, result_formats: &[u8]) {
         self.guard.portals.insert(
             portal.into(),
             Arc::new(Portal {
                 write: Some(check),
-                result_formats: b.result_formats.into(),
+                result_formats: result_formats.into(),
                 ..Portal::default()
             }),
         );
-        true
     }
 
     /// A `Describe`: tagged when its reply may need changing or reading.

@@ -146,12 +146,7 @@ impl Session {
             && !w.adds_bump(&guards)
             && self.expects_nothing(&guards, w)
         {
-            self.shared
-                .admin
-                .metrics
-                .guarded(w.guard, Outcome::Rewritten);
-            self.to_server.extend_from_slice(msg);
-            self.replies.push(Pending::Simple(None));
+            self.send_as_written(msg, w.guard);
             return Ok(true);
         }
         let analysis = analysis.of_text(sql, &guards);
@@ -203,17 +198,20 @@ impl Session {
             && check.added == 0
             && text.as_bytes() == sql_bytes
         {
-            self.shared
-                .admin
-                .metrics
-                .guarded(check.guard, Outcome::Rewritten);
-            self.to_server.extend_from_slice(msg);
-            self.replies.push(Pending::Simple(None));
+            self.send_as_written(msg, check.guard);
             return Ok(true);
         }
         let wrap = steps.len() > 1 && self.tx_status == b'I' && !tx_control;
         self.start_script(steps, wrap, sql.into());
         Ok(true)
+    }
+
+    /// A query holding one guarded write (of guard `guard`) that needs nothing changed and
+    /// nothing checked: sent as the client wrote it.
+    fn send_as_written(&mut self, msg: &[u8], guard: usize) {
+        self.shared.admin.metrics.guarded(guard, Outcome::Rewritten);
+        self.to_server.extend_from_slice(msg);
+        self.replies.push(Pending::Simple(None));
     }
 
     /// True when a write can expect no version, whatever row it names: no pinned version, a
