@@ -7,6 +7,10 @@
 //! and from `RowDescription`. An `Execute` that carries an expected version holds the rest of
 //! the client's batch until its row count is known: 0 rows becomes a conflict raised by the
 //! server, and the server then skips the rest of the batch up to `Sync`, as for any error.
+//!
+//! A write that can check nothing and learn nothing goes lean: the unnamed statement with its
+//! `Bind` in view is sent as written (with its bump), and a named statement is prepared both as
+//! written and, under a name of the proxy's, in full; each `Bind` picks the form it needs.
 
 use std::sync::{Arc, OnceLock};
 
