@@ -977,3 +977,72 @@ async fn named_write_is_bound_in_full_only_when_it_checks_a_version() {
         "{msgs:?}"
     );
 }
+
+/// Inside a transaction block a checked write's `Sync` goes out with it (it ends nothing
+/// there), while what the client sent after the `Sync` waits for the row count: a conflict
+/// still comes before the batch's `ReadyForQuery`, aborts the transaction, and a `COMMIT`
+/// pipelined behind it reports `ROLLBACK`.
+#[tokio::test]
+async fn checked_write_in_a_transaction_block_is_one_round_trip_and_still_aborts() {
+    let db = TestDb::new("pl_tx_sync").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    for sql in [
+        "BEGIN",
+        "INSERT INTO audit VALUES (1)",
+        "SELECT id, version FROM invoice WHERE id IN (3, 4)",
+    ] {
+        raw.send(&query(sql)).await;
+        raw.until_ready().await;
+    }
+    let write = |id: &str| {
+        [
+            parse("", "UPDATE invoice SET total = total + 1 WHERE id = $1"),
+            bind("", "", &[id]),
+            describe_portal(""),
+            execute(""),
+            sync(),
+        ]
+        .concat()
+    };
+    raw.send(&write("4")).await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![
+            Msg::ParseComplete,
+            Msg::BindComplete,
+            Msg::NoData,
+            cc("UPDATE 1"),
+            Msg::Ready('T')
+        ]
+    );
+    // Another session changes row 3 (this one has not locked it).
+    db.direct()
+        .await
+        .execute("UPDATE invoice SET version = version + 1 WHERE id = 3", &[])
+        .await
+        .unwrap();
+    raw.send(&[write("3"), query("COMMIT")].concat()).await;
+    let msgs = raw.until_ready().await;
+    assert_eq!(msgs.len(), 5, "{msgs:?}");
+    assert!(
+        matches!(&msgs[3], Msg::Error(code, _) if code == "40001"),
+        "{msgs:?}"
+    );
+    assert_eq!(msgs[4], Msg::Ready('E'));
+    assert_eq!(
+        raw.until_ready().await,
+        vec![cc("ROLLBACK"), Msg::Ready('I')]
+    );
+    let audit = db
+        .direct()
+        .await
+        .query("SELECT * FROM audit", &[])
+        .await
+        .unwrap();
+    assert!(
+        audit.is_empty(),
+        "nothing of the aborted transaction committed"
+    );
+}

@@ -505,7 +505,7 @@ impl Session {
                 }
                 let hold = tagged.as_ref().is_some_and(|t| t.holds_batch());
                 self.replies.push(Pending::Execute(tagged));
-                if hold {
+                if hold && !self.check_after_sync() {
                     // The row count decides whether the batch goes on: get it now.
                     fe::write_simple(&mut self.to_server, fe::FLUSH);
                     self.hold_client = true;
@@ -519,6 +519,10 @@ impl Session {
             fe::SYNC => {
                 self.to_server.extend_from_slice(msg);
                 self.replies.push(Pending::Sync);
+                if self.on_sync_sent() {
+                    // What follows the Sync waits for the checked write's row count.
+                    self.hold_client = true;
+                }
             }
             fe::FUNCTION_CALL => {
                 self.count_statement();

@@ -18,11 +18,11 @@ use bytes::BytesMut;
 
 use super::super::replies::Pending;
 use super::super::session::Session;
-use super::Tag;
 use super::pinned::{ReadCheck, param_text};
 use super::raise::RaiseCtx;
 use super::reads::{Col, ReadPlan, canonical, result_format_codes};
 use super::simple::{Plan, WriteCheck};
+use super::{AfterSync, Tag};
 use crate::admin::Outcome;
 use crate::guard::conflict::{self, Refusal};
 use crate::guard::rewrite::Expected;
@@ -632,6 +632,40 @@ impl Session {
         Some(Box::new(Tag::Execute(p)))
     }
 
+    /// A checked write's `Execute` was sent. Inside a transaction block, with this `Execute`
+    /// the only statement of its batch and the batch's `Sync` right behind it, the `Sync` goes
+    /// out at once (it ends nothing there) and what follows it waits for the row count: one
+    /// round trip instead of two. A write that matched 0 rows is then raised as a conflict
+    /// before the client sees the batch's `ReadyForQuery`, and aborts the transaction as it
+    /// would have before the `Sync`. Returns false when the `Execute` must wait alone (the
+    /// caller flushes it and holds the batch).
+    pub(in crate::relay) fn check_after_sync(&mut self) -> bool {
+        let sync_next = self.client_in.len() >= 5
+            && self.client_in[0] == fe::SYNC
+            && self.client_in[1..5] == 4u32.to_be_bytes();
+        let alone = self
+            .replies
+            .iter()
+            .filter(|p| matches!(p, Pending::Execute(_) | Pending::Simple(_) | Pending::Sync))
+            .count()
+            == 1;
+        let ok = self.tx_status == b'T' && sync_next && alone;
+        if ok {
+            self.guard.after_sync = AfterSync::SyncNext;
+        }
+        ok
+    }
+
+    /// A `Sync` went to the server. Returns true when what follows it must wait for a
+    /// checked write's row count.
+    pub(in crate::relay) fn on_sync_sent(&mut self) -> bool {
+        if matches!(self.guard.after_sync, AfterSync::SyncNext) {
+            self.guard.after_sync = AfterSync::Sent;
+            return true;
+        }
+        false
+    }
+
     /// Closes the full form of a named statement the client no longer has (its
     /// `CloseComplete` hidden).
     pub(super) fn close_full_variant(&mut self, p: &Prepared) {
@@ -863,20 +897,23 @@ impl Session {
                     &info,
                     &self.settings.config.conflict_sqlstate,
                 );
-                self.send_extended_raise(
-                    &block,
-                    RaiseCtx {
-                        guard: w.guard,
-                        held: Some(BytesMut::from(msg)),
-                        conflict: Some(info),
-                        refusal: None,
-                    },
-                );
+                let ctx = RaiseCtx {
+                    guard: w.guard,
+                    held: Some(BytesMut::from(msg)),
+                    conflict: Some(info),
+                    refusal: None,
+                };
+                if matches!(self.guard.after_sync, AfterSync::Sent) {
+                    self.guard.after_sync = AfterSync::Raise(block, Box::new(ctx));
+                } else {
+                    self.send_extended_raise(&block, ctx);
+                }
                 return Ok(true);
             }
             w.forget_if_deleted(rows, &mut self.guard.tracker);
         }
         if held {
+            self.guard.after_sync = AfterSync::None;
             self.to_client.extend_from_slice(msg);
             self.hold_client = false;
             self.resume_client()?;

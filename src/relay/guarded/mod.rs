@@ -117,6 +117,23 @@ pub struct GuardState {
     need_resolve: bool,
     /// How many full variants of named statements the proxy prepared (it names them).
     full_variants: u64,
+    /// Where a checked write inside a transaction block stands when its `Sync` goes right
+    /// behind it (see [`Session::check_after_sync`]).
+    after_sync: AfterSync,
+}
+
+/// A checked write whose batch's `Sync` was sent without waiting for its row count.
+#[derive(Debug, Default)]
+enum AfterSync {
+    #[default]
+    None,
+    /// The write's `Sync` is next from the client: hold what comes after it.
+    SyncNext,
+    /// The `Sync` went out: the write's row count is awaited.
+    Sent,
+    /// The write matched 0 rows: its conflict is raised when the `Sync`'s `ReadyForQuery`
+    /// arrives, instead of forwarding it.
+    Raise(String, Box<raise::RaiseCtx>),
 }
 
 impl GuardState {
@@ -134,6 +151,7 @@ impl GuardState {
             script: None,
             need_resolve: false,
             full_variants: 0,
+            after_sync: AfterSync::None,
         }
     }
 
@@ -307,6 +325,12 @@ impl Session {
     ) -> Result<bool, String> {
         if tag == be::READY_FOR_QUERY {
             self.on_ready(&msg[5..]);
+            if let AfterSync::Raise(block, ctx) = std::mem::take(&mut self.guard.after_sync) {
+                // The batch's `ReadyForQuery` (inside the transaction block) gives way to the
+                // conflict's own.
+                self.send_simple_raise(&block, *ctx);
+                return Ok(true);
+            }
         }
         match (step, popped) {
             (Step::Completes, Some(p)) => self.on_reply_completing(tag, msg, p),

@@ -556,12 +556,18 @@ impl Session {
         }
     }
 
-    /// The `ReadyForQuery` of a raise.
+    /// The `ReadyForQuery` of a raise: the script goes on, or (a conflict raised after an
+    /// extended-protocol batch's `Sync`) it is the client's.
     pub(super) fn on_raise_done(
         &mut self,
         ready: &[u8],
         _ctx: Box<RaiseCtx>,
     ) -> Result<(), String> {
+        if self.guard.script.is_none() {
+            self.to_client.extend_from_slice(ready);
+            self.hold_client = false;
+            return self.resume_client();
+        }
         self.script_continue(ready).map(|_| ())
     }
 
