@@ -27,6 +27,16 @@ async fn setup(db: &TestDb) {
         .unwrap();
 }
 
+/// The version of invoice `id`, read directly.
+async fn version_of(db: &TestDb, id: i32) -> i64 {
+    db.direct()
+        .await
+        .query_one("SELECT version FROM invoice WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// One backend message, reduced to what the tests compare.
 #[derive(Debug, Clone, PartialEq)]
 enum Msg {
@@ -513,14 +523,7 @@ async fn unnamed_statement_is_reused_across_batches_after_a_conflict() {
         raw.until_ready().await,
         vec![Msg::BindComplete, cc("UPDATE 1"), Msg::Ready('I')]
     );
-    let v: i64 = db
-        .direct()
-        .await
-        .query_one("SELECT version FROM invoice WHERE id = 6", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(v, 4);
+    assert_eq!(version_of(&db, 6).await, 4);
 }
 
 /// libpq's `PQexecParams` (and `pgbench -M extended`) sends Parse, Bind, Describe(portal),
@@ -729,13 +732,11 @@ async fn unnamed_write_pipelined_after_a_read_of_its_row_learns_its_new_version(
     .await;
     let msgs = raw.until_ready().await;
     assert!(msgs.contains(&cc("UPDATE 1")), "{msgs:?}");
-    let direct = db.direct().await;
-    let version: i64 = direct
-        .query_one("SELECT version FROM invoice WHERE id = 7", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(version, 2, "both writes applied, each bumped the version");
+    assert_eq!(
+        version_of(&db, 7).await,
+        2,
+        "both writes applied, each bumped the version"
+    );
 }
 
 #[tokio::test]
@@ -762,13 +763,11 @@ async fn simple_write_pipelined_after_a_read_of_its_row_learns_its_new_version()
         .await;
     let msgs = raw.until_ready().await;
     assert!(msgs.contains(&cc("UPDATE 1")), "{msgs:?}");
-    let direct = db.direct().await;
-    let version: i64 = direct
-        .query_one("SELECT version FROM invoice WHERE id = 7", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(version, 2, "both writes applied, each bumped the version");
+    assert_eq!(
+        version_of(&db, 7).await,
+        2,
+        "both writes applied, each bumped the version"
+    );
 }
 
 /// A prepared read that cannot show the version is not followed while the session tracks
