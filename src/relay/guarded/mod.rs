@@ -155,6 +155,17 @@ impl GuardState {
         }
     }
 
+    /// The conflict waiting for a batch's `ReadyForQuery`, if any (any other state stays).
+    fn take_raise(&mut self) -> Option<(String, Box<raise::RaiseCtx>)> {
+        if !matches!(self.after_sync, AfterSync::Raise(..)) {
+            return None;
+        }
+        match std::mem::take(&mut self.after_sync) {
+            AfterSync::Raise(block, ctx) => Some((block, ctx)),
+            _ => None,
+        }
+    }
+
     /// What the prefilter finds in `text`, remembered for the texts of `Parse` messages.
     fn found_in_parse(&mut self, text: &[u8], prefilter: &Prefilter) -> Found {
         if let Some(found) = self.found.get(text) {
@@ -325,7 +336,7 @@ impl Session {
     ) -> Result<bool, String> {
         if tag == be::READY_FOR_QUERY {
             self.on_ready(&msg[5..]);
-            if let AfterSync::Raise(block, ctx) = std::mem::take(&mut self.guard.after_sync) {
+            if let Some((block, ctx)) = self.guard.take_raise() {
                 // The batch's `ReadyForQuery` (inside the transaction block) gives way to the
                 // conflict's own.
                 self.send_simple_raise(&block, *ctx);
