@@ -7,7 +7,8 @@
 #   public.pgbench_accounts key aid, public.pgbench_tellers key tid,
 #   public.pgbench_branches key bid, all version = "xmin"
 # so every UPDATE goes through the proxy's analysis and rewrite. Optionally also through an
-# unguarded optlock ("plain": relay only), which separates the relay cost from the guard cost.
+# unguarded optlock ("plain": relay only), which separates the relay cost from the guard cost,
+# and through PgBouncer in session mode ("pgbouncer"), the cost of a mature proxy's relay alone.
 # Runs are interleaved (round -> mode -> target, target order rotated every round); the report
 # gives the median TPS per target, the ratios, and retried/failed transaction counts
 # (--max-tries=10: conflicts and serialization failures are SQLSTATE 40001 and are retried).
@@ -18,7 +19,8 @@
 # Options (environment variables):
 #   CLIENTS=8  THREADS=2  DURATION=8 (pgbench -T)  ROUNDS=3  MAX_TRIES=10
 #   MODES="simple extended prepared"
-#   TARGETS="direct optlock"       add "plain" for optlock without guards
+#   TARGETS="direct optlock"       add "plain" for optlock without guards, "pgbouncer" for
+#                                  PgBouncer (installed with apt-get when missing and run as root)
 #   SCALE=10                       pgbench -i scale factor (branches = SCALE: the hot rows)
 #   OPTLOCK_WORKERS=N, KEEP_DB=1, PG_HOST/PG_PORT/PG_USER, CARGO_TARGET_DIR, OPTLOCK_BIN,
 #   NO_BUILD=1                     see bench/lib.sh
@@ -79,6 +81,10 @@ EOF
             PORT[plain]=$(free_port) HOST[plain]=127.0.0.1
             start_optlock "${PORT[plain]}"    # a second proxy, without config
             ;;
+        pgbouncer)
+            PORT[pgbouncer]=$(free_port) HOST[pgbouncer]=127.0.0.1
+            start_pgbouncer "${PORT[pgbouncer]}"
+            ;;
         *) die "unknown target $t" ;;
     esac
 done
@@ -124,15 +130,18 @@ done
     echo "# optlock = guarded by xmin (pgbench_accounts/aid, pgbench_tellers/tid, pgbench_branches/bid); plain = no guards"
     echo "# TPS = median over rounds; retried/failed = summed over rounds"
     echo
-    printf '%-9s %10s %10s %10s %15s %13s %16s %16s\n' mode direct optlock plain optlock/direct plain/direct "optlock retried" "optlock failed"
+    printf '%-9s %10s %10s %10s %10s %15s %13s %17s %16s %16s\n' mode direct optlock plain pgbouncer \
+        optlock/direct plain/direct pgbouncer/direct "optlock retried" "optlock failed"
     for mode in $MODES; do
         declare -A MED=()
-        for t in direct optlock plain; do
+        for t in direct optlock plain pgbouncer; do
             # shellcheck disable=SC2086
             MED[$t]=$(median ${TPS[$mode:$t]:-})
         done
-        printf '%-9s %10s %10s %10s %15s %13s %16s %16s\n' "$mode" "${MED[direct]}" "${MED[optlock]}" "${MED[plain]}" \
+        printf '%-9s %10s %10s %10s %10s %15s %13s %17s %16s %16s\n' "$mode" \
+            "${MED[direct]}" "${MED[optlock]}" "${MED[plain]}" "${MED[pgbouncer]}" \
             "$(ratio "${MED[optlock]}" "${MED[direct]}")" "$(ratio "${MED[plain]}" "${MED[direct]}")" \
+            "$(ratio "${MED[pgbouncer]}" "${MED[direct]}")" \
             "${RETRIED[$mode:optlock]:--}" "${FAILED[$mode:optlock]:--}"
     done
     echo
