@@ -461,11 +461,21 @@ async fn data_modifying_cte_is_bumped() {
     assert_eq!(version(&db, "invoice", 4).await, Some(101));
 }
 
+/// `total` of invoice `id`, read directly.
+async fn total(db: &TestDb, id: i32) -> String {
+    db.direct()
+        .await
+        .query_one("SELECT total::text FROM invoice WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// A keyed write inside a data-modifying CTE, on a row this session read at an older version.
-/// The CTE's row count is not the statement's command tag, so the proxy cannot turn "0 rows"
-/// into a conflict there; the least it must do is not apply the stale write.
+/// The statement's row count is not the CTE's, so the proxy checks and locks the row first:
+/// the stale write is a conflict, as anywhere else, and does not apply.
 #[tokio::test]
-async fn stale_write_in_a_cte_does_not_apply() {
+async fn stale_write_in_a_cte_is_a_conflict() {
     let db = TestDb::new("sp_ctestale").await;
     setup(&db).await;
     let proxy = Proxy::with_guards(GUARDS).await;
@@ -474,41 +484,143 @@ async fn stale_write_in_a_cte_does_not_apply() {
         .await
         .unwrap();
     other_session_changes(&db, "invoice", 5).await;
-    let r = a
+    let e = a
         .simple_query(
             "WITH u AS (UPDATE invoice SET total = -1 WHERE id = 5 RETURNING id) SELECT count(*) FROM u",
         )
-        .await;
-    let total: String = db
-        .direct()
         .await
-        .query_one("SELECT total::text FROM invoice WHERE id = 5", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_ne!(total, "-1", "the stale CTE write applied (reply: {r:?})");
-    if let Err(e) = r {
-        assert_eq!(e.code().unwrap().code(), "40001");
-    }
+        .unwrap_err();
+    let db_err = e.as_db_error().expect("a server error");
+    assert_eq!(db_err.code().code(), "40001", "{db_err:?}");
+    assert_eq!(
+        db_err.detail(),
+        Some("the row was changed by another transaction: expected version 100, found 101")
+    );
+    assert_ne!(total(&db, 5).await, "-1", "the stale CTE write applied");
+    // The session is usable afterwards: the wrapping transaction was rolled back.
+    a.simple_query("SELECT 1").await.unwrap();
+
     // Extended protocol, same.
     a.query("SELECT id, version FROM invoice WHERE id = $1", &[&6i32])
         .await
         .unwrap();
     other_session_changes(&db, "invoice", 6).await;
-    let r = a
+    let e = a
         .query(
             "WITH u AS (UPDATE invoice SET total = -1 WHERE id = $1 RETURNING id) SELECT count(*) FROM u",
             &[&6i32],
         )
-        .await;
-    let total: String = db
-        .direct()
         .await
-        .query_one("SELECT total::text FROM invoice WHERE id = 6", &[])
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "40001", "{e:?}");
+    assert_ne!(total(&db, 6).await, "-1", "the stale CTE write applied");
+
+    // A deleted row: the conflict says so.
+    a.simple_query("SELECT * FROM invoice WHERE id = 7")
         .await
-        .unwrap()
-        .get(0);
-    assert_ne!(total, "-1", "the stale CTE write applied (reply: {r:?})");
+        .unwrap();
+    db.direct()
+        .await
+        .execute("DELETE FROM invoice WHERE id = 7", &[])
+        .await
+        .unwrap();
+    let e = a
+        .simple_query("WITH u AS (UPDATE invoice SET total = -1 WHERE id = 7 RETURNING id) SELECT count(*) FROM u")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.as_db_error().unwrap().detail(),
+        Some("the row no longer exists")
+    );
+}
+
+/// Inside the client's transaction the CTE conflict aborts it, like any error; a CTE write of
+/// a row still at the version the session read goes through, and its next one too (the
+/// session follows its own write).
+#[tokio::test]
+async fn cte_write_checks_in_a_transaction_and_never_conflicts_with_itself() {
+    let db = TestDb::new("sp_ctetx").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(GUARDS).await;
+    let a = proxy.client(&db.name).await;
+    a.simple_query("SELECT * FROM invoice WHERE id IN (8, 9)")
+        .await
+        .unwrap();
+    for round in 0..2 {
+        let r = a
+            .simple_query("WITH u AS (UPDATE invoice SET total = total + 1 WHERE id = 8 RETURNING id) SELECT count(*) FROM u")
+            .await
+            .unwrap();
+        assert_eq!(rows(&r), vec![vec![Some("1".to_string())]], "round {round}");
+        let rs = a
+            .query(
+                "WITH u AS (UPDATE invoice SET total = total + 1 WHERE id = $1 RETURNING id) SELECT count(*) FROM u",
+                &[&8i32],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rs[0].get::<_, i64>(0), 1, "round {round}");
+    }
+    assert_eq!(version(&db, "invoice", 8).await, Some(104));
+    assert_eq!(total(&db, 8).await, "14");
+    // A bulk write inside WITH changes rows the session read: it writes them next without a
+    // conflict with itself, in both protocols (a named statement too).
+    a.simple_query("SELECT * FROM invoice WHERE id IN (11, 12)")
+        .await
+        .unwrap();
+    a.simple_query("WITH u AS (UPDATE invoice SET total = 0 WHERE id IN (11, 12) RETURNING 1) SELECT count(*) FROM u")
+        .await
+        .unwrap();
+    a.simple_query("UPDATE invoice SET total = 1 WHERE id = 11")
+        .await
+        .unwrap();
+    let bulk = a
+        .prepare("WITH u AS (UPDATE invoice SET total = 2 WHERE id = ANY($1) RETURNING 1) SELECT count(*) FROM u")
+        .await
+        .unwrap();
+    a.query(&bulk, &[&vec![11i32, 12]]).await.unwrap();
+    a.execute("UPDATE invoice SET total = 3 WHERE id = $1", &[&12i32])
+        .await
+        .unwrap();
+    assert_eq!(version(&db, "invoice", 12).await, Some(103));
+    // That bulk write made the session forget every invoice row it knew (it cannot see which
+    // rows changed): row 9 is read again.
+    a.simple_query("SELECT * FROM invoice WHERE id = 9")
+        .await
+        .unwrap();
+
+    // Another session changes row 9 while this one is inside BEGIN.
+    a.simple_query("BEGIN").await.unwrap();
+    a.simple_query("UPDATE invoice SET total = 0 WHERE id = 10")
+        .await
+        .unwrap();
+    other_session_changes(&db, "invoice", 9).await;
+    let e = a
+        .query(
+            "WITH u AS (UPDATE invoice SET total = -1 WHERE id = $1 RETURNING id) SELECT count(*) FROM u",
+            &[&9i32],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "40001", "{e:?}");
+    let e = a.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(
+        e.code().unwrap().code(),
+        "25P02",
+        "the transaction is aborted"
+    );
+    let r = a.simple_query("COMMIT").await.unwrap();
+    assert!(
+        r.iter()
+            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))),
+        "{r:?}"
+    );
+    assert_eq!(
+        total(&db, 10).await,
+        "10",
+        "nothing of the transaction committed"
+    );
+    assert_ne!(total(&db, 9).await, "-1");
 }
 
 #[tokio::test]

@@ -65,7 +65,7 @@ pub const DETAIL_GONE: &str = "the row no longer exists";
 /// escaped `E''` literal and every identifier quoted when needed; the dollar-quote tag is one
 /// that does not occur in the body.
 pub fn raise_block(info: &ConflictInfo, sqlstate: &str) -> String {
-    block(info, sqlstate, false)
+    block(info, sqlstate, false, false)
 }
 
 /// Like [`raise_block`], but when the row still exists at the expected version the block
@@ -73,10 +73,18 @@ pub fn raise_block(info: &ConflictInfo, sqlstate: &str) -> String {
 /// conditions, not because of a conflict, and the client should see its plain `UPDATE 0` /
 /// `DELETE 0`. Without key values it always raises, like [`raise_block`].
 pub fn raise_block_if_changed(info: &ConflictInfo, sqlstate: &str) -> String {
-    block(info, sqlstate, true)
+    block(info, sqlstate, true, false)
 }
 
-fn block(info: &ConflictInfo, sqlstate: &str, only_if_changed: bool) -> String {
+/// The check that goes before a write whose row count the proxy cannot see (a write inside a
+/// data-modifying `WITH`): like [`raise_block_if_changed`], and the row, when it is at the
+/// expected version, stays locked (`FOR UPDATE`) until the transaction ends, so the write that
+/// follows in the same transaction finds it unchanged. `info` must carry key values.
+pub fn lock_or_raise_block(info: &ConflictInfo, sqlstate: &str) -> String {
+    block(info, sqlstate, true, true)
+}
+
+fn block(info: &ConflictInfo, sqlstate: &str, only_if_changed: bool, lock: bool) -> String {
     let table = &info.table;
     let using = |detail: &str| {
         format!(
@@ -115,10 +123,11 @@ fn block(info: &ConflictInfo, sqlstate: &str, only_if_changed: bool) -> String {
             format!(
                 "DECLARE current_version text; unchanged boolean;\nBEGIN\n\
                  SELECT coalesce({version}::text, 'NULL'){unchanged} INTO current_version{} \
-                 FROM {table} WHERE {} LIMIT 1;\n\
+                 FROM {table} WHERE {} LIMIT 1{};\n\
                  IF NOT FOUND THEN\nRAISE EXCEPTION USING {};\nEND IF;\n{}\nEND",
                 if only_if_changed { ", unchanged" } else { "" },
                 cond.join(" AND "),
+                if lock { " FOR UPDATE" } else { "" },
                 using(&quote_literal(DETAIL_GONE)),
                 raise_changed,
             )

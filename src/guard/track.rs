@@ -99,6 +99,24 @@ impl Tracker {
         }
     }
 
+    /// Forgets every row of `table` (after a write of it whose new versions the session
+    /// cannot see).
+    pub fn forget_table(&mut self, table: TableId) {
+        if !self.tracks_table(table) {
+            return;
+        }
+        let keys: Vec<Box<str>> = self
+            .rows
+            .iter()
+            .filter(|(k, _)| table_of(k) == Some(table))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            self.rows.pop(&k);
+        }
+        self.per_table[table.0] = 0;
+    }
+
     /// Forgets every row (end of transaction with `track = "transaction"`, `DISCARD ALL`,
     /// `RESET ALL`, reload of the guards).
     pub fn clear(&mut self) {

@@ -508,10 +508,18 @@ impl Session {
             }
             Plan::Send { expected, key } => (expected, key),
         };
+        // A write inside WITH: its row is checked and locked first, in the batch's
+        // transaction (implicit up to the Sync, or the client's own).
+        if let Some((block, ctx)) =
+            self.cte_lock_check(&guards, w, expected.as_deref(), key.as_deref())
+        {
+            self.send_extended_raise(&block, ctx);
+        }
         let (b, extra, added) = match &pw.full {
             // A named statement that went lean: bound as it is unless this `Bind` checks a
-            // version, or a reply still to come may make the session track the row.
-            Some(_) if expected.is_none() && !self.rows_may_come() => {
+            // version, a reply still to come may make the session track the row, or the write
+            // is inside `WITH` (its portal forgets what it may have changed).
+            Some(_) if expected.is_none() && !self.rows_may_come() && !w.splice.in_cte => {
                 self.shared
                     .admin
                     .metrics
@@ -546,11 +554,12 @@ impl Session {
             added,
             client_returning: w.client_returning,
             // A write inside WITH checks its version in its predicate, but its row count is
-            // not the statement's: a stale one does not apply, and raises nothing.
+            // not the statement's: the check sent before it raises a conflict.
             expected: if w.splice.in_cte { None } else { expected },
             key,
             plan,
             held: None,
+            in_cte: w.splice.in_cte,
         };
         self.write_portal(portal, bound, b.result_formats);
         Ok(true)
@@ -585,6 +594,7 @@ impl Session {
             key: None,
             plan: None,
             held: None,
+            in_cte: w.splice.in_cte,
         };
         self.write_portal(portal, check, b.result_formats);
         true
@@ -910,7 +920,7 @@ impl Session {
                 }
                 return Ok(true);
             }
-            w.forget_if_deleted(rows, &mut self.guard.tracker);
+            w.forget_after(rows, &mut self.guard.tracker);
         }
         if held {
             self.guard.after_sync = AfterSync::None;

@@ -16,6 +16,7 @@ use crate::admin::conflicts::Conflict;
 use crate::config::TableName;
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
 use crate::guard::values::quote_literal;
+use crate::guard::{GuardSet, GuardedWrite};
 use crate::protocol::{backend as be, frontend as fe};
 
 /// Statement and portal name of the proxy's own raise in the extended protocol.
@@ -95,6 +96,40 @@ impl Session {
             self.params.client_encoding
         ));
         self.refusal(&guards[guard].table, guard, refusal)
+    }
+
+    /// The check that goes before a write inside a data-modifying `WITH` that expects a
+    /// version: the statement's row count is not the write's, so 0 rows cannot be told from
+    /// success afterwards. The block raises the conflict now if the row changed, or locks it at
+    /// the expected version for the rest of the transaction (the caller makes sure there is
+    /// one). None when the write is not in a `WITH`, expects nothing, names no single row, or
+    /// the transaction is already aborted (the write fails on its own there).
+    pub(super) fn cte_lock_check(
+        &self,
+        guards: &GuardSet,
+        w: &GuardedWrite,
+        expected: Option<&str>,
+        key: Option<&[String]>,
+    ) -> Option<(String, RaiseCtx)> {
+        if !w.splice.in_cte || self.tx_status == b'E' {
+            return None;
+        }
+        let guard = &guards.guards[w.guard];
+        let info = ConflictInfo {
+            table: guard.table.clone(),
+            key_columns: guard.key.clone(),
+            key_values: Some(key?.to_vec()),
+            expected: expected?.to_string(),
+            version_column: guard.version.clone(),
+        };
+        let block = conflict::lock_or_raise_block(&info, &self.settings.config.conflict_sqlstate);
+        let ctx = RaiseCtx {
+            guard: w.guard,
+            held: None,
+            conflict: Some(info),
+            refusal: None,
+        };
+        Some((block, ctx))
     }
 
     /// Queues a raise in the extended protocol: the block runs as the proxy's own statement and

@@ -66,6 +66,8 @@ pub struct WriteCheck {
     pub plan: Option<ReadPlan>,
     /// The `CommandComplete` of a write that matched 0 rows, kept back during the check.
     pub held: Option<BytesMut>,
+    /// The write is inside a data-modifying `WITH`: its rows are not the statement's.
+    pub in_cte: bool,
 }
 
 impl WriteCheck {
@@ -74,8 +76,17 @@ impl WriteCheck {
         self.guards.table_ids[self.guard]
     }
 
-    /// A delete that removed the row: its version is no longer known.
-    pub fn forget_if_deleted(&self, rows: Option<u64>, tracker: &mut Tracker) {
+    /// What the session no longer knows once the write completed with `rows` rows: a row it
+    /// deleted, or every row a write inside `WITH` may have changed (its new versions stay in
+    /// the statement; the next write of such a row expects nothing until it is read again).
+    pub fn forget_after(&self, rows: Option<u64>, tracker: &mut Tracker) {
+        if self.in_cte {
+            match &self.key {
+                Some(k) => tracker.forget(self.table(), k),
+                None => tracker.forget_table(self.table()),
+            }
+            return;
+        }
         if self.op == WriteOp::Delete
             && rows.is_some_and(|n| n > 0)
             && let Some(k) = &self.key
@@ -185,10 +196,16 @@ impl Session {
             }
         }
         flush(&mut chunk, &mut steps);
-        // A write that is the first step is planned now: nothing runs before it.
+        // A write that is the first step is planned now: nothing runs before it. A check it
+        // needs first makes the script two steps, so outside a transaction it is wrapped in
+        // one, and the check's lock lasts until the write.
         if let Some(StepSpec::Write(w)) = steps.front() {
             let w = w.clone();
-            steps[0] = self.simple_write_step(sql, &w);
+            let (check, step) = self.simple_write_step(sql, &w);
+            steps[0] = step;
+            if let Some(check) = check {
+                steps.push_front(check);
+            }
         }
         // One write that needs nothing changed and nothing checked (an `xmin` guard, a row the
         // session does not track): it goes as the client wrote it.
@@ -196,6 +213,7 @@ impl Session {
             && steps.len() == 1
             && check.expected.is_none()
             && check.added == 0
+            && !check.in_cte
             && text.as_bytes() == sql_bytes
         {
             self.send_as_written(msg, check.guard);
@@ -309,7 +327,9 @@ impl Session {
         }
     }
 
-    fn simple_write_step(&mut self, sql: &str, w: &GuardedWrite) -> StepSpec {
+    /// Plans a guarded write: the step that sends it (or refuses it), and a check to run
+    /// before it when the write's row count cannot tell a conflict ([`Session::cte_lock_check`]).
+    fn simple_write_step(&mut self, sql: &str, w: &GuardedWrite) -> (Option<StepSpec>, StepSpec) {
         let key = self.literal_key(w);
         let pinned = match &w.pinned {
             Some(ValueRef::Literal(v)) => {
@@ -327,9 +347,12 @@ impl Session {
         match self.plan_write(&guards, w, key, pinned) {
             Plan::Refuse(refusal) => {
                 let (block, ctx) = self.refusal(&guards.guards[w.guard].table, w.guard, refusal);
-                StepSpec::Raise(block, Box::new(ctx))
+                (None, StepSpec::Raise(block, Box::new(ctx)))
             }
             Plan::Send { expected, key } => {
+                let check = self
+                    .cte_lock_check(&guards, w, expected.as_deref(), key.as_deref())
+                    .map(|(block, ctx)| StepSpec::Raise(block, Box::new(ctx)));
                 let mut text = String::with_capacity(w.splice.statement.len() + 96);
                 let render_with = match (&expected, pinned_here) {
                     (Some(v), false) => Expected::Literal(v),
@@ -346,7 +369,7 @@ impl Session {
                         None => self.guard.tracker.tracks_table(table),
                     };
                 w.render_with(sql, &guards, render_with, returning, &mut text);
-                StepSpec::Sql(
+                let step = StepSpec::Sql(
                     text,
                     Some(Box::new(WriteCheck {
                         guards: guards.clone(),
@@ -359,14 +382,15 @@ impl Session {
                         },
                         client_returning: w.client_returning,
                         // A write inside WITH checks its version in its predicate, but its row
-                        // count is not the statement's: a stale one does not apply, and raises
-                        // nothing.
+                        // count is not the statement's: the check before it raises a conflict.
                         expected: if w.splice.in_cte { None } else { expected },
                         key,
                         plan: None,
                         held: None,
+                        in_cte: w.splice.in_cte,
                     })),
-                )
+                );
+                (check, step)
             }
         }
     }
@@ -394,7 +418,15 @@ impl Session {
         let step = match script.steps.pop_front() {
             Some(StepSpec::Write(w)) => {
                 let sql = script.sql.clone();
-                Some(self.simple_write_step(&sql, &w))
+                match self.simple_write_step(&sql, &w) {
+                    (Some(check), step) => {
+                        if let Some(script) = self.guard.script.as_mut() {
+                            script.steps.push_front(step);
+                        }
+                        Some(check)
+                    }
+                    (None, step) => Some(step),
+                }
             }
             step => step,
         };
@@ -479,7 +511,7 @@ impl Session {
                     c.held = Some(BytesMut::from(msg));
                     return Ok(true);
                 }
-                c.forget_if_deleted(rows, &mut self.guard.tracker);
+                c.forget_after(rows, &mut self.guard.tracker);
                 Ok(false)
             }
             be::ERROR_RESPONSE => {
