@@ -1045,3 +1045,84 @@ async fn checked_write_in_a_transaction_block_is_one_round_trip_and_still_aborts
         "nothing of the aborted transaction committed"
     );
 }
+
+/// SQL `DEALLOCATE` of a named statement closes its full form too, at the start of the next
+/// extended-protocol batch, unseen by the client. A `DEALLOCATE` that fails (in an aborted
+/// transaction) leaves the statement, and the proxy keeps guarding it.
+#[tokio::test]
+async fn sql_deallocate_closes_the_full_form_and_a_failed_one_keeps_the_guard() {
+    let db = TestDb::new("pl_dealloc").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    let count = "SELECT count(*) FROM pg_prepared_statements \
+                 WHERE name = 'add_one' OR name LIKE 'optlock\\_full\\_%'";
+    raw.send(
+        &[
+            parse(
+                "add_one",
+                "UPDATE invoice SET total = total + 1 WHERE id = $1",
+            ),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![Msg::ParseComplete, Msg::Ready('I')]
+    );
+    raw.send(&query(count)).await;
+    assert!(
+        raw.until_ready()
+            .await
+            .contains(&Msg::DataRow(vec![Some("2".into())])),
+        "the client's statement and its full form"
+    );
+    // Row 7 is read, then changed by another session.
+    raw.send(&query("SELECT id, version FROM invoice WHERE id = 7"))
+        .await;
+    raw.until_ready().await;
+    db.direct()
+        .await
+        .execute("UPDATE invoice SET version = version + 1 WHERE id = 7", &[])
+        .await
+        .unwrap();
+    // A DEALLOCATE in an aborted transaction fails: the statement is still there, and still
+    // checks the version.
+    raw.send(&query("BEGIN; SELECT 1/0")).await;
+    raw.until_ready().await;
+    raw.send(&query("DEALLOCATE add_one")).await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, Msg::Error(code, _) if code == "25P02")),
+        "{msgs:?}"
+    );
+    raw.send(&query("ROLLBACK")).await;
+    raw.until_ready().await;
+    raw.send(&[bind("", "add_one", &["7"]), execute(""), sync()].concat())
+        .await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, Msg::Error(code, _) if code == "40001")),
+        "the stale write still conflicts: {msgs:?}"
+    );
+    // A DEALLOCATE that succeeds: the next batch closes the full form first, and the client
+    // sees only its own replies.
+    raw.send(&query("DEALLOCATE add_one")).await;
+    raw.until_ready().await;
+    raw.send(&[parse("", count), bind("", "", &[]), execute(""), sync()].concat())
+        .await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![
+            Msg::ParseComplete,
+            Msg::BindComplete,
+            Msg::DataRow(vec![Some("0".into())]),
+            cc("SELECT 1"),
+            Msg::Ready('I')
+        ]
+    );
+}

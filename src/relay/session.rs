@@ -459,6 +459,9 @@ impl Session {
             tag,
             fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::FLUSH
         ) {
+            if !self.batch_open && self.guard.has_deallocated() {
+                self.close_deallocated();
+            }
             self.batch_open = true;
         }
         match tag {

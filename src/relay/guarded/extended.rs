@@ -185,7 +185,8 @@ impl Session {
         };
         let found = self.guard.found_in_parse(p.query, &guards.prefilter);
         if found.session {
-            self.guard.on_session_command(p.query);
+            self.guard
+                .on_session_command(p.query, self.tx_status == b'E');
         }
         if !found.may_write_guarded() {
             if found.name {
@@ -681,6 +682,17 @@ impl Session {
     pub(super) fn close_full_variant(&mut self, p: &Prepared) {
         if let Some(full) = p.write.as_ref().and_then(|w| w.full.as_ref()) {
             fe::write_close(&mut self.to_server, b'S', &full.name);
+            self.replies
+                .push(Pending::Close(Some(Box::new(Tag::Hidden))));
+        }
+    }
+
+    /// Closes the full forms of the statements the client deallocated with SQL since its last
+    /// extended-protocol batch; called as the next one starts, so nothing before it in the
+    /// batch can make the server skip them.
+    pub(in crate::relay) fn close_deallocated(&mut self) {
+        for name in std::mem::take(&mut self.guard.deallocated) {
+            fe::write_close(&mut self.to_server, b'S', &name);
             self.replies
                 .push(Pending::Close(Some(Box::new(Tag::Hidden))));
         }

@@ -117,6 +117,9 @@ pub struct GuardState {
     need_resolve: bool,
     /// How many full variants of named statements the proxy prepared (it names them).
     full_variants: u64,
+    /// Full variants of statements the client deallocated with SQL `DEALLOCATE`: closed at
+    /// the start of its next extended-protocol batch.
+    deallocated: Vec<Box<[u8]>>,
     /// Where a checked write inside a transaction block stands when its `Sync` goes right
     /// behind it (see [`Session::check_after_sync`]).
     after_sync: AfterSync,
@@ -151,6 +154,7 @@ impl GuardState {
             script: None,
             need_resolve: false,
             full_variants: 0,
+            deallocated: Vec::new(),
             after_sync: AfterSync::None,
         }
     }
@@ -179,6 +183,12 @@ impl GuardState {
         found
     }
 
+    /// True when full forms of deallocated statements wait to be closed.
+    #[inline]
+    pub fn has_deallocated(&self) -> bool {
+        !self.deallocated.is_empty()
+    }
+
     /// Number of row versions this session tracks.
     pub fn tracked(&self) -> usize {
         self.tracker.len()
@@ -187,8 +197,10 @@ impl GuardState {
     /// Notes session commands in a text sent to the server: `DISCARD ALL`, `RESET ALL`,
     /// `DEALLOCATE`. Called for texts in which the prefilter found one of those words.
     /// Forgetting more than needed is safe (a forgotten version reads as "nothing known"), so
-    /// the scan is simple: every `;`-separated part, comments skipped.
-    pub fn on_session_command(&mut self, sql: &[u8]) {
+    /// the scan is simple: every `;`-separated part, comments skipped. In an aborted
+    /// transaction a `DEALLOCATE` fails: the statement stays, and so does what the proxy
+    /// knows of it.
+    pub fn on_session_command(&mut self, sql: &[u8], aborted: bool) {
         for part in String::from_utf8_lossy(sql).split(';') {
             let words: Vec<&str> = skip_comments(part).split_whitespace().take(3).collect();
             let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
@@ -199,19 +211,25 @@ impl GuardState {
                     self.statements.clear();
                     self.stale.clear();
                     self.portals.clear();
+                    self.deallocated.clear();
                 }
                 ["RESET", "ALL", ..] => self.tracker.clear(),
-                ["DEALLOCATE", "ALL", ..] | ["DEALLOCATE", "PREPARE", "ALL", ..] => {
+                ["DEALLOCATE", "ALL", ..] | ["DEALLOCATE", "PREPARE", "ALL", ..] if !aborted => {
                     self.statements.clear();
                     self.stale.clear();
+                    self.deallocated.clear();
                 }
-                ["DEALLOCATE", "PREPARE", _, ..] | ["DEALLOCATE", _, ..] => {
+                ["DEALLOCATE", "PREPARE", _, ..] | ["DEALLOCATE", _, ..] if !aborted => {
                     let raw = words.last().copied().unwrap_or("");
                     let name = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
                         Some(quoted) => quoted.to_string(),
                         None => raw.to_lowercase(),
                     };
-                    self.statements.remove(name.as_bytes());
+                    let full = self
+                        .statements
+                        .remove(name.as_bytes())
+                        .and_then(|p| p.write.as_ref()?.full.as_ref().map(|f| f.name.clone()));
+                    self.deallocated.extend(full);
                     self.stale.remove(name.as_bytes());
                 }
                 _ => {}
@@ -299,7 +317,7 @@ impl Session {
         };
         let found = self.settings.guards.prefilter.scan(sql);
         if found.session {
-            self.guard.on_session_command(sql);
+            self.guard.on_session_command(sql, self.tx_status == b'E');
         }
         self.simple_query(msg, sql, found)
     }
