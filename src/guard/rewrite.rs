@@ -329,7 +329,6 @@ impl GuardedWrite {
         copy_to(out, s.statement.end);
     }
 
-    /// Number of columns the proxy appends to the result rows (key columns + version).
     /// True when the rewrite bumps the version in the statement's `SET` (not for `xmin`, which
     /// the server bumps, nor when the statement sets the version itself).
     pub fn adds_bump(&self, guards: &GuardSet) -> bool {
@@ -338,6 +337,8 @@ impl GuardedWrite {
             && guards.guards[self.guard].kind != VersionKind::Xmin
     }
 
+    /// Number of columns the proxy appends to the result rows (key columns + version); none
+    /// for a delete, or a write inside `WITH` (its `RETURNING` feeds the statement).
     pub fn added_columns(&self, guards: &GuardSet) -> usize {
         if self.op == WriteOp::Delete || self.splice.in_cte {
             0
