@@ -4,7 +4,13 @@
 # Measures how many updates are silently lost when concurrent clients do a naive
 # read-modify-write on a few hot rows, and what preventing that costs. Table
 #   bench_rmw(id int primary key, balance bigint not null default 0, version bigint not null default 0)
-# with ROWS rows. Each pgbench "transaction" is one run of a custom script:
+# with ROWS hot rows (ids 1..ROWS) among COLD_ROWS that nobody touches, as hot rows sit in a
+# real table: the reads and writes go through the primary key's index, so SERIALIZABLE takes
+# its predicate locks per row. (In a table of only a few rows the planner picks a sequential
+# scan whenever the table fits in one page, SERIALIZABLE then locks the whole relation and
+# fails most transactions; which plan a run got depended on the bloat the run before it left,
+# and SERIALIZABLE's TPS swung by a factor of three between runs.)
+# Each pgbench "transaction" is one run of a custom script:
 #   \set id random(1, ROWS)
 #   SELECT balance, version FROM bench_rmw WHERE id = :id \gset
 #   UPDATE bench_rmw SET balance = :balance + 1 WHERE id = :id;
@@ -18,6 +24,11 @@
 #                             (so each autocommit statement is serializable too)
 #   optlock  READ COMMITTED   through optlock with public.bench_rmw guarded
 #                             (key id, version "version", kind counter)
+# and, when asked for in TARGETS, SERIALIZABLE through a proxy without guards, which shows what
+# a proxy's added latency alone does to this hot-row workload (a longer window between the
+# read and the write, and a row lock held over two more hops before COMMIT):
+#   pgbouncer-serializable    through PgBouncer (session mode)
+#   plain-serializable        through optlock without guards
 # each for -M simple, extended and prepared. Balances are reset to 0 before every run, so
 #   lost = processed - sum(balance)
 # where processed = pgbench's "number of transactions actually processed" (successful script
@@ -44,9 +55,10 @@
 # Options (environment variables):
 #   CLIENTS=8  THREADS=2  DURATION=10 (pgbench -T)  MAX_TRIES=100 (pgbench --max-tries)
 #   ROWS=10                       hot rows (fewer rows = more contention)
+#   COLD_ROWS=10000               rows after them that no script touches
 #   MODES="simple extended prepared"
 #   SCRIPTS="autocommit transaction"
-#   TARGETS="direct-rc direct-serializable optlock"
+#   TARGETS="direct-rc direct-serializable optlock"   add plain-serializable, pgbouncer-serializable
 #   OPTLOCK_WORKERS=N, KEEP_DB=1, PG_HOST/PG_PORT/PG_USER, CARGO_TARGET_DIR, OPTLOCK_BIN,
 #   NO_BUILD=1                    see bench/lib.sh
 # Default run: 3 targets x 2 scripts x 3 modes x 10 s, about 3.5 minutes.
@@ -60,6 +72,7 @@ THREADS=${THREADS:-2}
 DURATION=${DURATION:-10}
 MAX_TRIES=${MAX_TRIES:-100}
 ROWS=${ROWS:-10}
+COLD_ROWS=${COLD_ROWS:-10000}
 MODES=${MODES:-simple extended prepared}
 SCRIPTS=${SCRIPTS:-autocommit transaction}
 TARGETS=${TARGETS:-direct-rc direct-serializable optlock}
@@ -77,7 +90,8 @@ CREATE TABLE bench_rmw (
     balance bigint NOT NULL DEFAULT 0,
     version bigint NOT NULL DEFAULT 0
 );
-INSERT INTO bench_rmw (id) SELECT g FROM generate_series(1, $ROWS) g;
+INSERT INTO bench_rmw (id) SELECT g FROM generate_series(1, $ROWS + $COLD_ROWS) g;
+ANALYZE bench_rmw;
 SQL
 
 # pgbench scripts.
@@ -104,10 +118,20 @@ kind = "counter"
 EOF
     start_optlock "$OPTLOCK_PORT" "$WORK_DIR/optlock.toml"
 fi
+PLAIN_PORT=""
+if [[ " $TARGETS " == *" plain-serializable "* ]]; then
+    PLAIN_PORT=$(free_port)
+    start_optlock "$PLAIN_PORT"    # a second proxy, without config
+fi
+PGBOUNCER_PORT=""
+if [[ " $TARGETS " == *" pgbouncer-serializable "* ]]; then
+    PGBOUNCER_PORT=$(free_port)
+    start_pgbouncer "$PGBOUNCER_PORT"
+fi
 
-FMT='%-8s %-12s %-11s %-9s %10s %8s %7s %8s %7s %9s  %s\n'
+FMT='%-9s %-12s %-11s %-9s %10s %8s %7s %8s %7s %9s  %s\n'
 {
-    echo "# optlock lost-update benchmark: pgbench -c $CLIENTS -j $THREADS -T $DURATION --max-tries=$MAX_TRIES, $ROWS hot rows"
+    echo "# optlock lost-update benchmark: pgbench -c $CLIENTS -j $THREADS -T $DURATION --max-tries=$MAX_TRIES, $ROWS hot rows of $((ROWS + COLD_ROWS))"
     echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  host $(hostname)  $(nproc) cores  $(pgbench --version)"
     echo "# optlock $("$OPTLOCK_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), workers ${OPTLOCK_WORKERS:-default}; $(upstream_note)"
     echo "# lost = processed - sum(balance); retried = transactions that needed more than one try"
@@ -126,11 +150,16 @@ for mode in $MODES; do
                     pgopts="-c default_transaction_isolation=serializable"
                     file=$script.sql; [[ $script == transaction ]] && file=transaction-serializable.sql ;;
                 optlock) port=$OPTLOCK_PORT host=127.0.0.1 iso="read-commit" pgopts="" file=$script.sql name=optlock ;;
+                plain-serializable | pgbouncer-serializable)
+                    host=127.0.0.1 iso="serializable" name=${target%-serializable}
+                    [[ $name == plain ]] && port=$PLAIN_PORT || port=$PGBOUNCER_PORT
+                    pgopts="-c default_transaction_isolation=serializable"
+                    file=$script.sql; [[ $script == transaction ]] && file=transaction-serializable.sql ;;
                 *) die "unknown target $target" ;;
             esac
-            pg_direct "$DB" -c "UPDATE bench_rmw SET balance = 0" -c "VACUUM bench_rmw"
+            pg_direct "$DB" -c "UPDATE bench_rmw SET balance = 0 WHERE balance <> 0" -c "VACUUM ANALYZE bench_rmw"
             out="$WORK_DIR/run-$mode-$script-$target.txt"
-            [[ $name == optlock ]] && { check_optlock "$port" || true; }
+            [[ $name == optlock || $name == plain ]] && { check_optlock "$port" || true; }
             rc=0
             PGOPTIONS=$pgopts pgbench -n -f "$WORK_DIR/$file" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" \
                 -M "$mode" --max-tries="$MAX_TRIES" -h "$host" -p "$port" "$DB" >"$out" 2>&1 || rc=$?
@@ -143,7 +172,7 @@ for mode in $MODES; do
             if [[ $rc -ne 0 ]]; then
                 note="pgbench rc=$rc: $(grep -m1 -iE 'aborted|error|fatal' "$out" | cut -c1-120)"
             fi
-            if [[ $name == optlock ]] && ! check_optlock "$port"; then
+            if [[ $name == optlock || $name == plain ]] && ! check_optlock "$port"; then
                 note="$note [$OPTLOCK_DIED]"
             fi
             if [[ -n "$processed" ]]; then
