@@ -1126,3 +1126,77 @@ async fn sql_deallocate_closes_the_full_form_and_a_failed_one_keeps_the_guard() 
         ]
     );
 }
+
+/// A `Bind` of the unnamed statement that went lean, for a row the session tracks, prepares it
+/// again in full. When an earlier error in the batch makes the server skip that `Parse`, the
+/// server keeps the lean statement, and so does the session: the next `Bind` of it works.
+#[tokio::test]
+async fn skipped_reparse_of_a_lean_statement_leaves_the_lean_one_in_use() {
+    let db = TestDb::new("pl_reparse_skip").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    // Row 8 is not tracked: the unnamed statement goes lean.
+    raw.send(
+        &[
+            parse("", "UPDATE invoice SET total = total + 1 WHERE id = $1"),
+            bind("", "", &["8"]),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![
+            Msg::ParseComplete,
+            Msg::BindComplete,
+            cc("UPDATE 1"),
+            Msg::Ready('I')
+        ]
+    );
+    // Row 7 is read in the extended protocol (a simple query would drop the unnamed
+    // statement).
+    raw.send(
+        &[
+            parse("read", "SELECT id, version FROM invoice WHERE id = $1"),
+            bind("", "read", &["7"]),
+            describe_portal(""),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    raw.until_ready().await;
+    // An error first; then a Bind of row 7 (tracked), whose full Parse the server skips.
+    raw.send(
+        &[
+            parse("bad", "SELECT 1/0"),
+            bind("", "bad", &[]),
+            execute(""),
+            bind("", "", &["7"]),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, Msg::Error(code, _) if code == "22012")),
+        "{msgs:?}"
+    );
+    // The lean statement is still the server's: bound as it is, for both rows.
+    for id in ["8", "7"] {
+        raw.send(&[bind("", "", &[id]), execute(""), sync()].concat())
+            .await;
+        assert_eq!(
+            raw.until_ready().await,
+            vec![Msg::BindComplete, cc("UPDATE 1"), Msg::Ready('I')],
+            "row {id}"
+        );
+    }
+}

@@ -94,6 +94,11 @@ impl<G> Replies<G> {
         self.queue.front()
     }
 
+    /// The entry pushed last.
+    pub fn back_mut(&mut self) -> Option<&mut Pending<G>> {
+        self.queue.back_mut()
+    }
+
     pub fn front_mut(&mut self) -> Option<&mut Pending<G>> {
         self.queue.front_mut()
     }

@@ -617,10 +617,15 @@ impl Session {
         }
         let mut release = false;
         let (step, popped) = if tag == be::ERROR_RESPONSE {
-            let (step, answered, skipping) = self
-                .replies
-                .on_error(|p| release |= super::guarded::held_batch_for(&p));
+            let mut undo = Vec::new();
+            let (step, answered, skipping) = self.replies.on_error(|p| {
+                release |= super::guarded::held_batch_for(&p);
+                undo.extend(super::guarded::skipped_reparse(p));
+            });
             self.skipping_until_sync |= skipping;
+            for r in undo {
+                self.undo_reparse(*r);
+            }
             (step, answered)
         } else {
             self.replies.on_message(tag)

@@ -101,6 +101,14 @@ pub struct PreparedWrite {
     pub full: Option<FullVariant>,
 }
 
+/// A statement parsed again in full, and what the session knew of it before.
+#[derive(Debug)]
+pub struct Reparse {
+    name: Box<[u8]>,
+    lean: Arc<Prepared>,
+    full: OnceLock<Arc<Prepared>>,
+}
+
 /// The full form of a named statement that went lean.
 #[derive(Debug)]
 pub struct FullVariant {
@@ -413,12 +421,55 @@ impl Session {
         }
         let text = pw.text.clone();
         let types = prepared.declared_types.clone();
-        self.parse_guarded(statement, &text, &types, Some(Box::new(Tag::Hidden)), false);
-        self.guard
-            .statements
-            .get(statement)
-            .cloned()
-            .unwrap_or(prepared)
+        let undo = Reparse {
+            name: statement.into(),
+            lean: prepared.clone(),
+            full: OnceLock::new(),
+        };
+        let Some(undo) = self.parse_again(statement, &text, &types, undo) else {
+            return prepared;
+        };
+        undo.full.get().cloned().unwrap_or(prepared)
+    }
+
+    /// Parses a statement again in full under its own name; returns what undoes it if the
+    /// server skips that `Parse`.
+    fn parse_again(
+        &mut self,
+        statement: &[u8],
+        text: &str,
+        types: &[u32],
+        undo: Reparse,
+    ) -> Option<&Reparse> {
+        self.parse_guarded(
+            statement,
+            text,
+            types,
+            Some(Box::new(Tag::Reparse(Box::new(undo)))),
+            false,
+        );
+        let full = self.guard.statements.get(statement).cloned()?;
+        match self.replies.back_mut() {
+            Some(Pending::Parse(Some(t))) => match t.as_mut() {
+                Tag::Reparse(undo) => {
+                    let _ = undo.full.set(full);
+                    Some(undo)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The server skipped the proxy's `Parse` of a statement in full: it still has the lean
+    /// one, which the session knows again (unless the client prepared the name anew since).
+    pub(in crate::relay) fn undo_reparse(&mut self, undo: Reparse) {
+        let current = self.guard.statements.get(&undo.name[..]);
+        if let (Some(current), Some(full)) = (current, undo.full.get())
+            && Arc::ptr_eq(current, full)
+        {
+            self.guard.statements.insert(undo.name, undo.lean);
+        }
     }
 
     /// A `Bind`. Returns true when the guard sent it (with the expected version, or replaced
@@ -789,7 +840,7 @@ impl Session {
             _ => return Ok(false),
         };
         match *t {
-            Tag::Hidden => Ok(tag != be::ERROR_RESPONSE),
+            Tag::Hidden | Tag::Reparse(_) => Ok(tag != be::ERROR_RESPONSE),
             Tag::DescribeStatement(prepared) => {
                 Ok(self.on_describe_statement(tag, body, &prepared))
             }

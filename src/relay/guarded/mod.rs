@@ -72,12 +72,27 @@ pub enum Tag {
     Execute(Arc<Portal>),
     /// A simple-Query `SELECT` that pins one guarded row.
     Read(Box<pinned::ReadCheck>),
+    /// The proxy's own `Parse` of a statement again in full ([`Session::unlean`]), swallowed
+    /// like [`Tag::Hidden`]; skipped after an earlier error in its batch, the statement the
+    /// server still has is the one the session knows again.
+    Reparse(Box<extended::Reparse>),
 }
 
 /// True for an entry the client's batch waits for (a checked write's `Execute`, or the
 /// proxy's raise): when the server skips it after an error, the batch must go on.
 pub fn held_batch_for(p: &Pending<StmtTag>) -> bool {
     matches!(p, Pending::Execute(Some(t)) if t.holds_batch() || matches!(**t, Tag::Raise(_)))
+}
+
+/// What an entry the server skipped after an error leaves to undo (see [`Tag::Reparse`]).
+pub fn skipped_reparse(p: Pending<StmtTag>) -> Option<Box<extended::Reparse>> {
+    match p {
+        Pending::Parse(Some(t)) => match *t {
+            Tag::Reparse(r) => Some(r),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Who the session is, for conflict logs.
@@ -411,7 +426,10 @@ impl Session {
                     }
                     Ok(false)
                 }
-                Tag::DescribeStatement(_) | Tag::DescribePortal(_) | Tag::Execute(_) => Ok(false),
+                Tag::DescribeStatement(_)
+                | Tag::DescribePortal(_)
+                | Tag::Execute(_)
+                | Tag::Reparse(_) => Ok(false),
             },
             Pending::Simple(None) => {
                 self.track_simple_rows(tag, msg);
@@ -466,7 +484,8 @@ impl Session {
                 Tag::Read(_)
                 | Tag::DescribeStatement(_)
                 | Tag::DescribePortal(_)
-                | Tag::Execute(_) => Ok(false),
+                | Tag::Execute(_)
+                | Tag::Reparse(_) => Ok(false),
             },
             Pending::Simple(None) => {
                 self.guard.row_plan = None;
