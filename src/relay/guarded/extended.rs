@@ -106,7 +106,7 @@ pub struct PreparedWrite {
 pub struct Reparse {
     name: Box<[u8]>,
     lean: Arc<Prepared>,
-    full: OnceLock<Arc<Prepared>>,
+    full: Arc<Prepared>,
 }
 
 /// The full form of a named statement that went lean.
@@ -421,52 +421,33 @@ impl Session {
         }
         let text = pw.text.clone();
         let types = prepared.declared_types.clone();
-        let undo = Reparse {
-            name: statement.into(),
-            lean: prepared.clone(),
-            full: OnceLock::new(),
-        };
-        let Some(undo) = self.parse_again(statement, &text, &types, undo) else {
+        self.parse_guarded(statement, &text, &types, Some(Box::new(Tag::Hidden)), false);
+        let Some(full) = self.guard.statements.get(statement).cloned() else {
             return prepared;
         };
-        undo.full.get().cloned().unwrap_or(prepared)
-    }
-
-    /// Parses a statement again in full under its own name; returns what undoes it if the
-    /// server skips that `Parse`.
-    fn parse_again(
-        &mut self,
-        statement: &[u8],
-        text: &str,
-        types: &[u32],
-        undo: Reparse,
-    ) -> Option<&Reparse> {
-        self.parse_guarded(
-            statement,
-            text,
-            types,
-            Some(Box::new(Tag::Reparse(Box::new(undo)))),
-            false,
-        );
-        let full = self.guard.statements.get(statement).cloned()?;
-        match self.replies.back_mut() {
-            Some(Pending::Parse(Some(t))) => match t.as_mut() {
-                Tag::Reparse(undo) => {
-                    let _ = undo.full.set(full);
-                    Some(undo)
-                }
-                _ => None,
-            },
-            _ => None,
+        // The Parse just queued: should the server skip it (an earlier error in the batch),
+        // it keeps the lean statement, and the session must know that one again.
+        if !Arc::ptr_eq(&full, &prepared)
+            && let Some(Pending::Parse(Some(t))) = self.replies.back_mut()
+            && matches!(**t, Tag::Hidden)
+        {
+            **t = Tag::Reparse(Box::new(Reparse {
+                name: statement.into(),
+                lean: prepared,
+                full: full.clone(),
+            }));
         }
+        full
     }
 
     /// The server skipped the proxy's `Parse` of a statement in full: it still has the lean
     /// one, which the session knows again (unless the client prepared the name anew since).
     pub(in crate::relay) fn undo_reparse(&mut self, undo: Reparse) {
-        let current = self.guard.statements.get(&undo.name[..]);
-        if let (Some(current), Some(full)) = (current, undo.full.get())
-            && Arc::ptr_eq(current, full)
+        if self
+            .guard
+            .statements
+            .get(&undo.name[..])
+            .is_some_and(|current| Arc::ptr_eq(current, &undo.full))
         {
             self.guard.statements.insert(undo.name, undo.lean);
         }
