@@ -1200,3 +1200,85 @@ async fn skipped_reparse_of_a_lean_statement_leaves_the_lean_one_in_use() {
         );
     }
 }
+
+/// What the session knows of a statement name follows what the server did with the `Parse`:
+/// a second `Parse` of a name the server already has fails there, and the statement the
+/// server keeps stays guarded; a `Parse` that fails leaves no statement, and its `Bind` gets
+/// the server's own "does not exist" under the client's name.
+#[tokio::test]
+async fn a_parse_the_server_refuses_leaves_the_statement_it_has_guarded() {
+    let db = TestDb::new("pl_parse_refused").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    raw.send(
+        &[
+            parse(
+                "add_one",
+                "UPDATE invoice SET total = total + 1 WHERE id = $1",
+            ),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![Msg::ParseComplete, Msg::Ready('I')]
+    );
+    raw.send(&query("SELECT id, version FROM invoice WHERE id = 7"))
+        .await;
+    raw.until_ready().await;
+    db.direct()
+        .await
+        .execute("UPDATE invoice SET version = version + 1 WHERE id = 7", &[])
+        .await
+        .unwrap();
+    // The same name again, for a read: the server says it exists already.
+    raw.send(&[parse("add_one", "SELECT 1"), sync()].concat())
+        .await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, Msg::Error(code, _) if code == "42P05")),
+        "{msgs:?}"
+    );
+    // The server's statement is still the write, and still checks the version.
+    raw.send(&[bind("", "add_one", &["7"]), execute(""), sync()].concat())
+        .await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, Msg::Error(code, _) if code == "40001")),
+        "the stale write must conflict: {msgs:?}"
+    );
+    // A guarded write the server cannot prepare: its Bind fails under the client's name.
+    raw.send(
+        &[
+            parse(
+                "broken",
+                "UPDATE invoice SET no_such_column = 1 WHERE id = $1",
+            ),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, Msg::Error(code, _) if code == "42703")),
+        "{msgs:?}"
+    );
+    raw.send(&query("SELECT id, version FROM invoice WHERE id = 7"))
+        .await;
+    raw.until_ready().await;
+    raw.send(&[bind("", "broken", &["7"]), execute(""), sync()].concat())
+        .await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        msgs.iter().any(|m| matches!(m, Msg::Error(code, text)
+            if code == "26000" && text.contains("\"broken\""))),
+        "{msgs:?}"
+    );
+}

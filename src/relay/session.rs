@@ -620,11 +620,11 @@ impl Session {
             let mut undo = Vec::new();
             let (step, answered, skipping) = self.replies.on_error(|p| {
                 release |= super::guarded::held_batch_for(&p);
-                undo.extend(super::guarded::skipped_reparse(p));
+                undo.extend(super::guarded::skipped_parse(&p));
             });
             self.skipping_until_sync |= skipping;
-            for r in undo {
-                self.undo_reparse(*r);
+            for u in undo {
+                self.undo_parse(&u, false);
             }
             (step, answered)
         } else {

@@ -101,12 +101,18 @@ pub struct PreparedWrite {
     pub full: Option<FullVariant>,
 }
 
-/// A statement parsed again in full, and what the session knew of it before.
+/// A `Parse` that changed what the session knows of a statement name, and how to take the
+/// change back if the server does not carry it out: skipped after an earlier error in its
+/// batch, or failed itself (a named statement the server has stays; a failed `Parse` of the
+/// unnamed statement leaves none). A `Bind` then finds the statement the server really has.
 #[derive(Debug)]
-pub struct Reparse {
+pub struct ParseUndo {
     name: Box<[u8]>,
-    lean: Arc<Prepared>,
-    full: Arc<Prepared>,
+    before: Option<Arc<Prepared>>,
+    /// What the `Parse` left under the name (unset: nothing).
+    after: OnceLock<Arc<Prepared>>,
+    /// The proxy's own `Parse` (a statement prepared again in full): its reply is swallowed.
+    pub hidden: bool,
 }
 
 /// The full form of a named statement that went lean.
@@ -181,9 +187,10 @@ impl Session {
         let Some(name) = fe::parse_name(body) else {
             return Ok(false);
         };
-        if !self.guard.statements.is_empty() {
-            self.guard.statements.remove(name);
-        }
+        let before = match self.guard.statements.is_empty() {
+            true => None,
+            false => self.guard.statements.remove(name),
+        };
         if !self.guard.stale.is_empty() {
             self.guard.stale.remove(name);
         }
@@ -196,18 +203,51 @@ impl Session {
             self.guard
                 .on_session_command(p.query, self.tx_status == b'E');
         }
-        if !found.may_write_guarded() {
-            if found.name {
-                self.prepare_read(&p, &guards);
-            }
+        let may_write = found.may_write_guarded();
+        if !may_write && !found.name && before.is_none() {
             return Ok(false);
         }
-        let Ok(sql) = std::str::from_utf8(p.query) else {
-            let (block, ctx) = self.not_utf8_refusal(p.query);
-            self.send_extended_raise(&block, ctx);
-            return Ok(true);
+        // This Parse changes what the session knows of the name: undone if the server does
+        // not carry it out.
+        let undo = Arc::new(ParseUndo {
+            name: name.into(),
+            before,
+            after: OnceLock::new(),
+            hidden: false,
+        });
+        let reply = || Some(Box::new(Tag::Parsed(undo.clone())));
+        let parsed = match std::str::from_utf8(p.query) {
+            _ if !may_write => {
+                if found.name {
+                    self.prepare_read(&p, &guards);
+                }
+                Parsed::Passed
+            }
+            Ok(sql) => self.parse_guarded(p.name, sql, &p.param_types, reply(), true),
+            Err(_) => {
+                let (block, ctx) = self.not_utf8_refusal(p.query);
+                self.send_extended_raise(&block, ctx);
+                Parsed::Refused
+            }
         };
-        Ok(self.parse_guarded(p.name, sql, &p.param_types, None, true) != Parsed::Passed)
+        match parsed {
+            Parsed::Passed => {
+                self.to_server.extend_from_slice(msg);
+                self.replies.push(Pending::Parse(reply()));
+                self.noted_after_parse(&undo);
+            }
+            Parsed::Rewritten => {
+                self.noted_after_parse(&undo);
+            }
+            // The server never sees this Parse: the statement it has stays what the session
+            // knows.
+            Parsed::Refused => {
+                if let Some(before) = &undo.before {
+                    self.guard.statements.insert(name.into(), before.clone());
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Sends the `Parse` of a statement that may write a guarded table: rewritten, or replaced
@@ -421,35 +461,46 @@ impl Session {
         }
         let text = pw.text.clone();
         let types = prepared.declared_types.clone();
-        self.parse_guarded(statement, &text, &types, Some(Box::new(Tag::Hidden)), false);
-        let Some(full) = self.guard.statements.get(statement).cloned() else {
-            return prepared;
-        };
-        // The Parse just queued: should the server skip it (an earlier error in the batch),
-        // it keeps the lean statement, and the session must know that one again.
-        if !Arc::ptr_eq(&full, &prepared)
-            && let Some(Pending::Parse(Some(t))) = self.replies.back_mut()
-            && matches!(**t, Tag::Hidden)
-        {
-            **t = Tag::Reparse(Box::new(Reparse {
-                name: statement.into(),
-                lean: prepared,
-                full: full.clone(),
-            }));
-        }
-        full
+        let undo = Arc::new(ParseUndo {
+            name: statement.into(),
+            before: Some(prepared.clone()),
+            after: OnceLock::new(),
+            hidden: true,
+        });
+        let reply = Some(Box::new(Tag::Parsed(undo.clone())));
+        self.parse_guarded(statement, &text, &types, reply, false);
+        self.noted_after_parse(&undo).unwrap_or(prepared)
     }
 
-    /// The server skipped the proxy's `Parse` of a statement in full: it still has the lean
-    /// one, which the session knows again (unless the client prepared the name anew since).
-    pub(in crate::relay) fn undo_reparse(&mut self, undo: Reparse) {
-        if self
-            .guard
-            .statements
-            .get(&undo.name[..])
-            .is_some_and(|current| Arc::ptr_eq(current, &undo.full))
-        {
-            self.guard.statements.insert(undo.name, undo.lean);
+    /// Notes in `undo` what the `Parse` just handled left under its name, and returns it.
+    fn noted_after_parse(&mut self, undo: &ParseUndo) -> Option<Arc<Prepared>> {
+        let after = self.guard.statements.get(&undo.name[..]).cloned()?;
+        let _ = undo.after.set(after.clone());
+        Some(after)
+    }
+
+    /// A `Parse` tagged with `undo` was skipped (`answered` false) or failed: what the session
+    /// knows of the name goes back to what the server has, unless a later `Parse` or `Close`
+    /// of the name changed it since.
+    pub(in crate::relay) fn undo_parse(&mut self, undo: &ParseUndo, answered: bool) {
+        let current = self.guard.statements.get(&undo.name[..]);
+        let unchanged_since = match (current, undo.after.get()) {
+            (Some(current), Some(after)) => Arc::ptr_eq(current, after),
+            (None, None) => true,
+            _ => false,
+        };
+        if !unchanged_since {
+            return;
+        }
+        match &undo.before {
+            Some(before) if !(answered && undo.name.is_empty()) => {
+                self.guard
+                    .statements
+                    .insert(undo.name.clone(), before.clone());
+            }
+            _ => {
+                self.guard.statements.remove(&undo.name[..]);
+            }
         }
     }
 
@@ -821,7 +872,14 @@ impl Session {
             _ => return Ok(false),
         };
         match *t {
-            Tag::Hidden | Tag::Reparse(_) => Ok(tag != be::ERROR_RESPONSE),
+            Tag::Hidden => Ok(tag != be::ERROR_RESPONSE),
+            Tag::Parsed(undo) => {
+                if tag == be::ERROR_RESPONSE {
+                    self.undo_parse(&undo, true);
+                    return Ok(false);
+                }
+                Ok(undo.hidden)
+            }
             Tag::DescribeStatement(prepared) => {
                 Ok(self.on_describe_statement(tag, body, &prepared))
             }

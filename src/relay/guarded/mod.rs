@@ -72,10 +72,9 @@ pub enum Tag {
     Execute(Arc<Portal>),
     /// A simple-Query `SELECT` that pins one guarded row.
     Read(Box<pinned::ReadCheck>),
-    /// The proxy's own `Parse` of a statement again in full ([`Session::unlean`]), swallowed
-    /// like [`Tag::Hidden`]; skipped after an earlier error in its batch, the statement the
-    /// server still has is the one the session knows again.
-    Reparse(Box<extended::Reparse>),
+    /// A `Parse` that changed what the session knows of a statement name (the client's, or
+    /// the proxy's own, hidden), undone if the server skips it or fails it.
+    Parsed(Arc<extended::ParseUndo>),
 }
 
 /// True for an entry the client's batch waits for (a checked write's `Execute`, or the
@@ -84,11 +83,11 @@ pub fn held_batch_for(p: &Pending<StmtTag>) -> bool {
     matches!(p, Pending::Execute(Some(t)) if t.holds_batch() || matches!(**t, Tag::Raise(_)))
 }
 
-/// What an entry the server skipped after an error leaves to undo (see [`Tag::Reparse`]).
-pub fn skipped_reparse(p: Pending<StmtTag>) -> Option<Box<extended::Reparse>> {
+/// What an entry the server skipped after an error leaves to undo (see [`Tag::Parsed`]).
+pub fn skipped_parse(p: &Pending<StmtTag>) -> Option<Arc<extended::ParseUndo>> {
     match p {
-        Pending::Parse(Some(t)) => match *t {
-            Tag::Reparse(r) => Some(r),
+        Pending::Parse(Some(t)) => match t.as_ref() {
+            Tag::Parsed(undo) => Some(undo.clone()),
             _ => None,
         },
         _ => None,
@@ -429,7 +428,7 @@ impl Session {
                 Tag::DescribeStatement(_)
                 | Tag::DescribePortal(_)
                 | Tag::Execute(_)
-                | Tag::Reparse(_) => Ok(false),
+                | Tag::Parsed(_) => Ok(false),
             },
             Pending::Simple(None) => {
                 self.track_simple_rows(tag, msg);
@@ -485,7 +484,7 @@ impl Session {
                 | Tag::DescribeStatement(_)
                 | Tag::DescribePortal(_)
                 | Tag::Execute(_)
-                | Tag::Reparse(_) => Ok(false),
+                | Tag::Parsed(_) => Ok(false),
             },
             Pending::Simple(None) => {
                 self.guard.row_plan = None;
