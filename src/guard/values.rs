@@ -36,6 +36,11 @@ const USECS_PER_DAY: i64 = 86_400_000_000;
 /// Days from 1970-01-01 to 2000-01-01, PostgreSQL's epoch for dates and timestamps.
 const PG_EPOCH_DAYS: i64 = 10_957;
 
+/// An integer's decimal text (keys and versions are mostly integers: `itoa`, not `fmt`).
+fn int_text(n: impl itoa::Integer) -> String {
+    itoa::Buffer::new().format(n).to_owned()
+}
+
 /// The canonical text of a value given in PostgreSQL's text format (a text-format parameter or
 /// result column, or the content of a SQL literal).
 pub fn canonical_text(type_oid: u32, text: &[u8]) -> Option<String> {
@@ -43,7 +48,7 @@ pub fn canonical_text(type_oid: u32, text: &[u8]) -> Option<String> {
     match type_oid {
         oid::INT2 | oid::INT4 | oid::INT8 | oid::OID | oid::XID => {
             let n: i64 = s.trim_matches(is_pg_space).parse().ok()?;
-            Some(n.to_string())
+            Some(int_text(n))
         }
         oid::UUID => canonical_uuid_text(s),
         oid::BOOL => match s.trim_matches(is_pg_space).to_ascii_lowercase().as_str() {
@@ -62,10 +67,10 @@ pub fn canonical_text(type_oid: u32, text: &[u8]) -> Option<String> {
 /// input and for types whose binary form is not decoded here.
 pub fn canonical_binary(type_oid: u32, bytes: &[u8]) -> Option<String> {
     match type_oid {
-        oid::INT2 => Some(i16::from_be_bytes(bytes.try_into().ok()?).to_string()),
-        oid::INT4 => Some(i32::from_be_bytes(bytes.try_into().ok()?).to_string()),
-        oid::INT8 => Some(i64::from_be_bytes(bytes.try_into().ok()?).to_string()),
-        oid::OID | oid::XID => Some(u32::from_be_bytes(bytes.try_into().ok()?).to_string()),
+        oid::INT2 => Some(int_text(i16::from_be_bytes(bytes.try_into().ok()?))),
+        oid::INT4 => Some(int_text(i32::from_be_bytes(bytes.try_into().ok()?))),
+        oid::INT8 => Some(int_text(i64::from_be_bytes(bytes.try_into().ok()?))),
+        oid::OID | oid::XID => Some(int_text(u32::from_be_bytes(bytes.try_into().ok()?))),
         oid::TEXT | oid::VARCHAR | oid::NAME | oid::UNKNOWN => {
             std::str::from_utf8(bytes).ok().map(str::to_string)
         }
