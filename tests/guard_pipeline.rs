@@ -29,12 +29,8 @@ async fn setup(db: &TestDb) {
 
 /// The version of invoice `id`, read directly.
 async fn version_of(db: &TestDb, id: i32) -> i64 {
-    db.direct()
+    db.one("SELECT version FROM invoice WHERE id = $1", &[&id])
         .await
-        .query_one("SELECT version FROM invoice WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// One backend message, reduced to what the tests compare.

@@ -463,12 +463,8 @@ async fn data_modifying_cte_is_bumped() {
 
 /// `total` of invoice `id`, read directly.
 async fn total(db: &TestDb, id: i32) -> String {
-    db.direct()
+    db.one("SELECT total::text FROM invoice WHERE id = $1", &[&id])
         .await
-        .query_one("SELECT total::text FROM invoice WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// A keyed write inside a data-modifying CTE, on a row this session read at an older version.

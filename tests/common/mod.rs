@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use optlock::config::Config;
 use optlock::server::Server;
 use tokio::sync::watch;
+use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Client, NoTls};
 
 /// The shared local PostgreSQL every test may use (never altered globally).
@@ -57,6 +58,19 @@ impl TestDb {
     /// A direct connection (not through the proxy).
     pub async fn direct(&self) -> Client {
         connect_direct_to(&self.upstream, &self.name).await
+    }
+
+    /// The one value a query returns, run directly.
+    pub async fn one<T>(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> T
+    where
+        T: for<'a> FromSql<'a>,
+    {
+        self.direct()
+            .await
+            .query_one(sql, params)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
     }
 }
 
