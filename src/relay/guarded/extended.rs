@@ -178,7 +178,8 @@ impl Tag {
 }
 
 impl Session {
-    /// A `Parse`. Returns true when the guard sent it (rewritten, or replaced by a refusal).
+    /// A `Parse`. Returns true when the guard sent it itself: rewritten, replaced by a
+    /// refusal, or as written but tagged, when it changes what the session knows of the name.
     pub(in crate::relay) fn guard_parse(&mut self, msg: &[u8]) -> Result<bool, String> {
         if !self.guards_active() {
             return Ok(false);
