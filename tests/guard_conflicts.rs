@@ -424,3 +424,61 @@ async fn versions_read_without_the_key_are_tracked_and_refreshed() {
             .expect("nothing known: allowed");
     }
 }
+
+/// A write that waits for another transaction's lock on its row, which then commits a new
+/// version: the server re-checks the row and the write conflicts on the spot, in both
+/// protocols, with the version the other transaction committed. A write whose statement
+/// calls a function is checked the other way (0 rows, then the raise) with the same error.
+#[tokio::test]
+async fn a_write_that_waited_for_a_lock_conflicts_with_the_committed_version() {
+    let db = TestDb::new("g_waited").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let a = proxy.client(&db.name).await;
+    a.simple_query("SELECT * FROM invoice WHERE id IN (1, 2, 3)")
+        .await
+        .unwrap();
+    let statements: [(&str, i32); 3] = [
+        ("UPDATE invoice SET total = 99 WHERE id = 1", 1),
+        ("UPDATE invoice SET total = 99 WHERE id = $1", 2),
+        (
+            "UPDATE invoice SET total = 99 WHERE id = 3 AND now() IS NOT NULL",
+            3,
+        ),
+    ];
+    for (sql, id) in statements {
+        let other = db.direct().await;
+        other.batch_execute("BEGIN").await.unwrap();
+        other
+            .execute(
+                "UPDATE invoice SET total = total + 1, version = version + 1 WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        let write = async {
+            if sql.contains('$') {
+                a.execute(sql, &[&id]).await.map(|_| ())
+            } else {
+                a.simple_query(sql).await.map(|_| ())
+            }
+        };
+        let commit = async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            other.batch_execute("COMMIT").await.unwrap();
+        };
+        let (r, ()) = tokio::join!(write, commit);
+        let e = r.expect_err(sql);
+        let e = e.as_db_error().expect("a server error");
+        assert_eq!(e.code().code(), "40001", "{sql}: {e:?}");
+        assert_eq!(
+            e.detail(),
+            Some("the row was changed by another transaction: expected version 0, found 1"),
+            "{sql}"
+        );
+        assert_eq!(e.table(), Some("invoice"));
+        assert_eq!(e.constraint(), Some("optlock"));
+        assert!(e.where_().is_none(), "{sql}: no PL/pgSQL context");
+        assert_eq!(version_of(&db.direct().await, id).await, 1, "{sql}");
+    }
+}

@@ -151,6 +151,41 @@ fn block(info: &ConflictInfo, sqlstate: &str, only_if_changed: bool, lock: bool)
     format!("DO {tag}\n{body}\n{tag}")
 }
 
+/// The version a keyed write found, when the server's error (`body`, an ErrorResponse body)
+/// is the one its version check raises (see [`crate::guard::rewrite::CONFLICT_MARKER`]).
+pub fn found_in_error(body: &[u8]) -> Option<String> {
+    if backend::error_field(body, b'C')? != b"42704" {
+        return None;
+    }
+    let message = std::str::from_utf8(backend::error_field(body, b'M')?).ok()?;
+    let marker = crate::guard::rewrite::CONFLICT_MARKER;
+    let (_, rest) = message.split_once(marker)?;
+    let (found, _) = rest.rsplit_once('#')?;
+    Some(found.to_string())
+}
+
+/// The conflict error for `info`, the row found at version `found`: the fields a `RAISE` of
+/// [`raise_block`] gives the client once its PL/pgSQL context is removed.
+pub fn conflict_fields(info: &ConflictInfo, found: &str, sqlstate: &str) -> Vec<(u8, String)> {
+    vec![
+        (b'S', "ERROR".into()),
+        (b'V', "ERROR".into()),
+        (b'C', sqlstate.into()),
+        (b'M', info.message()),
+        (
+            b'D',
+            format!(
+                "the row was changed by another transaction: expected version {}, found {found}",
+                info.expected
+            ),
+        ),
+        (b'H', HINT_CONFLICT.into()),
+        (b's', info.table.schema.clone()),
+        (b't', info.table.name.clone()),
+        (b'n', CONSTRAINT.into()),
+    ]
+}
+
 /// Fields the client must not see from a raised conflict: where (`W`, the PL/pgSQL context),
 /// position (`P`), internal position (`p`) and internal query (`q`).
 const HIDDEN_FIELDS: &[u8] = b"WPpq";

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use super::{GuardSet, GuardedWrite, WriteOp};
+use super::{GuardSet, GuardedWrite, Target, WriteOp};
 use crate::config::{VersionKind, quote_ident};
 
 /// Where the rewrite splices into the statement text (byte offsets into the analysed text).
@@ -237,6 +237,30 @@ fn push_literal(out: &mut String, v: &str) {
     out.push('\'');
 }
 
+/// What the server's error says when a keyed write finds its row at another version: the
+/// predicate calls `current_setting` with a name that no setting has, made of this marker, the
+/// version found and `#`, so the statement fails on the spot with SQLSTATE 42704 and the version
+/// in the message. The relay turns that error into the conflict error (see
+/// [`conflict::found_in_error`](super::conflict::found_in_error)).
+pub const CONFLICT_MARKER: &str = "optlock.conflict:";
+
+/// The rest of the version check of a keyed write, after `CASE WHEN <version> = <expected>`:
+/// `THEN true`; a row that meets the statement's own condition `cond` at another version
+/// raises (see [`CONFLICT_MARKER`]); any other row does not match. `CASE` keeps the order:
+/// only a row the statement would write can raise, whatever order the planner evaluates the
+/// conditions in.
+fn push_raise_when(out: &mut String, q: &str, version: &str, cond: &str) {
+    out.push_str(" THEN true WHEN (");
+    out.push_str(cond);
+    out.push_str(") THEN current_setting('");
+    out.push_str(CONFLICT_MARKER);
+    out.push_str("' || coalesce(");
+    out.push_str(q);
+    out.push('.');
+    out.push_str(version);
+    out.push_str("::text, 'NULL') || '#') IS NULL ELSE false END");
+}
+
 impl GuardedWrite {
     /// Appends the rewritten statement (only this statement's range of `text`) to `out`.
     pub fn render(&self, text: &str, guards: &GuardSet, expected: Expected<'_>, out: &mut String) {
@@ -281,14 +305,35 @@ impl GuardedWrite {
 
         if self.op != WriteOp::Upsert {
             let mut predicate = String::new();
-            match expected {
-                Expected::None => {}
-                Expected::Literal(v) => {
+            // A keyed write outside WITH whose condition calls nothing (no parenthesis: no
+            // function, no subquery, so evaluating it twice changes nothing) fails on the spot
+            // when its row is found at another version (see [`CONFLICT_MARKER`]). Any other
+            // write only filters on the version, and 0 rows is checked afterwards.
+            let raising = match (&self.target, s.in_cte, &s.condition) {
+                (Target::Key(_), false, Some(cond)) if !text[cond.clone()].contains('(') => {
+                    Some(&text[cond.clone()])
+                }
+                _ => None,
+            };
+            match (expected, raising) {
+                (Expected::None, _) => {}
+                (Expected::Literal(v), None) => {
                     predicate = format!("{q}.{version} = ");
                     push_literal(&mut predicate, v);
                 }
-                Expected::Param(n) => {
+                (Expected::Param(n), None) => {
                     predicate = format!("({q}.{version} = ${n} OR ${n} IS NULL)");
+                }
+                (Expected::Literal(v), Some(cond)) => {
+                    predicate = format!("CASE WHEN {q}.{version} = ");
+                    push_literal(&mut predicate, v);
+                    push_raise_when(&mut predicate, q, &version, cond);
+                }
+                (Expected::Param(n), Some(cond)) => {
+                    // The comparison first: it gives the parameter its type.
+                    predicate =
+                        format!("CASE WHEN {q}.{version} = ${n} THEN true WHEN ${n} IS NULL");
+                    push_raise_when(&mut predicate, q, &version, cond);
                 }
             }
             if !predicate.is_empty() {
@@ -414,7 +459,7 @@ mod tests {
     fn update_gets_bump_predicate_and_returning() {
         assert_eq!(
             render("UPDATE invoice SET total = 1 WHERE id = 42", LIT),
-            "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE (id = 42) AND invoice.version = '7' RETURNING invoice.id, invoice.version"
+            "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE (id = 42) AND CASE WHEN invoice.version = '7' THEN true WHEN (id = 42) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING invoice.id, invoice.version"
         );
         assert_eq!(
             render("UPDATE invoice SET total = 1 WHERE id = 42", Expected::None),
@@ -425,7 +470,7 @@ mod tests {
                 "UPDATE invoice SET total = $2 WHERE id = $1",
                 Expected::Param(3)
             ),
-            "UPDATE invoice SET total = $2, version = invoice.version + 1 WHERE (id = $1) AND (invoice.version = $3 OR $3 IS NULL) RETURNING invoice.id, invoice.version"
+            "UPDATE invoice SET total = $2, version = invoice.version + 1 WHERE (id = $1) AND CASE WHEN invoice.version = $3 THEN true WHEN $3 IS NULL THEN true WHEN (id = $1) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING invoice.id, invoice.version"
         );
     }
 
@@ -452,15 +497,15 @@ mod tests {
                 "UPDATE ONLY public.invoice AS i SET total = 1 WHERE i.id = $1 RETURNING i.total, *",
                 Expected::Param(2)
             ),
-            "UPDATE ONLY public.invoice AS i SET total = 1, version = i.version + 1 WHERE (i.id = $1) AND (i.version = $2 OR $2 IS NULL) RETURNING i.total, *, i.id, i.version"
+            "UPDATE ONLY public.invoice AS i SET total = 1, version = i.version + 1 WHERE (i.id = $1) AND CASE WHEN i.version = $2 THEN true WHEN $2 IS NULL THEN true WHEN (i.id = $1) THEN current_setting('optlock.conflict:' || coalesce(i.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING i.total, *, i.id, i.version"
         );
         assert_eq!(
             render("update Public.Invoice inv set total=1 where inv.id=5", LIT),
-            "update Public.Invoice inv set total=1, version = inv.version + 1 where (inv.id=5) AND inv.version = '7' RETURNING inv.id, inv.version"
+            "update Public.Invoice inv set total=1, version = inv.version + 1 where (inv.id=5) AND CASE WHEN inv.version = '7' THEN true WHEN (inv.id=5) THEN current_setting('optlock.conflict:' || coalesce(inv.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING inv.id, inv.version"
         );
         assert_eq!(
             render("UPDATE public.invoice SET total = 1 WHERE id = 5", LIT),
-            "UPDATE public.invoice SET total = 1, version = public.invoice.version + 1 WHERE (id = 5) AND public.invoice.version = '7' RETURNING public.invoice.id, public.invoice.version"
+            "UPDATE public.invoice SET total = 1, version = public.invoice.version + 1 WHERE (id = 5) AND CASE WHEN public.invoice.version = '7' THEN true WHEN (id = 5) THEN current_setting('optlock.conflict:' || coalesce(public.invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING public.invoice.id, public.invoice.version"
         );
     }
 
@@ -471,7 +516,7 @@ mod tests {
                 "UPDATE invoice i SET total = c.credit, flag = i.a IS DISTINCT FROM c.b * 2 FROM customer c WHERE c.id = i.customer_id AND i.id = 3 RETURNING c.name",
                 LIT
             ),
-            "UPDATE invoice i SET total = c.credit, flag = i.a IS DISTINCT FROM c.b * 2, version = i.version + 1 FROM customer c WHERE (c.id = i.customer_id AND i.id = 3) AND i.version = '7' RETURNING c.name, i.id, i.version"
+            "UPDATE invoice i SET total = c.credit, flag = i.a IS DISTINCT FROM c.b * 2, version = i.version + 1 FROM customer c WHERE (c.id = i.customer_id AND i.id = 3) AND CASE WHEN i.version = '7' THEN true WHEN (c.id = i.customer_id AND i.id = 3) THEN current_setting('optlock.conflict:' || coalesce(i.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING c.name, i.id, i.version"
         );
         assert_eq!(
             render(
@@ -493,7 +538,7 @@ mod tests {
         let sql = "DELETE FROM invoice USING customer c WHERE invoice.customer_id = c.id AND invoice.id = 9 RETURNING invoice.*";
         assert_eq!(
             render(sql, LIT),
-            "DELETE FROM invoice USING customer c WHERE (invoice.customer_id = c.id AND invoice.id = 9) AND invoice.version = '7' RETURNING invoice.*"
+            "DELETE FROM invoice USING customer c WHERE (invoice.customer_id = c.id AND invoice.id = 9) AND CASE WHEN invoice.version = '7' THEN true WHEN (invoice.customer_id = c.id AND invoice.id = 9) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING invoice.*"
         );
         let a = analyze(sql, &g);
         let Action::Write(w) = &a.statements[0].action else {
@@ -510,14 +555,14 @@ mod tests {
     fn trailing_comments_stay_after_the_insertions() {
         assert_eq!(
             render("UPDATE invoice SET total = 1 WHERE id = 1 -- done", LIT),
-            "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE (id = 1) AND invoice.version = '7' RETURNING invoice.id, invoice.version -- done"
+            "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE (id = 1) AND CASE WHEN invoice.version = '7' THEN true WHEN (id = 1) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING invoice.id, invoice.version -- done"
         );
         assert_eq!(
             render(
                 "UPDATE invoice SET total = 1 /* a */ WHERE /* b */ id = 1 /* c */\n",
                 LIT
             ),
-            "UPDATE invoice SET total = 1, version = invoice.version + 1 /* a */ WHERE /* b */ (id = 1) AND invoice.version = '7' RETURNING invoice.id, invoice.version /* c */"
+            "UPDATE invoice SET total = 1, version = invoice.version + 1 /* a */ WHERE /* b */ (id = 1) AND CASE WHEN invoice.version = '7' THEN true WHEN (id = 1) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING invoice.id, invoice.version /* c */"
         );
         assert_eq!(
             render("UPDATE invoice SET total = 1 -- where?\n", LIT),
@@ -531,7 +576,7 @@ mod tests {
             "SELECT 'ünï ✓'; UPDATE invoice SET note = 'naïve ☃ 😀' WHERE id = 'ключ'; SELECT 2";
         assert_eq!(
             render(sql, Expected::Literal("2024-01-01 00:00:00+00")),
-            "UPDATE invoice SET note = 'naïve ☃ 😀', version = invoice.version + 1 WHERE (id = 'ключ') AND invoice.version = '2024-01-01 00:00:00+00' RETURNING invoice.id, invoice.version"
+            "UPDATE invoice SET note = 'naïve ☃ 😀', version = invoice.version + 1 WHERE (id = 'ключ') AND CASE WHEN invoice.version = '2024-01-01 00:00:00+00' THEN true WHEN (id = 'ключ') THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING invoice.id, invoice.version"
         );
     }
 
@@ -542,14 +587,14 @@ mod tests {
                 "DELETE FROM invoice WHERE id = 1",
                 Expected::Literal("it's")
             ),
-            "DELETE FROM invoice WHERE (id = 1) AND invoice.version = 'it''s'"
+            "DELETE FROM invoice WHERE (id = 1) AND CASE WHEN invoice.version = 'it''s' THEN true WHEN (id = 1) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END"
         );
         assert_eq!(
             render(
                 "DELETE FROM invoice WHERE id = 1",
                 Expected::Literal("a\\'b")
             ),
-            "DELETE FROM invoice WHERE (id = 1) AND invoice.version = E'a\\\\''b'"
+            "DELETE FROM invoice WHERE (id = 1) AND CASE WHEN invoice.version = E'a\\\\''b' THEN true WHEN (id = 1) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END"
         );
     }
 
@@ -560,7 +605,7 @@ mod tests {
                 "UPDATE \"tabSales Invoice\" SET grand_total = 10 WHERE name = 'SINV-0001'",
                 Expected::Literal("2024-05-01 10:00:00.123456")
             ),
-            "UPDATE \"tabSales Invoice\" SET grand_total = 10, modified = GREATEST(clock_timestamp(), \"tabSales Invoice\".modified + interval '1 microsecond') WHERE (name = 'SINV-0001') AND \"tabSales Invoice\".modified = '2024-05-01 10:00:00.123456' RETURNING \"tabSales Invoice\".name, \"tabSales Invoice\".modified"
+            "UPDATE \"tabSales Invoice\" SET grand_total = 10, modified = GREATEST(clock_timestamp(), \"tabSales Invoice\".modified + interval '1 microsecond') WHERE (name = 'SINV-0001') AND CASE WHEN \"tabSales Invoice\".modified = '2024-05-01 10:00:00.123456' THEN true WHEN (name = 'SINV-0001') THEN current_setting('optlock.conflict:' || coalesce(\"tabSales Invoice\".modified::text, 'NULL') || '#') IS NULL ELSE false END RETURNING \"tabSales Invoice\".name, \"tabSales Invoice\".modified"
         );
     }
 
@@ -582,8 +627,28 @@ mod tests {
                 "UPDATE accounts SET abalance = abalance + 1 WHERE aid = 1",
                 Expected::Literal("1234")
             ),
-            "UPDATE accounts SET abalance = abalance + 1 WHERE (aid = 1) AND accounts.xmin = '1234' RETURNING accounts.aid, accounts.xmin"
+            "UPDATE accounts SET abalance = abalance + 1 WHERE (aid = 1) AND CASE WHEN accounts.xmin = '1234' THEN true WHEN (aid = 1) THEN current_setting('optlock.conflict:' || coalesce(accounts.xmin::text, 'NULL') || '#') IS NULL ELSE false END RETURNING accounts.aid, accounts.xmin"
         );
+    }
+
+    /// The check fails on the spot only where the condition can be evaluated twice safely:
+    /// a condition that calls a function or holds a subquery, or a write inside WITH, only
+    /// filters on the version.
+    #[test]
+    fn a_condition_with_calls_or_a_cte_write_only_filters_on_the_version() {
+        assert_eq!(
+            render(
+                "UPDATE accounts SET abalance = 1 WHERE aid = 1 AND now() > '2020-01-01'",
+                Expected::Literal("1234")
+            ),
+            "UPDATE accounts SET abalance = 1 WHERE (aid = 1 AND now() > '2020-01-01') AND accounts.xmin = '1234' RETURNING accounts.aid, accounts.xmin"
+        );
+        let cte = render(
+            "WITH u AS (UPDATE accounts SET abalance = 1 WHERE aid = 1 RETURNING 1) SELECT * FROM u",
+            Expected::Literal("1234"),
+        );
+        assert!(cte.contains("AND accounts.xmin = '1234'"), "{cte}");
+        assert!(!cte.contains("current_setting"), "{cte}");
     }
 
     #[test]
@@ -613,7 +678,7 @@ mod tests {
         assert!(!is_reserved("current_timestamps") && !is_reserved("abalance") && !is_reserved(""));
         assert_eq!(
             render("UPDATE orders SET total = 1 WHERE \"Order ID\" = 5", LIT),
-            "UPDATE orders SET total = 1, \"order\" = orders.\"order\" + 1 WHERE (\"Order ID\" = 5) AND orders.\"order\" = '7' RETURNING orders.\"Order ID\", orders.\"order\""
+            "UPDATE orders SET total = 1, \"order\" = orders.\"order\" + 1 WHERE (\"Order ID\" = 5) AND CASE WHEN orders.\"order\" = '7' THEN true WHEN (\"Order ID\" = 5) THEN current_setting('optlock.conflict:' || coalesce(orders.\"order\"::text, 'NULL') || '#') IS NULL ELSE false END RETURNING orders.\"Order ID\", orders.\"order\""
         );
     }
 

@@ -1000,6 +1000,15 @@ impl Session {
             return Ok(false);
         };
         let held = w.expected.is_some();
+        if tag == be::ERROR_RESPONSE
+            && let Some(raised) = w.raised_conflict(&msg[5..])
+        {
+            self.deliver_conflict(raised);
+            self.guard.after_sync = AfterSync::None;
+            self.hold_client = false;
+            self.resume_client()?;
+            return Ok(true);
+        }
         if tag == be::COMMAND_COMPLETE {
             let rows = be::tag_rows(be::command_tag(&msg[5..]));
             if rows == Some(0)

@@ -162,6 +162,22 @@ impl Session {
             .push(Pending::Simple(Some(Box::new(Tag::Raise(Box::new(ctx))))));
     }
 
+    /// A keyed write found its row at another version and failed on the spot: the client
+    /// gets the conflict error in place of the server's, logged and counted as any conflict.
+    pub(super) fn deliver_conflict(&mut self, (guard, info, found): (usize, ConflictInfo, String)) {
+        let fields =
+            conflict::conflict_fields(&info, &found, &self.settings.config.conflict_sqlstate);
+        let mut msg = BytesMut::new();
+        be::write_error_fields(&mut msg, fields);
+        let ctx = RaiseCtx {
+            guard,
+            held: None,
+            conflict: Some(info),
+            refusal: None,
+        };
+        self.deliver_raised_error(&msg, &ctx);
+    }
+
     /// The raise's error reached the proxy: forward it without the PL/pgSQL context, log it,
     /// count it.
     pub(super) fn deliver_raised_error(&mut self, msg: &[u8], ctx: &RaiseCtx) {

@@ -95,6 +95,14 @@ impl WriteCheck {
         }
     }
 
+    /// The conflict, when the server's error (`body`) is this write's version check failing
+    /// on the spot (see [`crate::guard::rewrite::CONFLICT_MARKER`]): the write's guard, what it
+    /// expected, and the version the row was found at.
+    pub fn raised_conflict(&self, body: &[u8]) -> Option<(usize, ConflictInfo, String)> {
+        let found = conflict::found_in_error(body)?;
+        Some((self.guard, self.conflict_info()?, found))
+    }
+
     pub fn conflict_info(&self) -> Option<ConflictInfo> {
         let guard = self.guards.guards.get(self.guard)?;
         Some(ConflictInfo {
@@ -456,6 +464,15 @@ impl Session {
         let Tag::Step(check) = t.as_mut() else {
             return Ok(false);
         };
+        if tag == be::ERROR_RESPONSE
+            && let Some(raised) = check.as_deref().and_then(|c| c.raised_conflict(&msg[5..]))
+        {
+            if let Some(s) = self.guard.script.as_mut() {
+                s.failed = true;
+            }
+            self.deliver_conflict(raised);
+            return Ok(true);
+        }
         let Some(c) = check
             .as_deref_mut()
             .filter(|c| c.added > 0 || tag == be::COMMAND_COMPLETE)
