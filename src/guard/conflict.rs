@@ -1,12 +1,15 @@
 //! The conflict error and the proxy's own refusals, as the client sees them.
 //!
 //! A conflict must behave like an error raised by PostgreSQL itself (aborted transaction,
-//! nothing after it in the batch runs), so the server raises it: after a guarded write that
-//! carried an expected version reports 0 rows, the relay sends [`raise_block`] on the same
-//! connection. Its `RAISE` reads the row's current version and fails with the conflict message,
-//! the configured SQLSTATE and the schema, table and constraint (`optlock`) fields.
-//! [`strip_context`] then removes the PL/pgSQL context from the server's ErrorResponse before
-//! the client sees it.
+//! nothing after it in the batch runs), so the server raises it, one of two ways:
+//! - a keyed write's own version check fails the statement when it finds its row at another
+//!   version (see [`crate::guard::rewrite::CONFLICT_MARKER`]); [`found_in_error`] reads the
+//!   version from that error and [`conflict_fields`] makes the conflict error the client gets;
+//! - after a guarded write that carried an expected version reports 0 rows, the relay sends
+//!   [`raise_block`] on the same connection. Its `RAISE` reads the row's current version and
+//!   fails with the conflict message, the configured SQLSTATE and the schema, table and
+//!   constraint (`optlock`) fields. [`strip_context`] then removes the PL/pgSQL context from
+//!   the server's ErrorResponse before the client sees it.
 //!
 //! Statements the proxy refuses itself (fail closed, `unversioned = "reject"`,
 //! `bulk = "reject"`) get an ErrorResponse built here by [`refusal_fields`] (the relay raises them on the server too, so they abort like any error).
