@@ -651,6 +651,21 @@ mod tests {
         assert!(!cte.contains("current_setting"), "{cte}");
     }
 
+    /// A line comment inside the condition ends at its newline, in the copy inside the `CASE`
+    /// too; one at the end of the statement stays after the insertions.
+    #[test]
+    fn line_comments_in_and_after_the_condition_stay_harmless() {
+        let out = render(
+            "UPDATE accounts SET abalance = 1 WHERE aid = 1 -- the key\n AND abalance > 0 -- end",
+            Expected::Literal("1234"),
+        );
+        assert!(
+            out.contains("WHEN (aid = 1 -- the key\n AND abalance > 0) THEN current_setting"),
+            "{out}"
+        );
+        assert!(out.ends_with("-- end"), "{out}");
+    }
+
     #[test]
     fn identifiers_are_quoted_when_needed() {
         assert_eq!(ident("version"), "version");
