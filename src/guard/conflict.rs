@@ -16,7 +16,7 @@
 
 use bytes::BytesMut;
 
-use crate::config::{TableName, quote_ident};
+use crate::config::{Guard, TableName, quote_ident};
 use crate::guard::values::quote_literal;
 use crate::protocol::backend;
 
@@ -38,6 +38,18 @@ pub struct ConflictInfo {
 }
 
 impl ConflictInfo {
+    /// The row of `guard` with these key values (canonical text, when known) and the version
+    /// a write expected of it.
+    pub fn of(guard: &Guard, key_values: Option<Vec<String>>, expected: String) -> ConflictInfo {
+        ConflictInfo {
+            table: guard.table.clone(),
+            key_columns: guard.key.clone(),
+            key_values,
+            expected,
+            version_column: guard.version.clone(),
+        }
+    }
+
     /// `optimistic lock conflict on public.invoice (id)=(42)`.
     pub fn message(&self) -> String {
         format!(

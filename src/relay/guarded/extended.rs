@@ -1019,12 +1019,7 @@ impl Session {
                     &info,
                     &self.settings.config.conflict_sqlstate,
                 );
-                let ctx = RaiseCtx {
-                    guard: w.guard,
-                    held: Some(BytesMut::from(msg)),
-                    conflict: Some(info),
-                    refusal: None,
-                };
+                let ctx = RaiseCtx::conflict(w.guard, info, Some(BytesMut::from(msg)));
                 if matches!(self.guard.after_sync, AfterSync::Sent) {
                     self.guard.after_sync = AfterSync::Raise(block, Box::new(ctx));
                 } else {

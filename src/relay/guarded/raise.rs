@@ -34,6 +34,17 @@ pub struct RaiseCtx {
 }
 
 impl RaiseCtx {
+    /// The context of a conflict on a row of guard `guard`; `held` is the write's
+    /// `CommandComplete`, for the client should the block raise nothing.
+    pub fn conflict(guard: usize, info: ConflictInfo, held: Option<BytesMut>) -> RaiseCtx {
+        RaiseCtx {
+            guard,
+            held,
+            conflict: Some(info),
+            refusal: None,
+        }
+    }
+
     /// The context of a refused write to guard `guard`.
     pub fn refusal(guard: usize, refusal: Refusal) -> RaiseCtx {
         RaiseCtx {
@@ -114,22 +125,13 @@ impl Session {
         if !w.splice.in_cte || self.tx_status == b'E' {
             return None;
         }
-        let guard = &guards.guards[w.guard];
-        let info = ConflictInfo {
-            table: guard.table.clone(),
-            key_columns: guard.key.clone(),
-            key_values: Some(key?.to_vec()),
-            expected: expected?.to_string(),
-            version_column: guard.version.clone(),
-        };
+        let info = ConflictInfo::of(
+            &guards.guards[w.guard],
+            Some(key?.to_vec()),
+            expected?.to_string(),
+        );
         let block = conflict::lock_or_raise_block(&info, &self.settings.config.conflict_sqlstate);
-        let ctx = RaiseCtx {
-            guard: w.guard,
-            held: None,
-            conflict: Some(info),
-            refusal: None,
-        };
-        Some((block, ctx))
+        Some((block, RaiseCtx::conflict(w.guard, info, None)))
     }
 
     /// Queues a raise in the extended protocol: the block runs as the proxy's own statement and
@@ -169,13 +171,7 @@ impl Session {
             conflict::conflict_fields(&info, &found, &self.settings.config.conflict_sqlstate);
         let mut msg = BytesMut::new();
         be::write_error_fields(&mut msg, fields);
-        let ctx = RaiseCtx {
-            guard,
-            held: None,
-            conflict: Some(info),
-            refusal: None,
-        };
-        self.deliver_raised_error(&msg, &ctx);
+        self.deliver_raised_error(&msg, &RaiseCtx::conflict(guard, info, None));
     }
 
     /// The raise's error reached the proxy: forward it without the PL/pgSQL context, log it,

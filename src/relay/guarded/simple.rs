@@ -105,13 +105,11 @@ impl WriteCheck {
 
     pub fn conflict_info(&self) -> Option<ConflictInfo> {
         let guard = self.guards.guards.get(self.guard)?;
-        Some(ConflictInfo {
-            table: guard.table.clone(),
-            key_columns: guard.key.clone(),
-            key_values: self.key.clone(),
-            expected: self.expected.clone()?,
-            version_column: guard.version.clone(),
-        })
+        Some(ConflictInfo::of(
+            guard,
+            self.key.clone(),
+            self.expected.clone()?,
+        ))
     }
 }
 
@@ -284,14 +282,7 @@ impl Session {
             }),
         };
         if expected.is_none() && guard.unversioned == UnversionedPolicy::Reject {
-            let row = ConflictInfo {
-                table: guard.table.clone(),
-                key_columns: guard.key.clone(),
-                key_values: key.clone(),
-                expected: String::new(),
-                version_column: guard.version.clone(),
-            }
-            .key_text();
+            let row = ConflictInfo::of(guard, key.clone(), String::new()).key_text();
             return Plan::Refuse(Refusal::Unversioned(row));
         }
         Plan::Send { expected, key }
@@ -553,15 +544,7 @@ impl Session {
         {
             let block =
                 conflict::raise_block_if_changed(&info, &self.settings.config.conflict_sqlstate);
-            self.send_simple_raise(
-                &block,
-                RaiseCtx {
-                    guard: c.guard,
-                    held: Some(held),
-                    conflict: Some(info),
-                    refusal: None,
-                },
-            );
+            self.send_simple_raise(&block, RaiseCtx::conflict(c.guard, info, Some(held)));
             return Ok(true);
         }
         self.script_continue(ready)
