@@ -425,6 +425,81 @@ async fn versions_read_without_the_key_are_tracked_and_refreshed() {
     }
 }
 
+/// A query of several statements reads versions without their keys too: each result is the
+/// one of its own statement, whether the query passes as written (no guarded write in it) or
+/// runs as a script (a guarded write after the read).
+#[tokio::test]
+async fn versions_read_without_the_key_in_a_query_of_several_statements_are_tracked() {
+    let db = TestDb::new("g_pinned_multi").await;
+    setup(&db).await;
+    db.direct()
+        .await
+        .batch_execute("UPDATE invoice SET version = 7 WHERE id = 4")
+        .await
+        .unwrap();
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let a = proxy.client(&db.name).await;
+    let b = proxy.client(&db.name).await;
+    let expect_conflict = |err: tokio_postgres::Error, detail: &str| {
+        let e = err.as_db_error().expect("a server error");
+        assert_eq!(e.code().code(), "40001");
+        assert_eq!(e.detail(), Some(detail));
+    };
+
+    // Passed as written: a transaction around the read, and two reads whose results must not
+    // be mixed up (row 4 is at version 7, row 5 at 0).
+    a.simple_query(
+        "BEGIN; SELECT version FROM invoice WHERE id = 4; \
+         SELECT total, version FROM invoice WHERE id = 5; COMMIT",
+    )
+    .await
+    .unwrap();
+    for id in [4, 5] {
+        b.simple_query(&format!("UPDATE invoice SET total = 1 WHERE id = {id}"))
+            .await
+            .unwrap();
+    }
+    let err = a
+        .simple_query("UPDATE invoice SET total = 2 WHERE id = 4")
+        .await
+        .unwrap_err();
+    expect_conflict(
+        err,
+        "the row was changed by another transaction: expected version 7, found 8",
+    );
+    let err = a
+        .simple_query("UPDATE invoice SET total = 2 WHERE id = 5")
+        .await
+        .unwrap_err();
+    expect_conflict(
+        err,
+        "the row was changed by another transaction: expected version 0, found 1",
+    );
+
+    // A script: the read, then the write, in one query. The write finds the version read and
+    // goes through; the session now knows the version it wrote.
+    let r = a
+        .simple_query(
+            "SELECT total, version FROM invoice WHERE id = 3; \
+             UPDATE invoice SET total = total + 1 WHERE id = 3",
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows_affected(&r), vec![1, 1]);
+    b.simple_query("UPDATE invoice SET total = 5 WHERE id = 3")
+        .await
+        .unwrap();
+    let err = a
+        .simple_query("UPDATE invoice SET total = 6 WHERE id = 3")
+        .await
+        .unwrap_err();
+    expect_conflict(
+        err,
+        "the row was changed by another transaction: expected version 1, found 2",
+    );
+    assert_eq!(version_of(&db.direct().await, 3).await, 2);
+}
+
 /// A write that waits for another transaction's lock on its row, which then commits a new
 /// version: the server re-checks the row and the write conflicts on the spot, in both
 /// protocols, with the version the other transaction committed. A write whose statement

@@ -18,7 +18,9 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Whitespace};
 
 use super::rewrite::Splice;
-use super::{Action, Analysis, GuardSet, GuardedWrite, Statement, Target, ValueRef, WriteOp};
+use super::{
+    Action, Analysis, GuardSet, GuardedWrite, PinnedRead, Statement, Target, ValueRef, WriteOp,
+};
 use crate::config::TableName;
 
 /// Analyses a SQL text (a simple `Query` string or one `Parse` statement).
@@ -36,21 +38,27 @@ pub fn analyze(sql: &str, guards: &GuardSet) -> Analysis {
         let action = analyze_statement(&lexed, toks, guards);
         statements.push(Statement { range, action });
     }
-    let read = match statements.as_slice() {
-        [
-            Statement {
-                action: Action::Pass { tx_control: false },
-                range,
-            },
-        ] if guards.prefilter.names_guarded(sql.as_bytes()) => {
-            super::reads::parse_pinned_read(&sql[range.clone()], guards)
+    let mut reads = Vec::new();
+    let mut read_unparsed = false;
+    for (i, st) in statements.iter().enumerate() {
+        let text = &sql[st.range.clone()];
+        if st.action == (Action::Pass { tx_control: false })
+            && guards.prefilter.names_guarded(text.as_bytes())
+        {
+            match super::reads::parse_pinned_read(text, guards) {
+                Ok(Some(read)) => reads.push(PinnedRead {
+                    statement: i,
+                    ..read
+                }),
+                Ok(None) => {}
+                Err(_) => read_unparsed = true,
+            }
         }
-        _ => Ok(None),
-    };
+    }
     Analysis {
         statements,
-        read_unparsed: read.is_err(),
-        read: read.ok().flatten(),
+        reads,
+        read_unparsed,
     }
 }
 
@@ -359,7 +367,7 @@ fn untokenizable(sql: &str, guards: &GuardSet) -> Analysis {
     if start >= end {
         return Analysis {
             statements: vec![],
-            read: None,
+            reads: Vec::new(),
             read_unparsed: false,
         };
     }
@@ -392,7 +400,7 @@ fn untokenizable(sql: &str, guards: &GuardSet) -> Analysis {
             range: start..end,
             action,
         }],
-        read: None,
+        reads: Vec::new(),
         read_unparsed: false,
     }
 }
@@ -1291,6 +1299,28 @@ mod tests {
         let st = analyze(sql, &guards()).statements;
         assert_eq!(st.len(), 2);
         assert_eq!(&sql[st[0].range.clone()], "SELECT (SELECT 1 ; )");
+    }
+
+    #[test]
+    fn each_pinned_read_names_its_statement() {
+        let sql = "BEGIN;; SELECT total FROM invoice WHERE id = 4; SELECT 1; \
+                   select * from invoice i where i.id = 5; SELECT * FROM invoice";
+        let a = analyze(sql, &guards());
+        let reads: Vec<(usize, Vec<ValueRef>)> = a
+            .reads
+            .iter()
+            .map(|r| (r.statement, r.key.clone()))
+            .collect();
+        assert_eq!(
+            reads,
+            vec![
+                (1, vec![ValueRef::Literal("4".into())]),
+                (3, vec![ValueRef::Literal("5".into())]),
+            ]
+        );
+        assert_eq!(a.lone_read(), None, "a lone read is one statement");
+        let lone = analyze("SELECT version FROM invoice WHERE id = $1", &guards());
+        assert_eq!(lone.lone_read().map(|r| r.statement), Some(0));
     }
 
     #[test]

@@ -53,14 +53,15 @@ impl Simple {
         }
     }
 
-    /// The text's pinned read, with the text's key values.
-    pub fn read(&self, sql: &str) -> Option<Cow<'_, PinnedRead>> {
+    /// The text's pinned reads, with the text's key values.
+    pub fn reads(&self, sql: &str) -> Option<Cow<'_, [PinnedRead]>> {
         match self {
-            Simple::Text(a) => a.read.as_ref().map(Cow::Borrowed),
+            Simple::Text(a) => Some(Cow::Borrowed(&a.reads)),
             Simple::Shaped(shape, a) => a
-                .read
-                .as_ref()
-                .and_then(|r| shape.instantiate_read(r, sql))
+                .reads
+                .iter()
+                .map(|r| shape.instantiate_read(r, sql))
+                .collect::<Option<Vec<_>>>()
                 .map(Cow::Owned),
         }
     }

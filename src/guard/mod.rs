@@ -78,10 +78,10 @@ pub struct Analysis {
     /// Top-level statements in text order. A text with no statement (empty, comments only)
     /// has none.
     pub statements: Vec<Statement>,
-    /// A lone `SELECT` that pins one row of a guarded table (see [`reads`]).
-    pub read: Option<PinnedRead>,
-    /// A lone statement naming a guarded table that sqlparser could not parse as a read:
-    /// whether it pins a row is unknown.
+    /// The `SELECT`s that pin one row of a guarded table (see [`reads`]), in text order.
+    pub reads: Vec<PinnedRead>,
+    /// A statement naming a guarded table that sqlparser could not parse as a read: whether
+    /// it pins a row is unknown.
     pub read_unparsed: bool,
 }
 
@@ -90,6 +90,9 @@ pub struct Analysis {
 /// the row that shows no version means the session no longer knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinnedRead {
+    /// Index of the statement in [`Analysis::statements`]: the reply to a text of several
+    /// statements holds one result per statement, in order.
+    pub statement: usize,
     /// Index of the guard in [`GuardSet::guards`].
     pub guard: usize,
     /// One value per key column, in the guard's key order.
@@ -101,6 +104,14 @@ pub struct PinnedRead {
 }
 
 impl Analysis {
+    /// The pinned read of a text that is one statement (a `Parse`).
+    pub fn lone_read(&self) -> Option<&PinnedRead> {
+        match self.reads.as_slice() {
+            [read] if self.statements.len() == 1 => Some(read),
+            _ => None,
+        }
+    }
+
     /// True when every statement passes unchanged: the relay forwards the original bytes.
     pub fn passes_unchanged(&self) -> bool {
         self.statements

@@ -12,7 +12,7 @@ use sqlparser::parser::Parser;
 use super::analyze::{TargetName, fold_ident, key_and_pin, resolve};
 use super::{GuardSet, PinnedRead, Target};
 
-/// The row of a guarded table a single-table `SELECT` pins, if any.
+/// The row of a guarded table a single-table `SELECT` pins, if any (as statement 0).
 pub fn pinned_read(sql: &str, guards: &GuardSet) -> Option<PinnedRead> {
     parse_pinned_read(sql, guards).ok().flatten()
 }
@@ -58,6 +58,7 @@ fn pinned_in(mut stmts: Vec<ast::Statement>, guards: &GuardSet) -> Option<Pinned
     };
     match key_and_pin(select.selection.as_ref(), &target, &g.key, &g.version) {
         (Target::Key(key), _) => Some(PinnedRead {
+            statement: 0,
             guard,
             key,
             shows_version: may_show_column(&select.projection, &g.version),

@@ -484,7 +484,7 @@ impl Shape {
                         Action::Write(w) => write(w),
                     }
             })
-            && shaped.read.as_ref().is_none_or(|r| r.key.iter().all(value))
+            && shaped.reads.iter().all(|r| r.key.iter().all(value))
     }
 
     /// The pinned read of the original text, from the pinned read of its shape.
@@ -536,7 +536,7 @@ impl Shape {
                 }
             }
         }
-        if let Some(read) = &mut out.read {
+        for read in &mut out.reads {
             *read = self.instantiate_read(read, sql)?;
         }
         Some(out)
@@ -658,7 +658,7 @@ mod tests {
         assert!(shaped.read_unparsed);
         assert!(shape.instantiate(&shaped, sql).is_none());
         assert!(!shape.trusts(&shaped));
-        assert!(analyze(sql, &g).read.is_some());
+        assert!(analyze(sql, &g).lone_read().is_some());
     }
 
     #[test]

@@ -975,9 +975,13 @@ impl Session {
         if self.guard.resolved.is_empty() {
             return;
         }
-        let pinned = std::str::from_utf8(p.query)
-            .ok()
-            .and_then(|sql| self.guard.cache.get_or_analyze(sql, guards).read.clone());
+        let pinned = std::str::from_utf8(p.query).ok().and_then(|sql| {
+            self.guard
+                .cache
+                .get_or_analyze(sql, guards)
+                .lone_read()
+                .cloned()
+        });
         let prepared = Prepared {
             pinned,
             declared_types: p.param_types.clone(),

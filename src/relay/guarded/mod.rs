@@ -70,8 +70,8 @@ pub enum Tag {
     DescribePortal(Arc<Portal>),
     /// `Execute` of a portal whose rows or row count the guard needs.
     Execute(Arc<Portal>),
-    /// A simple-Query `SELECT` that pins one guarded row.
-    Read(Box<pinned::ReadCheck>),
+    /// A simple `Query` (or script step) holding `SELECT`s that pin one guarded row each.
+    Read(Box<pinned::Reads>),
     /// A `Parse` that changed what the session knows of a statement name (the client's, or
     /// the proxy's own, hidden), undone if the server skips it or fails it.
     Parsed(Arc<extended::ParseUndo>),
@@ -416,12 +416,15 @@ impl Session {
                 Tag::Final => Ok(tag != be::ERROR_RESPONSE),
                 Tag::Read(_) => {
                     // Taken out of the queue while the session works with it, then put back.
-                    let Tag::Read(check) = std::mem::replace(t.as_mut(), Tag::Hidden) else {
+                    let Tag::Read(mut reads) = std::mem::replace(t.as_mut(), Tag::Hidden) else {
                         unreachable!("matched Tag::Read");
                     };
-                    let check = self.on_pinned_read_reply(tag, msg, check);
+                    if tag == be::ERROR_RESPONSE && reads.step {
+                        self.fail_script();
+                    }
+                    self.follow_reads(tag, msg, &mut reads);
                     if let Some(Pending::Simple(Some(t))) = self.replies.front_mut() {
-                        **t = Tag::Read(check);
+                        **t = Tag::Read(reads);
                     }
                     Ok(false)
                 }
@@ -480,6 +483,7 @@ impl Session {
                     self.resume_client()?;
                     Ok(true)
                 }
+                Tag::Read(reads) if reads.step => self.on_step_done(msg, None),
                 Tag::Read(_)
                 | Tag::DescribeStatement(_)
                 | Tag::DescribePortal(_)
@@ -505,27 +509,6 @@ impl Session {
                 self.guard.tracker.clear();
             }
         }
-    }
-
-    /// A reply to a simple-Query pinned read, within its entry (the check is given back).
-    fn on_pinned_read_reply(
-        &mut self,
-        tag: u8,
-        msg: &[u8],
-        mut check: Box<pinned::ReadCheck>,
-    ) -> Box<pinned::ReadCheck> {
-        let body = &msg[5..];
-        self.track_simple_rows(tag, msg);
-        match tag {
-            be::ROW_DESCRIPTION => {
-                let cols = be::row_description(body).unwrap_or_default();
-                check.version = self.version_column(check.guard, &cols);
-            }
-            be::DATA_ROW => check.observe(self, body, check.version),
-            be::COMMAND_COMPLETE => check.complete(self, body, check.version.is_some()),
-            _ => {}
-        }
-        check
     }
 
     /// Processes client messages that waited while the guard held the batch.

@@ -5,6 +5,10 @@
 //! read of the row that shows no version, or finds no row, leaves the session knowing nothing
 //! about it (it is forgotten), so an application that re-reads before retrying is never held
 //! to a version it has not seen.
+//!
+//! A simple `Query` may hold several statements (`BEGIN; SELECT ... WHERE id = 7`): its reply
+//! holds one result per statement, in order, each ended by its `CommandComplete`, which tells
+//! which statement the rows arriving belong to.
 
 use super::super::session::Session;
 use super::reads::{Col, canonical};
@@ -15,6 +19,8 @@ use crate::protocol::frontend::Bind;
 /// A pinned read in flight.
 #[derive(Debug, Clone)]
 pub struct ReadCheck {
+    /// Index of the read among the statements of its text (0 for a lone statement).
+    pub statement: usize,
     /// The table's id in the tracker.
     pub table: TableId,
     /// The guard's index in the session's current guards.
@@ -52,7 +58,49 @@ impl ReadCheck {
     }
 }
 
+/// The pinned reads of one simple `Query` (or of one script step) in flight.
+#[derive(Debug)]
+pub struct Reads {
+    checks: Vec<ReadCheck>,
+    /// The statement whose reply arrives now: `CommandComplete`s counted so far.
+    at: usize,
+    /// The query is a step of a script (an error stops the script; the end starts the next
+    /// step).
+    pub step: bool,
+}
+
+impl Reads {
+    pub fn new(checks: Vec<ReadCheck>, step: bool) -> Reads {
+        Reads {
+            checks,
+            at: 0,
+            step,
+        }
+    }
+}
+
 impl Session {
+    /// Follows one message of the reply to a query holding pinned reads.
+    pub(super) fn follow_reads(&mut self, tag: u8, msg: &[u8], reads: &mut Reads) {
+        self.track_simple_rows(tag, msg);
+        let body = &msg[5..];
+        let at = reads.at;
+        if let Some(check) = reads.checks.iter_mut().find(|c| c.statement == at) {
+            match tag {
+                be::ROW_DESCRIPTION => {
+                    let cols = be::row_description(body).unwrap_or_default();
+                    check.version = self.version_column(check.guard, &cols);
+                }
+                be::DATA_ROW => check.observe(self, body, check.version),
+                be::COMMAND_COMPLETE => check.complete(self, body, check.version.is_some()),
+                _ => {}
+            }
+        }
+        if tag == be::COMMAND_COMPLETE {
+            reads.at += 1;
+        }
+    }
+
     /// Canonical key text from literals and bound parameters (`None` when one is unknown).
     pub(super) fn key_text(
         &self,
@@ -96,6 +144,7 @@ impl Session {
         bind: Option<(&Bind<'_>, &[u32])>,
     ) -> Option<ReadCheck> {
         Some(ReadCheck {
+            statement: read.statement,
             table: *guards.table_ids.get(read.guard)?,
             guard: read.guard,
             key: self.key_text(read.guard, &read.key, bind)?,

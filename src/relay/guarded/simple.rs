@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use super::super::replies::Pending;
 use super::super::session::Session;
 use super::Tag;
+use super::pinned::{ReadCheck, Reads};
 use super::raise::RaiseCtx;
 use super::reads::{ReadPlan, canonical};
 use crate::admin::Outcome;
@@ -42,6 +43,8 @@ pub struct Script {
 #[derive(Debug)]
 enum StepSpec {
     Sql(String, Option<Box<WriteCheck>>),
+    /// Statements passed as written, whose pinned reads are followed.
+    Reads(String, Box<Reads>),
     /// A guarded write, planned when its turn comes: the steps before it may change what the
     /// session knows of its row (a read, or a write of the same row).
     Write(Arc<GuardedWrite>),
@@ -168,24 +171,20 @@ impl Session {
         }
         let analysis = analysis.of_text(sql, &guards);
         let mut steps = VecDeque::new();
-        let mut chunk: Option<std::ops::Range<usize>> = None;
+        // The run of passed statements not yet made a step: its bytes and statement indexes.
+        let mut chunk: Option<(std::ops::Range<usize>, std::ops::Range<usize>)> = None;
         let mut tx_control = false;
-        let flush = |chunk: &mut Option<std::ops::Range<usize>>, steps: &mut VecDeque<StepSpec>| {
-            if let Some(r) = chunk.take() {
-                steps.push_back(StepSpec::Sql(sql[r].to_string(), None));
-            }
-        };
-        for st in &analysis.statements {
+        for (i, st) in analysis.statements.iter().enumerate() {
             match &st.action {
                 Action::Pass { tx_control: t } => {
                     tx_control |= *t;
                     chunk = Some(match chunk.take() {
-                        Some(r) => r.start..st.range.end,
-                        None => st.range.clone(),
+                        Some((r, n)) => (r.start..st.range.end, n.start..i + 1),
+                        None => (st.range.clone(), i..i + 1),
                     });
                 }
                 Action::Refuse { table, reason } => {
-                    flush(&mut chunk, &mut steps);
+                    self.push_chunk(&mut steps, chunk.take(), sql, &analysis.reads, &guards);
                     let guard = guards
                         .guards
                         .iter()
@@ -196,12 +195,12 @@ impl Session {
                     steps.push_back(StepSpec::Raise(block, Box::new(ctx)));
                 }
                 Action::Write(w) => {
-                    flush(&mut chunk, &mut steps);
+                    self.push_chunk(&mut steps, chunk.take(), sql, &analysis.reads, &guards);
                     steps.push_back(StepSpec::Write(w.clone()));
                 }
             }
         }
-        flush(&mut chunk, &mut steps);
+        self.push_chunk(&mut steps, chunk, sql, &analysis.reads, &guards);
         // A write that is the first step is planned now: nothing runs before it. A check it
         // needs first makes the script two steps, so outside a transaction it is wrapped in
         // one, and the check's lock lasts until the write.
@@ -228,6 +227,36 @@ impl Session {
         let wrap = steps.len() > 1 && self.tx_status == b'I' && !tx_control;
         self.start_script(steps, wrap, sql.into());
         Ok(true)
+    }
+
+    /// Makes a run of passed statements (byte range, statement indexes) one script step,
+    /// which follows the pinned reads among them.
+    fn push_chunk(
+        &self,
+        steps: &mut VecDeque<StepSpec>,
+        chunk: Option<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+        sql: &str,
+        reads: &[crate::guard::PinnedRead],
+        guards: &GuardSet,
+    ) {
+        let Some((bytes, statements)) = chunk else {
+            return;
+        };
+        let text = sql[bytes].to_string();
+        let checks: Vec<ReadCheck> = reads
+            .iter()
+            .filter(|r| statements.contains(&r.statement))
+            .filter_map(|r| self.read_check(guards, r, None))
+            .map(|c| ReadCheck {
+                statement: c.statement - statements.start,
+                ..c
+            })
+            .collect();
+        steps.push_back(if checks.is_empty() {
+            StepSpec::Sql(text, None)
+        } else {
+            StepSpec::Reads(text, Box::new(Reads::new(checks, true)))
+        });
     }
 
     /// A query holding one guarded write (of guard `guard`) that needs nothing changed and
@@ -302,19 +331,30 @@ impl Session {
             .guard
             .cache
             .get_or_analyze_simple(sql, guards, conforming);
-        let Some(check) = analysis
-            .kinds()
-            .read
-            .as_ref()
-            .filter(|read| self.follows_read(guards, read))
-            .and_then(|_| analysis.read(sql))
-            .and_then(|read| self.read_check(guards, &read, None))
-        else {
+        let kinds = analysis.kinds();
+        if !kinds
+            .reads
+            .iter()
+            .any(|read| self.follows_read(guards, read))
+        {
+            return false;
+        }
+        let Some(reads) = analysis.reads(sql) else {
             return false;
         };
+        let checks: Vec<ReadCheck> = reads
+            .iter()
+            .filter(|read| self.follows_read(guards, read))
+            .filter_map(|read| self.read_check(guards, read, None))
+            .collect();
+        if checks.is_empty() {
+            return false;
+        }
         self.to_server.extend_from_slice(msg);
         self.replies
-            .push(Pending::Simple(Some(Box::new(Tag::Read(Box::new(check))))));
+            .push(Pending::Simple(Some(Box::new(Tag::Read(Box::new(
+                Reads::new(checks, false),
+            ))))));
         true
     }
 
@@ -394,6 +434,13 @@ impl Session {
         }
     }
 
+    /// An error reached the client: the script's later steps do not run.
+    pub(super) fn fail_script(&mut self) {
+        if let Some(s) = self.guard.script.as_mut() {
+            s.failed = true;
+        }
+    }
+
     fn start_script(&mut self, steps: VecDeque<StepSpec>, wrapped: bool, sql: Arc<str>) {
         if wrapped {
             fe::write_query(&mut self.to_server, b"BEGIN");
@@ -441,6 +488,11 @@ impl Session {
                 self.replies
                     .push(Pending::Simple(Some(Box::new(Tag::Step(check)))));
             }
+            Some(StepSpec::Reads(text, reads)) => {
+                fe::write_query(&mut self.to_server, text.as_bytes());
+                self.replies
+                    .push(Pending::Simple(Some(Box::new(Tag::Read(reads)))));
+            }
             Some(StepSpec::Raise(block, ctx)) => self.send_simple_raise(&block, *ctx),
             Some(StepSpec::Write(_)) => unreachable!("a planned write is SQL or a raise"),
             None => {}
@@ -458,9 +510,7 @@ impl Session {
         if tag == be::ERROR_RESPONSE
             && let Some(raised) = check.as_deref().and_then(|c| c.raised_conflict(&msg[5..]))
         {
-            if let Some(s) = self.guard.script.as_mut() {
-                s.failed = true;
-            }
+            self.fail_script();
             self.deliver_conflict(raised);
             return Ok(true);
         }
@@ -468,10 +518,8 @@ impl Session {
             .as_deref_mut()
             .filter(|c| c.added > 0 || tag == be::COMMAND_COMPLETE)
         else {
-            if tag == be::ERROR_RESPONSE
-                && let Some(s) = self.guard.script.as_mut()
-            {
-                s.failed = true;
+            if tag == be::ERROR_RESPONSE {
+                self.fail_script();
             }
             self.track_simple_rows(tag, msg);
             return Ok(false);
@@ -523,9 +571,7 @@ impl Session {
                 Ok(false)
             }
             be::ERROR_RESPONSE => {
-                if let Some(s) = self.guard.script.as_mut() {
-                    s.failed = true;
-                }
+                self.fail_script();
                 Ok(false)
             }
             _ => Ok(false),
@@ -571,9 +617,7 @@ impl Session {
                     },
                 );
                 self.deliver_raised_error(msg, &ctx);
-                if let Some(s) = self.guard.script.as_mut() {
-                    s.failed = true;
-                }
+                self.fail_script();
                 Ok(true)
             }
             be::COMMAND_COMPLETE => {
