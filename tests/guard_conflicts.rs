@@ -425,6 +425,47 @@ async fn versions_read_without_the_key_are_tracked_and_refreshed() {
     }
 }
 
+/// A read that spells a write word (`FOR UPDATE`, a column named `updated_at`) is still a
+/// read: its versions are followed in both protocols.
+#[tokio::test]
+async fn a_read_for_update_is_followed() {
+    let db = TestDb::new("g_for_update").await;
+    setup(&db).await;
+    db.direct()
+        .await
+        .batch_execute(
+            "ALTER TABLE invoice ADD COLUMN updated_at timestamptz;
+             INSERT INTO invoice (id, total) VALUES (6, 10);",
+        )
+        .await
+        .unwrap();
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let a = proxy.client(&db.name).await;
+    let b = proxy.client(&db.name).await;
+    for (round, extended) in [(0, false), (1, true)] {
+        for (n, read) in [
+            "SELECT total, version FROM invoice WHERE id = {id} FOR UPDATE",
+            "SELECT version, updated_at FROM invoice WHERE id = {id}",
+            "SELECT id, version FROM invoice WHERE id = {id} FOR NO KEY UPDATE",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let id = 1 + 3 * round + n;
+            let read = read.replace("{id}", &id.to_string());
+            let write = format!("UPDATE invoice SET total = total + 1 WHERE id = {id}");
+            run(&a, &read, extended).await.unwrap();
+            run(&b, &write, extended).await.unwrap();
+            let err = run(&a, &write, extended).await.unwrap_err();
+            assert_eq!(
+                err.code().map(|c| c.code()),
+                Some("40001"),
+                "{read} (extended: {extended})"
+            );
+        }
+    }
+}
+
 /// A query of several statements reads versions without their keys too: each result is the
 /// one of its own statement, whether the query passes as written (no guarded write in it) or
 /// runs as a script (a guarded write after the read).

@@ -218,12 +218,7 @@ impl Session {
         });
         let reply = || Some(Box::new(Tag::Parsed(undo.clone())));
         let parsed = match std::str::from_utf8(p.query) {
-            _ if !may_write => {
-                if found.name {
-                    self.prepare_read(&p, &guards);
-                }
-                Parsed::Passed
-            }
+            _ if !may_write => Parsed::Passed,
             Ok(sql) => self.parse_guarded(p.name, sql, &p.param_types, reply(), true),
             Err(_) => {
                 let (block, ctx) = self.not_utf8_refusal(p.query);
@@ -233,6 +228,10 @@ impl Session {
         };
         match parsed {
             Parsed::Passed => {
+                // A read, or a text that merely spells a write word (`SELECT ... FOR UPDATE`).
+                if found.name {
+                    self.prepare_read(&p, &guards);
+                }
                 self.to_server.extend_from_slice(msg);
                 self.replies.push(Pending::Parse(reply()));
                 self.noted_after_parse(&undo);

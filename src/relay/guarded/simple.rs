@@ -156,7 +156,9 @@ impl Session {
             .get_or_analyze_simple(sql, &guards, conforming);
         let kinds = analysis.kinds();
         if kinds.passes_unchanged() {
-            return Ok(false);
+            // A read that merely spells a write word (`SELECT ... FOR UPDATE`, a column
+            // `updated_at`) is followed as any other.
+            return Ok(self.pinned_read_query(msg, sql_bytes, &guards));
         }
         // One write that can expect no version and gets no bump (an `xmin` guard, a table the
         // session tracks nothing of): it goes as the client wrote it, decided on the shape's
