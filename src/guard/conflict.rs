@@ -166,9 +166,19 @@ fn block(info: &ConflictInfo, sqlstate: &str, only_if_changed: bool, lock: bool)
     format!("DO {tag}\n{body}\n{tag}")
 }
 
-/// The version a keyed write found, when the server's error (`body`, an ErrorResponse body)
-/// is the one its version check raises (see [`crate::guard::rewrite::CONFLICT_MARKER`]).
-pub fn found_in_error(body: &[u8]) -> Option<String> {
+/// What the server's error says of a conflict raised in the write itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaisedInWrite {
+    /// The version the write found.
+    pub found: String,
+    /// The error's severity as the server words it (`ERROR`, or `FEHLER` with German
+    /// `lc_messages`), so the conflict error reads as the server's own errors do.
+    pub severity: String,
+}
+
+/// What the server's error (`body`, an ErrorResponse body) says when it is the one a keyed
+/// write's version check raises (see [`crate::guard::rewrite::CONFLICT_MARKER`]).
+pub fn found_in_error(body: &[u8]) -> Option<RaisedInWrite> {
     if backend::error_field(body, b'C')? != b"42704" {
         return None;
     }
@@ -176,14 +186,25 @@ pub fn found_in_error(body: &[u8]) -> Option<String> {
     let marker = crate::guard::rewrite::CONFLICT_MARKER;
     let (_, rest) = message.split_once(marker)?;
     let (found, _) = rest.rsplit_once('#')?;
-    Some(found.to_string())
+    let severity = backend::error_field(body, b'S')
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .unwrap_or_else(|| "ERROR".into());
+    Some(RaisedInWrite {
+        found: found.to_string(),
+        severity,
+    })
 }
 
-/// The conflict error for `info`, the row found at version `found`: the fields a `RAISE` of
-/// [`raise_block`] gives the client once its PL/pgSQL context is removed.
-pub fn conflict_fields(info: &ConflictInfo, found: &str, sqlstate: &str) -> Vec<(u8, String)> {
+/// The conflict error for `info`, raised in the write as `raised` says: the fields a `RAISE`
+/// of [`raise_block`] gives the client once its PL/pgSQL context is removed.
+pub fn conflict_fields(
+    info: &ConflictInfo,
+    raised: &RaisedInWrite,
+    sqlstate: &str,
+) -> Vec<(u8, String)> {
+    let found = &raised.found;
     vec![
-        (b'S', "ERROR".into()),
+        (b'S', raised.severity.clone()),
         (b'V', "ERROR".into()),
         (b'C', sqlstate.into()),
         (b'M', info.message()),
@@ -283,6 +304,53 @@ mod tests {
             schema: "public".into(),
             name: "tabSales Invoice".into(),
         }
+    }
+
+    #[test]
+    fn a_conflict_raised_in_the_write_keeps_the_servers_wording_of_its_severity() {
+        let server_error = |severity: &str, code: &str, message: &str| {
+            let mut out = bytes::BytesMut::new();
+            crate::protocol::backend::write_error_fields(
+                &mut out,
+                vec![
+                    (b'S', severity.into()),
+                    (b'V', "ERROR".into()),
+                    (b'C', code.into()),
+                    (b'M', message.into()),
+                ],
+            );
+            out[5..].to_vec()
+        };
+        let marker = crate::guard::rewrite::CONFLICT_MARKER;
+        let body = server_error(
+            "FEHLER",
+            "42704",
+            &format!("nicht erkannter Konfigurationsparameter »{marker}8#«"),
+        );
+        let raised = found_in_error(&body).expect("the version check's error");
+        assert_eq!(
+            raised,
+            RaisedInWrite {
+                found: "8".into(),
+                severity: "FEHLER".into()
+            }
+        );
+        let info = ConflictInfo {
+            table: table(),
+            key_columns: vec!["name".into()],
+            key_values: Some(vec!["a".into()]),
+            expected: "7".into(),
+            version_column: "modified".into(),
+        };
+        let fields = conflict_fields(&info, &raised, "40001");
+        assert!(fields.contains(&(b'S', "FEHLER".into())));
+        assert!(fields.contains(&(b'V', "ERROR".into())));
+        let other = server_error(
+            "ERROR",
+            "42704",
+            "unrecognized configuration parameter \"x\"",
+        );
+        assert_eq!(found_in_error(&other), None);
     }
 
     #[test]

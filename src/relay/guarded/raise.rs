@@ -166,9 +166,12 @@ impl Session {
 
     /// A keyed write found its row at another version and failed on the spot: the client
     /// gets the conflict error in place of the server's, logged and counted as any conflict.
-    pub(super) fn deliver_conflict(&mut self, (guard, info, found): (usize, ConflictInfo, String)) {
+    pub(super) fn deliver_conflict(
+        &mut self,
+        (guard, info, raised): (usize, ConflictInfo, conflict::RaisedInWrite),
+    ) {
         let fields =
-            conflict::conflict_fields(&info, &found, &self.settings.config.conflict_sqlstate);
+            conflict::conflict_fields(&info, &raised, &self.settings.config.conflict_sqlstate);
         let mut msg = BytesMut::new();
         be::write_error_fields(&mut msg, fields);
         self.deliver_raised_error(&msg, &RaiseCtx::conflict(guard, info, None));

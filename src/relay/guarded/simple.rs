@@ -101,7 +101,10 @@ impl WriteCheck {
     /// The conflict, when the server's error (`body`) is this write's version check failing
     /// on the spot (see [`crate::guard::rewrite::CONFLICT_MARKER`]): the write's guard, what it
     /// expected, and the version the row was found at.
-    pub fn raised_conflict(&self, body: &[u8]) -> Option<(usize, ConflictInfo, String)> {
+    pub fn raised_conflict(
+        &self,
+        body: &[u8],
+    ) -> Option<(usize, ConflictInfo, conflict::RaisedInWrite)> {
         let found = conflict::found_in_error(body)?;
         Some((self.guard, self.conflict_info()?, found))
     }
