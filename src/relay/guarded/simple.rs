@@ -20,6 +20,7 @@ use super::raise::RaiseCtx;
 use super::reads::{ReadPlan, canonical};
 use crate::admin::Outcome;
 use crate::config::{BulkPolicy, UnversionedPolicy};
+use crate::guard::cache::Simple;
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
 use crate::guard::prefilter::Found;
 use crate::guard::rewrite::Expected;
@@ -161,7 +162,8 @@ impl Session {
         if kinds.passes_unchanged() {
             // A read that merely spells a write word (`SELECT ... FOR UPDATE`, a column
             // `updated_at`) is followed as any other.
-            return Ok(self.pinned_read_query(msg, sql_bytes, &guards));
+            return Ok(!self.guard.resolved.is_empty()
+                && self.follow_pinned_reads(msg, sql, &analysis, &guards));
         }
         // One write that can expect no version and gets no bump (an `xmin` guard, a table the
         // session tracks nothing of): it goes as the client wrote it, decided on the shape's
@@ -322,8 +324,8 @@ impl Session {
         Plan::Send { expected, key }
     }
 
-    /// A `SELECT` that pins one guarded row: relayed as it is, its result followed.
-    /// `sql` names a guarded table.
+    /// A query with no guarded write that names a guarded table: when it holds `SELECT`s that
+    /// pin one guarded row each, it is relayed as it is and their results are followed.
     fn pinned_read_query(&mut self, msg: &[u8], sql: &[u8], guards: &Arc<GuardSet>) -> bool {
         if self.guard.resolved.is_empty() {
             return false;
@@ -336,6 +338,18 @@ impl Session {
             .guard
             .cache
             .get_or_analyze_simple(sql, guards, conforming);
+        self.follow_pinned_reads(msg, sql, &analysis, guards)
+    }
+
+    /// Relays a query that passes unchanged (`analysis` is its analysis), following its pinned
+    /// reads; false when it has none to follow.
+    fn follow_pinned_reads(
+        &mut self,
+        msg: &[u8],
+        sql: &str,
+        analysis: &Simple,
+        guards: &GuardSet,
+    ) -> bool {
         let kinds = analysis.kinds();
         if !kinds
             .reads
