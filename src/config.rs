@@ -5,7 +5,7 @@
 //! DBA can act on. Identifiers (tables, key and version columns) follow PostgreSQL's rules:
 //! unquoted names fold to lower case, double-quoted names keep their case and spaces.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,30 +22,39 @@ pub struct TableName {
 
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}.{}",
-            quote_ident(&self.schema),
-            quote_ident(&self.name)
-        )
+        write_ident(f, &self.schema)?;
+        f.write_char('.')?;
+        write_ident(f, &self.name)
     }
 }
 
 /// Quotes an identifier the way PostgreSQL's `quote_ident` does: only when needed.
 pub fn quote_ident(name: &str) -> String {
-    let plain = !name.is_empty()
+    let mut out = String::with_capacity(name.len() + 2);
+    let _ = write_ident(&mut out, name);
+    out
+}
+
+/// Writes an identifier as [`quote_ident`] spells it, without allocating.
+pub fn write_ident(out: &mut impl fmt::Write, name: &str) -> fmt::Result {
+    let plain = name
+        .bytes()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == b'_')
         && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'$');
     if plain {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
+        return out.write_str(name);
     }
+    out.write_char('"')?;
+    for (i, part) in name.split('"').enumerate() {
+        if i > 0 {
+            out.write_str("\"\"")?;
+        }
+        out.write_str(part)?;
+    }
+    out.write_char('"')
 }
 
 /// How long a session remembers the versions it read.

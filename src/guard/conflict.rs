@@ -16,7 +16,7 @@
 
 use bytes::BytesMut;
 
-use crate::config::{Guard, TableName, quote_ident};
+use crate::config::{Guard, TableName, quote_ident, write_ident};
 use crate::guard::values::quote_literal;
 use crate::protocol::backend;
 
@@ -61,12 +61,24 @@ impl ConflictInfo {
 
     /// The row as `(id)=(42)`; `?` stands for values the proxy does not know.
     pub fn key_text(&self) -> String {
-        let cols: Vec<String> = self.key_columns.iter().map(|c| quote_ident(c)).collect();
-        let vals = match &self.key_values {
-            Some(v) => v.join(", "),
-            None => vec!["?"; self.key_columns.len()].join(", "),
-        };
-        format!("({})=({})", cols.join(", "), vals)
+        let mut out = String::with_capacity(32);
+        out.push('(');
+        for (i, c) in self.key_columns.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            let _ = write_ident(&mut out, c);
+        }
+        out.push_str(")=(");
+        let values = self.key_values.as_deref();
+        for i in 0..values.map_or(self.key_columns.len(), <[String]>::len) {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(values.map_or("?", |v| v[i].as_str()));
+        }
+        out.push(')');
+        out
     }
 }
 

@@ -40,6 +40,8 @@ pub struct GuardSet {
     /// A process-wide id of each guard's table, the same in every config generation, so
     /// tracked versions survive a reload that reorders or adds guards.
     pub table_ids: Vec<TableId>,
+    /// Each guard's column names as SQL, quoted where needed, for the rewrite.
+    pub sql_names: Vec<rewrite::SqlNames>,
 }
 
 impl GuardSet {
@@ -48,6 +50,7 @@ impl GuardSet {
             guards: config.guards.clone(),
             prefilter: prefilter::Prefilter::new(&config.guards),
             table_ids: config.guards.iter().map(|g| table_id(&g.table)).collect(),
+            sql_names: config.guards.iter().map(rewrite::SqlNames::of).collect(),
         })
     }
 

@@ -4,11 +4,10 @@
 //! Everything the client wrote stays byte for byte (comments, literals, dollar quotes,
 //! whitespace); the renderer only inserts.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
 use super::{GuardSet, GuardedWrite, Target, WriteOp};
-use crate::config::{VersionKind, quote_ident};
+use crate::config::{VersionKind, write_ident};
 
 /// Where the rewrite splices into the statement text (byte offsets into the analysed text).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -45,16 +44,46 @@ pub enum Expected<'a> {
     Param(u16),
 }
 
-/// An identifier as SQL: quoted when `quote_ident` would, or when it is a reserved word.
-fn ident(name: &str) -> Cow<'_, str> {
-    let quoted = quote_ident(name);
-    if quoted.starts_with('"') {
-        return Cow::Owned(quoted);
-    }
+/// An identifier as SQL: quoted when [`quote_ident`](crate::config::quote_ident) would, or when it is a reserved word.
+#[cfg(test)]
+fn ident(name: &str) -> String {
+    let mut out = String::new();
+    push_ident(&mut out, name);
+    out
+}
+
+/// Appends an identifier as SQL (see [`write_ident`]; reserved words are quoted too), without
+/// allocating.
+fn push_ident(out: &mut String, name: &str) {
     if RESERVED.binary_search(&name).is_ok() {
-        return Cow::Owned(format!("\"{name}\""));
+        out.push('"');
+        out.push_str(name);
+        out.push('"');
+    } else {
+        let _ = write_ident(out, name);
     }
-    Cow::Borrowed(name)
+}
+
+/// A guard's column names as SQL, quoted where needed: made once per guard set, so the
+/// rewrite only copies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlNames {
+    pub version: String,
+    pub key: Vec<String>,
+}
+
+impl SqlNames {
+    pub fn of(guard: &crate::config::Guard) -> SqlNames {
+        let sql = |name: &str| {
+            let mut out = String::new();
+            push_ident(&mut out, name);
+            out
+        };
+        SqlNames {
+            version: sql(&guard.version),
+            key: guard.key.iter().map(|k| sql(k)).collect(),
+        }
+    }
 }
 
 /// True when `word` (any case) is one of PostgreSQL's reserved or type/function-name keywords.
@@ -227,12 +256,22 @@ const RESERVED: &[&str] = &[
 
 /// A string literal: `'...'` with `'` doubled, or `E'...'` when it holds a backslash.
 fn push_literal(out: &mut String, v: &str) {
-    if v.contains('\\') {
-        out.push_str("E'");
-        out.push_str(&v.replace('\\', "\\\\").replace('\'', "''"));
-    } else {
+    if !v.contains(['\'', '\\']) {
         out.push('\'');
-        out.push_str(&v.replace('\'', "''"));
+        out.push_str(v);
+        out.push('\'');
+        return;
+    }
+    if v.contains('\\') {
+        out.push('E');
+    }
+    out.push('\'');
+    for c in v.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
     }
     out.push('\'');
 }
@@ -255,10 +294,21 @@ fn push_raise_when(out: &mut String, q: &str, version: &str, cond: &str) {
     out.push_str(") THEN current_setting('");
     out.push_str(CONFLICT_MARKER);
     out.push_str("' || coalesce(");
+    push_column(out, q, version);
+    out.push_str("::text, 'NULL') || '#') IS NULL ELSE false END");
+}
+
+/// Appends `q.column`; `column` is already SQL (see [`SqlNames`]).
+fn push_column(out: &mut String, q: &str, column: &str) {
     out.push_str(q);
     out.push('.');
-    out.push_str(version);
-    out.push_str("::text, 'NULL') || '#') IS NULL ELSE false END");
+    out.push_str(column);
+}
+
+/// Appends the placeholder `$n`.
+fn push_param(out: &mut String, n: u16) {
+    out.push('$');
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 impl GuardedWrite {
@@ -280,7 +330,8 @@ impl GuardedWrite {
         let guard = &guards.guards[self.guard];
         let s = &self.splice;
         let q = s.qualifier.as_str();
-        let version = ident(&guard.version);
+        let names = &guards.sql_names[self.guard];
+        let version = names.version.as_str();
         let mut at = s.statement.start;
         let mut copy_to = |out: &mut String, pos: usize| {
             out.push_str(&text[at..pos]);
@@ -290,21 +341,28 @@ impl GuardedWrite {
         if let Some(set_end) = s.set_end
             && self.adds_bump(guards)
         {
-            let bump = match guard.kind {
-                VersionKind::Counter => Some(format!(", {version} = {q}.{version} + 1")),
-                VersionKind::Timestamp => Some(format!(
-                    ", {version} = GREATEST(clock_timestamp(), {q}.{version} + interval '1 microsecond')"
-                )),
-                VersionKind::Xmin => None,
-            };
-            if let Some(bump) = bump {
-                copy_to(out, set_end);
-                out.push_str(&bump);
+            match guard.kind {
+                VersionKind::Counter => {
+                    copy_to(out, set_end);
+                    out.push_str(", ");
+                    out.push_str(version);
+                    out.push_str(" = ");
+                    push_column(out, q, version);
+                    out.push_str(" + 1");
+                }
+                VersionKind::Timestamp => {
+                    copy_to(out, set_end);
+                    out.push_str(", ");
+                    out.push_str(version);
+                    out.push_str(" = GREATEST(clock_timestamp(), ");
+                    push_column(out, q, version);
+                    out.push_str(" + interval '1 microsecond')");
+                }
+                VersionKind::Xmin => {}
             }
         }
 
-        if self.op != WriteOp::Upsert {
-            let mut predicate = String::new();
+        if self.op != WriteOp::Upsert && expected != Expected::None {
             // A keyed write outside WITH whose condition calls nothing (no parenthesis: no
             // function, no subquery, so evaluating it twice changes nothing) fails on the spot
             // when its row is found at another version (see [`CONFLICT_MARKER`]). Any other
@@ -315,41 +373,51 @@ impl GuardedWrite {
                 }
                 _ => None,
             };
+            match &s.condition {
+                Some(cond) => {
+                    copy_to(out, cond.start);
+                    out.push('(');
+                    copy_to(out, cond.end);
+                    out.push_str(") AND ");
+                }
+                None => {
+                    copy_to(out, s.where_at);
+                    out.push_str(" WHERE ");
+                }
+            }
             match (expected, raising) {
                 (Expected::None, _) => {}
                 (Expected::Literal(v), None) => {
-                    predicate = format!("{q}.{version} = ");
-                    push_literal(&mut predicate, v);
+                    push_column(out, q, version);
+                    out.push_str(" = ");
+                    push_literal(out, v);
                 }
                 (Expected::Param(n), None) => {
-                    predicate = format!("({q}.{version} = ${n} OR ${n} IS NULL)");
+                    out.push('(');
+                    push_column(out, q, version);
+                    out.push_str(" = ");
+                    push_param(out, n);
+                    out.push_str(" OR ");
+                    push_param(out, n);
+                    out.push_str(" IS NULL)");
                 }
                 (Expected::Literal(v), Some(cond)) => {
-                    predicate = format!("CASE WHEN {q}.{version} = ");
-                    push_literal(&mut predicate, v);
-                    push_raise_when(&mut predicate, q, &version, cond);
+                    out.push_str("CASE WHEN ");
+                    push_column(out, q, version);
+                    out.push_str(" = ");
+                    push_literal(out, v);
+                    push_raise_when(out, q, version, cond);
                 }
                 (Expected::Param(n), Some(cond)) => {
                     // The comparison first: it gives the parameter its type.
-                    predicate =
-                        format!("CASE WHEN {q}.{version} = ${n} THEN true WHEN ${n} IS NULL");
-                    push_raise_when(&mut predicate, q, &version, cond);
-                }
-            }
-            if !predicate.is_empty() {
-                match &s.condition {
-                    Some(cond) => {
-                        copy_to(out, cond.start);
-                        out.push('(');
-                        copy_to(out, cond.end);
-                        out.push_str(") AND ");
-                        out.push_str(&predicate);
-                    }
-                    None => {
-                        copy_to(out, s.where_at);
-                        out.push_str(" WHERE ");
-                        out.push_str(&predicate);
-                    }
+                    out.push_str("CASE WHEN ");
+                    push_column(out, q, version);
+                    out.push_str(" = ");
+                    push_param(out, n);
+                    out.push_str(" THEN true WHEN ");
+                    push_param(out, n);
+                    out.push_str(" IS NULL");
+                    push_raise_when(out, q, version, cond);
                 }
             }
         }
@@ -361,15 +429,11 @@ impl GuardedWrite {
             } else {
                 " RETURNING "
             });
-            for k in &guard.key {
-                out.push_str(q);
-                out.push('.');
-                out.push_str(&ident(k));
+            for k in &names.key {
+                push_column(out, q, k);
                 out.push_str(", ");
             }
-            out.push_str(q);
-            out.push('.');
-            out.push_str(&version);
+            push_column(out, q, version);
         }
         copy_to(out, s.statement.end);
     }

@@ -411,7 +411,8 @@ impl Session {
                 let check = self
                     .cte_lock_check(&guards, w, expected.as_deref(), key.as_deref())
                     .map(|(block, ctx)| StepSpec::Raise(block, Box::new(ctx)));
-                let mut text = String::with_capacity(w.splice.statement.len() + 96);
+                let cond_len = w.splice.condition.as_ref().map_or(0, |c| c.len());
+                let mut text = String::with_capacity(w.splice.statement.len() + cond_len + 256);
                 let render_with = match (&expected, pinned_here) {
                     (Some(v), false) => Expected::Literal(v),
                     _ => Expected::None,
