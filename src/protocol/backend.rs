@@ -4,6 +4,7 @@
 use bytes::BytesMut;
 use pgwire::messages::Message;
 use pgwire::messages::response::ErrorResponse;
+use smallvec::SmallVec;
 
 use super::{be_i16, be_i32, begin_message, cstr, finish_message};
 
@@ -87,10 +88,19 @@ pub struct Column<'a> {
     pub format: i16,
 }
 
+/// Columns or values of one message; rows of up to this many need no allocation.
+const INLINE: usize = 8;
+
+/// The columns of a `RowDescription`.
+pub type Columns<'a> = SmallVec<[Column<'a>; INLINE]>;
+
+/// The values of a `DataRow` (`None` is NULL).
+pub type Values<'a> = SmallVec<[Option<&'a [u8]>; INLINE]>;
+
 /// Reads the columns of a `RowDescription` body.
-pub fn row_description(body: &[u8]) -> Option<Vec<Column<'_>>> {
+pub fn row_description(body: &[u8]) -> Option<Columns<'_>> {
     let (n, mut rest) = be_i16(body)?;
-    let mut cols = Vec::with_capacity(n.max(0) as usize);
+    let mut cols = Columns::with_capacity(n.max(0) as usize);
     for _ in 0..n {
         let (name, r) = cstr(rest)?;
         if r.len() < 18 {
@@ -134,9 +144,9 @@ pub fn any_column_table(body: &[u8], mut f: impl FnMut(u32) -> bool) -> bool {
 }
 
 /// Reads the values of a `DataRow` body (`None` is NULL).
-pub fn data_row(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+pub fn data_row(body: &[u8]) -> Option<Values<'_>> {
     let (n, mut rest) = be_i16(body)?;
-    let mut vals = Vec::with_capacity(n.max(0) as usize);
+    let mut vals = Values::with_capacity(n.max(0) as usize);
     for _ in 0..n {
         let (len, r) = be_i32(rest)?;
         if len < 0 {
@@ -301,8 +311,8 @@ mod tests {
         let mut out = BytesMut::new();
         write_truncated(&mut out, DATA_ROW, &row[5..], 2).unwrap();
         assert_eq!(
-            data_row(&out[5..]).unwrap(),
-            vec![Some(&b"a"[..]), Some(&b"bc"[..])]
+            data_row(&out[5..]).unwrap().as_slice(),
+            [Some(&b"a"[..]), Some(&b"bc"[..])]
         );
     }
 }

@@ -172,9 +172,8 @@ impl Session {
     ) {
         let fields =
             conflict::conflict_fields(&info, &raised, &self.settings.config.conflict_sqlstate);
-        let mut msg = BytesMut::new();
-        be::write_error_fields(&mut msg, fields);
-        self.deliver_raised_error(&msg, &RaiseCtx::conflict(guard, info, None));
+        be::write_error_fields(&mut self.to_client, fields);
+        self.log_conflict(guard, &info, Some(raised.found));
     }
 
     /// The raise's error reached the proxy: forward it without the PL/pgSQL context, log it,
@@ -184,47 +183,15 @@ impl Session {
         be::write_without_fields(&mut self.to_client, be::ERROR_RESPONSE, body, b"WPpqFLR");
         let field =
             |c| String::from_utf8_lossy(be::error_field(body, c).unwrap_or(b"")).into_owned();
-        let table = self
-            .settings
-            .guards
-            .guards
-            .get(ctx.guard)
-            .map(|g| g.table.to_string());
-        let table = table.unwrap_or_default();
-        let ident = &self.guard.ident;
         if let Some(info) = &ctx.conflict {
-            let detail = field(b'D');
-            let found = detail
+            let found = field(b'D')
                 .rsplit_once("found ")
                 .map(|(_, f)| f.trim().to_string());
-            let key = info.key_text();
-            warn!(
-                table = %table,
-                key = %key,
-                expected = %info.expected,
-                found = %found.as_deref().unwrap_or("(row gone)"),
-                client = %ident.client,
-                user = %ident.user,
-                application_name = %ident.application_name,
-                "optimistic lock conflict"
-            );
-            self.shared
-                .admin
-                .metrics
-                .guarded(ctx.guard, Outcome::Conflict);
-            self.shared.admin.conflicts.record(Conflict {
-                at: std::time::SystemTime::now(),
-                table: table.clone(),
-                key,
-                expected: info.expected.clone(),
-                found,
-                client_addr: ident.client,
-                user: ident.user.clone(),
-                application_name: ident.application_name.clone(),
-            });
+            self.log_conflict(ctx.guard, info, found);
         } else {
+            let ident = &self.guard.ident;
             warn!(
-                table = %table,
+                table = %self.table_name(ctx.guard),
                 reason = %field(b'M'),
                 client = %ident.client,
                 user = %ident.user,
@@ -236,6 +203,45 @@ impl Session {
                 .metrics
                 .guarded(ctx.guard, Outcome::Refused);
         }
+    }
+
+    /// The table of guard `guard`, as SQL.
+    fn table_name(&self, guard: usize) -> String {
+        self.settings
+            .guards
+            .guards
+            .get(guard)
+            .map(|g| g.table.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Logs, counts and records a conflict the client was given; `found` is the version the
+    /// row was found at (None: the row is gone).
+    fn log_conflict(&mut self, guard: usize, info: &ConflictInfo, found: Option<String>) {
+        let table = self.table_name(guard);
+        let key = info.key_text();
+        let ident = &self.guard.ident;
+        warn!(
+            table = %table,
+            key = %key,
+            expected = %info.expected,
+            found = %found.as_deref().unwrap_or("(row gone)"),
+            client = %ident.client,
+            user = %ident.user,
+            application_name = %ident.application_name,
+            "optimistic lock conflict"
+        );
+        self.shared.admin.metrics.guarded(guard, Outcome::Conflict);
+        self.shared.admin.conflicts.record(Conflict {
+            at: std::time::SystemTime::now(),
+            table,
+            key,
+            expected: info.expected.clone(),
+            found,
+            client_addr: ident.client,
+            user: ident.user.clone(),
+            application_name: ident.application_name.clone(),
+        });
     }
 }
 
