@@ -44,8 +44,8 @@ pub enum Expected<'a> {
     Param(u16),
 }
 
-/// An identifier as SQL: quoted when [`quote_ident`](crate::config::quote_ident) would, or when it is a reserved word.
-#[cfg(test)]
+/// An identifier as SQL: quoted when [`quote_ident`](crate::config::quote_ident) would, or when
+/// it is a reserved word.
 fn ident(name: &str) -> String {
     let mut out = String::new();
     push_ident(&mut out, name);
@@ -74,14 +74,9 @@ pub struct SqlNames {
 
 impl SqlNames {
     pub fn of(guard: &crate::config::Guard) -> SqlNames {
-        let sql = |name: &str| {
-            let mut out = String::new();
-            push_ident(&mut out, name);
-            out
-        };
         SqlNames {
-            version: sql(&guard.version),
-            key: guard.key.iter().map(|k| sql(k)).collect(),
+            version: ident(&guard.version),
+            key: guard.key.iter().map(|k| ident(k)).collect(),
         }
     }
 }
@@ -386,7 +381,7 @@ impl GuardedWrite {
                 }
             }
             match (expected, raising) {
-                (Expected::None, _) => {}
+                (Expected::None, _) => {} // nothing to check: not reached (see above)
                 (Expected::Literal(v), None) => {
                     push_column(out, q, version);
                     out.push_str(" = ");
