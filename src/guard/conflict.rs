@@ -318,6 +318,18 @@ mod tests {
         }
     }
 
+    /// A conflict on a row of `table()` at expected version 7.
+    fn info(key_columns: &[&str], key_values: &[&str], version_column: &str) -> ConflictInfo {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        ConflictInfo {
+            table: table(),
+            key_columns: owned(key_columns),
+            key_values: Some(owned(key_values)),
+            expected: "7".into(),
+            version_column: version_column.into(),
+        }
+    }
+
     #[test]
     fn a_conflict_raised_in_the_write_keeps_the_servers_wording_of_its_severity() {
         let server_error = |severity: &str, code: &str, message: &str| {
@@ -347,13 +359,7 @@ mod tests {
                 severity: "FEHLER".into()
             }
         );
-        let info = ConflictInfo {
-            table: table(),
-            key_columns: vec!["name".into()],
-            key_values: Some(vec!["a".into()]),
-            expected: "7".into(),
-            version_column: "modified".into(),
-        };
+        let info = info(&["name"], &["a"], "modified");
         let fields = conflict_fields(&info, &raised, "40001");
         assert!(fields.contains(&(b'S', "FEHLER".into())));
         assert!(fields.contains(&(b'V', "ERROR".into())));
@@ -367,13 +373,7 @@ mod tests {
 
     #[test]
     fn message_names_table_and_key() {
-        let mut info = ConflictInfo {
-            table: table(),
-            key_columns: vec!["name".into(), "Line".into()],
-            key_values: Some(vec!["a".into(), "1".into()]),
-            expected: "7".into(),
-            version_column: "modified".into(),
-        };
+        let mut info = info(&["name", "Line"], &["a", "1"], "modified");
         assert_eq!(
             info.message(),
             "optimistic lock conflict on public.\"tabSales Invoice\" (name, \"Line\")=(a, 1)"
@@ -384,13 +384,7 @@ mod tests {
 
     #[test]
     fn dollar_tag_avoids_the_body() {
-        let info = ConflictInfo {
-            table: table(),
-            key_columns: vec!["name".into()],
-            key_values: Some(vec!["x$optlock$y$optlock1$".into()]),
-            expected: "7".into(),
-            version_column: "version".into(),
-        };
+        let info = info(&["name"], &["x$optlock$y$optlock1$"], "version");
         let sql = raise_block(&info, "40001");
         assert!(sql.starts_with("DO $optlock2$\n"), "{sql}");
         assert!(sql.ends_with("\n$optlock2$"), "{sql}");
