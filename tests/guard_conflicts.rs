@@ -598,3 +598,52 @@ async fn a_write_that_waited_for_a_lock_conflicts_with_the_committed_version() {
         assert_eq!(version_of(&db.direct().await, id).await, 1, "{sql}");
     }
 }
+
+#[tokio::test]
+async fn a_row_found_with_a_null_version_conflicts_and_says_so() {
+    let db = TestDb::new("g_null_version").await;
+    db.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE ledger (id int primary key, amount int, version bigint);
+             INSERT INTO ledger VALUES (1, 0, 4);",
+        )
+        .await
+        .unwrap();
+    let proxy = Proxy::with_guards(
+        r#"
+[[guard]]
+table = "public.ledger"
+key = ["id"]
+version = "version"
+"#,
+    )
+    .await;
+    let a = proxy.client(&db.name).await;
+    a.simple_query("SELECT amount, version FROM ledger WHERE id = 1")
+        .await
+        .unwrap();
+    db.direct()
+        .await
+        .batch_execute("UPDATE ledger SET version = NULL WHERE id = 1")
+        .await
+        .unwrap();
+    let err = a
+        .simple_query("UPDATE ledger SET amount = 5 WHERE id = 1")
+        .await
+        .unwrap_err();
+    let e = err.as_db_error().expect("a server error");
+    assert_eq!(e.code().code(), "40001");
+    assert_eq!(
+        e.detail(),
+        Some("the row was changed by another transaction: expected version 4, found NULL")
+    );
+    let amount: i32 = db
+        .direct()
+        .await
+        .query_one("SELECT amount FROM ledger WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(amount, 0, "the write did not go through");
+}

@@ -198,6 +198,8 @@ pub fn found_in_error(body: &[u8]) -> Option<RaisedInWrite> {
     let marker = crate::guard::rewrite::CONFLICT_MARKER;
     let (_, rest) = message.split_once(marker)?;
     let (found, _) = rest.rsplit_once('#')?;
+    // `concat` writes nothing for a NULL version; no version type prints as empty text.
+    let found = if found.is_empty() { "NULL" } else { found };
     let severity = backend::error_field(body, b'S')
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .unwrap_or_else(|| "ERROR".into());
@@ -363,6 +365,12 @@ mod tests {
         let fields = conflict_fields(&info, &raised, "40001");
         assert!(fields.contains(&(b'S', "FEHLER".into())));
         assert!(fields.contains(&(b'V', "ERROR".into())));
+        let null_version = server_error(
+            "ERROR",
+            "42704",
+            &format!("unrecognized configuration parameter \"{marker}#\""),
+        );
+        assert_eq!(found_in_error(&null_version).unwrap().found, "NULL");
         let other = server_error(
             "ERROR",
             "42704",

@@ -273,8 +273,10 @@ fn push_literal(out: &mut String, v: &str) {
 
 /// What the server's error says when a keyed write finds its row at another version: the
 /// predicate calls `current_setting` with a name that no setting has, made of this marker, the
-/// version found and `#`, so the statement fails on the spot with SQLSTATE 42704 and the version
-/// in the message. The relay turns that error into the conflict error (see
+/// version found (nothing for NULL) and `#`, so the statement fails on the spot with SQLSTATE
+/// 42704 and the version in the message. The name is built with `concat`, which the server
+/// resolves and runs in about half the time of `||` over `coalesce(version::text, ...)`; every
+/// simple-protocol write is parsed and planned again, so this cost is paid per write. The relay turns that error into the conflict error (see
 /// [`conflict::found_in_error`](super::conflict::found_in_error)).
 pub const CONFLICT_MARKER: &str = "optlock.conflict:";
 
@@ -286,11 +288,11 @@ pub const CONFLICT_MARKER: &str = "optlock.conflict:";
 fn push_raise_when(out: &mut String, q: &str, version: &str, cond: &str) {
     out.push_str(" THEN true WHEN (");
     out.push_str(cond);
-    out.push_str(") THEN current_setting('");
+    out.push_str(") THEN current_setting(concat('");
     out.push_str(CONFLICT_MARKER);
-    out.push_str("' || coalesce(");
+    out.push_str("', ");
     push_column(out, q, version);
-    out.push_str("::text, 'NULL') || '#') IS NULL ELSE false END");
+    out.push_str(", '#')) IS NULL ELSE false END");
 }
 
 /// Appends `q.column`; `column` is already SQL (see [`SqlNames`]).
@@ -518,7 +520,7 @@ mod tests {
     fn update_gets_bump_predicate_and_returning() {
         assert_eq!(
             render("UPDATE invoice SET total = 1 WHERE id = 42", LIT),
-            "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE (id = 42) AND CASE WHEN invoice.version = '7' THEN true WHEN (id = 42) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING invoice.id, invoice.version"
+            "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE (id = 42) AND CASE WHEN invoice.version = '7' THEN true WHEN (id = 42) THEN current_setting(concat('optlock.conflict:', invoice.version, '#')) IS NULL ELSE false END RETURNING invoice.id, invoice.version"
         );
         assert_eq!(
             render("UPDATE invoice SET total = 1 WHERE id = 42", Expected::None),
@@ -529,7 +531,7 @@ mod tests {
                 "UPDATE invoice SET total = $2 WHERE id = $1",
                 Expected::Param(3)
             ),
-            "UPDATE invoice SET total = $2, version = invoice.version + 1 WHERE (id = $1) AND CASE WHEN invoice.version = $3 THEN true WHEN $3 IS NULL THEN true WHEN (id = $1) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING invoice.id, invoice.version"
+            "UPDATE invoice SET total = $2, version = invoice.version + 1 WHERE (id = $1) AND CASE WHEN invoice.version = $3 THEN true WHEN $3 IS NULL THEN true WHEN (id = $1) THEN current_setting(concat('optlock.conflict:', invoice.version, '#')) IS NULL ELSE false END RETURNING invoice.id, invoice.version"
         );
     }
 
@@ -556,15 +558,15 @@ mod tests {
                 "UPDATE ONLY public.invoice AS i SET total = 1 WHERE i.id = $1 RETURNING i.total, *",
                 Expected::Param(2)
             ),
-            "UPDATE ONLY public.invoice AS i SET total = 1, version = i.version + 1 WHERE (i.id = $1) AND CASE WHEN i.version = $2 THEN true WHEN $2 IS NULL THEN true WHEN (i.id = $1) THEN current_setting('optlock.conflict:' || coalesce(i.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING i.total, *, i.id, i.version"
+            "UPDATE ONLY public.invoice AS i SET total = 1, version = i.version + 1 WHERE (i.id = $1) AND CASE WHEN i.version = $2 THEN true WHEN $2 IS NULL THEN true WHEN (i.id = $1) THEN current_setting(concat('optlock.conflict:', i.version, '#')) IS NULL ELSE false END RETURNING i.total, *, i.id, i.version"
         );
         assert_eq!(
             render("update Public.Invoice inv set total=1 where inv.id=5", LIT),
-            "update Public.Invoice inv set total=1, version = inv.version + 1 where (inv.id=5) AND CASE WHEN inv.version = '7' THEN true WHEN (inv.id=5) THEN current_setting('optlock.conflict:' || coalesce(inv.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING inv.id, inv.version"
+            "update Public.Invoice inv set total=1, version = inv.version + 1 where (inv.id=5) AND CASE WHEN inv.version = '7' THEN true WHEN (inv.id=5) THEN current_setting(concat('optlock.conflict:', inv.version, '#')) IS NULL ELSE false END RETURNING inv.id, inv.version"
         );
         assert_eq!(
             render("UPDATE public.invoice SET total = 1 WHERE id = 5", LIT),
-            "UPDATE public.invoice SET total = 1, version = public.invoice.version + 1 WHERE (id = 5) AND CASE WHEN public.invoice.version = '7' THEN true WHEN (id = 5) THEN current_setting('optlock.conflict:' || coalesce(public.invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING public.invoice.id, public.invoice.version"
+            "UPDATE public.invoice SET total = 1, version = public.invoice.version + 1 WHERE (id = 5) AND CASE WHEN public.invoice.version = '7' THEN true WHEN (id = 5) THEN current_setting(concat('optlock.conflict:', public.invoice.version, '#')) IS NULL ELSE false END RETURNING public.invoice.id, public.invoice.version"
         );
     }
 
@@ -575,7 +577,7 @@ mod tests {
                 "UPDATE invoice i SET total = c.credit, flag = i.a IS DISTINCT FROM c.b * 2 FROM customer c WHERE c.id = i.customer_id AND i.id = 3 RETURNING c.name",
                 LIT
             ),
-            "UPDATE invoice i SET total = c.credit, flag = i.a IS DISTINCT FROM c.b * 2, version = i.version + 1 FROM customer c WHERE (c.id = i.customer_id AND i.id = 3) AND CASE WHEN i.version = '7' THEN true WHEN (c.id = i.customer_id AND i.id = 3) THEN current_setting('optlock.conflict:' || coalesce(i.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING c.name, i.id, i.version"
+            "UPDATE invoice i SET total = c.credit, flag = i.a IS DISTINCT FROM c.b * 2, version = i.version + 1 FROM customer c WHERE (c.id = i.customer_id AND i.id = 3) AND CASE WHEN i.version = '7' THEN true WHEN (c.id = i.customer_id AND i.id = 3) THEN current_setting(concat('optlock.conflict:', i.version, '#')) IS NULL ELSE false END RETURNING c.name, i.id, i.version"
         );
         assert_eq!(
             render(
@@ -597,7 +599,7 @@ mod tests {
         let sql = "DELETE FROM invoice USING customer c WHERE invoice.customer_id = c.id AND invoice.id = 9 RETURNING invoice.*";
         assert_eq!(
             render(sql, LIT),
-            "DELETE FROM invoice USING customer c WHERE (invoice.customer_id = c.id AND invoice.id = 9) AND CASE WHEN invoice.version = '7' THEN true WHEN (invoice.customer_id = c.id AND invoice.id = 9) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING invoice.*"
+            "DELETE FROM invoice USING customer c WHERE (invoice.customer_id = c.id AND invoice.id = 9) AND CASE WHEN invoice.version = '7' THEN true WHEN (invoice.customer_id = c.id AND invoice.id = 9) THEN current_setting(concat('optlock.conflict:', invoice.version, '#')) IS NULL ELSE false END RETURNING invoice.*"
         );
         let a = analyze(sql, &g);
         let Action::Write(w) = &a.statements[0].action else {
@@ -614,14 +616,14 @@ mod tests {
     fn trailing_comments_stay_after_the_insertions() {
         assert_eq!(
             render("UPDATE invoice SET total = 1 WHERE id = 1 -- done", LIT),
-            "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE (id = 1) AND CASE WHEN invoice.version = '7' THEN true WHEN (id = 1) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING invoice.id, invoice.version -- done"
+            "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE (id = 1) AND CASE WHEN invoice.version = '7' THEN true WHEN (id = 1) THEN current_setting(concat('optlock.conflict:', invoice.version, '#')) IS NULL ELSE false END RETURNING invoice.id, invoice.version -- done"
         );
         assert_eq!(
             render(
                 "UPDATE invoice SET total = 1 /* a */ WHERE /* b */ id = 1 /* c */\n",
                 LIT
             ),
-            "UPDATE invoice SET total = 1, version = invoice.version + 1 /* a */ WHERE /* b */ (id = 1) AND CASE WHEN invoice.version = '7' THEN true WHEN (id = 1) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING invoice.id, invoice.version /* c */"
+            "UPDATE invoice SET total = 1, version = invoice.version + 1 /* a */ WHERE /* b */ (id = 1) AND CASE WHEN invoice.version = '7' THEN true WHEN (id = 1) THEN current_setting(concat('optlock.conflict:', invoice.version, '#')) IS NULL ELSE false END RETURNING invoice.id, invoice.version /* c */"
         );
         assert_eq!(
             render("UPDATE invoice SET total = 1 -- where?\n", LIT),
@@ -635,7 +637,7 @@ mod tests {
             "SELECT 'ünï ✓'; UPDATE invoice SET note = 'naïve ☃ 😀' WHERE id = 'ключ'; SELECT 2";
         assert_eq!(
             render(sql, Expected::Literal("2024-01-01 00:00:00+00")),
-            "UPDATE invoice SET note = 'naïve ☃ 😀', version = invoice.version + 1 WHERE (id = 'ключ') AND CASE WHEN invoice.version = '2024-01-01 00:00:00+00' THEN true WHEN (id = 'ключ') THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END RETURNING invoice.id, invoice.version"
+            "UPDATE invoice SET note = 'naïve ☃ 😀', version = invoice.version + 1 WHERE (id = 'ключ') AND CASE WHEN invoice.version = '2024-01-01 00:00:00+00' THEN true WHEN (id = 'ключ') THEN current_setting(concat('optlock.conflict:', invoice.version, '#')) IS NULL ELSE false END RETURNING invoice.id, invoice.version"
         );
     }
 
@@ -646,14 +648,14 @@ mod tests {
                 "DELETE FROM invoice WHERE id = 1",
                 Expected::Literal("it's")
             ),
-            "DELETE FROM invoice WHERE (id = 1) AND CASE WHEN invoice.version = 'it''s' THEN true WHEN (id = 1) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END"
+            "DELETE FROM invoice WHERE (id = 1) AND CASE WHEN invoice.version = 'it''s' THEN true WHEN (id = 1) THEN current_setting(concat('optlock.conflict:', invoice.version, '#')) IS NULL ELSE false END"
         );
         assert_eq!(
             render(
                 "DELETE FROM invoice WHERE id = 1",
                 Expected::Literal("a\\'b")
             ),
-            "DELETE FROM invoice WHERE (id = 1) AND CASE WHEN invoice.version = E'a\\\\''b' THEN true WHEN (id = 1) THEN current_setting('optlock.conflict:' || coalesce(invoice.version::text, 'NULL') || '#') IS NULL ELSE false END"
+            "DELETE FROM invoice WHERE (id = 1) AND CASE WHEN invoice.version = E'a\\\\''b' THEN true WHEN (id = 1) THEN current_setting(concat('optlock.conflict:', invoice.version, '#')) IS NULL ELSE false END"
         );
     }
 
@@ -664,7 +666,7 @@ mod tests {
                 "UPDATE \"tabSales Invoice\" SET grand_total = 10 WHERE name = 'SINV-0001'",
                 Expected::Literal("2024-05-01 10:00:00.123456")
             ),
-            "UPDATE \"tabSales Invoice\" SET grand_total = 10, modified = GREATEST(clock_timestamp(), \"tabSales Invoice\".modified + interval '1 microsecond') WHERE (name = 'SINV-0001') AND CASE WHEN \"tabSales Invoice\".modified = '2024-05-01 10:00:00.123456' THEN true WHEN (name = 'SINV-0001') THEN current_setting('optlock.conflict:' || coalesce(\"tabSales Invoice\".modified::text, 'NULL') || '#') IS NULL ELSE false END RETURNING \"tabSales Invoice\".name, \"tabSales Invoice\".modified"
+            "UPDATE \"tabSales Invoice\" SET grand_total = 10, modified = GREATEST(clock_timestamp(), \"tabSales Invoice\".modified + interval '1 microsecond') WHERE (name = 'SINV-0001') AND CASE WHEN \"tabSales Invoice\".modified = '2024-05-01 10:00:00.123456' THEN true WHEN (name = 'SINV-0001') THEN current_setting(concat('optlock.conflict:', \"tabSales Invoice\".modified, '#')) IS NULL ELSE false END RETURNING \"tabSales Invoice\".name, \"tabSales Invoice\".modified"
         );
     }
 
@@ -686,7 +688,7 @@ mod tests {
                 "UPDATE accounts SET abalance = abalance + 1 WHERE aid = 1",
                 Expected::Literal("1234")
             ),
-            "UPDATE accounts SET abalance = abalance + 1 WHERE (aid = 1) AND CASE WHEN accounts.xmin = '1234' THEN true WHEN (aid = 1) THEN current_setting('optlock.conflict:' || coalesce(accounts.xmin::text, 'NULL') || '#') IS NULL ELSE false END RETURNING accounts.aid, accounts.xmin"
+            "UPDATE accounts SET abalance = abalance + 1 WHERE (aid = 1) AND CASE WHEN accounts.xmin = '1234' THEN true WHEN (aid = 1) THEN current_setting(concat('optlock.conflict:', accounts.xmin, '#')) IS NULL ELSE false END RETURNING accounts.aid, accounts.xmin"
         );
     }
 
@@ -752,7 +754,7 @@ mod tests {
         assert!(!is_reserved("current_timestamps") && !is_reserved("abalance") && !is_reserved(""));
         assert_eq!(
             render("UPDATE orders SET total = 1 WHERE \"Order ID\" = 5", LIT),
-            "UPDATE orders SET total = 1, \"order\" = orders.\"order\" + 1 WHERE (\"Order ID\" = 5) AND CASE WHEN orders.\"order\" = '7' THEN true WHEN (\"Order ID\" = 5) THEN current_setting('optlock.conflict:' || coalesce(orders.\"order\"::text, 'NULL') || '#') IS NULL ELSE false END RETURNING orders.\"Order ID\", orders.\"order\""
+            "UPDATE orders SET total = 1, \"order\" = orders.\"order\" + 1 WHERE (\"Order ID\" = 5) AND CASE WHEN orders.\"order\" = '7' THEN true WHEN (\"Order ID\" = 5) THEN current_setting(concat('optlock.conflict:', orders.\"order\", '#')) IS NULL ELSE false END RETURNING orders.\"Order ID\", orders.\"order\""
         );
     }
 
