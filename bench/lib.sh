@@ -261,6 +261,25 @@ pgb_failed()    { local v; v=$(sed -n 's/^number of failed transactions: \([0-9]
 pgb_retried()   { local v; v=$(sed -n 's/^number of transactions retried: \([0-9]*\).*/\1/p' "$1" | head -n1); echo "${v:-0}"; }
 pgb_retries()   { local v; v=$(sed -n 's/^total number of retries: \([0-9]*\).*/\1/p' "$1" | head -n1); echo "${v:-0}"; }
 
+# CPU time, in clock ticks: the whole machine's busy time (all cores: user, nice, system, irq,
+# softirq; what pgbench, PostgreSQL and the proxy share), and one process's (all its threads;
+# 0 without a pid). Read before and after a run: the differences per try show where the CPU
+# goes, which on a machine this small decides TPS more than any one latency.
+cpu_busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+proc_cpu_ticks() {
+    if [[ -n "${1:-}" && -r /proc/$1/stat ]]; then
+        # utime and stime are fields 14 and 15; the command name (field 2) has no spaces here.
+        awk '{print $14 + $15}' "/proc/$1/stat"
+    else
+        echo 0
+    fi
+}
+# per_try TICKS TRIES: microseconds per try ("-" when not computable).
+per_try() {
+    awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { if (n + 0 > 0) printf "%.0f\n", t / hz * 1e6 / n; else print "-" }'
+}
+
 # Median of the numbers given as arguments ("-" when none).
 median() {
     [[ $# -gt 0 ]] || { echo "-"; return; }

@@ -35,6 +35,11 @@
 # runs; failed ones are counted separately and changed nothing). A negative "lost" would mean
 # more increments than successful runs (a bug in the measurement or the proxy).
 # The script reports what happens, whatever it is: a lost update through optlock would show.
+# CPU per try (a try is one run of the script, retries included): "cpu/try" is the busy time of
+# the whole machine (pgbench, PostgreSQL and the proxy), "proxy/try" the proxy's own, both in
+# microseconds, read from /proc around each run. They tell whether a proxy's cost is its own
+# CPU or the work it makes the server do (a longer statement to parse and plan, RETURNING
+# columns), which TPS alone cannot on a machine where all three share the cores.
 #
 # How pgbench (>= 15) retries, read from pgbench.c (CSTATE_ERROR / doRetry) and checked here:
 # pgbench treats one run of the script as one transaction. On SQLSTATE 40001 (serialization
@@ -129,7 +134,7 @@ if [[ " $TARGETS " == *" pgbouncer-serializable "* ]]; then
     start_pgbouncer "$PGBOUNCER_PORT"
 fi
 
-FMT='%-9s %-12s %-11s %-9s %10s %8s %7s %8s %7s %9s  %s\n'
+FMT='%-9s %-12s %-11s %-9s %10s %8s %7s %8s %7s %9s %8s %10s  %s\n'
 {
     echo "# optlock lost-update benchmark: pgbench -c $CLIENTS -j $THREADS -T $DURATION --max-tries=$MAX_TRIES, $ROWS hot rows of $((ROWS + COLD_ROWS))"
     echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  host $(hostname)  $(nproc) cores  $(pgbench --version)"
@@ -137,7 +142,7 @@ FMT='%-9s %-12s %-11s %-9s %10s %8s %7s %8s %7s %9s  %s\n'
     echo "# lost = processed - sum(balance); retried = transactions that needed more than one try"
     echo
     # shellcheck disable=SC2059
-    printf "$FMT" target isolation script mode processed retried failed lost "lost %" TPS note
+    printf "$FMT" target isolation script mode processed retried failed lost "lost %" TPS cpu/try proxy/try note
 } | tee "$RESULT"
 
 for mode in $MODES; do
@@ -163,9 +168,16 @@ for mode in $MODES; do
             pg_direct "$DB" -c "UPDATE bench_rmw SET balance = 0 WHERE balance <> 0" -c "VACUUM ANALYZE bench_rmw"
             out="$WORK_DIR/run-$mode-$script-$target.txt"
             [[ $name == optlock || $name == plain ]] && { check_optlock "$port" || true; }
+            case $name in
+                optlock | plain) proxy_pid=${OPTLOCK_AT[$port]:-} ;;
+                pgbouncer) proxy_pid=$(cat "$PGBOUNCER_PIDFILE" 2>/dev/null) ;;
+                *) proxy_pid="" ;;
+            esac
+            busy0=$(cpu_busy_ticks) proxy0=$(proc_cpu_ticks "$proxy_pid")
             rc=0
             PGOPTIONS=$pgopts pgbench -n -f "$WORK_DIR/$file" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" \
                 -M "$mode" --max-tries="$MAX_TRIES" -h "$host" -p "$port" "$DB" >"$out" 2>&1 || rc=$?
+            busy1=$(cpu_busy_ticks) proxy1=$(proc_cpu_ticks "$proxy_pid")
             processed=$(pgb_processed "$out")
             retried=$(pgb_retried "$out")
             failed=$(pgb_failed "$out")
@@ -178,7 +190,11 @@ for mode in $MODES; do
             if [[ $name == optlock || $name == plain ]] && ! check_optlock "$port"; then
                 note="$note [$OPTLOCK_DIED]"
             fi
+            cpu="-" proxy_cpu="-"
             if [[ -n "$processed" ]]; then
+                tries=$((processed + $(pgb_retries "$out") + failed))
+                cpu=$(per_try $((busy1 - busy0)) "$tries")
+                [[ -n "$proxy_pid" ]] && proxy_cpu=$(per_try $((proxy1 - proxy0)) "$tries")
                 lost=$((processed - sum))
                 pct=$(awk -v l="$lost" -v p="$processed" 'BEGIN { if (p > 0) printf "%.1f", 100 * l / p; else print "-" }')
             else
@@ -186,7 +202,7 @@ for mode in $MODES; do
             fi
             [[ -n "$tps" ]] && tps=$(printf '%.1f' "$tps") || tps="-"
             # shellcheck disable=SC2059
-            printf "$FMT" "$name" "$iso" "$script" "$mode" "$processed" "$retried" "$failed" "$lost" "$pct" "$tps" "$note" | tee -a "$RESULT"
+            printf "$FMT" "$name" "$iso" "$script" "$mode" "$processed" "$retried" "$failed" "$lost" "$pct" "$tps" "$cpu" "$proxy_cpu" "$note" | tee -a "$RESULT"
         done
     done
 done
