@@ -274,10 +274,11 @@ fn push_literal(out: &mut String, v: &str) {
 /// What the server's error says when a keyed write finds its row at another version: the
 /// predicate calls `current_setting` with a name that no setting has, made of this marker, the
 /// version found (nothing for NULL) and `#`, so the statement fails on the spot with SQLSTATE
-/// 42704 and the version in the message. The name is built with `concat`, which the server
-/// resolves and runs in about half the time of `||` over `coalesce(version::text, ...)`; every
-/// simple-protocol write is parsed and planned again, so this cost is paid per write. The relay turns that error into the conflict error (see
-/// [`conflict::found_in_error`](super::conflict::found_in_error)).
+/// 42704 and the version in the message. The relay turns that error into the conflict error
+/// (see [`conflict::found_in_error`](super::conflict::found_in_error)). The name is built with
+/// `concat`, which the server resolves and runs in about half the time of `||` over
+/// `coalesce(version::text, ...)`; the server parses and plans a write sent as text again on
+/// every execution, so that cost is paid per write.
 pub const CONFLICT_MARKER: &str = "optlock.conflict:";
 
 /// The rest of the version check of a keyed write, after `CASE WHEN <version> = <expected>`:
