@@ -940,11 +940,17 @@ impl Session {
 
     /// What a `RowDescription` body tells the guard.
     fn describe(&self, body: &[u8], pinned_guard: Option<usize>) -> Described {
+        let Some(guard) = pinned_guard else {
+            return Described {
+                reads: self.read_plan(body),
+                version: None,
+            };
+        };
+        // One decoding serves the rows' read plan and the pinned read's version column.
+        let cols = be::row_description(body).unwrap_or_default();
         Described {
-            reads: self.read_plan(body),
-            version: pinned_guard.and_then(|g| {
-                self.version_column(g, &be::row_description(body).unwrap_or_default())
-            }),
+            reads: self.plan_of_columns(&cols),
+            version: self.version_column(guard, &cols),
         }
     }
 

@@ -10,6 +10,8 @@
 //! holds one result per statement, in order, each ended by its `CommandComplete`, which tells
 //! which statement the rows arriving belong to.
 
+use std::sync::Arc;
+
 use super::super::session::Session;
 use super::reads::{Col, canonical};
 use crate::guard::{GuardSet, PinnedRead, TableId, ValueRef};
@@ -82,15 +84,21 @@ impl Reads {
 impl Session {
     /// Follows one message of the reply to a query holding pinned reads.
     pub(super) fn follow_reads(&mut self, tag: u8, msg: &[u8], reads: &mut Reads) {
-        self.track_simple_rows(tag, msg);
         let body = &msg[5..];
         let at = reads.at;
-        if let Some(check) = reads.checks.iter_mut().find(|c| c.statement == at) {
+        let check = reads.checks.iter_mut().find(|c| c.statement == at);
+        if tag == be::ROW_DESCRIPTION
+            && let Some(check) = check
+        {
+            // One decoding serves the rows' read plan and the read's version column.
+            let cols = be::row_description(body).unwrap_or_default();
+            self.guard.row_plan = self.plan_of_columns(&cols).map(Arc::new);
+            check.version = self.version_column(check.guard, &cols);
+            return;
+        }
+        self.track_simple_rows(tag, msg);
+        if let Some(check) = check {
             match tag {
-                be::ROW_DESCRIPTION => {
-                    let cols = be::row_description(body).unwrap_or_default();
-                    check.version = self.version_column(check.guard, &cols);
-                }
                 be::DATA_ROW => check.observe(self, body, check.version),
                 be::COMMAND_COMPLETE => check.complete(self, body, check.version.is_some()),
                 _ => {}

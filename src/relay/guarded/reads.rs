@@ -221,6 +221,15 @@ impl Session {
         {
             return None;
         }
-        ReadPlan::from_columns(&be::row_description(body)?, resolved, &self.settings.guards)
+        self.plan_of_columns(&be::row_description(body)?)
+    }
+
+    /// The read plan of a `RowDescription` already decoded.
+    pub(super) fn plan_of_columns(&self, cols: &[Column<'_>]) -> Option<ReadPlan> {
+        let resolved = &self.guard.resolved;
+        if resolved.is_empty() {
+            return None;
+        }
+        ReadPlan::from_columns(cols, resolved, &self.settings.guards)
     }
 }
