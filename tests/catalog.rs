@@ -863,3 +863,50 @@ async fn suggest_writes_guards_that_pass_check() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn resolve_tells_tables_whose_writes_act_without_rows() {
+    with_db(|url| async move {
+        let c = connect(&url).await;
+        c.batch_execute(
+            "CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+             CREATE TABLE plain (id int PRIMARY KEY, version int);
+             CREATE TABLE row_trigger (id int PRIMARY KEY, version int);
+             CREATE TRIGGER t AFTER UPDATE ON row_trigger FOR EACH ROW EXECUTE FUNCTION noop();
+             CREATE TABLE insert_trigger (id int PRIMARY KEY, version int);
+             CREATE TRIGGER t AFTER INSERT ON insert_trigger EXECUTE FUNCTION noop();
+             CREATE TABLE update_trigger (id int PRIMARY KEY, version int);
+             CREATE TRIGGER t AFTER UPDATE ON update_trigger EXECUTE FUNCTION noop();
+             ALTER TABLE update_trigger DISABLE TRIGGER t;
+             CREATE TABLE delete_trigger (id int PRIMARY KEY, version int);
+             CREATE TRIGGER t BEFORE DELETE ON delete_trigger EXECUTE FUNCTION noop();
+             CREATE TABLE ruled (id int PRIMARY KEY, version int);
+             CREATE RULE r AS ON UPDATE TO ruled DO ALSO NOTIFY ruled;
+             CREATE VIEW a_view AS SELECT * FROM plain;",
+        )
+        .await
+        .unwrap();
+        let tables = [
+            ("plain", false),
+            ("row_trigger", false),
+            ("insert_trigger", false),
+            ("update_trigger", true),
+            ("delete_trigger", true),
+            ("ruled", true),
+            ("a_view", true),
+        ];
+        let text: String = tables
+            .iter()
+            .map(|(t, _)| format!("[[guard]]\ntable = \"{t}\"\nkey = [\"id\"]\n"))
+            .collect();
+        let cfg = config(&text);
+        let resolved = optlock::catalog::resolve::resolve(&c, &cfg.guards)
+            .await
+            .unwrap();
+        for (i, (table, acts)) in tables.iter().enumerate() {
+            let r = resolved.get(i).unwrap_or_else(|| panic!("{table} resolved"));
+            assert_eq!(r.acts_without_rows, *acts, "{table}");
+        }
+    })
+    .await;
+}

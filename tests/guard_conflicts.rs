@@ -647,3 +647,110 @@ version = "version"
         .get(0);
     assert_eq!(amount, 0, "the write did not go through");
 }
+
+/// A write that matches no row still fires the statement-level triggers of its table. When
+/// that 0-row write is a conflict (the row was deleted), the trigger's work is undone with it,
+/// as an error raised inside the statement would undo it; a 0-row write that is no conflict
+/// keeps it. A table without such triggers gives the same answers (the proxy may then raise
+/// the conflict after the write's implicit transaction committed nothing). Autocommit, both
+/// protocols.
+#[tokio::test]
+async fn a_conflict_on_a_deleted_row_undoes_its_statement_triggers() {
+    let db = TestDb::new("g_stmt_trigger").await;
+    db.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE audit (op text);
+             CREATE FUNCTION audit_stmt() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN INSERT INTO audit VALUES (TG_OP); RETURN NULL; END $$;
+             CREATE TABLE loud (id int primary key, amount int, version bigint not null default 0);
+             CREATE TRIGGER audit AFTER UPDATE ON loud FOR EACH STATEMENT EXECUTE FUNCTION audit_stmt();
+             CREATE TABLE quiet (id int primary key, amount int, version bigint not null default 0);
+             INSERT INTO loud (id, amount) SELECT g, 0 FROM generate_series(1, 4) g;
+             INSERT INTO quiet (id, amount) SELECT g, 0 FROM generate_series(1, 4) g;",
+        )
+        .await
+        .unwrap();
+    let proxy = Proxy::with_guards(
+        r#"
+[[guard]]
+table = "public.loud"
+key = ["id"]
+version = "version"
+
+[[guard]]
+table = "public.quiet"
+key = ["id"]
+version = "version"
+"#,
+    )
+    .await;
+    let audit_rows = || async {
+        let n: i64 = db
+            .direct()
+            .await
+            .query_one("SELECT count(*) FROM audit", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let a = proxy.client(&db.name).await;
+    for table in ["loud", "quiet"] {
+        for (id, extended) in [(1, false), (2, true)] {
+            let what = format!("{table}, extended: {extended}");
+            a.simple_query(&format!(
+                "SELECT amount, version FROM {table} WHERE id = {id}"
+            ))
+            .await
+            .unwrap();
+            db.direct()
+                .await
+                .execute(&format!("DELETE FROM {table} WHERE id = {id}"), &[])
+                .await
+                .unwrap();
+            let before = audit_rows().await;
+            let sql = format!("UPDATE {table} SET amount = 5 WHERE id = $1");
+            let err = if extended {
+                a.execute(&sql, &[&id]).await.map(|_| ())
+            } else {
+                a.simple_query(&sql.replace("$1", &id.to_string()))
+                    .await
+                    .map(|_| ())
+            }
+            .expect_err(&what);
+            let e = err.as_db_error().expect("a server error");
+            assert_eq!(e.code().code(), "40001", "{what}");
+            assert_eq!(e.detail(), Some("the row no longer exists"), "{what}");
+            assert_eq!(
+                audit_rows().await,
+                before,
+                "{what}: the trigger's work is undone"
+            );
+
+            // A 0-row write that is no conflict: the row is at the version read, the rest of
+            // the condition does not hold. PostgreSQL fires the trigger and commits it.
+            let id = id + 2;
+            a.simple_query(&format!(
+                "SELECT amount, version FROM {table} WHERE id = {id}"
+            ))
+            .await
+            .unwrap();
+            let sql = format!("UPDATE {table} SET amount = 5 WHERE id = $1 AND amount = 99");
+            let n = if extended {
+                a.execute(&sql, &[&id]).await.unwrap()
+            } else {
+                rows_affected(
+                    &a.simple_query(&sql.replace("$1", &id.to_string()))
+                        .await
+                        .unwrap(),
+                )[0]
+            };
+            assert_eq!(n, 0, "{what}");
+            let fired = if table == "loud" { 1 } else { 0 };
+            assert_eq!(audit_rows().await, before + fired, "{what}");
+            // The session goes on.
+            a.simple_query("SELECT 1").await.unwrap();
+        }
+    }
+}

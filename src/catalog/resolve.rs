@@ -28,6 +28,10 @@ pub struct ResolvedGuard {
     /// Attribute number of the version column (`xmin` is a system column: negative).
     pub version_attnum: i16,
     pub version_type: u32,
+    /// An `UPDATE` or `DELETE` of the table may act even when it matches no row: the table
+    /// has a statement-level `UPDATE`/`DELETE` trigger (enabled or not) or a rule, or is not
+    /// a plain or partitioned table (a view, a foreign table). Unknown reads as true.
+    pub acts_without_rows: bool,
 }
 
 impl ResolvedGuard {
@@ -72,8 +76,9 @@ impl ResolvedGuards {
 }
 
 /// One `SELECT` over the catalog that resolves `guards`: one text row per (guard index, role,
-/// position, table OID, attnum, type OID) with role `k` (key column, position in the key) or
-/// `v` (version column, position 0). Columns that do not exist come back with NULL attnum.
+/// position, table OID, attnum, type OID, whether a write of the table may act without rows
+/// (see [`ResolvedGuard::acts_without_rows`])) with role `k` (key column, position in the key)
+/// or `v` (version column, position 0). Columns that do not exist come back with NULL attnum.
 pub fn resolve_query(guards: &[Guard]) -> String {
     let mut values = Vec::new();
     for (i, g) in guards.iter().enumerate() {
@@ -92,12 +97,17 @@ pub fn resolve_query(guards: &[Guard]) -> String {
     }
     if values.is_empty() {
         return "SELECT NULL::text AS guard, NULL::text AS role, NULL::text AS pos, \
-                NULL::text AS table_oid, NULL::text AS attnum, NULL::text AS type_oid LIMIT 0"
+                NULL::text AS table_oid, NULL::text AS attnum, NULL::text AS type_oid, \
+                NULL::text AS acts_without_rows LIMIT 0"
             .to_string();
     }
+    // In tgtype, 1 marks FOR EACH ROW, 8 DELETE and 16 UPDATE.
     format!(
         "SELECT g.guard::text, g.role, g.pos::text, c.oid::text, a.attnum::text, \
-         coalesce(nullif(b.typbasetype, 0), nullif(t.typbasetype, 0), t.oid)::text \
+         coalesce(nullif(b.typbasetype, 0), nullif(t.typbasetype, 0), t.oid)::text, \
+         (c.relkind NOT IN ('r', 'p') OR c.relhasrules OR EXISTS (SELECT 1 \
+         FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid = c.oid \
+         AND tg.tgtype::int & 1 = 0 AND tg.tgtype::int & 24 <> 0))::text \
          FROM (VALUES {}) AS g(guard, role, pos, nsp, rel, att) \
          JOIN pg_catalog.pg_namespace n ON n.nspname = g.nsp \
          JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = g.rel \
@@ -111,7 +121,7 @@ pub fn resolve_query(guards: &[Guard]) -> String {
     )
 }
 
-/// Reads the text rows of [`resolve_query`] (six columns each) for the same `guards`.
+/// Reads the text rows of [`resolve_query`] (seven columns each) for the same `guards`.
 /// Rows that do not parse, or name a guard out of range, are ignored; a guard missing its
 /// table or any of its columns is absent.
 pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> ResolvedGuards {
@@ -119,6 +129,7 @@ pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> Resolve
         table_oid: u32,
         keys: Vec<Option<(i16, u32)>>,
         version: Option<(i16, u32)>,
+        acts_without_rows: bool,
     }
     let mut partial: Vec<Option<Partial>> = guards.iter().map(|_| None).collect();
     for row in rows {
@@ -138,10 +149,12 @@ pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> Resolve
             table_oid,
             keys: vec![None; g.key.len()],
             version: None,
+            acts_without_rows: false,
         });
         if p.table_oid != table_oid {
             continue;
         }
+        p.acts_without_rows |= field(6) != Some("false");
         let column = match (
             field(4).and_then(|v| v.parse::<i16>().ok()),
             field(5).and_then(|v| v.parse::<u32>().ok()),
@@ -167,6 +180,7 @@ pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> Resolve
                 key_types: keys.iter().map(|k| k.1).collect(),
                 version_attnum,
                 version_type,
+                acts_without_rows: p.acts_without_rows,
             })
         });
         if let Some(r) = &resolved {
@@ -216,9 +230,9 @@ mod tests {
     fn parses_rows_and_drops_incomplete_guards() {
         let g = guards();
         let rows = vec![
-            row(&["0", "k", "0", "100", "1", "23"]),
-            row(&["0", "k", "1", "100", "2", "25"]),
-            row(&["0", "v", "0", "100", "3", "20"]),
+            row(&["0", "k", "0", "100", "1", "23", "false"]),
+            row(&["0", "k", "1", "100", "2", "25", "false"]),
+            row(&["0", "v", "0", "100", "3", "20", "false"]),
             row(&["1", "k", "0", "200", "", ""]),
             row(&["1", "v", "0", "200", "-2", "28"]),
         ];
@@ -231,6 +245,15 @@ mod tests {
         assert_eq!((a.version_attnum, a.version_type), (3, 20));
         assert_eq!(a.key_position(2), Some(1));
         assert!(a.is_version(3));
+        assert!(!a.acts_without_rows);
+        let mut rows = rows[..3].to_vec();
+        rows[1][6] = Some("true".into());
+        assert!(parse_resolved(&rows, &g).get(0).unwrap().acts_without_rows);
+        rows[1][6] = None;
+        assert!(
+            parse_resolved(&rows, &g).get(0).unwrap().acts_without_rows,
+            "unknown reads as true"
+        );
         assert!(r.by_table_oid(200).is_none());
         assert!(r.get(1).is_none());
     }

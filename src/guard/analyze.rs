@@ -1160,6 +1160,17 @@ fn build_write(
     if !points.iter().flatten().is_sorted() {
         return None;
     }
+    let has_paren = |tokens: Range<usize>| {
+        tokens
+            .into_iter()
+            .any(|i| matches!(lexed.token(i), Token::LParen))
+    };
+    let may_act_without_rows = match set_kw {
+        Some(set) => {
+            has_paren(r.start..set) || has_paren(from_kw.or(where_kw).unwrap_or(body_end)..body_end)
+        }
+        None => has_paren(r.start..body_end),
+    };
     let splice = Splice {
         statement: lexed.spans[r.start].start..lexed.spans[r.end - 1].end,
         set_end,
@@ -1168,6 +1179,7 @@ fn build_write(
         returning_at: before(end)?,
         qualifier: qualifier(target_name.0, target_name.1)?,
         in_cte,
+        may_act_without_rows,
     };
 
     let target = TargetName {
@@ -1222,6 +1234,50 @@ mod tests {
         match one(sql) {
             Action::Write(w) => Arc::unwrap_or_clone(w),
             other => panic!("{sql}: expected a guarded write, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tells_writes_that_may_act_without_rows() {
+        for (sql, acts) in [
+            ("UPDATE invoice SET total = 1 WHERE id = 42", false),
+            (
+                "UPDATE invoice SET total = round(2.5), note = now() WHERE id = 42",
+                false,
+            ),
+            (
+                "UPDATE invoice SET total = 1 WHERE id = 42 RETURNING upper(note)",
+                false,
+            ),
+            (
+                "UPDATE invoice i SET total = c.x FROM customer c WHERE i.id = 42",
+                false,
+            ),
+            (
+                "UPDATE invoice SET total = 1 WHERE id = 42 AND note = 'a(b'",
+                false,
+            ),
+            ("DELETE FROM invoice WHERE id = 42", false),
+            (
+                "UPDATE invoice SET total = 1 WHERE id = 42 AND audit()",
+                true,
+            ),
+            ("UPDATE invoice SET total = 1 WHERE id IN (SELECT 42)", true),
+            (
+                "UPDATE invoice i SET total = 1 FROM f() c WHERE i.id = 42",
+                true,
+            ),
+            (
+                "WITH c AS (SELECT 1) UPDATE invoice SET total = 1 WHERE id = 42",
+                true,
+            ),
+            (
+                "DELETE FROM invoice USING f() c WHERE invoice.id = 42",
+                true,
+            ),
+            ("DELETE FROM invoice WHERE id = 42 AND audit()", true),
+        ] {
+            assert_eq!(write(sql).splice.may_act_without_rows, acts, "{sql}");
         }
     }
 

@@ -31,6 +31,10 @@ pub struct Splice {
     /// is not the statement's command tag and its `RETURNING` rows are not the statement's
     /// result, so the proxy appends no columns to it.
     pub in_cte: bool,
+    /// The statement holds a parenthesis outside its `SET` list and `RETURNING` (in a `WITH`,
+    /// `FROM`/`USING` or `WHERE`): a call or subquery there runs even when no row matches.
+    /// (`SET` and `RETURNING` run only for the rows written.)
+    pub may_act_without_rows: bool,
 }
 
 /// The expected version a rendered write checks.

@@ -507,8 +507,9 @@ impl Session {
                     None => self.to_server.extend_from_slice(msg),
                 }
                 let hold = tagged.as_ref().is_some_and(|t| t.holds_batch());
+                let quiet = tagged.as_ref().is_some_and(|t| t.quiet_without_rows());
                 self.replies.push(Pending::Execute(tagged));
-                if hold && !self.check_after_sync() {
+                if hold && !self.check_after_sync(quiet) {
                     // The row count decides whether the batch goes on: get it now.
                     fe::write_simple(&mut self.to_server, fe::FLUSH);
                     self.hold_client = true;

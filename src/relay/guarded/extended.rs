@@ -175,6 +175,12 @@ impl Tag {
     pub fn holds_batch(&self) -> bool {
         matches!(self, Tag::Execute(p) if p.write.as_ref().is_some_and(|w| w.expected.is_some()))
     }
+
+    /// True for a guarded write that changes nothing when it matches no row (see
+    /// [`Session::quiet_without_rows`]).
+    pub fn quiet_without_rows(&self) -> bool {
+        matches!(self, Tag::Execute(p) if p.write.as_ref().is_some_and(|w| w.quiet_without_rows))
+    }
 }
 
 impl Session {
@@ -644,6 +650,7 @@ impl Session {
             plan,
             held: None,
             in_cte: w.splice.in_cte,
+            quiet_without_rows: self.quiet_without_rows(w),
         };
         self.write_portal(portal, bound, b.result_formats);
         Ok(true)
@@ -679,6 +686,7 @@ impl Session {
             plan: None,
             held: None,
             in_cte: w.splice.in_cte,
+            quiet_without_rows: self.quiet_without_rows(w),
         };
         self.write_portal(portal, check, b.result_formats);
         true
@@ -726,14 +734,15 @@ impl Session {
         Some(Box::new(Tag::Execute(p)))
     }
 
-    /// A checked write's `Execute` was sent. Inside a transaction block, with this `Execute`
-    /// the only statement of its batch and the batch's `Sync` right behind it, the `Sync` goes
-    /// out at once (it ends nothing there) and what follows it waits for the row count: one
-    /// round trip instead of two. A write that matched 0 rows is then raised as a conflict
-    /// before the client sees the batch's `ReadyForQuery`, and aborts the transaction as it
-    /// would have before the `Sync`. Returns false when the `Execute` must wait alone (the
-    /// caller flushes it and holds the batch).
-    pub(in crate::relay) fn check_after_sync(&mut self) -> bool {
+    /// A checked write's `Execute` was sent. With this `Execute` the only statement of its
+    /// batch and the batch's `Sync` right behind it, the `Sync` goes out at once and what
+    /// follows it waits for the row count: one round trip instead of two. A write that matched
+    /// 0 rows is then raised as a conflict before the client sees the batch's `ReadyForQuery`.
+    /// That is safe inside a transaction block, where the `Sync` ends nothing and the conflict
+    /// aborts the transaction as it would have before the `Sync`; and outside one for a write
+    /// that is `quiet` without rows, whose implicit transaction committed nothing. Returns
+    /// false when the `Execute` must wait alone (the caller flushes it and holds the batch).
+    pub(in crate::relay) fn check_after_sync(&mut self, quiet: bool) -> bool {
         let sync_next = self.client_in.len() >= 5
             && self.client_in[0] == fe::SYNC
             && self.client_in[1..5] == 4u32.to_be_bytes();
@@ -743,7 +752,7 @@ impl Session {
             .filter(|p| matches!(p, Pending::Execute(_) | Pending::Simple(_) | Pending::Sync))
             .count()
             == 1;
-        let ok = self.tx_status == b'T' && sync_next && alone;
+        let ok = (self.tx_status == b'T' || self.tx_status == b'I' && quiet) && sync_next && alone;
         if ok {
             self.guard.after_sync = AfterSync::SyncNext;
         }

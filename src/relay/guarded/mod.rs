@@ -32,6 +32,7 @@ use crate::catalog::resolve::{self, ResolvedGuards};
 use crate::guard::cache::AnalysisCache;
 use crate::guard::prefilter::{Found, Prefilter};
 use crate::guard::track::Tracker;
+use crate::guard::{GuardedWrite, WriteOp};
 use crate::protocol::{backend as be, frontend as fe};
 
 pub use extended::{Portal, Prepared};
@@ -262,6 +263,22 @@ impl GuardState {
 }
 
 impl Session {
+    /// True when a run of `w` that matches no row changes nothing in the database: no call or
+    /// subquery runs outside its `SET` list and `RETURNING`, and its table has no
+    /// statement-level trigger or rule (as resolved for this session; unknown counts as
+    /// having one). Such a write's 0-row conflict may be raised after its implicit
+    /// transaction committed: there is nothing to undo.
+    pub(super) fn quiet_without_rows(&self, w: &GuardedWrite) -> bool {
+        !w.splice.in_cte
+            && w.op != WriteOp::Upsert
+            && !w.splice.may_act_without_rows
+            && self
+                .guard
+                .resolved
+                .get(w.guard)
+                .is_some_and(|r| !r.acts_without_rows)
+    }
+
     fn guards_active(&self) -> bool {
         !self.settings.guards.is_empty()
     }

@@ -72,6 +72,10 @@ pub struct WriteCheck {
     pub held: Option<BytesMut>,
     /// The write is inside a data-modifying `WITH`: its rows are not the statement's.
     pub in_cte: bool,
+    /// A run of the write that matches no row changes nothing (see
+    /// [`Session::quiet_without_rows`]): its conflict may be raised after its implicit
+    /// transaction committed.
+    pub quiet_without_rows: bool,
 }
 
 impl WriteCheck {
@@ -231,7 +235,14 @@ impl Session {
             self.send_as_written(msg, check.guard);
             return Ok(true);
         }
-        let wrap = steps.len() > 1 && self.tx_status == b'I' && !tx_control;
+        // A lone checked write that may act without rows (a statement-level trigger, a call
+        // in its WHERE) is wrapped too: if it matches no row, its conflict must undo what it
+        // did, as an error raised inside it would.
+        let lone_loud_write = matches!(
+            steps.as_slices().0,
+            [StepSpec::Sql(_, Some(c))] if c.expected.is_some() && !c.quiet_without_rows
+        );
+        let wrap = (steps.len() > 1 || lone_loud_write) && self.tx_status == b'I' && !tx_control;
         self.start_script(steps, wrap, sql.into());
         Ok(true)
     }
@@ -447,6 +458,7 @@ impl Session {
                         plan: None,
                         held: None,
                         in_cte: w.splice.in_cte,
+                        quiet_without_rows: self.quiet_without_rows(w),
                     })),
                 );
                 (check, step)
