@@ -45,6 +45,8 @@ enum Msg {
     /// SQLSTATE and message.
     Error(String, String),
     Ready(char),
+    /// `ParameterDescription` with the number of parameters.
+    Params(usize),
     Other(char),
 }
 
@@ -143,7 +145,11 @@ fn error_field(body: &[u8], code: u8) -> String {
 
 impl Raw {
     async fn connect(proxy: &Proxy, db: &str) -> Raw {
-        let s = TcpStream::connect(proxy.addr).await.unwrap();
+        Raw::connect_to(&proxy.addr.to_string(), db).await
+    }
+
+    async fn connect_to(addr: &str, db: &str) -> Raw {
+        let s = TcpStream::connect(addr).await.unwrap();
         let mut raw = Raw { s, buf: Vec::new() };
         let mut body = 196608i32.to_be_bytes().to_vec();
         for kv in ["user", "postgres", "database", db] {
@@ -217,6 +223,7 @@ impl Raw {
                 ),
                 b'E' => Msg::Error(error_field(&body, b'C'), error_field(&body, b'M')),
                 b'Z' => Msg::Ready(body[0] as char),
+                b't' => Msg::Params(i16::from_be_bytes([body[0], body[1]]) as usize),
                 b'N' | b'S' | b'K' | b'R' => continue,
                 t => Msg::Other(t as char),
             };
@@ -1277,4 +1284,131 @@ async fn a_parse_the_server_refuses_leaves_the_statement_it_has_guarded() {
             if code == "26000" && text.contains("\"broken\""))),
         "{msgs:?}"
     );
+}
+
+/// The exchanges [`an_unnamed_write_kept_prepared_answers_as_the_server_itself`] compares, each
+/// batch's replies in order. Every text is sent twice first, so the proxy keeps it prepared.
+async fn kept_script(raw: &mut Raw) -> Vec<Vec<Msg>> {
+    let write = "UPDATE invoice SET total = total + 1 WHERE id = $1";
+    let broken = "UPDATE invoice SET total = no_such_column WHERE id = $1";
+    let pbe_write = |id: &str| {
+        [
+            parse("", write),
+            bind("", "", &[id]),
+            describe_portal(""),
+            execute(""),
+            sync(),
+        ]
+        .concat()
+    };
+    let mut out = Vec::new();
+    let mut batch = async |raw: &mut Raw, bytes: Vec<u8>| {
+        raw.send(&bytes).await;
+        out.push(raw.until_ready().await);
+    };
+    for _ in 0..3 {
+        batch(raw, pbe_write("6")).await;
+    }
+    // Its description: the client's one parameter, no rows.
+    batch(
+        raw,
+        [parse("", write), describe_statement(""), sync()].concat(),
+    )
+    .await;
+    // The unnamed statement bound again without a new Parse, to another row.
+    batch(raw, [bind("", "", &["5"]), execute(""), sync()].concat()).await;
+    // In an aborted transaction the Parse itself fails.
+    batch(raw, query("BEGIN")).await;
+    batch(raw, query("SELECT 1/0")).await;
+    batch(raw, pbe_write("6")).await;
+    batch(raw, query("ROLLBACK")).await;
+    // A simple query drops the unnamed statement: binding it fails.
+    batch(raw, pbe_write("6")).await;
+    batch(raw, query("SELECT 1")).await;
+    batch(raw, [bind("", "", &["6"]), execute(""), sync()].concat()).await;
+    batch(raw, pbe_write("6")).await;
+    // A text the server cannot prepare: its Parse fails, and leaves no unnamed statement
+    // (not even the one before it).
+    for _ in 0..3 {
+        batch(raw, [pbe("SELECT 42"), sync()].concat()).await;
+        batch(raw, [parse("", broken), sync()].concat()).await;
+        batch(raw, [bind("", "", &["6"]), execute(""), sync()].concat()).await;
+    }
+    // DISCARD ALL drops prepared statements; the write goes on.
+    batch(raw, pbe_write("6")).await;
+    batch(raw, query("DISCARD ALL")).await;
+    batch(raw, pbe_write("6")).await;
+    batch(raw, pbe_write("6")).await;
+    batch(raw, [bind("", "", &["6"]), execute(""), sync()].concat()).await;
+    out
+}
+
+/// An unnamed guarded write sent again and again (libpq's `PQexecParams`) is kept prepared
+/// under a name of the proxy's, and the client cannot tell: every reply, error and command tag
+/// is the server's own, in an aborted transaction, after a simple query dropped the unnamed
+/// statement, for a text the server refuses, and across `DISCARD ALL`.
+#[tokio::test]
+async fn an_unnamed_write_kept_prepared_answers_as_the_server_itself() {
+    let db = TestDb::new("pl_kept_exact").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut direct = Raw::connect_to(&upstream(), &db.name).await;
+    let expected = kept_script(&mut direct).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    let got = kept_script(&mut raw).await;
+    assert_eq!(got, expected);
+    assert!(
+        got[3].contains(&Msg::Params(1)) && got[3].contains(&Msg::NoData),
+        "{:?}",
+        got[3]
+    );
+    // Each run wrote row 6 nine times and row 5 once (bumped by the proxy only).
+    assert_eq!(version_of(&db, 6).await, 9);
+    assert_eq!(version_of(&db, 5).await, 1);
+}
+
+/// The kept statement still checks the version: a row changed by someone else since the
+/// session read it is a conflict, and the session's own writes never are.
+#[tokio::test]
+async fn an_unnamed_write_kept_prepared_still_checks_the_version() {
+    let db = TestDb::new("pl_kept_check").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    raw.read_row(6).await;
+    let write = "UPDATE invoice SET total = total + 1 WHERE id = $1";
+    let batch = [parse("", write), bind("", "", &["6"]), execute(""), sync()].concat();
+    for _ in 0..3 {
+        raw.send(&batch).await;
+        assert_eq!(
+            raw.until_ready().await,
+            vec![
+                Msg::ParseComplete,
+                Msg::BindComplete,
+                cc("UPDATE 1"),
+                Msg::Ready('I')
+            ]
+        );
+    }
+    raw.send(&query(
+        "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'optlock\\_full\\_%'",
+    ))
+    .await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        msgs.contains(&Msg::DataRow(vec![Some("1".into())])),
+        "the write is kept prepared: {msgs:?}"
+    );
+    bump_directly(&db, 6).await;
+    raw.send(&batch).await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![
+            Msg::ParseComplete,
+            Msg::BindComplete,
+            conflict_msg(6),
+            Msg::Ready('I')
+        ]
+    );
+    assert_eq!(version_of(&db, 6).await, 4);
 }

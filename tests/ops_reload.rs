@@ -479,3 +479,68 @@ async fn sighup_keeps_statements_prepared_under_the_same_guard_working() {
         .expect_err("the statement is still guarded after the reload");
     assert_eq!(e.code().map(|c| c.code()), Some("40001"), "{e}");
 }
+
+/// An unnamed guarded write kept prepared by the proxy (sent again and again, as libpq's
+/// `PQexecParams` does) goes on working across a reload and is guarded under the new guards:
+/// the kept statement is closed and another is prepared under them.
+#[tokio::test]
+async fn sighup_prepares_kept_unnamed_writes_again() {
+    let db = TestDb::new("hup_kept").await;
+    setup(&db).await;
+    let file = ConfigFile::new(&format!("{}{INVOICE}", base()));
+    let mut proc = Running::serve(&file.path, &[]);
+    proc.wait_ready();
+    let a = open(&proc.conninfo(&db.name)).await;
+    let b = open(&proc.conninfo(&db.name)).await;
+    let write = "UPDATE invoice SET total = total + 1 WHERE id = $1";
+    let int4 = tokio_postgres::types::Type::INT4;
+    let kept = "SELECT array_agg(name::text) FROM pg_prepared_statements \
+                WHERE name LIKE 'optlock\\_full\\_%'";
+    let kept_names =
+        async |c: &Client| -> Vec<String> { c.query_one(kept, &[]).await.unwrap().get(0) };
+    for _ in 0..3 {
+        a.client
+            .query_typed(write, &[(&3i32, int4.clone())])
+            .await
+            .unwrap();
+    }
+    let before = kept_names(&a.client).await;
+    assert_eq!(before.len(), 1, "the write is kept prepared: {before:?}");
+    file.rewrite(&format!("{}{INVOICE}{AUDIT}", base()));
+    let mark = proc.stderr().len();
+    proc.signal("HUP");
+    proc.wait_for_log("reloaded", mark);
+    wait_for_guards(&proc, &["public.invoice", "public.audit"]);
+    for _ in 0..3 {
+        a.client
+            .query_typed(write, &[(&3i32, int4.clone())])
+            .await
+            .unwrap();
+    }
+    let after = kept_names(&a.client).await;
+    assert!(
+        after.len() == 1 && after != before,
+        "the old one closed, a new one kept: {before:?} then {after:?}"
+    );
+    let version: i64 = b
+        .client
+        .query_one("SELECT version FROM invoice WHERE id = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 6, "every write bumped");
+    a.client
+        .simple_query("SELECT id, version FROM invoice WHERE id = 3")
+        .await
+        .unwrap();
+    b.client
+        .simple_query("UPDATE invoice SET total = 0 WHERE id = 3")
+        .await
+        .unwrap();
+    let e = a
+        .client
+        .query_typed(write, &[(&3i32, int4.clone())])
+        .await
+        .expect_err("a stale write through the kept statement");
+    assert_eq!(e.code().map(|c| c.code()), Some("40001"), "{e}");
+}

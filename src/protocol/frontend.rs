@@ -234,7 +234,16 @@ pub fn write_execute(out: &mut BytesMut, portal: &[u8], limit: i32) {
 }
 
 pub fn write_close(out: &mut BytesMut, kind: u8, name: &[u8]) {
-    let at = begin_message(out, CLOSE);
+    write_target(out, CLOSE, kind, name);
+}
+
+pub fn write_describe(out: &mut BytesMut, kind: u8, name: &[u8]) {
+    write_target(out, DESCRIBE, kind, name);
+}
+
+/// A `Close` or `Describe` of a statement (`S`) or portal (`P`).
+fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
+    let at = begin_message(out, tag);
     out.extend_from_slice(&[kind]);
     out.extend_from_slice(name);
     out.extend_from_slice(&[0]);

@@ -485,8 +485,10 @@ impl Session {
                 }
             }
             fe::DESCRIBE => {
-                let tagged = self.guard_describe(&msg[5..]);
-                self.to_server.extend_from_slice(msg);
+                let (tagged, sent) = self.guard_describe(&msg[5..]);
+                if !sent {
+                    self.to_server.extend_from_slice(msg);
+                }
                 match fe::target(&msg[5..]) {
                     Some((b'S', _)) => self.replies.push(Pending::DescribeStatement(tagged)),
                     _ => self.replies.push(Pending::DescribePortal(tagged)),
@@ -615,6 +617,9 @@ impl Session {
         if !self.logged_in {
             self.to_client.extend_from_slice(msg);
             return Ok(());
+        }
+        if tag == be::ERROR_RESPONSE && self.guard.keeps_statements() {
+            self.guard.on_error_with_kept(&msg[5..]);
         }
         let mut release = false;
         let (step, popped) = if tag == be::ERROR_RESPONSE {

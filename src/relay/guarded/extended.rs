@@ -18,6 +18,7 @@ use bytes::BytesMut;
 
 use super::super::replies::Pending;
 use super::super::session::Session;
+use super::kept::Kept;
 use super::pinned::{ReadCheck, param_text};
 use super::raise::RaiseCtx;
 use super::reads::{Col, ReadPlan, canonical, result_format_codes};
@@ -99,6 +100,9 @@ pub struct PreparedWrite {
     /// the proxy's: a `Bind` that checks a version, or must learn the row's new one, is bound
     /// to the full form; any other goes to the client's statement untouched.
     pub full: Option<FullVariant>,
+    /// The name the server has the statement under when it is not the client's: an unnamed
+    /// statement kept prepared (see [`super::kept`]).
+    pub server_name: Option<Box<[u8]>>,
 }
 
 /// A `Parse` that changed what the session knows of a statement name, and how to take the
@@ -113,6 +117,8 @@ pub struct ParseUndo {
     after: OnceLock<Arc<Prepared>>,
     /// The proxy's own `Parse` (a statement prepared again in full): its reply is swallowed.
     pub hidden: bool,
+    /// The kept statement this `Parse` prepares, usable once the server answered it.
+    pub kept: OnceLock<Arc<Kept>>,
 }
 
 /// The full form of a named statement that went lean.
@@ -161,6 +167,60 @@ impl Portal {
                 version: s.version.map(|c| c.with_format(&self.result_formats)),
             }
         }))
+    }
+}
+
+/// The parameter the proxy adds for the expected version (1-based), for a write that may
+/// check one.
+fn version_param(w: &GuardedWrite, param_types: &[u32]) -> Option<u16> {
+    (w.op != WriteOp::Upsert && w.pinned.is_none() && matches!(w.target, Target::Key(_)))
+        .then(|| w.max_param.max(param_types.len() as u16) + 1)
+}
+
+/// The full form of a guarded write (version check and `RETURNING`): its text, and what the
+/// session knows of the statement.
+fn full_form(
+    sql: &str,
+    param_types: &[u32],
+    guards: &Arc<GuardSet>,
+    w: &Arc<GuardedWrite>,
+    server_name: Option<Box<[u8]>>,
+) -> (Prepared, String) {
+    let extra = version_param(w, param_types);
+    let mut text = String::with_capacity(sql.len() + 128);
+    let expected = extra.map_or(Expected::None, Expected::Param);
+    w.render_with(sql, guards, expected, true, &mut text);
+    let added = w.added_columns(guards);
+    let mut prepared = prepared_write(sql, param_types, guards, w, extra, added, false);
+    if let Some(pw) = &mut prepared.write {
+        pw.server_name = server_name;
+    }
+    (prepared, text)
+}
+
+/// What the session knows of a guarded write prepared from `sql`.
+fn prepared_write(
+    sql: &str,
+    param_types: &[u32],
+    guards: &Arc<GuardSet>,
+    w: &Arc<GuardedWrite>,
+    extra: Option<u16>,
+    added: usize,
+    lean: bool,
+) -> Prepared {
+    Prepared {
+        declared_types: param_types.to_vec(),
+        write: Some(PreparedWrite {
+            guards: guards.clone(),
+            write: w.clone(),
+            extra,
+            added,
+            text: sql.to_string(),
+            lean,
+            full: None,
+            server_name: None,
+        }),
+        ..Prepared::default()
     }
 }
 
@@ -221,6 +281,7 @@ impl Session {
             before,
             after: OnceLock::new(),
             hidden: false,
+            kept: OnceLock::new(),
         });
         let reply = || Some(Box::new(Tag::Parsed(undo.clone())));
         let parsed = match std::str::from_utf8(p.query) {
@@ -265,7 +326,7 @@ impl Session {
         name: &[u8],
         sql: &str,
         param_types: &[u32],
-        reply: super::StmtTag,
+        mut reply: super::StmtTag,
         may_lean: bool,
     ) -> Parsed {
         let guards = self.settings.guards.clone();
@@ -296,35 +357,31 @@ impl Session {
                     self.parse_named_lean(name, sql, param_types, reply, &guards, w);
                     return Parsed::Rewritten;
                 }
-                let lean = may_lean && self.lean_parse(name, w, param_types);
-                let needs_param = w.op != WriteOp::Upsert
-                    && w.pinned.is_none()
-                    && matches!(w.target, Target::Key(_));
-                let extra =
-                    (needs_param && !lean).then(|| w.max_param.max(param_types.len() as u16) + 1);
-                if lean && !w.adds_bump(&guards) {
-                    // Nothing to add: the statement goes as the client wrote it.
-                    fe::write_parse(&mut self.to_server, name, sql.as_bytes(), param_types);
-                } else {
-                    let mut text = String::with_capacity(sql.len() + 128);
-                    let expected = extra.map_or(Expected::None, Expected::Param);
-                    w.render_with(sql, &guards, expected, !lean, &mut text);
-                    fe::write_parse(&mut self.to_server, name, text.as_bytes(), param_types);
-                }
-                self.replies.push(Pending::Parse(reply));
-                let prepared = Prepared {
-                    declared_types: param_types.to_vec(),
-                    write: Some(PreparedWrite {
-                        guards: guards.clone(),
-                        added: if lean { 0 } else { w.added_columns(&guards) },
-                        write: w.clone(),
-                        extra,
-                        text: sql.to_string(),
-                        lean,
-                        full: None,
-                    }),
-                    ..Prepared::default()
+                let full = |server_name: Option<Box<[u8]>>| {
+                    full_form(sql, param_types, &guards, w, server_name)
                 };
+                if name.is_empty()
+                    && self.parse_kept(sql, param_types, &mut reply, |n| full(Some(n)), &guards, w)
+                {
+                    return Parsed::Rewritten;
+                }
+                let lean = may_lean && self.lean_parse(name, w, param_types);
+                let prepared = if lean {
+                    if w.adds_bump(&guards) {
+                        let mut text = String::with_capacity(sql.len() + 64);
+                        w.render_with(sql, &guards, Expected::None, false, &mut text);
+                        fe::write_parse(&mut self.to_server, name, text.as_bytes(), param_types);
+                    } else {
+                        // Nothing to add: the statement goes as the client wrote it.
+                        fe::write_parse(&mut self.to_server, name, sql.as_bytes(), param_types);
+                    }
+                    prepared_write(sql, param_types, &guards, w, None, 0, true)
+                } else {
+                    let (prepared, text) = full(None);
+                    fe::write_parse(&mut self.to_server, name, text.as_bytes(), param_types);
+                    prepared
+                };
+                self.replies.push(Pending::Parse(reply));
                 self.guard
                     .statements
                     .insert(name.into(), Arc::new(prepared));
@@ -380,6 +437,7 @@ impl Session {
                     extra,
                     added: w.added_columns(guards),
                 }),
+                server_name: None,
             }),
             ..Prepared::default()
         };
@@ -472,6 +530,7 @@ impl Session {
             before: Some(prepared.clone()),
             after: OnceLock::new(),
             hidden: true,
+            kept: OnceLock::new(),
         });
         let reply = Some(Box::new(Tag::Parsed(undo.clone())));
         self.parse_guarded(statement, &text, &types, reply, false);
@@ -489,6 +548,9 @@ impl Session {
     /// knows of the name goes back to what the server has, unless a later `Parse` or `Close`
     /// of the name changed it since.
     pub(in crate::relay) fn undo_parse(&mut self, undo: &ParseUndo, answered: bool) {
+        if let Some(kept) = undo.kept.get() {
+            self.guard.kept_not_prepared(kept);
+        }
         let current = self.guard.statements.get(&undo.name[..]);
         let unchanged_since = match (current, undo.after.get()) {
             (Some(current), Some(after)) => Arc::ptr_eq(current, after),
@@ -624,7 +686,14 @@ impl Session {
                 Some(full.extra),
                 full.added,
             ),
-            None => (b, pw.extra, pw.added),
+            None => (
+                fe::Bind {
+                    statement: pw.server_name.as_deref().unwrap_or(b.statement),
+                    ..b
+                },
+                pw.extra,
+                pw.added,
+            ),
         };
         let extra = extra.map(|_| expected.as_deref().map(str::as_bytes));
         fe::write_bind_rewritten(&mut self.to_server, &b, extra, added);
@@ -663,7 +732,7 @@ impl Session {
     /// `Bind` goes as it is. Returns true when the guard sent it.
     fn bind_unchecked(&mut self, portal: &[u8], body: &[u8], pw: &PreparedWrite) -> bool {
         let w = &pw.write;
-        if pw.extra.is_none() && pw.added == 0 {
+        if pw.extra.is_none() && pw.added == 0 && pw.server_name.is_none() {
             self.shared
                 .admin
                 .metrics
@@ -672,6 +741,10 @@ impl Session {
         }
         let Some(b) = fe::bind(body) else {
             return false;
+        };
+        let b = fe::Bind {
+            statement: pw.server_name.as_deref().unwrap_or(b.statement),
+            ..b
         };
         fe::write_bind_rewritten(&mut self.to_server, &b, pw.extra.map(|_| None), pw.added);
         self.replies.push(Pending::Bind(None));
@@ -704,18 +777,36 @@ impl Session {
         );
     }
 
-    /// A `Describe`: tagged when its reply may need changing or reading.
-    pub(in crate::relay) fn guard_describe(&mut self, body: &[u8]) -> super::StmtTag {
+    /// A `Describe`: tagged when its reply may need changing or reading. Returns true with
+    /// the tag when the guard sent it (to a kept statement).
+    pub(in crate::relay) fn guard_describe(&mut self, body: &[u8]) -> (super::StmtTag, bool) {
         if !self.guards_active() {
-            return None;
+            return (None, false);
         }
-        let (kind, name) = fe::target(body)?;
-        let tag = if kind == b'P' {
-            Tag::DescribePortal(self.guard.portals.get(name)?.clone())
-        } else {
-            Tag::DescribeStatement(self.guard.statements.get(name)?.clone())
+        let Some((kind, name)) = fe::target(body) else {
+            return (None, false);
         };
-        Some(Box::new(tag))
+        if kind == b'P' {
+            let tag = self
+                .guard
+                .portals
+                .get(name)
+                .cloned()
+                .map(Tag::DescribePortal);
+            return (tag.map(Box::new), false);
+        }
+        let Some(prepared) = self.guard.statements.get(name).cloned() else {
+            return (None, false);
+        };
+        let server_name = prepared
+            .write
+            .as_ref()
+            .and_then(|w| w.server_name.as_deref());
+        if let Some(server_name) = server_name {
+            fe::write_describe(&mut self.to_server, b'S', server_name);
+        }
+        let sent = server_name.is_some();
+        (Some(Box::new(Tag::DescribeStatement(prepared))), sent)
     }
 
     /// An `Execute`: tagged when the portal's rows or row count matter to the guard.
@@ -886,6 +977,9 @@ impl Session {
                 if tag == be::ERROR_RESPONSE {
                     self.undo_parse(&undo, true);
                     return Ok(false);
+                }
+                if let Some(kept) = undo.kept.get() {
+                    kept.prepared_on_server();
                 }
                 Ok(undo.hidden)
             }

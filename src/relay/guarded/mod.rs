@@ -7,12 +7,14 @@
 //!   conflict stops the rest of the text exactly as a server error would.
 //! - [`extended`]: `Parse`/`Bind`/`Describe`/`Execute` of guarded statements (an extra
 //!   parameter carries the expected version; the batch waits for the row count).
+//! - [`kept`]: unnamed guarded writes kept prepared under names of the proxy's.
 //! - [`raise`]: the `DO` blocks that make the server itself raise conflicts and refusals.
 //! - [`stale`]: statements prepared before a reload that guards their table.
 //!
 //! With no guard configured none of this runs: every hook returns at its first test.
 
 mod extended;
+mod kept;
 mod pinned;
 mod raise;
 mod reads;
@@ -132,6 +134,10 @@ pub struct GuardState {
     need_resolve: bool,
     /// How many full variants of named statements the proxy prepared (it names them).
     full_variants: u64,
+    /// Unnamed guarded writes kept prepared, by the client's text.
+    kept: NameMap<Arc<kept::Kept>>,
+    /// Texts of unnamed guarded writes seen once (not kept yet).
+    seen_once: NameMap<()>,
     /// Full variants of statements the client deallocated with SQL `DEALLOCATE`: closed at
     /// the start of its next extended-protocol batch.
     deallocated: Vec<Box<[u8]>>,
@@ -169,6 +175,8 @@ impl GuardState {
             script: None,
             need_resolve: false,
             full_variants: 0,
+            kept: NameMap::default(),
+            seen_once: NameMap::default(),
             deallocated: Vec::new(),
             after_sync: AfterSync::None,
         }
@@ -222,6 +230,7 @@ impl GuardState {
             let w: Vec<&str> = upper.iter().map(String::as_str).collect();
             match w.as_slice() {
                 ["DISCARD", "ALL", ..] => {
+                    self.forget_kept(false);
                     self.tracker.clear();
                     self.statements.clear();
                     self.stale.clear();
@@ -230,6 +239,7 @@ impl GuardState {
                 }
                 ["RESET", "ALL", ..] => self.tracker.clear(),
                 ["DEALLOCATE", "ALL", ..] | ["DEALLOCATE", "PREPARE", "ALL", ..] if !aborted => {
+                    self.forget_kept(false);
                     self.statements.clear();
                     self.stale.clear();
                     self.deallocated.clear();
@@ -291,6 +301,7 @@ impl Session {
     pub(in crate::relay) fn refresh_settings(&mut self, at_boundary: bool) -> bool {
         if self.shared.generation() != self.settings.generation {
             self.settings = self.shared.settings();
+            self.guard.forget_kept(true);
             self.guard.cache.clear();
             self.guard.found.clear();
             self.guard.resolved = Arc::new(ResolvedGuards::default());
@@ -346,6 +357,13 @@ impl Session {
         let Some(sql) = fe::query_text(&msg[5..]) else {
             return Ok(false);
         };
+        // The query drops the server's unnamed statement.
+        if self.guard.keeps_statements() {
+            self.guard.take_kept_unnamed();
+        }
+        if !self.guard.stale.is_empty() {
+            self.guard.stale.remove(&b""[..]);
+        }
         let found = self.settings.guards.prefilter.scan(sql);
         if found.session {
             self.guard.on_session_command(sql, self.tx_status == b'E');

@@ -34,6 +34,17 @@ pub struct StaleStatement {
     old: Option<Arc<Prepared>>,
 }
 
+impl StaleStatement {
+    /// A statement to prepare again from the client's text and parameter types.
+    pub fn new(text: String, types: Vec<u32>) -> StaleStatement {
+        StaleStatement {
+            text,
+            types,
+            old: None,
+        }
+    }
+}
+
 /// `{23,1700}` as type OIDs.
 fn oid_array(text: &str) -> Vec<u32> {
     text.trim_matches(['{', '}'])
