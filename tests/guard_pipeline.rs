@@ -1412,3 +1412,67 @@ async fn an_unnamed_write_kept_prepared_still_checks_the_version() {
     );
     assert_eq!(version_of(&db, 6).await, 4);
 }
+
+/// A reload that removes every guard, picked up by a session while its unnamed statement
+/// stands for a kept one: that statement is prepared again as the client wrote it, so binding
+/// and describing it without a new `Parse` still work, and a simple query still drops it.
+#[tokio::test]
+async fn an_unnamed_statement_kept_prepared_outlives_a_reload_that_removes_every_guard() {
+    let db = TestDb::new("pl_kept_unguard").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let write = "UPDATE invoice SET total = total + 1 WHERE id = $1";
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let mut raw = Raw::connect(&proxy, &db.name).await;
+        for _ in 0..2 {
+            raw.send(&[parse("", write), bind("", "", &["6"]), execute(""), sync()].concat())
+                .await;
+            assert_eq!(raw.until_ready().await.last(), Some(&Msg::Ready('I')));
+        }
+        sessions.push(raw);
+    }
+    let mut config = (*proxy.shared.settings().config).clone();
+    config.guards.clear();
+    proxy.shared.replace_config(config);
+    let rebind = [bind("", "", &["6"]), execute(""), sync()].concat();
+    // Bound again.
+    sessions[0].send(&rebind).await;
+    assert_eq!(
+        sessions[0].until_ready().await,
+        vec![Msg::BindComplete, cc("UPDATE 1"), Msg::Ready('I')]
+    );
+    // Described, then bound again.
+    sessions[1]
+        .send(
+            &[
+                bind("", "", &["6"]),
+                describe_statement(""),
+                execute(""),
+                sync(),
+            ]
+            .concat(),
+        )
+        .await;
+    assert_eq!(
+        sessions[1].until_ready().await,
+        vec![
+            Msg::BindComplete,
+            Msg::Params(1),
+            Msg::NoData,
+            cc("UPDATE 1"),
+            Msg::Ready('I')
+        ]
+    );
+    // Dropped by a simple query.
+    sessions[2].send(&query("SELECT 1")).await;
+    sessions[2].until_ready().await;
+    sessions[2].send(&rebind).await;
+    let msgs = sessions[2].until_ready().await;
+    assert!(
+        matches!(&msgs[0], Msg::Error(code, _) if code == "26000"),
+        "{msgs:?}"
+    );
+    // Six writes under the guard bumped the version; the two after the reload did not.
+    assert_eq!(version_of(&db, 6).await, 6);
+}

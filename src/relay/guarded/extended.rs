@@ -575,7 +575,7 @@ impl Session {
     /// A `Bind`. Returns true when the guard sent it (with the expected version, or replaced
     /// by a refusal).
     pub(in crate::relay) fn guard_bind(&mut self, msg: &[u8]) -> Result<bool, String> {
-        if !self.guards_active() {
+        if !self.guards_active() && self.guard.stale.is_empty() {
             return Ok(false);
         }
         let body = &msg[5..];
@@ -585,11 +585,11 @@ impl Session {
         if !self.guard.portals.is_empty() {
             self.guard.portals.remove(portal);
         }
-        if !self.guard.stale.is_empty()
-            && let Some(stale) = self.guard.stale.remove(statement)
-            && self.reprepare(statement, &stale) == Parsed::Refused
-        {
+        if self.prepare_stale(statement) == Some(Parsed::Refused) {
             return Ok(true);
+        }
+        if !self.guards_active() {
+            return Ok(false);
         }
         let Some(prepared) = self.guard.statements.get(statement).cloned() else {
             return Ok(false);
@@ -780,12 +780,18 @@ impl Session {
     /// A `Describe`: tagged when its reply may need changing or reading. Returns true with
     /// the tag when the guard sent it (to a kept statement).
     pub(in crate::relay) fn guard_describe(&mut self, body: &[u8]) -> (super::StmtTag, bool) {
-        if !self.guards_active() {
+        if !self.guards_active() && self.guard.stale.is_empty() {
             return (None, false);
         }
         let Some((kind, name)) = fe::target(body) else {
             return (None, false);
         };
+        // A refused statement's error answers first; the server then skips the `Describe`.
+        if kind == b'S' && self.prepare_stale(name) == Some(Parsed::Refused)
+            || !self.guards_active()
+        {
+            return (None, false);
+        }
         if kind == b'P' {
             let tag = self
                 .guard

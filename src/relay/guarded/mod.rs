@@ -351,12 +351,6 @@ impl Session {
     }
 
     pub(in crate::relay) fn guard_query(&mut self, msg: &[u8]) -> Result<bool, String> {
-        if !self.guards_active() {
-            return Ok(false);
-        }
-        let Some(sql) = fe::query_text(&msg[5..]) else {
-            return Ok(false);
-        };
         // The query drops the server's unnamed statement.
         if self.guard.keeps_statements() {
             self.guard.take_kept_unnamed();
@@ -364,6 +358,12 @@ impl Session {
         if !self.guard.stale.is_empty() {
             self.guard.stale.remove(&b""[..]);
         }
+        if !self.guards_active() {
+            return Ok(false);
+        }
+        let Some(sql) = fe::query_text(&msg[5..]) else {
+            return Ok(false);
+        };
         let found = self.settings.guards.prefilter.scan(sql);
         if found.session {
             self.guard.on_session_command(sql, self.tx_status == b'E');

@@ -132,6 +132,17 @@ impl Session {
         }
     }
 
+    /// Prepares statement `name` again first when it is stale (see [`Session::reprepare`]),
+    /// ahead of a `Bind` or `Describe` of it. This holds with no guard left too: a reload that
+    /// removed the last one leaves an unnamed statement that stood for a kept one stale.
+    pub(super) fn prepare_stale(&mut self, name: &[u8]) -> Option<Parsed> {
+        if self.guard.stale.is_empty() {
+            return None;
+        }
+        let stale = self.guard.stale.remove(name)?;
+        Some(self.reprepare(name, &stale))
+    }
+
     /// Prepares a stale statement again under the current guards, ahead of the client's
     /// `Bind`: `Close` then the rewritten `Parse`, their replies hidden. Returns `Refused`
     /// when the statement is refused instead (the refusal then answers the `Bind`).
