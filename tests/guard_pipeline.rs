@@ -1287,8 +1287,10 @@ async fn a_parse_the_server_refuses_leaves_the_statement_it_has_guarded() {
 }
 
 /// The exchanges [`an_unnamed_write_kept_prepared_answers_as_the_server_itself`] compares, each
-/// batch's replies in order. Every text is sent twice first, so the proxy keeps it prepared.
-async fn kept_script(raw: &mut Raw) -> Vec<Vec<Msg>> {
+/// batch's replies in order. The row written is read first (a write that checks a version
+/// goes in full), and each text is sent twice, so the proxy keeps it prepared; with `probe`,
+/// the script checks that it did.
+async fn kept_script(raw: &mut Raw, probe: bool) -> Vec<Vec<Msg>> {
     let write = "UPDATE invoice SET total = total + 1 WHERE id = $1";
     let broken = "UPDATE invoice SET total = no_such_column WHERE id = $1";
     let pbe_write = |id: &str| {
@@ -1306,8 +1308,27 @@ async fn kept_script(raw: &mut Raw) -> Vec<Vec<Msg>> {
         raw.send(&bytes).await;
         out.push(raw.until_ready().await);
     };
+    // The proxy bumps versions, the server alone does not: the reads are not compared.
+    let read = async |raw: &mut Raw| {
+        raw.send(&query(
+            "SELECT id, total, version FROM invoice WHERE id = 6",
+        ))
+        .await;
+        raw.until_ready().await;
+    };
+    read(raw).await;
     for _ in 0..3 {
         batch(raw, pbe_write("6")).await;
+    }
+    if probe {
+        let kept =
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'optlock\\_full\\_%'";
+        raw.send(&query(kept)).await;
+        let msgs = raw.until_ready().await;
+        assert!(
+            msgs.contains(&Msg::DataRow(vec![Some("1".into())])),
+            "the write is kept prepared: {msgs:?}"
+        );
     }
     // Its description: the client's one parameter, no rows.
     batch(
@@ -1337,6 +1358,7 @@ async fn kept_script(raw: &mut Raw) -> Vec<Vec<Msg>> {
     // DISCARD ALL drops prepared statements; the write goes on.
     batch(raw, pbe_write("6")).await;
     batch(raw, query("DISCARD ALL")).await;
+    read(raw).await;
     batch(raw, pbe_write("6")).await;
     batch(raw, pbe_write("6")).await;
     batch(raw, [bind("", "", &["6"]), execute(""), sync()].concat()).await;
@@ -1353,9 +1375,9 @@ async fn an_unnamed_write_kept_prepared_answers_as_the_server_itself() {
     setup(&db).await;
     let proxy = Proxy::with_guards(INVOICE).await;
     let mut direct = Raw::connect_to(&upstream(), &db.name).await;
-    let expected = kept_script(&mut direct).await;
+    let expected = kept_script(&mut direct, false).await;
     let mut raw = Raw::connect(&proxy, &db.name).await;
-    let got = kept_script(&mut raw).await;
+    let got = kept_script(&mut raw, true).await;
     assert_eq!(got, expected);
     assert!(
         got[3].contains(&Msg::Params(1)) && got[3].contains(&Msg::NoData),
@@ -1425,6 +1447,8 @@ async fn an_unnamed_statement_kept_prepared_outlives_a_reload_that_removes_every
     let mut sessions = Vec::new();
     for _ in 0..3 {
         let mut raw = Raw::connect(&proxy, &db.name).await;
+        // A row the session read: its writes go in full, and are kept.
+        raw.read_row(6).await;
         for _ in 0..2 {
             raw.send(&[parse("", write), bind("", "", &["6"]), execute(""), sync()].concat())
                 .await;

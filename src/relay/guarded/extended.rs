@@ -360,12 +360,15 @@ impl Session {
                 let full = |server_name: Option<Box<[u8]>>| {
                     full_form(sql, param_types, &guards, w, server_name)
                 };
-                if name.is_empty()
+                let lean = may_lean && self.lean_parse(name, w, param_types);
+                // A write that goes lean is planned as the client wrote it; one in full may be
+                // kept prepared.
+                if !lean
+                    && name.is_empty()
                     && self.parse_kept(sql, param_types, &mut reply, |n| full(Some(n)), &guards, w)
                 {
                     return Parsed::Rewritten;
                 }
-                let lean = may_lean && self.lean_parse(name, w, param_types);
                 let prepared = if lean {
                     if w.adds_bump(&guards) {
                         let mut text = String::with_capacity(sql.len() + 64);

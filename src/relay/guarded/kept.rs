@@ -11,9 +11,10 @@
 //! unnamed statement then goes to the kept statement, which the server plans as any prepared
 //! statement (custom plans first, then a generic one where it costs no more).
 //!
-//! Kept: writes without a `RETURNING` of the client's (`RETURNING *` changes with the table's
-//! columns, and a prepared statement's result must not), at most [`KEPT_STATEMENTS`] texts per
-//! session. `DISCARD ALL` and `DEALLOCATE ALL` drop them on the server, so the proxy forgets
+//! Kept: writes that go in full (one that checks no version and learns none goes lean, as
+//! the client wrote it, see [`super::extended`]) without a `RETURNING` of the client's
+//! (`RETURNING *` changes with the table's columns, and a prepared statement's result must
+//! not), at most [`KEPT_STATEMENTS`] texts per session. `DISCARD ALL` and `DEALLOCATE ALL` drop them on the server, so the proxy forgets
 //! them; a reload closes them, and so does an error saying a prepared statement is missing or
 //! changed its result type (the one execution that got the error fails, as it would for a
 //! statement the client prepared itself). An unnamed statement bound to a forgotten kept
