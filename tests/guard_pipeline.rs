@@ -1500,3 +1500,57 @@ async fn an_unnamed_statement_kept_prepared_outlives_a_reload_that_removes_every
     // Six writes under the guard bumped the version; the two after the reload did not.
     assert_eq!(version_of(&db, 6).await, 6);
 }
+
+/// A reload picked up while the unnamed statement stands for a kept write (tokio-postgres's
+/// `query_typed`: Parse, Bind, Describe of the statement, Execute, Sync), also by a write
+/// that runs before the guards are resolved again: the writes after it never conflict with
+/// the session's own.
+#[tokio::test]
+async fn a_reload_keeps_the_versions_kept_writes_learned() {
+    let db = TestDb::new("pl_kept_reload").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    raw.read_row(3).await;
+    let write = "UPDATE invoice SET total = total + 1 WHERE id = $1";
+    let mut typed = Vec::new();
+    cstr(&mut typed, "");
+    cstr(&mut typed, write);
+    typed.extend_from_slice(&1i16.to_be_bytes());
+    typed.extend_from_slice(&23i32.to_be_bytes());
+    let batch = [
+        frame(b'P', &typed),
+        bind("", "", &["3"]),
+        describe_statement(""),
+        execute(""),
+        sync(),
+    ]
+    .concat();
+    let expected = vec![
+        Msg::ParseComplete,
+        Msg::BindComplete,
+        Msg::Params(1),
+        Msg::NoData,
+        cc("UPDATE 1"),
+        Msg::Ready('I'),
+    ];
+    for round in 0..2 {
+        for _ in 0..3 {
+            raw.send(&batch).await;
+            assert_eq!(raw.until_ready().await, expected, "round {round}");
+        }
+        let config = (*proxy.shared.settings().config).clone();
+        proxy.shared.replace_config(config);
+        // A batch still unanswered when the session picks the reload up (tokio-postgres
+        // closes its statements lazily): the guards are resolved again only after the write
+        // behind it.
+        raw.send(&[close_statement("gone"), sync(), batch.clone()].concat())
+            .await;
+        assert_eq!(
+            raw.until_ready().await,
+            vec![Msg::Other('3'), Msg::Ready('I')]
+        );
+        assert_eq!(raw.until_ready().await, expected, "round {round}");
+    }
+    assert_eq!(version_of(&db, 3).await, 8);
+}

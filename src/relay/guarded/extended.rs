@@ -703,12 +703,18 @@ impl Session {
         self.replies.push(Pending::Bind(None));
         let codes = result_format_codes(b.result_formats);
         let our_format = if codes.len() == 1 { codes[0] } else { 0 };
-        let plan = (added > 0).then(|| {
-            let rg = self.guard.resolved.get(w.guard);
-            let mut types: Vec<u32> = rg.map(|r| r.key_types.clone()).unwrap_or_default();
-            types.push(version_type);
-            ReadPlan::returning(guards.table_ids[w.guard], &types, our_format)
-        });
+        // The proxy's columns are read with the types the catalog gave: none before the
+        // guard is resolved (right after a reload), and the write then forgets its row.
+        let plan = self
+            .guard
+            .resolved
+            .get(w.guard)
+            .filter(|_| added > 0)
+            .map(|rg| {
+                let mut types = rg.key_types.clone();
+                types.push(version_type);
+                ReadPlan::returning(guards.table_ids[w.guard], &types, our_format)
+            });
         let bound = WriteCheck {
             guards: guards.clone(),
             guard: w.guard,

@@ -85,10 +85,11 @@ impl WriteCheck {
     }
 
     /// What the session no longer knows once the write completed with `rows` rows: a row it
-    /// deleted, or every row a write inside `WITH` may have changed (its new versions stay in
-    /// the statement; the next write of such a row expects nothing until it is read again).
+    /// deleted, every row a write inside `WITH` may have changed (its new versions stay in
+    /// the statement; the next write of such a row expects nothing until it is read again),
+    /// and what a write whose `RETURNING` columns could not be read changed.
     pub fn forget_after(&self, rows: Option<u64>, tracker: &mut Tracker) {
-        if self.in_cte {
+        if self.in_cte || self.added > 0 && self.plan.is_none() && rows != Some(0) {
             match &self.key {
                 Some(k) => tracker.forget(self.table(), k),
                 None => tracker.forget_table(self.table()),
