@@ -494,10 +494,15 @@ async fn sighup_prepares_kept_unnamed_writes_again() {
     let b = open(&proc.conninfo(&db.name)).await;
     let write = "UPDATE invoice SET total = total + 1 WHERE id = $1";
     let int4 = tokio_postgres::types::Type::INT4;
-    let kept = "SELECT array_agg(name::text) FROM pg_prepared_statements \
+    let kept = "SELECT coalesce(array_agg(name::text), '{}') FROM pg_prepared_statements \
                 WHERE name LIKE 'optlock\\_full\\_%'";
     let kept_names =
         async |c: &Client| -> Vec<String> { c.query_one(kept, &[]).await.unwrap().get(0) };
+    // A row the session read: its writes check the version, go in full, and are kept.
+    a.client
+        .simple_query("SELECT id, version FROM invoice WHERE id = 3")
+        .await
+        .unwrap();
     for _ in 0..3 {
         a.client
             .query_typed(write, &[(&3i32, int4.clone())])
@@ -511,6 +516,12 @@ async fn sighup_prepares_kept_unnamed_writes_again() {
     proc.signal("HUP");
     proc.wait_for_log("reloaded", mark);
     wait_for_guards(&proc, &["public.invoice", "public.audit"]);
+    // The session picks the reload up, resolves the new guards and reads the row again.
+    a.client.simple_query("SELECT 1").await.unwrap();
+    a.client
+        .simple_query("SELECT id, version FROM invoice WHERE id = 3")
+        .await
+        .unwrap();
     for _ in 0..3 {
         a.client
             .query_typed(write, &[(&3i32, int4.clone())])
