@@ -370,14 +370,7 @@ impl Session {
                     return Parsed::Rewritten;
                 }
                 let prepared = if lean {
-                    if w.adds_bump(&guards) {
-                        let mut text = String::with_capacity(sql.len() + 64);
-                        w.render_with(sql, &guards, Expected::None, false, &mut text);
-                        fe::write_parse(&mut self.to_server, name, text.as_bytes(), param_types);
-                    } else {
-                        // Nothing to add: the statement goes as the client wrote it.
-                        fe::write_parse(&mut self.to_server, name, sql.as_bytes(), param_types);
-                    }
+                    self.parse_as_written(name, sql, param_types, &guards, w);
                     prepared_write(sql, param_types, &guards, w, None, 0, true)
                 } else {
                     let (prepared, text) = full(None);
@@ -405,13 +398,7 @@ impl Session {
         guards: &Arc<GuardSet>,
         w: &Arc<GuardedWrite>,
     ) {
-        if w.adds_bump(guards) {
-            let mut text = String::with_capacity(sql.len() + 64);
-            w.render_with(sql, guards, Expected::None, false, &mut text);
-            fe::write_parse(&mut self.to_server, name, text.as_bytes(), param_types);
-        } else {
-            fe::write_parse(&mut self.to_server, name, sql.as_bytes(), param_types);
-        }
+        self.parse_as_written(name, sql, param_types, guards, w);
         self.replies.push(Pending::Parse(reply));
         self.guard.full_variants += 1;
         let full_name = format!("{FULL_VARIANT_PREFIX}{}", self.guard.full_variants);
@@ -447,6 +434,25 @@ impl Session {
         self.guard
             .statements
             .insert(name.into(), Arc::new(prepared));
+    }
+
+    /// Sends a `Parse` of a guarded write as the client wrote it, with its bump where the
+    /// version kind needs one: no version check, no `RETURNING`.
+    fn parse_as_written(
+        &mut self,
+        name: &[u8],
+        sql: &str,
+        param_types: &[u32],
+        guards: &GuardSet,
+        w: &GuardedWrite,
+    ) {
+        if w.adds_bump(guards) {
+            let mut text = String::with_capacity(sql.len() + 64);
+            w.render_with(sql, guards, Expected::None, false, &mut text);
+            fe::write_parse(&mut self.to_server, name, text.as_bytes(), param_types);
+        } else {
+            fe::write_parse(&mut self.to_server, name, sql.as_bytes(), param_types);
+        }
     }
 
     /// A `Parse` of the unnamed statement with its `Bind` right behind it (libpq's
@@ -796,7 +802,7 @@ impl Session {
             return (None, false);
         };
         // A refused statement's error answers first; the server then skips the `Describe`.
-        if kind == b'S' && self.prepare_stale(name) == Some(Parsed::Refused)
+        if (kind == b'S' && self.prepare_stale(name) == Some(Parsed::Refused))
             || !self.guards_active()
         {
             return (None, false);
