@@ -69,10 +69,18 @@ fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
 }
 
 fn parse(name: &str, sql: &str) -> Vec<u8> {
+    parse_typed(name, sql, &[])
+}
+
+/// Parse with declared parameter type OIDs.
+fn parse_typed(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
     let mut b = Vec::new();
     cstr(&mut b, name);
     cstr(&mut b, sql);
-    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(types.len() as i16).to_be_bytes());
+    for t in types {
+        b.extend_from_slice(&t.to_be_bytes());
+    }
     frame(b'P', &b)
 }
 
@@ -1513,13 +1521,8 @@ async fn a_reload_keeps_the_versions_kept_writes_learned() {
     let mut raw = Raw::connect(&proxy, &db.name).await;
     raw.read_row(3).await;
     let write = "UPDATE invoice SET total = total + 1 WHERE id = $1";
-    let mut typed = Vec::new();
-    cstr(&mut typed, "");
-    cstr(&mut typed, write);
-    typed.extend_from_slice(&1i16.to_be_bytes());
-    typed.extend_from_slice(&23i32.to_be_bytes());
     let batch = [
-        frame(b'P', &typed),
+        parse_typed("", write, &[23]),
         bind("", "", &["3"]),
         describe_statement(""),
         execute(""),

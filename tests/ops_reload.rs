@@ -499,16 +499,17 @@ async fn sighup_prepares_kept_unnamed_writes_again() {
     let kept_names =
         async |c: &Client| -> Vec<String> { c.query_one(kept, &[]).await.unwrap().get(0) };
     // A row the session read: its writes check the version, go in full, and are kept.
-    a.client
-        .simple_query("SELECT id, version FROM invoice WHERE id = 3")
-        .await
-        .unwrap();
-    for _ in 0..3 {
-        a.client
-            .query_typed(write, &[(&3i32, int4.clone())])
+    let read_then_write = async |c: &Client| {
+        c.simple_query("SELECT id, version FROM invoice WHERE id = 3")
             .await
             .unwrap();
-    }
+        for _ in 0..3 {
+            c.query_typed(write, &[(&3i32, int4.clone())])
+                .await
+                .unwrap();
+        }
+    };
+    read_then_write(&a.client).await;
     let before = kept_names(&a.client).await;
     assert_eq!(before.len(), 1, "the write is kept prepared: {before:?}");
     file.rewrite(&format!("{}{INVOICE}{AUDIT}", base()));
@@ -518,16 +519,7 @@ async fn sighup_prepares_kept_unnamed_writes_again() {
     wait_for_guards(&proc, &["public.invoice", "public.audit"]);
     // The session picks the reload up, resolves the new guards and reads the row again.
     a.client.simple_query("SELECT 1").await.unwrap();
-    a.client
-        .simple_query("SELECT id, version FROM invoice WHERE id = 3")
-        .await
-        .unwrap();
-    for _ in 0..3 {
-        a.client
-            .query_typed(write, &[(&3i32, int4.clone())])
-            .await
-            .unwrap();
-    }
+    read_then_write(&a.client).await;
     let after = kept_names(&a.client).await;
     assert!(
         after.len() == 1 && after != before,
