@@ -1557,3 +1557,124 @@ async fn a_reload_keeps_the_versions_kept_writes_learned() {
     }
     assert_eq!(version_of(&db, 3).await, 8);
 }
+
+/// Named writes prepared under a guard (a keyed write of a tracked row, a pinned write, an
+/// upsert, a bulk write), then a reload that removes every guard: each still binds and runs
+/// with the client's own parameters, and its result shows nothing of the proxy's.
+#[tokio::test]
+async fn named_writes_outlive_a_reload_that_removes_every_guard() {
+    let db = TestDb::new("pl_named_unguard").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    raw.read_row(2).await;
+    let statements: [(&str, &str, &[&str], &str); 4] = [
+        (
+            "keyed",
+            "UPDATE invoice SET total = total + 1 WHERE id = $1",
+            &["2"],
+            "UPDATE 1",
+        ),
+        (
+            "pinned",
+            "UPDATE invoice SET total = total + 1 WHERE id = $1 AND version = $2",
+            &["3", "0"],
+            "UPDATE 1",
+        ),
+        (
+            "upsert",
+            "INSERT INTO invoice (id, total) VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET total = invoice.total + 1",
+            &["4"],
+            "INSERT 0 1",
+        ),
+        (
+            "bulk",
+            "UPDATE invoice SET total = total + 1 WHERE total > $1",
+            &["1000"],
+            "UPDATE 0",
+        ),
+    ];
+    for (name, sql, _, _) in &statements {
+        raw.send(&[parse(name, sql), sync()].concat()).await;
+        assert_eq!(
+            raw.until_ready().await,
+            vec![Msg::ParseComplete, Msg::Ready('I')]
+        );
+    }
+    for (name, _, params, tag) in &statements {
+        raw.send(&[bind("", name, params), execute(""), sync()].concat())
+            .await;
+        assert_eq!(
+            raw.until_ready().await,
+            vec![Msg::BindComplete, cc(tag), Msg::Ready('I')],
+            "{name} under the guard"
+        );
+    }
+    // An unnamed write sent twice: kept prepared.
+    let unnamed = "UPDATE invoice SET total = total + 1 WHERE id = $1";
+    for _ in 0..2 {
+        raw.send(
+            &[
+                parse("", unnamed),
+                bind("", "", &["2"]),
+                execute(""),
+                sync(),
+            ]
+            .concat(),
+        )
+        .await;
+        assert_eq!(raw.until_ready().await.last(), Some(&Msg::Ready('I')));
+    }
+    let mut config = (*proxy.shared.settings().config).clone();
+    config.guards.clear();
+    proxy.shared.replace_config(config);
+    // A new unnamed statement replaces the one that stood for the kept write.
+    raw.send(
+        &[
+            parse("", "SELECT 42"),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![
+            Msg::ParseComplete,
+            Msg::BindComplete,
+            Msg::DataRow(vec![Some("42".into())]),
+            cc("SELECT 1"),
+            Msg::Ready('I')
+        ]
+    );
+    for (name, _, params, tag) in &statements {
+        let params: Vec<&str> = if *name == "pinned" {
+            vec!["3", "1"]
+        } else {
+            params.to_vec()
+        };
+        raw.send(
+            &[
+                bind("", name, &params),
+                describe_statement(name),
+                execute(""),
+                sync(),
+            ]
+            .concat(),
+        )
+        .await;
+        assert_eq!(
+            raw.until_ready().await,
+            vec![
+                Msg::BindComplete,
+                Msg::Params(params.len()),
+                Msg::NoData,
+                cc(tag),
+                Msg::Ready('I')
+            ],
+            "{name} after the reload"
+        );
+    }
+}

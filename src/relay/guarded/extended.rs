@@ -247,10 +247,16 @@ impl Session {
     /// A `Parse`. Returns true when the guard sent it itself: rewritten, replaced by a
     /// refusal, or as written but tagged, when it changes what the session knows of the name.
     pub(in crate::relay) fn guard_parse(&mut self, msg: &[u8]) -> Result<bool, String> {
+        let body = &msg[5..];
         if !self.guards_active() {
+            // What a reload left of the name (a statement prepared under the guards, or one
+            // to prepare again) is replaced by the client's new statement.
+            let left = !self.guard.statements.is_empty() || !self.guard.stale.is_empty();
+            if left && let Some(name) = fe::parse_name(body) {
+                self.forget_statement(name);
+            }
             return Ok(false);
         }
-        let body = &msg[5..];
         let Some(name) = fe::parse_name(body) else {
             return Ok(false);
         };
@@ -906,14 +912,19 @@ impl Session {
     pub(in crate::relay) fn guard_close(&mut self, body: &[u8]) {
         if let Some((kind, name)) = fe::target(body) {
             if kind == b'S' {
-                if let Some(p) = self.guard.statements.remove(name) {
-                    self.close_full_variant(&p);
-                }
-                self.guard.stale.remove(name);
+                self.forget_statement(name);
             } else {
                 self.guard.portals.remove(name);
             }
         }
+    }
+
+    /// Forgets statement `name` (closing the proxy's full form of it, if any).
+    fn forget_statement(&mut self, name: &[u8]) {
+        if let Some(p) = self.guard.statements.remove(name) {
+            self.close_full_variant(&p);
+        }
+        self.guard.stale.remove(name);
     }
 
     /// A reply within a tagged extended entry (`ParameterDescription`, `DataRow`).

@@ -306,6 +306,9 @@ impl Session {
             self.guard.found.clear();
             self.guard.resolved = Arc::new(ResolvedGuards::default());
             self.guard.need_resolve = self.guards_active();
+            if !self.guards_active() {
+                self.guard.unguard_statements();
+            }
             debug!(
                 generation = self.settings.generation,
                 "session follows the reloaded config"

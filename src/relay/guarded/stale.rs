@@ -15,8 +15,8 @@ use tracing::{debug, warn};
 
 use super::super::replies::Pending;
 use super::super::session::Session;
-use super::Tag;
 use super::extended::{FULL_VARIANT_PREFIX, Parsed, Prepared};
+use super::{GuardState, Tag};
 use crate::config::quote_ident;
 use crate::guard::Action;
 use crate::protocol::frontend as fe;
@@ -41,6 +41,25 @@ impl StaleStatement {
             text,
             types,
             old: None,
+        }
+    }
+}
+
+impl GuardState {
+    /// A reload removed every guard: each write the session prepared in a guarded form is
+    /// prepared again as the client wrote it, at its next `Bind` or `Describe` (its full form,
+    /// if any, closed then). With no guard the proxy reads no reply, so a statement left as it
+    /// was would show the client the proxy's parameter and `RETURNING` columns.
+    pub fn unguard_statements(&mut self) {
+        for (name, p) in self.statements.drain() {
+            if let Some(w) = &p.write {
+                let stale = StaleStatement {
+                    text: w.text.clone(),
+                    types: p.declared_types.clone(),
+                    old: Some(p.clone()),
+                };
+                self.stale.insert(name, stale);
+            }
         }
     }
 }
