@@ -1678,3 +1678,51 @@ async fn named_writes_outlive_a_reload_that_removes_every_guard() {
         );
     }
 }
+
+/// A reload that keeps other guards but no longer guards the table of a statement prepared
+/// under its guard: the statement is prepared again as the client wrote it, so it checks and
+/// bumps no version any more.
+#[tokio::test]
+async fn a_named_write_of_a_table_no_longer_guarded_goes_as_written() {
+    let db = TestDb::new("pl_named_dropped").await;
+    setup(&db).await;
+    let other = r#"
+[[guard]]
+table = "public.other"
+key = ["id"]
+version = "version"
+"#;
+    let proxy = Proxy::with_guards(&format!("{INVOICE}{other}")).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    let pinned = "UPDATE invoice SET total = total + 1 WHERE id = $1 AND version = $2";
+    raw.send(&[parse("pinned", pinned), sync()].concat()).await;
+    raw.until_ready().await;
+    // Under the guard: a stale pinned version is a conflict.
+    raw.send(&[bind("", "pinned", &["5", "7"]), execute(""), sync()].concat())
+        .await;
+    let msgs = raw.until_ready().await;
+    assert!(
+        matches!(&msgs[1], Msg::Error(code, _) if code == "40001"),
+        "{msgs:?}"
+    );
+    let mut config = (*proxy.shared.settings().config).clone();
+    config.guards.retain(|g| g.table.name == "other");
+    assert_eq!(config.guards.len(), 1);
+    proxy.shared.replace_config(config);
+    // A simple query picks the reload up; the guards are resolved and the statements listed.
+    raw.send(&query("SELECT 1")).await;
+    raw.until_ready().await;
+    raw.send(&[bind("", "pinned", &["5", "7"]), execute(""), sync()].concat())
+        .await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![Msg::BindComplete, cc("UPDATE 0"), Msg::Ready('I')]
+    );
+    raw.send(&[bind("", "pinned", &["5", "0"]), execute(""), sync()].concat())
+        .await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![Msg::BindComplete, cc("UPDATE 1"), Msg::Ready('I')]
+    );
+    assert_eq!(version_of(&db, 5).await, 0, "no longer bumped");
+}

@@ -100,6 +100,7 @@ impl Session {
                 .statements
                 .get(name.as_bytes())
                 .and_then(|p| Some((p.write.as_ref()?.text.clone(), p.declared_types.clone())));
+            let known_write = known.is_some();
             let (text, types) = match known {
                 Some(known) => known,
                 None => (
@@ -107,17 +108,29 @@ impl Session {
                     types.as_deref().map(oid_array).unwrap_or_default(),
                 ),
             };
-            if !guards.prefilter.may_write_guarded(text.as_bytes()) {
+            let table = if guards.prefilter.may_write_guarded(text.as_bytes()) {
+                let analysis = self.guard.cache.get_or_analyze(&text, &guards);
+                match analysis.statements.as_slice() {
+                    [st] => match &st.action {
+                        Action::Write(w) => Some(guards.guards[w.guard].table.clone()),
+                        Action::Refuse { table, .. } => Some(table.clone()),
+                        Action::Pass { .. } => None,
+                    },
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            let Some(table) = table else {
+                if known_write {
+                    // Its table is no longer guarded: the client's own text is prepared again.
+                    debug!(statement = %name, "no longer guarded: prepared again as written at its next Bind");
+                    let old = self.guard.statements.remove(name.as_bytes());
+                    self.guard
+                        .stale
+                        .insert(name.as_bytes().into(), StaleStatement { text, types, old });
+                }
                 continue;
-            }
-            let analysis = self.guard.cache.get_or_analyze(&text, &guards);
-            let table = match analysis.statements.as_slice() {
-                [st] => match &st.action {
-                    Action::Write(w) => guards.guards[w.guard].table.clone(),
-                    Action::Refuse { table, .. } => table.clone(),
-                    Action::Pass { .. } => continue,
-                },
-                _ => continue,
             };
             let current = self
                 .guard
