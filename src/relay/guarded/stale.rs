@@ -8,6 +8,10 @@
 //! replies hidden from the client), so the client's own statement handle goes on working and
 //! is guarded. A statement made with SQL `PREPARE` cannot be rewritten (`EXECUTE` names no
 //! table): it is deallocated, so its next `EXECUTE` fails instead of writing unguarded.
+//!
+//! The other way round, a statement prepared in a guarded form (version parameter, bump,
+//! `RETURNING`) whose table the reload no longer guards is marked stale too, and prepared again
+//! as the client wrote it; with no guard left at all, every such statement is.
 
 use std::sync::Arc;
 
