@@ -8,13 +8,11 @@
 //! - after a guarded write that carried an expected version reports 0 rows, the relay sends
 //!   [`raise_block`] on the same connection. Its `RAISE` reads the row's current version and
 //!   fails with the conflict message, the configured SQLSTATE and the schema, table and
-//!   constraint (`optlock`) fields. [`strip_context`] then removes the PL/pgSQL context from
-//!   the server's ErrorResponse before the client sees it.
+//!   constraint (`optlock`) fields. The relay removes the [`HIDDEN_FIELDS`] from the server's
+//!   ErrorResponse before the client sees it.
 //!
 //! Statements the proxy refuses itself (fail closed, `unversioned = "reject"`,
 //! `bulk = "reject"`) get an ErrorResponse built here by [`refusal_fields`] (the relay raises them on the server too, so they abort like any error).
-
-use bytes::BytesMut;
 
 use crate::config::{Guard, TableName, quote_ident, write_ident};
 use crate::guard::values::quote_literal;
@@ -236,18 +234,10 @@ pub fn conflict_fields(
     ]
 }
 
-/// Fields the client must not see from a raised conflict: where (`W`, the PL/pgSQL context),
-/// position (`P`), internal position (`p`) and internal query (`q`).
-const HIDDEN_FIELDS: &[u8] = b"WPpq";
-
-/// An ErrorResponse body without the PL/pgSQL context and internal-query fields, so a conflict
-/// raised by [`raise_block`] reads like any other server error. The input is the message body
-/// (after tag and length): `code, cstring` pairs ending in a 0 byte.
-pub fn strip_context(body: &[u8]) -> Vec<u8> {
-    let mut out = BytesMut::with_capacity(body.len() + 5);
-    backend::write_without_fields(&mut out, backend::ERROR_RESPONSE, body, HIDDEN_FIELDS);
-    out[5..].to_vec()
-}
+/// Fields the client must not see from an error the proxy had the server raise: where (`W`,
+/// the PL/pgSQL context), position (`P`), internal position (`p`), internal query (`q`), and
+/// the source file, line and routine (`F`, `L`, `R`) of PL/pgSQL's `RAISE`.
+pub const HIDDEN_FIELDS: &[u8] = b"WPpqFLR";
 
 /// Why the proxy refuses a statement itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,6 +302,7 @@ pub fn refusal_fields(table: &TableName, refusal: &Refusal) -> Vec<(u8, String)>
 mod tests {
     use super::*;
     use crate::protocol::backend::error_field;
+    use bytes::BytesMut;
 
     fn table() -> TableName {
         TableName {
@@ -401,11 +392,13 @@ mod tests {
     #[test]
     fn strip_and_read_fields() {
         let body = b"SERROR\0C40001\0Mconflict\0WPL/pgSQL function inline_code_block line 4 at RAISE\0P3\0q select\0Fpl_exec.c\0\0";
-        let clean = strip_context(body);
-        assert_eq!(clean, b"SERROR\0C40001\0Mconflict\0Fpl_exec.c\0\0".to_vec());
+        let mut out = BytesMut::new();
+        backend::write_without_fields(&mut out, backend::ERROR_RESPONSE, body, HIDDEN_FIELDS);
+        let clean = &out[5..];
+        assert_eq!(clean, b"SERROR\0C40001\0Mconflict\0\0");
         assert_eq!(error_field(body, b'C'), Some(&b"40001"[..]));
         assert_eq!(error_field(body, b'D'), None);
-        assert_eq!(error_field(&clean, b'W'), None);
+        assert_eq!(error_field(clean, b'W'), None);
     }
 
     #[test]

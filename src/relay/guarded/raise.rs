@@ -180,7 +180,12 @@ impl Session {
     /// count it.
     pub(super) fn deliver_raised_error(&mut self, msg: &[u8], ctx: &RaiseCtx) {
         let body = &msg[5..];
-        be::write_without_fields(&mut self.to_client, be::ERROR_RESPONSE, body, b"WPpqFLR");
+        be::write_without_fields(
+            &mut self.to_client,
+            be::ERROR_RESPONSE,
+            body,
+            conflict::HIDDEN_FIELDS,
+        );
         let field =
             |c| String::from_utf8_lossy(be::error_field(body, c).unwrap_or(b"")).into_owned();
         if let Some(info) = &ctx.conflict {
