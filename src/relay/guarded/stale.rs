@@ -50,6 +50,14 @@ impl StaleStatement {
 }
 
 impl GuardState {
+    /// Statement `name` is prepared again from the client's `text` and `types` at its next
+    /// `Bind` or `Describe`; what the session knew of it goes with it, to be closed then.
+    fn mark_stale(&mut self, name: &[u8], text: String, types: Vec<u32>) {
+        let old = self.statements.remove(name);
+        self.stale
+            .insert(name.into(), StaleStatement { text, types, old });
+    }
+
     /// A reload removed every guard: each write the session prepared in a guarded form is
     /// prepared again as the client wrote it, at its next `Bind` or `Describe` (its full form,
     /// if any, closed then). With no guard the proxy reads no reply, so a statement left as it
@@ -129,10 +137,7 @@ impl Session {
                 if known_write {
                     // Its table is no longer guarded: the client's own text is prepared again.
                     debug!(statement = %name, "no longer guarded: prepared again as written at its next Bind");
-                    let old = self.guard.statements.remove(name.as_bytes());
-                    self.guard
-                        .stale
-                        .insert(name.as_bytes().into(), StaleStatement { text, types, old });
+                    self.guard.mark_stale(name.as_bytes(), text, types);
                 }
                 continue;
             };
@@ -160,10 +165,7 @@ impl Session {
                 debug!(statement = %name, table = %table, "prepared before the reload: prepared again at its next Bind");
                 // Its full form, if any, is closed with it when it is prepared again (inside
                 // the client's batch).
-                let old = self.guard.statements.remove(name.as_bytes());
-                self.guard
-                    .stale
-                    .insert(name.as_bytes().into(), StaleStatement { text, types, old });
+                self.guard.mark_stale(name.as_bytes(), text, types);
             }
         }
     }
