@@ -547,3 +547,71 @@ async fn sighup_prepares_kept_unnamed_writes_again() {
         .expect_err("a stale write through the kept statement");
     assert_eq!(e.code().map(|c| c.code()), Some("40001"), "{e}");
 }
+
+/// A write bound before a reload that reorders the guards runs after it: its `Execute` and its
+/// conflict are counted under its own table, not under the guard now at its old position.
+#[tokio::test]
+async fn writes_bound_before_a_reload_are_counted_under_their_own_table() {
+    let db = TestDb::new("hup_count").await;
+    setup(&db).await;
+    let metrics_port = binary::free_port();
+    let config = |guards: &str| {
+        format!(
+            "{}metrics_listen = \"127.0.0.1:{metrics_port}\"\n{guards}",
+            base()
+        )
+    };
+    let file = ConfigFile::new(&config(&format!("{INVOICE}{AUDIT}")));
+    let mut proc = Running::serve(&file.path, &[]);
+    proc.wait_ready();
+    let count = async |table: &str, outcome: &str| -> u64 {
+        let series =
+            format!("optlock_guarded_writes_total{{table=\"{table}\",outcome=\"{outcome}\"}} ");
+        let body = metrics(metrics_port).await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .unwrap_or_else(|| panic!("no {series} in {body}"))
+            .parse()
+            .unwrap()
+    };
+    let mut a = open(&proc.conninfo(&db.name)).await;
+    // Rows the session read: its writes of them check the version, counted at `Execute`.
+    a.client
+        .simple_query("SELECT id, version FROM invoice WHERE id IN (3, 4)")
+        .await
+        .unwrap();
+    let write = a
+        .client
+        .prepare("UPDATE invoice SET total = total + 1 WHERE id = $1")
+        .await
+        .unwrap();
+    let tx = a.client.transaction().await.unwrap();
+    let ok = tx.bind(&write, &[&3i32]).await.unwrap();
+    let stale = tx.bind(&write, &[&4i32]).await.unwrap();
+    let rewritten = count("public.invoice", "rewritten").await;
+    assert_eq!(count("public.invoice", "conflict").await, 0);
+
+    file.rewrite(&config(&format!("{AUDIT}{INVOICE}")));
+    let mark = proc.stderr().len();
+    proc.signal("HUP");
+    proc.wait_for_log("reloaded", mark);
+    wait_for_guards(&proc, &["public.audit", "public.invoice"]);
+    // Changed behind the proxy's back (a write through it would count too).
+    db.direct()
+        .await
+        .simple_query("UPDATE invoice SET total = 0, version = version + 1 WHERE id = 4")
+        .await
+        .unwrap();
+    tx.query_portal(&ok, 0).await.unwrap();
+    let e = tx
+        .query_portal(&stale, 0)
+        .await
+        .expect_err("row 4 changed since the session read it");
+    assert_eq!(e.code().map(|c| c.code()), Some("40001"), "{e}");
+    drop(tx);
+    assert_eq!(count("public.invoice", "rewritten").await, rewritten + 2);
+    assert_eq!(count("public.invoice", "conflict").await, 1);
+    for outcome in ["rewritten", "conflict"] {
+        assert_eq!(count("public.audit", outcome).await, 0, "{outcome}");
+    }
+}

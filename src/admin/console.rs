@@ -399,6 +399,7 @@ mod tests {
     use crate::admin::conflicts::Conflict;
     use crate::admin::metrics::Outcome;
     use crate::admin::registry::{SessionStart, SessionState};
+    use crate::guard::GuardSet;
     use pgwire::messages::{DecodeContext, PgWireBackendMessage, ProtocolVersion};
     use std::sync::Mutex;
     use std::time::SystemTime;
@@ -499,7 +500,7 @@ bulk = "reject"
         let queue = reloads.clone();
         let cfg = config();
         let metrics = Arc::new(Metrics::new());
-        metrics.set_tables(cfg.guards.iter().map(|g| g.table.to_string()).collect());
+        metrics.set_tables(GuardSet::new(&cfg).tables());
         let ctx = AdminContext::new(
             metrics,
             Arc::new(SessionRegistry::new()),
@@ -564,8 +565,9 @@ bulk = "reject"
     #[test]
     fn show_stats_counts_per_table() {
         let f = fixture();
-        f.ctx.metrics.guarded(1, Outcome::Conflict);
-        f.ctx.metrics.guarded(1, Outcome::Conflict);
+        let accounts = GuardSet::new(&config()).table_ids[1];
+        f.ctx.metrics.guarded(accounts, Outcome::Conflict);
+        f.ctx.metrics.guarded(accounts, Outcome::Conflict);
         f.ctx.metrics.statement();
         let r = decode(&execute("  Show   Stats ", &f.ctx));
         assert_eq!(r[0], Reply::Columns(vec!["metric".into(), "value".into()]));

@@ -146,6 +146,7 @@ async fn respond(
 mod tests {
     use super::*;
     use crate::admin::metrics::Outcome;
+    use crate::guard::TableId;
 
     async fn request(addr: std::net::SocketAddr, raw: &str) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -161,8 +162,8 @@ mod tests {
     #[tokio::test]
     async fn answers_metrics_and_404_then_stops() {
         let metrics = Arc::new(Metrics::new());
-        metrics.set_tables(vec!["public.invoice".into()]);
-        metrics.guarded(0, Outcome::Conflict);
+        metrics.set_tables(vec![(TableId(0), "public.invoice".into())]);
+        metrics.guarded(TableId(0), Outcome::Conflict);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -2,13 +2,14 @@
 //! OpenMetrics text encoding.
 //!
 //! Everything a relay calls per message or per statement is one or two relaxed atomic
-//! additions: counters are registered up front, per-table counters are found by guard index
-//! (the position of the guard in [`crate::config::Config::guards`]) in a table built by
+//! additions: counters are registered up front, per-table counters are found by the table's
+//! process-wide id ([`TableId`], the same in every config generation, so a write analysed
+//! before a reload is still counted under its own table) in a table filled by
 //! [`Metrics::set_tables`] at start and on reload, and the latency histogram is a fixed array of
-//! atomic buckets. Locks are taken only at reload and when the metrics are encoded.
+//! atomic buckets. Write locks are taken only at reload.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -17,6 +18,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::guard::TableId;
 
 /// What happened to a write on a guarded table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -91,39 +94,6 @@ impl ClientError {
 }
 
 type TableLabels = [(&'static str, String); 2];
-
-/// The guarded-write counters of one list of guarded tables, indexed by guard index.
-///
-/// A relay that wants its counts attributed exactly across a reload takes this with the config
-/// it analyses statements against ([`Metrics::guard_counters`]) and counts through it; otherwise
-/// [`Metrics::guarded`] counts against the list set last.
-#[derive(Debug)]
-pub struct GuardCounters {
-    tables: Vec<String>,
-    counters: Vec<[Counter; 3]>,
-}
-
-impl GuardCounters {
-    /// Counts one guarded write; an index outside the table list is ignored.
-    #[inline]
-    pub fn inc(&self, table_index: usize, outcome: Outcome) {
-        if let Some(c) = self.counters.get(table_index) {
-            c[outcome as usize].inc();
-        }
-    }
-
-    /// The tables, in guard order.
-    pub fn tables(&self) -> &[String] {
-        &self.tables
-    }
-
-    /// The count of one table and outcome since the process started (0 for an unknown index).
-    pub fn get(&self, table_index: usize, outcome: Outcome) -> u64 {
-        self.counters
-            .get(table_index)
-            .map_or(0, |c| c[outcome as usize].get())
-    }
-}
 
 /// A latency histogram whose observation is two relaxed atomic additions.
 ///
@@ -231,59 +201,40 @@ impl EncodeMetric for SharedHistogram {
     }
 }
 
-/// The current [`GuardCounters`]. Every list ever set is kept (one per distinct list of table
-/// names, so reloading between the same configs adds nothing) and a table's counters keep their
-/// totals across reloads.
-#[derive(Debug)]
+/// The guarded-write counters of every table guarded since start, by process-wide table id,
+/// and the tables guarded now (what `SHOW STATS` lists). A table's counters keep their totals
+/// across reloads, also while it is not guarded.
+#[derive(Debug, Default)]
 struct TableSlots {
-    current: RwLock<Arc<GuardCounters>>,
-    generations: Mutex<Vec<Arc<GuardCounters>>>,
+    /// By `TableId`; `None` for an id the process gave a table it never guarded here.
+    by_id: RwLock<Vec<Option<[Counter; 3]>>>,
+    /// The tables set last, in guard order, with their ids.
+    current: RwLock<Vec<(TableId, String)>>,
 }
 
 impl TableSlots {
-    fn new() -> TableSlots {
-        let empty = Arc::new(GuardCounters {
-            tables: Vec::new(),
-            counters: Vec::new(),
-        });
-        TableSlots {
-            current: RwLock::new(empty.clone()),
-            generations: Mutex::new(vec![empty]),
+    #[inline]
+    fn inc(&self, table: TableId, outcome: Outcome) {
+        if let Some(Some(c)) = self
+            .by_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(table.0)
+        {
+            c[outcome as usize].inc();
         }
     }
 
-    #[inline]
-    fn inc(&self, table_index: usize, outcome: Outcome) {
-        self.current
+    fn get(&self, table: TableId, outcome: Outcome) -> u64 {
+        match self
+            .by_id
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .inc(table_index, outcome);
-    }
-
-    fn current_arc(&self) -> Arc<GuardCounters> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn set(
-        &self,
-        names: Vec<String>,
-        make: impl FnOnce(Vec<String>) -> GuardCounters,
-    ) -> Arc<GuardCounters> {
-        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        let found = generations.iter().find(|g| g.tables == names).cloned();
-        let chosen = match found {
-            Some(g) => g,
-            None => {
-                let g = Arc::new(make(names));
-                generations.push(g.clone());
-                g
-            }
-        };
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = chosen.clone();
-        chosen
+            .get(table.0)
+        {
+            Some(Some(c)) => c[outcome as usize].get(),
+            _ => 0,
+        }
     }
 }
 
@@ -374,7 +325,7 @@ impl Metrics {
             sessions_active,
             statements,
             guarded_family,
-            tables: TableSlots::new(),
+            tables: TableSlots::default(),
             upstream_connect_failures,
             bytes,
             client_errors,
@@ -382,41 +333,39 @@ impl Metrics {
         }
     }
 
-    /// Sets the guarded tables, in guard order (`config.guards[i].table.to_string()`); call it at
-    /// start and on every reload. Counters of a table keep their totals across reloads.
-    pub fn set_tables(&self, names: Vec<String>) {
-        self.set_tables_and_get(names);
-    }
-
-    /// [`Metrics::set_tables`], returning the counters it made current.
-    pub fn set_tables_and_get(&self, names: Vec<String>) -> Arc<GuardCounters> {
-        self.tables.set(names, |names| {
-            let counters = names
-                .iter()
-                .map(|t| {
+    /// Sets the guarded tables, in guard order, each with its process-wide id
+    /// ([`crate::guard::GuardSet::table_ids`]); call it at start and on every reload.
+    pub fn set_tables(&self, tables: Vec<(TableId, String)>) {
+        {
+            let mut by_id = self.tables.by_id.write().unwrap_or_else(|e| e.into_inner());
+            for (id, name) in &tables {
+                if by_id.len() <= id.0 {
+                    by_id.resize(id.0 + 1, None);
+                }
+                by_id[id.0].get_or_insert_with(|| {
                     Outcome::ALL.map(|o| {
                         self.guarded_family
-                            .get_or_create(&[("table", t.clone()), ("outcome", o.as_str().into())])
+                            .get_or_create(&[
+                                ("table", name.clone()),
+                                ("outcome", o.as_str().into()),
+                            ])
                             .clone()
                     })
-                })
-                .collect();
-            GuardCounters {
-                tables: names,
-                counters,
+                });
             }
-        })
+        }
+        *self
+            .tables
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = tables;
     }
 
-    /// The counters of the tables set last.
-    pub fn guard_counters(&self) -> Arc<GuardCounters> {
-        self.tables.current_arc()
-    }
-
-    /// Counts one write to guarded table `table_index` (its guard's position in the config).
+    /// Counts one write to a guarded table, by the table's process-wide id (an id never set
+    /// is ignored).
     #[inline]
-    pub fn guarded(&self, table_index: usize, outcome: Outcome) {
-        self.tables.inc(table_index, outcome);
+    pub fn guarded(&self, table: TableId, outcome: Outcome) {
+        self.tables.inc(table, outcome);
     }
 
     /// Counts a new client session and keeps it in `sessions_active` until the result drops.
@@ -479,8 +428,13 @@ impl Metrics {
                 self.statements.get().to_string(),
             ),
         ];
-        let tables = self.tables.current_arc();
-        for (i, table) in tables.tables().iter().enumerate() {
+        let tables = self
+            .tables
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (id, table) in &tables {
             for o in Outcome::ALL {
                 rows.push((
                     format!(
@@ -488,7 +442,7 @@ impl Metrics {
                         table.replace('\\', "\\\\").replace('"', "\\\""),
                         o.as_str()
                     ),
-                    tables.get(i, o).to_string(),
+                    self.tables.get(*id, o).to_string(),
                 ));
             }
         }
@@ -550,17 +504,20 @@ mod tests {
     #[test]
     fn counters_show_in_the_encoding() {
         let m = Arc::new(Metrics::new());
-        m.set_tables(vec!["public.invoice".into(), "public.item".into()]);
+        m.set_tables(vec![
+            (TableId(0), "public.invoice".into()),
+            (TableId(1), "public.item".into()),
+        ]);
         let s1 = m.open_session();
         let _s2 = m.open_session();
         drop(s1);
         m.statement();
         m.statement();
         m.statement();
-        m.guarded(0, Outcome::Rewritten);
-        m.guarded(0, Outcome::Rewritten);
-        m.guarded(1, Outcome::Conflict);
-        m.guarded(7, Outcome::Refused); // out of range: ignored
+        m.guarded(TableId(0), Outcome::Rewritten);
+        m.guarded(TableId(0), Outcome::Rewritten);
+        m.guarded(TableId(1), Outcome::Conflict);
+        m.guarded(TableId(7), Outcome::Refused); // never set: ignored
         m.upstream_connect_failed();
         m.bytes(Direction::ClientToServer, 100);
         m.bytes(Direction::ServerToClient, 5);
@@ -643,23 +600,43 @@ mod tests {
     }
 
     #[test]
-    fn reload_swaps_tables_and_keeps_totals() {
+    fn counts_follow_their_table_across_reloads() {
         let m = Metrics::new();
-        m.set_tables(vec!["a".into(), "b".into()]);
-        m.guarded(1, Outcome::Refused);
-        m.set_tables(vec!["b".into()]);
-        assert_eq!(m.guard_counters().tables(), ["b".to_string()]);
-        m.guarded(0, Outcome::Refused);
-        assert_eq!(m.guard_counters().get(0, Outcome::Refused), 2);
-        // Back to a list seen before: the same generation, nothing new kept.
-        let again = m.set_tables_and_get(vec!["a".into(), "b".into()]);
-        assert_eq!(again.get(1, Outcome::Refused), 2);
-        assert_eq!(m.tables.generations.lock().unwrap().len(), 3);
+        let (a, b) = (TableId(3), TableId(5));
+        m.set_tables(vec![(a, "a".into()), (b, "b".into())]);
+        m.guarded(b, Outcome::Refused);
+        // A reload that drops `a` and puts `b` first: `b` keeps its total, and a write
+        // analysed before the reload still counts under `a`, not under the guard now first.
+        m.set_tables(vec![(b, "b".into())]);
+        m.guarded(b, Outcome::Refused);
+        m.guarded(a, Outcome::Conflict);
         let stats = m.stats();
         assert!(stats.contains(&(
             "guarded_writes_total{table=\"b\",outcome=\"refused\"}".into(),
             "2".into()
         )));
+        assert!(
+            stats.contains(&(
+                "guarded_writes_total{table=\"b\",outcome=\"conflict\"}".into(),
+                "0".into()
+            )),
+            "{stats:?}"
+        );
+        assert!(
+            !stats.iter().any(|(k, _)| k.contains("table=\"a\"")),
+            "only the tables guarded now are listed: {stats:?}"
+        );
+        let text = m.encode();
+        let a_conflicts = "optlock_guarded_writes_total{table=\"a\",outcome=\"conflict\"}";
+        assert_eq!(
+            line_value(&text, a_conflicts).as_deref(),
+            Some("1"),
+            "{text}"
+        );
+        // Back to both: nothing new is made, the totals stand.
+        m.set_tables(vec![(a, "a".into()), (b, "b".into())]);
+        assert_eq!(m.tables.get(a, Outcome::Conflict), 1);
+        assert_eq!(m.tables.get(b, Outcome::Refused), 2);
     }
 
     #[test]

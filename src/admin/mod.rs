@@ -17,7 +17,7 @@ pub mod registry;
 pub use conflicts::{Conflict, ConflictLog};
 pub use console::{AdminContext, execute};
 pub use http::serve_metrics;
-pub use metrics::{ClientError, Direction, GuardCounters, Metrics, OpenSession, Outcome};
+pub use metrics::{ClientError, Direction, Metrics, OpenSession, Outcome};
 pub use registry::{SessionHandle, SessionInfo, SessionRegistry, SessionStart, SessionState};
 
 use std::time::{SystemTime, UNIX_EPOCH};

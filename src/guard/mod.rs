@@ -57,6 +57,13 @@ impl GuardSet {
     pub fn is_empty(&self) -> bool {
         self.guards.is_empty()
     }
+
+    /// Each guard's table with its process-wide id, in guard order: what the metrics count
+    /// guarded writes by ([`crate::admin::Metrics::set_tables`]).
+    pub fn tables(&self) -> Vec<(TableId, String)> {
+        let names = self.guards.iter().map(|g| g.table.to_string());
+        self.table_ids.iter().copied().zip(names).collect()
+    }
 }
 
 /// The process-wide id of a guarded table: what tracked versions are keyed by (never a guard's
@@ -65,7 +72,7 @@ impl GuardSet {
 pub struct TableId(pub usize);
 
 /// The process-wide id of a table name (assigned on first use, never reused).
-fn table_id(table: &TableName) -> TableId {
+pub fn table_id(table: &TableName) -> TableId {
     static IDS: OnceLock<Mutex<HashMap<TableName, TableId>>> = OnceLock::new();
     let mut ids = IDS
         .get_or_init(Default::default)

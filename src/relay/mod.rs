@@ -124,7 +124,7 @@ impl Shared {
         config_path: Option<PathBuf>,
     ) -> Shared {
         let metrics = Arc::new(Metrics::new());
-        metrics.set_tables(table_names(&settings.config));
+        metrics.set_tables(settings.guards.tables());
         Shared {
             generation: AtomicU64::new(settings.generation),
             settings: RwLock::new(Arc::new(settings)),
@@ -156,8 +156,8 @@ impl Shared {
     /// Installs a new config for statements from now on.
     pub fn replace_config(&self, config: Config) -> Arc<Settings> {
         let mut slot = self.settings.write().unwrap_or_else(|e| e.into_inner());
-        self.admin.metrics.set_tables(table_names(&config));
         let next = Arc::new(Settings::new(config, slot.generation + 1));
+        self.admin.metrics.set_tables(next.guards.tables());
         *slot = next.clone();
         self.generation.store(next.generation, Ordering::Release);
         next
@@ -219,10 +219,6 @@ impl Shared {
     pub(crate) fn metrics_latency(&self, started: Instant) {
         self.admin.metrics.added_latency(started.elapsed());
     }
-}
-
-fn table_names(config: &Config) -> Vec<String> {
-    config.guards.iter().map(|g| g.table.to_string()).collect()
 }
 
 /// Serves one accepted client connection to its end.

@@ -344,12 +344,7 @@ impl Session {
         match &statement.action {
             Action::Pass { .. } => Parsed::Passed,
             Action::Refuse { table, reason } => {
-                let guard = guards
-                    .guards
-                    .iter()
-                    .position(|g| &g.table == table)
-                    .unwrap_or(0);
-                let (block, ctx) = self.refusal(table, guard, Refusal::Unsupported(reason.clone()));
+                let (block, ctx) = self.refusal(table, Refusal::Unsupported(reason.clone()));
                 self.send_extended_raise(&block, ctx);
                 Parsed::Refused
             }
@@ -669,7 +664,7 @@ impl Session {
         let guards = pw.guards.clone();
         let (expected, key) = match self.plan_write(&guards, w, key, pinned) {
             Plan::Refuse(refusal) => {
-                let (block, ctx) = self.refusal(&guards.guards[w.guard].table, w.guard, refusal);
+                let (block, ctx) = self.refusal(&guards.guards[w.guard].table, refusal);
                 self.send_extended_raise(&block, ctx);
                 return Ok(true);
             }
@@ -690,7 +685,7 @@ impl Session {
                 self.shared
                     .admin
                     .metrics
-                    .guarded(w.guard, Outcome::Rewritten);
+                    .guarded(guards.table_ids[w.guard], Outcome::Rewritten);
                 return Ok(false);
             }
             Some(full) => (
@@ -757,7 +752,7 @@ impl Session {
             self.shared
                 .admin
                 .metrics
-                .guarded(w.guard, Outcome::Rewritten);
+                .guarded(pw.guards.table_ids[w.guard], Outcome::Rewritten);
             return false;
         }
         let Some(b) = fe::bind(body) else {
@@ -847,7 +842,7 @@ impl Session {
             self.shared
                 .admin
                 .metrics
-                .guarded(w.guard, Outcome::Rewritten);
+                .guarded(w.guards.table_ids[w.guard], Outcome::Rewritten);
         }
         Some(Box::new(Tag::Execute(p)))
     }
@@ -1163,7 +1158,7 @@ impl Session {
                     &info,
                     &self.settings.config.conflict_sqlstate,
                 );
-                let ctx = RaiseCtx::conflict(w.guard, info, Some(BytesMut::from(msg)));
+                let ctx = RaiseCtx::conflict(info, Some(BytesMut::from(msg)));
                 if matches!(self.guard.after_sync, AfterSync::Sent) {
                     self.guard.after_sync = AfterSync::Raise(block, Box::new(ctx));
                 } else {

@@ -16,7 +16,7 @@ use crate::admin::conflicts::Conflict;
 use crate::config::TableName;
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
 use crate::guard::values::quote_literal;
-use crate::guard::{GuardSet, GuardedWrite};
+use crate::guard::{GuardSet, GuardedWrite, table_id};
 use crate::protocol::{backend as be, frontend as fe};
 
 /// Statement and portal name of the proxy's own raise in the extended protocol.
@@ -25,7 +25,8 @@ const RAISE_NAME: &[u8] = b"optlock_raise";
 /// What a raise is about.
 #[derive(Debug)]
 pub struct RaiseCtx {
-    pub guard: usize,
+    /// The guarded table the raise is about.
+    pub table: TableName,
     /// The client's `CommandComplete` (`UPDATE 0`), delivered when the block raises nothing
     /// (the row is still at the expected version: the write's other conditions did not match).
     pub held: Option<BytesMut>,
@@ -34,21 +35,21 @@ pub struct RaiseCtx {
 }
 
 impl RaiseCtx {
-    /// The context of a conflict on a row of guard `guard`; `held` is the write's
-    /// `CommandComplete`, for the client should the block raise nothing.
-    pub fn conflict(guard: usize, info: ConflictInfo, held: Option<BytesMut>) -> RaiseCtx {
+    /// The context of a conflict on a row; `held` is the write's `CommandComplete`, for the
+    /// client should the block raise nothing.
+    pub fn conflict(info: ConflictInfo, held: Option<BytesMut>) -> RaiseCtx {
         RaiseCtx {
-            guard,
+            table: info.table.clone(),
             held,
             conflict: Some(info),
             refusal: None,
         }
     }
 
-    /// The context of a refused write to guard `guard`.
-    pub fn refusal(guard: usize, refusal: Refusal) -> RaiseCtx {
+    /// The context of a refused write to `table`.
+    pub fn refusal(table: &TableName, refusal: Refusal) -> RaiseCtx {
         RaiseCtx {
-            guard,
+            table: table.clone(),
             held: None,
             conflict: None,
             refusal: Some(refusal),
@@ -81,16 +82,10 @@ pub fn raise_fields_block(fields: &[(u8, String)]) -> String {
 }
 
 impl Session {
-    /// A refused write to `table` (guard `guard`): the block that raises the refusal, and
-    /// its context.
-    pub(super) fn refusal(
-        &self,
-        table: &TableName,
-        guard: usize,
-        refusal: Refusal,
-    ) -> (String, RaiseCtx) {
+    /// A refused write to `table`: the block that raises the refusal, and its context.
+    pub(super) fn refusal(&self, table: &TableName, refusal: Refusal) -> (String, RaiseCtx) {
         let block = raise_fields_block(&conflict::refusal_fields(table, &refusal));
-        (block, RaiseCtx::refusal(guard, refusal))
+        (block, RaiseCtx::refusal(table, refusal))
     }
 
     /// The refusal of a text that is not UTF-8 and may write a guarded table (the first one
@@ -98,15 +93,17 @@ impl Session {
     pub(super) fn not_utf8_refusal(&self, sql: &[u8]) -> (String, RaiseCtx) {
         let lower = String::from_utf8_lossy(sql).to_lowercase();
         let guards = &self.settings.guards.guards;
-        let guard = guards
+        let table = guards
             .iter()
-            .position(|g| lower.contains(&g.table.name.to_lowercase()))
-            .unwrap_or(0);
+            .find(|g| lower.contains(&g.table.name.to_lowercase()))
+            .unwrap_or(&guards[0])
+            .table
+            .clone();
         let refusal = Refusal::Unsupported(format!(
             "the statement text is not valid UTF-8 (client_encoding {}), so optlock cannot analyse it; use client_encoding UTF8",
             self.params.client_encoding
         ));
-        self.refusal(&guards[guard].table, guard, refusal)
+        self.refusal(&table, refusal)
     }
 
     /// The check that goes before a write inside a data-modifying `WITH` that expects a
@@ -131,7 +128,7 @@ impl Session {
             expected?.to_string(),
         );
         let block = conflict::lock_or_raise_block(&info, &self.settings.config.conflict_sqlstate);
-        Some((block, RaiseCtx::conflict(w.guard, info, None)))
+        Some((block, RaiseCtx::conflict(info, None)))
     }
 
     /// Queues a raise in the extended protocol: the block runs as the proxy's own statement and
@@ -168,12 +165,12 @@ impl Session {
     /// gets the conflict error in place of the server's, logged and counted as any conflict.
     pub(super) fn deliver_conflict(
         &mut self,
-        (guard, info, raised): (usize, ConflictInfo, conflict::RaisedInWrite),
+        (info, raised): (ConflictInfo, conflict::RaisedInWrite),
     ) {
         let fields =
             conflict::conflict_fields(&info, &raised, &self.settings.config.conflict_sqlstate);
         be::write_error_fields(&mut self.to_client, fields);
-        self.log_conflict(guard, &info, Some(raised.found));
+        self.log_conflict(&info, Some(raised.found));
     }
 
     /// The raise's error reached the proxy: forward it without the PL/pgSQL context, log it,
@@ -192,11 +189,11 @@ impl Session {
             let found = field(b'D')
                 .rsplit_once("found ")
                 .map(|(_, f)| f.trim().to_string());
-            self.log_conflict(ctx.guard, info, found);
+            self.log_conflict(info, found);
         } else {
             let ident = &self.guard.ident;
             warn!(
-                table = %self.table_name(ctx.guard),
+                table = %ctx.table,
                 reason = %field(b'M'),
                 client = %ident.client,
                 user = %ident.user,
@@ -206,24 +203,14 @@ impl Session {
             self.shared
                 .admin
                 .metrics
-                .guarded(ctx.guard, Outcome::Refused);
+                .guarded(table_id(&ctx.table), Outcome::Refused);
         }
-    }
-
-    /// The table of guard `guard`, as SQL.
-    fn table_name(&self, guard: usize) -> String {
-        self.settings
-            .guards
-            .guards
-            .get(guard)
-            .map(|g| g.table.to_string())
-            .unwrap_or_default()
     }
 
     /// Logs, counts and records a conflict the client was given; `found` is the version the
     /// row was found at (None: the row is gone).
-    fn log_conflict(&mut self, guard: usize, info: &ConflictInfo, found: Option<String>) {
-        let table = self.table_name(guard);
+    fn log_conflict(&mut self, info: &ConflictInfo, found: Option<String>) {
+        let table = info.table.to_string();
         let key = info.key_text();
         let ident = &self.guard.ident;
         warn!(
@@ -236,7 +223,10 @@ impl Session {
             application_name = %ident.application_name,
             "optimistic lock conflict"
         );
-        self.shared.admin.metrics.guarded(guard, Outcome::Conflict);
+        self.shared
+            .admin
+            .metrics
+            .guarded(table_id(&info.table), Outcome::Conflict);
         self.shared.admin.conflicts.record(Conflict {
             at: std::time::SystemTime::now(),
             table,

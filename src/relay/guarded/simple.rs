@@ -105,14 +105,11 @@ impl WriteCheck {
     }
 
     /// The conflict, when the server's error (`body`) is this write's version check failing
-    /// on the spot (see [`crate::guard::rewrite::CONFLICT_MARKER`]): the write's guard, what it
-    /// expected, and the version the row was found at.
-    pub fn raised_conflict(
-        &self,
-        body: &[u8],
-    ) -> Option<(usize, ConflictInfo, conflict::RaisedInWrite)> {
+    /// on the spot (see [`crate::guard::rewrite::CONFLICT_MARKER`]): what the write expected
+    /// of which row, and the version the row was found at.
+    pub fn raised_conflict(&self, body: &[u8]) -> Option<(ConflictInfo, conflict::RaisedInWrite)> {
         let found = conflict::found_in_error(body)?;
-        Some((self.guard, self.conflict_info()?, found))
+        Some((self.conflict_info()?, found))
     }
 
     pub fn conflict_info(&self) -> Option<ConflictInfo> {
@@ -178,7 +175,7 @@ impl Session {
             && !w.adds_bump(&guards)
             && self.expects_nothing(&guards, w)
         {
-            self.send_as_written(msg, w.guard);
+            self.send_as_written(msg, guards.table_ids[w.guard]);
             return Ok(true);
         }
         let analysis = analysis.of_text(sql, &guards);
@@ -197,13 +194,7 @@ impl Session {
                 }
                 Action::Refuse { table, reason } => {
                     self.push_chunk(&mut steps, chunk.take(), sql, &analysis.reads, &guards);
-                    let guard = guards
-                        .guards
-                        .iter()
-                        .position(|g| &g.table == table)
-                        .unwrap_or(0);
-                    let (block, ctx) =
-                        self.refusal(table, guard, Refusal::Unsupported(reason.clone()));
+                    let (block, ctx) = self.refusal(table, Refusal::Unsupported(reason.clone()));
                     steps.push_back(StepSpec::Raise(block, Box::new(ctx)));
                 }
                 Action::Write(w) => {
@@ -233,7 +224,7 @@ impl Session {
             && !check.in_cte
             && text.as_bytes() == sql_bytes
         {
-            self.send_as_written(msg, check.guard);
+            self.send_as_written(msg, check.guards.table_ids[check.guard]);
             return Ok(true);
         }
         // A lone checked write that may act without rows (a statement-level trigger, a call
@@ -278,10 +269,10 @@ impl Session {
         });
     }
 
-    /// A query holding one guarded write (of guard `guard`) that needs nothing changed and
-    /// nothing checked: sent as the client wrote it.
-    fn send_as_written(&mut self, msg: &[u8], guard: usize) {
-        self.shared.admin.metrics.guarded(guard, Outcome::Rewritten);
+    /// A query holding one guarded write (of `table`) that needs nothing changed and nothing
+    /// checked: sent as the client wrote it.
+    fn send_as_written(&mut self, msg: &[u8], table: TableId) {
+        self.shared.admin.metrics.guarded(table, Outcome::Rewritten);
         self.to_server.extend_from_slice(msg);
         self.replies.push(Pending::Simple(None));
     }
@@ -416,7 +407,7 @@ impl Session {
         let guards = self.settings.guards.clone();
         match self.plan_write(&guards, w, key, pinned) {
             Plan::Refuse(refusal) => {
-                let (block, ctx) = self.refusal(&guards.guards[w.guard].table, w.guard, refusal);
+                let (block, ctx) = self.refusal(&guards.guards[w.guard].table, refusal);
                 (None, StepSpec::Raise(block, Box::new(ctx)))
             }
             Plan::Send { expected, key } => {
@@ -515,7 +506,7 @@ impl Session {
                     self.shared
                         .admin
                         .metrics
-                        .guarded(c.guard, Outcome::Rewritten);
+                        .guarded(c.guards.table_ids[c.guard], Outcome::Rewritten);
                 }
                 fe::write_query(&mut self.to_server, text.as_bytes());
                 self.replies
@@ -623,7 +614,7 @@ impl Session {
         {
             let block =
                 conflict::raise_block_if_changed(&info, &self.settings.config.conflict_sqlstate);
-            self.send_simple_raise(&block, RaiseCtx::conflict(c.guard, info, Some(held)));
+            self.send_simple_raise(&block, RaiseCtx::conflict(info, Some(held)));
             return Ok(true);
         }
         self.script_continue(ready)
@@ -639,11 +630,11 @@ impl Session {
         };
         match tag {
             be::ERROR_RESPONSE => {
-                let guard = ctx.guard;
+                let table = ctx.table.clone();
                 let ctx = std::mem::replace(
                     ctx.as_mut(),
                     RaiseCtx {
-                        guard,
+                        table,
                         held: None,
                         conflict: None,
                         refusal: None,
