@@ -266,6 +266,10 @@ pgb_retries()   { local v; v=$(sed -n 's/^total number of retries: \([0-9]*\).*/
 # 0 without a pid). Read before and after a run: the differences per try show where the CPU
 # goes, which on a machine this small decides TPS more than any one latency.
 cpu_busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+# The whole machine's idle time (idle and iowait), in clock ticks.
+cpu_idle_ticks() { awk '/^cpu /{print $5 + $6}' /proc/stat; }
+# idle_pct BUSY IDLE: idle share of the time between two readings, in percent.
+idle_pct() { awk -v b="$1" -v i="$2" 'BEGIN { if (b + i > 0) printf "%.0f\n", 100 * i / (b + i); else print "-" }'; }
 proc_cpu_ticks() {
     if [[ -n "${1:-}" && -r /proc/$1/stat ]]; then
         # utime and stime are fields 14 and 15; the command name (field 2) has no spaces here.

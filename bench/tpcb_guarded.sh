@@ -13,18 +13,24 @@
 # gives the median TPS per target, the ratios, and retried/failed transaction counts
 # (--max-tries=10: conflicts and serialization failures are SQLSTATE 40001 and are retried).
 # Compare ratios from one run, not absolute TPS across runs or machines.
+# Each run also records how idle the machine was ("idle %", all cores): near 0 the cores are
+# saturated and the proxy's own CPU comes out of PostgreSQL's, so the ratio then measures CPU
+# sharing; with idle cores it measures the latency a relay adds. CLIENTS takes a list
+# (CLIENTS="1 8") to see both in one run.
 #
 # Usage:  bench/tpcb_guarded.sh
 #         TARGETS="direct optlock plain" DURATION=30 ROUNDS=5 bench/tpcb_guarded.sh
 # Options (environment variables):
-#   CLIENTS=8  THREADS=2  DURATION=8 (pgbench -T)  ROUNDS=3  MAX_TRIES=10
+#   CLIENTS=8 (a list runs each)  THREADS=2 (at most CLIENTS)  DURATION=8 (pgbench -T)
+#   ROUNDS=3  MAX_TRIES=10
 #   MODES="simple extended prepared"
 #   TARGETS="direct optlock"       add "plain" for optlock without guards, "pgbouncer" for
 #                                  PgBouncer (installed with apt-get when missing and run as root)
 #   SCALE=10                       pgbench -i scale factor (branches = SCALE: the hot rows)
 #   OPTLOCK_WORKERS=N, KEEP_DB=1, PG_HOST/PG_PORT/PG_USER, CARGO_TARGET_DIR, OPTLOCK_BIN,
 #   NO_BUILD=1                     see bench/lib.sh
-# Default run: 3 rounds x 3 modes x 2 targets x 8 s, about 3 minutes with set-up.
+# Default run: 3 rounds x 3 modes x 2 targets x 8 s, about 3 minutes with set-up (each client
+# count in CLIENTS as much again).
 # Results are printed and saved to bench/results/tpcb_guarded-<date>.txt (gitignored).
 
 # shellcheck source=bench/lib.sh
@@ -90,65 +96,82 @@ EOF
 done
 
 read -r -a TARGET_LIST <<<"$TARGETS"
-declare -A TPS=() RETRIED=() FAILED=() ERRORS=()
-total=$(( ROUNDS * $(wc -w <<<"$MODES") * ${#TARGET_LIST[@]} ))
+# A run's key: clients/mode (e.g. 8/simple), then :target.
+RUNS=()
+for c in $CLIENTS; do
+    for mode in $MODES; do RUNS+=("$c/$mode"); done
+done
+declare -A TPS=() IDLE=() RETRIED=() FAILED=() ERRORS=()
+total=$(( ROUNDS * ${#RUNS[@]} * ${#TARGET_LIST[@]} ))
 n=0
 for round in $(seq 1 "$ROUNDS"); do
-    for mode in $MODES; do
+    for run in "${RUNS[@]}"; do
+        c=${run%/*} mode=${run#*/}
         k=${#TARGET_LIST[@]}
         for i in $(seq 0 $((k - 1))); do
             t=${TARGET_LIST[$(( (i + round - 1) % k ))]}
+            key=$run:$t
             n=$((n + 1))
-            out="$WORK_DIR/run-$round-$mode-$t.txt"
+            out="$WORK_DIR/run-$round-$c-$mode-$t.txt"
             [[ $t != direct && $t != pgbouncer ]] && { check_optlock "${PORT[$t]}" || true; }
             rc=0
-            pgbench -n -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$mode" --max-tries="$MAX_TRIES" \
-                -h "${HOST[$t]}" -p "${PORT[$t]}" "$DB" >"$out" 2>&1 || rc=$?
+            busy0=$(cpu_busy_ticks) idle0=$(cpu_idle_ticks)
+            pgbench -n -c "$c" -j "$(( THREADS < c ? THREADS : c ))" -T "$DURATION" -M "$mode" \
+                --max-tries="$MAX_TRIES" -h "${HOST[$t]}" -p "${PORT[$t]}" "$DB" >"$out" 2>&1 || rc=$?
+            idle=$(idle_pct $(( $(cpu_busy_ticks) - busy0 )) $(( $(cpu_idle_ticks) - idle0 )))
             tps=$(pgb_tps "$out")
-            RETRIED[$mode:$t]=$(( ${RETRIED[$mode:$t]:-0} + $(pgb_retried "$out") ))
-            FAILED[$mode:$t]=$(( ${FAILED[$mode:$t]:-0} + $(pgb_failed "$out") ))
+            RETRIED[$key]=$(( ${RETRIED[$key]:-0} + $(pgb_retried "$out") ))
+            FAILED[$key]=$(( ${FAILED[$key]:-0} + $(pgb_failed "$out") ))
             died=0
             if [[ $t != direct && $t != pgbouncer ]] && ! check_optlock "${PORT[$t]}"; then
-                ERRORS[$mode:$t]="${ERRORS[$mode:$t]:-}[round $round: $OPTLOCK_DIED] "
+                ERRORS[$key]="${ERRORS[$key]:-}[round $round: $OPTLOCK_DIED] "
                 died=1
             fi
             # A run with aborted clients or a proxy that exited gives no TPS figure.
             if [[ $rc -ne 0 || -z "$tps" ]]; then
-                ERRORS[$mode:$t]="${ERRORS[$mode:$t]:-}[round $round rc=$rc: $(grep -m1 -iE 'aborted|error|fatal' "$out" | cut -c1-150)] "
+                ERRORS[$key]="${ERRORS[$key]:-}[round $round rc=$rc: $(grep -m1 -iE 'aborted|error|fatal' "$out" | cut -c1-150)] "
             fi
             [[ $rc -ne 0 || $died -eq 1 ]] && tps=""
-            [[ -n "$tps" ]] && TPS[$mode:$t]="${TPS[$mode:$t]:-} $(printf '%.1f' "$tps")"
-            log "[$n/$total] round $round  -M $mode  $t: ${tps:-FAILED} tps"
+            [[ -n "$tps" ]] && TPS[$key]="${TPS[$key]:-} $(printf '%.1f' "$tps")"
+            IDLE[$key]="${IDLE[$key]:-} $idle"
+            log "[$n/$total] round $round  -c $c -M $mode  $t: ${tps:-FAILED} tps, ${idle}% idle"
         done
     done
 done
 
 {
-    echo "# optlock guarded TPC-B benchmark: pgbench (tpcb-like) -c $CLIENTS -j $THREADS -T $DURATION --max-tries=$MAX_TRIES, scale $SCALE, $ROUNDS interleaved rounds"
+    echo "# optlock guarded TPC-B benchmark: pgbench (tpcb-like) -c ${CLIENTS// /,} -j $THREADS -T $DURATION --max-tries=$MAX_TRIES, scale $SCALE, $ROUNDS interleaved rounds"
     echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  host $(hostname)  $(nproc) cores  $(pgbench --version)"
     echo "# optlock $("$OPTLOCK_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), workers ${OPTLOCK_WORKERS:-default}; $(upstream_note)"
     echo "# optlock = guarded by xmin (pgbench_accounts/aid, pgbench_tellers/tid, pgbench_branches/bid); plain = no guards"
-    echo "# TPS = median over rounds; retried/failed = summed over rounds"
+    echo "# TPS = median over rounds; retried/failed = summed over rounds; idle % = median share of"
+    echo "# all cores left idle during the direct / optlock runs (near 0: saturated)"
     echo
-    printf '%-9s %10s %10s %10s %10s %15s %13s %17s %16s %16s\n' mode direct optlock plain pgbouncer \
-        optlock/direct plain/direct pgbouncer/direct "optlock retried" "optlock failed"
-    for mode in $MODES; do
+    FMT='%-8s %-9s %9s %9s %9s %9s %15s %13s %17s %14s %16s %15s\n'
+    # shellcheck disable=SC2059
+    printf "$FMT" clients mode direct optlock plain pgbouncer \
+        optlock/direct plain/direct pgbouncer/direct "idle %" "optlock retried" "optlock failed"
+    for run in "${RUNS[@]}"; do
         declare -A MED=()
         for t in direct optlock plain pgbouncer; do
             # shellcheck disable=SC2086
-            MED[$t]=$(median ${TPS[$mode:$t]:-})
+            MED[$t]=$(median ${TPS[$run:$t]:-})
         done
-        printf '%-9s %10s %10s %10s %10s %15s %13s %17s %16s %16s\n' "$mode" \
+        # shellcheck disable=SC2086
+        idle="$(median ${IDLE[$run:direct]:-} | cut -d. -f1) / $(median ${IDLE[$run:optlock]:-} | cut -d. -f1)"
+        # shellcheck disable=SC2059
+        printf "$FMT" "${run%/*}" "${run#*/}" \
             "${MED[direct]}" "${MED[optlock]}" "${MED[plain]}" "${MED[pgbouncer]}" \
             "$(ratio "${MED[optlock]}" "${MED[direct]}")" "$(ratio "${MED[plain]}" "${MED[direct]}")" \
-            "$(ratio "${MED[pgbouncer]}" "${MED[direct]}")" \
-            "${RETRIED[$mode:optlock]:--}" "${FAILED[$mode:optlock]:--}"
+            "$(ratio "${MED[pgbouncer]}" "${MED[direct]}")" "$idle" \
+            "${RETRIED[$run:optlock]:--}" "${FAILED[$run:optlock]:--}"
     done
     echo
-    echo "# every run (TPS in round order; retried/failed summed)"
-    for mode in $MODES; do
+    echo "# every run (TPS and idle % in round order; retried/failed summed)"
+    for run in "${RUNS[@]}"; do
         for t in "${TARGET_LIST[@]}"; do
-            printf '%-9s %-8s retried %-6s failed %-6s tps %s\n' "$mode" "$t" "${RETRIED[$mode:$t]}" "${FAILED[$mode:$t]}" "${TPS[$mode:$t]:- (none)}"
+            printf '%-8s %-9s %-9s retried %-6s failed %-6s tps %s  idle %%%s\n' "${run%/*}" "${run#*/}" "$t" \
+                "${RETRIED[$run:$t]}" "${FAILED[$run:$t]}" "${TPS[$run:$t]:- (none)}" "${IDLE[$run:$t]:-}"
         done
     done
     if [[ ${#ERRORS[@]} -gt 0 ]]; then
