@@ -1726,3 +1726,143 @@ version = "version"
     );
     assert_eq!(version_of(&db, 5).await, 0, "no longer bumped");
 }
+
+/// A reload that adds a guard reaches a session whose client pipelines: a statement prepared
+/// before it and bound in a batch sent while an earlier one is still running is guarded.
+#[tokio::test]
+async fn a_reload_reaches_a_client_that_never_waits() {
+    let db = TestDb::new("pl_reload_busy").await;
+    setup(&db).await;
+    // Another table guarded: the session follows its replies.
+    let proxy = Proxy::with_guards(
+        "[[guard]]\ntable = \"public.audit\"\nkey = [\"n\"]\nversion = \"xmin\"\n",
+    )
+    .await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    let write = "UPDATE invoice SET total = total + 1 WHERE id = $1";
+    raw.send(&[parse("w", write), sync()].concat()).await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![Msg::ParseComplete, Msg::Ready('I')]
+    );
+    // A batch still running when the reload comes, and the write sent behind it.
+    raw.send(&query("SELECT pg_sleep(0.5) AS held")).await;
+    let direct = db.direct().await;
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(0.5) AS held%' AND state = 'active' AND pid <> pg_backend_pid()";
+    while direct
+        .query_one(running, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut config = (*proxy.shared.settings().config).clone();
+    config.guards.extend(
+        optlock::config::Config::parse(INVOICE, "test.toml")
+            .unwrap()
+            .guards,
+    );
+    proxy.shared.replace_config(config);
+    raw.send(&[bind("", "w", &["2"]), execute(""), sync()].concat())
+        .await;
+    assert_eq!(raw.until_ready().await.last(), Some(&Msg::Ready('I')));
+    assert_eq!(
+        raw.until_ready().await,
+        vec![Msg::BindComplete, cc("UPDATE 1"), Msg::Ready('I')]
+    );
+    assert_eq!(version_of(&db, 2).await, 1, "the write was guarded: bumped");
+}
+
+/// The server's unnamed statement outlives a reload: the proxy's catalog queries after it
+/// (simple queries, which would drop it) do not run between its `Parse` and its `Bind`.
+#[tokio::test]
+async fn an_unnamed_statement_outlives_a_reload() {
+    let db = TestDb::new("pl_reload_unnamed").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    raw.send(&[parse("", "SELECT 42"), sync()].concat()).await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![Msg::ParseComplete, Msg::Ready('I')]
+    );
+    let mut config = (*proxy.shared.settings().config).clone();
+    config.guards.push(config.guards[0].clone());
+    config.guards[1].table.name = "audit".into();
+    proxy.shared.replace_config(config);
+    raw.send(&[bind("", "", &[]), execute(""), sync()].concat())
+        .await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![
+            Msg::BindComplete,
+            Msg::DataRow(vec![Some("42".into())]),
+            cc("SELECT 1"),
+            Msg::Ready('I')
+        ]
+    );
+}
+
+/// The proxy's catalog queries after a reload, sent behind a client batch that leaves the
+/// transaction failed, fail with it unseen, and are sent again once the client rolls back.
+#[tokio::test]
+async fn catalog_queries_that_meet_a_failed_transaction_are_sent_again_after_it() {
+    let db = TestDb::new("pl_reload_failed").await;
+    setup(&db).await;
+    let proxy = Proxy::with_guards(
+        "[[guard]]\ntable = \"public.audit\"\nkey = [\"n\"]\nversion = \"xmin\"\n",
+    )
+    .await;
+    let mut raw = Raw::connect(&proxy, &db.name).await;
+    let write = "UPDATE invoice SET total = total + 1 WHERE id = $1";
+    raw.send(&[parse("w", write), sync()].concat()).await;
+    raw.until_ready().await;
+    raw.send(&query("BEGIN")).await;
+    assert_eq!(raw.until_ready().await.last(), Some(&Msg::Ready('T')));
+    raw.send(&query("SELECT pg_sleep(0.5) AS doomed; SELECT 1/0"))
+        .await;
+    let direct = db.direct().await;
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%AS doomed%' AND state = 'active' AND pid <> pg_backend_pid()";
+    while direct
+        .query_one(running, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut config = (*proxy.shared.settings().config).clone();
+    config.guards.extend(
+        optlock::config::Config::parse(INVOICE, "test.toml")
+            .unwrap()
+            .guards,
+    );
+    proxy.shared.replace_config(config);
+    raw.send(&[bind("", "w", &["2"]), execute(""), sync()].concat())
+        .await;
+    let failed = raw.until_ready().await;
+    assert!(
+        matches!(&failed[..], [.., Msg::Error(code, _), Msg::Ready('E')] if code == "22012"),
+        "{failed:?}"
+    );
+    let skipped = raw.until_ready().await;
+    assert!(
+        matches!(&skipped[..], [Msg::Error(code, _), Msg::Ready('E')] if code == "25P02"),
+        "the write in the failed transaction, as the server alone answers it: {skipped:?}"
+    );
+    raw.send(&query("ROLLBACK")).await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![cc("ROLLBACK"), Msg::Ready('I')]
+    );
+    raw.send(&[bind("", "w", &["2"]), execute(""), sync()].concat())
+        .await;
+    assert_eq!(
+        raw.until_ready().await,
+        vec![Msg::BindComplete, cc("UPDATE 1"), Msg::Ready('I')]
+    );
+    assert_eq!(version_of(&db, 2).await, 1, "the write was guarded: bumped");
+}

@@ -24,11 +24,11 @@ pub enum Pending<G> {
     /// `Execute`: rows, then `CommandComplete`, `EmptyQueryResponse` or `PortalSuspended`.
     Execute(G),
     /// `Sync`: `ReadyForQuery`.
-    Sync,
+    Sync(G),
 }
 
 impl<G> Pending<G> {
-    /// What the guard attached (none for `Sync`).
+    /// What the guard attached.
     pub fn guard(&self) -> Option<&G> {
         match self {
             Pending::Simple(g)
@@ -37,13 +37,13 @@ impl<G> Pending<G> {
             | Pending::Close(g)
             | Pending::DescribeStatement(g)
             | Pending::DescribePortal(g)
-            | Pending::Execute(g) => Some(g),
-            Pending::Sync => None,
+            | Pending::Execute(g)
+            | Pending::Sync(g) => Some(g),
         }
     }
 
     fn is_sync_point(&self) -> bool {
-        matches!(self, Pending::Sync | Pending::Simple(_))
+        matches!(self, Pending::Sync(_) | Pending::Simple(_))
     }
 }
 
@@ -117,7 +117,7 @@ impl<G> Replies<G> {
             (_, be::NOTICE_RESPONSE | be::NOTIFICATION | be::PARAMETER_STATUS) => {
                 return (Step::Unrelated, None);
             }
-            (Pending::Simple(_) | Pending::Sync, be::READY_FOR_QUERY) => true,
+            (Pending::Simple(_) | Pending::Sync(_), be::READY_FOR_QUERY) => true,
             (Pending::Simple(_), _) => false,
             (Pending::Parse(_), be::PARSE_COMPLETE)
             | (Pending::Bind(_), be::BIND_COMPLETE)
@@ -158,7 +158,7 @@ impl<G> Replies<G> {
         }
         let answered = self.queue.pop_front();
         while let Some(front) = self.queue.front() {
-            if matches!(front, Pending::Sync) {
+            if matches!(front, Pending::Sync(_)) {
                 break;
             }
             if let Some(p) = self.queue.pop_front() {
@@ -184,7 +184,7 @@ mod tests {
         r.push(Pending::Bind(()));
         r.push(Pending::DescribePortal(()));
         r.push(Pending::Execute(()));
-        r.push(Pending::Sync);
+        r.push(Pending::Sync(()));
         assert!(matches!(
             r.on_message(be::PARSE_COMPLETE),
             (Step::Completes, Some(Pending::Parse(())))
@@ -213,7 +213,7 @@ mod tests {
         r.push(Pending::Parse(()));
         r.push(Pending::Bind(()));
         r.push(Pending::Execute(()));
-        r.push(Pending::Sync);
+        r.push(Pending::Sync(()));
         r.push(Pending::Parse(()));
         let mut n = 0;
         let (step, answered, skipping) = r.on_error(|_| n += 1);
@@ -221,7 +221,7 @@ mod tests {
         assert!(!skipping, "the Sync is already queued");
         assert!(matches!(answered, Some(Pending::Parse(()))));
         assert_eq!(n, 2);
-        assert!(matches!(r.front(), Some(Pending::Sync)));
+        assert!(matches!(r.front(), Some(Pending::Sync(()))));
         // An error at Sync (a failed COMMIT) belongs to it; ReadyForQuery completes it.
         assert_eq!(r.on_error(|_| panic!("nothing to drop")).0, Step::Within);
         assert!(matches!(

@@ -441,7 +441,7 @@ impl Session {
             self.to_server.extend_from_slice(msg);
             if tag == fe::SYNC {
                 self.skipping_until_sync = false;
-                self.replies.push(Pending::Sync);
+                self.replies.push(Pending::Sync(None));
             }
             return Ok(());
         }
@@ -524,7 +524,7 @@ impl Session {
             }
             fe::SYNC => {
                 self.to_server.extend_from_slice(msg);
-                self.replies.push(Pending::Sync);
+                self.replies.push(Pending::Sync(None));
                 if self.on_sync_sent() {
                     // What follows the Sync waits for the checked write's row count.
                     self.hold_client = true;

@@ -862,7 +862,12 @@ impl Session {
         let alone = self
             .replies
             .iter()
-            .filter(|p| matches!(p, Pending::Execute(_) | Pending::Simple(_) | Pending::Sync))
+            .filter(|p| {
+                matches!(
+                    p,
+                    Pending::Execute(_) | Pending::Simple(_) | Pending::Sync(_)
+                )
+            })
             .count()
             == 1;
         let ok = (self.tx_status == b'T' || self.tx_status == b'I' && quiet) && sync_next && alone;

@@ -13,6 +13,7 @@
 //!
 //! With no guard configured none of this runs: every hook returns at its first test.
 
+mod catalog;
 mod extended;
 mod kept;
 mod pinned;
@@ -30,7 +31,7 @@ use tracing::debug;
 
 use super::replies::{Pending, Step};
 use super::session::Session;
-use crate::catalog::resolve::{self, ResolvedGuards};
+use crate::catalog::resolve::ResolvedGuards;
 use crate::guard::cache::AnalysisCache;
 use crate::guard::prefilter::{Found, Prefilter};
 use crate::guard::track::Tracker;
@@ -48,15 +49,20 @@ pub type StmtTag = Option<Box<Tag>>;
 /// Why the guard follows a reply.
 #[derive(Debug)]
 pub enum Tag {
-    /// The in-band catalog query run after login (and after a reload); the client's
-    /// `ReadyForQuery` waits in `login_ready` when there is one.
-    Resolve {
-        rows: Vec<Vec<Option<String>>>,
+    /// The `Execute` of the guard resolution run after login and after a reload (see
+    /// [`catalog`]).
+    Resolve { rows: Vec<Vec<Option<String>>> },
+    /// The `Execute` of the listing of the session's prepared statements after a reload.
+    Listing { rows: Vec<Vec<Option<String>>> },
+    /// Any other message of a catalog batch: every reply hidden, errors included.
+    Catalog,
+    /// The `Sync` ending a catalog batch: its `ReadyForQuery` is hidden, the client's
+    /// messages go on when `release`, and the client gets `login_ready` (its first
+    /// `ReadyForQuery`, held for the resolution at login) when there is one.
+    CatalogEnd {
+        release: bool,
         login_ready: Option<BytesMut>,
     },
-    /// The listing of the session's prepared statements after a reload; the client's next
-    /// message waits for it.
-    Listing { rows: Vec<Vec<Option<String>>> },
     /// A message of the proxy's own: every reply is swallowed (in the extended protocol an
     /// error still reaches the client).
     Hidden,
@@ -132,6 +138,8 @@ pub struct GuardState {
     script: Option<Script>,
     /// The guards changed: resolve them again before the next statement.
     need_resolve: bool,
+    /// The catalog batch under way.
+    catalog: catalog::CatalogState,
     /// How many full variants of named statements the proxy prepared (it names them).
     full_variants: u64,
     /// Unnamed guarded writes kept prepared, by the client's text.
@@ -174,6 +182,7 @@ impl GuardState {
             row_plan: None,
             script: None,
             need_resolve: false,
+            catalog: catalog::CatalogState::default(),
             full_variants: 0,
             kept: NameMap::default(),
             seen_once: NameMap::default(),
@@ -314,33 +323,14 @@ impl Session {
                 "session follows the reloaded config"
             );
         }
-        if self.guard.need_resolve
-            && at_boundary
-            && self.replies.is_empty()
-            && self.tx_status != b'E'
-        {
+        // Also behind client batches still running: a client that pipelines may never wait
+        // for its replies.
+        if self.guard.need_resolve && at_boundary && self.tx_status != b'E' {
             self.guard.need_resolve = false;
-            self.send_resolve(None);
-            self.send_listing();
-            self.hold_client = true;
+            self.send_resolve(true, None);
             return true;
         }
         false
-    }
-
-    /// Sends the catalog query that resolves the guards in this database. At login the
-    /// client's first `ReadyForQuery` waits for it.
-    fn send_resolve(&mut self, login_ready: Option<BytesMut>) {
-        let sql = resolve::resolve_query(&self.settings.guards.guards);
-        fe::write_query(&mut self.to_server, sql.as_bytes());
-        if login_ready.is_some() {
-            self.hold_client = true;
-        }
-        self.replies
-            .push(Pending::Simple(Some(Box::new(Tag::Resolve {
-                rows: Vec::new(),
-                login_ready,
-            }))));
     }
 
     /// The first `ReadyForQuery`: resolve the guards before the client may send anything.
@@ -349,7 +339,7 @@ impl Session {
         if !self.guards_active() {
             return false;
         }
-        self.send_resolve(Some(BytesMut::from(ready)));
+        self.send_resolve(false, Some(BytesMut::from(ready)));
         true
     }
 
@@ -426,28 +416,10 @@ impl Session {
             return Ok(false);
         };
         match front {
+            Pending::Execute(Some(t)) | Pending::Sync(Some(t)) if t.is_catalog() => {
+                Ok(Session::on_catalog_within(tag, msg, t))
+            }
             Pending::Simple(Some(t)) => match t.as_mut() {
-                Tag::Resolve { rows, .. } | Tag::Listing { rows } => {
-                    if tag == be::DATA_ROW {
-                        if let Some(vals) = be::data_row(&msg[5..]) {
-                            rows.push(
-                                vals.iter()
-                                    .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
-                                    .collect(),
-                            );
-                        }
-                    } else if tag == be::ERROR_RESPONSE {
-                        let error = String::from_utf8_lossy(
-                            be::error_field(&msg[5..], b'M').unwrap_or(b""),
-                        );
-                        if matches!(t.as_ref(), Tag::Resolve { .. }) {
-                            tracing::warn!(%error, "guards could not be resolved in this database; reads will not be tracked");
-                        } else {
-                            tracing::warn!(%error, "statements prepared before the reload could not be listed; they keep the guards they were prepared with");
-                        }
-                    }
-                    Ok(true)
-                }
                 Tag::Hidden => Ok(true),
                 Tag::Step(_) => self.on_step_reply(tag, msg),
                 Tag::Raise(_) => self.on_raise_reply(tag, msg),
@@ -469,7 +441,11 @@ impl Session {
                 Tag::DescribeStatement(_)
                 | Tag::DescribePortal(_)
                 | Tag::Execute(_)
-                | Tag::Parsed(_) => Ok(false),
+                | Tag::Parsed(_)
+                | Tag::Resolve { .. }
+                | Tag::Listing { .. }
+                | Tag::Catalog
+                | Tag::CatalogEnd { .. } => Ok(false),
             },
             Pending::Simple(None) => {
                 self.track_simple_rows(tag, msg);
@@ -490,24 +466,16 @@ impl Session {
         p: Pending<StmtTag>,
     ) -> Result<bool, String> {
         match p {
+            Pending::Parse(Some(t))
+            | Pending::Bind(Some(t))
+            | Pending::Close(Some(t))
+            | Pending::Execute(Some(t))
+            | Pending::Sync(Some(t))
+                if t.is_catalog() =>
+            {
+                self.on_catalog_complete(tag, msg, *t)
+            }
             Pending::Simple(Some(t)) => match *t {
-                Tag::Resolve { rows, login_ready } => {
-                    self.guard.resolved =
-                        Arc::new(resolve::parse_resolved(&rows, &self.settings.guards.guards));
-                    debug!(resolved = self.guard.resolved.len(), "guards resolved");
-                    if let Some(ready) = login_ready {
-                        self.to_client.extend_from_slice(&ready);
-                        self.hold_client = false;
-                        self.resume_client()?;
-                    }
-                    Ok(true)
-                }
-                Tag::Listing { rows } => {
-                    self.on_listing(rows);
-                    self.hold_client = false;
-                    self.resume_client()?;
-                    Ok(true)
-                }
                 Tag::Hidden => Ok(true),
                 Tag::Step(check) => self.on_step_done(msg, check),
                 Tag::Raise(ctx) => {
@@ -526,7 +494,11 @@ impl Session {
                 | Tag::DescribeStatement(_)
                 | Tag::DescribePortal(_)
                 | Tag::Execute(_)
-                | Tag::Parsed(_) => Ok(false),
+                | Tag::Parsed(_)
+                | Tag::Resolve { .. }
+                | Tag::Listing { .. }
+                | Tag::Catalog
+                | Tag::CatalogEnd { .. } => Ok(false),
             },
             Pending::Simple(None) => {
                 self.guard.row_plan = None;

@@ -85,18 +85,10 @@ fn oid_array(text: &str) -> Vec<u32> {
 }
 
 impl Session {
-    /// Sends the listing of the session's prepared statements (after a reload).
-    pub(super) fn send_listing(&mut self) {
-        fe::write_query(&mut self.to_server, LISTING_QUERY.as_bytes());
-        self.replies
-            .push(Pending::Simple(Some(Box::new(Tag::Listing {
-                rows: Vec::new(),
-            }))));
-    }
-
     /// The listing's rows: marks what now writes a guarded table.
     pub(super) fn on_listing(&mut self, rows: Vec<Vec<Option<String>>>) {
         let guards = self.settings.guards.clone();
+        let mut deallocate = Vec::new();
         for row in rows {
             let [Some(name), Some(server_text), Some(from_sql), types] = row.as_slice() else {
                 continue;
@@ -157,16 +149,16 @@ impl Session {
                     "a statement made with PREPARE before the reload writes a guarded table: \
                      deallocated, the client must prepare it again"
                 );
-                let sql = format!("DEALLOCATE {}", quote_ident(name));
-                fe::write_query(&mut self.to_server, sql.as_bytes());
-                self.replies
-                    .push(Pending::Simple(Some(Box::new(Tag::Hidden))));
+                deallocate.push((format!("DEALLOCATE {}", quote_ident(name)), Tag::Catalog));
             } else {
                 debug!(statement = %name, table = %table, "prepared before the reload: prepared again at its next Bind");
                 // Its full form, if any, is closed with it when it is prepared again (inside
                 // the client's batch).
                 self.guard.mark_stale(name.as_bytes(), text, types);
             }
+        }
+        if !deallocate.is_empty() {
+            self.send_catalog_batch(deallocate, false, None);
         }
     }
 

@@ -1,0 +1,190 @@
+//! The proxy's own queries in a client's session: resolving the guards in its database (at
+//! login and after a reload), listing the statements it prepared before a reload, and
+//! deallocating those that can no longer be guarded.
+//!
+//! They go as an extended-protocol batch of the proxy's own, under its own statement and
+//! portal name, every reply hidden from the client (errors and the batch's `ReadyForQuery`
+//! included). Not as a simple `Query`: that would drop the server's unnamed statement, which
+//! a client may still bind in its next batch. A batch may be sent behind client batches
+//! still running (a client that pipelines is reached by a reload too); when it fails there
+//! (an aborted transaction) it is sent again at the first boundary after the transaction
+//! ends, and nothing a failed batch would have changed is assumed.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tracing::{debug, warn};
+
+use super::super::replies::Pending;
+use super::super::session::Session;
+use super::{GuardState, Tag};
+use crate::catalog::resolve;
+use crate::protocol::{backend as be, frontend as fe};
+
+/// Statement and portal name of the proxy's catalog queries.
+const CATALOG_NAME: &[u8] = b"optlock_catalog";
+
+/// Where a batch of catalog queries stands.
+#[derive(Debug, Default)]
+pub struct CatalogState {
+    /// Queries sent whose outcome has not arrived (an error before them makes the server
+    /// skip them: they never complete).
+    outstanding: usize,
+    /// A query of the batch failed.
+    failed: bool,
+}
+
+impl GuardState {
+    fn catalog_query_done(&mut self, ok: bool) {
+        self.catalog.outstanding = self.catalog.outstanding.saturating_sub(1);
+        self.catalog.failed |= !ok;
+    }
+}
+
+impl Tag {
+    /// A reply to one of the proxy's catalog queries.
+    pub fn is_catalog(&self) -> bool {
+        matches!(
+            self,
+            Tag::Resolve { .. } | Tag::Listing { .. } | Tag::Catalog | Tag::CatalogEnd { .. }
+        )
+    }
+}
+
+impl Session {
+    /// Sends `queries` (SQL and the tag of its `Execute`: [`Tag::Resolve`], [`Tag::Listing`]
+    /// or [`Tag::Catalog`]) as one batch of the proxy's own. `release` means the client's
+    /// messages wait for it (the caller sets `hold_client`); `login_ready`, the client's
+    /// first `ReadyForQuery`, is handed over when it ends.
+    pub(super) fn send_catalog_batch(
+        &mut self,
+        queries: Vec<(String, Tag)>,
+        release: bool,
+        login_ready: Option<BytesMut>,
+    ) {
+        let part = || Pending::Close(Some(Box::new(Tag::Catalog)));
+        for (sql, tag) in queries {
+            let out = &mut self.to_server;
+            fe::write_close(out, b'P', CATALOG_NAME);
+            fe::write_close(out, b'S', CATALOG_NAME);
+            fe::write_parse(out, CATALOG_NAME, sql.as_bytes(), &[]);
+            fe::write_bind_plain(out, CATALOG_NAME, CATALOG_NAME);
+            fe::write_execute(out, CATALOG_NAME, 0);
+            self.replies.push(part());
+            self.replies.push(part());
+            self.replies
+                .push(Pending::Parse(Some(Box::new(Tag::Catalog))));
+            self.replies
+                .push(Pending::Bind(Some(Box::new(Tag::Catalog))));
+            if !matches!(tag, Tag::Catalog) {
+                self.guard.catalog.outstanding += 1;
+            }
+            self.replies.push(Pending::Execute(Some(Box::new(tag))));
+        }
+        let out = &mut self.to_server;
+        fe::write_close(out, b'P', CATALOG_NAME);
+        fe::write_close(out, b'S', CATALOG_NAME);
+        fe::write_simple(out, fe::SYNC);
+        self.replies.push(part());
+        self.replies.push(part());
+        self.replies
+            .push(Pending::Sync(Some(Box::new(Tag::CatalogEnd {
+                release,
+                login_ready,
+            }))));
+    }
+
+    /// Sends the guard resolution and, after a reload, the listing of prepared statements.
+    pub(super) fn send_resolve(&mut self, after_reload: bool, login_ready: Option<BytesMut>) {
+        let mut queries = vec![(
+            resolve::resolve_query(&self.settings.guards.guards),
+            Tag::Resolve { rows: Vec::new() },
+        )];
+        if after_reload {
+            queries.push((
+                super::stale::LISTING_QUERY.to_string(),
+                Tag::Listing { rows: Vec::new() },
+            ));
+        }
+        self.send_catalog_batch(queries, true, login_ready);
+        self.hold_client = true;
+    }
+
+    /// A reply to a catalog query that leaves its entry at the front: rows are kept, the
+    /// rest hidden.
+    pub(super) fn on_catalog_within(tag: u8, msg: &[u8], t: &mut Tag) -> bool {
+        if let (Tag::Resolve { rows } | Tag::Listing { rows }, be::DATA_ROW) = (t, tag)
+            && let Some(vals) = be::data_row(&msg[5..])
+        {
+            rows.push(
+                vals.iter()
+                    .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                    .collect(),
+            );
+        }
+        true
+    }
+
+    /// The reply that completes a catalog query's entry (hidden, whatever it is).
+    pub(super) fn on_catalog_complete(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        t: Tag,
+    ) -> Result<bool, String> {
+        let error = (tag == be::ERROR_RESPONSE).then(|| {
+            String::from_utf8_lossy(be::error_field(&msg[5..], b'M').unwrap_or(b"")).into_owned()
+        });
+        match t {
+            Tag::Resolve { rows } => {
+                self.guard.catalog_query_done(error.is_none());
+                match error {
+                    None => {
+                        self.guard.resolved =
+                            Arc::new(resolve::parse_resolved(&rows, &self.settings.guards.guards));
+                        debug!(resolved = self.guard.resolved.len(), "guards resolved");
+                    }
+                    Some(error) => {
+                        warn!(%error, "guards could not be resolved in this database; reads will not be tracked until they are")
+                    }
+                }
+            }
+            Tag::Listing { rows } => {
+                self.guard.catalog_query_done(error.is_none());
+                match error {
+                    None => self.on_listing(rows),
+                    Some(error) => {
+                        warn!(%error, "statements prepared before the reload could not be listed")
+                    }
+                }
+            }
+            Tag::CatalogEnd {
+                release,
+                login_ready,
+            } if tag == be::READY_FOR_QUERY => {
+                self.on_catalog_end(be::ready_status(&msg[5..]));
+                if let Some(ready) = login_ready {
+                    self.to_client.extend_from_slice(&ready);
+                }
+                if release {
+                    self.hold_client = false;
+                    self.resume_client()?;
+                }
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    /// The end of a catalog batch. A batch that failed (or was skipped after an error) inside
+    /// a failed transaction is sent again once the transaction ends: until then the client
+    /// can run nothing either.
+    fn on_catalog_end(&mut self, status: u8) {
+        let failed = self.guard.catalog.failed || self.guard.catalog.outstanding > 0;
+        self.guard.catalog = CatalogState::default();
+        if failed && status == b'E' && self.guards_active() {
+            debug!("catalog queries failed in an aborted transaction: sent again after it");
+            self.guard.need_resolve = true;
+        }
+    }
+}
