@@ -1727,6 +1727,33 @@ version = "version"
     assert_eq!(version_of(&db, 5).await, 0, "no longer bumped");
 }
 
+/// Waits until the server runs a statement whose text holds `marker`.
+async fn wait_until_running(db: &TestDb, marker: &str) {
+    let direct = db.direct().await;
+    let running = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE strpos(query, $1) > 0 AND state = 'active' AND pid <> pg_backend_pid()";
+    while direct
+        .query_one(running, &[&marker])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Reloads the proxy's config with `public.invoice` guarded too.
+fn guard_invoice_too(proxy: &Proxy) {
+    let mut config = (*proxy.shared.settings().config).clone();
+    config.guards.extend(
+        optlock::config::Config::parse(INVOICE, "test.toml")
+            .unwrap()
+            .guards,
+    );
+    proxy.shared.replace_config(config);
+}
+
 /// A reload that adds a guard reaches a session whose client pipelines: a statement prepared
 /// before it and bound in a batch sent while an earlier one is still running is guarded.
 #[tokio::test]
@@ -1747,24 +1774,8 @@ async fn a_reload_reaches_a_client_that_never_waits() {
     );
     // A batch still running when the reload comes, and the write sent behind it.
     raw.send(&query("SELECT pg_sleep(0.5) AS held")).await;
-    let direct = db.direct().await;
-    let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(0.5) AS held%' AND state = 'active' AND pid <> pg_backend_pid()";
-    while direct
-        .query_one(running, &[])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let mut config = (*proxy.shared.settings().config).clone();
-    config.guards.extend(
-        optlock::config::Config::parse(INVOICE, "test.toml")
-            .unwrap()
-            .guards,
-    );
-    proxy.shared.replace_config(config);
+    wait_until_running(&db, "pg_sleep(0.5) AS held").await;
+    guard_invoice_too(&proxy);
     raw.send(&[bind("", "w", &["2"]), execute(""), sync()].concat())
         .await;
     assert_eq!(raw.until_ready().await.last(), Some(&Msg::Ready('I')));
@@ -1823,24 +1834,8 @@ async fn catalog_queries_that_meet_a_failed_transaction_are_sent_again_after_it(
     assert_eq!(raw.until_ready().await.last(), Some(&Msg::Ready('T')));
     raw.send(&query("SELECT pg_sleep(0.5) AS doomed; SELECT 1/0"))
         .await;
-    let direct = db.direct().await;
-    let running = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%AS doomed%' AND state = 'active' AND pid <> pg_backend_pid()";
-    while direct
-        .query_one(running, &[])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let mut config = (*proxy.shared.settings().config).clone();
-    config.guards.extend(
-        optlock::config::Config::parse(INVOICE, "test.toml")
-            .unwrap()
-            .guards,
-    );
-    proxy.shared.replace_config(config);
+    wait_until_running(&db, "AS doomed").await;
+    guard_invoice_too(&proxy);
     raw.send(&[bind("", "w", &["2"]), execute(""), sync()].concat())
         .await;
     let failed = raw.until_ready().await;

@@ -209,6 +209,18 @@ pub fn write_bind_plain(out: &mut BytesMut, portal: &[u8], statement: &[u8]) {
     finish_message(out, at);
 }
 
+/// Runs `sql` as a statement and portal both named `name` (the proxy's own): `Close` of any
+/// left from before, `Parse`, `Bind` (no parameters, text results), `Execute` of every row.
+/// Five replies come back: two `CloseComplete`, `ParseComplete`, `BindComplete`, then the
+/// `Execute`'s.
+pub fn write_run(out: &mut BytesMut, name: &[u8], sql: &[u8]) {
+    write_close(out, b'S', name);
+    write_close(out, b'P', name);
+    write_parse(out, name, sql, &[]);
+    write_bind_plain(out, name, name);
+    write_execute(out, name, 0);
+}
+
 /// `Describe` or `Close` body: the kind (`S` statement or `P` portal) and the name.
 #[inline]
 pub fn target(body: &[u8]) -> Option<(u8, &[u8])> {

@@ -64,12 +64,7 @@ impl Session {
     ) {
         let part = || Pending::Close(Some(Box::new(Tag::Catalog)));
         for (sql, tag) in queries {
-            let out = &mut self.to_server;
-            fe::write_close(out, b'P', CATALOG_NAME);
-            fe::write_close(out, b'S', CATALOG_NAME);
-            fe::write_parse(out, CATALOG_NAME, sql.as_bytes(), &[]);
-            fe::write_bind_plain(out, CATALOG_NAME, CATALOG_NAME);
-            fe::write_execute(out, CATALOG_NAME, 0);
+            fe::write_run(&mut self.to_server, CATALOG_NAME, sql.as_bytes());
             self.replies.push(part());
             self.replies.push(part());
             self.replies

@@ -134,13 +134,8 @@ impl Session {
     /// Queues a raise in the extended protocol: the block runs as the proxy's own statement and
     /// portal, and the batch waits for its outcome.
     pub(super) fn send_extended_raise(&mut self, block: &str, ctx: RaiseCtx) {
-        let out = &mut self.to_server;
-        fe::write_close(out, b'S', RAISE_NAME);
-        fe::write_close(out, b'P', RAISE_NAME);
-        fe::write_parse(out, RAISE_NAME, block.as_bytes(), &[]);
-        fe::write_bind_plain(out, RAISE_NAME, RAISE_NAME);
-        fe::write_execute(out, RAISE_NAME, 0);
-        fe::write_simple(out, fe::FLUSH);
+        fe::write_run(&mut self.to_server, RAISE_NAME, block.as_bytes());
+        fe::write_simple(&mut self.to_server, fe::FLUSH);
         for _ in 0..2 {
             self.replies
                 .push(Pending::Close(Some(Box::new(Tag::Hidden))));
