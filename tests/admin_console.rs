@@ -2,7 +2,6 @@
 //! every `SHOW` command, `RELOAD` from a config file, unknown commands, who may log in, and a
 //! SCRAM login refused by the server itself before the console answers anything.
 
-mod binary;
 mod common;
 
 use std::net::SocketAddr;
@@ -10,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use binary::{ConfigFile, PATIENCE, psql_at, psql_with_password};
+use common::binary::{ConfigFile, PATIENCE, psql_at, psql_with_password};
 use common::{TestDb, connect, upstream};
 use optlock::config::Config;
 use optlock::server::Server;
@@ -521,7 +520,7 @@ impl ScramCluster {
             "UTF8",
             "--no-sync",
         ]);
-        let port = binary::free_port();
+        let port = common::free_port();
         let cluster = ScramCluster { dir, port };
         as_postgres(&[
             &format!("{PG_BIN}/pg_ctl"),

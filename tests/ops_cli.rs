@@ -2,10 +2,9 @@
 //! `suggest` (output that is a valid config passing `check`), `serve --check-url` refusing a
 //! wrong guard unless `--ignore-check`, bad config files, and `--help` texts.
 
-mod binary;
 mod common;
 
-use binary::{ConfigFile, Running, run_optlock};
+use common::binary::{ConfigFile, Running, run_optlock};
 use common::{TestDb, upstream};
 use optlock::config::Config;
 

@@ -2,12 +2,11 @@
 //! open, a broken file is refused with file and line while the old guards keep working, and
 //! SIGTERM drains (idle sessions closed with 57P01, open transactions may still commit, exit 0).
 
-mod binary;
 mod common;
 
 use std::time::{Duration, Instant};
 
-use binary::{ConfigFile, PATIENCE, Running};
+use common::binary::{ConfigFile, PATIENCE, Running};
 use common::{TestDb, upstream};
 use tokio_postgres::{Client, NoTls};
 
@@ -265,7 +264,7 @@ async fn sighup_adds_the_first_guard_to_open_sessions() {
 async fn sigterm_drains_sessions_then_exits_zero() {
     let db = TestDb::new("drain").await;
     setup(&db).await;
-    let metrics_port = binary::free_port();
+    let metrics_port = common::free_port();
     let file = ConfigFile::new(&format!(
         "{}metrics_listen = \"127.0.0.1:{metrics_port}\"\n{INVOICE}",
         base()
@@ -554,7 +553,7 @@ async fn sighup_prepares_kept_unnamed_writes_again() {
 async fn writes_bound_before_a_reload_are_counted_under_their_own_table() {
     let db = TestDb::new("hup_count").await;
     setup(&db).await;
-    let metrics_port = binary::free_port();
+    let metrics_port = common::free_port();
     let config = |guards: &str| {
         format!(
             "{}metrics_listen = \"127.0.0.1:{metrics_port}\"\n{guards}",

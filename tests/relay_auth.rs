@@ -3,20 +3,16 @@
 //! the server's own 28P01 and nothing else), a login left unfinished, and TLS on the client
 //! side (sslmode=require with a configured certificate, plain still allowed, 'N' without one).
 
-#[path = "common/cluster.rs"]
-mod cluster;
 mod common;
-#[path = "common/wire.rs"]
-mod wire;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cluster::Cluster;
+use common::cluster::Cluster;
 use common::*;
 use optlock::config::{Config, TlsConfig};
 use tokio_postgres::NoTls;
-use wire::{Msg, Raw};
+use common::wire::{self, Msg, Raw};
 
 fn password_cluster() -> Cluster {
     let c = Cluster::start(&[

@@ -3,14 +3,12 @@
 //! both ways, its cancel on SIGINT and its report of a session ended by the server, pg_dump
 //! and a restore with psql, and 200 concurrent tokio-postgres sessions.
 
-#[path = "common/cluster.rs"]
-mod cluster;
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::Cluster;
+use common::cluster::Cluster;
 use common::*;
 use optlock::config::Config;
 

@@ -9,11 +9,9 @@
 //! that half-closes its connection.
 
 mod common;
-#[path = "common/wire.rs"]
-mod wire;
 
+use common::wire::*;
 use common::*;
-use wire::*;
 
 /// One step of a script: bytes to send, or how far to read (until the n-th message of a tag).
 enum Step {

@@ -3,20 +3,16 @@
 //! oversize client messages, a client that never logs in, and a client that vanishes inside
 //! a transaction (its backend must end and release its locks).
 
-#[path = "common/cluster.rs"]
-mod cluster;
 mod common;
-#[path = "common/wire.rs"]
-mod wire;
 
 use std::time::Duration;
 
-use cluster::Cluster;
+use common::cluster::Cluster;
 use common::*;
 use optlock::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::NoTls;
-use wire::Raw;
+use common::wire::{self, Raw};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -2,10 +2,11 @@
 //! user), listening on 127.0.0.1 at a free port with the given pg_hba lines; stopped and
 //! removed on Drop. The local socket always trusts, so roles can be created whatever the
 //! host lines demand.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use super::free_port;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -23,14 +24,12 @@ fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("run {program}: {e}"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 impl Cluster {
+    /// Whether the PostgreSQL server binaries a cluster needs are installed.
+    pub fn available() -> bool {
+        Path::new(BIN).join("initdb").exists()
+    }
+
     /// A cluster whose pg_hba.conf holds `local all all trust` followed by `hba_lines`.
     pub fn start(hba_lines: &[&str]) -> Cluster {
         Self::start_with(hba_lines, &[])

@@ -1,6 +1,15 @@
-//! Test harness: a throwaway database on the local PostgreSQL, an in-process proxy on a
-//! random port, and client connections through it.
+//! The shared test fixture. This module owns the server side: the upstream address, a database
+//! made for one test and dropped with it, an in-process proxy on a random port started with
+//! given guards (or from a config file), client connections directly and through the proxy,
+//! the proxy's metrics over HTTP, and small readers of tokio-postgres replies. Its submodules:
+//! [`wire`] the raw protocol client, [`guards`] the shared guard configs and the tables they
+//! guard, [`cluster`] a throwaway PostgreSQL cluster, [`binary`] the `optlock` executable.
 #![allow(dead_code)]
+
+pub mod binary;
+pub mod cluster;
+pub mod guards;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -8,9 +17,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use optlock::config::Config;
 use optlock::server::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_postgres::types::{FromSql, ToSql};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use binary::ConfigFile;
+use wire::Raw;
 
 /// The shared local PostgreSQL every test may use (never altered globally).
 pub const PG_HOST: &str = "127.0.0.1";
@@ -20,9 +33,18 @@ pub fn upstream() -> String {
     std::env::var("OPTLOCK_TEST_UPSTREAM").unwrap_or_else(|_| format!("{PG_HOST}:{PG_PORT}"))
 }
 
-fn split_addr(addr: &str) -> (String, u16) {
+/// The host and port of `host:port`.
+pub fn split_addr(addr: &str) -> (String, u16) {
     let (h, p) = addr.rsplit_once(':').expect("host:port");
     (h.to_string(), p.parse().expect("port"))
+}
+
+/// A port nobody listened on a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 /// A database created for one test and dropped when the value is dropped.
@@ -58,6 +80,17 @@ impl TestDb {
     /// A direct connection (not through the proxy).
     pub async fn direct(&self) -> Client {
         connect_direct_to(&self.upstream, &self.name).await
+    }
+
+    /// The conninfo of a direct connection.
+    pub fn conninfo(&self) -> String {
+        let (host, port) = split_addr(&self.upstream);
+        format!("host={host} port={port} user=postgres dbname={}", self.name)
+    }
+
+    /// A raw protocol session straight to the server, logged in.
+    pub async fn raw(&self) -> Raw {
+        Raw::open(&self.upstream, &self.name).await
     }
 
     /// The one value a query returns, run directly.
@@ -123,6 +156,10 @@ pub struct Proxy {
     shutdown: watch::Sender<bool>,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub shared: std::sync::Arc<optlock::relay::Shared>,
+    /// Where `GET /metrics` answers, when the config has `metrics_listen`.
+    pub metrics: Option<SocketAddr>,
+    /// The config file of a proxy started by [`Proxy::from_file`].
+    pub file: Option<ConfigFile>,
 }
 
 impl Proxy {
@@ -133,7 +170,24 @@ impl Proxy {
             config.upstream = upstream();
         }
         let server = Server::bind(config, None).await.expect("bind proxy");
-        let addr = server.listener.local_addr().unwrap();
+        Proxy::run(server, None)
+    }
+
+    /// Starts a proxy from a config file holding `toml` after `listen` (a random port) and
+    /// `upstream` lines, so that `RELOAD` has a file to read.
+    pub async fn from_file(toml: &str, upstream: &str) -> Proxy {
+        let text = format!("listen = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n{toml}");
+        let file = ConfigFile::new(&text);
+        let config = Config::load(&file.path).expect("test config");
+        let server = Server::bind(config, Some(file.path.clone()))
+            .await
+            .expect("bind proxy");
+        Proxy::run(server, Some(file))
+    }
+
+    fn run(server: Server, file: Option<ConfigFile>) -> Proxy {
+        let addr = server.local_addr().unwrap();
+        let metrics = server.metrics_addr();
         let shutdown = server.shutdown_handle();
         let shared = server.shared.clone();
         let task = tokio::spawn(server.run());
@@ -142,6 +196,8 @@ impl Proxy {
             shutdown,
             task,
             shared,
+            metrics,
+            file,
         }
     }
 
@@ -164,6 +220,11 @@ impl Proxy {
     /// A tokio-postgres client connected through the proxy.
     pub async fn client(&self, db: &str) -> Client {
         connect(&self.conninfo(db)).await
+    }
+
+    /// A raw protocol session through the proxy, logged in.
+    pub async fn raw(&self, db: &str) -> Raw {
+        Raw::open(&self.addr.to_string(), db).await
     }
 
     pub fn shutdown(&self) {
@@ -206,4 +267,62 @@ pub fn psql(proxy: &Proxy, db: &str, sql: &str) -> (bool, String, String) {
             sql,
         ],
     )
+}
+
+/// The rows of a simple query's replies, each value as text.
+pub fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The row counts of a simple query's statements.
+pub fn rows_affected(msgs: &[SimpleQueryMessage]) -> Vec<u64> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(*n),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The SQLSTATE of an error (or what the error is, when it has none).
+pub fn code(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e:?}"))
+}
+
+/// `GET path` over HTTP/1.1 (the proxy's metrics listener answers and closes): the head and
+/// the body of the response.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(binary::PATIENCE, s.read_to_end(&mut raw))
+        .await
+        .expect("the HTTP server answers and closes")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.to_string(), body.to_string())
+}
+
+/// The value of one sample line (`name{labels} value`) of a metrics body.
+pub fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series}:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
 }

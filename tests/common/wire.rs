@@ -1,6 +1,7 @@
-//! Raw frontend messages built by hand, and a raw connection that sends them and reads the
-//! backend's replies message by message.
-#![allow(dead_code)]
+//! The raw wire-protocol client of the tests: frontend messages built by hand, a connection
+//! that sends them and reads the backend's replies message by message ([`Msg`], whole bytes,
+//! for byte-exact comparisons), and the same replies reduced to what the guard tests compare
+//! ([`Reply`], read up to `ReadyForQuery`).
 
 use std::time::Duration;
 
@@ -39,6 +40,82 @@ impl Msg {
     }
 }
 
+/// Zeroes the contents of every `BackendKeyData` (process id and secret differ per session).
+pub fn mask_keys(msgs: &mut [Msg]) {
+    for m in msgs {
+        if m.tag == b'K' {
+            m.bytes[5..].fill(0);
+        }
+    }
+}
+
+/// One backend message, reduced to what the guard tests compare.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    ParseComplete,
+    BindComplete,
+    NoData,
+    /// `RowDescription` with the number of columns.
+    RowDescription(usize),
+    /// A `DataRow`'s values as text (binary values read as lossy UTF-8).
+    DataRow(Vec<Option<String>>),
+    CommandComplete(String),
+    /// SQLSTATE and message.
+    Error(String, String),
+    /// `ReadyForQuery` with the transaction status.
+    Ready(char),
+    /// `ParameterDescription` with the number of parameters.
+    Params(usize),
+    Other(char),
+}
+
+/// `CommandComplete` with `tag`.
+pub fn cc(tag: &str) -> Reply {
+    Reply::CommandComplete(tag.to_string())
+}
+
+impl Msg {
+    /// The message as a [`Reply`]; None for what [`Raw::until_ready`] leaves out (notices,
+    /// parameter statuses, key data, authentication).
+    pub fn reply(&self) -> Option<Reply> {
+        let body = self.body();
+        let count = || i16::from_be_bytes([body[0], body[1]]) as usize;
+        Some(match self.tag {
+            b'1' => Reply::ParseComplete,
+            b'2' => Reply::BindComplete,
+            b'n' => Reply::NoData,
+            b'T' => Reply::RowDescription(count()),
+            b'D' => {
+                let mut vals = Vec::new();
+                let mut i = 2;
+                for _ in 0..count() {
+                    let len = i32::from_be_bytes(body[i..i + 4].try_into().unwrap());
+                    i += 4;
+                    if len < 0 {
+                        vals.push(None);
+                    } else {
+                        let l = len as usize;
+                        vals.push(Some(String::from_utf8_lossy(&body[i..i + l]).into_owned()));
+                        i += l;
+                    }
+                }
+                Reply::DataRow(vals)
+            }
+            b'C' => Reply::CommandComplete(
+                String::from_utf8_lossy(&body[..body.len() - 1]).into_owned(),
+            ),
+            b'E' => Reply::Error(
+                self.field(b'C').unwrap_or_default(),
+                self.field(b'M').unwrap_or_default(),
+            ),
+            b'Z' => Reply::Ready(body[0] as char),
+            b't' => Reply::Params(count()),
+            b'N' | b'S' | b'K' | b'R' => return None,
+            t => Reply::Other(t as char),
+        })
+    }
+}
+
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let body = self.body();
@@ -66,8 +143,14 @@ fn cstr(out: &mut Vec<u8>, s: &[u8]) {
     out.push(0);
 }
 
+/// `StartupMessage` of protocol 3.0.
 pub fn startup(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = 196608i32.to_be_bytes().to_vec();
+    startup_version(196608, params)
+}
+
+/// `StartupMessage` of another protocol version (`major << 16 | minor`).
+pub fn startup_version(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
     for (k, v) in params {
         cstr(&mut body, k.as_bytes());
         cstr(&mut body, v.as_bytes());
@@ -78,9 +161,22 @@ pub fn startup(params: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-pub fn query(sql: &[u8]) -> Vec<u8> {
+/// `SSLRequest`.
+pub fn ssl_request() -> Vec<u8> {
+    vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]
+}
+
+/// `PasswordMessage` with a cleartext password.
+pub fn password(password: &str) -> Vec<u8> {
     let mut b = Vec::new();
-    cstr(&mut b, sql);
+    cstr(&mut b, password.as_bytes());
+    message(b'p', &b)
+}
+
+/// `Query` of SQL text (or bytes in the client's encoding).
+pub fn query(sql: impl AsRef<[u8]>) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, sql.as_ref());
     message(b'Q', &b)
 }
 
@@ -136,6 +232,12 @@ pub fn bind_formats(
     message(b'B', &b)
 }
 
+/// `Bind` with text parameters (none NULL) and text results.
+pub fn bind_text(portal: &str, stmt: &str, params: &[&str]) -> Vec<u8> {
+    let params: Vec<Option<&[u8]>> = params.iter().map(|p| Some(p.as_bytes())).collect();
+    bind(portal, stmt, &params, &[])
+}
+
 /// `Describe` of a statement (`b'S'`) or portal (`b'P'`).
 pub fn describe(kind: u8, name: &str) -> Vec<u8> {
     let mut b = vec![kind];
@@ -155,6 +257,11 @@ pub fn close(kind: u8, name: &str) -> Vec<u8> {
     let mut b = vec![kind];
     cstr(&mut b, name.as_bytes());
     message(b'C', &b)
+}
+
+/// Parse, Bind and Execute of one unnamed statement without parameters (no `Sync`).
+pub fn pbe(sql: &str) -> Vec<u8> {
+    [parse("", sql, &[]), bind("", "", &[], &[]), execute("", 0)].concat()
 }
 
 pub fn sync() -> Vec<u8> {
@@ -237,6 +344,11 @@ impl Raw {
         (raw, msgs)
     }
 
+    /// A session of user `postgres` on database `db` at `addr`, logged in.
+    pub async fn open(addr: &str, db: &str) -> Raw {
+        Raw::login(addr, "postgres", db).await.0
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("send");
     }
@@ -294,6 +406,25 @@ impl Raw {
             }
         }
         out
+    }
+
+    /// Every reply up to and including the next `ReadyForQuery`, as [`Reply`] (notices,
+    /// parameter statuses, key data and authentication left out); panics on EOF before it.
+    pub async fn until_ready(&mut self) -> Vec<Reply> {
+        let mut out = Vec::new();
+        loop {
+            let m = self
+                .read_msg()
+                .await
+                .unwrap_or_else(|| panic!("the connection closed before ReadyForQuery: {out:?}"));
+            if let Some(r) = m.reply() {
+                let done = matches!(r, Reply::Ready(_));
+                out.push(r);
+                if done {
+                    return out;
+                }
+            }
+        }
     }
 
     /// Reads every message until EOF.

@@ -1,28 +1,20 @@
-//! Running the `optlock` binary in tests: a temporary config file, a free port, stderr
-//! collected line by line, signals, and a guard that kills the child even when a test panics.
-#![allow(dead_code)]
+//! The `optlock` executable in tests: a temporary config file, a process on a free port with
+//! its stderr collected line by line, signals, a guard that kills the child even when a test
+//! panics, and psql against a port.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use super::free_port;
 
 /// Generous limit for anything the tests wait on; only there to turn a hang into a failure.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_optlock")
-}
-
-/// A port nobody listened on a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A config file in its own temporary directory.
