@@ -16,15 +16,18 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use crate::admin::serve_metrics;
+use crate::admin::{AdminState, serve_metrics};
 use crate::config::Config;
-use crate::relay::{self, Settings, Shared};
+use crate::engine::Settings;
+use crate::relay::{self, Shared};
 
 /// A running proxy: bound, not yet serving.
 pub struct Server {
     pub listener: TcpListener,
     pub metrics_listener: Option<TcpListener>,
     pub shared: Arc<Shared>,
+    /// Metrics, sessions and conflicts (the relay reaches them as its `Operator`).
+    pub admin: AdminState,
     shutdown_tx: watch::Sender<bool>,
     /// Single-threaded runtimes the sessions are spread over (empty: the caller's runtime).
     session_threads: Vec<tokio::runtime::Handle>,
@@ -60,16 +63,19 @@ impl Server {
             *addr = l.local_addr()?.to_string();
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let admin = AdminState::new();
         let shared = Arc::new(Shared::new(
             Settings::new(config, 1),
             shutdown_rx,
             tls,
             config_path,
+            Arc::new(admin.clone()),
         ));
         Ok(Server {
             listener,
             metrics_listener,
             shared,
+            admin,
             shutdown_tx,
             session_threads: Vec::new(),
         })
@@ -116,6 +122,7 @@ impl Server {
             listener,
             metrics_listener,
             shared,
+            admin,
             shutdown_tx,
             session_threads,
         } = self;
@@ -128,7 +135,7 @@ impl Server {
         let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
         if let Some(l) = metrics_listener {
             info!(listen = %l.local_addr()?, "metrics at /metrics");
-            tokio::spawn(serve_metrics(l, shared.admin.metrics.clone(), async move {
+            tokio::spawn(serve_metrics(l, admin.metrics.clone(), async move {
                 let _ = metrics_stopped.await;
             }));
         }
@@ -179,7 +186,7 @@ impl Server {
             }
         }
         drop(listener);
-        shared.admin.sessions.drain_all();
+        admin.sessions.drain_all();
         let timeout = shared.settings().config.shutdown_timeout;
         info!(
             sessions = sessions.len(),

@@ -3,30 +3,13 @@
 //! rare next to statements.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+
+use crate::events::Conflict;
 
 /// How many conflicts a [`ConflictLog::default`] keeps.
 pub const DEFAULT_CAPACITY: usize = 1000;
-
-/// One conflict: a guarded write with an expected version matched no row.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Conflict {
-    pub at: SystemTime,
-    /// The guarded table, as the config names it (`public.invoice`).
-    pub table: String,
-    /// The key, as the conflict error prints it: `(id)=(42)`.
-    pub key: String,
-    /// The version the write expected.
-    pub expected: String,
-    /// The version found instead; `None` when the row no longer exists.
-    pub found: Option<String>,
-    pub client_addr: SocketAddr,
-    pub user: String,
-    pub application_name: String,
-}
 
 /// The most recent conflicts of the process. Share it as `Arc<ConflictLog>`.
 #[derive(Debug)]
@@ -85,7 +68,7 @@ mod tests {
 
     fn conflict(n: u32) -> Conflict {
         Conflict {
-            at: SystemTime::now(),
+            at: std::time::SystemTime::now(),
             table: "public.invoice".into(),
             key: format!("(id)=({n})"),
             expected: "7".into(),

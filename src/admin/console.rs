@@ -396,9 +396,10 @@ fn put(out: &mut BytesMut, msg: &impl Message) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::conflicts::Conflict;
-    use crate::admin::metrics::Outcome;
-    use crate::admin::registry::{SessionStart, SessionState};
+    use crate::admin::registry::SessionState;
+    use crate::events::Conflict;
+    use crate::events::Outcome;
+    use crate::events::SessionStart;
     use crate::guard::GuardSet;
     use pgwire::messages::{DecodeContext, PgWireBackendMessage, ProtocolVersion};
     use std::sync::Mutex;

@@ -145,7 +145,7 @@ async fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::metrics::Outcome;
+    use crate::events::Outcome;
     use crate::guard::TableId;
 
     async fn request(addr: std::net::SocketAddr, raw: &str) -> String {

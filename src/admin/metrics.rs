@@ -19,79 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::events::{ClientError, Direction, Outcome};
 use crate::guard::TableId;
-
-/// What happened to a write on a guarded table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Rewritten with its version predicate and bump, then relayed.
-    Rewritten = 0,
-    /// Refused by the proxy (fail closed, `unversioned = "reject"`, `bulk = "reject"`).
-    Refused = 1,
-    /// Matched no row with the expected version: a conflict error was raised.
-    Conflict = 2,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Rewritten, Outcome::Refused, Outcome::Conflict];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Rewritten => "rewritten",
-            Outcome::Refused => "refused",
-            Outcome::Conflict => "conflict",
-        }
-    }
-}
-
-/// Which way relayed bytes flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
-    ClientToServer = 0,
-    ServerToClient = 1,
-}
-
-impl Direction {
-    pub const ALL: [Direction; 2] = [Direction::ClientToServer, Direction::ServerToClient];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::ClientToServer => "client_to_server",
-            Direction::ServerToClient => "server_to_client",
-        }
-    }
-}
-
-/// Why a client connection was ended by the proxy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ClientError {
-    /// A malformed or unexpected frontend message.
-    Protocol = 0,
-    /// The client did not finish startup and authentication in `client_login_timeout`.
-    LoginTimeout = 1,
-    /// A frontend message longer than `max_message_size`.
-    MessageTooLarge = 2,
-    /// The TLS handshake with the client failed.
-    Tls = 3,
-}
-
-impl ClientError {
-    pub const ALL: [ClientError; 4] = [
-        ClientError::Protocol,
-        ClientError::LoginTimeout,
-        ClientError::MessageTooLarge,
-        ClientError::Tls,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientError::Protocol => "protocol",
-            ClientError::LoginTimeout => "login_timeout",
-            ClientError::MessageTooLarge => "message_too_large",
-            ClientError::Tls => "tls",
-        }
-    }
-}
 
 type TableLabels = [(&'static str, String); 2];
 

@@ -7,18 +7,26 @@
 //! - [`registry`]: who is connected, and what each session is doing.
 //! - [`conflicts`]: a bounded ring of the most recent conflicts.
 //! - [`console`]: `SHOW ...` and `RELOAD`, answered as encoded backend messages.
+//! - [`session`]: a console session: the login checked upstream, then commands.
+//! - [`state`]: all of the above as one cloneable value.
+//! - [`operator`]: the relay's [`crate::relay::Operator`], implemented over all of the above.
 
 pub mod conflicts;
 pub mod console;
 pub mod http;
 pub mod metrics;
+pub mod operator;
 pub mod registry;
+pub mod session;
+pub mod state;
 
-pub use conflicts::{Conflict, ConflictLog};
+pub use crate::events::{ClientError, Conflict, Direction, Outcome, SessionStart};
+pub use conflicts::ConflictLog;
 pub use console::{AdminContext, execute};
 pub use http::serve_metrics;
-pub use metrics::{ClientError, Direction, Metrics, OpenSession, Outcome};
-pub use registry::{SessionHandle, SessionInfo, SessionRegistry, SessionStart, SessionState};
+pub use metrics::{Metrics, OpenSession};
+pub use registry::{SessionHandle, SessionInfo, SessionRegistry, SessionState};
+pub use state::{ADMIN_DATABASE, AdminState};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -18,6 +18,8 @@ use std::time::SystemTime;
 
 use futures_util::task::AtomicWaker;
 
+use crate::events::SessionStart;
+
 /// What a session is doing, as `pg_stat_activity.state` would say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionState {
@@ -59,15 +61,6 @@ impl SessionState {
             _ => SessionState::Idle,
         }
     }
-}
-
-/// What a session says about itself when it registers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionStart {
-    pub client_addr: SocketAddr,
-    pub user: String,
-    pub database: String,
-    pub application_name: String,
 }
 
 /// One session as `SHOW SESSIONS` lists it.

@@ -1,9 +1,12 @@
 //! The relay: one upstream connection per client connection, relayed at the message level.
 //!
 //! - [`handshake`]: the client's start-up packets (TLS, GSSENC, cancel, startup).
-//! - [`session`]: the relay loop of one session.
-//! - [`replies`]: the queue of replies each client message awaits.
-//! - [`guarded`]: the guard's hooks in that loop.
+//! - [`session`]: the IO loop of one session, around its [`Engine`].
+//! - [`upstream`]: the connection to the server, and cancel requests.
+//! - [`shared`]: what every session of the process shares (settings, TLS, the operator).
+//!
+//! The relay is the only code that does IO for a session: the protocol itself (the reply queue,
+//! the guard) is [`crate::engine`]'s, which the session loop feeds and drains.
 
 /// Implements `AsyncRead` and `AsyncWrite` for an enum whose variants each hold one stream, by
 /// handing every call to the stream at hand.
@@ -53,173 +56,24 @@ macro_rules! stream_enum_io {
     };
 }
 
-pub mod admin_session;
-pub mod guarded;
 pub mod handshake;
-pub mod replies;
 pub mod session;
 pub mod upstream;
 
+pub mod shared;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::admin::{ConflictLog, Direction, Metrics, SessionRegistry, SessionStart};
-use crate::config::Config;
-use crate::guard::GuardSet;
-use guarded::{GuardState, Ident};
+use crate::engine::{Engine, Ident, Settings};
+use crate::events::SessionStart;
 use handshake::{ClientStream, Opening};
 use session::Session;
+pub use shared::{Operator, Shared};
 use upstream::Upstream;
-
-/// What one config generation gives the sessions: the config and its guards.
-#[derive(Debug)]
-pub struct Settings {
-    pub config: Arc<Config>,
-    pub guards: Arc<GuardSet>,
-    pub generation: u64,
-}
-
-impl Settings {
-    pub fn new(config: Config, generation: u64) -> Settings {
-        let guards = GuardSet::new(&config);
-        Settings {
-            config: Arc::new(config),
-            guards,
-            generation,
-        }
-    }
-}
-
-/// State shared by every session of the process.
-pub struct Shared {
-    settings: RwLock<Arc<Settings>>,
-    generation: AtomicU64,
-    pub shutdown: watch::Receiver<bool>,
-    pub tls: Option<TlsAcceptor>,
-    pub admin: AdminState,
-    /// The config file, for reloads.
-    pub config_path: Option<PathBuf>,
-}
-
-/// Metrics, live sessions and recent conflicts, shared with the admin console.
-pub struct AdminState {
-    pub metrics: Arc<Metrics>,
-    pub sessions: Arc<SessionRegistry>,
-    pub conflicts: Arc<ConflictLog>,
-}
-
-impl Shared {
-    pub fn new(
-        settings: Settings,
-        shutdown: watch::Receiver<bool>,
-        tls: Option<TlsAcceptor>,
-        config_path: Option<PathBuf>,
-    ) -> Shared {
-        let metrics = Arc::new(Metrics::new());
-        metrics.set_tables(settings.guards.tables());
-        Shared {
-            generation: AtomicU64::new(settings.generation),
-            settings: RwLock::new(Arc::new(settings)),
-            shutdown,
-            tls,
-            admin: AdminState {
-                metrics,
-                sessions: Arc::new(SessionRegistry::new()),
-                conflicts: Arc::new(ConflictLog::default()),
-            },
-            config_path,
-        }
-    }
-
-    /// The current settings.
-    pub fn settings(&self) -> Arc<Settings> {
-        self.settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// The generation of the current settings (changes on reload).
-    #[inline]
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Installs a new config for statements from now on.
-    pub fn replace_config(&self, config: Config) -> Arc<Settings> {
-        let mut slot = self.settings.write().unwrap_or_else(|e| e.into_inner());
-        let next = Arc::new(Settings::new(config, slot.generation + 1));
-        self.admin.metrics.set_tables(next.guards.tables());
-        *slot = next.clone();
-        self.generation.store(next.generation, Ordering::Release);
-        next
-    }
-
-    /// Re-reads the config file; on error the running config stays and the error says why.
-    pub fn reload(&self) -> Result<String, String> {
-        let Some(path) = &self.config_path else {
-            return Err("no config file to reload (started without --config)".into());
-        };
-        let mut next = Config::load(path).map_err(|e| e.to_string())?;
-        let current = self.settings();
-        // Where to listen and connect is fixed for the life of the process.
-        let mut at_restart = Vec::new();
-        let c = &current.config;
-        if next.listen != c.listen {
-            at_restart.push("listen");
-        }
-        if next.upstream != c.upstream {
-            at_restart.push("upstream");
-        }
-        if next.tls != c.tls {
-            at_restart.push("tls_cert/tls_key");
-        }
-        if next.metrics_listen != c.metrics_listen {
-            at_restart.push("metrics_listen");
-        }
-        next.listen = c.listen.clone();
-        next.upstream = c.upstream.clone();
-        next.tls = c.tls.clone();
-        next.metrics_listen = c.metrics_listen.clone();
-        let n = next.guards.len();
-        let s = self.replace_config(next);
-        let mut msg = format!(
-            "reloaded {}: {n} guarded table(s), generation {}",
-            path.display(),
-            s.generation
-        );
-        if !at_restart.is_empty() {
-            msg.push_str(&format!(
-                "; {} differ from the running values and take effect only at restart",
-                at_restart.join(", ")
-            ));
-        }
-        Ok(msg)
-    }
-
-    #[inline]
-    pub(crate) fn metrics_bytes(&self, from_client: bool, n: usize) {
-        let d = if from_client {
-            Direction::ClientToServer
-        } else {
-            Direction::ServerToClient
-        };
-        self.admin.metrics.bytes(d, n as u64);
-    }
-
-    #[inline]
-    pub(crate) fn metrics_latency(&self, started: Instant) {
-        self.admin.metrics.added_latency(started.elapsed());
-    }
-}
 
 /// Serves one accepted client connection to its end.
 pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -278,8 +132,10 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
                 database,
                 application_name: param("application_name").to_string(),
             };
-            if ident.database == admin_session::ADMIN_DATABASE {
-                admin_session::serve(stream, &params, ident, shared, settings)
+            if ident.database == shared.operator.console_database() {
+                let operator = shared.operator.clone();
+                operator
+                    .serve_console(stream, params, ident, shared, settings)
                     .instrument(span)
                     .await
             } else {
@@ -298,28 +154,26 @@ async fn run_session(
     shared: Arc<Shared>,
     settings: Arc<Settings>,
 ) {
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let config = &settings.config;
     let upstream = match upstream::connect(config).await {
         Ok(s) => s,
         Err(message) => {
-            shared.admin.metrics.upstream_connect_failed();
+            shared.operator.upstream_connect_failed();
             warn!(error = %message, "upstream connection failed");
             handshake::send_fatal(&mut stream, "08006", &message).await;
             return;
         }
     };
-    let _open = shared.admin.metrics.open_session();
-    let handle = shared.admin.sessions.register(SessionStart {
+    let hooks = shared.operator.open_session(SessionStart {
         client_addr: ident.client,
         user: ident.user.clone(),
         database: ident.database.clone(),
         application_name: ident.application_name.clone(),
     });
     debug!("session started");
-    let guard = GuardState::new(ident, config.track_limit);
-    let mut session = Session::new(shared.clone(), settings.clone(), guard, handle);
-    session.to_server.extend_from_slice(&packet);
+    let engine = Engine::new(shared.clone(), settings.clone(), ident, &packet);
+    let mut session = Session::new(shared.clone(), engine, hooks);
     let end = match upstream {
         Upstream::Tcp(mut s) => {
             let (sr, sw) = s.split();

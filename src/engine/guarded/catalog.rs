@@ -10,15 +10,15 @@
 //! (an aborted transaction) it is sent again at the first boundary after the transaction
 //! ends, and nothing a failed batch would have changed is assumed.
 
+use super::cx::Cx;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use tracing::{debug, warn};
 
-use super::super::replies::Pending;
-use super::super::session::Session;
 use super::{GuardState, Tag};
 use crate::catalog::resolve;
+use crate::engine::replies::Pending;
 use crate::protocol::{backend as be, frontend as fe};
 
 /// Statement and portal name of the proxy's catalog queries.
@@ -51,38 +51,42 @@ impl Tag {
     }
 }
 
-impl Session {
+impl GuardState {
     /// Sends `queries` (SQL and the tag of its `Execute`: [`Tag::Resolve`], [`Tag::Listing`]
     /// or [`Tag::Catalog`]) as one batch of the proxy's own. `release` means the client's
     /// messages wait for it (the caller sets `hold_client`); `login_ready`, the client's
     /// first `ReadyForQuery`, is handed over when it ends.
     pub(super) fn send_catalog_batch(
         &mut self,
+        cx: &mut Cx<'_>,
         queries: Vec<(String, Tag)>,
         release: bool,
         login_ready: Option<BytesMut>,
     ) {
         let part = || Pending::Close(Some(Box::new(Tag::Catalog)));
         for (sql, tag) in queries {
-            fe::write_run(&mut self.to_server, CATALOG_NAME, sql.as_bytes());
-            self.replies.push(part());
-            self.replies.push(part());
-            self.replies
+            fe::write_run(&mut cx.out.to_server, CATALOG_NAME, sql.as_bytes());
+            cx.out.replies.push(part());
+            cx.out.replies.push(part());
+            cx.out
+                .replies
                 .push(Pending::Parse(Some(Box::new(Tag::Catalog))));
-            self.replies
+            cx.out
+                .replies
                 .push(Pending::Bind(Some(Box::new(Tag::Catalog))));
             if !matches!(tag, Tag::Catalog) {
-                self.guard.catalog.outstanding += 1;
+                self.catalog.outstanding += 1;
             }
-            self.replies.push(Pending::Execute(Some(Box::new(tag))));
+            cx.out.replies.push(Pending::Execute(Some(Box::new(tag))));
         }
-        let out = &mut self.to_server;
+        let out = &mut cx.out.to_server;
         fe::write_close(out, b'P', CATALOG_NAME);
         fe::write_close(out, b'S', CATALOG_NAME);
         fe::write_simple(out, fe::SYNC);
-        self.replies.push(part());
-        self.replies.push(part());
-        self.replies
+        cx.out.replies.push(part());
+        cx.out.replies.push(part());
+        cx.out
+            .replies
             .push(Pending::Sync(Some(Box::new(Tag::CatalogEnd {
                 release,
                 login_ready,
@@ -90,9 +94,14 @@ impl Session {
     }
 
     /// Sends the guard resolution and, after a reload, the listing of prepared statements.
-    pub(super) fn send_resolve(&mut self, after_reload: bool, login_ready: Option<BytesMut>) {
+    pub(super) fn send_resolve(
+        &mut self,
+        cx: &mut Cx<'_>,
+        after_reload: bool,
+        login_ready: Option<BytesMut>,
+    ) {
         let mut queries = vec![(
-            resolve::resolve_query(&self.settings.guards.guards),
+            resolve::resolve_query(&cx.settings.guards.guards),
             Tag::Resolve { rows: Vec::new() },
         )];
         if after_reload {
@@ -101,8 +110,8 @@ impl Session {
                 Tag::Listing { rows: Vec::new() },
             ));
         }
-        self.send_catalog_batch(queries, true, login_ready);
-        self.hold_client = true;
+        self.send_catalog_batch(cx, queries, true, login_ready);
+        cx.out.hold_client = true;
     }
 
     /// A reply to a catalog query that leaves its entry at the front: rows are kept, the
@@ -123,6 +132,7 @@ impl Session {
     /// The reply that completes a catalog query's entry (hidden, whatever it is).
     pub(super) fn on_catalog_complete(
         &mut self,
+        cx: &mut Cx<'_>,
         tag: u8,
         msg: &[u8],
         t: Tag,
@@ -132,12 +142,12 @@ impl Session {
         });
         match t {
             Tag::Resolve { rows } => {
-                self.guard.catalog_query_done(error.is_none());
+                self.catalog_query_done(error.is_none());
                 match error {
                     None => {
-                        self.guard.resolved =
-                            Arc::new(resolve::parse_resolved(&rows, &self.settings.guards.guards));
-                        debug!(resolved = self.guard.resolved.len(), "guards resolved");
+                        self.resolved =
+                            Arc::new(resolve::parse_resolved(&rows, &cx.settings.guards.guards));
+                        debug!(resolved = self.resolved.len(), "guards resolved");
                     }
                     Some(error) => {
                         warn!(%error, "guards could not be resolved in this database; reads will not be tracked until they are")
@@ -145,9 +155,9 @@ impl Session {
                 }
             }
             Tag::Listing { rows } => {
-                self.guard.catalog_query_done(error.is_none());
+                self.catalog_query_done(error.is_none());
                 match error {
-                    None => self.on_listing(rows),
+                    None => self.on_listing(cx, rows),
                     Some(error) => {
                         warn!(%error, "statements prepared before the reload could not be listed")
                     }
@@ -157,13 +167,12 @@ impl Session {
                 release,
                 login_ready,
             } if tag == be::READY_FOR_QUERY => {
-                self.on_catalog_end(be::ready_status(&msg[5..]));
+                self.on_catalog_end(cx, be::ready_status(&msg[5..]));
                 if let Some(ready) = login_ready {
-                    self.to_client.extend_from_slice(&ready);
+                    cx.out.to_client.extend_from_slice(&ready);
                 }
                 if release {
-                    self.hold_client = false;
-                    self.resume_client()?;
+                    cx.out.release_client();
                 }
             }
             _ => {}
@@ -174,12 +183,12 @@ impl Session {
     /// The end of a catalog batch. A batch that failed (or was skipped after an error) inside
     /// a failed transaction is sent again once the transaction ends: until then the client
     /// can run nothing either.
-    fn on_catalog_end(&mut self, status: u8) {
-        let failed = self.guard.catalog.failed || self.guard.catalog.outstanding > 0;
-        self.guard.catalog = CatalogState::default();
-        if failed && status == b'E' && self.guards_active() {
+    fn on_catalog_end(&mut self, cx: &mut Cx<'_>, status: u8) {
+        let failed = self.catalog.failed || self.catalog.outstanding > 0;
+        self.catalog = CatalogState::default();
+        if failed && status == b'E' && self.guards_active(cx) {
             debug!("catalog queries failed in an aborted transaction: sent again after it");
-            self.guard.need_resolve = true;
+            self.need_resolve = true;
         }
     }
 }

@@ -14,6 +14,7 @@
 //! With no guard configured none of this runs: every hook returns at its first test.
 
 mod catalog;
+mod cx;
 mod extended;
 mod kept;
 mod pinned;
@@ -29,15 +30,15 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tracing::debug;
 
-use super::replies::{Pending, Step};
-use super::session::Session;
 use crate::catalog::resolve::ResolvedGuards;
+use crate::engine::replies::{Pending, Step};
 use crate::guard::cache::AnalysisCache;
 use crate::guard::prefilter::{Found, Prefilter};
 use crate::guard::track::Tracker;
 use crate::guard::{GuardedWrite, WriteOp};
 use crate::protocol::{backend as be, frontend as fe};
 
+pub use cx::{Cx, Outbox, SessionParams};
 pub use extended::{Portal, Prepared};
 pub use raise::RaiseCtx;
 pub use reads::ReadPlan;
@@ -150,7 +151,7 @@ pub struct GuardState {
     /// the start of its next extended-protocol batch.
     deallocated: Vec<Box<[u8]>>,
     /// Where a checked write inside a transaction block stands when its `Sync` goes right
-    /// behind it (see [`Session::check_after_sync`]).
+    /// behind it (see [`GuardState::check_after_sync`]).
     after_sync: AfterSync,
 }
 
@@ -281,7 +282,7 @@ impl GuardState {
     }
 }
 
-impl Session {
+impl GuardState {
     /// True when a run of `w` that matches no row changes nothing in the database: no call or
     /// subquery runs outside its `SET` list and `RETURNING`, and its table has no
     /// statement-level trigger or rule (as resolved for this session; unknown counts as
@@ -292,42 +293,42 @@ impl Session {
             && w.op != WriteOp::Upsert
             && !w.splice.may_act_without_rows
             && self
-                .guard
                 .resolved
                 .get(w.guard)
                 .is_some_and(|r| !r.acts_without_rows)
     }
 
-    fn guards_active(&self) -> bool {
-        !self.settings.guards.is_empty()
+    fn guards_active(&self, cx: &Cx<'_>) -> bool {
+        !cx.settings.guards.is_empty()
     }
 
-    /// Picks up a reloaded config before a client's `Query`, `Parse` or `Bind`: new guards
-    /// for what comes next, the analysis cache dropped. At the first batch boundary after
-    /// that, the guards are resolved again in this database and the statements the session
-    /// prepared before are listed (see [`stale`]). Returns true when those queries were just
-    /// sent: the client's message must then wait for their replies.
-    pub(in crate::relay) fn refresh_settings(&mut self, at_boundary: bool) -> bool {
-        if self.shared.generation() != self.settings.generation {
-            self.settings = self.shared.settings();
-            self.guard.forget_kept(true);
-            self.guard.cache.clear();
-            self.guard.found.clear();
-            self.guard.resolved = Arc::new(ResolvedGuards::default());
-            self.guard.need_resolve = self.guards_active();
-            if !self.guards_active() {
-                self.guard.unguard_statements();
-            }
-            debug!(
-                generation = self.settings.generation,
-                "session follows the reloaded config"
-            );
+    /// The session took a reloaded config (before a client's `Query`, `Parse` or `Bind`): new
+    /// guards for what comes next, the analysis cache dropped. The guards are resolved again
+    /// at the next batch boundary ([`GuardState::resolve_at_boundary`]).
+    pub fn on_new_settings(&mut self, cx: &mut Cx<'_>) {
+        self.forget_kept(true);
+        self.cache.clear();
+        self.found.clear();
+        self.resolved = Arc::new(ResolvedGuards::default());
+        self.need_resolve = self.guards_active(cx);
+        if !self.guards_active(cx) {
+            self.unguard_statements();
         }
-        // Also behind client batches still running: a client that pipelines may never wait
-        // for its replies.
-        if self.guard.need_resolve && at_boundary && self.tx_status != b'E' {
-            self.guard.need_resolve = false;
-            self.send_resolve(true, None);
+        debug!(
+            generation = cx.settings.generation,
+            "session follows the reloaded config"
+        );
+    }
+
+    /// After a reload, at the first batch boundary: the guards are resolved again in this
+    /// database and the statements the session prepared before are listed (see [`stale`]).
+    /// Also behind client batches still running: a client that pipelines may never wait for
+    /// its replies. Returns true when those queries were just sent: the client's message must
+    /// then wait for their replies.
+    pub fn resolve_at_boundary(&mut self, cx: &mut Cx<'_>, at_boundary: bool) -> bool {
+        if self.need_resolve && at_boundary && cx.tx_status != b'E' {
+            self.need_resolve = false;
+            self.send_resolve(cx, true, None);
             return true;
         }
         false
@@ -335,41 +336,42 @@ impl Session {
 
     /// The first `ReadyForQuery`: resolve the guards before the client may send anything.
     /// Returns true when the message was kept back.
-    pub(in crate::relay) fn on_login(&mut self, ready: &[u8]) -> bool {
-        if !self.guards_active() {
+    pub fn on_login(&mut self, cx: &mut Cx<'_>, ready: &[u8]) -> bool {
+        if !self.guards_active(cx) {
             return false;
         }
-        self.send_resolve(false, Some(BytesMut::from(ready)));
+        self.send_resolve(cx, false, Some(BytesMut::from(ready)));
         true
     }
 
-    pub(in crate::relay) fn guard_query(&mut self, msg: &[u8]) -> Result<bool, String> {
+    pub fn guard_query(&mut self, cx: &mut Cx<'_>, msg: &[u8]) -> Result<bool, String> {
         // The query drops the server's unnamed statement.
-        if self.guard.keeps_statements() {
-            self.guard.take_kept_unnamed();
+        if self.keeps_statements() {
+            self.take_kept_unnamed();
         }
-        if !self.guard.stale.is_empty() {
-            self.guard.stale.remove(&b""[..]);
+        if !self.stale.is_empty() {
+            self.stale.remove(&b""[..]);
         }
-        if !self.guards_active() {
+        if !self.guards_active(cx) {
             return Ok(false);
         }
         let Some(sql) = fe::query_text(&msg[5..]) else {
             return Ok(false);
         };
-        let found = self.settings.guards.prefilter.scan(sql);
+        let found = cx.settings.guards.prefilter.scan(sql);
         if found.session {
-            self.guard.on_session_command(sql, self.tx_status == b'E');
+            self.on_session_command(sql, cx.tx_status == b'E');
         }
-        self.simple_query(msg, sql, found)
+        self.simple_query(cx, msg, sql, found)
     }
 
-    /// True when [`Session::guard_server_message`] has nothing to do with a server message:
+    /// True when [`GuardState::guard_server_message`] has nothing to do with a server message:
     /// it is not a `ReadyForQuery`, and the entry it answers carries no tag and is not a simple
     /// `Query` (whose rows may be tracked). Checked first because it is the common case.
     #[inline]
-    pub(in crate::relay) fn guard_ignores(
+    pub fn guard_ignores(
         &self,
+        cx: &Cx<'_>,
         tag: u8,
         step: Step,
         popped: Option<&Pending<StmtTag>>,
@@ -380,49 +382,50 @@ impl Session {
         tag != be::READY_FOR_QUERY
             && match step {
                 Step::Completes => popped.is_none_or(plain),
-                Step::Within => self.replies.front().is_none_or(plain),
+                Step::Within => cx.out.replies.front().is_none_or(plain),
                 Step::Unrelated => true,
             }
     }
 
     /// A server message, given the entry it answers. Returns true when the guard took care of
     /// it (forwarded a changed form, or kept it from the client).
-    pub(in crate::relay) fn guard_server_message(
+    pub fn guard_server_message(
         &mut self,
+        cx: &mut Cx<'_>,
         tag: u8,
         msg: &[u8],
         step: Step,
         popped: Option<Pending<StmtTag>>,
     ) -> Result<bool, String> {
         if tag == be::READY_FOR_QUERY {
-            self.on_ready(&msg[5..]);
-            if let Some((block, ctx)) = self.guard.take_raise() {
+            self.on_ready(cx, &msg[5..]);
+            if let Some((block, ctx)) = self.take_raise() {
                 // The batch's `ReadyForQuery` (inside the transaction block) gives way to the
                 // conflict's own.
-                self.send_simple_raise(&block, *ctx);
+                self.send_simple_raise(cx, &block, *ctx);
                 return Ok(true);
             }
         }
         match (step, popped) {
-            (Step::Completes, Some(p)) => self.on_reply_completing(tag, msg, p),
-            (Step::Within, _) => self.on_reply_within(tag, msg),
+            (Step::Completes, Some(p)) => self.on_reply_completing(cx, tag, msg, p),
+            (Step::Within, _) => self.on_reply_within(cx, tag, msg),
             _ => Ok(false),
         }
     }
 
     /// A reply that leaves its entry at the front of the queue.
-    fn on_reply_within(&mut self, tag: u8, msg: &[u8]) -> Result<bool, String> {
-        let Some(front) = self.replies.front_mut() else {
+    fn on_reply_within(&mut self, cx: &mut Cx<'_>, tag: u8, msg: &[u8]) -> Result<bool, String> {
+        let Some(front) = cx.out.replies.front_mut() else {
             return Ok(false);
         };
         match front {
             Pending::Execute(Some(t)) | Pending::Sync(Some(t)) if t.is_catalog() => {
-                Ok(Session::on_catalog_within(tag, msg, t))
+                Ok(GuardState::on_catalog_within(tag, msg, t))
             }
             Pending::Simple(Some(t)) => match t.as_mut() {
                 Tag::Hidden => Ok(true),
-                Tag::Step(_) => self.on_step_reply(tag, msg),
-                Tag::Raise(_) => self.on_raise_reply(tag, msg),
+                Tag::Step(_) => self.on_step_reply(cx, tag, msg),
+                Tag::Raise(_) => self.on_raise_reply(cx, tag, msg),
                 Tag::Final => Ok(tag != be::ERROR_RESPONSE),
                 Tag::Read(_) => {
                     // Taken out of the queue while the session works with it, then put back.
@@ -432,8 +435,8 @@ impl Session {
                     if tag == be::ERROR_RESPONSE && reads.step {
                         self.fail_script();
                     }
-                    self.follow_reads(tag, msg, &mut reads);
-                    if let Some(Pending::Simple(Some(t))) = self.replies.front_mut() {
+                    self.follow_reads(cx, tag, msg, &mut reads);
+                    if let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() {
                         **t = Tag::Read(reads);
                     }
                     Ok(false)
@@ -448,11 +451,11 @@ impl Session {
                 | Tag::CatalogEnd { .. } => Ok(false),
             },
             Pending::Simple(None) => {
-                self.track_simple_rows(tag, msg);
+                self.track_simple_rows(cx, tag, msg);
                 Ok(false)
             }
             Pending::Execute(Some(_)) | Pending::DescribeStatement(Some(_)) => {
-                self.on_extended_within(tag, msg)
+                self.on_extended_within(cx, tag, msg)
             }
             _ => Ok(false),
         }
@@ -461,6 +464,7 @@ impl Session {
     /// A reply that completes its entry (already popped).
     fn on_reply_completing(
         &mut self,
+        cx: &mut Cx<'_>,
         tag: u8,
         msg: &[u8],
         p: Pending<StmtTag>,
@@ -473,23 +477,22 @@ impl Session {
             | Pending::Sync(Some(t))
                 if t.is_catalog() =>
             {
-                self.on_catalog_complete(tag, msg, *t)
+                self.on_catalog_complete(cx, tag, msg, *t)
             }
             Pending::Simple(Some(t)) => match *t {
                 Tag::Hidden => Ok(true),
-                Tag::Step(check) => self.on_step_done(msg, check),
+                Tag::Step(check) => self.on_step_done(cx, msg, check),
                 Tag::Raise(ctx) => {
-                    self.on_raise_done(msg, ctx)?;
+                    self.on_raise_done(cx, msg, ctx)?;
                     Ok(true)
                 }
                 Tag::Final => {
-                    self.guard.script = None;
-                    self.hold_client = false;
-                    self.to_client.extend_from_slice(msg);
-                    self.resume_client()?;
+                    self.script = None;
+                    cx.out.release_client();
+                    cx.out.to_client.extend_from_slice(msg);
                     Ok(true)
                 }
-                Tag::Read(reads) if reads.step => self.on_step_done(msg, None),
+                Tag::Read(reads) if reads.step => self.on_step_done(cx, msg, None),
                 Tag::Read(_)
                 | Tag::DescribeStatement(_)
                 | Tag::DescribePortal(_)
@@ -501,32 +504,24 @@ impl Session {
                 | Tag::CatalogEnd { .. } => Ok(false),
             },
             Pending::Simple(None) => {
-                self.guard.row_plan = None;
+                self.row_plan = None;
                 Ok(false)
             }
-            other => self.on_extended_complete(tag, msg, other),
+            other => self.on_extended_complete(cx, tag, msg, other),
         }
     }
 
     /// Every `ReadyForQuery`: transaction ends forget portals (and, with
     /// `track = "transaction"`, tracked versions).
-    fn on_ready(&mut self, body: &[u8]) {
+    fn on_ready(&mut self, cx: &mut Cx<'_>, body: &[u8]) {
         if be::ready_status(body) == b'I' {
-            if !self.guard.portals.is_empty() {
-                self.guard.portals.clear();
+            if !self.portals.is_empty() {
+                self.portals.clear();
             }
-            if self.settings.config.track == crate::config::TrackScope::Transaction {
-                self.guard.tracker.clear();
+            if cx.settings.config.track == crate::config::TrackScope::Transaction {
+                self.tracker.clear();
             }
         }
-    }
-
-    /// Processes client messages that waited while the guard held the batch.
-    fn resume_client(&mut self) -> Result<(), String> {
-        if !self.hold_client && !self.client_in.is_empty() {
-            self.process_client()?;
-        }
-        Ok(())
     }
 }
 

@@ -10,9 +10,10 @@
 //! holds one result per statement, in order, each ended by its `CommandComplete`, which tells
 //! which statement the rows arriving belong to.
 
+use super::GuardState;
+use super::cx::Cx;
 use std::sync::Arc;
 
-use super::super::session::Session;
 use super::reads::{Col, canonical};
 use crate::guard::{GuardSet, PinnedRead, TableId, ValueRef};
 use crate::protocol::backend::{self as be, Column};
@@ -35,7 +36,7 @@ pub struct ReadCheck {
 
 impl ReadCheck {
     /// Records what one `DataRow` says, given where the version column is.
-    pub fn observe(&self, session: &mut Session, row_body: &[u8], version: Option<Col>) {
+    pub fn observe(&self, guard: &mut GuardState, row_body: &[u8], version: Option<Col>) {
         let Some(col) = version else { return };
         let Some(vals) = be::data_row(row_body) else {
             return;
@@ -46,16 +47,16 @@ impl ReadCheck {
             .flatten()
             .and_then(|raw| canonical(col.type_oid, col.format, raw));
         match version {
-            Some(v) => session.guard.tracker.observe(self.table, &self.key, &v),
-            None => session.guard.tracker.forget(self.table, &self.key),
+            Some(v) => guard.tracker.observe(self.table, &self.key, &v),
+            None => guard.tracker.forget(self.table, &self.key),
         }
     }
 
     /// The read is over: a row that was not found, or read without its version, is forgotten.
-    pub fn complete(&self, session: &mut Session, complete_body: &[u8], version_known: bool) {
+    pub fn complete(&self, guard: &mut GuardState, complete_body: &[u8], version_known: bool) {
         let rows = be::tag_rows(be::command_tag(complete_body));
         if !version_known || rows == Some(0) {
-            session.guard.tracker.forget(self.table, &self.key);
+            guard.tracker.forget(self.table, &self.key);
         }
     }
 }
@@ -81,9 +82,9 @@ impl Reads {
     }
 }
 
-impl Session {
+impl GuardState {
     /// Follows one message of the reply to a query holding pinned reads.
-    pub(super) fn follow_reads(&mut self, tag: u8, msg: &[u8], reads: &mut Reads) {
+    pub(super) fn follow_reads(&mut self, cx: &mut Cx<'_>, tag: u8, msg: &[u8], reads: &mut Reads) {
         let body = &msg[5..];
         let at = reads.at;
         let check = reads.checks.iter_mut().find(|c| c.statement == at);
@@ -92,11 +93,11 @@ impl Session {
         {
             // One decoding serves the rows' read plan and the read's version column.
             let cols = be::row_description(body).unwrap_or_default();
-            self.guard.row_plan = self.plan_of_columns(&cols).map(Arc::new);
+            self.row_plan = self.plan_of_columns(cx, &cols).map(Arc::new);
             check.version = self.version_column(check.guard, &cols);
             return;
         }
-        self.track_simple_rows(tag, msg);
+        self.track_simple_rows(cx, tag, msg);
         if let Some(check) = check {
             match tag {
                 be::DATA_ROW => check.observe(self, body, check.version),
@@ -116,7 +117,7 @@ impl Session {
         vals: &[ValueRef],
         bind: Option<(&Bind<'_>, &[u32])>,
     ) -> Option<Vec<String>> {
-        let rg = self.guard.resolved.get(guard);
+        let rg = self.resolved.get(guard);
         vals.iter()
             .enumerate()
             .map(|(i, v)| {
@@ -135,13 +136,13 @@ impl Session {
     /// True when a pinned read must be followed: its result may show the version, or the
     /// session tracks rows of its table (a read without the version forgets its row), or a
     /// reply still to come may start tracking some.
-    pub(super) fn follows_read(&self, guards: &GuardSet, read: &PinnedRead) -> bool {
+    pub(super) fn follows_read(&self, cx: &Cx<'_>, guards: &GuardSet, read: &PinnedRead) -> bool {
         read.shows_version
             || guards
                 .table_ids
                 .get(read.guard)
-                .is_none_or(|&t| self.guard.tracker.tracks_table(t))
-            || self.rows_may_come()
+                .is_none_or(|&t| self.tracker.tracks_table(t))
+            || self.rows_may_come(cx)
     }
 
     /// A pinned read, ready to follow (`None` when its key is not known).
@@ -162,7 +163,7 @@ impl Session {
 
     /// The version column of guard `guard` in a result with these columns.
     pub(super) fn version_column(&self, guard: usize, cols: &[Column<'_>]) -> Option<Col> {
-        let rg = self.guard.resolved.get(guard)?;
+        let rg = self.resolved.get(guard)?;
         let index = cols
             .iter()
             .position(|c| c.table_oid == rg.table_oid && c.attnum == rg.version_attnum)?;

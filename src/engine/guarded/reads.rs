@@ -4,9 +4,10 @@
 //! query used; when a result holds every key column and the version column of a guarded table,
 //! each `DataRow` tells this session the version of that row. Text and binary formats alike.
 
+use super::GuardState;
+use super::cx::Cx;
 use std::sync::Arc;
 
-use super::super::session::Session;
 use crate::catalog::resolve::ResolvedGuards;
 use crate::guard::track::Tracker;
 use crate::guard::values;
@@ -196,40 +197,40 @@ pub fn canonical(type_oid: u32, format: i16, raw: &[u8]) -> Option<String> {
     }
 }
 
-impl Session {
+impl GuardState {
     /// Follows the rows of a passed-through simple query (and of pass-through script steps).
-    pub(super) fn track_simple_rows(&mut self, tag: u8, msg: &[u8]) {
+    pub(super) fn track_simple_rows(&mut self, cx: &mut Cx<'_>, tag: u8, msg: &[u8]) {
         match tag {
             be::ROW_DESCRIPTION => {
-                self.guard.row_plan = self.read_plan(&msg[5..]).map(Arc::new);
+                self.row_plan = self.read_plan(cx, &msg[5..]).map(Arc::new);
             }
             be::DATA_ROW => {
-                if let Some(plan) = &self.guard.row_plan {
-                    plan.observe(&msg[5..], &mut self.guard.tracker);
+                if let Some(plan) = &self.row_plan {
+                    plan.observe(&msg[5..], &mut self.tracker);
                 }
             }
-            be::COMMAND_COMPLETE | be::ERROR_RESPONSE => self.guard.row_plan = None,
+            be::COMMAND_COMPLETE | be::ERROR_RESPONSE => self.row_plan = None,
             _ => {}
         }
     }
 
     /// The read plan of a `RowDescription` body; cheap when no guarded table is in it.
-    pub(super) fn read_plan(&self, body: &[u8]) -> Option<ReadPlan> {
-        let resolved = &self.guard.resolved;
+    pub(super) fn read_plan(&self, cx: &Cx<'_>, body: &[u8]) -> Option<ReadPlan> {
+        let resolved = &self.resolved;
         if resolved.is_empty()
             || !be::any_column_table(body, |oid| resolved.by_table_oid(oid).is_some())
         {
             return None;
         }
-        self.plan_of_columns(&be::row_description(body)?)
+        self.plan_of_columns(cx, &be::row_description(body)?)
     }
 
     /// The read plan of a `RowDescription` already decoded.
-    pub(super) fn plan_of_columns(&self, cols: &[Column<'_>]) -> Option<ReadPlan> {
-        let resolved = &self.guard.resolved;
+    pub(super) fn plan_of_columns(&self, cx: &Cx<'_>, cols: &[Column<'_>]) -> Option<ReadPlan> {
+        let resolved = &self.resolved;
         if resolved.is_empty() {
             return None;
         }
-        ReadPlan::from_columns(cols, resolved, &self.settings.guards)
+        ReadPlan::from_columns(cols, resolved, &cx.settings.guards)
     }
 }

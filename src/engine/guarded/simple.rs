@@ -8,18 +8,19 @@
 //! is raised by the server between steps; the steps after it never run; the client sees what it
 //! would have seen had PostgreSQL itself raised the error.
 
+use super::GuardState;
+use super::cx::Cx;
 use std::collections::VecDeque;
 
 use bytes::BytesMut;
 
-use super::super::replies::Pending;
-use super::super::session::Session;
 use super::Tag;
 use super::pinned::{ReadCheck, Reads};
 use super::raise::RaiseCtx;
 use super::reads::{ReadPlan, canonical};
-use crate::admin::Outcome;
 use crate::config::{BulkPolicy, UnversionedPolicy};
+use crate::engine::replies::Pending;
+use crate::events::Outcome;
 use crate::guard::cache::Simple;
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
 use crate::guard::prefilter::Found;
@@ -73,7 +74,7 @@ pub struct WriteCheck {
     /// The write is inside a data-modifying `WITH`: its rows are not the statement's.
     pub in_cte: bool,
     /// A run of the write that matches no row changes nothing (see
-    /// [`Session::quiet_without_rows`]): its conflict may be raised after its implicit
+    /// [`GuardState::quiet_without_rows`]): its conflict may be raised after its implicit
     /// transaction committed.
     pub quiet_without_rows: bool,
 }
@@ -133,39 +134,38 @@ pub(super) enum Plan {
     Refuse(Refusal),
 }
 
-impl Session {
+impl GuardState {
     /// A simple `Query` from the client. Returns true when the guard sent it (as a script).
     /// `sql_bytes` is its text, `found` what the prefilter found in it.
     pub(super) fn simple_query(
         &mut self,
+        cx: &mut Cx<'_>,
         msg: &[u8],
         sql_bytes: &[u8],
         found: Found,
     ) -> Result<bool, String> {
-        let guards = self.settings.guards.clone();
+        let guards = cx.settings.guards.clone();
         if !found.may_write_guarded() {
-            return Ok(found.name && self.pinned_read_query(msg, sql_bytes, &guards));
+            return Ok(found.name && self.pinned_read_query(cx, msg, sql_bytes, &guards));
         }
         let Ok(sql) = std::str::from_utf8(sql_bytes) else {
-            let (block, ctx) = self.not_utf8_refusal(sql_bytes);
+            let (block, ctx) = self.not_utf8_refusal(cx, sql_bytes);
             self.start_script(
+                cx,
                 VecDeque::from([StepSpec::Raise(block, Box::new(ctx))]),
                 false,
                 Arc::from(""),
             );
             return Ok(true);
         };
-        let conforming = self.params.standard_conforming_strings;
-        let analysis = self
-            .guard
-            .cache
-            .get_or_analyze_simple(sql, &guards, conforming);
+        let conforming = cx.params.standard_conforming_strings;
+        let analysis = self.cache.get_or_analyze_simple(sql, &guards, conforming);
         let kinds = analysis.kinds();
         if kinds.passes_unchanged() {
             // A read that merely spells a write word (`SELECT ... FOR UPDATE`, a column
             // `updated_at`) is followed as any other.
-            return Ok(!self.guard.resolved.is_empty()
-                && self.follow_pinned_reads(msg, sql, &analysis, &guards));
+            return Ok(!self.resolved.is_empty()
+                && self.follow_pinned_reads(cx, msg, sql, &analysis, &guards));
         }
         // One write that can expect no version and gets no bump (an `xmin` guard, a table the
         // session tracks nothing of): it goes as the client wrote it, decided on the shape's
@@ -173,9 +173,9 @@ impl Session {
         if let [st] = kinds.statements.as_slice()
             && let Action::Write(w) = &st.action
             && !w.adds_bump(&guards)
-            && self.expects_nothing(&guards, w)
+            && self.expects_nothing(cx, &guards, w)
         {
-            self.send_as_written(msg, guards.table_ids[w.guard]);
+            self.send_as_written(cx, msg, guards.table_ids[w.guard]);
             return Ok(true);
         }
         let analysis = analysis.of_text(sql, &guards);
@@ -209,7 +209,7 @@ impl Session {
         // one, and the check's lock lasts until the write.
         if let Some(StepSpec::Write(w)) = steps.front() {
             let w = w.clone();
-            let (check, step) = self.simple_write_step(sql, &w);
+            let (check, step) = self.simple_write_step(cx, sql, &w);
             steps[0] = step;
             if let Some(check) = check {
                 steps.push_front(check);
@@ -224,7 +224,7 @@ impl Session {
             && !check.in_cte
             && text.as_bytes() == sql_bytes
         {
-            self.send_as_written(msg, check.guards.table_ids[check.guard]);
+            self.send_as_written(cx, msg, check.guards.table_ids[check.guard]);
             return Ok(true);
         }
         // A lone checked write that may act without rows (a statement-level trigger, a call
@@ -234,8 +234,8 @@ impl Session {
             steps.as_slices().0,
             [StepSpec::Sql(_, Some(c))] if c.expected.is_some() && !c.quiet_without_rows
         );
-        let wrap = (steps.len() > 1 || lone_loud_write) && self.tx_status == b'I' && !tx_control;
-        self.start_script(steps, wrap, sql.into());
+        let wrap = (steps.len() > 1 || lone_loud_write) && cx.tx_status == b'I' && !tx_control;
+        self.start_script(cx, steps, wrap, sql.into());
         Ok(true)
     }
 
@@ -271,22 +271,22 @@ impl Session {
 
     /// A query holding one guarded write (of `table`) that needs nothing changed and nothing
     /// checked: sent as the client wrote it.
-    fn send_as_written(&mut self, msg: &[u8], table: TableId) {
-        self.shared.admin.metrics.guarded(table, Outcome::Rewritten);
-        self.to_server.extend_from_slice(msg);
-        self.replies.push(Pending::Simple(None));
+    fn send_as_written(&mut self, cx: &mut Cx<'_>, msg: &[u8], table: TableId) {
+        cx.events.guarded(table, Outcome::Rewritten);
+        cx.out.to_server.extend_from_slice(msg);
+        cx.out.replies.push(Pending::Simple(None));
     }
 
     /// True when a write can expect no version, whatever row it names: no pinned version, a
     /// table the session tracks nothing of (and no reply still to come that may change that),
     /// and policies that let an unversioned write through.
-    pub(super) fn expects_nothing(&self, guards: &GuardSet, w: &GuardedWrite) -> bool {
+    pub(super) fn expects_nothing(&self, cx: &Cx<'_>, guards: &GuardSet, w: &GuardedWrite) -> bool {
         let guard = &guards.guards[w.guard];
         w.pinned.is_none()
             && guard.unversioned == UnversionedPolicy::Allow
             && (matches!(w.target, Target::Key(_)) || guard.bulk == BulkPolicy::Bump)
-            && !self.guard.tracker.tracks_table(guards.table_ids[w.guard])
-            && !self.rows_may_come()
+            && !self.tracker.tracks_table(guards.table_ids[w.guard])
+            && !self.rows_may_come(cx)
     }
 
     /// Decides what a guarded write expects: pinned, tracked, or the policies.
@@ -317,7 +317,7 @@ impl Session {
             Some(v) => Some(v),
             None => key.as_ref().and_then(|k| {
                 let table = guards.table_ids[w.guard];
-                self.guard.tracker.expected(table, k).map(str::to_string)
+                self.tracker.expected(table, k).map(str::to_string)
             }),
         };
         if expected.is_none() && guard.unversioned == UnversionedPolicy::Reject {
@@ -329,25 +329,29 @@ impl Session {
 
     /// A query with no guarded write that names a guarded table: when it holds `SELECT`s that
     /// pin one guarded row each, it is relayed as it is and their results are followed.
-    fn pinned_read_query(&mut self, msg: &[u8], sql: &[u8], guards: &Arc<GuardSet>) -> bool {
-        if self.guard.resolved.is_empty() {
+    fn pinned_read_query(
+        &mut self,
+        cx: &mut Cx<'_>,
+        msg: &[u8],
+        sql: &[u8],
+        guards: &Arc<GuardSet>,
+    ) -> bool {
+        if self.resolved.is_empty() {
             return false;
         }
         let Ok(sql) = std::str::from_utf8(sql) else {
             return false;
         };
-        let conforming = self.params.standard_conforming_strings;
-        let analysis = self
-            .guard
-            .cache
-            .get_or_analyze_simple(sql, guards, conforming);
-        self.follow_pinned_reads(msg, sql, &analysis, guards)
+        let conforming = cx.params.standard_conforming_strings;
+        let analysis = self.cache.get_or_analyze_simple(sql, guards, conforming);
+        self.follow_pinned_reads(cx, msg, sql, &analysis, guards)
     }
 
     /// Relays a query that passes unchanged (`analysis` is its analysis), following its pinned
     /// reads; false when it has none to follow.
     fn follow_pinned_reads(
         &mut self,
+        cx: &mut Cx<'_>,
         msg: &[u8],
         sql: &str,
         analysis: &Simple,
@@ -357,7 +361,7 @@ impl Session {
         if !kinds
             .reads
             .iter()
-            .any(|read| self.follows_read(guards, read))
+            .any(|read| self.follows_read(cx, guards, read))
         {
             return false;
         }
@@ -366,14 +370,15 @@ impl Session {
         };
         let checks: Vec<ReadCheck> = reads
             .iter()
-            .filter(|read| self.follows_read(guards, read))
+            .filter(|read| self.follows_read(cx, guards, read))
             .filter_map(|read| self.read_check(guards, read, None))
             .collect();
         if checks.is_empty() {
             return false;
         }
-        self.to_server.extend_from_slice(msg);
-        self.replies
+        cx.out.to_server.extend_from_slice(msg);
+        cx.out
+            .replies
             .push(Pending::Simple(Some(Box::new(Tag::Read(Box::new(
                 Reads::new(checks, false),
             ))))));
@@ -389,22 +394,23 @@ impl Session {
     }
 
     /// Plans a guarded write: the step that sends it (or refuses it), and a check to run
-    /// before it when the write's row count cannot tell a conflict ([`Session::cte_lock_check`]).
-    fn simple_write_step(&mut self, sql: &str, w: &GuardedWrite) -> (Option<StepSpec>, StepSpec) {
+    /// before it when the write's row count cannot tell a conflict ([`GuardState::cte_lock_check`]).
+    fn simple_write_step(
+        &mut self,
+        cx: &mut Cx<'_>,
+        sql: &str,
+        w: &GuardedWrite,
+    ) -> (Option<StepSpec>, StepSpec) {
         let key = self.literal_key(w);
         let pinned = match &w.pinned {
             Some(ValueRef::Literal(v)) => {
-                let t = self
-                    .guard
-                    .resolved
-                    .get(w.guard)
-                    .map_or(0, |r| r.version_type);
+                let t = self.resolved.get(w.guard).map_or(0, |r| r.version_type);
                 canonical(t, 0, v.as_bytes()).or_else(|| Some(v.clone()))
             }
             _ => None,
         };
         let pinned_here = pinned.is_some();
-        let guards = self.settings.guards.clone();
+        let guards = cx.settings.guards.clone();
         match self.plan_write(&guards, w, key, pinned) {
             Plan::Refuse(refusal) => {
                 let (block, ctx) = self.refusal(&guards.guards[w.guard].table, refusal);
@@ -412,7 +418,7 @@ impl Session {
             }
             Plan::Send { expected, key } => {
                 let check = self
-                    .cte_lock_check(&guards, w, expected.as_deref(), key.as_deref())
+                    .cte_lock_check(cx, &guards, w, expected.as_deref(), key.as_deref())
                     .map(|(block, ctx)| StepSpec::Raise(block, Box::new(ctx)));
                 let cond_len = w.splice.condition.as_ref().map_or(0, |c| c.len());
                 let mut text = String::with_capacity(w.splice.statement.len() + cond_len + 256);
@@ -425,10 +431,10 @@ impl Session {
                 // none, unless a reply still to come (a read pipelined before this query) may
                 // start tracking it before the write's rows arrive.
                 let table = guards.table_ids[w.guard];
-                let returning = self.rows_may_come()
+                let returning = self.rows_may_come(cx)
                     || match &key {
-                        Some(k) => self.guard.tracker.expected(table, k).is_some(),
-                        None => self.guard.tracker.tracks_table(table),
+                        Some(k) => self.tracker.expected(table, k).is_some(),
+                        None => self.tracker.tracks_table(table),
                     };
                 w.render_with(sql, &guards, render_with, returning, &mut text);
                 let step = StepSpec::Sql(
@@ -460,37 +466,44 @@ impl Session {
 
     /// An error reached the client: the script's later steps do not run.
     pub(super) fn fail_script(&mut self) {
-        if let Some(s) = self.guard.script.as_mut() {
+        if let Some(s) = self.script.as_mut() {
             s.failed = true;
         }
     }
 
-    fn start_script(&mut self, steps: VecDeque<StepSpec>, wrapped: bool, sql: Arc<str>) {
+    fn start_script(
+        &mut self,
+        cx: &mut Cx<'_>,
+        steps: VecDeque<StepSpec>,
+        wrapped: bool,
+        sql: Arc<str>,
+    ) {
         if wrapped {
-            fe::write_query(&mut self.to_server, b"BEGIN");
-            self.replies
+            fe::write_query(&mut cx.out.to_server, b"BEGIN");
+            cx.out
+                .replies
                 .push(Pending::Simple(Some(Box::new(Tag::Hidden))));
         }
-        self.guard.script = Some(Script {
+        self.script = Some(Script {
             steps,
             sql,
             wrapped,
             failed: false,
         });
-        self.hold_client = true;
-        self.send_next_step();
+        cx.out.hold_client = true;
+        self.send_next_step(cx);
     }
 
-    fn send_next_step(&mut self) {
-        let Some(script) = self.guard.script.as_mut() else {
+    fn send_next_step(&mut self, cx: &mut Cx<'_>) {
+        let Some(script) = self.script.as_mut() else {
             return;
         };
         let step = match script.steps.pop_front() {
             Some(StepSpec::Write(w)) => {
                 let sql = script.sql.clone();
-                match self.simple_write_step(&sql, &w) {
+                match self.simple_write_step(cx, &sql, &w) {
                     (Some(check), step) => {
-                        if let Some(script) = self.guard.script.as_mut() {
+                        if let Some(script) = self.script.as_mut() {
                             script.steps.push_front(step);
                         }
                         Some(check)
@@ -503,29 +516,34 @@ impl Session {
         match step {
             Some(StepSpec::Sql(text, check)) => {
                 if let Some(c) = &check {
-                    self.shared
-                        .admin
-                        .metrics
+                    cx.events
                         .guarded(c.guards.table_ids[c.guard], Outcome::Rewritten);
                 }
-                fe::write_query(&mut self.to_server, text.as_bytes());
-                self.replies
+                fe::write_query(&mut cx.out.to_server, text.as_bytes());
+                cx.out
+                    .replies
                     .push(Pending::Simple(Some(Box::new(Tag::Step(check)))));
             }
             Some(StepSpec::Reads(text, reads)) => {
-                fe::write_query(&mut self.to_server, text.as_bytes());
-                self.replies
+                fe::write_query(&mut cx.out.to_server, text.as_bytes());
+                cx.out
+                    .replies
                     .push(Pending::Simple(Some(Box::new(Tag::Read(reads)))));
             }
-            Some(StepSpec::Raise(block, ctx)) => self.send_simple_raise(&block, *ctx),
+            Some(StepSpec::Raise(block, ctx)) => self.send_simple_raise(cx, &block, *ctx),
             Some(StepSpec::Write(_)) => unreachable!("a planned write is SQL or a raise"),
             None => {}
         }
     }
 
     /// A reply within a script step (the step stays at the front of the queue).
-    pub(super) fn on_step_reply(&mut self, tag: u8, msg: &[u8]) -> Result<bool, String> {
-        let Some(Pending::Simple(Some(t))) = self.replies.front_mut() else {
+    pub(super) fn on_step_reply(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        msg: &[u8],
+    ) -> Result<bool, String> {
+        let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() else {
             return Ok(false);
         };
         let Tag::Step(check) = t.as_mut() else {
@@ -535,7 +553,7 @@ impl Session {
             && let Some(raised) = check.as_deref().and_then(|c| c.raised_conflict(&msg[5..]))
         {
             self.fail_script();
-            self.deliver_conflict(raised);
+            self.deliver_conflict(cx, raised);
             return Ok(true);
         }
         let Some(c) = check
@@ -545,7 +563,7 @@ impl Session {
             if tag == be::ERROR_RESPONSE {
                 self.fail_script();
             }
-            self.track_simple_rows(tag, msg);
+            self.track_simple_rows(cx, tag, msg);
             return Ok(false);
         };
         match tag {
@@ -560,7 +578,7 @@ impl Session {
                     c.plan = Some(ReadPlan::returning(c.table(), &types, 0));
                     if c.client_returning {
                         be::write_truncated(
-                            &mut self.to_client,
+                            &mut cx.out.to_client,
                             be::ROW_DESCRIPTION,
                             body,
                             cols.len() - c.added,
@@ -572,12 +590,12 @@ impl Session {
             be::DATA_ROW => {
                 let body = &msg[5..];
                 if let Some(plan) = &c.plan {
-                    plan.observe(body, &mut self.guard.tracker);
+                    plan.observe(body, &mut self.tracker);
                 }
                 if c.client_returning {
                     let n = be::data_row(body).map_or(0, |v| v.len());
                     be::write_truncated(
-                        &mut self.to_client,
+                        &mut cx.out.to_client,
                         be::DATA_ROW,
                         body,
                         n - c.added.min(n),
@@ -591,7 +609,7 @@ impl Session {
                     c.held = Some(BytesMut::from(msg));
                     return Ok(true);
                 }
-                c.forget_after(rows, &mut self.guard.tracker);
+                c.forget_after(rows, &mut self.tracker);
                 Ok(false)
             }
             be::ERROR_RESPONSE => {
@@ -605,6 +623,7 @@ impl Session {
     /// A step's `ReadyForQuery`: check its write, then go on, or stop.
     pub(super) fn on_step_done(
         &mut self,
+        cx: &mut Cx<'_>,
         ready: &[u8],
         check: Option<Box<WriteCheck>>,
     ) -> Result<bool, String> {
@@ -613,16 +632,21 @@ impl Session {
             && let Some(info) = c.conflict_info()
         {
             let block =
-                conflict::raise_block_if_changed(&info, &self.settings.config.conflict_sqlstate);
-            self.send_simple_raise(&block, RaiseCtx::conflict(info, Some(held)));
+                conflict::raise_block_if_changed(&info, &cx.settings.config.conflict_sqlstate);
+            self.send_simple_raise(cx, &block, RaiseCtx::conflict(info, Some(held)));
             return Ok(true);
         }
-        self.script_continue(ready)
+        self.script_continue(cx, ready)
     }
 
     /// A raise's reply within a script.
-    pub(super) fn on_raise_reply(&mut self, tag: u8, msg: &[u8]) -> Result<bool, String> {
-        let Some(Pending::Simple(Some(t))) = self.replies.front_mut() else {
+    pub(super) fn on_raise_reply(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        msg: &[u8],
+    ) -> Result<bool, String> {
+        let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() else {
             return Ok(false);
         };
         let Tag::Raise(ctx) = t.as_mut() else {
@@ -640,14 +664,14 @@ impl Session {
                         refusal: None,
                     },
                 );
-                self.deliver_raised_error(msg, &ctx);
+                self.deliver_raised_error(cx, msg, &ctx);
                 self.fail_script();
                 Ok(true)
             }
             be::COMMAND_COMPLETE => {
                 // The block raised nothing: the write's own conditions matched no row.
                 if let Some(held) = ctx.held.take() {
-                    self.to_client.extend_from_slice(&held);
+                    cx.out.to_client.extend_from_slice(&held);
                 }
                 Ok(true)
             }
@@ -660,21 +684,22 @@ impl Session {
     /// extended-protocol batch's `Sync`) it is the client's.
     pub(super) fn on_raise_done(
         &mut self,
+        cx: &mut Cx<'_>,
         ready: &[u8],
         _ctx: Box<RaiseCtx>,
     ) -> Result<(), String> {
-        if self.guard.script.is_none() {
-            self.to_client.extend_from_slice(ready);
-            self.hold_client = false;
-            return self.resume_client();
+        if self.script.is_none() {
+            cx.out.to_client.extend_from_slice(ready);
+            cx.out.release_client();
+            return Ok(());
         }
-        self.script_continue(ready).map(|_| ())
+        self.script_continue(cx, ready).map(|_| ())
     }
 
     /// After a step: the next one, the hidden `COMMIT`/`ROLLBACK`, or the client's
     /// `ReadyForQuery`.
-    fn script_continue(&mut self, ready: &[u8]) -> Result<bool, String> {
-        let Some(script) = self.guard.script.as_mut() else {
+    fn script_continue(&mut self, cx: &mut Cx<'_>, ready: &[u8]) -> Result<bool, String> {
+        let Some(script) = self.script.as_mut() else {
             return Ok(false);
         };
         let end_sql: Option<&[u8]> = if script.failed || script.steps.is_empty() {
@@ -684,20 +709,20 @@ impl Session {
                 (false, _) => None,
             }
         } else {
-            self.send_next_step();
+            self.send_next_step(cx);
             return Ok(true);
         };
         match end_sql {
             Some(sql) => {
-                fe::write_query(&mut self.to_server, sql);
-                self.replies
+                fe::write_query(&mut cx.out.to_server, sql);
+                cx.out
+                    .replies
                     .push(Pending::Simple(Some(Box::new(Tag::Final))));
             }
             None => {
-                self.guard.script = None;
-                self.hold_client = false;
-                self.to_client.extend_from_slice(ready);
-                self.resume_client()?;
+                self.script = None;
+                cx.out.release_client();
+                cx.out.to_client.extend_from_slice(ready);
             }
         }
         Ok(true)

@@ -21,13 +21,13 @@
 //! statement is prepared again at its next `Bind` (see [`super::stale`]); a simple `Query`
 //! drops the server's unnamed statement, and the proxy forgets it too.
 
+use super::cx::Cx;
 use std::sync::{Arc, OnceLock};
 
-use super::super::replies::Pending;
-use super::super::session::Session;
 use super::extended::{FULL_VARIANT_PREFIX, Prepared};
 use super::stale::StaleStatement;
 use super::{GuardState, StmtTag, Tag};
+use crate::engine::replies::Pending;
 use crate::guard::{GuardSet, GuardedWrite};
 use crate::protocol::{backend as be, frontend as fe};
 
@@ -144,7 +144,7 @@ impl GuardState {
     }
 }
 
-impl Session {
+impl GuardState {
     /// A `Parse` of the unnamed statement holding guarded write `w`, sent through its kept
     /// statement: the stand-in when the text is kept, or the full form under a new name of the
     /// proxy's. `reply` is taken when a message answering it was sent. Returns false when the
@@ -153,6 +153,7 @@ impl Session {
     /// of the proxy's that nothing can tell the outcome of).
     pub(super) fn parse_kept(
         &mut self,
+        cx: &mut Cx<'_>,
         sql: &str,
         param_types: &[u32],
         reply: &mut StmtTag,
@@ -170,7 +171,7 @@ impl Session {
         // The client's own `Parse` needs its reply and replaces the server's unnamed
         // statement; the proxy's (a statement prepared again for a `Bind`) needs neither.
         let from_client = undo.as_ref().is_some_and(|u| !u.hidden);
-        if let Some(kept) = self.guard.kept.get(sql.as_bytes()) {
+        if let Some(kept) = self.kept.get(sql.as_bytes()) {
             let usable = kept.ready.get().is_some()
                 && *kept.types == *param_types
                 && kept
@@ -183,35 +184,36 @@ impl Session {
             }
             let prepared = kept.prepared.clone();
             if from_client {
-                fe::write_parse(&mut self.to_server, b"", STAND_IN, &[]);
-                self.replies.push(Pending::Parse(reply.take()));
+                fe::write_parse(&mut cx.out.to_server, b"", STAND_IN, &[]);
+                cx.out.replies.push(Pending::Parse(reply.take()));
             }
-            self.guard.statements.insert(Box::default(), prepared);
+            self.statements.insert(Box::default(), prepared);
             return true;
         }
         let Some(undo) = undo else {
             return false;
         };
-        if self.guard.kept.len() >= KEPT_STATEMENTS || self.guard.first_sight(sql) {
+        if self.kept.len() >= KEPT_STATEMENTS || self.first_sight(sql) {
             return false;
         }
         if from_client {
             // The client's `Parse` drops the unnamed statement whatever its outcome: a `Bind`
             // of it after a failed one must fail as it would without the proxy.
-            fe::write_close(&mut self.to_server, b'S', b"");
-            self.replies
+            fe::write_close(&mut cx.out.to_server, b'S', b"");
+            cx.out
+                .replies
                 .push(Pending::Close(Some(Box::new(Tag::Hidden))));
         }
-        self.guard.full_variants += 1;
-        let name = format!("{FULL_VARIANT_PREFIX}{}", self.guard.full_variants);
+        self.full_variants += 1;
+        let name = format!("{FULL_VARIANT_PREFIX}{}", self.full_variants);
         let (p, text) = prepared(name.as_bytes().into());
         fe::write_parse(
-            &mut self.to_server,
+            &mut cx.out.to_server,
             name.as_bytes(),
             text.as_bytes(),
             param_types,
         );
-        self.replies.push(Pending::Parse(reply.take()));
+        cx.out.replies.push(Pending::Parse(reply.take()));
         let p = Arc::new(p);
         let kept = Arc::new(Kept {
             text: sql.as_bytes().into(),
@@ -220,8 +222,8 @@ impl Session {
             ready: OnceLock::new(),
         });
         let _ = undo.kept.set(kept.clone());
-        self.guard.kept.insert(sql.as_bytes().into(), kept);
-        self.guard.statements.insert(Box::default(), p);
+        self.kept.insert(sql.as_bytes().into(), kept);
+        self.statements.insert(Box::default(), p);
         true
     }
 }

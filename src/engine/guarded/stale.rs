@@ -13,15 +13,15 @@
 //! `RETURNING`) whose table the reload no longer guards is marked stale too, and prepared again
 //! as the client wrote it; with no guard left at all, every such statement is.
 
+use super::cx::Cx;
 use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use super::super::replies::Pending;
-use super::super::session::Session;
 use super::extended::{FULL_VARIANT_PREFIX, Parsed, Prepared};
 use super::{GuardState, Tag};
 use crate::config::quote_ident;
+use crate::engine::replies::Pending;
 use crate::guard::Action;
 use crate::protocol::frontend as fe;
 
@@ -84,10 +84,10 @@ fn oid_array(text: &str) -> Vec<u32> {
         .collect()
 }
 
-impl Session {
+impl GuardState {
     /// The listing's rows: marks what now writes a guarded table.
-    pub(super) fn on_listing(&mut self, rows: Vec<Vec<Option<String>>>) {
-        let guards = self.settings.guards.clone();
+    pub(super) fn on_listing(&mut self, cx: &mut Cx<'_>, rows: Vec<Vec<Option<String>>>) {
+        let guards = cx.settings.guards.clone();
         let mut deallocate = Vec::new();
         for row in rows {
             let [Some(name), Some(server_text), Some(from_sql), types] = row.as_slice() else {
@@ -100,7 +100,6 @@ impl Session {
             // A statement the proxy rewrote is on the server in its rewritten form: it is
             // judged, and prepared again, from the client's own text and parameter types.
             let known = self
-                .guard
                 .statements
                 .get(name.as_bytes())
                 .and_then(|p| Some((p.write.as_ref()?.text.clone(), p.declared_types.clone())));
@@ -113,7 +112,7 @@ impl Session {
                 ),
             };
             let table = if guards.prefilter.may_write_guarded(text.as_bytes()) {
-                let analysis = self.guard.cache.get_or_analyze(&text, &guards);
+                let analysis = self.cache.get_or_analyze(&text, &guards);
                 match analysis.statements.as_slice() {
                     [st] => match &st.action {
                         Action::Write(w) => Some(guards.guards[w.guard].table.clone()),
@@ -129,12 +128,11 @@ impl Session {
                 if known_write {
                     // Its table is no longer guarded: the client's own text is prepared again.
                     debug!(statement = %name, "no longer guarded: prepared again as written at its next Bind");
-                    self.guard.mark_stale(name.as_bytes(), text, types);
+                    self.mark_stale(name.as_bytes(), text, types);
                 }
                 continue;
             };
             let current = self
-                .guard
                 .statements
                 .get(name.as_bytes())
                 .and_then(|p| p.write.as_ref())
@@ -154,45 +152,52 @@ impl Session {
                 debug!(statement = %name, table = %table, "prepared before the reload: prepared again at its next Bind");
                 // Its full form, if any, is closed with it when it is prepared again (inside
                 // the client's batch).
-                self.guard.mark_stale(name.as_bytes(), text, types);
+                self.mark_stale(name.as_bytes(), text, types);
             }
         }
         if !deallocate.is_empty() {
-            self.send_catalog_batch(deallocate, false, None);
+            self.send_catalog_batch(cx, deallocate, false, None);
         }
     }
 
-    /// Prepares statement `name` again first when it is stale (see [`Session::reprepare`]),
+    /// Prepares statement `name` again first when it is stale (see [`GuardState::reprepare`]),
     /// ahead of a `Bind` or `Describe` of it. This holds with no guard left too: a reload that
     /// removed the last one leaves an unnamed statement that stood for a kept one stale.
-    pub(super) fn prepare_stale(&mut self, name: &[u8]) -> Option<Parsed> {
-        if self.guard.stale.is_empty() {
+    pub(super) fn prepare_stale(&mut self, cx: &mut Cx<'_>, name: &[u8]) -> Option<Parsed> {
+        if self.stale.is_empty() {
             return None;
         }
-        let stale = self.guard.stale.remove(name)?;
-        Some(self.reprepare(name, &stale))
+        let stale = self.stale.remove(name)?;
+        Some(self.reprepare(cx, name, &stale))
     }
 
     /// Prepares a stale statement again under the current guards, ahead of the client's
     /// `Bind`: `Close` then the rewritten `Parse`, their replies hidden. Returns `Refused`
     /// when the statement is refused instead (the refusal then answers the `Bind`).
-    pub(super) fn reprepare(&mut self, name: &[u8], stale: &StaleStatement) -> Parsed {
+    pub(super) fn reprepare(
+        &mut self,
+        cx: &mut Cx<'_>,
+        name: &[u8],
+        stale: &StaleStatement,
+    ) -> Parsed {
         if let Some(old) = &stale.old {
-            self.close_full_variant(old);
+            self.close_full_variant(cx, old);
         }
-        fe::write_close(&mut self.to_server, b'S', name);
-        self.replies
+        fe::write_close(&mut cx.out.to_server, b'S', name);
+        cx.out
+            .replies
             .push(Pending::Close(Some(Box::new(Tag::Hidden))));
         let hidden = Some(Box::new(Tag::Hidden));
-        let done = self.parse_guarded(name, &stale.text, &stale.types, hidden, false);
+        let done = self.parse_guarded(cx, name, &stale.text, &stale.types, hidden, false);
         if done == Parsed::Passed {
             fe::write_parse(
-                &mut self.to_server,
+                &mut cx.out.to_server,
                 name,
                 stale.text.as_bytes(),
                 &stale.types,
             );
-            self.replies
+            cx.out
+                .replies
                 .push(Pending::Parse(Some(Box::new(Tag::Hidden))));
         }
         done

@@ -12,15 +12,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::guarded::Ident;
-use super::handshake::{self, ClientStream};
-use super::{Settings, Shared, upstream};
-use crate::admin::{AdminContext, execute};
+use super::console::{AdminContext, execute};
+use super::state::AdminState;
+use crate::engine::{Ident, Settings};
 use crate::protocol::startup::encode_startup;
 use crate::protocol::{self, backend as be, frontend as fe};
+use crate::relay::handshake::{self, ClientStream};
+use crate::relay::{Shared, upstream};
 
-/// The database name that opens the console.
-pub const ADMIN_DATABASE: &str = "optlock";
 /// The upstream database the console's logins are checked against.
 const LOGIN_DATABASE: &str = "postgres";
 
@@ -31,6 +30,7 @@ pub async fn serve(
     ident: Ident,
     shared: Arc<Shared>,
     settings: Arc<Settings>,
+    admin: AdminState,
 ) {
     let config = &settings.config;
     if !config.admin_users.iter().any(|u| u == &ident.user) {
@@ -56,7 +56,7 @@ pub async fn serve(
     let mut upstream = match upstream::connect(config).await {
         Ok(s) => s,
         Err(message) => {
-            shared.admin.metrics.upstream_connect_failed();
+            admin.metrics.upstream_connect_failed();
             handshake::send_fatal(&mut stream, "08006", &message).await;
             return;
         }
@@ -140,9 +140,9 @@ pub async fn serve(
         let for_config = shared.clone();
         let for_reload = shared.clone();
         AdminContext::new(
-            shared.admin.metrics.clone(),
-            shared.admin.sessions.clone(),
-            shared.admin.conflicts.clone(),
+            admin.metrics.clone(),
+            admin.sessions.clone(),
+            admin.conflicts.clone(),
             move || for_config.settings().config.clone(),
             move || for_reload.reload(),
         )

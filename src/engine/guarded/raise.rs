@@ -5,15 +5,16 @@
 //! sends a hidden `DO` block whose `RAISE` produces it, then removes the PL/pgSQL context
 //! before the client sees it.
 
+use super::GuardState;
+use super::cx::Cx;
 use bytes::BytesMut;
 use tracing::warn;
 
-use super::super::replies::Pending;
-use super::super::session::Session;
 use super::Tag;
-use crate::admin::Outcome;
-use crate::admin::conflicts::Conflict;
 use crate::config::TableName;
+use crate::engine::replies::Pending;
+use crate::events::Conflict;
+use crate::events::Outcome;
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
 use crate::guard::values::quote_literal;
 use crate::guard::{GuardSet, GuardedWrite, table_id};
@@ -81,7 +82,7 @@ pub fn raise_fields_block(fields: &[(u8, String)]) -> String {
     format!("DO ${tag}${body}${tag}$")
 }
 
-impl Session {
+impl GuardState {
     /// A refused write to `table`: the block that raises the refusal, and its context.
     pub(super) fn refusal(&self, table: &TableName, refusal: Refusal) -> (String, RaiseCtx) {
         let block = raise_fields_block(&conflict::refusal_fields(table, &refusal));
@@ -90,9 +91,9 @@ impl Session {
 
     /// The refusal of a text that is not UTF-8 and may write a guarded table (the first one
     /// whose name it seems to hold).
-    pub(super) fn not_utf8_refusal(&self, sql: &[u8]) -> (String, RaiseCtx) {
+    pub(super) fn not_utf8_refusal(&self, cx: &Cx<'_>, sql: &[u8]) -> (String, RaiseCtx) {
         let lower = String::from_utf8_lossy(sql).to_lowercase();
-        let guards = &self.settings.guards.guards;
+        let guards = &cx.settings.guards.guards;
         let table = guards
             .iter()
             .find(|g| lower.contains(&g.table.name.to_lowercase()))
@@ -101,7 +102,7 @@ impl Session {
             .clone();
         let refusal = Refusal::Unsupported(format!(
             "the statement text is not valid UTF-8 (client_encoding {}), so optlock cannot analyse it; use client_encoding UTF8",
-            self.params.client_encoding
+            cx.params.client_encoding
         ));
         self.refusal(&table, refusal)
     }
@@ -114,12 +115,13 @@ impl Session {
     /// the transaction is already aborted (the write fails on its own there).
     pub(super) fn cte_lock_check(
         &self,
+        cx: &Cx<'_>,
         guards: &GuardSet,
         w: &GuardedWrite,
         expected: Option<&str>,
         key: Option<&[String]>,
     ) -> Option<(String, RaiseCtx)> {
-        if !w.splice.in_cte || self.tx_status == b'E' {
+        if !w.splice.in_cte || cx.tx_status == b'E' {
             return None;
         }
         let info = ConflictInfo::of(
@@ -127,32 +129,37 @@ impl Session {
             Some(key?.to_vec()),
             expected?.to_string(),
         );
-        let block = conflict::lock_or_raise_block(&info, &self.settings.config.conflict_sqlstate);
+        let block = conflict::lock_or_raise_block(&info, &cx.settings.config.conflict_sqlstate);
         Some((block, RaiseCtx::conflict(info, None)))
     }
 
     /// Queues a raise in the extended protocol: the block runs as the proxy's own statement and
     /// portal, and the batch waits for its outcome.
-    pub(super) fn send_extended_raise(&mut self, block: &str, ctx: RaiseCtx) {
-        fe::write_run(&mut self.to_server, RAISE_NAME, block.as_bytes());
-        fe::write_simple(&mut self.to_server, fe::FLUSH);
+    pub(super) fn send_extended_raise(&mut self, cx: &mut Cx<'_>, block: &str, ctx: RaiseCtx) {
+        fe::write_run(&mut cx.out.to_server, RAISE_NAME, block.as_bytes());
+        fe::write_simple(&mut cx.out.to_server, fe::FLUSH);
         for _ in 0..2 {
-            self.replies
+            cx.out
+                .replies
                 .push(Pending::Close(Some(Box::new(Tag::Hidden))));
         }
-        self.replies
+        cx.out
+            .replies
             .push(Pending::Parse(Some(Box::new(Tag::Hidden))));
-        self.replies
+        cx.out
+            .replies
             .push(Pending::Bind(Some(Box::new(Tag::Hidden))));
-        self.replies
+        cx.out
+            .replies
             .push(Pending::Execute(Some(Box::new(Tag::Raise(Box::new(ctx))))));
-        self.hold_client = true;
+        cx.out.hold_client = true;
     }
 
     /// Queues a raise as a simple query (inside a simple-Query script).
-    pub(super) fn send_simple_raise(&mut self, block: &str, ctx: RaiseCtx) {
-        fe::write_query(&mut self.to_server, block.as_bytes());
-        self.replies
+    pub(super) fn send_simple_raise(&mut self, cx: &mut Cx<'_>, block: &str, ctx: RaiseCtx) {
+        fe::write_query(&mut cx.out.to_server, block.as_bytes());
+        cx.out
+            .replies
             .push(Pending::Simple(Some(Box::new(Tag::Raise(Box::new(ctx))))));
     }
 
@@ -160,20 +167,21 @@ impl Session {
     /// gets the conflict error in place of the server's, logged and counted as any conflict.
     pub(super) fn deliver_conflict(
         &mut self,
+        cx: &mut Cx<'_>,
         (info, raised): (ConflictInfo, conflict::RaisedInWrite),
     ) {
         let fields =
-            conflict::conflict_fields(&info, &raised, &self.settings.config.conflict_sqlstate);
-        be::write_error_fields(&mut self.to_client, fields);
-        self.log_conflict(&info, Some(raised.found));
+            conflict::conflict_fields(&info, &raised, &cx.settings.config.conflict_sqlstate);
+        be::write_error_fields(&mut cx.out.to_client, fields);
+        self.log_conflict(cx, &info, Some(raised.found));
     }
 
     /// The raise's error reached the proxy: forward it without the PL/pgSQL context, log it,
     /// count it.
-    pub(super) fn deliver_raised_error(&mut self, msg: &[u8], ctx: &RaiseCtx) {
+    pub(super) fn deliver_raised_error(&mut self, cx: &mut Cx<'_>, msg: &[u8], ctx: &RaiseCtx) {
         let body = &msg[5..];
         be::write_without_fields(
-            &mut self.to_client,
+            &mut cx.out.to_client,
             be::ERROR_RESPONSE,
             body,
             conflict::HIDDEN_FIELDS,
@@ -184,9 +192,9 @@ impl Session {
             let found = field(b'D')
                 .rsplit_once("found ")
                 .map(|(_, f)| f.trim().to_string());
-            self.log_conflict(info, found);
+            self.log_conflict(cx, info, found);
         } else {
-            let ident = &self.guard.ident;
+            let ident = &self.ident;
             warn!(
                 table = %ctx.table,
                 reason = %field(b'M'),
@@ -195,19 +203,16 @@ impl Session {
                 application_name = %ident.application_name,
                 "guarded write refused"
             );
-            self.shared
-                .admin
-                .metrics
-                .guarded(table_id(&ctx.table), Outcome::Refused);
+            cx.events.guarded(table_id(&ctx.table), Outcome::Refused);
         }
     }
 
     /// Logs, counts and records a conflict the client was given; `found` is the version the
     /// row was found at (None: the row is gone).
-    fn log_conflict(&mut self, info: &ConflictInfo, found: Option<String>) {
+    fn log_conflict(&mut self, cx: &mut Cx<'_>, info: &ConflictInfo, found: Option<String>) {
         let table = info.table.to_string();
         let key = info.key_text();
-        let ident = &self.guard.ident;
+        let ident = &self.ident;
         warn!(
             table = %table,
             key = %key,
@@ -218,11 +223,8 @@ impl Session {
             application_name = %ident.application_name,
             "optimistic lock conflict"
         );
-        self.shared
-            .admin
-            .metrics
-            .guarded(table_id(&info.table), Outcome::Conflict);
-        self.shared.admin.conflicts.record(Conflict {
+        cx.events.guarded(table_id(&info.table), Outcome::Conflict);
+        cx.events.conflict(Conflict {
             at: std::time::SystemTime::now(),
             table,
             key,

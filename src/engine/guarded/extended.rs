@@ -12,19 +12,20 @@
 //! `Bind` in view is sent as written (with its bump), and a named statement is prepared both as
 //! written and, under a name of the proxy's, in full; each `Bind` picks the form it needs.
 
+use super::GuardState;
+use super::cx::Cx;
 use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
 
-use super::super::replies::Pending;
-use super::super::session::Session;
 use super::kept::Kept;
 use super::pinned::{ReadCheck, param_text};
 use super::raise::RaiseCtx;
 use super::reads::{Col, ReadPlan, canonical, result_format_codes};
 use super::simple::{Plan, WriteCheck};
 use super::{AfterSync, Tag};
-use crate::admin::Outcome;
+use crate::engine::replies::Pending;
+use crate::events::Outcome;
 use crate::guard::conflict::{self, Refusal};
 use crate::guard::rewrite::Expected;
 use crate::guard::{
@@ -32,7 +33,7 @@ use crate::guard::{
 };
 use crate::protocol::{backend as be, frontend as fe};
 
-/// What [`Session::parse_guarded`] did with a statement.
+/// What [`GuardState::parse_guarded`] did with a statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parsed {
     /// Not a guarded write: nothing sent.
@@ -92,7 +93,7 @@ pub struct PreparedWrite {
     /// or in full after going lean).
     pub text: String,
     /// The statement went to the server without version check or `RETURNING` (see
-    /// [`Session::lean_parse`]): a `Bind` of a row the session tracks prepares it again in full
+    /// [`GuardState::lean_parse`]): a `Bind` of a row the session tracks prepares it again in full
     /// first.
     pub lean: bool,
     /// A named statement goes to the server as the client wrote it (bumped where the version
@@ -237,44 +238,43 @@ impl Tag {
     }
 
     /// True for a guarded write that changes nothing when it matches no row (see
-    /// [`Session::quiet_without_rows`]).
+    /// [`GuardState::quiet_without_rows`]).
     pub fn quiet_without_rows(&self) -> bool {
         matches!(self, Tag::Execute(p) if p.write.as_ref().is_some_and(|w| w.quiet_without_rows))
     }
 }
 
-impl Session {
+impl GuardState {
     /// A `Parse`. Returns true when the guard sent it itself: rewritten, replaced by a
     /// refusal, or as written but tagged, when it changes what the session knows of the name.
-    pub(in crate::relay) fn guard_parse(&mut self, msg: &[u8]) -> Result<bool, String> {
+    pub fn guard_parse(&mut self, cx: &mut Cx<'_>, msg: &[u8]) -> Result<bool, String> {
         let body = &msg[5..];
-        if !self.guards_active() {
+        if !self.guards_active(cx) {
             // What a reload left of the name (a statement prepared under the guards, or one
             // to prepare again) is replaced by the client's new statement.
-            let left = !self.guard.statements.is_empty() || !self.guard.stale.is_empty();
+            let left = !self.statements.is_empty() || !self.stale.is_empty();
             if left && let Some(name) = fe::parse_name(body) {
-                self.forget_statement(name);
+                self.forget_statement(cx, name);
             }
             return Ok(false);
         }
         let Some(name) = fe::parse_name(body) else {
             return Ok(false);
         };
-        let before = match self.guard.statements.is_empty() {
+        let before = match self.statements.is_empty() {
             true => None,
-            false => self.guard.statements.remove(name),
+            false => self.statements.remove(name),
         };
-        if !self.guard.stale.is_empty() {
-            self.guard.stale.remove(name);
+        if !self.stale.is_empty() {
+            self.stale.remove(name);
         }
-        let guards = self.settings.guards.clone();
+        let guards = cx.settings.guards.clone();
         let Some(p) = fe::parse(body) else {
             return Ok(false);
         };
-        let found = self.guard.found_in_parse(p.query, &guards.prefilter);
+        let found = self.found_in_parse(p.query, &guards.prefilter);
         if found.session {
-            self.guard
-                .on_session_command(p.query, self.tx_status == b'E');
+            self.on_session_command(p.query, cx.tx_status == b'E');
         }
         let may_write = found.may_write_guarded();
         if !may_write && !found.name && before.is_none() {
@@ -292,10 +292,10 @@ impl Session {
         let reply = || Some(Box::new(Tag::Parsed(undo.clone())));
         let parsed = match std::str::from_utf8(p.query) {
             _ if !may_write => Parsed::Passed,
-            Ok(sql) => self.parse_guarded(p.name, sql, &p.param_types, reply(), true),
+            Ok(sql) => self.parse_guarded(cx, p.name, sql, &p.param_types, reply(), true),
             Err(_) => {
-                let (block, ctx) = self.not_utf8_refusal(p.query);
-                self.send_extended_raise(&block, ctx);
+                let (block, ctx) = self.not_utf8_refusal(cx, p.query);
+                self.send_extended_raise(cx, &block, ctx);
                 Parsed::Refused
             }
         };
@@ -305,8 +305,8 @@ impl Session {
                 if found.name {
                     self.prepare_read(&p, &guards);
                 }
-                self.to_server.extend_from_slice(msg);
-                self.replies.push(Pending::Parse(reply()));
+                cx.out.to_server.extend_from_slice(msg);
+                cx.out.replies.push(Pending::Parse(reply()));
                 self.noted_after_parse(&undo);
             }
             Parsed::Rewritten => {
@@ -316,7 +316,7 @@ impl Session {
             // knows.
             Parsed::Refused => {
                 if let Some(before) = &undo.before {
-                    self.guard.statements.insert(name.into(), before.clone());
+                    self.statements.insert(name.into(), before.clone());
                 }
             }
         }
@@ -329,14 +329,15 @@ impl Session {
     /// whose first `Bind` is already in view may go without version check.
     pub(super) fn parse_guarded(
         &mut self,
+        cx: &mut Cx<'_>,
         name: &[u8],
         sql: &str,
         param_types: &[u32],
         mut reply: super::StmtTag,
         may_lean: bool,
     ) -> Parsed {
-        let guards = self.settings.guards.clone();
-        let analysis = self.guard.cache.get_or_analyze(sql, &guards);
+        let guards = cx.settings.guards.clone();
+        let analysis = self.cache.get_or_analyze(sql, &guards);
         let [statement] = analysis.statements.as_slice() else {
             // Several statements: the server refuses them in a prepared statement.
             return Parsed::Passed;
@@ -345,7 +346,7 @@ impl Session {
             Action::Pass { .. } => Parsed::Passed,
             Action::Refuse { table, reason } => {
                 let (block, ctx) = self.refusal(table, Refusal::Unsupported(reason.clone()));
-                self.send_extended_raise(&block, ctx);
+                self.send_extended_raise(cx, &block, ctx);
                 Parsed::Refused
             }
             Action::Write(w) => {
@@ -355,33 +356,39 @@ impl Session {
                     && w.pinned.is_none()
                     && matches!(w.target, Target::Key(_))
                 {
-                    self.parse_named_lean(name, sql, param_types, reply, &guards, w);
+                    self.parse_named_lean(cx, name, sql, param_types, reply, &guards, w);
                     return Parsed::Rewritten;
                 }
                 let full = |server_name: Option<Box<[u8]>>| {
                     full_form(sql, param_types, &guards, w, server_name)
                 };
-                let lean = may_lean && self.lean_parse(name, w, param_types);
+                let lean = may_lean && self.lean_parse(cx, name, w, param_types);
                 // A write that goes lean is planned as the client wrote it; one in full may be
                 // kept prepared.
                 if !lean
                     && name.is_empty()
-                    && self.parse_kept(sql, param_types, &mut reply, |n| full(Some(n)), &guards, w)
+                    && self.parse_kept(
+                        cx,
+                        sql,
+                        param_types,
+                        &mut reply,
+                        |n| full(Some(n)),
+                        &guards,
+                        w,
+                    )
                 {
                     return Parsed::Rewritten;
                 }
                 let prepared = if lean {
-                    self.parse_as_written(name, sql, param_types, &guards, w);
+                    self.parse_as_written(cx, name, sql, param_types, &guards, w);
                     prepared_write(sql, param_types, &guards, w, None, 0, true)
                 } else {
                     let (prepared, text) = full(None);
-                    fe::write_parse(&mut self.to_server, name, text.as_bytes(), param_types);
+                    fe::write_parse(&mut cx.out.to_server, name, text.as_bytes(), param_types);
                     prepared
                 };
-                self.replies.push(Pending::Parse(reply));
-                self.guard
-                    .statements
-                    .insert(name.into(), Arc::new(prepared));
+                cx.out.replies.push(Pending::Parse(reply));
+                self.statements.insert(name.into(), Arc::new(prepared));
                 Parsed::Rewritten
             }
         }
@@ -392,6 +399,7 @@ impl Session {
     /// [`PreparedWrite::full`]).
     fn parse_named_lean(
         &mut self,
+        cx: &mut Cx<'_>,
         name: &[u8],
         sql: &str,
         param_types: &[u32],
@@ -399,20 +407,21 @@ impl Session {
         guards: &Arc<GuardSet>,
         w: &Arc<GuardedWrite>,
     ) {
-        self.parse_as_written(name, sql, param_types, guards, w);
-        self.replies.push(Pending::Parse(reply));
-        self.guard.full_variants += 1;
-        let full_name = format!("{FULL_VARIANT_PREFIX}{}", self.guard.full_variants);
+        self.parse_as_written(cx, name, sql, param_types, guards, w);
+        cx.out.replies.push(Pending::Parse(reply));
+        self.full_variants += 1;
+        let full_name = format!("{FULL_VARIANT_PREFIX}{}", self.full_variants);
         let extra = w.max_param.max(param_types.len() as u16) + 1;
         let mut text = String::with_capacity(sql.len() + 128);
         w.render_with(sql, guards, Expected::Param(extra), true, &mut text);
         fe::write_parse(
-            &mut self.to_server,
+            &mut cx.out.to_server,
             full_name.as_bytes(),
             text.as_bytes(),
             param_types,
         );
-        self.replies
+        cx.out
+            .replies
             .push(Pending::Parse(Some(Box::new(Tag::Hidden))));
         let prepared = Prepared {
             declared_types: param_types.to_vec(),
@@ -432,15 +441,14 @@ impl Session {
             }),
             ..Prepared::default()
         };
-        self.guard
-            .statements
-            .insert(name.into(), Arc::new(prepared));
+        self.statements.insert(name.into(), Arc::new(prepared));
     }
 
     /// Sends a `Parse` of a guarded write as the client wrote it, with its bump where the
     /// version kind needs one: no version check, no `RETURNING`.
     fn parse_as_written(
         &mut self,
+        cx: &mut Cx<'_>,
         name: &[u8],
         sql: &str,
         param_types: &[u32],
@@ -450,9 +458,9 @@ impl Session {
         if w.adds_bump(guards) {
             let mut text = String::with_capacity(sql.len() + 64);
             w.render_with(sql, guards, Expected::None, false, &mut text);
-            fe::write_parse(&mut self.to_server, name, text.as_bytes(), param_types);
+            fe::write_parse(&mut cx.out.to_server, name, text.as_bytes(), param_types);
         } else {
-            fe::write_parse(&mut self.to_server, name, sql.as_bytes(), param_types);
+            fe::write_parse(&mut cx.out.to_server, name, sql.as_bytes(), param_types);
         }
     }
 
@@ -462,29 +470,35 @@ impl Session {
     /// goes without predicate and `RETURNING` (with its bump where the version kind needs
     /// one), which spares the server planning them on every execution. A later `Bind` of a row
     /// the session does track (or may, by then) prepares the statement again in full
-    /// ([`Session::unlean`]).
-    fn lean_parse(&mut self, name: &[u8], w: &GuardedWrite, param_types: &[u32]) -> bool {
+    /// ([`GuardState::unlean`]).
+    fn lean_parse(
+        &mut self,
+        cx: &mut Cx<'_>,
+        name: &[u8],
+        w: &GuardedWrite,
+        param_types: &[u32],
+    ) -> bool {
         if !name.is_empty() || w.pinned.is_some() || w.op == WriteOp::Upsert {
             return false;
         }
         let Target::Key(vals) = &w.target else {
             return false;
         };
-        if self.rows_may_come() {
+        if self.rows_may_come(cx) {
             return false;
         }
-        let Ok(Some(h)) = crate::protocol::peek_header(&self.client_in, usize::MAX) else {
+        let Ok(Some(h)) = crate::protocol::peek_header(&cx.lookahead, usize::MAX) else {
             return false;
         };
-        if h.tag != fe::BIND || self.client_in.len() < h.size {
+        if h.tag != fe::BIND || cx.lookahead.len() < h.size {
             return false;
         }
-        let body = &self.client_in[5..h.size];
+        let body = &cx.lookahead[5..h.size];
         if !fe::bind_names(body).is_some_and(|(_, statement)| statement.is_empty()) {
             return false;
         }
-        let table = self.settings.guards.table_ids[w.guard];
-        if !self.guard.tracker.tracks_table(table) {
+        let table = cx.settings.guards.table_ids[w.guard];
+        if !self.tracker.tracks_table(table) {
             return true;
         }
         let Some(b) = fe::bind(body) else {
@@ -497,8 +511,8 @@ impl Session {
     /// True while a reply still to come may start tracking rows (a read earlier in the
     /// pipeline): a row untracked now may be tracked by the time a write of it runs, and only
     /// a write with its `RETURNING` then tells the session the row's new version.
-    pub(super) fn rows_may_come(&self) -> bool {
-        self.replies.iter().any(|p| match p {
+    pub(super) fn rows_may_come(&self, cx: &Cx<'_>) -> bool {
+        cx.out.replies.iter().any(|p| match p {
             Pending::Simple(_) => true,
             Pending::Execute(tag) => tag.is_some(),
             _ => false,
@@ -510,7 +524,7 @@ impl Session {
         let Some(key) = key else {
             return false;
         };
-        self.guard.tracker.expected(table, &key).is_some()
+        self.tracker.expected(table, &key).is_some()
     }
 
     /// A `Bind` of a statement that went lean, for a row the session tracks: the statement is
@@ -518,6 +532,7 @@ impl Session {
     /// statement.
     fn unlean(
         &mut self,
+        cx: &mut Cx<'_>,
         statement: &[u8],
         prepared: Arc<Prepared>,
         b: &fe::Bind<'_>,
@@ -530,7 +545,7 @@ impl Session {
         };
         let table = pw.guards.table_ids[pw.write.guard];
         let key = self.key_text(pw.write.guard, vals, Some((b, &prepared.param_types())));
-        if !self.rows_may_come() && !self.is_tracked(table, key) {
+        if !self.rows_may_come(cx) && !self.is_tracked(table, key) {
             return prepared;
         }
         let text = pw.text.clone();
@@ -543,13 +558,13 @@ impl Session {
             kept: OnceLock::new(),
         });
         let reply = Some(Box::new(Tag::Parsed(undo.clone())));
-        self.parse_guarded(statement, &text, &types, reply, false);
+        self.parse_guarded(cx, statement, &text, &types, reply, false);
         self.noted_after_parse(&undo).unwrap_or(prepared)
     }
 
     /// Notes in `undo` what the `Parse` just handled left under its name, and returns it.
     fn noted_after_parse(&mut self, undo: &ParseUndo) -> Option<Arc<Prepared>> {
-        let after = self.guard.statements.get(&undo.name[..]).cloned()?;
+        let after = self.statements.get(&undo.name[..]).cloned()?;
         let _ = undo.after.set(after.clone());
         Some(after)
     }
@@ -557,11 +572,11 @@ impl Session {
     /// A `Parse` tagged with `undo` was skipped (`answered` false) or failed: what the session
     /// knows of the name goes back to what the server has, unless a later `Parse` or `Close`
     /// of the name changed it since.
-    pub(in crate::relay) fn undo_parse(&mut self, undo: &ParseUndo, answered: bool) {
+    pub fn undo_parse(&mut self, undo: &ParseUndo, answered: bool) {
         if let Some(kept) = undo.kept.get() {
-            self.guard.kept_not_prepared(kept);
+            self.kept_not_prepared(kept);
         }
-        let current = self.guard.statements.get(&undo.name[..]);
+        let current = self.statements.get(&undo.name[..]);
         let unchanged_since = match (current, undo.after.get()) {
             (Some(current), Some(after)) => Arc::ptr_eq(current, after),
             (None, None) => true,
@@ -572,42 +587,40 @@ impl Session {
         }
         match &undo.before {
             Some(before) if !(answered && undo.name.is_empty()) => {
-                self.guard
-                    .statements
-                    .insert(undo.name.clone(), before.clone());
+                self.statements.insert(undo.name.clone(), before.clone());
             }
             _ => {
-                self.guard.statements.remove(&undo.name[..]);
+                self.statements.remove(&undo.name[..]);
             }
         }
     }
 
     /// A `Bind`. Returns true when the guard sent it (with the expected version, or replaced
     /// by a refusal).
-    pub(in crate::relay) fn guard_bind(&mut self, msg: &[u8]) -> Result<bool, String> {
-        if !self.guards_active() && self.guard.stale.is_empty() {
+    pub fn guard_bind(&mut self, cx: &mut Cx<'_>, msg: &[u8]) -> Result<bool, String> {
+        if !self.guards_active(cx) && self.stale.is_empty() {
             return Ok(false);
         }
         let body = &msg[5..];
         let Some((portal, statement)) = fe::bind_names(body) else {
             return Ok(false);
         };
-        if !self.guard.portals.is_empty() {
-            self.guard.portals.remove(portal);
+        if !self.portals.is_empty() {
+            self.portals.remove(portal);
         }
-        if self.prepare_stale(statement) == Some(Parsed::Refused) {
+        if self.prepare_stale(cx, statement) == Some(Parsed::Refused) {
             return Ok(true);
         }
-        if !self.guards_active() {
+        if !self.guards_active(cx) {
             return Ok(false);
         }
-        let Some(prepared) = self.guard.statements.get(statement).cloned() else {
+        let Some(prepared) = self.statements.get(statement).cloned() else {
             return Ok(false);
         };
         if let Some(pw) = &prepared.write
-            && self.expects_nothing(&pw.guards, &pw.write)
+            && self.expects_nothing(cx, &pw.guards, &pw.write)
         {
-            return Ok(self.bind_unchecked(portal, body, pw));
+            return Ok(self.bind_unchecked(cx, portal, body, pw));
         }
         // A read not followed whose result is known to carry no guarded key and version: its
         // portal needs nothing.
@@ -616,20 +629,20 @@ impl Session {
             && prepared
                 .pinned
                 .as_ref()
-                .is_none_or(|read| !self.follows_read(&self.settings.guards, read))
+                .is_none_or(|read| !self.follows_read(cx, &cx.settings.guards, read))
         {
             return Ok(false);
         }
         let Some(b) = fe::bind(body) else {
             return Ok(false);
         };
-        let prepared = self.unlean(statement, prepared, &b);
+        let prepared = self.unlean(cx, statement, prepared, &b);
         let Some(pw) = &prepared.write else {
-            let guards = self.settings.guards.clone();
+            let guards = cx.settings.guards.clone();
             let pinned = prepared
                 .pinned
                 .as_ref()
-                .filter(|read| self.follows_read(&guards, read))
+                .filter(|read| self.follows_read(cx, &guards, read))
                 .and_then(|read| {
                     let types = prepared.param_types();
                     self.read_check(&guards, read, Some((&b, &types)))
@@ -640,13 +653,11 @@ impl Session {
                 result_formats: b.result_formats.into(),
                 ..Portal::default()
             };
-            self.guard
-                .portals
-                .insert(portal.into(), Arc::new(portal_info));
+            self.portals.insert(portal.into(), Arc::new(portal_info));
             return Ok(false);
         };
         let w = &pw.write;
-        let rg = self.guard.resolved.get(w.guard);
+        let rg = self.resolved.get(w.guard);
         let types = prepared.param_types();
         let bound = Some((&b, types.as_slice()));
         let key: Option<Vec<String>> = match &w.target {
@@ -665,7 +676,7 @@ impl Session {
         let (expected, key) = match self.plan_write(&guards, w, key, pinned) {
             Plan::Refuse(refusal) => {
                 let (block, ctx) = self.refusal(&guards.guards[w.guard].table, refusal);
-                self.send_extended_raise(&block, ctx);
+                self.send_extended_raise(cx, &block, ctx);
                 return Ok(true);
             }
             Plan::Send { expected, key } => (expected, key),
@@ -673,18 +684,16 @@ impl Session {
         // A write inside WITH: its row is checked and locked first, in the batch's
         // transaction (implicit up to the Sync, or the client's own).
         if let Some((block, ctx)) =
-            self.cte_lock_check(&guards, w, expected.as_deref(), key.as_deref())
+            self.cte_lock_check(cx, &guards, w, expected.as_deref(), key.as_deref())
         {
-            self.send_extended_raise(&block, ctx);
+            self.send_extended_raise(cx, &block, ctx);
         }
         let (b, extra, added) = match &pw.full {
             // A named statement that went lean: bound as it is unless this `Bind` checks a
             // version, a reply still to come may make the session track the row, or the write
             // is inside `WITH` (its portal forgets what it may have changed).
-            Some(_) if expected.is_none() && !self.rows_may_come() && !w.splice.in_cte => {
-                self.shared
-                    .admin
-                    .metrics
+            Some(_) if expected.is_none() && !self.rows_may_come(cx) && !w.splice.in_cte => {
+                cx.events
                     .guarded(guards.table_ids[w.guard], Outcome::Rewritten);
                 return Ok(false);
             }
@@ -706,22 +715,17 @@ impl Session {
             ),
         };
         let extra = extra.map(|_| expected.as_deref().map(str::as_bytes));
-        fe::write_bind_rewritten(&mut self.to_server, &b, extra, added);
-        self.replies.push(Pending::Bind(None));
+        fe::write_bind_rewritten(&mut cx.out.to_server, &b, extra, added);
+        cx.out.replies.push(Pending::Bind(None));
         let codes = result_format_codes(b.result_formats);
         let our_format = if codes.len() == 1 { codes[0] } else { 0 };
         // The proxy's columns are read with the types the catalog gave: none before the
         // guard is resolved (right after a reload), and the write then forgets its row.
-        let plan = self
-            .guard
-            .resolved
-            .get(w.guard)
-            .filter(|_| added > 0)
-            .map(|rg| {
-                let mut types = rg.key_types.clone();
-                types.push(version_type);
-                ReadPlan::returning(guards.table_ids[w.guard], &types, our_format)
-            });
+        let plan = self.resolved.get(w.guard).filter(|_| added > 0).map(|rg| {
+            let mut types = rg.key_types.clone();
+            types.push(version_type);
+            ReadPlan::returning(guards.table_ids[w.guard], &types, our_format)
+        });
         let bound = WriteCheck {
             guards: guards.clone(),
             guard: w.guard,
@@ -742,16 +746,20 @@ impl Session {
     }
 
     /// The `Bind` of a write that expects no version, whatever row it binds
-    /// ([`Session::expects_nothing`]), so no key is decoded. It is sent with a NULL for the
+    /// ([`GuardState::expects_nothing`]), so no key is decoded. It is sent with a NULL for the
     /// proxy's version parameter, if the statement has one, and its portal hides the proxy's
     /// `RETURNING` columns; a statement with neither (a lean one) needs no portal, and its
     /// `Bind` goes as it is. Returns true when the guard sent it.
-    fn bind_unchecked(&mut self, portal: &[u8], body: &[u8], pw: &PreparedWrite) -> bool {
+    fn bind_unchecked(
+        &mut self,
+        cx: &mut Cx<'_>,
+        portal: &[u8],
+        body: &[u8],
+        pw: &PreparedWrite,
+    ) -> bool {
         let w = &pw.write;
         if pw.extra.is_none() && pw.added == 0 && pw.server_name.is_none() {
-            self.shared
-                .admin
-                .metrics
+            cx.events
                 .guarded(pw.guards.table_ids[w.guard], Outcome::Rewritten);
             return false;
         }
@@ -762,8 +770,8 @@ impl Session {
             statement: pw.server_name.as_deref().unwrap_or(b.statement),
             ..b
         };
-        fe::write_bind_rewritten(&mut self.to_server, &b, pw.extra.map(|_| None), pw.added);
-        self.replies.push(Pending::Bind(None));
+        fe::write_bind_rewritten(&mut cx.out.to_server, &b, pw.extra.map(|_| None), pw.added);
+        cx.out.replies.push(Pending::Bind(None));
         let check = WriteCheck {
             guards: pw.guards.clone(),
             guard: w.guard,
@@ -783,7 +791,7 @@ impl Session {
 
     /// Remembers the portal of a guarded write.
     fn write_portal(&mut self, portal: &[u8], check: WriteCheck, result_formats: &[u8]) {
-        self.guard.portals.insert(
+        self.portals.insert(
             portal.into(),
             Arc::new(Portal {
                 write: Some(check),
@@ -795,29 +803,24 @@ impl Session {
 
     /// A `Describe`: tagged when its reply may need changing or reading. Returns true with
     /// the tag when the guard sent it (to a kept statement).
-    pub(in crate::relay) fn guard_describe(&mut self, body: &[u8]) -> (super::StmtTag, bool) {
-        if !self.guards_active() && self.guard.stale.is_empty() {
+    pub fn guard_describe(&mut self, cx: &mut Cx<'_>, body: &[u8]) -> (super::StmtTag, bool) {
+        if !self.guards_active(cx) && self.stale.is_empty() {
             return (None, false);
         }
         let Some((kind, name)) = fe::target(body) else {
             return (None, false);
         };
         // A refused statement's error answers first; the server then skips the `Describe`.
-        if (kind == b'S' && self.prepare_stale(name) == Some(Parsed::Refused))
-            || !self.guards_active()
+        if (kind == b'S' && self.prepare_stale(cx, name) == Some(Parsed::Refused))
+            || !self.guards_active(cx)
         {
             return (None, false);
         }
         if kind == b'P' {
-            let tag = self
-                .guard
-                .portals
-                .get(name)
-                .cloned()
-                .map(Tag::DescribePortal);
+            let tag = self.portals.get(name).cloned().map(Tag::DescribePortal);
             return (tag.map(Box::new), false);
         }
-        let Some(prepared) = self.guard.statements.get(name).cloned() else {
+        let Some(prepared) = self.statements.get(name).cloned() else {
             return (None, false);
         };
         let server_name = prepared
@@ -825,23 +828,21 @@ impl Session {
             .as_ref()
             .and_then(|w| w.server_name.as_deref());
         if let Some(server_name) = server_name {
-            fe::write_describe(&mut self.to_server, b'S', server_name);
+            fe::write_describe(&mut cx.out.to_server, b'S', server_name);
         }
         let sent = server_name.is_some();
         (Some(Box::new(Tag::DescribeStatement(prepared))), sent)
     }
 
     /// An `Execute`: tagged when the portal's rows or row count matter to the guard.
-    pub(in crate::relay) fn guard_execute(&mut self, body: &[u8]) -> super::StmtTag {
-        if self.guard.portals.is_empty() {
+    pub fn guard_execute(&mut self, cx: &mut Cx<'_>, body: &[u8]) -> super::StmtTag {
+        if self.portals.is_empty() {
             return None;
         }
         let (portal, _) = fe::execute(body)?;
-        let p = self.guard.portals.get(portal)?.clone();
+        let p = self.portals.get(portal)?.clone();
         if let Some(w) = &p.write {
-            self.shared
-                .admin
-                .metrics
+            cx.events
                 .guarded(w.guards.table_ids[w.guard], Outcome::Rewritten);
         }
         Some(Box::new(Tag::Execute(p)))
@@ -855,11 +856,12 @@ impl Session {
     /// aborts the transaction as it would have before the `Sync`; and outside one for a write
     /// that is `quiet` without rows, whose implicit transaction committed nothing. Returns
     /// false when the `Execute` must wait alone (the caller flushes it and holds the batch).
-    pub(in crate::relay) fn check_after_sync(&mut self, quiet: bool) -> bool {
-        let sync_next = self.client_in.len() >= 5
-            && self.client_in[0] == fe::SYNC
-            && self.client_in[1..5] == 4u32.to_be_bytes();
-        let alone = self
+    pub fn check_after_sync(&mut self, cx: &mut Cx<'_>, quiet: bool) -> bool {
+        let sync_next = cx.lookahead.len() >= 5
+            && cx.lookahead[0] == fe::SYNC
+            && cx.lookahead[1..5] == 4u32.to_be_bytes();
+        let alone = cx
+            .out
             .replies
             .iter()
             .filter(|p| {
@@ -870,18 +872,18 @@ impl Session {
             })
             .count()
             == 1;
-        let ok = (self.tx_status == b'T' || self.tx_status == b'I' && quiet) && sync_next && alone;
+        let ok = (cx.tx_status == b'T' || cx.tx_status == b'I' && quiet) && sync_next && alone;
         if ok {
-            self.guard.after_sync = AfterSync::SyncNext;
+            self.after_sync = AfterSync::SyncNext;
         }
         ok
     }
 
     /// A `Sync` went to the server. Returns true when what follows it must wait for a
     /// checked write's row count.
-    pub(in crate::relay) fn on_sync_sent(&mut self) -> bool {
-        if matches!(self.guard.after_sync, AfterSync::SyncNext) {
-            self.guard.after_sync = AfterSync::Sent;
+    pub fn on_sync_sent(&mut self) -> bool {
+        if matches!(self.after_sync, AfterSync::SyncNext) {
+            self.after_sync = AfterSync::Sent;
             return true;
         }
         false
@@ -889,10 +891,11 @@ impl Session {
 
     /// Closes the full form of a named statement the client no longer has (its
     /// `CloseComplete` hidden).
-    pub(super) fn close_full_variant(&mut self, p: &Prepared) {
+    pub(super) fn close_full_variant(&mut self, cx: &mut Cx<'_>, p: &Prepared) {
         if let Some(full) = p.write.as_ref().and_then(|w| w.full.as_ref()) {
-            fe::write_close(&mut self.to_server, b'S', &full.name);
-            self.replies
+            fe::write_close(&mut cx.out.to_server, b'S', &full.name);
+            cx.out
+                .replies
                 .push(Pending::Close(Some(Box::new(Tag::Hidden))));
         }
     }
@@ -900,37 +903,43 @@ impl Session {
     /// Closes the full forms of the statements the client deallocated with SQL since its last
     /// extended-protocol batch; called as the next one starts, so nothing before it in the
     /// batch can make the server skip them.
-    pub(in crate::relay) fn close_deallocated(&mut self) {
-        for name in std::mem::take(&mut self.guard.deallocated) {
-            fe::write_close(&mut self.to_server, b'S', &name);
-            self.replies
+    pub fn close_deallocated(&mut self, cx: &mut Cx<'_>) {
+        for name in std::mem::take(&mut self.deallocated) {
+            fe::write_close(&mut cx.out.to_server, b'S', &name);
+            cx.out
+                .replies
                 .push(Pending::Close(Some(Box::new(Tag::Hidden))));
         }
     }
 
     /// A `Close`: forget the statement or portal.
-    pub(in crate::relay) fn guard_close(&mut self, body: &[u8]) {
+    pub fn guard_close(&mut self, cx: &mut Cx<'_>, body: &[u8]) {
         if let Some((kind, name)) = fe::target(body) {
             if kind == b'S' {
-                self.forget_statement(name);
+                self.forget_statement(cx, name);
             } else {
-                self.guard.portals.remove(name);
+                self.portals.remove(name);
             }
         }
     }
 
     /// Forgets statement `name` (closing the proxy's full form of it, if any).
-    fn forget_statement(&mut self, name: &[u8]) {
-        if let Some(p) = self.guard.statements.remove(name) {
-            self.close_full_variant(&p);
+    fn forget_statement(&mut self, cx: &mut Cx<'_>, name: &[u8]) {
+        if let Some(p) = self.statements.remove(name) {
+            self.close_full_variant(cx, &p);
         }
-        self.guard.stale.remove(name);
+        self.stale.remove(name);
     }
 
     /// A reply within a tagged extended entry (`ParameterDescription`, `DataRow`).
-    pub(super) fn on_extended_within(&mut self, tag: u8, msg: &[u8]) -> Result<bool, String> {
+    pub(super) fn on_extended_within(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        msg: &[u8],
+    ) -> Result<bool, String> {
         let body = &msg[5..];
-        match (self.replies.front(), tag) {
+        match (cx.out.replies.front(), tag) {
             (Some(Pending::DescribeStatement(Some(t))), be::PARAMETER_DESCRIPTION) => {
                 let Tag::DescribeStatement(prepared) = t.as_ref() else {
                     return Ok(false);
@@ -942,7 +951,7 @@ impl Session {
                 match extra {
                     Some(n) => {
                         be::write_parameter_description(
-                            &mut self.to_client,
+                            &mut cx.out.to_client,
                             body,
                             usize::from(n) - 1,
                         );
@@ -961,12 +970,12 @@ impl Session {
                         return Ok(false);
                     }
                     if let Some(plan) = &w.plan {
-                        plan.observe(body, &mut self.guard.tracker);
+                        plan.observe(body, &mut self.tracker);
                     }
                     if w.client_returning {
                         let n = be::data_row(body).map_or(0, |v| v.len());
                         be::write_truncated(
-                            &mut self.to_client,
+                            &mut cx.out.to_client,
                             be::DATA_ROW,
                             body,
                             n - w.added.min(n),
@@ -978,7 +987,7 @@ impl Session {
                     return Ok(false);
                 };
                 if let Some(plan) = &described.reads {
-                    plan.observe(body, &mut self.guard.tracker);
+                    plan.observe(body, &mut self.tracker);
                 }
                 if let Some(check) = &portal.pinned {
                     check.observe(self, body, described.version);
@@ -992,6 +1001,7 @@ impl Session {
     /// A reply that completes a tagged extended entry (already popped).
     pub(super) fn on_extended_complete(
         &mut self,
+        cx: &mut Cx<'_>,
         tag: u8,
         msg: &[u8],
         p: Pending<super::StmtTag>,
@@ -1016,19 +1026,18 @@ impl Session {
                 Ok(undo.hidden)
             }
             Tag::DescribeStatement(prepared) => {
-                Ok(self.on_describe_statement(tag, body, &prepared))
+                Ok(self.on_describe_statement(cx, tag, body, &prepared))
             }
-            Tag::DescribePortal(portal) => Ok(self.on_describe_portal(tag, body, &portal)),
-            Tag::Execute(portal) => self.on_execute_done(tag, msg, &portal),
+            Tag::DescribePortal(portal) => Ok(self.on_describe_portal(cx, tag, body, &portal)),
+            Tag::Execute(portal) => self.on_execute_done(cx, tag, msg, &portal),
             Tag::Raise(ctx) => {
                 if tag == be::ERROR_RESPONSE {
-                    self.deliver_raised_error(msg, &ctx);
+                    self.deliver_raised_error(cx, msg, &ctx);
                 } else if let Some(held) = &ctx.held {
                     // The block raised nothing: the write's own conditions matched no row.
-                    self.to_client.extend_from_slice(held);
+                    cx.out.to_client.extend_from_slice(held);
                 }
-                self.hold_client = false;
-                self.resume_client()?;
+                cx.out.release_client();
                 Ok(true)
             }
             _ => Ok(false),
@@ -1036,28 +1045,42 @@ impl Session {
     }
 
     /// `RowDescription`/`NoData` answering a `Describe` of a statement the guard follows.
-    fn on_describe_statement(&mut self, tag: u8, body: &[u8], prepared: &Prepared) -> bool {
+    fn on_describe_statement(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        body: &[u8],
+        prepared: &Prepared,
+    ) -> bool {
         if tag != be::ROW_DESCRIPTION {
             return false;
         }
         if let Some(w) = &prepared.write {
-            return self.hide_added_columns(body, w.added, w.write.client_returning);
+            return self.hide_added_columns(cx, body, w.added, w.write.client_returning);
         }
         let pinned_guard = prepared.pinned.as_ref().map(|r| r.guard);
-        let _ = prepared.described.set(self.describe(body, pinned_guard));
+        let _ = prepared
+            .described
+            .set(self.describe(cx, body, pinned_guard));
         false
     }
 
     /// `RowDescription`/`NoData` answering a `Describe` of a portal the guard follows.
-    fn on_describe_portal(&mut self, tag: u8, body: &[u8], portal: &Portal) -> bool {
+    fn on_describe_portal(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        body: &[u8],
+        portal: &Portal,
+    ) -> bool {
         if tag != be::ROW_DESCRIPTION {
             return false;
         }
         if let Some(w) = &portal.write {
-            return self.hide_added_columns(body, w.added, w.client_returning);
+            return self.hide_added_columns(cx, body, w.added, w.client_returning);
         }
         let pinned_guard = portal.pinned.as_ref().map(|r| r.guard);
-        let described = self.describe(body, pinned_guard);
+        let described = self.describe(cx, body, pinned_guard);
         // The statement's result has the same columns: remembered for its next portals.
         if let Some(s) = &portal.statement
             && s.described.get().is_none()
@@ -1066,7 +1089,7 @@ impl Session {
             let _ = s.described.set(if statement_guard == pinned_guard {
                 described.clone()
             } else {
-                self.describe(body, statement_guard)
+                self.describe(cx, body, statement_guard)
             });
         }
         let _ = portal.described.set(described);
@@ -1074,37 +1097,43 @@ impl Session {
     }
 
     /// What a `RowDescription` body tells the guard.
-    fn describe(&self, body: &[u8], pinned_guard: Option<usize>) -> Described {
+    fn describe(&self, cx: &Cx<'_>, body: &[u8], pinned_guard: Option<usize>) -> Described {
         let Some(guard) = pinned_guard else {
             return Described {
-                reads: self.read_plan(body),
+                reads: self.read_plan(cx, body),
                 version: None,
             };
         };
         // One decoding serves the rows' read plan and the pinned read's version column.
         let cols = be::row_description(body).unwrap_or_default();
         Described {
-            reads: self.plan_of_columns(&cols),
+            reads: self.plan_of_columns(cx, &cols),
             version: self.version_column(guard, &cols),
         }
     }
 
     /// The client sees the row description of its own statement: without the proxy's
     /// `RETURNING` columns, or `NoData` when it had none. Returns true when it was changed.
-    fn hide_added_columns(&mut self, body: &[u8], added: usize, client_returning: bool) -> bool {
+    fn hide_added_columns(
+        &mut self,
+        cx: &mut Cx<'_>,
+        body: &[u8],
+        added: usize,
+        client_returning: bool,
+    ) -> bool {
         if added == 0 {
             return false;
         }
         if client_returning {
             let n = be::row_description(body).map_or(0, |c| c.len());
             be::write_truncated(
-                &mut self.to_client,
+                &mut cx.out.to_client,
                 be::ROW_DESCRIPTION,
                 body,
                 n - added.min(n),
             );
         } else {
-            be::write_simple(&mut self.to_client, be::NO_DATA);
+            be::write_simple(&mut cx.out.to_client, be::NO_DATA);
         }
         true
     }
@@ -1112,28 +1141,28 @@ impl Session {
     /// Remembers a prepared statement that reads a guarded table (`p` names one), so its rows
     /// can be followed.
     fn prepare_read(&mut self, p: &fe::Parse<'_>, guards: &Arc<GuardSet>) {
-        if self.guard.resolved.is_empty() {
+        if self.resolved.is_empty() {
             return;
         }
-        let pinned = std::str::from_utf8(p.query).ok().and_then(|sql| {
-            self.guard
-                .cache
-                .get_or_analyze(sql, guards)
-                .lone_read()
-                .cloned()
-        });
+        let pinned = std::str::from_utf8(p.query)
+            .ok()
+            .and_then(|sql| self.cache.get_or_analyze(sql, guards).lone_read().cloned());
         let prepared = Prepared {
             pinned,
             declared_types: p.param_types.clone(),
             ..Prepared::default()
         };
-        self.guard
-            .statements
-            .insert(p.name.into(), Arc::new(prepared));
+        self.statements.insert(p.name.into(), Arc::new(prepared));
     }
 
     /// The end of a tagged `Execute`: check the row count of a guarded write.
-    fn on_execute_done(&mut self, tag: u8, msg: &[u8], portal: &Portal) -> Result<bool, String> {
+    fn on_execute_done(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        msg: &[u8],
+        portal: &Portal,
+    ) -> Result<bool, String> {
         let Some(w) = &portal.write else {
             if let Some(check) = &portal.pinned
                 && tag == be::COMMAND_COMPLETE
@@ -1147,10 +1176,9 @@ impl Session {
         if tag == be::ERROR_RESPONSE
             && let Some(raised) = w.raised_conflict(&msg[5..])
         {
-            self.deliver_conflict(raised);
-            self.guard.after_sync = AfterSync::None;
-            self.hold_client = false;
-            self.resume_client()?;
+            self.deliver_conflict(cx, raised);
+            self.after_sync = AfterSync::None;
+            cx.out.release_client();
             return Ok(true);
         }
         if tag == be::COMMAND_COMPLETE {
@@ -1159,25 +1187,22 @@ impl Session {
                 && w.expected.is_some()
                 && let Some(info) = w.conflict_info()
             {
-                let block = conflict::raise_block_if_changed(
-                    &info,
-                    &self.settings.config.conflict_sqlstate,
-                );
+                let block =
+                    conflict::raise_block_if_changed(&info, &cx.settings.config.conflict_sqlstate);
                 let ctx = RaiseCtx::conflict(info, Some(BytesMut::from(msg)));
-                if matches!(self.guard.after_sync, AfterSync::Sent) {
-                    self.guard.after_sync = AfterSync::Raise(block, Box::new(ctx));
+                if matches!(self.after_sync, AfterSync::Sent) {
+                    self.after_sync = AfterSync::Raise(block, Box::new(ctx));
                 } else {
-                    self.send_extended_raise(&block, ctx);
+                    self.send_extended_raise(cx, &block, ctx);
                 }
                 return Ok(true);
             }
-            w.forget_after(rows, &mut self.guard.tracker);
+            w.forget_after(rows, &mut self.tracker);
         }
         if held {
-            self.guard.after_sync = AfterSync::None;
-            self.to_client.extend_from_slice(msg);
-            self.hold_client = false;
-            self.resume_client()?;
+            self.after_sync = AfterSync::None;
+            cx.out.to_client.extend_from_slice(msg);
+            cx.out.release_client();
             return Ok(true);
         }
         Ok(false)

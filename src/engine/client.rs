@@ -1,0 +1,151 @@
+//! What each client message does: forwarded as is (the common case, with the reply it awaits
+//! queued), or handed to the guard when it may touch a guarded table.
+
+use bytes::BytesMut;
+use tracing::trace;
+
+use super::Engine;
+use super::replies::Pending;
+use crate::events::SessionEvents;
+use crate::protocol::frontend as fe;
+
+impl Engine {
+    /// One complete client message.
+    pub(super) fn on_client_message(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        ev: &dyn SessionEvents,
+    ) -> Result<(), String> {
+        trace!(tag = %(tag as char), len = msg.len(), "client message");
+        if !self.link.logged_in {
+            // Authentication messages go straight through.
+            self.out.to_server.extend_from_slice(msg);
+            return Ok(());
+        }
+        if self.link.skipping_until_sync {
+            self.out.to_server.extend_from_slice(msg);
+            if tag == fe::SYNC {
+                self.link.skipping_until_sync = false;
+                self.out.replies.push(Pending::Sync(None));
+            }
+            return Ok(());
+        }
+        if matches!(tag, fe::QUERY | fe::PARSE | fe::BIND)
+            && self.refresh_settings(!self.link.batch_open, ev)
+        {
+            // The proxy's catalog queries after a reload go first; the message waits for them.
+            let mut again = BytesMut::with_capacity(msg.len() + self.client_in.len());
+            again.extend_from_slice(msg);
+            again.extend_from_slice(&self.client_in);
+            self.client_in = again;
+            return Ok(());
+        }
+        if matches!(
+            tag,
+            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::FLUSH
+        ) {
+            if !self.link.batch_open && self.guard.has_deallocated() {
+                let (guard, mut cx) = self.guard_cx(ev);
+                guard.close_deallocated(&mut cx);
+            }
+            self.link.batch_open = true;
+        }
+        match tag {
+            fe::QUERY => {
+                ev.statement();
+                let (guard, mut cx) = self.guard_cx(ev);
+                if !guard.guard_query(&mut cx, msg)? {
+                    self.forward(msg, Pending::Simple(None));
+                }
+            }
+            fe::PARSE => {
+                let (guard, mut cx) = self.guard_cx(ev);
+                if !guard.guard_parse(&mut cx, msg)? {
+                    self.forward(msg, Pending::Parse(None));
+                }
+            }
+            fe::BIND => {
+                let (guard, mut cx) = self.guard_cx(ev);
+                if !guard.guard_bind(&mut cx, msg)? {
+                    self.forward(msg, Pending::Bind(None));
+                }
+            }
+            fe::DESCRIBE => {
+                let (guard, mut cx) = self.guard_cx(ev);
+                let (tagged, sent) = guard.guard_describe(&mut cx, &msg[5..]);
+                if !sent {
+                    self.out.to_server.extend_from_slice(msg);
+                }
+                match fe::target(&msg[5..]) {
+                    Some((b'S', _)) => self.out.replies.push(Pending::DescribeStatement(tagged)),
+                    _ => self.out.replies.push(Pending::DescribePortal(tagged)),
+                }
+            }
+            fe::EXECUTE => {
+                ev.statement();
+                self.on_execute(msg, ev);
+            }
+            fe::CLOSE => {
+                let (guard, mut cx) = self.guard_cx(ev);
+                guard.guard_close(&mut cx, &msg[5..]);
+                self.forward(msg, Pending::Close(None));
+            }
+            fe::SYNC => {
+                self.forward(msg, Pending::Sync(None));
+                if self.guard.on_sync_sent() {
+                    // What follows the Sync waits for the checked write's row count.
+                    self.out.hold_client = true;
+                }
+            }
+            fe::FUNCTION_CALL => {
+                ev.statement();
+                self.forward(msg, Pending::Simple(None));
+            }
+            fe::TERMINATE => {
+                self.link.terminated = true;
+                self.out.to_server.extend_from_slice(msg);
+            }
+            _ => {
+                // Flush, COPY data from the client, and anything newer than this proxy.
+                self.out.to_server.extend_from_slice(msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a client message as it is, awaiting `reply`.
+    #[inline]
+    fn forward(&mut self, msg: &[u8], reply: Pending<super::guarded::StmtTag>) {
+        self.out.to_server.extend_from_slice(msg);
+        self.out.replies.push(reply);
+    }
+
+    /// An `Execute`: as it is, unless the guard follows its portal.
+    fn on_execute(&mut self, msg: &[u8], ev: &dyn SessionEvents) {
+        let (guard, mut cx) = self.guard_cx(ev);
+        let tagged = guard.guard_execute(&mut cx, &msg[5..]);
+        // The client expects no rows (it may ask for at most one, as pgjdbc does), so the
+        // proxy's own rows must not suspend the portal before its row count.
+        let unlimited = tagged
+            .as_ref()
+            .filter(|t| t.hides_all_rows())
+            .and_then(|_| fe::execute(&msg[5..]))
+            .filter(|&(_, limit)| limit != 0);
+        match unlimited {
+            Some((portal, _)) => fe::write_execute(&mut self.out.to_server, portal, 0),
+            None => self.out.to_server.extend_from_slice(msg),
+        }
+        let hold = tagged.as_ref().is_some_and(|t| t.holds_batch());
+        let quiet = tagged.as_ref().is_some_and(|t| t.quiet_without_rows());
+        self.out.replies.push(Pending::Execute(tagged));
+        if hold {
+            let (guard, mut cx) = self.guard_cx(ev);
+            if !guard.check_after_sync(&mut cx, quiet) {
+                // The row count decides whether the batch goes on: get it now.
+                fe::write_simple(&mut self.out.to_server, fe::FLUSH);
+                self.out.hold_client = true;
+            }
+        }
+    }
+}

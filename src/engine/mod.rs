@@ -1,0 +1,292 @@
+//! The session engine: the protocol of one client session as a state machine that does no IO.
+//!
+//! The relay's session loop reads bytes from the sockets into the engine's input buffers, calls
+//! [`Engine::process_client`] or [`Engine::process_server`], and writes out what the engine put
+//! in its output buffers ([`Engine::to_server`], [`Engine::to_client`]). Between calls the
+//! engine may hold the client ([`Engine::wants_client_input`] turns false) while the guard
+//! awaits a reply. It knows nothing of sockets, tokio or the admin side: events go to the
+//! [`SessionEvents`] the caller passes in, settings come from a [`SettingsSource`].
+//!
+//! - this file: the engine's state, its public API and the framing of both directions.
+//! - [`client`]: what each client message does (forwarded as is, or handed to the guard).
+//! - [`server`]: what each server message does (the reply queue, login, transaction status).
+//! - [`replies`]: the queue of replies each message sent to the server awaits.
+//! - [`guarded`]: the guard: rewrites guarded writes, reads their replies, raises conflicts.
+//! - [`settings`]: one config generation, and where the current one is found.
+
+mod client;
+pub mod guarded;
+pub mod replies;
+mod server;
+pub mod settings;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+
+use crate::events::SessionEvents;
+use crate::protocol;
+pub use guarded::Ident;
+use guarded::{Cx, GuardState, Outbox, SessionParams};
+pub use settings::{FixedSettings, Settings, SettingsSource};
+
+/// Messages at least this large are streamed when they need no inspection.
+const STREAM_THRESHOLD: usize = 64 * 1024;
+/// The longest message a server may send (PostgreSQL's own limit for a frame).
+const MAX_SERVER_MESSAGE: usize = 0x3fff_ffff;
+
+/// Where the session stands with the server: what the last replies said.
+#[derive(Debug)]
+struct Link {
+    /// Transaction status from the last `ReadyForQuery`.
+    tx_status: u8,
+    logged_in: bool,
+    params: SessionParams,
+    /// The client sent `Terminate`: the server closing next is the normal end.
+    terminated: bool,
+    /// An extended-protocol error before the client's `Sync`: the server discards every
+    /// message until that `Sync`, so they are relayed as they are and await no reply.
+    skipping_until_sync: bool,
+    /// Extended-protocol messages were sent since the last `ReadyForQuery`: the server holds
+    /// an unfinished batch (an implicit transaction), so the session is not idle.
+    batch_open: bool,
+    /// The server sent a FATAL error of its own; the proxy adds none after it.
+    server_fatal: bool,
+}
+
+/// One client session's protocol state.
+pub struct Engine {
+    source: Arc<dyn SettingsSource>,
+    settings: Arc<Settings>,
+    client_in: BytesMut,
+    server_in: BytesMut,
+    /// Bytes of a message being streamed that are still to come, per direction.
+    client_stream_left: usize,
+    server_stream_left: usize,
+    out: Outbox,
+    link: Link,
+    guard: GuardState,
+}
+
+impl Engine {
+    /// A session about to log in: `startup` (the client's startup packet) is the first thing
+    /// it sends to the server.
+    pub fn new(
+        source: Arc<dyn SettingsSource>,
+        settings: Arc<Settings>,
+        ident: Ident,
+        startup: &[u8],
+    ) -> Engine {
+        let mut out = Outbox {
+            to_server: BytesMut::with_capacity(8192),
+            to_client: BytesMut::with_capacity(16384),
+            ..Outbox::default()
+        };
+        out.to_server.extend_from_slice(startup);
+        let track_limit = settings.config.track_limit;
+        Engine {
+            source,
+            settings,
+            client_in: BytesMut::with_capacity(8192),
+            server_in: BytesMut::with_capacity(16384),
+            client_stream_left: 0,
+            server_stream_left: 0,
+            out,
+            link: Link {
+                tx_status: b'I',
+                logged_in: false,
+                params: SessionParams::default(),
+                terminated: false,
+                skipping_until_sync: false,
+                batch_open: false,
+                server_fatal: false,
+            },
+            guard: GuardState::new(ident, track_limit),
+        }
+    }
+
+    /// The settings this session follows now.
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.settings
+    }
+
+    /// Where bytes read from the client go; then call [`Engine::process_client`].
+    pub fn client_input(&mut self) -> &mut BytesMut {
+        &mut self.client_in
+    }
+
+    /// Where bytes read from the server go; then call [`Engine::process_server`].
+    pub fn server_input(&mut self) -> &mut BytesMut {
+        &mut self.server_in
+    }
+
+    /// Bytes for the server, in order: write them and `advance` past what was written.
+    pub fn to_server(&mut self) -> &mut BytesMut {
+        &mut self.out.to_server
+    }
+
+    /// Bytes for the client, in order: write them and `advance` past what was written.
+    pub fn to_client(&mut self) -> &mut BytesMut {
+        &mut self.out.to_client
+    }
+
+    /// False while the guard holds the client (it awaits a reply before the client's next
+    /// message may go), or when an unfinished client message already fills the input.
+    pub fn wants_client_input(&self) -> bool {
+        !self.out.hold_client && self.client_in.len() < self.settings.config.max_message_size + 5
+    }
+
+    /// True once the server accepted the login.
+    pub fn logged_in(&self) -> bool {
+        self.link.logged_in
+    }
+
+    /// True when the client sent `Terminate`.
+    pub fn terminated(&self) -> bool {
+        self.link.terminated
+    }
+
+    /// True when the server sent a FATAL error of its own.
+    pub fn server_fatal(&self) -> bool {
+        self.link.server_fatal
+    }
+
+    /// True while a large client message is streamed and only part of it went to the server.
+    pub fn client_message_unfinished(&self) -> bool {
+        self.client_stream_left > 0
+    }
+
+    /// The client closed its side: the start of a message that will never be finished is
+    /// dropped (unless the guard holds complete messages back).
+    pub fn client_closed(&mut self) {
+        if !self.out.hold_client {
+            self.client_in.clear();
+            self.client_stream_left = 0;
+        }
+    }
+
+    /// Nothing sent that awaits a reply, nothing left to send either way.
+    pub fn nothing_in_flight(&self) -> bool {
+        self.out.replies.is_empty()
+            && self.client_in.is_empty()
+            && self.out.to_server.is_empty()
+            && self.out.to_client.is_empty()
+    }
+
+    /// Idle: logged in, outside any transaction and any unfinished batch, nothing in flight.
+    pub fn is_idle(&self) -> bool {
+        self.link.logged_in
+            && self.link.tx_status == b'I'
+            && !self.link.batch_open
+            && self.nothing_in_flight()
+    }
+
+    /// Number of row versions this session tracks.
+    pub fn tracked(&self) -> usize {
+        self.guard.tracked()
+    }
+
+    /// Frames and handles every complete client message received. An `Err` is a protocol
+    /// violation by the client: the session must end.
+    pub fn process_client(&mut self, ev: &dyn SessionEvents) -> Result<(), String> {
+        let max = self.settings.config.max_message_size;
+        loop {
+            if self.client_stream_left > 0 {
+                let n = self.client_stream_left.min(self.client_in.len());
+                self.out.to_server.extend_from_slice(&self.client_in[..n]);
+                self.client_in.advance(n);
+                self.client_stream_left -= n;
+                if self.client_stream_left > 0 {
+                    return Ok(());
+                }
+            }
+            if self.out.hold_client {
+                return Ok(());
+            }
+            let header = match protocol::peek_header(&self.client_in, max) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("protocol: {e}")),
+            };
+            if self.client_in.len() < header.size {
+                if header.tag == protocol::frontend::COPY_DATA && header.size >= STREAM_THRESHOLD {
+                    self.client_stream_left = header.size;
+                    continue;
+                }
+                self.client_in.reserve(header.size - self.client_in.len());
+                return Ok(());
+            }
+            let msg = self.client_in.split_to(header.size);
+            self.on_client_message(header.tag, &msg, ev)?;
+        }
+    }
+
+    /// Frames and handles every complete server message received. An `Err` is a protocol
+    /// violation by the server: the session must end.
+    pub fn process_server(&mut self, ev: &dyn SessionEvents) -> Result<(), String> {
+        use protocol::backend as be;
+        loop {
+            if self.server_stream_left > 0 {
+                let n = self.server_stream_left.min(self.server_in.len());
+                self.out.to_client.extend_from_slice(&self.server_in[..n]);
+                self.server_in.advance(n);
+                self.server_stream_left -= n;
+                if self.server_stream_left > 0 {
+                    return Ok(());
+                }
+            }
+            let header = match protocol::peek_header(&self.server_in, MAX_SERVER_MESSAGE) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("malformed message from server: {e}")),
+            };
+            if self.server_in.len() < header.size {
+                let streamable = matches!(header.tag, be::DATA_ROW | be::COPY_DATA)
+                    && header.size >= STREAM_THRESHOLD
+                    && !self.guard.inspects_rows(self.out.replies.front());
+                if streamable {
+                    self.server_stream_left = header.size;
+                    continue;
+                }
+                self.server_in.reserve(header.size - self.server_in.len());
+                return Ok(());
+            }
+            let msg = self.server_in.split_to(header.size);
+            self.on_server_message(header.tag, &msg, ev)?;
+            if std::mem::take(&mut self.out.resume) && !self.out.hold_client {
+                // The guard released the client: what it sent meanwhile goes on now.
+                self.process_client(ev)?;
+            }
+        }
+    }
+
+    /// The guard and its view of the session, for one call into the guard.
+    fn guard_cx<'a>(&'a mut self, ev: &'a dyn SessionEvents) -> (&'a mut GuardState, Cx<'a>) {
+        (
+            &mut self.guard,
+            Cx {
+                out: &mut self.out,
+                settings: &self.settings,
+                tx_status: self.link.tx_status,
+                params: &self.link.params,
+                lookahead: &self.client_in,
+                events: ev,
+            },
+        )
+    }
+
+    /// Picks up a reloaded config before a client's `Query`, `Parse` or `Bind` (one atomic
+    /// load when nothing changed). Returns true when the guard just sent catalog queries that
+    /// the client's message must wait for.
+    fn refresh_settings(&mut self, at_boundary: bool, ev: &dyn SessionEvents) -> bool {
+        if self.source.generation() != self.settings.generation {
+            self.settings = self.source.settings();
+            let (guard, mut cx) = self.guard_cx(ev);
+            guard.on_new_settings(&mut cx);
+        }
+        let (guard, mut cx) = self.guard_cx(ev);
+        guard.resolve_at_boundary(&mut cx, at_boundary)
+    }
+}

@@ -1,0 +1,116 @@
+//! What each server message does: the login, parameters the session follows, the transaction
+//! status, and the reply queue (each reply matched to the message it answers); the guard sees
+//! the replies it follows.
+
+use tracing::{debug, trace};
+
+use super::Engine;
+use super::guarded;
+use crate::events::SessionEvents;
+use crate::protocol::{self, backend as be};
+
+impl Engine {
+    /// One complete server message.
+    pub(super) fn on_server_message(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        ev: &dyn SessionEvents,
+    ) -> Result<(), String> {
+        trace!(tag = %(tag as char), len = msg.len(), "server message");
+        if tag == be::ERROR_RESPONSE
+            && matches!(
+                be::error_field(&msg[5..], b'V').or_else(|| be::error_field(&msg[5..], b'S')),
+                Some(b"FATAL" | b"PANIC")
+            )
+        {
+            self.link.server_fatal = true;
+        }
+        match tag {
+            be::PARAMETER_STATUS => self.on_parameter_status(&msg[5..], ev),
+            be::BACKEND_KEY_DATA => {
+                if let Some((pid, _)) = protocol::be_i32(&msg[5..]) {
+                    ev.backend_pid(pid);
+                }
+            }
+            be::READY_FOR_QUERY if !self.link.logged_in => {
+                self.link.logged_in = true;
+                self.link.tx_status = be::ready_status(&msg[5..]);
+                let (guard, mut cx) = self.guard_cx(ev);
+                if !guard.on_login(&mut cx, msg) {
+                    self.out.to_client.extend_from_slice(msg);
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        if !self.link.logged_in {
+            // Authentication, and its failure: the server's own words go on.
+            self.out.to_client.extend_from_slice(msg);
+            return Ok(());
+        }
+        self.on_reply(tag, msg, ev)
+    }
+
+    /// A server message once logged in: matched against the reply queue, then seen by the
+    /// guard when it follows the entry it answers.
+    fn on_reply(&mut self, tag: u8, msg: &[u8], ev: &dyn SessionEvents) -> Result<(), String> {
+        if tag == be::ERROR_RESPONSE && self.guard.keeps_statements() {
+            self.guard.on_error_with_kept(&msg[5..]);
+        }
+        let mut release = false;
+        let (step, popped) = if tag == be::ERROR_RESPONSE {
+            let mut undo = Vec::new();
+            let (step, answered, skipping) = self.out.replies.on_error(|p| {
+                release |= guarded::held_batch_for(&p);
+                undo.extend(guarded::skipped_parse(&p));
+            });
+            self.link.skipping_until_sync |= skipping;
+            for u in undo {
+                self.guard.undo_parse(&u, false);
+            }
+            (step, answered)
+        } else {
+            self.out.replies.on_message(tag)
+        };
+        if tag == be::READY_FOR_QUERY {
+            self.link.tx_status = be::ready_status(&msg[5..]);
+            self.link.batch_open = false;
+            ev.ready_for_query(self.link.tx_status, self.guard.tracked());
+        }
+        let taken = {
+            let (guard, mut cx) = self.guard_cx(ev);
+            !guard.guard_ignores(&cx, tag, step, popped.as_ref())
+                && guard.guard_server_message(&mut cx, tag, msg, step, popped)?
+        };
+        if !taken {
+            self.out.to_client.extend_from_slice(msg);
+        }
+        if release {
+            // The statement the batch waited for was skipped after an earlier error: the rest
+            // of the batch (up to its Sync) goes on, to be skipped by the server too.
+            self.out.release_client();
+        }
+        Ok(())
+    }
+
+    fn on_parameter_status(&mut self, body: &[u8], ev: &dyn SessionEvents) {
+        let Some((name, value)) = be::parameter_status(body) else {
+            return;
+        };
+        let params = &mut self.link.params;
+        match name {
+            b"client_encoding" => {
+                params.client_encoding = String::from_utf8_lossy(value).into_owned()
+            }
+            b"standard_conforming_strings" => params.standard_conforming_strings = value == b"on",
+            b"application_name" => ev.application_name(&String::from_utf8_lossy(value)),
+            _ => {}
+        }
+        debug!(
+            parameter = %String::from_utf8_lossy(name),
+            value = %String::from_utf8_lossy(value),
+            "server parameter"
+        );
+    }
+}
