@@ -2,6 +2,7 @@
 //! error's SQLSTATE and `ServerErrorMessage` fields.
 
 mod common;
+use common::guards::INVOICE;
 use common::*;
 
 const JAR: &str = "/usr/share/java/postgresql.jar";
@@ -18,7 +19,7 @@ async fn pgjdbc_sees_exact_results_and_the_conflict_error() {
     let (ok, _, err) = run("javac", &["-cp", JAR, "-d", &out_dir, source]);
     assert!(ok, "javac failed: {err}");
     let db = TestDb::new("jdbc").await;
-    let proxy = Proxy::with_guards("[[guard]]\ntable = \"public.invoice\"\nkey = [\"id\"]\n").await;
+    let proxy = Proxy::with_guards(INVOICE).await;
     let url = format!(
         "jdbc:postgresql://{}:{}/{}?sslmode=disable",
         proxy.addr.ip(),

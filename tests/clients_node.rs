@@ -2,6 +2,7 @@
 //! conflict, and the conflict error's fields as the driver exposes them.
 
 mod common;
+use common::guards::INVOICE;
 use common::*;
 
 #[tokio::test]
@@ -12,7 +13,7 @@ async fn node_postgres_sees_exact_results_and_the_conflict_error() {
         "node-postgres is needed for this test: npm install --prefix {dir} (.ci/run does it)"
     );
     let db = TestDb::new("nodepg").await;
-    let proxy = Proxy::with_guards("[[guard]]\ntable = \"public.invoice\"\nkey = [\"id\"]\n").await;
+    let proxy = Proxy::with_guards(INVOICE).await;
     let url = format!(
         "postgres://postgres@{}:{}/{}",
         proxy.addr.ip(),

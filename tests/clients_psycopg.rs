@@ -2,6 +2,7 @@
 //! conflict error's SQLSTATE and diagnostics as the driver exposes them.
 
 mod common;
+use common::guards::INVOICE;
 use common::*;
 
 #[tokio::test]
@@ -12,7 +13,7 @@ async fn psycopg_sees_exact_results_and_the_conflict_error() {
         "psycopg is needed for this test (pip install 'psycopg[binary]'; .ci/run installs it): {err}"
     );
     let db = TestDb::new("psycopg").await;
-    let proxy = Proxy::with_guards("[[guard]]\ntable = \"public.invoice\"\nkey = [\"id\"]\n").await;
+    let proxy = Proxy::with_guards(INVOICE).await;
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/psycopg_check.py"

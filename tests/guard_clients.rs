@@ -23,12 +23,6 @@ async fn setup(db: &TestDb) {
         .unwrap();
 }
 
-fn upstream_args() -> (String, String) {
-    let up = upstream();
-    let (h, p) = up.rsplit_once(':').unwrap();
-    (h.to_string(), p.to_string())
-}
-
 // Multi-threaded: psql runs as a blocking child process while the proxy serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_shows_the_conflict_with_detail_and_hint() {
@@ -36,7 +30,7 @@ async fn psql_shows_the_conflict_with_detail_and_hint() {
     setup(&db).await;
     let proxy = Proxy::with_guards(GUARD).await;
     let port = proxy.addr.port().to_string();
-    let (uh, up) = upstream_args();
+    let (uh, up) = split_addr(&upstream());
     // One psql session reads, another session (a psql straight to the server, run from this
     // psql with \!) changes the row, then the first writes.
     let other = format!(

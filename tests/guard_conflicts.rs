@@ -2,48 +2,13 @@
 //! conflict error's fields and atomicity.
 
 mod common;
+use common::guards::*;
 use common::*;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-const INVOICE: &str = r#"
-[[guard]]
-table = "public.invoice"
-key = ["id"]
-version = "version"
-"#;
-
-async fn setup(db: &TestDb) {
-    db.direct()
-        .await
-        .batch_execute(
-            "CREATE TABLE invoice (id int primary key, total numeric not null, version bigint not null default 0);
-             INSERT INTO invoice (id, total) SELECT g, 10 FROM generate_series(1, 5) g;
-             CREATE TABLE audit (n int);",
-        )
-        .await
-        .unwrap();
-}
-
-async fn version_of(c: &Client, id: i32) -> i64 {
-    c.query_one("SELECT version FROM invoice WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-fn rows_affected(msgs: &[SimpleQueryMessage]) -> Vec<u64> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::CommandComplete(n) => Some(*n),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn read_then_write_conflicts_in_autocommit_simple() {
-    let db = TestDb::new("g_auto").await;
-    setup(&db).await;
+    let db = invoice_db("g_auto", 5, AUDIT).await;
     let proxy = Proxy::with_guards(INVOICE).await;
     let a = proxy.client(&db.name).await;
     let b = proxy.client(&db.name).await;
@@ -105,8 +70,7 @@ async fn read_then_write_conflicts_in_autocommit_simple() {
 
 #[tokio::test]
 async fn read_then_write_conflicts_extended_with_binary_rows() {
-    let db = TestDb::new("g_ext").await;
-    setup(&db).await;
+    let db = invoice_db("g_ext", 5, AUDIT).await;
     let proxy = Proxy::with_guards(INVOICE).await;
     let a = proxy.client(&db.name).await;
     let b = proxy.client(&db.name).await;
@@ -150,13 +114,12 @@ async fn read_then_write_conflicts_extended_with_binary_rows() {
         let n = a.execute(&st, &[&2i32, &5i32]).await.unwrap();
         assert_eq!(n, 1);
     }
-    assert_eq!(version_of(&a, 2).await, 4);
+    assert_eq!(version_read_by(&a, 2).await, 4);
 }
 
 #[tokio::test]
 async fn conflict_inside_transaction_aborts_it() {
-    let db = TestDb::new("g_tx").await;
-    setup(&db).await;
+    let db = invoice_db("g_tx", 5, AUDIT).await;
     let proxy = Proxy::with_guards(INVOICE).await;
     let a = proxy.client(&db.name).await;
     let b = proxy.client(&db.name).await;
@@ -203,8 +166,7 @@ async fn conflict_inside_transaction_aborts_it() {
 
 #[tokio::test]
 async fn multi_statement_query_is_atomic() {
-    let db = TestDb::new("g_multi").await;
-    setup(&db).await;
+    let db = invoice_db("g_multi", 5, AUDIT).await;
     let proxy = Proxy::with_guards(INVOICE).await;
     let a = proxy.client(&db.name).await;
     let b = proxy.client(&db.name).await;
@@ -253,8 +215,7 @@ async fn multi_statement_query_is_atomic() {
 
 #[tokio::test]
 async fn pinned_deleted_disjoint_blind_and_bulk() {
-    let db = TestDb::new("g_misc").await;
-    setup(&db).await;
+    let db = invoice_db("g_misc", 5, AUDIT).await;
     let proxy = Proxy::with_guards(INVOICE).await;
     let a = proxy.client(&db.name).await;
     let b = proxy.client(&db.name).await;
@@ -264,7 +225,7 @@ async fn pinned_deleted_disjoint_blind_and_bulk() {
         .await
         .unwrap();
     assert_eq!(rows_affected(&r), vec![1]);
-    assert_eq!(version_of(&a, 5).await, 1);
+    assert_eq!(version_read_by(&a, 5).await, 1);
     // Pinned stale version: conflict, and apps that ignored UPDATE 0 now see it.
     let err = a
         .simple_query("UPDATE invoice SET total = 12 WHERE id = 5 AND version = 0")
@@ -277,7 +238,7 @@ async fn pinned_deleted_disjoint_blind_and_bulk() {
         .unwrap();
     assert_eq!(rows_affected(&r), vec![1]);
     assert_eq!(
-        version_of(&a, 5).await,
+        version_read_by(&a, 5).await,
         2,
         "a SET that assigns the version is not bumped again"
     );
@@ -317,21 +278,20 @@ async fn pinned_deleted_disjoint_blind_and_bulk() {
         .await
         .unwrap();
     // Bulk writes bump every row they touch.
-    let before2 = version_of(&a, 2).await;
-    let before3 = version_of(&a, 3).await;
+    let before2 = version_read_by(&a, 2).await;
+    let before3 = version_read_by(&a, 3).await;
     let r = a
         .simple_query("UPDATE invoice SET total = 0 WHERE id IN (2, 3)")
         .await
         .unwrap();
     assert_eq!(rows_affected(&r), vec![2]);
-    assert_eq!(version_of(&a, 2).await, before2 + 1);
-    assert_eq!(version_of(&a, 3).await, before3 + 1);
+    assert_eq!(version_read_by(&a, 2).await, before2 + 1);
+    assert_eq!(version_read_by(&a, 3).await, before3 + 1);
 }
 
 #[tokio::test]
 async fn reject_policies_and_fail_closed() {
-    let db = TestDb::new("g_reject").await;
-    setup(&db).await;
+    let db = invoice_db("g_reject", 5, AUDIT).await;
     let proxy = Proxy::with_guards(
         r#"
 [[guard]]
@@ -396,8 +356,7 @@ async fn run(c: &Client, sql: &str, extended: bool) -> Result<(), tokio_postgres
 
 #[tokio::test]
 async fn versions_read_without_the_key_are_tracked_and_refreshed() {
-    let db = TestDb::new("g_pinned").await;
-    setup(&db).await;
+    let db = invoice_db("g_pinned", 5, AUDIT).await;
     let proxy = Proxy::with_guards(INVOICE).await;
     let a = proxy.client(&db.name).await;
     let b = proxy.client(&db.name).await;
@@ -429,8 +388,7 @@ async fn versions_read_without_the_key_are_tracked_and_refreshed() {
 /// read: its versions are followed in both protocols.
 #[tokio::test]
 async fn a_read_for_update_is_followed() {
-    let db = TestDb::new("g_for_update").await;
-    setup(&db).await;
+    let db = invoice_db("g_for_update", 5, AUDIT).await;
     db.direct()
         .await
         .batch_execute(
@@ -471,8 +429,7 @@ async fn a_read_for_update_is_followed() {
 /// runs as a script (a guarded write after the read).
 #[tokio::test]
 async fn versions_read_without_the_key_in_a_query_of_several_statements_are_tracked() {
-    let db = TestDb::new("g_pinned_multi").await;
-    setup(&db).await;
+    let db = invoice_db("g_pinned_multi", 5, AUDIT).await;
     db.direct()
         .await
         .batch_execute("UPDATE invoice SET version = 7 WHERE id = 4")
@@ -538,7 +495,7 @@ async fn versions_read_without_the_key_in_a_query_of_several_statements_are_trac
         err,
         "the row was changed by another transaction: expected version 1, found 2",
     );
-    assert_eq!(version_of(&db.direct().await, 3).await, 2);
+    assert_eq!(version_of(&db, 3).await, 2);
 }
 
 /// A write that waits for another transaction's lock on its row, which then commits a new
@@ -547,8 +504,7 @@ async fn versions_read_without_the_key_in_a_query_of_several_statements_are_trac
 /// calls a function is checked the other way (0 rows, then the raise) with the same error.
 #[tokio::test]
 async fn a_write_that_waited_for_a_lock_conflicts_with_the_committed_version() {
-    let db = TestDb::new("g_waited").await;
-    setup(&db).await;
+    let db = invoice_db("g_waited", 5, AUDIT).await;
     let proxy = Proxy::with_guards(INVOICE).await;
     let a = proxy.client(&db.name).await;
     a.simple_query("SELECT * FROM invoice WHERE id IN (1, 2, 3)")
@@ -595,7 +551,7 @@ async fn a_write_that_waited_for_a_lock_conflicts_with_the_committed_version() {
         assert_eq!(e.table(), Some("invoice"));
         assert_eq!(e.constraint(), Some("optlock"));
         assert!(e.where_().is_none(), "{sql}: no PL/pgSQL context");
-        assert_eq!(version_of(&db.direct().await, id).await, 1, "{sql}");
+        assert_eq!(version_of(&db, id).await, 1, "{sql}");
     }
 }
 

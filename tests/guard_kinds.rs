@@ -5,17 +5,9 @@
 //! `track_limit`).
 
 mod common;
+use common::guards::{INVOICE, bump_version, invoice_db};
 use common::*;
 use tokio_postgres::{Client, SimpleQueryMessage};
-
-fn rows_affected(msgs: &[SimpleQueryMessage]) -> Vec<u64> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::CommandComplete(n) => Some(*n),
-            _ => None,
-        })
-        .collect()
-}
 
 async fn text_of(c: &Client, sql: &str) -> String {
     match &c.simple_query(sql).await.unwrap()[..] {
@@ -26,12 +18,6 @@ async fn text_of(c: &Client, sql: &str) -> String {
         ] => r.get(0).unwrap().to_string(),
         other => panic!("{sql}: {other:?}"),
     }
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 // ---------------------------------------------------------------- timestamp
@@ -516,46 +502,16 @@ key = ["id"]
 
 // ---------------------------------------------------------------- scope
 
-const INVOICE: &str = r#"
-[[guard]]
-table = "public.invoice"
-key = ["id"]
-"#;
-
-async fn invoice_db(prefix: &str) -> TestDb {
-    let db = TestDb::new(prefix).await;
-    db.direct()
-        .await
-        .batch_execute(
-            "CREATE TABLE invoice (id int primary key, total numeric not null, version bigint not null default 0);
-             INSERT INTO invoice (id, total) SELECT g, 10 FROM generate_series(1, 5) g;",
-        )
-        .await
-        .unwrap();
-    db
-}
-
-async fn bump(db: &TestDb, id: i32) {
-    db.direct()
-        .await
-        .execute(
-            "UPDATE invoice SET version = version + 1 WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn transaction_scope_forgets_reads_at_transaction_end() {
-    let db = invoice_db("k_txscope").await;
+    let db = invoice_db("k_txscope", 5, "").await;
     let proxy = Proxy::with_guards(&format!("track = \"transaction\"\n{INVOICE}")).await;
     let a = proxy.client(&db.name).await;
     // Autocommit read, then write: nothing known, allowed (bumped).
     a.simple_query("SELECT * FROM invoice WHERE id = 1")
         .await
         .unwrap();
-    bump(&db, 1).await;
+    bump_version(&db, 1).await;
     let r = a
         .simple_query("UPDATE invoice SET total = 1 WHERE id = 1")
         .await
@@ -564,7 +520,7 @@ async fn transaction_scope_forgets_reads_at_transaction_end() {
     a.query("SELECT id, version FROM invoice WHERE id = $1", &[&1i32])
         .await
         .unwrap();
-    bump(&db, 1).await;
+    bump_version(&db, 1).await;
     assert_eq!(
         a.execute("UPDATE invoice SET total = 2 WHERE id = $1", &[&1i32])
             .await
@@ -576,7 +532,7 @@ async fn transaction_scope_forgets_reads_at_transaction_end() {
     a.simple_query("SELECT * FROM invoice WHERE id = 2")
         .await
         .unwrap();
-    bump(&db, 2).await;
+    bump_version(&db, 2).await;
     let err = a
         .simple_query("UPDATE invoice SET total = 1 WHERE id = 2")
         .await
@@ -605,7 +561,7 @@ async fn transaction_scope_forgets_reads_at_transaction_end() {
     a.query("SELECT id, version FROM invoice WHERE id = $1", &[&4i32])
         .await
         .unwrap();
-    bump(&db, 4).await;
+    bump_version(&db, 4).await;
     let err = a
         .execute("UPDATE invoice SET total = 1 WHERE id = $1", &[&4i32])
         .await
@@ -616,14 +572,14 @@ async fn transaction_scope_forgets_reads_at_transaction_end() {
 
 #[tokio::test]
 async fn discard_all_and_reset_all_forget_reads() {
-    let db = invoice_db("k_discard").await;
+    let db = invoice_db("k_discard", 5, "").await;
     let proxy = Proxy::with_guards(INVOICE).await;
     let a = proxy.client(&db.name).await;
     // Control: remembered across statements by default.
     a.simple_query("SELECT * FROM invoice WHERE id = 1")
         .await
         .unwrap();
-    bump(&db, 1).await;
+    bump_version(&db, 1).await;
     let err = a
         .simple_query("UPDATE invoice SET total = 1 WHERE id = 1")
         .await
@@ -638,7 +594,7 @@ async fn discard_all_and_reset_all_forget_reads() {
         a.simple_query(&format!("SELECT * FROM invoice WHERE id = {id}"))
             .await
             .unwrap();
-        bump(&db, id).await;
+        bump_version(&db, id).await;
         a.simple_query(forget).await.unwrap();
         let r = a
             .simple_query(&format!("UPDATE invoice SET total = 1 WHERE id = {id}"))
@@ -651,13 +607,13 @@ async fn discard_all_and_reset_all_forget_reads() {
 /// Pools and drivers that reset a connection may send `DISCARD ALL` with Parse/Bind/Execute.
 #[tokio::test]
 async fn discard_all_in_the_extended_protocol_forgets_reads() {
-    let db = invoice_db("k_discardx").await;
+    let db = invoice_db("k_discardx", 5, "").await;
     let proxy = Proxy::with_guards(INVOICE).await;
     let a = proxy.client(&db.name).await;
     a.query("SELECT id, version FROM invoice WHERE id = $1", &[&1i32])
         .await
         .unwrap();
-    bump(&db, 1).await;
+    bump_version(&db, 1).await;
     a.execute("DISCARD ALL", &[]).await.unwrap();
     assert_eq!(
         a.execute("UPDATE invoice SET total = 3 WHERE id = $1", &[&1i32])
@@ -669,14 +625,14 @@ async fn discard_all_in_the_extended_protocol_forgets_reads() {
 
 #[tokio::test]
 async fn track_limit_drops_the_least_recently_read_row() {
-    let db = invoice_db("k_limit").await;
+    let db = invoice_db("k_limit", 5, "").await;
     let proxy = Proxy::with_guards(&format!("track_limit = 2\n{INVOICE}")).await;
     let a = proxy.client(&db.name).await;
     a.simple_query("SELECT id, version FROM invoice WHERE id <= 3 ORDER BY id")
         .await
         .unwrap();
     for id in 1..=3 {
-        bump(&db, id).await;
+        bump_version(&db, id).await;
     }
     // The last two rows read are still known: conflicts.
     for id in [2, 3] {
@@ -743,7 +699,7 @@ async fn key_parameter_cast_from_text_is_still_checked() {
 /// `server_reset_query` may be configured so) forgets too.
 #[tokio::test]
 async fn discard_all_after_a_comment_or_statement_forgets_reads() {
-    let db = invoice_db("k_discardc").await;
+    let db = invoice_db("k_discardc", 5, "").await;
     let proxy = Proxy::with_guards(INVOICE).await;
     let a = proxy.client(&db.name).await;
     for (id, forget) in [
@@ -754,7 +710,7 @@ async fn discard_all_after_a_comment_or_statement_forgets_reads() {
         a.simple_query(&format!("SELECT * FROM invoice WHERE id = {id}"))
             .await
             .unwrap();
-        bump(&db, id).await;
+        bump_version(&db, id).await;
         a.simple_query(forget).await.unwrap();
         a.simple_query(&format!("UPDATE invoice SET total = 1 WHERE id = {id}"))
             .await

@@ -6,37 +6,34 @@
 //! re-read.
 
 mod common;
+use common::guards::{INVOICE, invoice_db};
 use common::*;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-const GUARDS: &str = r#"
-[[guard]]
-table = "public.invoice"
-key = ["id"]
-version = "version"
-
+/// The quoted, capitalised table beside `public.invoice`, guarded the same way.
+const QUOTED_INVOICE: &str = r#"
 [[guard]]
 table = 'public."Invoice"'
 key = ["id"]
 version = "version"
 "#;
 
-async fn setup(db: &TestDb) {
-    db.direct()
-        .await
-        .batch_execute(
-            r#"CREATE TABLE invoice (id int primary key, total numeric not null, version bigint not null default 0);
-               INSERT INTO invoice (id, total) SELECT g, 10 FROM generate_series(1, 20) g;
-               CREATE TABLE "Invoice" (id int primary key, total numeric not null, version bigint not null default 0);
-               INSERT INTO "Invoice" (id, total) SELECT g, 10 FROM generate_series(1, 5) g;
-               -- The two tables' versions differ, so a write resolved to the wrong one shows.
-               UPDATE invoice SET version = 100;
-               CREATE TABLE other (id int primary key, invoice_id int not null, amount numeric not null);
-               INSERT INTO other SELECT g + 100, g, g * 2 FROM generate_series(1, 20) g;
-               CREATE TABLE audit (n int);"#,
-        )
-        .await
-        .unwrap();
+/// Beside the invoice table (rows 1 to 20): "Invoice" (rows 1 to 5), `other` joined to
+/// invoices, and `audit`.
+const TABLES: &str = r#"CREATE TABLE "Invoice" (id int primary key, total numeric not null, version bigint not null default 0);
+    INSERT INTO "Invoice" (id, total) SELECT g, 10 FROM generate_series(1, 5) g;
+    -- The two tables' versions differ, so a write resolved to the wrong one shows.
+    UPDATE invoice SET version = 100;
+    CREATE TABLE other (id int primary key, invoice_id int not null, amount numeric not null);
+    INSERT INTO other SELECT g + 100, g, g * 2 FROM generate_series(1, 20) g;
+    CREATE TABLE audit (n int);"#;
+
+/// A database of the test's own with the tables above, and a proxy guarding both invoice
+/// tables.
+async fn setup(prefix: &str) -> (TestDb, Proxy) {
+    let db = invoice_db(prefix, 20, TABLES).await;
+    let proxy = Proxy::with_guards(&format!("{INVOICE}{QUOTED_INVOICE}")).await;
+    (db, proxy)
 }
 
 /// `version` of row `id` in `table` (SQL spelling), read directly.
@@ -66,26 +63,6 @@ async fn other_session_changes(db: &TestDb, table: &str, id: i32) {
         .await
         .unwrap();
     assert_eq!(n, 1);
-}
-
-fn rows_affected(msgs: &[SimpleQueryMessage]) -> Vec<u64> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::CommandComplete(n) => Some(*n),
-            _ => None,
-        })
-        .collect()
-}
-
-fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 /// The session reads row `id`, another session changes it, `write` conflicts (and changes
@@ -146,9 +123,7 @@ async fn conflict_then_clean(db: &TestDb, a: &Client, table: &str, id: i32, writ
 
 #[tokio::test]
 async fn update_and_delete_spellings_conflict_and_then_write() {
-    let db = TestDb::new("sp_spell").await;
-    setup(&db).await;
-    let proxy = Proxy::with_guards(GUARDS).await;
+    let (db, proxy) = setup("sp_spell").await;
     let a = proxy.client(&db.name).await;
     let cases: &[(i32, &str)] = &[
         (1, "UPDATE invoice SET total = total + 1 WHERE id = 1"),
@@ -206,9 +181,7 @@ async fn update_and_delete_spellings_conflict_and_then_write() {
 
 #[tokio::test]
 async fn quoted_capitalised_table_is_its_own_guard() {
-    let db = TestDb::new("sp_quoted").await;
-    setup(&db).await;
-    let proxy = Proxy::with_guards(GUARDS).await;
+    let (db, proxy) = setup("sp_quoted").await;
     let a = proxy.client(&db.name).await;
     conflict_then_clean(
         &db,
@@ -264,9 +237,7 @@ async fn quoted_capitalised_table_is_its_own_guard() {
 
 #[tokio::test]
 async fn join_keyed_only_through_the_other_table_is_bulk() {
-    let db = TestDb::new("sp_bulkjoin").await;
-    setup(&db).await;
-    let proxy = Proxy::with_guards(GUARDS).await;
+    let (db, proxy) = setup("sp_bulkjoin").await;
     let a = proxy.client(&db.name).await;
     a.simple_query("SELECT * FROM invoice WHERE id IN (1, 2)")
         .await
@@ -304,9 +275,7 @@ async fn join_keyed_only_through_the_other_table_is_bulk() {
 
 #[tokio::test]
 async fn returning_shows_only_the_clients_columns() {
-    let db = TestDb::new("sp_ret").await;
-    setup(&db).await;
-    let proxy = Proxy::with_guards(GUARDS).await;
+    let (db, proxy) = setup("sp_ret").await;
     let a = proxy.client(&db.name).await;
 
     // Simple protocol.
@@ -429,9 +398,7 @@ async fn returning_shows_only_the_clients_columns() {
 
 #[tokio::test]
 async fn data_modifying_cte_is_bumped() {
-    let db = TestDb::new("sp_cte").await;
-    setup(&db).await;
-    let proxy = Proxy::with_guards(GUARDS).await;
+    let (db, proxy) = setup("sp_cte").await;
     let a = proxy.client(&db.name).await;
     let r = a
         .simple_query(
@@ -472,9 +439,7 @@ async fn total(db: &TestDb, id: i32) -> String {
 /// the stale write is a conflict, as anywhere else, and does not apply.
 #[tokio::test]
 async fn stale_write_in_a_cte_is_a_conflict() {
-    let db = TestDb::new("sp_ctestale").await;
-    setup(&db).await;
-    let proxy = Proxy::with_guards(GUARDS).await;
+    let (db, proxy) = setup("sp_ctestale").await;
     let a = proxy.client(&db.name).await;
     a.simple_query("SELECT * FROM invoice WHERE id = 5")
         .await
@@ -535,9 +500,7 @@ async fn stale_write_in_a_cte_is_a_conflict() {
 /// session follows its own write).
 #[tokio::test]
 async fn cte_write_checks_in_a_transaction_and_never_conflicts_with_itself() {
-    let db = TestDb::new("sp_ctetx").await;
-    setup(&db).await;
-    let proxy = Proxy::with_guards(GUARDS).await;
+    let (db, proxy) = setup("sp_ctetx").await;
     let a = proxy.client(&db.name).await;
     a.simple_query("SELECT * FROM invoice WHERE id IN (8, 9)")
         .await
@@ -621,9 +584,7 @@ async fn cte_write_checks_in_a_transaction_and_never_conflicts_with_itself() {
 
 #[tokio::test]
 async fn upsert_bumps_and_the_session_keeps_its_own_version() {
-    let db = TestDb::new("sp_upsert").await;
-    setup(&db).await;
-    let proxy = Proxy::with_guards(GUARDS).await;
+    let (db, proxy) = setup("sp_upsert").await;
     let a = proxy.client(&db.name).await;
     a.simple_query("SELECT * FROM invoice WHERE id = 1")
         .await
@@ -697,9 +658,7 @@ async fn upsert_bumps_and_the_session_keeps_its_own_version() {
 // Multi-threaded: psql runs as a blocking child process while the proxy serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_copy_and_mentions_pass_untouched() {
-    let db = TestDb::new("sp_plain").await;
-    setup(&db).await;
-    let proxy = Proxy::with_guards(GUARDS).await;
+    let (db, proxy) = setup("sp_plain").await;
     let a = proxy.client(&db.name).await;
     let r = a
         .simple_query("INSERT INTO invoice (id, total) VALUES (100, 1), (101, 2)")
@@ -821,9 +780,7 @@ async fn insert_copy_and_mentions_pass_untouched() {
 
 #[tokio::test]
 async fn unicode_escaped_name_of_a_guarded_table_is_refused() {
-    let db = TestDb::new("sp_uescape").await;
-    setup(&db).await;
-    let proxy = Proxy::with_guards(GUARDS).await;
+    let (db, proxy) = setup("sp_uescape").await;
     let a = proxy.client(&db.name).await;
     // U&"\0069nvoice" is `invoice`: PostgreSQL would run it; unguarded it must not.
     let err = a
