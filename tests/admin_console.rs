@@ -4,114 +4,26 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::binary::{ConfigFile, PATIENCE, psql_at, psql_with_password};
-use common::{TestDb, connect, upstream};
-use optlock::config::Config;
-use optlock::server::Server;
-use tokio::sync::watch;
-use tokio_postgres::{Client, NoTls};
+use common::binary::{PATIENCE, psql_at, psql_with_password};
+use common::cluster::Cluster;
+use common::guards::{INVOICE, invoice_db, provoke_conflict};
+use common::wire::{Msg, Raw, query, startup};
+use common::{Proxy, split_addr, upstream};
+use tokio_postgres::NoTls;
 
-const INVOICE: &str = r#"
-[[guard]]
-table = "public.invoice"
-key = ["id"]
-version = "version"
-"#;
-
-/// An in-process proxy started from a config file (so that `RELOAD` has a file to read).
-struct Served {
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    file: ConfigFile,
-}
-
-impl Served {
-    async fn start(toml: &str) -> Served {
-        Served::start_on(toml, &upstream()).await
-    }
-
-    async fn start_on(toml: &str, upstream: &str) -> Served {
-        let text = format!("listen = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n{toml}");
-        let file = ConfigFile::new(&text);
-        let config = Config::load(&file.path).expect("test config");
-        let server = Server::bind(config, Some(file.path.clone()))
-            .await
-            .expect("bind");
-        let addr = server.local_addr().unwrap();
-        let stop = server.shutdown_handle();
-        tokio::spawn(server.run());
-        Served { addr, stop, file }
-    }
-
-    fn console(&self, sql: &str) -> (bool, String, String) {
-        psql_at(self.addr.port(), "postgres", "optlock", sql)
-    }
-
-    /// The rows of a console command that must succeed, each split on `|`.
-    fn rows(&self, sql: &str) -> Vec<Vec<String>> {
-        let (ok, out, err) = self.console(sql);
-        assert!(ok, "{sql}: {err}");
-        out.lines()
-            .map(|l| l.split('|').map(str::to_string).collect())
-            .collect()
-    }
-
-    fn conninfo(&self, db: &str, app: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname={db} application_name={app}",
-            self.addr.port()
-        )
-    }
-
-    async fn client(&self, db: &str, app: &str) -> Client {
-        connect(&self.conninfo(db, app)).await
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-async fn invoice_db(prefix: &str) -> TestDb {
-    let db = TestDb::new(prefix).await;
-    db.direct()
-        .await
-        .batch_execute(
-            "CREATE TABLE invoice (id int primary key, total numeric not null, version bigint not null default 0);
-             INSERT INTO invoice (id, total) SELECT g, 10 FROM generate_series(1, 3) g;",
-        )
-        .await
-        .unwrap();
-    db
-}
-
-/// A reads row 1, B changes it, A's write conflicts.
-async fn provoke_conflict(a: &Client, b: &Client) {
-    a.simple_query("SELECT id, version FROM invoice WHERE id = 1")
-        .await
-        .unwrap();
-    b.simple_query("UPDATE invoice SET total = 20 WHERE id = 1")
-        .await
-        .unwrap();
-    let err = a
-        .simple_query("UPDATE invoice SET total = 30 WHERE id = 1")
-        .await
-        .expect_err("a conflict");
-    assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
+/// A proxy started from a config file holding `toml` (so that `RELOAD` has a file to read).
+async fn served(toml: &str) -> Proxy {
+    Proxy::from_file(toml, &upstream()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_guards_config_help_and_version() {
-    let served = Served::start(&format!("track_limit = 77\n{INVOICE}")).await;
+    let served = served(&format!("track_limit = 77\n{INVOICE}")).await;
 
-    let guards = served.rows("SHOW GUARDS");
+    let guards = served.console_rows("SHOW GUARDS");
     assert_eq!(
         guards,
         vec![vec![
@@ -124,7 +36,7 @@ async fn show_guards_config_help_and_version() {
         ]]
     );
 
-    let config = served.rows("show config");
+    let config = served.console_rows("show config");
     let get = |k: &str| {
         config
             .iter()
@@ -144,7 +56,7 @@ async fn show_guards_config_help_and_version() {
     assert_eq!(get("guard")[1], "1 guarded tables");
     assert_eq!(get("metrics_listen")[1..], ["", ""], "unset is NULL");
 
-    let help = served.rows("SHOW HELP");
+    let help = served.console_rows("SHOW HELP");
     let commands: Vec<&str> = help.iter().map(|r| r[0].as_str()).collect();
     for c in [
         "SHOW GUARDS",
@@ -160,14 +72,14 @@ async fn show_guards_config_help_and_version() {
     }
     assert!(help.iter().all(|r| r.len() == 2 && !r[1].is_empty()));
 
-    let version = served.rows("SHOW VERSION");
+    let version = served.console_rows("SHOW VERSION");
     assert_eq!(
         version,
         vec![vec![format!("optlock {}", env!("CARGO_PKG_VERSION"))]]
     );
 
     // Several commands in one query string run in turn.
-    let both = served.rows("SHOW VERSION; SHOW GUARDS");
+    let both = served.console_rows("SHOW VERSION; SHOW GUARDS");
     assert_eq!(both.len(), 2, "{both:?}");
     assert_eq!(both[0], version[0]);
     assert_eq!(both[1], guards[0]);
@@ -175,9 +87,9 @@ async fn show_guards_config_help_and_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_sessions_lists_other_open_sessions() {
-    let db = invoice_db("adm_sess").await;
-    let served = Served::start(INVOICE).await;
-    let till = served.client(&db.name, "till-7").await;
+    let db = invoice_db("adm_sess", 3, "").await;
+    let served = served(INVOICE).await;
+    let till = served.client_as(&db.name, "till-7").await;
     let pid: i32 = till
         .query_one("SELECT pg_backend_pid()", &[])
         .await
@@ -187,7 +99,7 @@ async fn show_sessions_lists_other_open_sessions() {
         .await
         .unwrap();
 
-    let sessions = served.rows("SHOW SESSIONS");
+    let sessions = served.console_rows("SHOW SESSIONS");
     let mine: Vec<&Vec<String>> = sessions.iter().filter(|r| r[2] == db.name).collect();
     assert_eq!(mine.len(), 1, "{sessions:?}");
     let s = mine[0];
@@ -204,7 +116,7 @@ async fn show_sessions_lists_other_open_sessions() {
 
     // A session in a transaction says so.
     till.batch_execute("BEGIN").await.unwrap();
-    let sessions = served.rows("SHOW SESSIONS");
+    let sessions = served.console_rows("SHOW SESSIONS");
     let s = sessions.iter().find(|r| r[2] == db.name).unwrap();
     assert_eq!(s[6], "in transaction", "{s:?}");
 
@@ -212,7 +124,7 @@ async fn show_sessions_lists_other_open_sessions() {
     drop(till);
     let start = Instant::now();
     loop {
-        let sessions = served.rows("SHOW SESSIONS");
+        let sessions = served.console_rows("SHOW SESSIONS");
         if !sessions.iter().any(|r| r[2] == db.name) {
             break;
         }
@@ -223,15 +135,15 @@ async fn show_sessions_lists_other_open_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_conflicts_and_stats_after_a_conflict() {
-    let db = invoice_db("adm_confl").await;
-    let served = Served::start(INVOICE).await;
-    assert!(served.rows("SHOW CONFLICTS").is_empty());
+    let db = invoice_db("adm_confl", 3, "").await;
+    let served = served(INVOICE).await;
+    assert!(served.console_rows("SHOW CONFLICTS").is_empty());
 
-    let a = served.client(&db.name, "till-a").await;
-    let b = served.client(&db.name, "till-b").await;
+    let a = served.client_as(&db.name, "till-a").await;
+    let b = served.client_as(&db.name, "till-b").await;
     provoke_conflict(&a, &b).await;
 
-    let conflicts = served.rows("SHOW CONFLICTS");
+    let conflicts = served.console_rows("SHOW CONFLICTS");
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     let c = &conflicts[0];
     // time|table|key|expected|found|client_addr|user|application_name
@@ -257,12 +169,12 @@ async fn show_conflicts_and_stats_after_a_conflict() {
         .await
         .expect_err("a conflict on a deleted row");
     assert_eq!(err.code().map(|c| c.code()), Some("40001"));
-    let conflicts = served.rows("SHOW CONFLICTS");
+    let conflicts = served.console_rows("SHOW CONFLICTS");
     assert_eq!(conflicts.len(), 2, "{conflicts:?}");
     assert_eq!(conflicts[0][2], "(id)=(2)", "newest first: {conflicts:?}");
     assert_eq!(conflicts[0][4], "", "no row found: {conflicts:?}");
 
-    let stats = served.rows("SHOW STATS");
+    let stats = served.console_rows("SHOW STATS");
     let stat = |k: &str| -> u64 {
         stats
             .iter()
@@ -290,11 +202,11 @@ async fn show_conflicts_and_stats_after_a_conflict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_reads_the_file_and_a_bad_file_changes_nothing() {
-    let served = Served::start("").await;
-    assert!(served.rows("SHOW GUARDS").is_empty());
+    let served = served("").await;
+    assert!(served.console_rows("SHOW GUARDS").is_empty());
 
-    let base = std::fs::read_to_string(&served.file.path).unwrap();
-    served.file.rewrite(&format!("{base}{INVOICE}"));
+    let base = std::fs::read_to_string(&served.config_file().path).unwrap();
+    served.config_file().rewrite(&format!("{base}{INVOICE}"));
     let (ok, out, err) = served.console("RELOAD");
     assert!(ok, "{err}");
     assert!(
@@ -302,13 +214,13 @@ async fn reload_reads_the_file_and_a_bad_file_changes_nothing() {
         "the notice says what was loaded: {err}"
     );
     assert_eq!(out.trim(), "RELOAD", "psql prints the command tag");
-    assert_eq!(served.rows("SHOW GUARDS")[0][0], "public.invoice");
+    assert_eq!(served.console_rows("SHOW GUARDS")[0][0], "public.invoice");
 
     // Line 6 of the file: `key = []`.
-    served.file.rewrite(&format!(
+    served.config_file().rewrite(&format!(
         "{base}[[guard]]\ntable = \"public.other\"\nkey = []\n"
     ));
-    let key_line = std::fs::read_to_string(&served.file.path)
+    let key_line = std::fs::read_to_string(&served.config_file().path)
         .unwrap()
         .lines()
         .position(|l| l.starts_with("key = []"))
@@ -317,11 +229,11 @@ async fn reload_reads_the_file_and_a_bad_file_changes_nothing() {
     let (ok, _, err) = served.console("RELOAD");
     assert!(!ok);
     assert!(err.contains("F0000"), "config_file_error: {err}");
-    let at = format!("{}:{key_line}:", served.file.path.display());
+    let at = format!("{}:{key_line}:", served.config_file().path.display());
     assert!(err.contains(&at), "names file and line ({at}): {err}");
     assert!(err.contains("key must name at least one column"), "{err}");
     assert_eq!(
-        served.rows("SHOW GUARDS")[0][0],
+        served.console_rows("SHOW GUARDS")[0][0],
         "public.invoice",
         "the previous config stays in force"
     );
@@ -329,7 +241,7 @@ async fn reload_reads_the_file_and_a_bad_file_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_commands_are_clean_errors() {
-    let served = Served::start(INVOICE).await;
+    let served = served(INVOICE).await;
     for sql in ["SELECT 1", "SHOW GUARD", "DROP TABLE invoice"] {
         let (ok, out, err) = served.console(sql);
         assert!(!ok, "{sql}");
@@ -369,7 +281,7 @@ async fn unknown_commands_are_clean_errors() {
     );
 
     // The extended protocol is refused politely, and the session stays usable.
-    let c = served.client("optlock", "ext").await;
+    let c = served.client_as("optlock", "ext").await;
     let err = c.query("SHOW VERSION", &[]).await.expect_err("refused");
     assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{err}");
     let rows = c.simple_query("SHOW VERSION").await.unwrap();
@@ -404,10 +316,8 @@ impl Role {
 
 impl Drop for Role {
     fn drop(&mut self) {
-        let (host, port) = upstream()
-            .rsplit_once(':')
-            .map(|(h, p)| (h.to_string(), p.to_string()))
-            .unwrap();
+        let (host, port) = split_addr(&upstream());
+        let port = port.to_string();
         let _ = Command::new("psql")
             .args([
                 "-X", "-q", "-h", &host, "-p", &port, "-U", "postgres", "-d", "postgres", "-c",
@@ -420,7 +330,7 @@ impl Drop for Role {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_admin_users_open_the_console() {
     let _role = Role::create("optlock_nobody").await;
-    let served = Served::start("admin_users = [\"postgres\", \"optlock_ghost\"]\n").await;
+    let served = served("admin_users = [\"postgres\", \"optlock_ghost\"]\n").await;
     let port = served.addr.port();
 
     // A real login role that is not an admin user: refused before any password exchange.
@@ -464,109 +374,17 @@ async fn only_admin_users_open_the_console() {
     assert!(ok, "{stderr}");
 }
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// A throwaway PostgreSQL cluster owned by the `postgres` OS user, with SCRAM authentication
-/// for TCP logins; stopped and removed when dropped.
-struct ScramCluster {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl ScramCluster {
-    fn start(password: &str) -> Option<ScramCluster> {
-        if !Path::new(PG_BIN).join("initdb").exists() {
-            eprintln!("skipped: no PostgreSQL binaries in {PG_BIN}");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let as_postgres = |args: &[&str]| {
-            let out = Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .args(args)
-                .output()
-                .expect("runuser");
-            assert!(
-                out.status.success(),
-                "{args:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let root = dir.path().to_str().unwrap().to_string();
-        let ok = Command::new("chown")
-            .args(["postgres:postgres", &root])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "chown {root}");
-        let pwfile = dir.path().join("pw");
-        std::fs::write(&pwfile, format!("{password}\n")).unwrap();
-        let _ = Command::new("chown")
-            .args(["postgres:postgres", pwfile.to_str().unwrap()])
-            .status();
-        let data = format!("{root}/data");
-        as_postgres(&[
-            &format!("{PG_BIN}/initdb"),
-            "-D",
-            &data,
-            "-U",
-            "postgres",
-            "-A",
-            "scram-sha-256",
-            "--pwfile",
-            pwfile.to_str().unwrap(),
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ]);
-        let port = common::free_port();
-        let cluster = ScramCluster { dir, port };
-        as_postgres(&[
-            &format!("{PG_BIN}/pg_ctl"),
-            "-D",
-            &data,
-            "-l",
-            &format!("{root}/log"),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            &format!("-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"),
-            "start",
-        ]);
-        Some(cluster)
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-}
-
-impl Drop for ScramCluster {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/pg_ctl"))
-            .args([
-                "-D",
-                self.data().to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ])
-            .output();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_login_is_checked_by_the_server_before_the_console_answers() {
-    let Some(cluster) = ScramCluster::start("s3cret-pw") else {
+    if !Cluster::available() {
+        eprintln!("skipped: no PostgreSQL binaries");
         return;
-    };
-    let upstream = format!("127.0.0.1:{}", cluster.port);
-    let served = Served::start_on("", &upstream).await;
+    }
+    // SCRAM authentication for TCP logins, and a password for postgres.
+    let cluster = Cluster::start(&["host all all 127.0.0.1/32 scram-sha-256"]);
+    cluster.psql("ALTER ROLE postgres PASSWORD 's3cret-pw'");
+    let upstream = cluster.addr();
+    let served = Proxy::from_file("", &upstream).await;
     let port = served.addr.port();
 
     // No password at all: the server asks for one and psql, told never to prompt, gives up.
@@ -619,21 +437,17 @@ async fn scram_login_is_checked_by_the_server_before_the_console_answers() {
     );
 }
 
-/// Reads backend messages until `ReadyForQuery` number `readies`: (tag, body) each.
-async fn read_messages(sock: &mut tokio::net::TcpStream, readies: usize) -> Vec<(u8, Vec<u8>)> {
-    use tokio::io::AsyncReadExt;
+/// Reads backend messages until `ReadyForQuery` number `readies`, or up to an error.
+async fn read_messages(raw: &mut Raw, readies: usize) -> Vec<Msg> {
     let mut out = Vec::new();
     let mut seen = 0;
     while seen < readies {
-        let tag = sock.read_u8().await.expect("a message");
-        let len = sock.read_i32().await.unwrap() as usize;
-        let mut body = vec![0; len - 4];
-        sock.read_exact(&mut body).await.unwrap();
-        if tag == b'Z' {
+        let m = raw.read_msg().await.expect("a message");
+        if m.tag == b'Z' {
             seen += 1;
         }
-        let fatal = tag == b'E';
-        out.push((tag, body));
+        let fatal = m.tag == b'E';
+        out.push(m);
         if fatal {
             break;
         }
@@ -643,24 +457,20 @@ async fn read_messages(sock: &mut tokio::net::TcpStream, readies: usize) -> Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_sent_with_the_startup_packet_is_answered_by_the_console() {
-    use tokio::io::AsyncWriteExt;
-    let served = Served::start(INVOICE).await;
-    let mut sock = tokio::net::TcpStream::connect(served.addr).await.unwrap();
-    let mut startup = Vec::new();
-    let params = b"user\0postgres\0database\0optlock\0application_name\0pipelined\0\0";
-    startup.extend_from_slice(&((8 + params.len()) as i32).to_be_bytes());
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    startup.extend_from_slice(params);
-    let sql = b"SHOW GUARDS\0";
-    startup.push(b'Q');
-    startup.extend_from_slice(&((4 + sql.len()) as i32).to_be_bytes());
-    startup.extend_from_slice(sql);
-    sock.write_all(&startup).await.unwrap();
+    let served = served(INVOICE).await;
+    let mut raw = Raw::connect(&served.addr.to_string()).await;
+    let mut bytes = startup(&[
+        ("user", "postgres"),
+        ("database", "optlock"),
+        ("application_name", "pipelined"),
+    ]);
+    bytes.extend(query("SHOW GUARDS"));
+    raw.send(&bytes).await;
 
-    let messages = tokio::time::timeout(PATIENCE, read_messages(&mut sock, 2))
+    let messages = tokio::time::timeout(PATIENCE, read_messages(&mut raw, 2))
         .await
         .expect("the console answers the pipelined command");
-    let tags: Vec<u8> = messages.iter().map(|m| m.0).collect();
+    let tags: Vec<u8> = messages.iter().map(|m| m.tag).collect();
     assert_eq!(tags.first(), Some(&b'R'), "authentication first");
     assert!(!tags.contains(&b'E'), "{messages:?}");
     let after_login = tags.iter().position(|&t| t == b'Z').unwrap();
@@ -669,7 +479,7 @@ async fn a_command_sent_with_the_startup_packet_is_answered_by_the_console() {
         b"ZTDCZ",
         "login, then the console's answer: {messages:?}"
     );
-    let row = &messages[after_login + 2].1;
+    let row = messages[after_login + 2].body();
     assert!(
         String::from_utf8_lossy(row).contains("public.invoice"),
         "{row:?}"

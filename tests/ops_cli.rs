@@ -5,34 +5,29 @@
 mod common;
 
 use common::binary::{ConfigFile, Running, run_optlock};
+use common::guards::{INVOICE, invoice_db};
 use common::{TestDb, upstream};
 use optlock::config::Config;
 
+/// A database of the test's own with an empty invoice table, customers, invoice lines and a
+/// log.
 async fn shop() -> TestDb {
-    let db = TestDb::new("cli").await;
-    db.direct()
-        .await
-        .batch_execute(
-            "CREATE TABLE invoice (id int primary key, total numeric not null, version bigint not null default 0);
-             CREATE TABLE customer (id int primary key, name text, updated_at timestamptz not null default now());
-             CREATE TABLE line (invoice_id int, n int, qty int, PRIMARY KEY (invoice_id, n));
-             CREATE TABLE log (msg text);",
-        )
-        .await
-        .unwrap();
-    db
+    invoice_db(
+        "cli",
+        0,
+        "CREATE TABLE customer (id int primary key, name text, updated_at timestamptz not null default now());
+         CREATE TABLE line (invoice_id int, n int, qty int, PRIMARY KEY (invoice_id, n));
+         CREATE TABLE log (msg text);",
+    )
+    .await
 }
 
 fn url(db: &TestDb) -> String {
     format!("postgres://postgres@{}/{}", upstream(), db.name)
 }
 
-const GOOD: &str = r#"
-[[guard]]
-table = "public.invoice"
-key = ["id"]
-version = "version"
-"#;
+/// The invoice guard, right for the shop's invoice table.
+const GOOD: &str = INVOICE;
 
 const WRONG: &str = r#"
 [[guard]]

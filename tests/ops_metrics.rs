@@ -6,75 +6,33 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestDb, connect, upstream};
+use common::guards::{INVOICE, invoice_db, provoke_conflict};
+use common::{Proxy, http_get, sample};
 use optlock::config::Config;
-use optlock::server::Server;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-const CONFIG: &str = r#"
-metrics_listen = "127.0.0.1:0"
-listen = "127.0.0.1:0"
-
-[[guard]]
-table = "public.invoice"
-key = ["id"]
-version = "version"
-
+/// `public.customer` guarded by `xmin`, beside the invoice guard.
+const CUSTOMER: &str = r#"
 [[guard]]
 table = "public.customer"
 key = ["id"]
 version = "xmin"
 "#;
 
-async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw))
-        .await
-        .expect("the metrics server answers and closes")
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    (head.to_string(), body.to_string())
-}
-
-/// The value of one sample line (`name{labels} value`).
-fn sample(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {series}:\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn metrics_count_conflicts_sessions_and_bytes() {
-    let db = TestDb::new("metrics").await;
-    db.direct()
-        .await
-        .batch_execute(
-            "CREATE TABLE invoice (id int primary key, total numeric not null, version bigint not null default 0);
-             INSERT INTO invoice (id, total) VALUES (1, 10), (2, 10);
-             CREATE TABLE customer (id int primary key, name text);",
-        )
-        .await
-        .unwrap();
-    let mut config = Config::parse(CONFIG, "metrics.toml").unwrap();
-    config.upstream = upstream();
-    let server = Server::bind(config, None).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    let metrics = server.metrics_addr().expect("metrics listener bound");
+    let db = invoice_db(
+        "metrics",
+        2,
+        "CREATE TABLE customer (id int primary key, name text);",
+    )
+    .await;
+    let config = format!("metrics_listen = \"127.0.0.1:0\"\n{INVOICE}{CUSTOMER}");
+    let proxy = Proxy::start(Config::parse(&config, "metrics.toml").unwrap()).await;
+    let metrics = proxy.metrics.expect("metrics listener bound");
     assert_ne!(metrics.port(), 0, "the bound port, not the one asked for");
-    let stop = server.shutdown_handle();
-    let task = tokio::spawn(server.run());
 
     // Before any traffic: the series exist, at zero.
-    let (head, body) = get(metrics, "/metrics").await;
+    let (head, body) = http_get(metrics, "/metrics").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("application/openmetrics-text"), "{head}");
     assert_eq!(
@@ -86,32 +44,15 @@ async fn metrics_count_conflicts_sessions_and_bytes() {
     );
     assert_eq!(sample(&body, "optlock_sessions_total"), 0.0);
 
-    let conninfo = |app: &str| {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname={} application_name={app}",
-            addr.port(),
-            db.name
-        )
-    };
-    let a = connect(&conninfo("a")).await;
-    let b = connect(&conninfo("b")).await;
-    a.simple_query("SELECT id, version FROM invoice WHERE id = 1")
-        .await
-        .unwrap();
-    b.simple_query("UPDATE invoice SET total = 20 WHERE id = 1")
-        .await
-        .unwrap();
-    let err = a
-        .simple_query("UPDATE invoice SET total = 30 WHERE id = 1")
-        .await
-        .expect_err("a conflict");
-    assert_eq!(err.code().map(|c| c.code()), Some("40001"));
+    let a = proxy.client_as(&db.name, "a").await;
+    let b = proxy.client_as(&db.name, "b").await;
+    provoke_conflict(&a, &b).await;
     // An unguarded write and a read add nothing to the guarded counters.
     b.batch_execute("INSERT INTO customer VALUES (1, 'x'); SELECT * FROM customer")
         .await
         .unwrap();
 
-    let (_, body) = get(metrics, "/metrics").await;
+    let (_, body) = http_get(metrics, "/metrics").await;
     assert!(
         body.lines().any(|l| l
             == "optlock_guarded_writes_total{table=\"public.invoice\",outcome=\"conflict\"} 1"),
@@ -161,7 +102,7 @@ async fn metrics_count_conflicts_sessions_and_bytes() {
     drop(b);
     let mut active = f64::NAN;
     for _ in 0..600 {
-        let (_, body) = get(metrics, "/metrics").await;
+        let (_, body) = http_get(metrics, "/metrics").await;
         active = sample(&body, "optlock_sessions_active");
         if active == 0.0 {
             break;
@@ -170,11 +111,11 @@ async fn metrics_count_conflicts_sessions_and_bytes() {
     }
     assert_eq!(active, 0.0);
 
-    let (head, _) = get(metrics, "/nothing").await;
+    let (head, _) = http_get(metrics, "/nothing").await;
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 
-    stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(60), task)
+    assert!(proxy.shutdown(), "the server is still running");
+    tokio::time::timeout(Duration::from_secs(60), proxy.task)
         .await
         .expect("the server stops")
         .unwrap()
@@ -188,29 +129,29 @@ async fn upstream_connect_failures_are_counted() {
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
     let mut config = Config::parse(
-        "metrics_listen = \"127.0.0.1:0\"\nlisten = \"127.0.0.1:0\"\nupstream_connect_timeout = 10\n",
+        "metrics_listen = \"127.0.0.1:0\"\nupstream_connect_timeout = 10\n",
         "m.toml",
     )
     .unwrap();
     config.upstream = dead_addr.to_string();
-    let server = Server::bind(config, None).await.unwrap();
-    let addr = server.local_addr().unwrap();
-    let metrics = server.metrics_addr().unwrap();
-    let stop = server.shutdown_handle();
-    tokio::spawn(server.run());
+    let proxy = Proxy::start(config).await;
+    let metrics = proxy.metrics.unwrap();
 
     let err = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={} user=postgres dbname=x", addr.port()),
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=x",
+            proxy.addr.port()
+        ),
         tokio_postgres::NoTls,
     )
     .await
     .err()
     .expect("no upstream");
     assert_eq!(err.code().map(|c| c.code()), Some("08006"), "{err}");
-    let (_, body) = get(metrics, "/metrics").await;
+    let (_, body) = http_get(metrics, "/metrics").await;
     assert_eq!(
         sample(&body, "optlock_upstream_connect_failures_total"),
         1.0
     );
-    let _ = stop.send(true);
+    proxy.shutdown();
 }

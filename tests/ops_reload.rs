@@ -7,16 +7,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::binary::{ConfigFile, PATIENCE, Running};
-use common::{TestDb, upstream};
+use common::guards::{INVOICE, invoice_db};
+use common::{TestDb, http_get, upstream};
 use tokio_postgres::{Client, NoTls};
 
-const INVOICE: &str = r#"
-[[guard]]
-table = "public.invoice"
-key = ["id"]
-version = "version"
-"#;
-
+/// `public.audit` guarded by `xmin`, beside the invoice guard.
 const AUDIT: &str = r#"
 [[guard]]
 table = "public.audit"
@@ -31,16 +26,14 @@ fn base() -> String {
     )
 }
 
-async fn setup(db: &TestDb) {
-    db.direct()
-        .await
-        .batch_execute(
-            "CREATE TABLE invoice (id int primary key, total numeric not null, version bigint not null default 0);
-             INSERT INTO invoice (id, total) SELECT g, 10 FROM generate_series(1, 5) g;
-             CREATE TABLE audit (id int primary key, note text);",
-        )
-        .await
-        .unwrap();
+/// A database of the test's own with the invoice table (rows 1 to 5) and `audit`.
+async fn setup(prefix: &str) -> TestDb {
+    invoice_db(
+        prefix,
+        5,
+        "CREATE TABLE audit (id int primary key, note text);",
+    )
+    .await
 }
 
 /// A client whose connection's end (error or not) can be awaited.
@@ -59,21 +52,9 @@ async fn open(conninfo: &str) -> Conn {
 
 /// The body of `GET /metrics`.
 async fn metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("the metrics listener is up");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut raw))
-        .await
-        .expect("an answer")
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text.split_once("\r\n\r\n").unwrap().1.to_string()
+    let (head, body) = http_get(([127, 0, 0, 1], port).into(), "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\r\n\r\n{body}");
+    body
 }
 
 /// Polls the console until `SHOW GUARDS` lists exactly `tables`.
@@ -125,8 +106,7 @@ fn assert_conflict(
 /// Reload into open sessions, for a session that already had guards when it started and for
 /// one that had none.
 async fn reload_reaches_open_sessions(initial_guards: &str, prefix: &str) {
-    let db = TestDb::new(prefix).await;
-    setup(&db).await;
+    let db = setup(prefix).await;
     let file = ConfigFile::new(&format!("{}{initial_guards}", base()));
     let mut proc = Running::serve(&file.path, &[]);
     proc.wait_ready();
@@ -262,8 +242,7 @@ async fn sighup_adds_the_first_guard_to_open_sessions() {
 
 #[tokio::test]
 async fn sigterm_drains_sessions_then_exits_zero() {
-    let db = TestDb::new("drain").await;
-    setup(&db).await;
+    let db = setup("drain").await;
     let metrics_port = common::free_port();
     let file = ConfigFile::new(&format!(
         "{}metrics_listen = \"127.0.0.1:{metrics_port}\"\n{INVOICE}",
@@ -350,8 +329,7 @@ async fn sigterm_drains_sessions_then_exits_zero() {
 
 #[tokio::test]
 async fn sigterm_closes_a_transaction_left_open_after_shutdown_timeout() {
-    let db = TestDb::new("drain_to").await;
-    setup(&db).await;
+    let db = setup("drain_to").await;
     let file = ConfigFile::new(&format!(
         "upstream = \"{}\"\nshutdown_timeout = 1\n{INVOICE}",
         upstream()
@@ -407,8 +385,7 @@ async fn sigterm_closes_a_transaction_left_open_after_shutdown_timeout() {
 
 #[tokio::test]
 async fn sighup_keeps_the_versions_sessions_read_before_it() {
-    let db = TestDb::new("hup_keep").await;
-    setup(&db).await;
+    let db = setup("hup_keep").await;
     let file = ConfigFile::new(&format!("{}{INVOICE}", base()));
     let mut proc = Running::serve(&file.path, &[]);
     proc.wait_ready();
@@ -440,8 +417,7 @@ async fn sighup_keeps_the_versions_sessions_read_before_it() {
 /// prepared again from the client's own text, not from the server's rewritten one.
 #[tokio::test]
 async fn sighup_keeps_statements_prepared_under_the_same_guard_working() {
-    let db = TestDb::new("hup_same_stmt").await;
-    setup(&db).await;
+    let db = setup("hup_same_stmt").await;
     let file = ConfigFile::new(&format!("{}{INVOICE}", base()));
     let mut proc = Running::serve(&file.path, &[]);
     proc.wait_ready();
@@ -484,8 +460,7 @@ async fn sighup_keeps_statements_prepared_under_the_same_guard_working() {
 /// the kept statement is closed and another is prepared under them.
 #[tokio::test]
 async fn sighup_prepares_kept_unnamed_writes_again() {
-    let db = TestDb::new("hup_kept").await;
-    setup(&db).await;
+    let db = setup("hup_kept").await;
     let file = ConfigFile::new(&format!("{}{INVOICE}", base()));
     let mut proc = Running::serve(&file.path, &[]);
     proc.wait_ready();
@@ -551,8 +526,7 @@ async fn sighup_prepares_kept_unnamed_writes_again() {
 /// conflict are counted under its own table, not under the guard now at its old position.
 #[tokio::test]
 async fn writes_bound_before_a_reload_are_counted_under_their_own_table() {
-    let db = TestDb::new("hup_count").await;
-    setup(&db).await;
+    let db = setup("hup_count").await;
     let metrics_port = common::free_port();
     let config = |guards: &str| {
         format!(

@@ -217,9 +217,19 @@ impl Proxy {
         )
     }
 
+    /// [`Proxy::conninfo`] with an `application_name`.
+    pub fn conninfo_as(&self, db: &str, app: &str) -> String {
+        format!("{} application_name={app}", self.conninfo(db))
+    }
+
     /// A tokio-postgres client connected through the proxy.
     pub async fn client(&self, db: &str) -> Client {
         connect(&self.conninfo(db)).await
+    }
+
+    /// A tokio-postgres client connected through the proxy with an `application_name`.
+    pub async fn client_as(&self, db: &str, app: &str) -> Client {
+        connect(&self.conninfo_as(db, app)).await
     }
 
     /// A raw protocol session through the proxy, logged in.
@@ -227,8 +237,31 @@ impl Proxy {
         Raw::open(&self.addr.to_string(), db).await
     }
 
-    pub fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
+    /// The config file of a proxy started by [`Proxy::from_file`].
+    pub fn config_file(&self) -> &ConfigFile {
+        self.file
+            .as_ref()
+            .expect("a proxy started from a config file")
+    }
+
+    /// psql on the admin console (database `optlock`) as `postgres`: (success, stdout,
+    /// stderr), as [`binary::psql_at`] runs it.
+    pub fn console(&self, sql: &str) -> (bool, String, String) {
+        binary::psql_at(self.addr.port(), "postgres", "optlock", sql)
+    }
+
+    /// The rows of a console command that must succeed, each split on `|`.
+    pub fn console_rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let (ok, out, err) = self.console(sql);
+        assert!(ok, "{sql}: {err}");
+        out.lines()
+            .map(|l| l.split('|').map(str::to_string).collect())
+            .collect()
+    }
+
+    /// Asks the server to shut down; whether it was still there to be asked.
+    pub fn shutdown(&self) -> bool {
+        self.shutdown.send(true).is_ok()
     }
 }
 
