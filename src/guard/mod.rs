@@ -6,7 +6,17 @@
 //!
 //! - [`prefilter`]: a cheap scan that keeps statements which cannot touch a guarded table away
 //!   from the parser.
-//! - [`analyze`]: sqlparser's AST decides; tokenizer positions locate the clauses to splice.
+//! - [`analyze`]: the entry point; splits a text into statements and puts the jobs below
+//!   together.
+//!   - `lex`: the tokens with their byte ranges, statement splitting, token navigation, and
+//!     the tokens the parser is given.
+//!   - `keywords`: identifier folding and quoting, `U&` escapes, the reserved-word table.
+//!   - `decide`: sqlparser's AST decides which statements are guarded writes, and which of
+//!     those are refused.
+//!   - `locate`: where a guarded write's clauses sit in the text (the splice points).
+//!   - `resolve`: which guard a table name means, which target column a reference names.
+//!   - `predicate`: the key and version a `WHERE` clause fixes.
+//!   - `unparsed`: statements the tokenizer or parser rejects, decided from their words.
 //! - [`rewrite`]: renders a guarded write with its version predicate, bump and `RETURNING`.
 //! - [`reads`]: which row a `SELECT` pins, for versions read without their key.
 //! - [`cache`]: the analysis of each statement text, computed once.
@@ -19,11 +29,18 @@
 pub mod analyze;
 pub mod cache;
 pub mod conflict;
+mod decide;
+mod keywords;
+mod lex;
+mod locate;
+mod predicate;
 pub mod prefilter;
 pub mod reads;
+mod resolve;
 pub mod rewrite;
 pub mod shape;
 pub mod track;
+mod unparsed;
 pub mod values;
 
 use std::collections::HashMap;

@@ -9,7 +9,9 @@ use sqlparser::ast::{self, SetExpr, TableFactor};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use super::analyze::{TargetName, fold_ident, key_and_pin, resolve};
+use super::keywords::fold_ident;
+use super::predicate::key_and_pin;
+use super::resolve::{TargetName, resolve};
 use super::{GuardSet, PinnedRead, Target};
 
 /// The row of a guarded table a single-table `SELECT` pins, if any (as statement 0).

@@ -17,7 +17,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::rewrite::is_reserved;
+use super::keywords::is_reserved;
 use super::{Action, Analysis, PinnedRead, Target, ValueRef};
 
 /// A text with its operand constants replaced by `$1`, `$2`, ...
