@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::cluster::Cluster;
+use common::wire::{self, Msg, Raw};
 use common::*;
 use optlock::config::{Config, TlsConfig};
 use tokio_postgres::NoTls;
-use common::wire::{self, Msg, Raw};
 
 fn password_cluster() -> Cluster {
     let c = Cluster::start(&[
@@ -138,12 +138,7 @@ async fn cleartext_login(addr: &str, password: &str) -> Vec<Msg> {
         &3i32.to_be_bytes(),
         "AuthenticationCleartextPassword"
     );
-    let mut p = password.as_bytes().to_vec();
-    p.push(0);
-    let mut msg = vec![b'p'];
-    msg.extend_from_slice(&((p.len() + 4) as i32).to_be_bytes());
-    msg.extend_from_slice(&p);
-    raw.send(&msg).await;
+    raw.send(&wire::password(password)).await;
     let mut out = vec![first];
     while let Some(m) = raw.read_msg().await {
         let done = m.tag == b'Z';
@@ -167,15 +162,9 @@ async fn failed_login_reply_is_exactly_the_servers() {
 
 async fn successful_cleartext_login_reply_matches_the_servers(cluster: &Cluster) {
     let proxy = proxy_for(cluster, None).await;
-    let mask = |msgs: Vec<Msg>| -> Vec<Msg> {
-        msgs.into_iter()
-            .map(|mut m| {
-                if m.tag == b'K' {
-                    m.bytes[5..].fill(0);
-                }
-                m
-            })
-            .collect()
+    let mask = |mut msgs: Vec<Msg>| -> Vec<Msg> {
+        wire::mask_keys(&mut msgs);
+        msgs
     };
     let direct = mask(cleartext_login(&cluster.addr(), "plain secret").await);
     let relayed = mask(cleartext_login(&proxy.addr.to_string(), "plain secret").await);
@@ -420,9 +409,7 @@ async fn raw_tls(addr: &str) -> Raw {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(8 * 1024).unwrap();
     let mut tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
-    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .await
-        .unwrap();
+    tcp.write_all(&wire::ssl_request()).await.unwrap();
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"S");

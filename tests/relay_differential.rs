@@ -46,11 +46,7 @@ async fn run_script(addr: &str, db: &str, steps: &[Step], ends_itself: bool) -> 
         raw.send(&terminate()).await;
     }
     out.extend(raw.read_to_end().await);
-    for m in &mut out {
-        if m.tag == b'K' {
-            m.bytes[5..].fill(0);
-        }
-    }
+    mask_keys(&mut out);
     out
 }
 
@@ -484,11 +480,7 @@ async fn run_raw(addr: &str, bytes: &[u8], until_ready: usize) -> Vec<Msg> {
         raw.send(&terminate()).await;
     }
     out.extend(raw.read_to_end().await);
-    for m in &mut out {
-        if m.tag == b'K' {
-            m.bytes[5..].fill(0);
-        }
-    }
+    mask_keys(&mut out);
     out
 }
 
@@ -503,20 +495,14 @@ async fn raw_differential(proxy: &Proxy, bytes: &[u8], until_ready: usize) -> Ve
 async fn newer_protocol_minor_version_is_negotiated_by_the_server() {
     let (db, proxy) = setup("diff_negotiate").await;
     // Protocol 3.5 with an unknown protocol option: the server answers NegotiateProtocolVersion.
-    let mut body = ((3i32 << 16) | 5).to_be_bytes().to_vec();
-    for (k, v) in [
-        ("user", "postgres"),
-        ("database", db.name.as_str()),
-        ("_pq_.future_option", "on"),
-    ] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
+    let mut packet = startup_version(
+        (3 << 16) | 5,
+        &[
+            ("user", "postgres"),
+            ("database", &db.name),
+            ("_pq_.future_option", "on"),
+        ],
+    );
     packet.extend_from_slice(&query(b"SELECT 1"));
     let replies = raw_differential(&proxy, &packet, 2).await;
     assert_eq!(replies[0].tag, b'v');
@@ -586,11 +572,7 @@ async fn messages_trickling_in_one_byte_at_a_time() {
             tokio::task::yield_now().await;
         }
         let mut msgs = raw.read_until(b'Z', 3).await;
-        for m in &mut msgs {
-            if m.tag == b'K' {
-                m.bytes[5..].fill(0);
-            }
-        }
+        mask_keys(&mut msgs);
         replies.push(msgs);
     }
     assert_eq!(replies[1], replies[0]);

@@ -8,19 +8,13 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::Cluster;
+use common::wire::{self, Raw};
 use common::*;
 use optlock::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::NoTls;
-use common::wire::{self, Raw};
 
 const PATIENCE: Duration = Duration::from_secs(20);
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
-}
 
 /// Waits until `sql` (a boolean query on `client`) is true, polling.
 async fn wait_for(client: &tokio_postgres::Client, sql: &str) {
@@ -314,9 +308,7 @@ async fn silent_clients_are_dropped_after_client_login_timeout() {
     partial.write_all(&[0, 0, 0, 40, 0, 3]).await.unwrap();
     // Asks for TLS, hears 'N', then says nothing.
     let mut ssl = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    ssl.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .await
-        .unwrap();
+    ssl.write_all(&wire::ssl_request()).await.unwrap();
     let mut n = [0u8; 1];
     ssl.read_exact(&mut n).await.unwrap();
     assert_eq!(&n, b"N");

@@ -12,23 +12,6 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use tokio_postgres::{AsyncMessage, NoTls, SimpleQueryMessage};
 
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
-}
-
-fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn simple_queries_return_rows_tags_and_errors() {
     let db = TestDb::new("proto_simple").await;
@@ -44,20 +27,13 @@ async fn simple_queries_return_rows_tags_and_errors() {
         .await
         .unwrap();
     assert_eq!(
-        simple_rows(&msgs),
+        rows(&msgs),
         vec![
             vec![Some("1".into()), Some("a".into())],
             vec![Some("2".into()), None]
         ]
     );
-    let counts: Vec<u64> = msgs
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::CommandComplete(n) => Some(*n),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(counts, vec![0, 2, 2, 2]);
+    assert_eq!(rows_affected(&msgs), vec![0, 2, 2, 2]);
     let e = c.simple_query("SELECT * FROM missing").await.unwrap_err();
     assert_eq!(code(&e), "42P01");
     let e = c
@@ -66,7 +42,7 @@ async fn simple_queries_return_rows_tags_and_errors() {
         .unwrap_err();
     assert_eq!(code(&e), "22012");
     let msgs = c.simple_query("SELECT 'still fine'").await.unwrap();
-    assert_eq!(simple_rows(&msgs), vec![vec![Some("still fine".into())]]);
+    assert_eq!(rows(&msgs), vec![vec![Some("still fine".into())]]);
 }
 
 #[tokio::test]
@@ -464,7 +440,7 @@ async fn binary_results_of_many_types() {
         946_684_799_999_999
     );
     assert_eq!(r.get::<_, Vec<i32>>(5), vec![1, 2, 3, 4]);
-    let text = simple_rows(&c.simple_query(sql).await.unwrap());
+    let text = rows(&c.simple_query(sql).await.unwrap());
     assert_eq!(text[0][0].as_deref(), Some("NaN"));
     assert_eq!(text[0][1].as_deref(), Some("-Infinity"));
     assert_eq!(text[0][5].as_deref(), Some("{1,2,3,4}"));
@@ -507,9 +483,9 @@ async fn ten_megabyte_values_both_ways() {
         .simple_query("SELECT t, b FROM big WHERE id = 1")
         .await
         .unwrap();
-    let rows = simple_rows(&msgs);
-    assert!(rows[0][0].as_deref() == Some(text.as_str()));
-    let hex = rows[0][1].as_deref().unwrap();
+    let values = rows(&msgs);
+    assert!(values[0][0].as_deref() == Some(text.as_str()));
+    let hex = values[0][1].as_deref().unwrap();
     assert_eq!(hex.len(), 2 + 2 * blob.len());
     assert!(hex.starts_with("\\x"));
     // A 10 MB value sent inline in a simple query.
@@ -520,7 +496,7 @@ async fn ten_megabyte_values_both_ways() {
         .await
         .unwrap();
     assert_eq!(
-        simple_rows(&msgs),
+        rows(&msgs),
         vec![vec![Some((10 * 1024 * 1024).to_string()), Some("t".into())]]
     );
 }
@@ -538,7 +514,7 @@ async fn two_megabyte_query_text() {
     );
     assert!(sql.len() > 2_000_000);
     let msgs = c.simple_query(&sql).await.unwrap();
-    assert_eq!(simple_rows(&msgs), vec![vec![Some("10".into())]]);
+    assert_eq!(rows(&msgs), vec![vec![Some("10".into())]]);
     let n: i64 = c.query_one(sql.as_str(), &[]).await.unwrap().get(0);
     assert_eq!(n, 10);
     let comment = format!("/* {} */ SELECT 42", "x".repeat(2 * 1024 * 1024));
