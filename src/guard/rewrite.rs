@@ -162,115 +162,27 @@ impl GuardedWrite {
         returning: bool,
         out: &mut String,
     ) {
-        let guard = &guards.guards[self.guard];
         let s = &self.splice;
-        let q = s.qualifier.as_str();
         let names = &guards.sql_names[self.guard];
-        let version = names.version.as_str();
-        let mut at = s.statement.start;
-        let mut copy_to = |out: &mut String, pos: usize| {
-            out.push_str(&text[at..pos]);
-            at = pos;
+        let mut r = Renderer {
+            text,
+            out,
+            at: s.statement.start,
+            q: s.qualifier.as_str(),
+            version: names.version.as_str(),
         };
-
         if let Some(set_end) = s.set_end
             && self.adds_bump(guards)
         {
-            match guard.kind {
-                VersionKind::Counter => {
-                    copy_to(out, set_end);
-                    out.push_str(", ");
-                    out.push_str(version);
-                    out.push_str(" = ");
-                    push_column(out, q, version);
-                    out.push_str(" + 1");
-                }
-                VersionKind::Timestamp => {
-                    copy_to(out, set_end);
-                    out.push_str(", ");
-                    out.push_str(version);
-                    out.push_str(" = GREATEST(clock_timestamp(), ");
-                    push_column(out, q, version);
-                    out.push_str(" + interval '1 microsecond')");
-                }
-                VersionKind::Xmin => {}
-            }
+            r.bump(guards.guards[self.guard].kind, set_end);
         }
-
         if self.op != WriteOp::Upsert && expected != Expected::None {
-            // A keyed write outside WITH whose condition calls nothing (no parenthesis: no
-            // function, no subquery, so evaluating it twice changes nothing) fails on the spot
-            // when its row is found at another version (see [`CONFLICT_MARKER`]). Any other
-            // write only filters on the version, and 0 rows is checked afterwards.
-            let raising = match (&self.target, s.in_cte, &s.condition) {
-                (Target::Key(_), false, Some(cond)) if !text[cond.clone()].contains('(') => {
-                    Some(&text[cond.clone()])
-                }
-                _ => None,
-            };
-            match &s.condition {
-                Some(cond) => {
-                    copy_to(out, cond.start);
-                    out.push('(');
-                    copy_to(out, cond.end);
-                    out.push_str(") AND ");
-                }
-                None => {
-                    copy_to(out, s.where_at);
-                    out.push_str(" WHERE ");
-                }
-            }
-            match (expected, raising) {
-                (Expected::None, _) => {} // nothing to check: not reached (see above)
-                (Expected::Literal(v), None) => {
-                    push_column(out, q, version);
-                    out.push_str(" = ");
-                    push_literal(out, v);
-                }
-                (Expected::Param(n), None) => {
-                    out.push('(');
-                    push_column(out, q, version);
-                    out.push_str(" = ");
-                    push_param(out, n);
-                    out.push_str(" OR ");
-                    push_param(out, n);
-                    out.push_str(" IS NULL)");
-                }
-                (Expected::Literal(v), Some(cond)) => {
-                    out.push_str("CASE WHEN ");
-                    push_column(out, q, version);
-                    out.push_str(" = ");
-                    push_literal(out, v);
-                    push_raise_when(out, q, version, cond);
-                }
-                (Expected::Param(n), Some(cond)) => {
-                    // The comparison first: it gives the parameter its type.
-                    out.push_str("CASE WHEN ");
-                    push_column(out, q, version);
-                    out.push_str(" = ");
-                    push_param(out, n);
-                    out.push_str(" THEN true WHEN ");
-                    push_param(out, n);
-                    out.push_str(" IS NULL");
-                    push_raise_when(out, q, version, cond);
-                }
-            }
+            r.check(self, expected);
         }
-
         if returning && self.added_columns(guards) > 0 {
-            copy_to(out, s.returning_at);
-            out.push_str(if self.client_returning {
-                ", "
-            } else {
-                " RETURNING "
-            });
-            for k in &names.key {
-                push_column(out, q, k);
-                out.push_str(", ");
-            }
-            push_column(out, q, version);
+            r.returning(s.returning_at, self.client_returning, &names.key);
         }
-        copy_to(out, s.statement.end);
+        r.copy_to(s.statement.end);
     }
 
     /// True when the rewrite bumps the version in the statement's `SET` (not for `xmin`, which
@@ -289,6 +201,143 @@ impl GuardedWrite {
         } else {
             guards.guards[self.guard].key.len() + 1
         }
+    }
+}
+
+/// One rendering in progress: the statement's text, copied to `out` up to each insertion in
+/// turn.
+struct Renderer<'a> {
+    text: &'a str,
+    out: &'a mut String,
+    /// How much of `text` is in `out` already.
+    at: usize,
+    /// SQL that qualifies the target's columns (see [`Splice::qualifier`]).
+    q: &'a str,
+    /// The version column as SQL.
+    version: &'a str,
+}
+
+impl Renderer<'_> {
+    /// Copies the text up to `pos`.
+    fn copy_to(&mut self, pos: usize) {
+        self.out.push_str(&self.text[self.at..pos]);
+        self.at = pos;
+    }
+
+    /// Appends the target's `column` (already SQL), qualified.
+    fn column(&mut self, column: &str) {
+        push_column(self.out, self.q, column);
+    }
+
+    /// The version bump, at the end of the `SET` list.
+    fn bump(&mut self, kind: VersionKind, set_end: usize) {
+        match kind {
+            VersionKind::Counter => {
+                self.copy_to(set_end);
+                self.out.push_str(", ");
+                self.out.push_str(self.version);
+                self.out.push_str(" = ");
+                self.column(self.version);
+                self.out.push_str(" + 1");
+            }
+            VersionKind::Timestamp => {
+                self.copy_to(set_end);
+                self.out.push_str(", ");
+                self.out.push_str(self.version);
+                self.out.push_str(" = GREATEST(clock_timestamp(), ");
+                self.column(self.version);
+                self.out.push_str(" + interval '1 microsecond')");
+            }
+            VersionKind::Xmin => {}
+        }
+    }
+
+    /// The version check: `(condition) AND check`, or ` WHERE check` when the write has no
+    /// condition.
+    fn check(&mut self, write: &GuardedWrite, expected: Expected<'_>) {
+        let s = &write.splice;
+        let text = self.text;
+        // A keyed write outside WITH whose condition calls nothing (no parenthesis: no
+        // function, no subquery, so evaluating it twice changes nothing) fails on the spot
+        // when its row is found at another version (see [`CONFLICT_MARKER`]). Any other
+        // write only filters on the version, and 0 rows is checked afterwards.
+        let raising = match (&write.target, s.in_cte, &s.condition) {
+            (Target::Key(_), false, Some(cond)) if !text[cond.clone()].contains('(') => {
+                Some(&text[cond.clone()])
+            }
+            _ => None,
+        };
+        match &s.condition {
+            Some(cond) => {
+                self.copy_to(cond.start);
+                self.out.push('(');
+                self.copy_to(cond.end);
+                self.out.push_str(") AND ");
+            }
+            None => {
+                self.copy_to(s.where_at);
+                self.out.push_str(" WHERE ");
+            }
+        }
+        self.expected(expected, raising);
+    }
+
+    /// The check of the version against `expected`; with `raising` (the write's condition),
+    /// a row that meets it at another version raises the conflict.
+    fn expected(&mut self, expected: Expected<'_>, raising: Option<&str>) {
+        let (q, version) = (self.q, self.version);
+        let out = &mut *self.out;
+        match (expected, raising) {
+            (Expected::None, _) => {} // nothing to check: not reached (see above)
+            (Expected::Literal(v), None) => {
+                push_column(out, q, version);
+                out.push_str(" = ");
+                push_literal(out, v);
+            }
+            (Expected::Param(n), None) => {
+                out.push('(');
+                push_column(out, q, version);
+                out.push_str(" = ");
+                push_param(out, n);
+                out.push_str(" OR ");
+                push_param(out, n);
+                out.push_str(" IS NULL)");
+            }
+            (Expected::Literal(v), Some(cond)) => {
+                out.push_str("CASE WHEN ");
+                push_column(out, q, version);
+                out.push_str(" = ");
+                push_literal(out, v);
+                push_raise_when(out, q, version, cond);
+            }
+            (Expected::Param(n), Some(cond)) => {
+                // The comparison first: it gives the parameter its type.
+                out.push_str("CASE WHEN ");
+                push_column(out, q, version);
+                out.push_str(" = ");
+                push_param(out, n);
+                out.push_str(" THEN true WHEN ");
+                push_param(out, n);
+                out.push_str(" IS NULL");
+                push_raise_when(out, q, version, cond);
+            }
+        }
+    }
+
+    /// The proxy's `RETURNING` columns (key columns, then the version), after the client's own
+    /// `RETURNING` list when there is one.
+    fn returning(&mut self, returning_at: usize, client_returning: bool, key: &[String]) {
+        self.copy_to(returning_at);
+        self.out.push_str(if client_returning {
+            ", "
+        } else {
+            " RETURNING "
+        });
+        for k in key {
+            self.column(k);
+            self.out.push_str(", ");
+        }
+        self.column(self.version);
     }
 }
 
