@@ -18,6 +18,13 @@ impl Engine {
         ev: &dyn SessionEvents,
     ) -> Result<(), String> {
         trace!(tag = %(tag as char), len = msg.len(), "client message");
+        if tag == fe::TERMINATE {
+            // Also during login (a client may send its startup and Terminate in one write):
+            // the server closing next is the normal end, and nothing after it is sent.
+            self.link.terminated = true;
+            self.out.to_server.extend_from_slice(msg);
+            return Ok(());
+        }
         if !self.link.logged_in {
             // Authentication messages go straight through.
             self.out.to_server.extend_from_slice(msg);
@@ -27,8 +34,12 @@ impl Engine {
             self.out.to_server.extend_from_slice(msg);
             if tag == fe::SYNC {
                 self.link.skipping_until_sync = false;
+                self.link.unsynced = false;
                 self.out.replies.push(Pending::Sync(None));
             }
+            return Ok(());
+        }
+        if matches!(tag, fe::QUERY | fe::FUNCTION_CALL) && self.wait_for_batch(msg) {
             return Ok(());
         }
         if matches!(tag, fe::QUERY | fe::PARSE | fe::BIND)
@@ -50,9 +61,12 @@ impl Engine {
                 guard.close_deallocated(&mut cx);
             }
             self.link.batch_open = true;
+            self.link.unsynced = true;
         }
         match tag {
             fe::QUERY => {
+                // A Query ends any implicit transaction of the extended messages before it.
+                self.link.unsynced = false;
                 ev.statement();
                 let (guard, mut cx) = self.guard_cx(ev);
                 if !guard.guard_query(&mut cx, msg)? {
@@ -92,6 +106,7 @@ impl Engine {
                 self.forward(msg, Pending::Close(None));
             }
             fe::SYNC => {
+                self.link.unsynced = false;
                 self.forward(msg, Pending::Sync(None));
                 if self.guard.on_sync_sent() {
                     // What follows the Sync waits for the checked write's row count.
@@ -99,11 +114,12 @@ impl Engine {
                 }
             }
             fe::FUNCTION_CALL => {
+                self.link.unsynced = false;
                 ev.statement();
                 self.forward(msg, Pending::Simple(None));
             }
-            fe::TERMINATE => {
-                self.link.terminated = true;
+            fe::COPY_DONE | fe::COPY_FAIL => {
+                self.link.copy_in = false;
                 self.out.to_server.extend_from_slice(msg);
             }
             _ => {
@@ -112,6 +128,25 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// A simple `Query` (or `FunctionCall`) behind extended messages with no `Sync` yet: the
+    /// server runs it only if none of them failed (after an error it skips everything up to
+    /// the `Sync`, the `Query` too). The proxy cannot know which before their replies, so the
+    /// `Query` waits for them (a `Flush` asks for them), and then goes as the server will
+    /// take it. Returns true when it waits (it is put back in front of the client's input).
+    fn wait_for_batch(&mut self, msg: &[u8]) -> bool {
+        if !self.link.unsynced || self.out.replies.is_empty() {
+            return false;
+        }
+        fe::write_simple(&mut self.out.to_server, fe::FLUSH);
+        self.link.query_waits_batch = true;
+        self.out.hold_client = true;
+        let mut again = BytesMut::with_capacity(msg.len() + self.client_in.len());
+        again.extend_from_slice(msg);
+        again.extend_from_slice(&self.client_in);
+        self.client_in = again;
+        true
     }
 
     /// Sends a client message as it is, awaiting `reply`.

@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
-use crate::events::SessionEvents;
-use crate::protocol;
+use crate::events::{ClientError, SessionEvents};
+use crate::protocol::{self, backend as be, frontend as fe};
 pub use guarded::Ident;
 use guarded::{Cx, GuardState, Outbox, SessionParams};
 pub use settings::{FixedSettings, Settings, SettingsSource};
@@ -36,6 +36,40 @@ pub use settings::{FixedSettings, Settings, SettingsSource};
 const STREAM_THRESHOLD: usize = 64 * 1024;
 /// The longest message a server may send (PostgreSQL's own limit for a frame).
 const MAX_SERVER_MESSAGE: usize = 0x3fff_ffff;
+
+/// Why the engine cannot go on: which side broke the protocol, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent a frame the proxy refuses; the session ends with FATAL 08P01.
+    Client {
+        reason: ClientError,
+        message: String,
+    },
+    /// The server sent a malformed frame.
+    Server(String),
+}
+
+impl Fault {
+    fn client(e: protocol::FrameError) -> Fault {
+        let reason = match e {
+            protocol::FrameError::TooLarge { .. } => ClientError::MessageTooLarge,
+            protocol::FrameError::BadLength { .. } => ClientError::Protocol,
+        };
+        Fault::Client {
+            reason,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Client { message, .. } => write!(f, "client: {message}"),
+            Fault::Server(message) => write!(f, "server: {message}"),
+        }
+    }
+}
 
 /// Where the session stands with the server: what the last replies said.
 #[derive(Debug)]
@@ -54,6 +88,18 @@ struct Link {
     batch_open: bool,
     /// The server sent a FATAL error of its own; the proxy adds none after it.
     server_fatal: bool,
+    /// Extended-protocol messages went to the server with no `Sync` after them yet.
+    unsynced: bool,
+    /// A simple `Query` waits for the replies of the unsynced batch before it: the server
+    /// runs it only if no error came first (after one it skips to the `Sync`).
+    query_waits_batch: bool,
+    /// The server is in COPY IN: the client's copy messages pass even while it is held.
+    copy_in: bool,
+    /// The client left mid-batch and a `Flush` went for the replies still awaited.
+    eof_flushed: bool,
+    /// Bytes the client sent after its `Terminate` (dropped, as the server would never read
+    /// them).
+    after_terminate: usize,
 }
 
 /// One client session's protocol state.
@@ -102,6 +148,11 @@ impl Engine {
                 skipping_until_sync: false,
                 batch_open: false,
                 server_fatal: false,
+                unsynced: false,
+                query_waits_batch: false,
+                copy_in: false,
+                eof_flushed: false,
+                after_terminate: 0,
             },
             guard: GuardState::new(ident, track_limit),
         }
@@ -138,6 +189,18 @@ impl Engine {
         !self.out.hold_client && self.client_in.len() < self.settings.config.max_message_size + 5
     }
 
+    /// True while the guard holds the client's messages back (they are read, not handled).
+    pub fn holds_client(&self) -> bool {
+        self.out.hold_client
+    }
+
+    /// Says goodbye to the server the way a client does (`Terminate`); nothing the client
+    /// sends after it goes. The relay then ends its side of the stream.
+    pub fn close_server(&mut self) {
+        fe::write_simple(&mut self.out.to_server, fe::TERMINATE);
+        self.link.terminated = true;
+    }
+
     /// True once the server accepted the login.
     pub fn logged_in(&self) -> bool {
         self.link.logged_in
@@ -146,6 +209,28 @@ impl Engine {
     /// True when the client sent `Terminate`.
     pub fn terminated(&self) -> bool {
         self.link.terminated
+    }
+
+    /// True when the client sent bytes after its `Terminate` (PostgreSQL closes such a
+    /// connection with a reset: it never read them).
+    pub fn bytes_after_terminate(&self) -> bool {
+        self.link.after_terminate > 0
+    }
+
+    /// After the client closed its side: true once nothing the client sent is still to go to
+    /// the server and the guard awaits nothing of its own, so the server connection can be
+    /// closed the way a client closes it (`Terminate`, then end of stream). The server then
+    /// answers what it was sent, and ends any transaction the client left open.
+    pub fn may_close_server(&self) -> bool {
+        !self.out.hold_client
+            && self.client_in.is_empty()
+            && self.out.to_server.is_empty()
+            && self.client_stream_left == 0
+            && self
+                .out
+                .replies
+                .iter()
+                .all(|p| p.guard().is_none_or(|g| g.is_none()))
     }
 
     /// True when the server sent a FATAL error of its own.
@@ -160,10 +245,23 @@ impl Engine {
 
     /// The client closed its side: the start of a message that will never be finished is
     /// dropped (unless the guard holds complete messages back).
+    ///
+    /// The server answers an extended batch only at its `Sync` or a `Flush`: a client that
+    /// leaves mid-batch sent neither, so one `Flush` asks for the replies the guard may still
+    /// await before the server connection can close ([`Engine::may_close_server`]).
     pub fn client_closed(&mut self) {
         if !self.out.hold_client {
             self.client_in.clear();
             self.client_stream_left = 0;
+        }
+        if !self.link.eof_flushed
+            && self.link.logged_in
+            && !self.link.terminated
+            && self.link.unsynced
+            && !self.out.replies.is_empty()
+        {
+            self.link.eof_flushed = true;
+            fe::write_simple(&mut self.out.to_server, fe::FLUSH);
         }
     }
 
@@ -189,8 +287,8 @@ impl Engine {
     }
 
     /// Frames and handles every complete client message received. An `Err` is a protocol
-    /// violation by the client: the session must end.
-    pub fn process_client(&mut self, ev: &dyn SessionEvents) -> Result<(), String> {
+    /// violation: the session must end.
+    pub fn process_client(&mut self, ev: &dyn SessionEvents) -> Result<(), Fault> {
         let max = self.settings.config.max_message_size;
         loop {
             if self.client_stream_left > 0 {
@@ -202,16 +300,22 @@ impl Engine {
                     return Ok(());
                 }
             }
-            if self.out.hold_client {
+            if self.link.terminated {
+                // PostgreSQL reads nothing after a Terminate.
+                self.link.after_terminate += self.client_in.len();
+                self.client_in.clear();
                 return Ok(());
             }
             let header = match protocol::peek_header(&self.client_in, max) {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(format!("protocol: {e}")),
+                Err(e) => return Err(Fault::client(e)),
             };
+            if self.out.hold_client && !(self.link.copy_in && fe::is_copy_message(header.tag)) {
+                return Ok(());
+            }
             if self.client_in.len() < header.size {
-                if header.tag == protocol::frontend::COPY_DATA && header.size >= STREAM_THRESHOLD {
+                if header.tag == fe::COPY_DATA && header.size >= STREAM_THRESHOLD {
                     self.client_stream_left = header.size;
                     continue;
                 }
@@ -219,14 +323,17 @@ impl Engine {
                 return Ok(());
             }
             let msg = self.client_in.split_to(header.size);
-            self.on_client_message(header.tag, &msg, ev)?;
+            self.on_client_message(header.tag, &msg, ev)
+                .map_err(|message| Fault::Client {
+                    reason: ClientError::Protocol,
+                    message,
+                })?;
         }
     }
 
     /// Frames and handles every complete server message received. An `Err` is a protocol
-    /// violation by the server: the session must end.
-    pub fn process_server(&mut self, ev: &dyn SessionEvents) -> Result<(), String> {
-        use protocol::backend as be;
+    /// violation (by the server, or by the client whose held messages went on).
+    pub fn process_server(&mut self, ev: &dyn SessionEvents) -> Result<(), Fault> {
         loop {
             if self.server_stream_left > 0 {
                 let n = self.server_stream_left.min(self.server_in.len());
@@ -240,7 +347,7 @@ impl Engine {
             let header = match protocol::peek_header(&self.server_in, MAX_SERVER_MESSAGE) {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(format!("malformed message from server: {e}")),
+                Err(e) => return Err(Fault::Server(format!("malformed message: {e}"))),
             };
             if self.server_in.len() < header.size {
                 let streamable = matches!(header.tag, be::DATA_ROW | be::COPY_DATA)
@@ -254,7 +361,8 @@ impl Engine {
                 return Ok(());
             }
             let msg = self.server_in.split_to(header.size);
-            self.on_server_message(header.tag, &msg, ev)?;
+            self.on_server_message(header.tag, &msg, ev)
+                .map_err(Fault::Server)?;
             if std::mem::take(&mut self.out.resume) && !self.out.hold_client {
                 // The guard released the client: what it sent meanwhile goes on now.
                 self.process_client(ev)?;

@@ -36,8 +36,10 @@ impl Engine {
             be::READY_FOR_QUERY if !self.link.logged_in => {
                 self.link.logged_in = true;
                 self.link.tx_status = be::ready_status(&msg[5..]);
+                // A client that already said goodbye sends no statement to guard.
+                let terminated = self.link.terminated;
                 let (guard, mut cx) = self.guard_cx(ev);
-                if !guard.on_login(&mut cx, msg) {
+                if terminated || !guard.on_login(&mut cx, msg) {
                     self.out.to_client.extend_from_slice(msg);
                 }
                 return Ok(());
@@ -73,7 +75,13 @@ impl Engine {
         } else {
             self.out.replies.on_message(tag)
         };
+        match tag {
+            be::COPY_IN_RESPONSE => self.link.copy_in = true,
+            be::ERROR_RESPONSE => self.link.copy_in = false,
+            _ => {}
+        }
         if tag == be::READY_FOR_QUERY {
+            self.link.copy_in = false;
             self.link.tx_status = be::ready_status(&msg[5..]);
             self.link.batch_open = false;
             ev.ready_for_query(self.link.tx_status, self.guard.tracked());
@@ -89,6 +97,14 @@ impl Engine {
         if release {
             // The statement the batch waited for was skipped after an earlier error: the rest
             // of the batch (up to its Sync) goes on, to be skipped by the server too.
+            self.out.release_client();
+        }
+        if self.link.query_waits_batch
+            && (self.out.replies.is_empty() || self.link.skipping_until_sync)
+        {
+            // The batch before a simple Query answered: the Query goes as the server will
+            // take it (run, or skipped up to the Sync after an error).
+            self.link.query_waits_batch = false;
             self.out.release_client();
         }
         Ok(())

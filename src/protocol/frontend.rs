@@ -23,6 +23,12 @@ pub const COPY_DONE: u8 = b'c';
 pub const COPY_FAIL: u8 = b'f';
 pub const PASSWORD: u8 = b'p';
 
+/// True for the messages a client sends during COPY IN (`CopyData`, `CopyDone`, `CopyFail`).
+#[inline]
+pub fn is_copy_message(tag: u8) -> bool {
+    matches!(tag, COPY_DATA | COPY_DONE | COPY_FAIL)
+}
+
 /// The SQL text of a `Query` body.
 #[inline]
 pub fn query_text(body: &[u8]) -> Option<&[u8]> {

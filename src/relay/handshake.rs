@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::events::ClientError;
 use crate::protocol::backend;
 use crate::protocol::startup::{self, StartupPacket};
 
@@ -38,6 +39,8 @@ pub struct HandshakeError {
     pub stream: Option<ClientStream>,
     pub code: &'static str,
     pub message: String,
+    /// Why the proxy refused the client, when it did (a client that just left is not counted).
+    pub reason: Option<ClientError>,
 }
 
 /// Reads start-up packets until a `StartupMessage` or `CancelRequest`.
@@ -47,6 +50,7 @@ pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Opening
         stream: Some(stream),
         code: "08P01",
         message,
+        reason: Some(ClientError::Protocol),
     };
     loop {
         // A TLS ClientHello straight away: direct TLS negotiation (PostgreSQL 17 clients).
@@ -66,12 +70,22 @@ pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Opening
                 stream: None,
                 code: "08P01",
                 message: format!("incomplete startup packet: {e}"),
+                reason: None,
             });
         }
         let size = match startup::packet_size(&len) {
             Ok(Some(n)) => n,
             Ok(None) => unreachable!("four bytes were read"),
-            Err(e) => return Err(fail(stream, e)),
+            // PostgreSQL only logs an impossible length and closes: the client gets nothing
+            // (a driver that raced its own Terminate ahead of its startup packet expects that).
+            Err(e) => {
+                return Err(HandshakeError {
+                    stream: None,
+                    code: "08P01",
+                    message: e,
+                    reason: Some(ClientError::Protocol),
+                });
+            }
         };
         let mut packet = vec![0u8; size];
         packet[..4].copy_from_slice(&len);
@@ -80,6 +94,7 @@ pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Opening
                 stream: None,
                 code: "08P01",
                 message: format!("incomplete startup packet: {e}"),
+                reason: None,
             });
         }
         match startup::parse(&packet) {
@@ -115,6 +130,7 @@ async fn tls_accept(
         stream: None,
         code: "08P01",
         message: format!("TLS handshake failed: {e}"),
+        reason: Some(ClientError::Tls),
     })
 }
 
@@ -123,6 +139,7 @@ async fn write_byte(stream: &mut ClientStream, b: u8) -> Result<(), HandshakeErr
         stream: None,
         code: "08006",
         message: format!("client went away during start-up: {e}"),
+        reason: None,
     })
 }
 
@@ -131,6 +148,7 @@ async fn write_byte_tcp(stream: &mut TcpStream, b: u8) -> Result<(), HandshakeEr
         stream: None,
         code: "08006",
         message: format!("client went away during start-up: {e}"),
+        reason: None,
     })
 }
 

@@ -69,7 +69,7 @@ use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::engine::{Engine, Ident, Settings};
-use crate::events::SessionStart;
+use crate::events::{ClientError, SessionStart};
 use handshake::{ClientStream, Opening};
 use session::Session;
 pub use shared::{Operator, Shared};
@@ -87,10 +87,14 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     {
         Err(_) => {
             debug!(client = %peer, "no startup packet within client_login_timeout");
+            shared.operator.client_error(ClientError::LoginTimeout);
             return;
         }
         Ok(Err(e)) => {
             debug!(client = %peer, error = %e.message, "start-up failed");
+            if let Some(reason) = e.reason {
+                shared.operator.client_error(reason);
+            }
             if let Some(mut s) = e.stream {
                 handshake::send_fatal(&mut s, e.code, &e.message).await;
             }
@@ -201,7 +205,12 @@ where
     match stream {
         ClientStream::Plain(tcp) => {
             let (cr, cw) = tcp.split();
-            session.run(cr, cw, sr, sw).await
+            let end = session.run(cr, cw, sr, sw).await;
+            if session.resets_client() {
+                // A zero linger never blocks: the close sends a reset at once.
+                let _ = tcp.set_zero_linger();
+            }
+            end
         }
         ClientStream::Tls(tls) => {
             let (cr, cw) = tokio::io::split(tls.as_mut());

@@ -19,12 +19,15 @@ use tokio_util::io::poll_read_buf;
 use tracing::{debug, info, warn};
 
 use super::shared::Shared;
-use crate::engine::Engine;
-use crate::events::{Direction, SessionHooks};
+use crate::engine::{Engine, Fault};
+use crate::events::{ClientError as ClientErrorKind, Direction, SessionHooks};
 use crate::protocol::{backend as be, frontend as fe};
 
 /// Output is flushed before more input is read once a buffer holds this much.
 const HIGH_WATER: usize = 256 * 1024;
+/// While the guard holds the client, this much more is read (not handled), so that a client
+/// that leaves is seen at once.
+const HELD_READ_AHEAD: usize = 64 * 1024;
 /// One batch of messages in this many is timed for the `added_latency` histogram.
 const LATENCY_SAMPLE: u32 = 16;
 
@@ -44,7 +47,10 @@ struct Io<'w, CR, CW, SR, SW> {
 #[derive(Debug)]
 pub enum End {
     ClientClosed,
+    /// The client's socket failed.
     ClientError(String),
+    /// The client broke the protocol.
+    ClientFault(ClientErrorKind, String),
     ServerClosed,
     ServerError(String),
     Shutdown,
@@ -61,6 +67,11 @@ pub struct Session {
     /// The client closed its side: what it sent still runs and its replies are still
     /// delivered, then the session ends.
     client_eof: bool,
+    /// After the client closed: the proxy said goodbye to the server (`Terminate`) and
+    /// ends its side of the stream once that is written.
+    server_closing: bool,
+    /// The server side of the stream was shut down.
+    server_shut: bool,
     /// Batches of messages read so far (for sampling `added_latency`).
     batches: u32,
 }
@@ -73,6 +84,8 @@ impl Session {
             hooks,
             draining: false,
             client_eof: false,
+            server_closing: false,
+            server_shut: false,
             batches: 0,
         }
     }
@@ -127,6 +140,12 @@ impl Session {
                 self.engine.client_closed();
                 if self.engine.nothing_in_flight() {
                     return Poll::Ready(End::ClientClosed);
+                }
+                if !self.server_closing && self.engine.may_close_server() {
+                    // What the client sent is on its way: the server answers it, ends any
+                    // transaction left open, and closes, as it does when a client leaves.
+                    self.engine.close_server();
+                    self.server_closing = true;
                 }
             }
             if self.draining && self.engine.is_idle() {
@@ -210,6 +229,19 @@ impl Session {
                 Poll::Pending => waits.client_w = true,
             }
         }
+        if self.server_closing
+            && !self.server_shut
+            && to_server_empty(&mut self.engine)
+            && !waits.server_w
+        {
+            match Pin::new(&mut *io.server_w).poll_shutdown(cx) {
+                Poll::Ready(_) => {
+                    self.server_shut = true;
+                    progress = true;
+                }
+                Poll::Pending => waits.server_w = true,
+            }
+        }
         if io.client_flush && !waits.client_w {
             match Pin::new(&mut *io.client_w).poll_flush(cx) {
                 Poll::Ready(Ok(())) => io.client_flush = false,
@@ -239,16 +271,17 @@ impl Session {
         let mut progress = false;
         if self.engine.to_client().len() < HIGH_WATER && !waits.server_r {
             match poll_read_buf(Pin::new(&mut io.server_r), cx, self.engine.server_input()) {
+                // After the client's goodbye (or the proxy's for it), the server's end of
+                // stream or reset is the normal end.
                 Poll::Ready(Ok(0)) if self.engine.terminated() => return Err(End::ClientClosed),
+                Poll::Ready(Err(_)) if self.engine.terminated() => return Err(End::ClientClosed),
                 Poll::Ready(Ok(0)) => return Err(End::ServerClosed),
                 Poll::Ready(Ok(n)) => {
                     self.shared
                         .operator
                         .bytes(Direction::ServerToClient, n as u64);
                     let timer = self.latency_sample();
-                    self.engine
-                        .process_server(&*self.hooks)
-                        .map_err(End::ServerError)?;
+                    self.engine.process_server(&*self.hooks).map_err(end_of)?;
                     self.latency_done(timer);
                     keep_room(self.engine.server_input());
                     progress = true;
@@ -259,9 +292,12 @@ impl Session {
                 Poll::Pending => waits.server_r = true,
             }
         }
-        let read_client = !self.client_eof
-            && self.engine.wants_client_input()
-            && self.engine.to_server().len() < HIGH_WATER;
+        let room = if self.engine.holds_client() {
+            self.engine.client_input().len() < HELD_READ_AHEAD
+        } else {
+            self.engine.wants_client_input()
+        };
+        let read_client = !self.client_eof && room && self.engine.to_server().len() < HIGH_WATER;
         if read_client && !waits.client_r {
             match poll_read_buf(Pin::new(&mut io.client_r), cx, self.engine.client_input()) {
                 Poll::Ready(Ok(0)) => {
@@ -273,9 +309,7 @@ impl Session {
                         .operator
                         .bytes(Direction::ClientToServer, n as u64);
                     let timer = self.latency_sample();
-                    self.engine
-                        .process_client(&*self.hooks)
-                        .map_err(End::ClientError)?;
+                    self.engine.process_client(&*self.hooks).map_err(end_of)?;
                     self.latency_done(timer);
                     keep_room(self.engine.client_input());
                     progress = true;
@@ -320,16 +354,20 @@ impl Session {
                 "the upstream server closed the connection unexpectedly; any open transaction was rolled back".to_string(),
             )),
             End::ServerError(e) => Some(("08006", format!("lost the upstream server: {e}"))),
-            End::ClientError(e) if e.starts_with("protocol:") => {
-                Some(("08P01", e.trim_start_matches("protocol: ").to_string()))
+            End::ClientFault(reason, e) => {
+                self.shared.operator.client_error(*reason);
+                Some(("08P01", e.clone()))
             }
-            End::LoginTimeout => Some((
+            End::LoginTimeout => {
+                self.shared.operator.client_error(ClientErrorKind::LoginTimeout);
+                Some((
                 "08006",
                 format!(
                     "login not completed within client_login_timeout ({:?})",
                     self.engine.settings().config.client_login_timeout
                 ),
-            )),
+            ))
+            }
             End::Shutdown => Some((
                 "57P01",
                 "terminating connection: optlock is shutting down".to_string(),
@@ -353,8 +391,29 @@ impl Session {
             be::write_error(&mut out, "FATAL", code, &message);
             let _ = client_w.write_all(&out).await;
         }
-        let _ = client_w.shutdown().await;
+        if !self.resets_client() {
+            let _ = client_w.shutdown().await;
+        }
     }
+
+    /// True when the client sent bytes after its `Terminate`: PostgreSQL never reads them
+    /// and its socket closes with a reset, so the proxy's closes the same way.
+    pub fn resets_client(&self) -> bool {
+        self.engine.bytes_after_terminate()
+    }
+}
+
+/// The session's end when the engine found a protocol violation.
+fn end_of(fault: Fault) -> End {
+    match fault {
+        Fault::Client { reason, message } => End::ClientFault(reason, message),
+        Fault::Server(message) => End::ServerError(message),
+    }
+}
+
+#[inline]
+fn to_server_empty(engine: &mut Engine) -> bool {
+    engine.to_server().is_empty()
 }
 
 /// Which sockets returned `Pending` in this turn (polled again only when woken).
@@ -383,6 +442,12 @@ pub fn log_end(end: &End, started: Instant) {
         End::Shutdown => info!(duration_s = secs, "session closed for shutdown"),
         End::LoginTimeout => warn!(duration_s = secs, "login timed out"),
         End::ClientError(e) => warn!(duration_s = secs, error = %e, "session ended: client"),
+        End::ClientFault(reason, e) => warn!(
+            duration_s = secs,
+            reason = reason.as_str(),
+            error = %e,
+            "session ended: the client broke the protocol"
+        ),
         End::ServerClosed => warn!(duration_s = secs, "session ended: upstream closed"),
         End::ServerError(e) => warn!(duration_s = secs, error = %e, "session ended: upstream"),
     }

@@ -1,0 +1,282 @@
+//! How sessions end, and batches the server answers only in part: each case runs once
+//! directly against PostgreSQL and once through the proxy, and a raw client must read the
+//! same (and leave no server backend behind).
+
+mod common;
+use std::time::Duration;
+
+use common::guards::{INVOICE, invoice_db};
+use common::wire::*;
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+/// What a raw client reads until the connection ends, as replies (login noise left out).
+async fn replies_to_end(raw: &mut Raw) -> Vec<Reply> {
+    raw.read_to_end()
+        .await
+        .iter()
+        .filter_map(|m| m.reply())
+        .collect()
+}
+
+/// Runs `case` against PostgreSQL directly and through a proxy guarding the invoice table,
+/// and returns both results.
+async fn both<F, Fut, T>(db: &TestDb, case: F) -> (T, T)
+where
+    F: Fn(String, String) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let proxy = Proxy::with_guards(INVOICE).await;
+    let direct = case(upstream(), db.name.clone()).await;
+    let through = case(proxy.addr.to_string(), db.name.clone()).await;
+    (direct, through)
+}
+
+/// True when no server backend of the test's database other than `except`'s is left after
+/// `within`.
+async fn no_backend_left(db: &TestDb, within: Duration) -> bool {
+    let check = db.direct().await;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let n: i64 = check
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&db.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let left = check
+                .query(
+                    "SELECT pid, state, backend_type, query FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&db.name],
+                )
+                .await
+                .unwrap();
+            for r in left {
+                let (pid, state, query): (i32, Option<String>, Option<String>) =
+                    (r.get(0), r.get(1), r.get(3));
+                eprintln!("left behind: pid {pid} state {state:?} query {query:?}");
+            }
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn bytes_after_terminate_read_as_an_end_not_an_error() {
+    let db = invoice_db("end_trailing", 1, "").await;
+    for delay_us in [0u64, 500, 5_000] {
+        let (direct, through) = both(&db, |addr, name| async move {
+            let mut raw = Raw::open(&addr, &name).await;
+            raw.send(&terminate()).await;
+            tokio::time::sleep(Duration::from_micros(delay_us)).await;
+            // The client may find the socket already reset; either way it reads nothing.
+            let _ = raw.stream.write_all(&pbe("SELECT 1")).await;
+            let _ = raw.stream.write_all(&sync()).await;
+            replies_to_end(&mut raw).await
+        })
+        .await;
+        assert_eq!(direct, Vec::<Reply>::new(), "directly, after {delay_us} µs");
+        assert_eq!(through, direct, "through the proxy, after {delay_us} µs");
+    }
+    assert!(no_backend_left(&db, Duration::from_secs(2)).await);
+}
+
+#[tokio::test]
+async fn startup_and_terminate_in_one_write_read_the_login_then_the_end() {
+    let db = invoice_db("end_startup_x", 1, "").await;
+    let (direct, through) = both(&db, |addr, name| async move {
+        let mut raw = Raw::connect(&addr).await;
+        let mut bytes = startup(&[("user", "postgres"), ("database", &name)]);
+        bytes.extend(terminate());
+        raw.send(&bytes).await;
+        replies_to_end(&mut raw).await
+    })
+    .await;
+    assert_eq!(direct, vec![Reply::Ready('I')]);
+    assert_eq!(through, direct);
+}
+
+#[tokio::test]
+async fn terminate_before_the_startup_packet_closes_silently() {
+    let db = TestDb::new("end_early_x").await;
+    let (direct, through) = both(&db, |addr, _| async move {
+        let mut raw = Raw::connect(&addr).await;
+        raw.send(&terminate()).await;
+        raw.read_to_end().await.len()
+    })
+    .await;
+    assert_eq!(
+        direct, 0,
+        "PostgreSQL says nothing to an impossible startup length"
+    );
+    assert_eq!(through, 0);
+}
+
+#[tokio::test]
+async fn a_half_closed_client_still_gets_its_results() {
+    let db = invoice_db("end_half", 2, "").await;
+    let (direct, through) = both(&db, |addr, name| async move {
+        let mut raw = Raw::open(&addr, &name).await;
+        raw.send(&query("SELECT id FROM invoice ORDER BY id")).await;
+        raw.stream.shutdown().await.unwrap();
+        replies_to_end(&mut raw).await
+    })
+    .await;
+    assert_eq!(
+        direct,
+        vec![
+            Reply::RowDescription(1),
+            Reply::DataRow(vec![Some("1".into())]),
+            Reply::DataRow(vec![Some("2".into())]),
+            cc("SELECT 2"),
+            Reply::Ready('I'),
+        ]
+    );
+    assert_eq!(through, direct);
+}
+
+/// A batch with no `Sync`, then the client leaves (closing, or half-closing): PostgreSQL ends
+/// the backend and rolls back; through the proxy the backend must go too, and its lock with it.
+#[tokio::test]
+async fn a_client_leaving_mid_batch_leaves_no_backend() {
+    let db = invoice_db("end_unsynced", 1, "").await;
+    let proxy = Proxy::with_guards(INVOICE).await;
+    for half_close in [false, true] {
+        for batch in [
+            [pbe("SELECT 1")].concat(),
+            [
+                query("BEGIN"),
+                pbe("UPDATE invoice SET total = 99 WHERE id = 1"),
+            ]
+            .concat(),
+            [pbe("UPDATE invoice SET total = 99 WHERE id = 1")].concat(),
+        ] {
+            let mut raw = Raw::open(&proxy.addr.to_string(), &db.name).await;
+            raw.send(&batch).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if half_close {
+                raw.stream.shutdown().await.unwrap();
+                raw.read_to_end().await;
+            } else {
+                drop(raw);
+            }
+            assert!(
+                no_backend_left(&db, Duration::from_secs(1)).await,
+                "a backend stayed after the client left (half-close: {half_close})"
+            );
+        }
+    }
+    let total: String = db
+        .one("SELECT total::text FROM invoice WHERE id = 1", &[])
+        .await;
+    assert_eq!(total, "10", "nothing of the unsynced batches committed");
+}
+
+/// A simple `Query` between an error in an extended batch and its `Sync` is skipped by the
+/// server like the rest of the batch; the proxy must answer exactly as PostgreSQL does (and not
+/// wait for a reply that never comes).
+#[tokio::test]
+async fn a_query_after_an_error_before_sync_is_skipped_as_postgresql_skips_it() {
+    let db = invoice_db("end_err_query", 1, "").await;
+    let guarded = "UPDATE invoice SET total = 5 WHERE id = 1";
+    for first in [
+        pbe("SELECT 1/0"),
+        describe(b'S', "no_such_statement"),
+        [parse("", "SELECT 1/0", &[]), bind_text("", "", &[])].concat(),
+    ] {
+        let (direct, through) = both(&db, |addr, name| {
+            let batch = [first.clone(), query(guarded), sync()].concat();
+            async move {
+                let mut raw = Raw::open(&addr, &name).await;
+                raw.send(&batch).await;
+                let replies = raw.until_ready().await;
+                // The session goes on normally afterwards.
+                raw.send(&query("SELECT total::text FROM invoice WHERE id = 1"))
+                    .await;
+                (replies, raw.until_ready().await)
+            }
+        })
+        .await;
+        assert!(
+            matches!(direct.0.last(), Some(Reply::Ready('I'))),
+            "directly: {direct:?}"
+        );
+        assert_eq!(through, direct);
+    }
+    // Without an error first, the Query runs (and is guarded) between the batch and its Sync.
+    let (direct, through) = both(&db, |addr, name| async move {
+        let mut raw = Raw::open(&addr, &name).await;
+        raw.send(&[pbe("SELECT 1"), query(guarded), sync()].concat())
+            .await;
+        let mut replies = raw.until_ready().await;
+        replies.extend(raw.until_ready().await);
+        replies
+    })
+    .await;
+    assert!(direct.contains(&cc("UPDATE 1")), "directly: {direct:?}");
+    assert_eq!(through, direct);
+    assert!(no_backend_left(&db, Duration::from_secs(2)).await);
+}
+
+/// `COPY ... FROM STDIN` in the same Query as a guarded write, either order, inside a
+/// transaction block or not: the copy data goes through and replies and state match.
+#[tokio::test]
+async fn copy_from_stdin_beside_a_guarded_write_runs_as_directly() {
+    let db = invoice_db("end_copy", 1, "CREATE TABLE audit (n int);").await;
+    let write = "UPDATE invoice SET total = total + 1 WHERE id = 1";
+    let copy = "COPY audit FROM STDIN";
+    for text in [
+        format!("{copy}; {write}"),
+        format!("{write}; {copy}"),
+        format!("BEGIN; {write}; {copy}; COMMIT"),
+    ] {
+        let (direct, through) = both(&db, |addr, name| {
+            let text = text.clone();
+            async move {
+                let mut raw = Raw::open(&addr, &name).await;
+                raw.send(&query(&text)).await;
+                let mut got = Vec::new();
+                loop {
+                    let m = raw.read_msg().await.expect("reply");
+                    if m.tag == b'G' {
+                        raw.send(&[copy_data(b"1\n"), copy_done()].concat()).await;
+                    }
+                    if let Some(r) = m.reply() {
+                        let done = matches!(r, Reply::Ready(_));
+                        got.push(r);
+                        if done {
+                            break;
+                        }
+                    }
+                }
+                got
+            }
+        })
+        .await;
+        assert!(direct.contains(&cc("COPY 1")), "{text}: {direct:?}");
+        assert_eq!(through, direct, "{text}");
+    }
+    let (total, copied): (String, i64) = {
+        let c = db.direct().await;
+        let row = c
+            .query_one(
+                "SELECT (SELECT total::text FROM invoice WHERE id = 1), (SELECT count(*) FROM audit)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        (total.as_str(), copied),
+        ("16", 6),
+        "each text ran once directly, once through"
+    );
+}
