@@ -12,6 +12,9 @@
 #                      of TCP (pgbench still connects over TCP; "direct" stays TCP)
 #   CARGO_TARGET_DIR   where cargo puts the build (default: <repo>/target)
 #   OPTLOCK_BIN        use this binary instead of building one
+#   BASELINE_BIN       a second optlock binary (e.g. an older commit's build) for the scripts'
+#                      "baseline" targets: the same proxy set-up run with this binary, side by
+#                      side with OPTLOCK_BIN in the same run
 #   OPTLOCK_WORKERS    pass --workers N to the proxy (default: unset = one per core)
 #   KEEP_DB=1          keep the benchmark database afterwards
 #   NO_BUILD=1         do not run cargo build (use an existing binary)
@@ -29,7 +32,10 @@ if [[ -n "$UPSTREAM_SOCKET" && ! -S "$UPSTREAM_SOCKET/.s.PGSQL.$PG_PORT" ]]; the
     exit 1
 fi
 export PGUSER=$PG_USER PGCONNECT_TIMEOUT=${PGCONNECT_TIMEOUT:-10}
-unset PGPASSWORD PGDATABASE PGOPTIONS 2>/dev/null || true
+# No TLS on any leg: with the server's ssl=on, libpq's default (prefer) would encrypt the direct
+# runs but not the proxied ones (optlock and PgBouncer reach the server in plain text).
+export PGSSLMODE=disable
+unset PGPASSWORD PGDATABASE PGOPTIONS PGSSLCERT PGSSLKEY PGSSLROOTCERT 2>/dev/null || true
 
 WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/optlock-bench.XXXXXX")
 chmod 755 "$WORK_DIR"
@@ -38,7 +44,7 @@ mkdir -p "$RESULTS_DIR"
 
 OPTLOCK_PID=""      # the proxy started last
 OPTLOCK_PIDS=()     # every proxy started (all stopped on exit)
-declare -A OPTLOCK_AT=() OPTLOCK_CFG=()   # port -> pid, port -> config file
+declare -A OPTLOCK_AT=() OPTLOCK_CFG=() OPTLOCK_BIN_AT=()   # port -> pid, config file, binary
 OPTLOCK_LOG=$WORK_DIR/optlock.log
 RESULT=""           # the script's result file; the proxy log is kept beside it
 PGBOUNCER_PIDFILE=""
@@ -67,6 +73,12 @@ upstream_note() {
     else
         echo "proxies reach the server over TCP at $PG_HOST:$PG_PORT"
     fi
+}
+
+# Checks BASELINE_BIN (for the "baseline" targets).
+need_baseline() {
+    [[ -n "${BASELINE_BIN:-}" ]] || die "the baseline targets need BASELINE_BIN (another optlock binary)"
+    [[ -x "$BASELINE_BIN" ]] || die "BASELINE_BIN=$BASELINE_BIN is not executable"
 }
 
 # Builds the proxy (release) and sets OPTLOCK_BIN.
@@ -109,10 +121,10 @@ wait_ready() {
     die "$what on port $port did not become ready"
 }
 
-# Starts optlock. Usage: start_optlock PORT [CONFIG_FILE]. Sets OPTLOCK_PID; may be called
-# several times (several proxies side by side).
+# Starts optlock. Usage: start_optlock PORT [CONFIG_FILE [BINARY]] (BINARY defaults to
+# OPTLOCK_BIN). Sets OPTLOCK_PID; may be called several times (several proxies side by side).
 start_optlock() {
-    local port=$1 config=${2:-}
+    local port=$1 config=${2:-} bin=${3:-$OPTLOCK_BIN}
     local upstream="$PG_HOST:$PG_PORT"
     [[ -n "$UPSTREAM_SOCKET" ]] && upstream="$UPSTREAM_SOCKET/.s.PGSQL.$PG_PORT"
     local args=(serve --listen "127.0.0.1:$port" --upstream "$upstream" --log warn)
@@ -124,12 +136,12 @@ start_optlock() {
     # time with the rest of its session: left in this script's session, the proxy would
     # compete with pgbench for one group's share while PgBouncer has a group of its own.
     env -u OPTLOCK_WORKERS -u OPTLOCK_CONFIG -u OPTLOCK_LISTEN -u OPTLOCK_UPSTREAM \
-        setsid "$OPTLOCK_BIN" "${args[@]}" >>"$OPTLOCK_LOG" 2>&1 </dev/null &
+        setsid "$bin" "${args[@]}" >>"$OPTLOCK_LOG" 2>&1 </dev/null &
     OPTLOCK_PID=$!
     OPTLOCK_PIDS+=("$OPTLOCK_PID")
-    OPTLOCK_AT[$port]=$OPTLOCK_PID OPTLOCK_CFG[$port]=$config
+    OPTLOCK_AT[$port]=$OPTLOCK_PID OPTLOCK_CFG[$port]=$config OPTLOCK_BIN_AT[$port]=$bin
     wait_ready "$port" optlock
-    log "optlock pid $OPTLOCK_PID on 127.0.0.1:$port, upstream $upstream${config:+ (config $config)}${OPTLOCK_WORKERS:+ workers=$OPTLOCK_WORKERS}"
+    log "optlock pid $OPTLOCK_PID on 127.0.0.1:$port, upstream $upstream${config:+ (config $config)}${OPTLOCK_WORKERS:+ workers=$OPTLOCK_WORKERS}${3:+ binary $bin}"
 }
 
 # Checks that the proxy started on PORT still runs. If it has exited, logs that with its exit
@@ -145,7 +157,7 @@ check_optlock() {
     OPTLOCK_DIED="optlock (pid $pid) had exited with status $status; restarted"
     log "$OPTLOCK_DIED; its log ends with:"
     tail -n 15 "$OPTLOCK_LOG" >&2 || true
-    start_optlock "$port" "${OPTLOCK_CFG[$port]}"
+    start_optlock "$port" "${OPTLOCK_CFG[$port]}" "${OPTLOCK_BIN_AT[$port]}"
     return 1
 }
 
@@ -191,6 +203,7 @@ default_pool_size = 200
 max_db_connections = 0
 server_reset_query = DISCARD ALL
 ignore_startup_parameters = extra_float_digits,options
+server_tls_sslmode = disable
 logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
 EOF

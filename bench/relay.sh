@@ -9,9 +9,12 @@
 # noisy shared machine affects all targets alike; the report gives the median TPS per target
 # and the ratios optlock/direct, pgbouncer/direct and optlock/pgbouncer. Compare ratios from
 # one run, not absolute TPS across runs or machines.
+# "baseline" runs the same unguarded proxy with another optlock binary (BASELINE_BIN, e.g. a
+# build of an older commit) side by side with the current one (ratio optlock/baseline).
 #
 # Usage:  bench/relay.sh                       (from anywhere; builds optlock in release mode)
 #         DURATION=30 ROUNDS=5 bench/relay.sh  (a longer, steadier run)
+#         BASELINE_BIN=/tmp/old/release/optlock TARGETS="direct optlock baseline pgbouncer" bench/relay.sh
 #
 # Options (environment variables):
 #   CLIENTS=8          pgbench -c
@@ -19,7 +22,9 @@
 #   DURATION=8         pgbench -T seconds per run
 #   ROUNDS=3           interleaved rounds (median is taken over rounds)
 #   MODES="simple extended prepared"   protocol modes to run
-#   TARGETS="direct optlock pgbouncer" targets to run
+#   TARGETS="direct optlock pgbouncer" targets to run; add "baseline" for optlock run with the
+#                      binary BASELINE_BIN instead
+#   BASELINE_BIN=path  the other optlock binary, for the baseline target
 #   SCALE=10           pgbench -i scale factor for the benchmark database
 #   OPTLOCK_WORKERS=N  start optlock with --workers N (default: unset = one per core)
 #   KEEP_DB=1          keep the database optlock_bench afterwards
@@ -54,6 +59,7 @@ for t in $TARGETS; do
     case $t in
         direct) ;;
         optlock) PORT[optlock]=$(free_port); start_optlock "${PORT[optlock]}" ;;
+        baseline) need_baseline; PORT[baseline]=$(free_port); start_optlock "${PORT[baseline]}" "" "$BASELINE_BIN" ;;
         pgbouncer) PORT[pgbouncer]=$(free_port); start_pgbouncer "${PORT[pgbouncer]}" ;;
         *) die "unknown target $t" ;;
     esac
@@ -101,19 +107,47 @@ done
 {
     echo "# optlock relay benchmark: pgbench -S -c $CLIENTS -j $THREADS -T $DURATION, $ROUNDS interleaved rounds"
     echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  host $(hostname)  $(nproc) cores  $(pgbench --version)"
-    echo "# optlock $( "$OPTLOCK_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), workers ${OPTLOCK_WORKERS:-default}; pgbouncer $(pgbouncer --version 2>/dev/null | awk 'NR==1{print $2}') session mode; scale $SCALE; $(upstream_note)"
+    echo "# optlock $( "$OPTLOCK_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), binary $OPTLOCK_BIN), workers ${OPTLOCK_WORKERS:-default}; pgbouncer $(pgbouncer --version 2>/dev/null | awk 'NR==1{print $2}') session mode; scale $SCALE; $(upstream_note)"
+    if [[ " $TARGETS " == *" baseline "* ]]; then
+        echo "# baseline = the same proxy run with $BASELINE_BIN (optlock $("$BASELINE_BIN" --version 2>/dev/null | awk '{print $2}'))"
+    fi
+    echo "# PGSSLMODE=$PGSSLMODE on every leg"
     echo "# TPS = median over rounds (without initial connection time)"
     echo
-    printf '%-9s %12s %12s %12s %15s %17s %18s\n' mode direct optlock pgbouncer optlock/direct pgbouncer/direct optlock/pgbouncer
+    # Columns: the TPS of each target run, then the ratios below when both targets ran.
+    declare -A RAN=()
+    for t in "${TARGET_LIST[@]}"; do RAN[$t]=1; done
+    SHOWN=() PAIRS=()
+    for t in direct optlock baseline pgbouncer; do
+        [[ -n "${RAN[$t]:-}" ]] && SHOWN+=("$t")
+    done
+    for p in optlock/direct baseline/direct pgbouncer/direct optlock/baseline optlock/pgbouncer baseline/pgbouncer; do
+        [[ -n "${RAN[${p%/*}]:-}" && -n "${RAN[${p#*/}]:-}" ]] && PAIRS+=("$p")
+    done
+    HEADS=("${SHOWN[@]}" "${PAIRS[@]}")
+    # row MODE FIELD...: each field right-aligned to its header's width (at least 12).
+    row() {
+        local i f w
+        printf '%-9s' "$1"; shift
+        i=0
+        for f in "$@"; do
+            w=${#HEADS[$i]}; (( w < 12 )) && w=12
+            printf ' %*s' "$w" "$f"
+            i=$((i + 1))
+        done
+        printf '\n'
+    }
+    row mode "${HEADS[@]}"
     for mode in $MODES; do
         declare -A MED=()
-        for t in direct optlock pgbouncer; do
+        for t in "${SHOWN[@]}"; do
             # shellcheck disable=SC2086
             MED[$t]=$(median ${TPS[$mode:$t]:-})
         done
-        printf '%-9s %12s %12s %12s %15s %17s %18s\n' "$mode" "${MED[direct]}" "${MED[optlock]}" "${MED[pgbouncer]}" \
-            "$(ratio "${MED[optlock]}" "${MED[direct]}")" "$(ratio "${MED[pgbouncer]}" "${MED[direct]}")" \
-            "$(ratio "${MED[optlock]}" "${MED[pgbouncer]}")"
+        vals=()
+        for t in "${SHOWN[@]}"; do vals+=("${MED[$t]}"); done
+        for p in "${PAIRS[@]}"; do vals+=("$(ratio "${MED[${p%/*}]}" "${MED[${p#*/}]}")"); done
+        row "$mode" "${vals[@]}"
     done
     echo
     echo "# every run (TPS, in round order)"
