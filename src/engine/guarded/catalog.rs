@@ -10,13 +10,14 @@
 //! (an aborted transaction) it is sent again at the first boundary after the transaction
 //! ends, and nothing a failed batch would have changed is assumed.
 
-use super::cx::Cx;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use tracing::{debug, warn};
 
-use super::{GuardState, Tag};
+use super::cx::Cx;
+use super::state::{CatalogState, GuardState};
+use super::tag::Tag;
 use crate::catalog::resolve;
 use crate::engine::replies::Pending;
 use crate::protocol::{backend as be, frontend as fe};
@@ -24,34 +25,40 @@ use crate::protocol::{backend as be, frontend as fe};
 /// Statement and portal name of the proxy's catalog queries.
 const CATALOG_NAME: &[u8] = b"optlock_catalog";
 
-/// Where a batch of catalog queries stands.
-#[derive(Debug, Default)]
-pub struct CatalogState {
-    /// Queries sent whose outcome has not arrived (an error before them makes the server
-    /// skip them: they never complete).
-    outstanding: usize,
-    /// A query of the batch failed.
-    failed: bool,
-}
+/// The catalog query that lists the session's prepared statements (see [`super::stale`]).
+const LISTING_QUERY: &str = "SELECT name, statement, from_sql::text, \
+     parameter_types::oid[]::text FROM pg_catalog.pg_prepared_statements";
 
 impl GuardState {
-    fn catalog_query_done(&mut self, ok: bool) {
+    pub(super) fn catalog_query_done(&mut self, ok: bool) {
         self.catalog.outstanding = self.catalog.outstanding.saturating_sub(1);
         self.catalog.failed |= !ok;
     }
-}
 
-impl Tag {
-    /// A reply to one of the proxy's catalog queries.
-    pub fn is_catalog(&self) -> bool {
-        matches!(
-            self,
-            Tag::Resolve { .. } | Tag::Listing { .. } | Tag::Catalog | Tag::CatalogEnd { .. }
-        )
+    /// After a reload, at the first batch boundary: the guards are resolved again in this
+    /// database and the statements the session prepared before are listed (see
+    /// [`super::stale`]). Also behind client batches still running: a client that pipelines
+    /// may never wait for its replies. Returns true when those queries were just sent: the
+    /// client's message must then wait for their replies.
+    pub fn resolve_at_boundary(&mut self, cx: &mut Cx<'_>, at_boundary: bool) -> bool {
+        if self.need_resolve && at_boundary && cx.tx_status != b'E' {
+            self.need_resolve = false;
+            self.send_resolve(cx, true, None);
+            return true;
+        }
+        false
     }
-}
 
-impl GuardState {
+    /// The first `ReadyForQuery`: resolve the guards before the client may send anything.
+    /// Returns true when the message was kept back.
+    pub fn on_login(&mut self, cx: &mut Cx<'_>, ready: &[u8]) -> bool {
+        if !self.guards_active(cx) {
+            return false;
+        }
+        self.send_resolve(cx, false, Some(BytesMut::from(ready)));
+        true
+    }
+
     /// Sends `queries` (SQL and the tag of its `Execute`: [`Tag::Resolve`], [`Tag::Listing`]
     /// or [`Tag::Catalog`]) as one batch of the proxy's own. `release` means the client's
     /// messages wait for it (the caller sets `hold_client`); `login_ready`, the client's
@@ -105,10 +112,7 @@ impl GuardState {
             Tag::Resolve { rows: Vec::new() },
         )];
         if after_reload {
-            queries.push((
-                super::stale::LISTING_QUERY.to_string(),
-                Tag::Listing { rows: Vec::new() },
-            ));
+            queries.push((LISTING_QUERY.to_string(), Tag::Listing { rows: Vec::new() }));
         }
         self.send_catalog_batch(cx, queries, true, login_ready);
         cx.out.hold_client = true;
@@ -183,7 +187,7 @@ impl GuardState {
     /// The end of a catalog batch. A batch that failed (or was skipped after an error) inside
     /// a failed transaction is sent again once the transaction ends: until then the client
     /// can run nothing either.
-    fn on_catalog_end(&mut self, cx: &mut Cx<'_>, status: u8) {
+    pub(super) fn on_catalog_end(&mut self, cx: &mut Cx<'_>, status: u8) {
         let failed = self.catalog.failed || self.catalog.outstanding > 0;
         self.catalog = CatalogState::default();
         if failed && status == b'E' && self.guards_active(cx) {

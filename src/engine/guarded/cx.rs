@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 
-use super::StmtTag;
+use super::tag::StmtTag;
 use crate::engine::replies::Replies;
 use crate::engine::settings::Settings;
 use crate::events::SessionEvents;

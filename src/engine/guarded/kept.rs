@@ -12,21 +12,21 @@
 //! statement (custom plans first, then a generic one where it costs no more).
 //!
 //! Kept: writes that go in full (one that checks no version and learns none goes lean, as
-//! the client wrote it, see [`super::extended`]) without a `RETURNING` of the client's
+//! the client wrote it, see [`super::parse`]) without a `RETURNING` of the client's
 //! (`RETURNING *` changes with the table's columns, and a prepared statement's result must
-//! not), at most [`KEPT_STATEMENTS`] texts per session. `DISCARD ALL` and `DEALLOCATE ALL` drop them on the server, so the proxy forgets
-//! them; a reload closes them, and so does an error saying a prepared statement is missing or
-//! changed its result type (the one execution that got the error fails, as it would for a
+//! not), at most [`KEPT_STATEMENTS`] texts per session. `DISCARD ALL` and `DEALLOCATE ALL`
+//! drop them on the server, so the proxy forgets them; a reload closes them, and so does an
+//! error saying a prepared statement is missing or changed its result type (the one execution that got the error fails, as it would for a
 //! statement the client prepared itself). An unnamed statement bound to a forgotten kept
 //! statement is prepared again at its next `Bind` (see [`super::stale`]); a simple `Query`
 //! drops the server's unnamed statement, and the proxy forgets it too.
 
-use super::cx::Cx;
 use std::sync::{Arc, OnceLock};
 
-use super::extended::{FULL_VARIANT_PREFIX, Prepared};
-use super::stale::StaleStatement;
-use super::{GuardState, StmtTag, Tag};
+use super::cx::Cx;
+use super::state::GuardState;
+use super::statements::{FULL_VARIANT_PREFIX, Kept, Prepared, StaleStatement};
+use super::tag::{StmtTag, Tag};
 use crate::engine::replies::Pending;
 use crate::guard::{GuardSet, GuardedWrite};
 use crate::protocol::{backend as be, frontend as fe};
@@ -40,30 +40,6 @@ const SEEN_TEXTS: usize = 256;
 /// What stands for the client's `Parse` of a kept text: cheap to parse, and refused in an
 /// aborted transaction as any statement.
 const STAND_IN: &[u8] = b"SELECT";
-
-/// The full form of an unnamed guarded write, prepared under a name of the proxy's.
-#[derive(Debug)]
-pub struct Kept {
-    /// The client's text (the key it is kept under).
-    text: Box<[u8]>,
-    types: Box<[u32]>,
-    /// What the unnamed statement is while it stands for this one (its write carries the
-    /// server-side name).
-    prepared: Arc<Prepared>,
-    /// Set when the server answered the `Parse`: until then it is not used.
-    ready: OnceLock<()>,
-}
-
-impl Kept {
-    /// The server answered its `Parse`.
-    pub fn prepared_on_server(&self) {
-        let _ = self.ready.set(());
-    }
-
-    fn name(&self) -> Option<&[u8]> {
-        self.prepared.write.as_ref()?.server_name.as_deref()
-    }
-}
 
 impl GuardState {
     /// True when the session keeps statements.
@@ -121,7 +97,7 @@ impl GuardState {
     /// True the first time an unnamed guarded write's text is seen (since the list of such
     /// texts was last cleared): a text is kept from its second `Parse` on, so one sent once does
     /// not take a place.
-    fn first_sight(&mut self, sql: &str) -> bool {
+    pub(super) fn first_sight(&mut self, sql: &str) -> bool {
         if self.seen_once.remove(sql.as_bytes()).is_some() {
             return false;
         }

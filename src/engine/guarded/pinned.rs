@@ -10,77 +10,16 @@
 //! holds one result per statement, in order, each ended by its `CommandComplete`, which tells
 //! which statement the rows arriving belong to.
 
-use super::GuardState;
-use super::cx::Cx;
 use std::sync::Arc;
 
-use super::reads::{Col, canonical};
-use crate::guard::{GuardSet, PinnedRead, TableId, ValueRef};
+use super::cx::Cx;
+use super::rows::{Col, ReadCheck, Reads};
+use super::state::GuardState;
+use super::tag::Tag;
+use crate::engine::replies::Pending;
+use crate::guard::{GuardSet, PinnedRead};
 use crate::protocol::backend::{self as be, Column};
 use crate::protocol::frontend::Bind;
-
-/// A pinned read in flight.
-#[derive(Debug, Clone)]
-pub struct ReadCheck {
-    /// Index of the read among the statements of its text (0 for a lone statement).
-    pub statement: usize,
-    /// The table's id in the tracker.
-    pub table: TableId,
-    /// The guard's index in the session's current guards.
-    pub guard: usize,
-    pub key: Vec<String>,
-    /// The version column in the result, once known (simple protocol; the extended protocol
-    /// keeps it in the portal's description).
-    pub version: Option<Col>,
-}
-
-impl ReadCheck {
-    /// Records what one `DataRow` says, given where the version column is.
-    pub fn observe(&self, guard: &mut GuardState, row_body: &[u8], version: Option<Col>) {
-        let Some(col) = version else { return };
-        let Some(vals) = be::data_row(row_body) else {
-            return;
-        };
-        let version = vals
-            .get(col.index)
-            .copied()
-            .flatten()
-            .and_then(|raw| canonical(col.type_oid, col.format, raw));
-        match version {
-            Some(v) => guard.tracker.observe(self.table, &self.key, &v),
-            None => guard.tracker.forget(self.table, &self.key),
-        }
-    }
-
-    /// The read is over: a row that was not found, or read without its version, is forgotten.
-    pub fn complete(&self, guard: &mut GuardState, complete_body: &[u8], version_known: bool) {
-        let rows = be::tag_rows(be::command_tag(complete_body));
-        if !version_known || rows == Some(0) {
-            guard.tracker.forget(self.table, &self.key);
-        }
-    }
-}
-
-/// The pinned reads of one simple `Query` (or of one script step) in flight.
-#[derive(Debug)]
-pub struct Reads {
-    checks: Vec<ReadCheck>,
-    /// The statement whose reply arrives now: `CommandComplete`s counted so far.
-    at: usize,
-    /// The query is a step of a script (an error stops the script; the end starts the next
-    /// step).
-    pub step: bool,
-}
-
-impl Reads {
-    pub fn new(checks: Vec<ReadCheck>, step: bool) -> Reads {
-        Reads {
-            checks,
-            at: 0,
-            step,
-        }
-    }
-}
 
 impl GuardState {
     /// Follows one message of the reply to a query holding pinned reads.
@@ -100,8 +39,10 @@ impl GuardState {
         self.track_simple_rows(cx, tag, msg);
         if let Some(check) = check {
             match tag {
-                be::DATA_ROW => check.observe(self, body, check.version),
-                be::COMMAND_COMPLETE => check.complete(self, body, check.version.is_some()),
+                be::DATA_ROW => check.observe(&mut self.tracker, body, check.version),
+                be::COMMAND_COMPLETE => {
+                    check.complete(&mut self.tracker, body, check.version.is_some())
+                }
                 _ => {}
             }
         }
@@ -110,27 +51,22 @@ impl GuardState {
         }
     }
 
-    /// Canonical key text from literals and bound parameters (`None` when one is unknown).
-    pub(super) fn key_text(
-        &self,
-        guard: usize,
-        vals: &[ValueRef],
-        bind: Option<(&Bind<'_>, &[u32])>,
-    ) -> Option<Vec<String>> {
-        let rg = self.resolved.get(guard);
-        vals.iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let column_type = rg.and_then(|r| r.key_types.get(i).copied()).unwrap_or(0);
-                match v {
-                    ValueRef::Literal(s) => canonical(column_type, 0, s.as_bytes()),
-                    ValueRef::Param(n) => {
-                        let (b, declared) = bind?;
-                        param_text(b, declared, *n, column_type)
-                    }
-                }
-            })
-            .collect()
+    /// A reply to a query holding pinned reads (`reads`, taken out of the front entry while
+    /// the session works with it): followed, then put back.
+    pub(super) fn on_read_reply(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        msg: &[u8],
+        mut reads: Box<Reads>,
+    ) {
+        if tag == be::ERROR_RESPONSE && reads.step {
+            self.fail_script();
+        }
+        self.follow_reads(cx, tag, msg, &mut reads);
+        if let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() {
+            **t = Tag::Read(reads);
+        }
     }
 
     /// True when a pinned read must be followed: its result may show the version, or the
@@ -172,22 +108,5 @@ impl GuardState {
             type_oid: cols[index].type_oid,
             format: cols[index].format,
         })
-    }
-}
-
-/// Canonical text of bound parameter `n` (1-based): decoded as its own type (declared or
-/// described; else the column's), then made canonical for the column it is compared with.
-pub fn param_text(b: &Bind<'_>, types: &[u32], n: u16, column_type: u32) -> Option<String> {
-    let idx = usize::from(n).checked_sub(1)?;
-    let raw = (*b.params.get(idx)?)?;
-    let t = match types.get(idx).copied() {
-        Some(t) if t != 0 => t,
-        _ => column_type,
-    };
-    let text = canonical(t, b.param_format(idx), raw)?;
-    if t == column_type || column_type == 0 {
-        Some(text)
-    } else {
-        canonical(column_type, 0, text.as_bytes())
     }
 }

@@ -5,16 +5,15 @@
 //! sends a hidden `DO` block whose `RAISE` produces it, then removes the PL/pgSQL context
 //! before the client sees it.
 
-use super::GuardState;
-use super::cx::Cx;
-use bytes::BytesMut;
 use tracing::warn;
 
-use super::Tag;
+use super::checks::RaiseCtx;
+use super::cx::Cx;
+use super::state::GuardState;
+use super::tag::Tag;
 use crate::config::TableName;
 use crate::engine::replies::Pending;
-use crate::events::Conflict;
-use crate::events::Outcome;
+use crate::events::{Conflict, Outcome};
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
 use crate::guard::values::quote_literal;
 use crate::guard::{GuardSet, GuardedWrite, table_id};
@@ -22,41 +21,6 @@ use crate::protocol::{backend as be, frontend as fe};
 
 /// Statement and portal name of the proxy's own raise in the extended protocol.
 const RAISE_NAME: &[u8] = b"optlock_raise";
-
-/// What a raise is about.
-#[derive(Debug)]
-pub struct RaiseCtx {
-    /// The guarded table the raise is about.
-    pub table: TableName,
-    /// The client's `CommandComplete` (`UPDATE 0`), delivered when the block raises nothing
-    /// (the row is still at the expected version: the write's other conditions did not match).
-    pub held: Option<BytesMut>,
-    pub conflict: Option<ConflictInfo>,
-    pub refusal: Option<Refusal>,
-}
-
-impl RaiseCtx {
-    /// The context of a conflict on a row; `held` is the write's `CommandComplete`, for the
-    /// client should the block raise nothing.
-    pub fn conflict(info: ConflictInfo, held: Option<BytesMut>) -> RaiseCtx {
-        RaiseCtx {
-            table: info.table.clone(),
-            held,
-            conflict: Some(info),
-            refusal: None,
-        }
-    }
-
-    /// The context of a refused write to `table`.
-    pub fn refusal(table: &TableName, refusal: Refusal) -> RaiseCtx {
-        RaiseCtx {
-            table: table.clone(),
-            held: None,
-            conflict: None,
-            refusal: Some(refusal),
-        }
-    }
-}
 
 /// A `DO` block raising an error with these fields (code, value) as `RAISE ... USING`.
 pub fn raise_fields_block(fields: &[(u8, String)]) -> String {
@@ -163,6 +127,24 @@ impl GuardState {
             .push(Pending::Simple(Some(Box::new(Tag::Raise(Box::new(ctx))))));
     }
 
+    /// The reply to a raise in the extended protocol: the error goes to the client (or, when
+    /// the block raised nothing, the write's held `CommandComplete`), and the batch goes on.
+    pub(super) fn on_extended_raise_done(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        msg: &[u8],
+        ctx: &RaiseCtx,
+    ) {
+        if tag == be::ERROR_RESPONSE {
+            self.deliver_raised_error(cx, msg, ctx);
+        } else if let Some(held) = &ctx.held {
+            // The block raised nothing: the write's own conditions matched no row.
+            cx.out.to_client.extend_from_slice(held);
+        }
+        cx.out.release_client();
+    }
+
     /// A keyed write found its row at another version and failed on the spot: the client
     /// gets the conflict error in place of the server's, logged and counted as any conflict.
     pub(super) fn deliver_conflict(
@@ -209,7 +191,12 @@ impl GuardState {
 
     /// Logs, counts and records a conflict the client was given; `found` is the version the
     /// row was found at (None: the row is gone).
-    fn log_conflict(&mut self, cx: &mut Cx<'_>, info: &ConflictInfo, found: Option<String>) {
+    pub(super) fn log_conflict(
+        &mut self,
+        cx: &mut Cx<'_>,
+        info: &ConflictInfo,
+        found: Option<String>,
+    ) {
         let table = info.table.to_string();
         let key = info.key_text();
         let ident = &self.ident;

@@ -3,138 +3,54 @@
 //! A query text holding guarded writes runs as a script: runs of other statements as one step,
 //! each guarded write as a step of its own, so the proxy sees a write's row count before
 //! anything after it runs. A write is planned (expected version, `RETURNING`) when its turn
-//! comes, after the steps before it have told the session what they read and wrote. Several steps outside a transaction are wrapped in a hidden
-//! `BEGIN`/`COMMIT`, keeping the text one implicit transaction as PostgreSQL would. A conflict
-//! is raised by the server between steps; the steps after it never run; the client sees what it
-//! would have seen had PostgreSQL itself raised the error.
+//! comes, after the steps before it have told the session what they read and wrote. Several
+//! steps outside a transaction are wrapped in a hidden `BEGIN`/`COMMIT`, keeping the text one
+//! implicit transaction as PostgreSQL would. A conflict is raised by the server between steps;
+//! the steps after it never run; the client sees what it would have seen had PostgreSQL itself
+//! raised the error.
+//!
+//! This file turns a text into the steps of a [`super::checks::Script`] and plans each guarded
+//! write when its turn comes; [`super::script`] runs the steps and follows their replies.
 
-use super::GuardState;
-use super::cx::Cx;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-use bytes::BytesMut;
-
-use super::Tag;
-use super::pinned::{ReadCheck, Reads};
-use super::raise::RaiseCtx;
-use super::reads::{ReadPlan, canonical};
-use crate::config::{BulkPolicy, UnversionedPolicy};
+use super::checks::{Plan, StepSpec, WriteCheck};
+use super::cx::Cx;
+use super::rows::{ReadCheck, Reads, canonical};
+use super::state::GuardState;
+use super::tag::Tag;
 use crate::engine::replies::Pending;
 use crate::events::Outcome;
 use crate::guard::cache::Simple;
-use crate::guard::conflict::{self, ConflictInfo, Refusal};
+use crate::guard::conflict::Refusal;
 use crate::guard::prefilter::Found;
 use crate::guard::rewrite::Expected;
-use crate::guard::track::Tracker;
-use crate::guard::{Action, GuardSet, GuardedWrite, TableId, Target, ValueRef, WriteOp};
-use crate::protocol::{backend as be, frontend as fe};
-use std::sync::Arc;
-
-/// A simple query run step by step.
-#[derive(Debug)]
-pub struct Script {
-    steps: VecDeque<StepSpec>,
-    /// The query's text, for the writes planned when their turn comes.
-    sql: Arc<str>,
-    /// The proxy opened a transaction around the steps.
-    wrapped: bool,
-    /// An error reached the client: no further step runs.
-    failed: bool,
-}
-
-#[derive(Debug)]
-enum StepSpec {
-    Sql(String, Option<Box<WriteCheck>>),
-    /// Statements passed as written, whose pinned reads are followed.
-    Reads(String, Box<Reads>),
-    /// A guarded write, planned when its turn comes: the steps before it may change what the
-    /// session knows of its row (a read, or a write of the same row).
-    Write(Arc<GuardedWrite>),
-    Raise(String, Box<RaiseCtx>),
-}
-
-/// What the proxy checks of one guarded write.
-#[derive(Debug)]
-pub struct WriteCheck {
-    /// The guards the write was analysed with (a reload may have replaced them since).
-    pub guards: Arc<GuardSet>,
-    pub guard: usize,
-    pub op: WriteOp,
-    /// Columns the proxy appended to the result (its `RETURNING`).
-    pub added: usize,
-    pub client_returning: bool,
-    /// The version the write must find; 0 rows then means a conflict.
-    pub expected: Option<String>,
-    /// The row's key (canonical text), when the write names one row.
-    pub key: Option<Vec<String>>,
-    /// Reads the proxy's `RETURNING` columns.
-    pub plan: Option<ReadPlan>,
-    /// The `CommandComplete` of a write that matched 0 rows, kept back during the check.
-    pub held: Option<BytesMut>,
-    /// The write is inside a data-modifying `WITH`: its rows are not the statement's.
-    pub in_cte: bool,
-    /// A run of the write that matches no row changes nothing (see
-    /// [`GuardState::quiet_without_rows`]): its conflict may be raised after its implicit
-    /// transaction committed.
-    pub quiet_without_rows: bool,
-}
-
-impl WriteCheck {
-    /// The table's id in the tracker.
-    pub fn table(&self) -> TableId {
-        self.guards.table_ids[self.guard]
-    }
-
-    /// What the session no longer knows once the write completed with `rows` rows: a row it
-    /// deleted, every row a write inside `WITH` may have changed (its new versions stay in
-    /// the statement; the next write of such a row expects nothing until it is read again),
-    /// and what a write whose `RETURNING` columns could not be read changed.
-    pub fn forget_after(&self, rows: Option<u64>, tracker: &mut Tracker) {
-        if self.in_cte || self.added > 0 && self.plan.is_none() && rows != Some(0) {
-            match &self.key {
-                Some(k) => tracker.forget(self.table(), k),
-                None => tracker.forget_table(self.table()),
-            }
-            return;
-        }
-        if self.op == WriteOp::Delete
-            && rows.is_some_and(|n| n > 0)
-            && let Some(k) = &self.key
-        {
-            tracker.forget(self.table(), k);
-        }
-    }
-
-    /// The conflict, when the server's error (`body`) is this write's version check failing
-    /// on the spot (see [`crate::guard::rewrite::CONFLICT_MARKER`]): what the write expected
-    /// of which row, and the version the row was found at.
-    pub fn raised_conflict(&self, body: &[u8]) -> Option<(ConflictInfo, conflict::RaisedInWrite)> {
-        let found = conflict::found_in_error(body)?;
-        Some((self.conflict_info()?, found))
-    }
-
-    pub fn conflict_info(&self) -> Option<ConflictInfo> {
-        let guard = self.guards.guards.get(self.guard)?;
-        Some(ConflictInfo::of(
-            guard,
-            self.key.clone(),
-            self.expected.clone()?,
-        ))
-    }
-}
-
-/// How one guarded write is sent, once the session knows what it expects.
-pub(super) enum Plan {
-    /// Send it rewritten with this expected version, and check it.
-    Send {
-        expected: Option<String>,
-        key: Option<Vec<String>>,
-    },
-    /// Refuse it.
-    Refuse(Refusal),
-}
+use crate::guard::{Action, GuardSet, GuardedWrite, TableId, Target, ValueRef};
+use crate::protocol::frontend as fe;
 
 impl GuardState {
+    pub fn guard_query(&mut self, cx: &mut Cx<'_>, msg: &[u8]) -> Result<bool, String> {
+        // The query drops the server's unnamed statement.
+        if self.keeps_statements() {
+            self.take_kept_unnamed();
+        }
+        if !self.stale.is_empty() {
+            self.stale.remove(&b""[..]);
+        }
+        if !self.guards_active(cx) {
+            return Ok(false);
+        }
+        let Some(sql) = fe::query_text(&msg[5..]) else {
+            return Ok(false);
+        };
+        let found = cx.settings.guards.prefilter.scan(sql);
+        if found.session {
+            self.on_session_command(sql, cx.tx_status == b'E');
+        }
+        self.simple_query(cx, msg, sql, found)
+    }
+
     /// A simple `Query` from the client. Returns true when the guard sent it (as a script).
     /// `sql_bytes` is its text, `found` what the prefilter found in it.
     pub(super) fn simple_query(
@@ -241,7 +157,7 @@ impl GuardState {
 
     /// Makes a run of passed statements (byte range, statement indexes) one script step,
     /// which follows the pinned reads among them.
-    fn push_chunk(
+    pub(super) fn push_chunk(
         &self,
         steps: &mut VecDeque<StepSpec>,
         chunk: Option<(std::ops::Range<usize>, std::ops::Range<usize>)>,
@@ -271,65 +187,15 @@ impl GuardState {
 
     /// A query holding one guarded write (of `table`) that needs nothing changed and nothing
     /// checked: sent as the client wrote it.
-    fn send_as_written(&mut self, cx: &mut Cx<'_>, msg: &[u8], table: TableId) {
+    pub(super) fn send_as_written(&mut self, cx: &mut Cx<'_>, msg: &[u8], table: TableId) {
         cx.events.guarded(table, Outcome::Rewritten);
         cx.out.to_server.extend_from_slice(msg);
         cx.out.replies.push(Pending::Simple(None));
     }
 
-    /// True when a write can expect no version, whatever row it names: no pinned version, a
-    /// table the session tracks nothing of (and no reply still to come that may change that),
-    /// and policies that let an unversioned write through.
-    pub(super) fn expects_nothing(&self, cx: &Cx<'_>, guards: &GuardSet, w: &GuardedWrite) -> bool {
-        let guard = &guards.guards[w.guard];
-        w.pinned.is_none()
-            && guard.unversioned == UnversionedPolicy::Allow
-            && (matches!(w.target, Target::Key(_)) || guard.bulk == BulkPolicy::Bump)
-            && !self.tracker.tracks_table(guards.table_ids[w.guard])
-            && !self.rows_may_come(cx)
-    }
-
-    /// Decides what a guarded write expects: pinned, tracked, or the policies.
-    pub(super) fn plan_write(
-        &mut self,
-        guards: &GuardSet,
-        w: &GuardedWrite,
-        key: Option<Vec<String>>,
-        pinned: Option<String>,
-    ) -> Plan {
-        let guard = &guards.guards[w.guard];
-        if w.op == WriteOp::Upsert {
-            return Plan::Send {
-                expected: None,
-                key: None,
-            };
-        }
-        if w.target == Target::Bulk {
-            return match guard.bulk {
-                BulkPolicy::Bump => Plan::Send {
-                    expected: None,
-                    key: None,
-                },
-                BulkPolicy::Reject => Plan::Refuse(Refusal::Bulk),
-            };
-        }
-        let expected = match pinned {
-            Some(v) => Some(v),
-            None => key.as_ref().and_then(|k| {
-                let table = guards.table_ids[w.guard];
-                self.tracker.expected(table, k).map(str::to_string)
-            }),
-        };
-        if expected.is_none() && guard.unversioned == UnversionedPolicy::Reject {
-            let row = ConflictInfo::of(guard, key.clone(), String::new()).key_text();
-            return Plan::Refuse(Refusal::Unversioned(row));
-        }
-        Plan::Send { expected, key }
-    }
-
     /// A query with no guarded write that names a guarded table: when it holds `SELECT`s that
     /// pin one guarded row each, it is relayed as it is and their results are followed.
-    fn pinned_read_query(
+    pub(super) fn pinned_read_query(
         &mut self,
         cx: &mut Cx<'_>,
         msg: &[u8],
@@ -349,7 +215,7 @@ impl GuardState {
 
     /// Relays a query that passes unchanged (`analysis` is its analysis), following its pinned
     /// reads; false when it has none to follow.
-    fn follow_pinned_reads(
+    pub(super) fn follow_pinned_reads(
         &mut self,
         cx: &mut Cx<'_>,
         msg: &[u8],
@@ -386,7 +252,7 @@ impl GuardState {
     }
 
     /// Canonical text of the literal key values of a write (None when one is a parameter).
-    fn literal_key(&self, w: &GuardedWrite) -> Option<Vec<String>> {
+    pub(super) fn literal_key(&self, w: &GuardedWrite) -> Option<Vec<String>> {
         match &w.target {
             Target::Key(vals) => self.key_text(w.guard, vals, None),
             Target::Bulk => None,
@@ -394,8 +260,9 @@ impl GuardState {
     }
 
     /// Plans a guarded write: the step that sends it (or refuses it), and a check to run
-    /// before it when the write's row count cannot tell a conflict ([`GuardState::cte_lock_check`]).
-    fn simple_write_step(
+    /// before it when the write's row count cannot tell a conflict
+    /// ([`GuardState::cte_lock_check`]).
+    pub(super) fn simple_write_step(
         &mut self,
         cx: &mut Cx<'_>,
         sql: &str,
@@ -462,269 +329,5 @@ impl GuardState {
                 (check, step)
             }
         }
-    }
-
-    /// An error reached the client: the script's later steps do not run.
-    pub(super) fn fail_script(&mut self) {
-        if let Some(s) = self.script.as_mut() {
-            s.failed = true;
-        }
-    }
-
-    fn start_script(
-        &mut self,
-        cx: &mut Cx<'_>,
-        steps: VecDeque<StepSpec>,
-        wrapped: bool,
-        sql: Arc<str>,
-    ) {
-        if wrapped {
-            fe::write_query(&mut cx.out.to_server, b"BEGIN");
-            cx.out
-                .replies
-                .push(Pending::Simple(Some(Box::new(Tag::Hidden))));
-        }
-        self.script = Some(Script {
-            steps,
-            sql,
-            wrapped,
-            failed: false,
-        });
-        cx.out.hold_client = true;
-        self.send_next_step(cx);
-    }
-
-    fn send_next_step(&mut self, cx: &mut Cx<'_>) {
-        let Some(script) = self.script.as_mut() else {
-            return;
-        };
-        let step = match script.steps.pop_front() {
-            Some(StepSpec::Write(w)) => {
-                let sql = script.sql.clone();
-                match self.simple_write_step(cx, &sql, &w) {
-                    (Some(check), step) => {
-                        if let Some(script) = self.script.as_mut() {
-                            script.steps.push_front(step);
-                        }
-                        Some(check)
-                    }
-                    (None, step) => Some(step),
-                }
-            }
-            step => step,
-        };
-        match step {
-            Some(StepSpec::Sql(text, check)) => {
-                if let Some(c) = &check {
-                    cx.events
-                        .guarded(c.guards.table_ids[c.guard], Outcome::Rewritten);
-                }
-                fe::write_query(&mut cx.out.to_server, text.as_bytes());
-                cx.out
-                    .replies
-                    .push(Pending::Simple(Some(Box::new(Tag::Step(check)))));
-            }
-            Some(StepSpec::Reads(text, reads)) => {
-                fe::write_query(&mut cx.out.to_server, text.as_bytes());
-                cx.out
-                    .replies
-                    .push(Pending::Simple(Some(Box::new(Tag::Read(reads)))));
-            }
-            Some(StepSpec::Raise(block, ctx)) => self.send_simple_raise(cx, &block, *ctx),
-            Some(StepSpec::Write(_)) => unreachable!("a planned write is SQL or a raise"),
-            None => {}
-        }
-    }
-
-    /// A reply within a script step (the step stays at the front of the queue).
-    pub(super) fn on_step_reply(
-        &mut self,
-        cx: &mut Cx<'_>,
-        tag: u8,
-        msg: &[u8],
-    ) -> Result<bool, String> {
-        let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() else {
-            return Ok(false);
-        };
-        let Tag::Step(check) = t.as_mut() else {
-            return Ok(false);
-        };
-        if tag == be::ERROR_RESPONSE
-            && let Some(raised) = check.as_deref().and_then(|c| c.raised_conflict(&msg[5..]))
-        {
-            self.fail_script();
-            self.deliver_conflict(cx, raised);
-            return Ok(true);
-        }
-        let Some(c) = check
-            .as_deref_mut()
-            .filter(|c| c.added > 0 || tag == be::COMMAND_COMPLETE)
-        else {
-            if tag == be::ERROR_RESPONSE {
-                self.fail_script();
-            }
-            self.track_simple_rows(cx, tag, msg);
-            return Ok(false);
-        };
-        match tag {
-            be::ROW_DESCRIPTION => {
-                let body = &msg[5..];
-                let cols = be::row_description(body).unwrap_or_default();
-                if cols.len() >= c.added {
-                    let types: Vec<u32> = cols[cols.len() - c.added..]
-                        .iter()
-                        .map(|col| col.type_oid)
-                        .collect();
-                    c.plan = Some(ReadPlan::returning(c.table(), &types, 0));
-                    if c.client_returning {
-                        be::write_truncated(
-                            &mut cx.out.to_client,
-                            be::ROW_DESCRIPTION,
-                            body,
-                            cols.len() - c.added,
-                        );
-                    }
-                }
-                Ok(true)
-            }
-            be::DATA_ROW => {
-                let body = &msg[5..];
-                if let Some(plan) = &c.plan {
-                    plan.observe(body, &mut self.tracker);
-                }
-                if c.client_returning {
-                    let n = be::data_row(body).map_or(0, |v| v.len());
-                    be::write_truncated(
-                        &mut cx.out.to_client,
-                        be::DATA_ROW,
-                        body,
-                        n - c.added.min(n),
-                    );
-                }
-                Ok(true)
-            }
-            be::COMMAND_COMPLETE => {
-                let rows = be::tag_rows(be::command_tag(&msg[5..]));
-                if rows == Some(0) && c.expected.is_some() {
-                    c.held = Some(BytesMut::from(msg));
-                    return Ok(true);
-                }
-                c.forget_after(rows, &mut self.tracker);
-                Ok(false)
-            }
-            be::ERROR_RESPONSE => {
-                self.fail_script();
-                Ok(false)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    /// A step's `ReadyForQuery`: check its write, then go on, or stop.
-    pub(super) fn on_step_done(
-        &mut self,
-        cx: &mut Cx<'_>,
-        ready: &[u8],
-        check: Option<Box<WriteCheck>>,
-    ) -> Result<bool, String> {
-        if let Some(mut c) = check
-            && let Some(held) = c.held.take()
-            && let Some(info) = c.conflict_info()
-        {
-            let block =
-                conflict::raise_block_if_changed(&info, &cx.settings.config.conflict_sqlstate);
-            self.send_simple_raise(cx, &block, RaiseCtx::conflict(info, Some(held)));
-            return Ok(true);
-        }
-        self.script_continue(cx, ready)
-    }
-
-    /// A raise's reply within a script.
-    pub(super) fn on_raise_reply(
-        &mut self,
-        cx: &mut Cx<'_>,
-        tag: u8,
-        msg: &[u8],
-    ) -> Result<bool, String> {
-        let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() else {
-            return Ok(false);
-        };
-        let Tag::Raise(ctx) = t.as_mut() else {
-            return Ok(false);
-        };
-        match tag {
-            be::ERROR_RESPONSE => {
-                let table = ctx.table.clone();
-                let ctx = std::mem::replace(
-                    ctx.as_mut(),
-                    RaiseCtx {
-                        table,
-                        held: None,
-                        conflict: None,
-                        refusal: None,
-                    },
-                );
-                self.deliver_raised_error(cx, msg, &ctx);
-                self.fail_script();
-                Ok(true)
-            }
-            be::COMMAND_COMPLETE => {
-                // The block raised nothing: the write's own conditions matched no row.
-                if let Some(held) = ctx.held.take() {
-                    cx.out.to_client.extend_from_slice(&held);
-                }
-                Ok(true)
-            }
-            be::NOTICE_RESPONSE => Ok(false),
-            _ => Ok(true),
-        }
-    }
-
-    /// The `ReadyForQuery` of a raise: the script goes on, or (a conflict raised after an
-    /// extended-protocol batch's `Sync`) it is the client's.
-    pub(super) fn on_raise_done(
-        &mut self,
-        cx: &mut Cx<'_>,
-        ready: &[u8],
-        _ctx: Box<RaiseCtx>,
-    ) -> Result<(), String> {
-        if self.script.is_none() {
-            cx.out.to_client.extend_from_slice(ready);
-            cx.out.release_client();
-            return Ok(());
-        }
-        self.script_continue(cx, ready).map(|_| ())
-    }
-
-    /// After a step: the next one, the hidden `COMMIT`/`ROLLBACK`, or the client's
-    /// `ReadyForQuery`.
-    fn script_continue(&mut self, cx: &mut Cx<'_>, ready: &[u8]) -> Result<bool, String> {
-        let Some(script) = self.script.as_mut() else {
-            return Ok(false);
-        };
-        let end_sql: Option<&[u8]> = if script.failed || script.steps.is_empty() {
-            match (script.wrapped, script.failed) {
-                (true, true) => Some(b"ROLLBACK"),
-                (true, false) => Some(b"COMMIT"),
-                (false, _) => None,
-            }
-        } else {
-            self.send_next_step(cx);
-            return Ok(true);
-        };
-        match end_sql {
-            Some(sql) => {
-                fe::write_query(&mut cx.out.to_server, sql);
-                cx.out
-                    .replies
-                    .push(Pending::Simple(Some(Box::new(Tag::Final))));
-            }
-            None => {
-                self.script = None;
-                cx.out.release_client();
-                cx.out.to_client.extend_from_slice(ready);
-            }
-        }
-        Ok(true)
     }
 }

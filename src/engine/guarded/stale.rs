@@ -13,46 +13,23 @@
 //! `RETURNING`) whose table the reload no longer guards is marked stale too, and prepared again
 //! as the client wrote it; with no guard left at all, every such statement is.
 
-use super::cx::Cx;
 use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use super::extended::{FULL_VARIANT_PREFIX, Parsed, Prepared};
-use super::{GuardState, Tag};
+use super::cx::Cx;
+use super::state::GuardState;
+use super::statements::{FULL_VARIANT_PREFIX, Parsed, StaleStatement};
+use super::tag::Tag;
 use crate::config::quote_ident;
 use crate::engine::replies::Pending;
 use crate::guard::Action;
 use crate::protocol::frontend as fe;
 
-/// The catalog query that lists the session's prepared statements.
-pub const LISTING_QUERY: &str = "SELECT name, statement, from_sql::text, \
-     parameter_types::oid[]::text FROM pg_catalog.pg_prepared_statements";
-
-/// A statement the client prepared before the guards changed, to be prepared again.
-#[derive(Debug, Clone)]
-pub struct StaleStatement {
-    text: String,
-    types: Vec<u32>,
-    /// What the proxy knew of it before.
-    old: Option<Arc<Prepared>>,
-}
-
-impl StaleStatement {
-    /// A statement to prepare again from the client's text and parameter types.
-    pub fn new(text: String, types: Vec<u32>) -> StaleStatement {
-        StaleStatement {
-            text,
-            types,
-            old: None,
-        }
-    }
-}
-
 impl GuardState {
     /// Statement `name` is prepared again from the client's `text` and `types` at its next
     /// `Bind` or `Describe`; what the session knew of it goes with it, to be closed then.
-    fn mark_stale(&mut self, name: &[u8], text: String, types: Vec<u32>) {
+    pub(super) fn mark_stale(&mut self, name: &[u8], text: String, types: Vec<u32>) {
         let old = self.statements.remove(name);
         self.stale
             .insert(name.into(), StaleStatement { text, types, old });

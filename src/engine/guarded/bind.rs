@@ -1,0 +1,261 @@
+//! `Bind` in the extended protocol: the portal of a guarded write gets the expected version
+//! in the proxy's extra parameter (or is replaced by a refusal), is bound to the statement's
+//! full form when it needs one, and remembers what its reply is checked against (a
+//! [`WriteCheck`]); the portal of a read remembers what its rows tell. A statement that went
+//! lean is prepared again in full first when this `Bind` names a row the session tracks.
+
+use std::sync::{Arc, OnceLock};
+
+use super::checks::{Plan, WriteCheck};
+use super::cx::Cx;
+use super::rows::{ReadPlan, canonical, param_text, result_format_codes};
+use super::state::GuardState;
+use super::statements::{ParseUndo, Parsed, Portal, Prepared, PreparedWrite};
+use super::tag::Tag;
+use crate::engine::replies::Pending;
+use crate::events::Outcome;
+use crate::guard::{Target, ValueRef};
+use crate::protocol::frontend as fe;
+
+impl GuardState {
+    /// A `Bind`. Returns true when the guard sent it (with the expected version, or replaced
+    /// by a refusal).
+    pub fn guard_bind(&mut self, cx: &mut Cx<'_>, msg: &[u8]) -> Result<bool, String> {
+        if !self.guards_active(cx) && self.stale.is_empty() {
+            return Ok(false);
+        }
+        let body = &msg[5..];
+        let Some((portal, statement)) = fe::bind_names(body) else {
+            return Ok(false);
+        };
+        if !self.portals.is_empty() {
+            self.portals.remove(portal);
+        }
+        if self.prepare_stale(cx, statement) == Some(Parsed::Refused) {
+            return Ok(true);
+        }
+        if !self.guards_active(cx) {
+            return Ok(false);
+        }
+        let Some(prepared) = self.statements.get(statement).cloned() else {
+            return Ok(false);
+        };
+        if let Some(pw) = &prepared.write
+            && self.expects_nothing(cx, &pw.guards, &pw.write)
+        {
+            return Ok(self.bind_unchecked(cx, portal, body, pw));
+        }
+        // A read not followed whose result is known to carry no guarded key and version: its
+        // portal needs nothing.
+        if prepared.write.is_none()
+            && prepared.described.get().is_some_and(|d| d.reads.is_none())
+            && prepared
+                .pinned
+                .as_ref()
+                .is_none_or(|read| !self.follows_read(cx, &cx.settings.guards, read))
+        {
+            return Ok(false);
+        }
+        let Some(b) = fe::bind(body) else {
+            return Ok(false);
+        };
+        let prepared = self.unlean(cx, statement, prepared, &b);
+        let Some(pw) = &prepared.write else {
+            let guards = cx.settings.guards.clone();
+            let pinned = prepared
+                .pinned
+                .as_ref()
+                .filter(|read| self.follows_read(cx, &guards, read))
+                .and_then(|read| {
+                    let types = prepared.param_types();
+                    self.read_check(&guards, read, Some((&b, &types)))
+                });
+            let portal_info = Portal {
+                statement: Some(prepared.clone()),
+                pinned,
+                result_formats: b.result_formats.into(),
+                ..Portal::default()
+            };
+            self.portals.insert(portal.into(), Arc::new(portal_info));
+            return Ok(false);
+        };
+        let w = &pw.write;
+        let rg = self.resolved.get(w.guard);
+        let types = prepared.param_types();
+        let bound = Some((&b, types.as_slice()));
+        let key: Option<Vec<String>> = match &w.target {
+            Target::Key(vals) => self.key_text(w.guard, vals, bound),
+            Target::Bulk => None,
+        };
+        let version_type = rg.map_or(0, |r| r.version_type);
+        let pinned = match &w.pinned {
+            Some(ValueRef::Literal(v)) => {
+                canonical(version_type, 0, v.as_bytes()).or_else(|| Some(v.clone()))
+            }
+            Some(ValueRef::Param(n)) => param_text(&b, &types, *n, version_type),
+            None => None,
+        };
+        let guards = pw.guards.clone();
+        let (expected, key) = match self.plan_write(&guards, w, key, pinned) {
+            Plan::Refuse(refusal) => {
+                let (block, ctx) = self.refusal(&guards.guards[w.guard].table, refusal);
+                self.send_extended_raise(cx, &block, ctx);
+                return Ok(true);
+            }
+            Plan::Send { expected, key } => (expected, key),
+        };
+        // A write inside WITH: its row is checked and locked first, in the batch's
+        // transaction (implicit up to the Sync, or the client's own).
+        if let Some((block, ctx)) =
+            self.cte_lock_check(cx, &guards, w, expected.as_deref(), key.as_deref())
+        {
+            self.send_extended_raise(cx, &block, ctx);
+        }
+        let (b, extra, added) = match &pw.full {
+            // A named statement that went lean: bound as it is unless this `Bind` checks a
+            // version, a reply still to come may make the session track the row, or the write
+            // is inside `WITH` (its portal forgets what it may have changed).
+            Some(_) if expected.is_none() && !self.rows_may_come(cx) && !w.splice.in_cte => {
+                cx.events
+                    .guarded(guards.table_ids[w.guard], Outcome::Rewritten);
+                return Ok(false);
+            }
+            Some(full) => (
+                fe::Bind {
+                    statement: &full.name,
+                    ..b
+                },
+                Some(full.extra),
+                full.added,
+            ),
+            None => (
+                fe::Bind {
+                    statement: pw.server_name.as_deref().unwrap_or(b.statement),
+                    ..b
+                },
+                pw.extra,
+                pw.added,
+            ),
+        };
+        let extra = extra.map(|_| expected.as_deref().map(str::as_bytes));
+        fe::write_bind_rewritten(&mut cx.out.to_server, &b, extra, added);
+        cx.out.replies.push(Pending::Bind(None));
+        let codes = result_format_codes(b.result_formats);
+        let our_format = if codes.len() == 1 { codes[0] } else { 0 };
+        // The proxy's columns are read with the types the catalog gave: none before the
+        // guard is resolved (right after a reload), and the write then forgets its row.
+        let plan = self.resolved.get(w.guard).filter(|_| added > 0).map(|rg| {
+            let mut types = rg.key_types.clone();
+            types.push(version_type);
+            ReadPlan::returning(guards.table_ids[w.guard], &types, our_format)
+        });
+        let bound = WriteCheck {
+            guards: guards.clone(),
+            guard: w.guard,
+            op: w.op,
+            added,
+            client_returning: w.client_returning,
+            // A write inside WITH checks its version in its predicate, but its row count is
+            // not the statement's: the check sent before it raises a conflict.
+            expected: if w.splice.in_cte { None } else { expected },
+            key,
+            plan,
+            held: None,
+            in_cte: w.splice.in_cte,
+            quiet_without_rows: self.quiet_without_rows(w),
+        };
+        self.write_portal(portal, bound, b.result_formats);
+        Ok(true)
+    }
+
+    /// The `Bind` of a write that expects no version, whatever row it binds
+    /// ([`GuardState::expects_nothing`]), so no key is decoded. It is sent with a NULL for the
+    /// proxy's version parameter, if the statement has one, and its portal hides the proxy's
+    /// `RETURNING` columns; a statement with neither (a lean one) needs no portal, and its
+    /// `Bind` goes as it is. Returns true when the guard sent it.
+    pub(super) fn bind_unchecked(
+        &mut self,
+        cx: &mut Cx<'_>,
+        portal: &[u8],
+        body: &[u8],
+        pw: &PreparedWrite,
+    ) -> bool {
+        let w = &pw.write;
+        if pw.extra.is_none() && pw.added == 0 && pw.server_name.is_none() {
+            cx.events
+                .guarded(pw.guards.table_ids[w.guard], Outcome::Rewritten);
+            return false;
+        }
+        let Some(b) = fe::bind(body) else {
+            return false;
+        };
+        let b = fe::Bind {
+            statement: pw.server_name.as_deref().unwrap_or(b.statement),
+            ..b
+        };
+        fe::write_bind_rewritten(&mut cx.out.to_server, &b, pw.extra.map(|_| None), pw.added);
+        cx.out.replies.push(Pending::Bind(None));
+        let check = WriteCheck {
+            guards: pw.guards.clone(),
+            guard: w.guard,
+            op: w.op,
+            added: pw.added,
+            client_returning: w.client_returning,
+            expected: None,
+            key: None,
+            plan: None,
+            held: None,
+            in_cte: w.splice.in_cte,
+            quiet_without_rows: self.quiet_without_rows(w),
+        };
+        self.write_portal(portal, check, b.result_formats);
+        true
+    }
+
+    /// Remembers the portal of a guarded write.
+    pub(super) fn write_portal(&mut self, portal: &[u8], check: WriteCheck, result_formats: &[u8]) {
+        self.portals.insert(
+            portal.into(),
+            Arc::new(Portal {
+                write: Some(check),
+                result_formats: result_formats.into(),
+                ..Portal::default()
+            }),
+        );
+    }
+
+    /// A `Bind` of a statement that went lean, for a row the session tracks: the statement is
+    /// prepared again with its version check (the `ParseComplete` hidden). Returns the new
+    /// statement.
+    pub(super) fn unlean(
+        &mut self,
+        cx: &mut Cx<'_>,
+        statement: &[u8],
+        prepared: Arc<Prepared>,
+        b: &fe::Bind<'_>,
+    ) -> Arc<Prepared> {
+        let Some(pw) = &prepared.write else {
+            return prepared;
+        };
+        let (true, Target::Key(vals)) = (pw.lean, &pw.write.target) else {
+            return prepared;
+        };
+        let table = pw.guards.table_ids[pw.write.guard];
+        let key = self.key_text(pw.write.guard, vals, Some((b, &prepared.param_types())));
+        if !self.rows_may_come(cx) && !self.is_tracked(table, key) {
+            return prepared;
+        }
+        let text = pw.text.clone();
+        let types = prepared.declared_types.clone();
+        let undo = Arc::new(ParseUndo {
+            name: statement.into(),
+            before: Some(prepared.clone()),
+            after: OnceLock::new(),
+            hidden: true,
+            kept: OnceLock::new(),
+        });
+        let reply = Some(Box::new(Tag::Parsed(undo.clone())));
+        self.parse_guarded(cx, statement, &text, &types, reply, false);
+        self.noted_after_parse(&undo).unwrap_or(prepared)
+    }
+}

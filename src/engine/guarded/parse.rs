@@ -1,0 +1,421 @@
+//! `Parse` in the extended protocol: a statement that writes a guarded table is prepared
+//! rewritten (its version compared with one more parameter, `$n`, NULL meaning unknown, and the
+//! proxy's `RETURNING` added), or replaced by a refusal the server raises. A write that can
+//! check nothing and learn nothing goes lean: the unnamed statement with its `Bind` in view is
+//! sent as written (with its bump), and a named statement is prepared both as written and,
+//! under a name of the proxy's, in full; each `Bind` picks the form it needs (see
+//! [`super::bind`]). A `Parse` that changes what the session knows of a name is tagged with a
+//! [`ParseUndo`], taken back if the server skips or fails it.
+
+use std::sync::{Arc, OnceLock};
+
+use super::cx::Cx;
+use super::state::GuardState;
+use super::statements::{
+    FULL_VARIANT_PREFIX, FullVariant, ParseUndo, Parsed, Prepared, PreparedWrite,
+};
+use super::tag::{StmtTag, Tag};
+use crate::engine::replies::Pending;
+use crate::guard::conflict::Refusal;
+use crate::guard::prefilter::{Found, Prefilter};
+use crate::guard::rewrite::Expected;
+use crate::guard::{Action, GuardSet, GuardedWrite, Target, WriteOp};
+use crate::protocol::{backend as be, frontend as fe};
+
+/// `Parse` texts whose prefilter result a session remembers (forgotten all at once beyond).
+const FOUND_TEXTS: usize = 1024;
+
+impl GuardState {
+    /// A `Parse`. Returns true when the guard sent it itself: rewritten, replaced by a
+    /// refusal, or as written but tagged, when it changes what the session knows of the name.
+    pub fn guard_parse(&mut self, cx: &mut Cx<'_>, msg: &[u8]) -> Result<bool, String> {
+        let body = &msg[5..];
+        if !self.guards_active(cx) {
+            // What a reload left of the name (a statement prepared under the guards, or one
+            // to prepare again) is replaced by the client's new statement.
+            let left = !self.statements.is_empty() || !self.stale.is_empty();
+            if left && let Some(name) = fe::parse_name(body) {
+                self.forget_statement(cx, name);
+            }
+            return Ok(false);
+        }
+        let Some(name) = fe::parse_name(body) else {
+            return Ok(false);
+        };
+        let before = match self.statements.is_empty() {
+            true => None,
+            false => self.statements.remove(name),
+        };
+        if !self.stale.is_empty() {
+            self.stale.remove(name);
+        }
+        let guards = cx.settings.guards.clone();
+        let Some(p) = fe::parse(body) else {
+            return Ok(false);
+        };
+        let found = self.found_in_parse(p.query, &guards.prefilter);
+        if found.session {
+            self.on_session_command(p.query, cx.tx_status == b'E');
+        }
+        let may_write = found.may_write_guarded();
+        if !may_write && !found.name && before.is_none() {
+            return Ok(false);
+        }
+        // This Parse changes what the session knows of the name: undone if the server does
+        // not carry it out.
+        let undo = Arc::new(ParseUndo {
+            name: name.into(),
+            before,
+            after: OnceLock::new(),
+            hidden: false,
+            kept: OnceLock::new(),
+        });
+        let reply = || Some(Box::new(Tag::Parsed(undo.clone())));
+        let parsed = match std::str::from_utf8(p.query) {
+            _ if !may_write => Parsed::Passed,
+            Ok(sql) => self.parse_guarded(cx, p.name, sql, &p.param_types, reply(), true),
+            Err(_) => {
+                let (block, ctx) = self.not_utf8_refusal(cx, p.query);
+                self.send_extended_raise(cx, &block, ctx);
+                Parsed::Refused
+            }
+        };
+        match parsed {
+            Parsed::Passed => {
+                // A read, or a text that merely spells a write word (`SELECT ... FOR UPDATE`).
+                if found.name {
+                    self.prepare_read(&p, &guards);
+                }
+                cx.out.to_server.extend_from_slice(msg);
+                cx.out.replies.push(Pending::Parse(reply()));
+                self.noted_after_parse(&undo);
+            }
+            Parsed::Rewritten => {
+                self.noted_after_parse(&undo);
+            }
+            // The server never sees this Parse: the statement it has stays what the session
+            // knows.
+            Parsed::Refused => {
+                if let Some(before) = &undo.before {
+                    self.statements.insert(name.into(), before.clone());
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends the `Parse` of a statement that may write a guarded table: rewritten, or replaced
+    /// by a refusal, or (`Passed`) not sent at all. `reply` tags the `ParseComplete` (hidden
+    /// when the proxy prepares the statement again on its own). With `may_lean`, a statement
+    /// whose first `Bind` is already in view may go without version check.
+    pub(super) fn parse_guarded(
+        &mut self,
+        cx: &mut Cx<'_>,
+        name: &[u8],
+        sql: &str,
+        param_types: &[u32],
+        mut reply: StmtTag,
+        may_lean: bool,
+    ) -> Parsed {
+        let guards = cx.settings.guards.clone();
+        let analysis = self.cache.get_or_analyze(sql, &guards);
+        let [statement] = analysis.statements.as_slice() else {
+            // Several statements: the server refuses them in a prepared statement.
+            return Parsed::Passed;
+        };
+        match &statement.action {
+            Action::Pass { .. } => Parsed::Passed,
+            Action::Refuse { table, reason } => {
+                let (block, ctx) = self.refusal(table, Refusal::Unsupported(reason.clone()));
+                self.send_extended_raise(cx, &block, ctx);
+                Parsed::Refused
+            }
+            Action::Write(w) => {
+                if may_lean
+                    && !name.is_empty()
+                    && w.op != WriteOp::Upsert
+                    && w.pinned.is_none()
+                    && matches!(w.target, Target::Key(_))
+                {
+                    self.parse_named_lean(cx, name, sql, param_types, reply, &guards, w);
+                    return Parsed::Rewritten;
+                }
+                let full = |server_name: Option<Box<[u8]>>| {
+                    full_form(sql, param_types, &guards, w, server_name)
+                };
+                let lean = may_lean && self.lean_parse(cx, name, w, param_types);
+                // A write that goes lean is planned as the client wrote it; one in full may be
+                // kept prepared.
+                if !lean
+                    && name.is_empty()
+                    && self.parse_kept(
+                        cx,
+                        sql,
+                        param_types,
+                        &mut reply,
+                        |n| full(Some(n)),
+                        &guards,
+                        w,
+                    )
+                {
+                    return Parsed::Rewritten;
+                }
+                let prepared = if lean {
+                    self.parse_as_written(cx, name, sql, param_types, &guards, w);
+                    prepared_write(sql, param_types, &guards, w, None, 0, true)
+                } else {
+                    let (prepared, text) = full(None);
+                    fe::write_parse(&mut cx.out.to_server, name, text.as_bytes(), param_types);
+                    prepared
+                };
+                cx.out.replies.push(Pending::Parse(reply));
+                self.statements.insert(name.into(), Arc::new(prepared));
+                Parsed::Rewritten
+            }
+        }
+    }
+
+    /// A named guarded write: the client's statement as written (with its bump), and its full
+    /// form under a name of the proxy's, that `ParseComplete` hidden (see
+    /// [`PreparedWrite::full`]).
+    pub(super) fn parse_named_lean(
+        &mut self,
+        cx: &mut Cx<'_>,
+        name: &[u8],
+        sql: &str,
+        param_types: &[u32],
+        reply: StmtTag,
+        guards: &Arc<GuardSet>,
+        w: &Arc<GuardedWrite>,
+    ) {
+        self.parse_as_written(cx, name, sql, param_types, guards, w);
+        cx.out.replies.push(Pending::Parse(reply));
+        self.full_variants += 1;
+        let full_name = format!("{FULL_VARIANT_PREFIX}{}", self.full_variants);
+        let extra = w.max_param.max(param_types.len() as u16) + 1;
+        let mut text = String::with_capacity(sql.len() + 128);
+        w.render_with(sql, guards, Expected::Param(extra), true, &mut text);
+        fe::write_parse(
+            &mut cx.out.to_server,
+            full_name.as_bytes(),
+            text.as_bytes(),
+            param_types,
+        );
+        cx.out
+            .replies
+            .push(Pending::Parse(Some(Box::new(Tag::Hidden))));
+        let prepared = Prepared {
+            declared_types: param_types.to_vec(),
+            write: Some(PreparedWrite {
+                guards: guards.clone(),
+                write: w.clone(),
+                extra: None,
+                added: 0,
+                text: sql.to_string(),
+                lean: false,
+                full: Some(FullVariant {
+                    name: full_name.into_bytes().into(),
+                    extra,
+                    added: w.added_columns(guards),
+                }),
+                server_name: None,
+            }),
+            ..Prepared::default()
+        };
+        self.statements.insert(name.into(), Arc::new(prepared));
+    }
+
+    /// Sends a `Parse` of a guarded write as the client wrote it, with its bump where the
+    /// version kind needs one: no version check, no `RETURNING`.
+    pub(super) fn parse_as_written(
+        &mut self,
+        cx: &mut Cx<'_>,
+        name: &[u8],
+        sql: &str,
+        param_types: &[u32],
+        guards: &GuardSet,
+        w: &GuardedWrite,
+    ) {
+        if w.adds_bump(guards) {
+            let mut text = String::with_capacity(sql.len() + 64);
+            w.render_with(sql, guards, Expected::None, false, &mut text);
+            fe::write_parse(&mut cx.out.to_server, name, text.as_bytes(), param_types);
+        } else {
+            fe::write_parse(&mut cx.out.to_server, name, sql.as_bytes(), param_types);
+        }
+    }
+
+    /// A `Parse` of the unnamed statement with its `Bind` right behind it (libpq's
+    /// `PQexecParams`, `pgbench -M extended`), binding a row the session does not track, with
+    /// no read still to answer before it: that execution checks no version, so the statement
+    /// goes without predicate and `RETURNING` (with its bump where the version kind needs
+    /// one), which spares the server planning them on every execution. A later `Bind` of a row
+    /// the session does track (or may, by then) prepares the statement again in full
+    /// ([`GuardState::unlean`]).
+    pub(super) fn lean_parse(
+        &mut self,
+        cx: &mut Cx<'_>,
+        name: &[u8],
+        w: &GuardedWrite,
+        param_types: &[u32],
+    ) -> bool {
+        if !name.is_empty() || w.pinned.is_some() || w.op == WriteOp::Upsert {
+            return false;
+        }
+        let Target::Key(vals) = &w.target else {
+            return false;
+        };
+        if self.rows_may_come(cx) {
+            return false;
+        }
+        let Ok(Some(h)) = crate::protocol::peek_header(&cx.lookahead, usize::MAX) else {
+            return false;
+        };
+        if h.tag != fe::BIND || cx.lookahead.len() < h.size {
+            return false;
+        }
+        let body = &cx.lookahead[5..h.size];
+        if !fe::bind_names(body).is_some_and(|(_, statement)| statement.is_empty()) {
+            return false;
+        }
+        let table = cx.settings.guards.table_ids[w.guard];
+        if !self.tracker.tracks_table(table) {
+            return true;
+        }
+        let Some(b) = fe::bind(body) else {
+            return false;
+        };
+        let key = self.key_text(w.guard, vals, Some((&b, param_types)));
+        !self.is_tracked(table, key)
+    }
+
+    /// Notes in `undo` what the `Parse` just handled left under its name, and returns it.
+    pub(super) fn noted_after_parse(&mut self, undo: &ParseUndo) -> Option<Arc<Prepared>> {
+        let after = self.statements.get(&undo.name[..]).cloned()?;
+        let _ = undo.after.set(after.clone());
+        Some(after)
+    }
+
+    /// A `Parse` tagged with `undo` was skipped (`answered` false) or failed: what the session
+    /// knows of the name goes back to what the server has, unless a later `Parse` or `Close`
+    /// of the name changed it since.
+    pub fn undo_parse(&mut self, undo: &ParseUndo, answered: bool) {
+        if let Some(kept) = undo.kept.get() {
+            self.kept_not_prepared(kept);
+        }
+        let current = self.statements.get(&undo.name[..]);
+        let unchanged_since = match (current, undo.after.get()) {
+            (Some(current), Some(after)) => Arc::ptr_eq(current, after),
+            (None, None) => true,
+            _ => false,
+        };
+        if !unchanged_since {
+            return;
+        }
+        match &undo.before {
+            Some(before) if !(answered && undo.name.is_empty()) => {
+                self.statements.insert(undo.name.clone(), before.clone());
+            }
+            _ => {
+                self.statements.remove(&undo.name[..]);
+            }
+        }
+    }
+
+    /// The reply to a tagged `Parse`: a failed one is undone, a kept statement becomes usable.
+    /// Returns true when the reply is the proxy's own (hidden).
+    pub(super) fn on_parse_done(&mut self, tag: u8, undo: &ParseUndo) -> bool {
+        if tag == be::ERROR_RESPONSE {
+            self.undo_parse(undo, true);
+            return false;
+        }
+        if let Some(kept) = undo.kept.get() {
+            kept.prepared_on_server();
+        }
+        undo.hidden
+    }
+
+    /// Remembers a prepared statement that reads a guarded table (`p` names one), so its rows
+    /// can be followed.
+    pub(super) fn prepare_read(&mut self, p: &fe::Parse<'_>, guards: &Arc<GuardSet>) {
+        if self.resolved.is_empty() {
+            return;
+        }
+        let pinned = std::str::from_utf8(p.query)
+            .ok()
+            .and_then(|sql| self.cache.get_or_analyze(sql, guards).lone_read().cloned());
+        let prepared = Prepared {
+            pinned,
+            declared_types: p.param_types.clone(),
+            ..Prepared::default()
+        };
+        self.statements.insert(p.name.into(), Arc::new(prepared));
+    }
+
+    /// What the prefilter finds in `text`, remembered for the texts of `Parse` messages.
+    pub(super) fn found_in_parse(&mut self, text: &[u8], prefilter: &Prefilter) -> Found {
+        if let Some(found) = self.found.get(text) {
+            return *found;
+        }
+        let found = prefilter.scan(text);
+        if self.found.len() >= FOUND_TEXTS {
+            self.found.clear();
+        }
+        self.found.insert(text.into(), found);
+        found
+    }
+}
+
+/// The parameter the proxy adds for the expected version (1-based), for a write that may
+/// check one.
+fn version_param(w: &GuardedWrite, param_types: &[u32]) -> Option<u16> {
+    (w.op != WriteOp::Upsert && w.pinned.is_none() && matches!(w.target, Target::Key(_)))
+        .then(|| w.max_param.max(param_types.len() as u16) + 1)
+}
+
+/// The full form of a guarded write (version check and `RETURNING`): its text, and what the
+/// session knows of the statement.
+fn full_form(
+    sql: &str,
+    param_types: &[u32],
+    guards: &Arc<GuardSet>,
+    w: &Arc<GuardedWrite>,
+    server_name: Option<Box<[u8]>>,
+) -> (Prepared, String) {
+    let extra = version_param(w, param_types);
+    let mut text = String::with_capacity(sql.len() + 128);
+    let expected = extra.map_or(Expected::None, Expected::Param);
+    w.render_with(sql, guards, expected, true, &mut text);
+    let added = w.added_columns(guards);
+    let mut prepared = prepared_write(sql, param_types, guards, w, extra, added, false);
+    if let Some(pw) = &mut prepared.write {
+        pw.server_name = server_name;
+    }
+    (prepared, text)
+}
+
+/// What the session knows of a guarded write prepared from `sql`.
+fn prepared_write(
+    sql: &str,
+    param_types: &[u32],
+    guards: &Arc<GuardSet>,
+    w: &Arc<GuardedWrite>,
+    extra: Option<u16>,
+    added: usize,
+    lean: bool,
+) -> Prepared {
+    Prepared {
+        declared_types: param_types.to_vec(),
+        write: Some(PreparedWrite {
+            guards: guards.clone(),
+            write: w.clone(),
+            extra,
+            added,
+            text: sql.to_string(),
+            lean,
+            full: None,
+            server_name: None,
+        }),
+        ..Prepared::default()
+    }
+}

@@ -1,0 +1,122 @@
+//! What a guarded write expects, in either protocol: the version it must find (pinned in its
+//! text, tracked for its row, or none), or a refusal by the table's policies ([`Plan`]); the
+//! canonical key of the row it names; and whether it can go without version check at all.
+
+use super::checks::Plan;
+use super::cx::Cx;
+use super::rows::{canonical, param_text};
+use super::state::GuardState;
+use crate::config::{BulkPolicy, UnversionedPolicy};
+use crate::engine::replies::Pending;
+use crate::guard::conflict::{ConflictInfo, Refusal};
+use crate::guard::{GuardSet, GuardedWrite, TableId, Target, ValueRef, WriteOp};
+use crate::protocol::frontend::Bind;
+
+impl GuardState {
+    /// Decides what a guarded write expects: pinned, tracked, or the policies.
+    pub(super) fn plan_write(
+        &mut self,
+        guards: &GuardSet,
+        w: &GuardedWrite,
+        key: Option<Vec<String>>,
+        pinned: Option<String>,
+    ) -> Plan {
+        let guard = &guards.guards[w.guard];
+        if w.op == WriteOp::Upsert {
+            return Plan::Send {
+                expected: None,
+                key: None,
+            };
+        }
+        if w.target == Target::Bulk {
+            return match guard.bulk {
+                BulkPolicy::Bump => Plan::Send {
+                    expected: None,
+                    key: None,
+                },
+                BulkPolicy::Reject => Plan::Refuse(Refusal::Bulk),
+            };
+        }
+        let expected = match pinned {
+            Some(v) => Some(v),
+            None => key.as_ref().and_then(|k| {
+                let table = guards.table_ids[w.guard];
+                self.tracker.expected(table, k).map(str::to_string)
+            }),
+        };
+        if expected.is_none() && guard.unversioned == UnversionedPolicy::Reject {
+            let row = ConflictInfo::of(guard, key.clone(), String::new()).key_text();
+            return Plan::Refuse(Refusal::Unversioned(row));
+        }
+        Plan::Send { expected, key }
+    }
+
+    /// True when a write can expect no version, whatever row it names: no pinned version, a
+    /// table the session tracks nothing of (and no reply still to come that may change that),
+    /// and policies that let an unversioned write through.
+    pub(super) fn expects_nothing(&self, cx: &Cx<'_>, guards: &GuardSet, w: &GuardedWrite) -> bool {
+        let guard = &guards.guards[w.guard];
+        w.pinned.is_none()
+            && guard.unversioned == UnversionedPolicy::Allow
+            && (matches!(w.target, Target::Key(_)) || guard.bulk == BulkPolicy::Bump)
+            && !self.tracker.tracks_table(guards.table_ids[w.guard])
+            && !self.rows_may_come(cx)
+    }
+
+    /// True when a run of `w` that matches no row changes nothing in the database: no call or
+    /// subquery runs outside its `SET` list and `RETURNING`, and its table has no
+    /// statement-level trigger or rule (as resolved for this session; unknown counts as
+    /// having one). Such a write's 0-row conflict may be raised after its implicit
+    /// transaction committed: there is nothing to undo.
+    pub(super) fn quiet_without_rows(&self, w: &GuardedWrite) -> bool {
+        !w.splice.in_cte
+            && w.op != WriteOp::Upsert
+            && !w.splice.may_act_without_rows
+            && self
+                .resolved
+                .get(w.guard)
+                .is_some_and(|r| !r.acts_without_rows)
+    }
+
+    /// True while a reply still to come may start tracking rows (a read earlier in the
+    /// pipeline): a row untracked now may be tracked by the time a write of it runs, and only
+    /// a write with its `RETURNING` then tells the session the row's new version.
+    pub(super) fn rows_may_come(&self, cx: &Cx<'_>) -> bool {
+        cx.out.replies.iter().any(|p| match p {
+            Pending::Simple(_) => true,
+            Pending::Execute(tag) => tag.is_some(),
+            _ => false,
+        })
+    }
+
+    /// True when the session tracks a version of the row with this key.
+    pub(super) fn is_tracked(&mut self, table: TableId, key: Option<Vec<String>>) -> bool {
+        let Some(key) = key else {
+            return false;
+        };
+        self.tracker.expected(table, &key).is_some()
+    }
+
+    /// Canonical key text from literals and bound parameters (`None` when one is unknown).
+    pub(super) fn key_text(
+        &self,
+        guard: usize,
+        vals: &[ValueRef],
+        bind: Option<(&Bind<'_>, &[u32])>,
+    ) -> Option<Vec<String>> {
+        let rg = self.resolved.get(guard);
+        vals.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let column_type = rg.and_then(|r| r.key_types.get(i).copied()).unwrap_or(0);
+                match v {
+                    ValueRef::Literal(s) => canonical(column_type, 0, s.as_bytes()),
+                    ValueRef::Param(n) => {
+                        let (b, declared) = bind?;
+                        param_text(b, declared, *n, column_type)
+                    }
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,276 @@
+//! How the guard reads result rows: where a guarded row's key and version columns are
+//! ([`ReadPlan`], [`Col`]), the pinned reads in flight ([`ReadCheck`], [`Reads`]), and the
+//! canonical text of a value, the form in which versions and keys are compared and tracked.
+//!
+//! Plain data and pure functions: what the session learns from the rows is decided in
+//! [`super::reads`] and [`super::pinned`].
+
+use crate::catalog::resolve::ResolvedGuards;
+use crate::guard::track::Tracker;
+use crate::guard::values;
+use crate::guard::{GuardSet, TableId};
+use crate::protocol::backend::{self as be, Column};
+use crate::protocol::frontend::Bind;
+
+/// Where a column's value comes from in a row: index, type OID and format (0 text, 1 binary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Col {
+    pub index: usize,
+    pub type_oid: u32,
+    pub format: i16,
+}
+
+impl Col {
+    /// The same column with the result format a `Bind` asked for (raw result-format section).
+    pub fn with_format(self, result_formats: &[u8]) -> Col {
+        let codes = result_format_codes(result_formats);
+        let format = match codes.len() {
+            0 => 0,
+            1 => codes[0],
+            _ => codes.get(self.index).copied().unwrap_or(0),
+        };
+        Col { format, ..self }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    /// The table's id in the tracker.
+    table: TableId,
+    keys: Vec<Col>,
+    version: Col,
+}
+
+/// The guarded rows a result carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadPlan {
+    entries: Vec<Entry>,
+    /// Indexes count from the end of the row: the row's last `n` columns are the plan's.
+    /// Such a plan reads the proxy's own `RETURNING` columns of a write: it advances the
+    /// versions the session knows and adds none.
+    from_end: Option<usize>,
+}
+
+impl ReadPlan {
+    /// The plan for a result with these columns, if it carries some guarded table's key and
+    /// version columns.
+    pub fn from_columns(
+        cols: &[Column<'_>],
+        resolved: &ResolvedGuards,
+        guards: &GuardSet,
+    ) -> Option<ReadPlan> {
+        let mut entries = Vec::new();
+        for col in cols {
+            let Some((guard, rg)) = resolved.by_table_oid(col.table_oid) else {
+                continue;
+            };
+            let Some(&table) = guards.table_ids.get(guard) else {
+                continue;
+            };
+            if entries.iter().any(|e: &Entry| e.table == table) {
+                continue;
+            }
+            let find = |attnum: i16| {
+                cols.iter()
+                    .position(|c| c.table_oid == rg.table_oid && c.attnum == attnum)
+                    .map(|i| Col {
+                        index: i,
+                        type_oid: cols[i].type_oid,
+                        format: cols[i].format,
+                    })
+            };
+            let keys: Option<Vec<Col>> = rg.key_attnums.iter().map(|&a| find(a)).collect();
+            if let (Some(keys), Some(version)) = (keys, find(rg.version_attnum)) {
+                entries.push(Entry {
+                    table,
+                    keys,
+                    version,
+                });
+            }
+        }
+        (!entries.is_empty()).then_some(ReadPlan {
+            entries,
+            from_end: None,
+        })
+    }
+
+    /// The plan for the proxy's own `RETURNING` columns: the last `types.len()` of each row
+    /// (key columns in key order, then the version).
+    pub fn returning(table: TableId, types: &[u32], format: i16) -> ReadPlan {
+        let mut cols: Vec<Col> = types
+            .iter()
+            .enumerate()
+            .map(|(index, &type_oid)| Col {
+                index,
+                type_oid,
+                format,
+            })
+            .collect();
+        let version = cols.pop().expect("at least the version column");
+        ReadPlan {
+            entries: vec![Entry {
+                table,
+                keys: cols,
+                version,
+            }],
+            from_end: Some(types.len()),
+        }
+    }
+
+    /// The same plan with the result formats a `Bind` asked for (raw result-format section).
+    pub fn with_formats(&self, result_formats: &[u8]) -> ReadPlan {
+        let codes = result_format_codes(result_formats);
+        let fmt = |i: usize| match codes.len() {
+            0 => 0,
+            1 => codes[0],
+            _ => codes.get(i).copied().unwrap_or(0),
+        };
+        let mut plan = self.clone();
+        for e in &mut plan.entries {
+            for c in e.keys.iter_mut().chain(std::iter::once(&mut e.version)) {
+                c.format = fmt(c.index);
+            }
+        }
+        plan
+    }
+
+    /// Records the versions in one `DataRow` body.
+    pub fn observe(&self, row_body: &[u8], tracker: &mut Tracker) {
+        if self.from_end.is_some() && tracker.is_empty() {
+            // A write's own versions only advance rows already tracked: none are.
+            return;
+        }
+        let Some(mut vals) = be::data_row(row_body) else {
+            return;
+        };
+        if let Some(n) = self.from_end {
+            let Some(first) = vals.len().checked_sub(n) else {
+                return;
+            };
+            vals.drain(..first);
+        }
+        for e in &self.entries {
+            let Some(version) = value(&vals, e.version) else {
+                continue;
+            };
+            let keys: Option<Vec<String>> = e.keys.iter().map(|&c| value(&vals, c)).collect();
+            if let Some(keys) = keys {
+                if self.from_end.is_some() {
+                    tracker.advance(e.table, &keys, &version);
+                } else {
+                    tracker.observe(e.table, &keys, &version);
+                }
+            }
+        }
+    }
+}
+
+/// The result format codes in the raw tail of a `Bind` body.
+pub fn result_format_codes(raw: &[u8]) -> Vec<i16> {
+    let Some((n, mut rest)) = crate::protocol::be_i16(raw) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let Some((c, r)) = crate::protocol::be_i16(rest) else {
+            break;
+        };
+        out.push(c);
+        rest = r;
+    }
+    out
+}
+
+fn value(vals: &[Option<&[u8]>], col: Col) -> Option<String> {
+    let raw = (*vals.get(col.index)?)?;
+    canonical(col.type_oid, col.format, raw)
+}
+
+/// The canonical text of a value in the given format.
+pub fn canonical(type_oid: u32, format: i16, raw: &[u8]) -> Option<String> {
+    if format == 1 {
+        values::canonical_binary(type_oid, raw)
+    } else {
+        values::canonical_text(type_oid, raw)
+    }
+}
+
+/// A pinned read in flight.
+#[derive(Debug, Clone)]
+pub struct ReadCheck {
+    /// Index of the read among the statements of its text (0 for a lone statement).
+    pub statement: usize,
+    /// The table's id in the tracker.
+    pub table: TableId,
+    /// The guard's index in the session's current guards.
+    pub guard: usize,
+    pub key: Vec<String>,
+    /// The version column in the result, once known (simple protocol; the extended protocol
+    /// keeps it in the portal's description).
+    pub version: Option<Col>,
+}
+
+impl ReadCheck {
+    /// Records what one `DataRow` says, given where the version column is.
+    pub fn observe(&self, tracker: &mut Tracker, row_body: &[u8], version: Option<Col>) {
+        let Some(col) = version else { return };
+        let Some(vals) = be::data_row(row_body) else {
+            return;
+        };
+        let version = vals
+            .get(col.index)
+            .copied()
+            .flatten()
+            .and_then(|raw| canonical(col.type_oid, col.format, raw));
+        match version {
+            Some(v) => tracker.observe(self.table, &self.key, &v),
+            None => tracker.forget(self.table, &self.key),
+        }
+    }
+
+    /// The read is over: a row that was not found, or read without its version, is forgotten.
+    pub fn complete(&self, tracker: &mut Tracker, complete_body: &[u8], version_known: bool) {
+        let rows = be::tag_rows(be::command_tag(complete_body));
+        if !version_known || rows == Some(0) {
+            tracker.forget(self.table, &self.key);
+        }
+    }
+}
+
+/// The pinned reads of one simple `Query` (or of one script step) in flight.
+#[derive(Debug)]
+pub struct Reads {
+    pub(super) checks: Vec<ReadCheck>,
+    /// The statement whose reply arrives now: `CommandComplete`s counted so far.
+    pub(super) at: usize,
+    /// The query is a step of a script (an error stops the script; the end starts the next
+    /// step).
+    pub step: bool,
+}
+
+impl Reads {
+    pub fn new(checks: Vec<ReadCheck>, step: bool) -> Reads {
+        Reads {
+            checks,
+            at: 0,
+            step,
+        }
+    }
+}
+
+/// Canonical text of bound parameter `n` (1-based): decoded as its own type (declared or
+/// described; else the column's), then made canonical for the column it is compared with.
+pub fn param_text(b: &Bind<'_>, types: &[u32], n: u16, column_type: u32) -> Option<String> {
+    let idx = usize::from(n).checked_sub(1)?;
+    let raw = (*b.params.get(idx)?)?;
+    let t = match types.get(idx).copied() {
+        Some(t) if t != 0 => t,
+        _ => column_type,
+    };
+    let text = canonical(t, b.param_format(idx), raw)?;
+    if t == column_type || column_type == 0 {
+        Some(text)
+    } else {
+        canonical(column_type, 0, text.as_bytes())
+    }
+}

@@ -1,0 +1,290 @@
+//! A simple `Query` holding guarded writes, run as a [`Script`] of steps (see
+//! [`super::simple`] for how a text becomes one): each step is sent when the one before it is
+//! done, a guarded write's reply is checked (its `RETURNING` columns read and hidden, 0 rows
+//! raised as a conflict by the server), and the first error stops the rest, ending a wrapped
+//! script with a hidden `ROLLBACK`, as PostgreSQL itself would have stopped the text.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::checks::{RaiseCtx, Script, StepSpec, WriteCheck};
+use super::cx::Cx;
+use super::rows::ReadPlan;
+use super::state::GuardState;
+use super::tag::Tag;
+use crate::engine::replies::Pending;
+use crate::events::Outcome;
+use crate::guard::conflict;
+use crate::protocol::{backend as be, frontend as fe};
+
+impl GuardState {
+    pub(super) fn start_script(
+        &mut self,
+        cx: &mut Cx<'_>,
+        steps: VecDeque<StepSpec>,
+        wrapped: bool,
+        sql: Arc<str>,
+    ) {
+        if wrapped {
+            fe::write_query(&mut cx.out.to_server, b"BEGIN");
+            cx.out
+                .replies
+                .push(Pending::Simple(Some(Box::new(Tag::Hidden))));
+        }
+        self.script = Some(Script {
+            steps,
+            sql,
+            wrapped,
+            failed: false,
+        });
+        cx.out.hold_client = true;
+        self.send_next_step(cx);
+    }
+
+    pub(super) fn send_next_step(&mut self, cx: &mut Cx<'_>) {
+        let Some(script) = self.script.as_mut() else {
+            return;
+        };
+        let step = match script.steps.pop_front() {
+            Some(StepSpec::Write(w)) => {
+                let sql = script.sql.clone();
+                match self.simple_write_step(cx, &sql, &w) {
+                    (Some(check), step) => {
+                        if let Some(script) = self.script.as_mut() {
+                            script.steps.push_front(step);
+                        }
+                        Some(check)
+                    }
+                    (None, step) => Some(step),
+                }
+            }
+            step => step,
+        };
+        match step {
+            Some(StepSpec::Sql(text, check)) => {
+                if let Some(c) = &check {
+                    cx.events
+                        .guarded(c.guards.table_ids[c.guard], Outcome::Rewritten);
+                }
+                fe::write_query(&mut cx.out.to_server, text.as_bytes());
+                cx.out
+                    .replies
+                    .push(Pending::Simple(Some(Box::new(Tag::Step(check)))));
+            }
+            Some(StepSpec::Reads(text, reads)) => {
+                fe::write_query(&mut cx.out.to_server, text.as_bytes());
+                cx.out
+                    .replies
+                    .push(Pending::Simple(Some(Box::new(Tag::Read(reads)))));
+            }
+            Some(StepSpec::Raise(block, ctx)) => self.send_simple_raise(cx, &block, *ctx),
+            Some(StepSpec::Write(_)) => unreachable!("a planned write is SQL or a raise"),
+            None => {}
+        }
+    }
+
+    /// An error reached the client: the script's later steps do not run.
+    pub(super) fn fail_script(&mut self) {
+        if let Some(s) = self.script.as_mut() {
+            s.failed = true;
+        }
+    }
+
+    /// A reply within a script step (the step stays at the front of the queue).
+    pub(super) fn on_step_reply(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        msg: &[u8],
+    ) -> Result<bool, String> {
+        let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() else {
+            return Ok(false);
+        };
+        let Tag::Step(check) = t.as_mut() else {
+            return Ok(false);
+        };
+        if tag == be::ERROR_RESPONSE
+            && let Some(raised) = check.as_deref().and_then(|c| c.raised_conflict(&msg[5..]))
+        {
+            self.fail_script();
+            self.deliver_conflict(cx, raised);
+            return Ok(true);
+        }
+        let Some(c) = check
+            .as_deref_mut()
+            .filter(|c| c.added > 0 || tag == be::COMMAND_COMPLETE)
+        else {
+            if tag == be::ERROR_RESPONSE {
+                self.fail_script();
+            }
+            self.track_simple_rows(cx, tag, msg);
+            return Ok(false);
+        };
+        match tag {
+            be::ROW_DESCRIPTION => {
+                let body = &msg[5..];
+                let cols = be::row_description(body).unwrap_or_default();
+                if cols.len() >= c.added {
+                    let types: Vec<u32> = cols[cols.len() - c.added..]
+                        .iter()
+                        .map(|col| col.type_oid)
+                        .collect();
+                    c.plan = Some(ReadPlan::returning(c.table(), &types, 0));
+                    if c.client_returning {
+                        be::write_truncated(
+                            &mut cx.out.to_client,
+                            be::ROW_DESCRIPTION,
+                            body,
+                            cols.len() - c.added,
+                        );
+                    }
+                }
+                Ok(true)
+            }
+            be::DATA_ROW => {
+                let body = &msg[5..];
+                if let Some(plan) = &c.plan {
+                    plan.observe(body, &mut self.tracker);
+                }
+                if c.client_returning {
+                    let n = be::data_row(body).map_or(0, |v| v.len());
+                    be::write_truncated(
+                        &mut cx.out.to_client,
+                        be::DATA_ROW,
+                        body,
+                        n - c.added.min(n),
+                    );
+                }
+                Ok(true)
+            }
+            be::COMMAND_COMPLETE => {
+                let rows = be::tag_rows(be::command_tag(&msg[5..]));
+                if rows == Some(0) && c.expected.is_some() {
+                    c.held = Some(BytesMut::from(msg));
+                    return Ok(true);
+                }
+                c.forget_after(rows, &mut self.tracker);
+                Ok(false)
+            }
+            be::ERROR_RESPONSE => {
+                self.fail_script();
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// A step's `ReadyForQuery`: check its write, then go on, or stop.
+    pub(super) fn on_step_done(
+        &mut self,
+        cx: &mut Cx<'_>,
+        ready: &[u8],
+        check: Option<Box<WriteCheck>>,
+    ) -> Result<bool, String> {
+        if let Some(mut c) = check
+            && let Some(held) = c.held.take()
+            && let Some(info) = c.conflict_info()
+        {
+            let block =
+                conflict::raise_block_if_changed(&info, &cx.settings.config.conflict_sqlstate);
+            self.send_simple_raise(cx, &block, RaiseCtx::conflict(info, Some(held)));
+            return Ok(true);
+        }
+        self.script_continue(cx, ready)
+    }
+
+    /// A raise's reply within a script.
+    pub(super) fn on_raise_reply(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        msg: &[u8],
+    ) -> Result<bool, String> {
+        let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() else {
+            return Ok(false);
+        };
+        let Tag::Raise(ctx) = t.as_mut() else {
+            return Ok(false);
+        };
+        match tag {
+            be::ERROR_RESPONSE => {
+                let table = ctx.table.clone();
+                let ctx = std::mem::replace(
+                    ctx.as_mut(),
+                    RaiseCtx {
+                        table,
+                        held: None,
+                        conflict: None,
+                        refusal: None,
+                    },
+                );
+                self.deliver_raised_error(cx, msg, &ctx);
+                self.fail_script();
+                Ok(true)
+            }
+            be::COMMAND_COMPLETE => {
+                // The block raised nothing: the write's own conditions matched no row.
+                if let Some(held) = ctx.held.take() {
+                    cx.out.to_client.extend_from_slice(&held);
+                }
+                Ok(true)
+            }
+            be::NOTICE_RESPONSE => Ok(false),
+            _ => Ok(true),
+        }
+    }
+
+    /// The `ReadyForQuery` of a raise: the script goes on, or (a conflict raised after an
+    /// extended-protocol batch's `Sync`) it is the client's.
+    pub(super) fn on_raise_done(
+        &mut self,
+        cx: &mut Cx<'_>,
+        ready: &[u8],
+        _ctx: Box<RaiseCtx>,
+    ) -> Result<(), String> {
+        if self.script.is_none() {
+            cx.out.to_client.extend_from_slice(ready);
+            cx.out.release_client();
+            return Ok(());
+        }
+        self.script_continue(cx, ready).map(|_| ())
+    }
+
+    /// After a step: the next one, the hidden `COMMIT`/`ROLLBACK`, or the client's
+    /// `ReadyForQuery`.
+    pub(super) fn script_continue(
+        &mut self,
+        cx: &mut Cx<'_>,
+        ready: &[u8],
+    ) -> Result<bool, String> {
+        let Some(script) = self.script.as_mut() else {
+            return Ok(false);
+        };
+        let end_sql: Option<&[u8]> = if script.failed || script.steps.is_empty() {
+            match (script.wrapped, script.failed) {
+                (true, true) => Some(b"ROLLBACK"),
+                (true, false) => Some(b"COMMIT"),
+                (false, _) => None,
+            }
+        } else {
+            self.send_next_step(cx);
+            return Ok(true);
+        };
+        match end_sql {
+            Some(sql) => {
+                fe::write_query(&mut cx.out.to_server, sql);
+                cx.out
+                    .replies
+                    .push(Pending::Simple(Some(Box::new(Tag::Final))));
+            }
+            None => {
+                self.script = None;
+                cx.out.release_client();
+                cx.out.to_client.extend_from_slice(ready);
+            }
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,132 @@
+//! The guard's per-session state: [`GuardState`] and what its fields hold that belongs to no
+//! other file ([`AfterSync`], [`CatalogState`], the [`NameMap`] its maps use), and the
+//! session's [`Ident`].
+//!
+//! The behaviour is spread over the other files, each an `impl GuardState` block for one
+//! message or concern; this one only builds the state and answers the engine's plain
+//! questions about it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::checks::{RaiseCtx, Script};
+use super::cx::Cx;
+use super::rows::ReadPlan;
+use super::statements::{Kept, Portal, Prepared, StaleStatement};
+use crate::catalog::resolve::ResolvedGuards;
+use crate::guard::cache::AnalysisCache;
+use crate::guard::prefilter::Found;
+use crate::guard::track::Tracker;
+
+/// Who the session is, for conflict logs.
+#[derive(Debug, Clone)]
+pub struct Ident {
+    pub client: SocketAddr,
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+}
+
+/// A map keyed by statement or portal names (or statement texts), looked up on every `Parse`,
+/// `Bind` and `Execute`: hashed with foldhash (fast on short keys, seeded per process) rather
+/// than SipHash.
+pub(super) type NameMap<V> = HashMap<Box<[u8]>, V, foldhash::fast::RandomState>;
+
+/// Per-session guard state.
+pub struct GuardState {
+    pub ident: Ident,
+    pub(super) cache: AnalysisCache,
+    /// What the prefilter found in each `Parse` text (the extended protocol sends the same
+    /// texts again and again; scanning one costs more than looking it up).
+    pub(super) found: NameMap<Found>,
+    pub(super) resolved: Arc<ResolvedGuards>,
+    pub(super) tracker: Tracker,
+    pub(super) statements: NameMap<Arc<Prepared>>,
+    /// Statements prepared before a reload that now write a guarded table.
+    pub(super) stale: NameMap<StaleStatement>,
+    pub(super) portals: NameMap<Arc<Portal>>,
+    /// Columns of the result being read in a simple query (set by its `RowDescription`).
+    pub(super) row_plan: Option<Arc<ReadPlan>>,
+    pub(super) script: Option<Script>,
+    /// The guards changed: resolve them again before the next statement.
+    pub(super) need_resolve: bool,
+    /// The catalog batch under way.
+    pub(super) catalog: CatalogState,
+    /// How many full variants of named statements the proxy prepared (it names them).
+    pub(super) full_variants: u64,
+    /// Unnamed guarded writes kept prepared, by the client's text.
+    pub(super) kept: NameMap<Arc<Kept>>,
+    /// Texts of unnamed guarded writes seen once (not kept yet).
+    pub(super) seen_once: NameMap<()>,
+    /// Full variants of statements the client deallocated with SQL `DEALLOCATE`: closed at
+    /// the start of its next extended-protocol batch.
+    pub(super) deallocated: Vec<Box<[u8]>>,
+    /// Where a checked write inside a transaction block stands when its `Sync` goes right
+    /// behind it (see [`GuardState::check_after_sync`]).
+    pub(super) after_sync: AfterSync,
+}
+
+/// A checked write whose batch's `Sync` was sent without waiting for its row count.
+#[derive(Debug, Default)]
+pub(super) enum AfterSync {
+    #[default]
+    None,
+    /// The write's `Sync` is next from the client: hold what comes after it.
+    SyncNext,
+    /// The `Sync` went out: the write's row count is awaited.
+    Sent,
+    /// The write matched 0 rows: its conflict is raised when the `Sync`'s `ReadyForQuery`
+    /// arrives, instead of forwarding it.
+    Raise(String, Box<RaiseCtx>),
+}
+
+/// Where a batch of catalog queries stands.
+#[derive(Debug, Default)]
+pub struct CatalogState {
+    /// Queries sent whose outcome has not arrived (an error before them makes the server
+    /// skip them: they never complete).
+    pub(super) outstanding: usize,
+    /// A query of the batch failed.
+    pub(super) failed: bool,
+}
+
+impl GuardState {
+    pub fn new(ident: Ident, track_limit: usize) -> GuardState {
+        GuardState {
+            ident,
+            cache: AnalysisCache::new(),
+            found: NameMap::default(),
+            resolved: Arc::new(ResolvedGuards::default()),
+            tracker: Tracker::new(track_limit),
+            statements: NameMap::default(),
+            stale: NameMap::default(),
+            portals: NameMap::default(),
+            row_plan: None,
+            script: None,
+            need_resolve: false,
+            catalog: CatalogState::default(),
+            full_variants: 0,
+            kept: NameMap::default(),
+            seen_once: NameMap::default(),
+            deallocated: Vec::new(),
+            after_sync: AfterSync::None,
+        }
+    }
+
+    /// True when full forms of deallocated statements wait to be closed.
+    #[inline]
+    pub fn has_deallocated(&self) -> bool {
+        !self.deallocated.is_empty()
+    }
+
+    /// Number of row versions this session tracks.
+    pub fn tracked(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// True when guards are configured: with none, every hook returns at its first test.
+    pub(super) fn guards_active(&self, cx: &Cx<'_>) -> bool {
+        !cx.settings.guards.is_empty()
+    }
+}

@@ -1,0 +1,99 @@
+//! What the guard attaches to a reply it follows: the [`Tag`] on a pending entry of the reply
+//! queue, what each kind tells the engine core ([`held_batch_for`], [`skipped_parse`]) and the
+//! client side ([`Tag::hides_all_rows`], [`Tag::holds_batch`]).
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::checks::{RaiseCtx, WriteCheck};
+use super::rows::Reads;
+use super::statements::{ParseUndo, Portal, Prepared};
+use crate::engine::replies::Pending;
+
+/// What the guard attaches to a pending reply.
+pub type StmtTag = Option<Box<Tag>>;
+
+/// Why the guard follows a reply.
+#[derive(Debug)]
+pub enum Tag {
+    /// The `Execute` of the guard resolution run after login and after a reload (see
+    /// [`super::catalog`]).
+    Resolve { rows: Vec<Vec<Option<String>>> },
+    /// The `Execute` of the listing of the session's prepared statements after a reload.
+    Listing { rows: Vec<Vec<Option<String>>> },
+    /// Any other message of a catalog batch: every reply hidden, errors included.
+    Catalog,
+    /// The `Sync` ending a catalog batch: its `ReadyForQuery` is hidden, the client's
+    /// messages go on when `release`, and the client gets `login_ready` (its first
+    /// `ReadyForQuery`, held for the resolution at login) when there is one.
+    CatalogEnd {
+        release: bool,
+        login_ready: Option<BytesMut>,
+    },
+    /// A message of the proxy's own: every reply is swallowed (in the extended protocol an
+    /// error still reaches the client).
+    Hidden,
+    /// One step of a simple-Query script; a guarded write when `check` is set.
+    Step(Option<Box<WriteCheck>>),
+    /// A `DO` block raising a conflict or a refusal.
+    Raise(Box<RaiseCtx>),
+    /// The hidden `COMMIT`/`ROLLBACK` ending a wrapped script: its error and `ReadyForQuery`
+    /// go to the client.
+    Final,
+    /// `Describe` of a statement the guard rewrote or reads from.
+    DescribeStatement(Arc<Prepared>),
+    /// `Describe` of a portal the guard rewrote or reads from.
+    DescribePortal(Arc<Portal>),
+    /// `Execute` of a portal whose rows or row count the guard needs.
+    Execute(Arc<Portal>),
+    /// A simple `Query` (or script step) holding `SELECT`s that pin one guarded row each.
+    Read(Box<Reads>),
+    /// A `Parse` that changed what the session knows of a statement name (the client's, or
+    /// the proxy's own, hidden), undone if the server skips it or fails it.
+    Parsed(Arc<ParseUndo>),
+}
+
+impl Tag {
+    /// A reply to one of the proxy's catalog queries.
+    pub fn is_catalog(&self) -> bool {
+        matches!(
+            self,
+            Tag::Resolve { .. } | Tag::Listing { .. } | Tag::Catalog | Tag::CatalogEnd { .. }
+        )
+    }
+
+    /// True for a guarded write whose rows are all the proxy's own (the client wrote no
+    /// `RETURNING`): the client sees none of them.
+    pub fn hides_all_rows(&self) -> bool {
+        matches!(self, Tag::Execute(p) if p.write.as_ref().is_some_and(|w| w.added > 0 && !w.client_returning))
+    }
+
+    /// True when later messages of the batch must wait for this statement's row count.
+    pub fn holds_batch(&self) -> bool {
+        matches!(self, Tag::Execute(p) if p.write.as_ref().is_some_and(|w| w.expected.is_some()))
+    }
+
+    /// True for a guarded write that changes nothing when it matches no row (see
+    /// [`super::GuardState::quiet_without_rows`]).
+    pub fn quiet_without_rows(&self) -> bool {
+        matches!(self, Tag::Execute(p) if p.write.as_ref().is_some_and(|w| w.quiet_without_rows))
+    }
+}
+
+/// True for an entry the client's batch waits for (a checked write's `Execute`, or the
+/// proxy's raise): when the server skips it after an error, the batch must go on.
+pub fn held_batch_for(p: &Pending<StmtTag>) -> bool {
+    matches!(p, Pending::Execute(Some(t)) if t.holds_batch() || matches!(**t, Tag::Raise(_)))
+}
+
+/// What an entry the server skipped after an error leaves to undo (see [`Tag::Parsed`]).
+pub fn skipped_parse(p: &Pending<StmtTag>) -> Option<Arc<ParseUndo>> {
+    match p {
+        Pending::Parse(Some(t)) => match t.as_ref() {
+            Tag::Parsed(undo) => Some(undo.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
