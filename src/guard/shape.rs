@@ -15,10 +15,8 @@
 //! refuses a statement is not trusted: the caller analyses the text itself.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use super::keywords::is_reserved;
-use super::{Action, Analysis, PinnedRead, Target, ValueRef};
 
 /// A text with its operand constants replaced by `$1`, `$2`, ...
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,8 +192,12 @@ fn next_significant(b: &[u8], mut i: usize) -> Option<u8> {
 }
 
 /// End of a dollar-quoted string starting at `i` (`$tag$ ... $tag$`), or None when `$` does
-/// not open one there or it is not closed.
+/// not open one there or it is not closed, or when it is a placeholder of the text's own (`$`
+/// and a digit: such a text has no shape).
 fn dollar_end(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
     let tag_len = b[i + 1..].iter().position(|&c| c == b'$')?;
     let tag = &b[i..i + tag_len + 2];
     if !tag[1..tag.len() - 1]
@@ -238,12 +240,7 @@ fn number_end(b: &[u8], mut i: usize) -> usize {
 /// The shape of `sql`, or None when it has no constant to take out or cannot have a shape.
 pub fn shape(sql: &str) -> Option<Shape> {
     let b = sql.as_bytes();
-    let mut out = Builder {
-        sql,
-        text: String::new(),
-        literals: Vec::new(),
-        copied: 0,
-    };
+    let mut out = Builder::new(sql);
     let mut prev = Prev::OperandSlot;
     // The token before the last one, and where a sign that may be unary started.
     let mut before_sign = Prev::Other;
@@ -264,21 +261,9 @@ pub fn shape(sql: &str) -> Option<Shape> {
             continue;
         }
         let sign = sign_at.take();
-        let slot_before_sign = before_sign;
         let this = match c {
             b'\'' => {
-                let end = quoted_end(b, i, false)?;
-                // `U&'...'` and `x'...'`-like prefixes are glued to the quote; a string
-                // followed by another is continued by it.
-                let glued = i > 0 && (is_ident_char(b[i - 1]) || b[i - 1] == b'&');
-                if prev == Prev::OperandSlot
-                    && sign.is_none()
-                    && !glued
-                    && next_significant(b, end) != Some(b'\'')
-                {
-                    out.push(i..end, LitKind::Quoted)?;
-                }
-                i = end;
+                i = out.string(i, prev == Prev::OperandSlot && sign.is_none())?;
                 Prev::Operand
             }
             b'"' => {
@@ -286,53 +271,23 @@ pub fn shape(sql: &str) -> Option<Shape> {
                 Prev::Operand
             }
             b'$' => {
-                if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
-                    return None; // a placeholder of the text's own
-                }
                 i = dollar_end(b, i)?;
                 Prev::Operand
             }
             c if c.is_ascii_digit()
                 || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) =>
             {
-                let end = number_end(b, i);
-                let glued = b.get(end).is_some_and(|&n| is_ident_char(n) || n == b'.');
-                if !glued && prev == Prev::OperandSlot {
-                    match sign {
-                        // A unary sign belongs to the constant (`id = -5`).
-                        Some(s)
-                            if slot_before_sign != Prev::Operand
-                                && b[s + 1..i].iter().all(|&c| is_space(c)) =>
-                        {
-                            out.push(
-                                s..end,
-                                LitKind::Number {
-                                    negative: b[s] == b'-',
-                                },
-                            )?
-                        }
-                        Some(_) if slot_before_sign != Prev::Operand => {}
-                        _ => out.push(i..end, LitKind::Number { negative: false })?,
-                    }
-                }
-                i = end;
+                let sign = sign.filter(|_| before_sign != Prev::Operand);
+                i = out.number(i, prev == Prev::OperandSlot, sign)?;
                 Prev::Operand
             }
             c if is_ident_start(c) => {
-                let start = i;
-                while i < b.len() && is_ident_char(b[i]) {
-                    i += 1;
+                let (end, is_word) = word_end(b, i)?;
+                if is_word {
+                    word = i..end;
                 }
-                if b.get(i) == Some(&b'\'') {
-                    // A prefixed string: E'..' (backslash escapes), B'..', X'..', N'..', or
-                    // a typed literal such as date'..': kept as written.
-                    let escapes = i - start == 1 && (b[start] | 0x20) == b'e';
-                    i = quoted_end(b, i, escapes)?;
-                    Prev::Operand
-                } else {
-                    word = start..i;
-                    Prev::Word
-                }
+                i = end;
+                if is_word { Prev::Word } else { Prev::Operand }
             }
             b'(' | b',' => {
                 i += 1;
@@ -340,11 +295,7 @@ pub fn shape(sql: &str) -> Option<Shape> {
             }
             b'+' | b'-' if !b.get(i + 1).copied().is_some_and(is_operator_char) => {
                 sign_at = Some(i);
-                before_sign = match prev {
-                    Prev::Word if is_reserved(&sql[word.clone()]) => Prev::Keyword,
-                    Prev::Word => Prev::Operand,
-                    p => p,
-                };
+                before_sign = before_a_sign(prev, sql, &word);
                 i += 1;
                 Prev::OperandSlot
             }
@@ -366,6 +317,32 @@ pub fn shape(sql: &str) -> Option<Shape> {
     out.finish()
 }
 
+/// A word starting at `start` (a keyword or a name), or a string with a prefix glued to it:
+/// `E'..'` (backslash escapes), `B'..'`, `X'..'`, `N'..'`, or a typed literal such as
+/// `date'..'`, kept as written. Its end, and whether it is a word; None when the string is not
+/// closed.
+fn word_end(b: &[u8], start: usize) -> Option<(usize, bool)> {
+    let mut i = start;
+    while i < b.len() && is_ident_char(b[i]) {
+        i += 1;
+    }
+    if b.get(i) == Some(&b'\'') {
+        let escapes = i - start == 1 && (b[start] | 0x20) == b'e';
+        return Some((quoted_end(b, i, escapes)?, false));
+    }
+    Some((i, true))
+}
+
+/// What the token before a `+` or `-` says about it: after a reserved keyword the sign is
+/// unary, after a name it is a binary operator. `word` is the last word, for a `Prev::Word`.
+fn before_a_sign(prev: Prev, sql: &str, word: &Range<usize>) -> Prev {
+    match prev {
+        Prev::Word if is_reserved(&sql[word.clone()]) => Prev::Keyword,
+        Prev::Word => Prev::Operand,
+        p => p,
+    }
+}
+
 /// Writes a shape as its constants are found.
 struct Builder<'a> {
     sql: &'a str,
@@ -375,7 +352,53 @@ struct Builder<'a> {
     copied: usize,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    fn new(sql: &'a str) -> Builder<'a> {
+        Builder {
+            sql,
+            text: String::new(),
+            literals: Vec::new(),
+            copied: 0,
+        }
+    }
+
+    /// A `'...'` string at `i`: taken out when it stands as an operand (`operand`) and is
+    /// neither glued to a prefix nor continued by another string. Its end, or None when it is
+    /// not closed.
+    fn string(&mut self, i: usize, operand: bool) -> Option<usize> {
+        let b = self.sql.as_bytes();
+        let end = quoted_end(b, i, false)?;
+        // `U&'...'` and `x'...'`-like prefixes are glued to the quote; a string
+        // followed by another is continued by it.
+        let glued = i > 0 && (is_ident_char(b[i - 1]) || b[i - 1] == b'&');
+        if operand && !glued && next_significant(b, end) != Some(b'\'') {
+            self.push(i..end, LitKind::Quoted)?;
+        }
+        Some(end)
+    }
+
+    /// A number at `i`: taken out when it stands as an operand (`operand`) and nothing is
+    /// glued to it, with the unary `sign` before it if any. Its end.
+    fn number(&mut self, i: usize, operand: bool, sign: Option<usize>) -> Option<usize> {
+        let b = self.sql.as_bytes();
+        let end = number_end(b, i);
+        let glued = b.get(end).is_some_and(|&n| is_ident_char(n) || n == b'.');
+        if !glued && operand {
+            match sign {
+                // A unary sign belongs to the constant (`id = -5`).
+                Some(s) if b[s + 1..i].iter().all(|&c| is_space(c)) => self.push(
+                    s..end,
+                    LitKind::Number {
+                        negative: b[s] == b'-',
+                    },
+                )?,
+                Some(_) => {}
+                None => self.push(i..end, LitKind::Number { negative: false })?,
+            }
+        }
+        Some(end)
+    }
+
     /// Replaces the constant at `range` (after any before it) by the next placeholder.
     fn push(&mut self, range: Range<usize>, kind: LitKind) -> Option<()> {
         let n = u16::try_from(self.literals.len() + 1).ok()?;
@@ -409,265 +432,7 @@ impl Builder<'_> {
     }
 }
 
-impl Shape {
-    /// The offset in the original text of `p`, an offset in the shape (None inside a
-    /// placeholder).
-    fn map(&self, p: usize) -> Option<usize> {
-        let mut delta: isize = 0;
-        for l in &self.literals {
-            if p <= l.shape.start {
-                break;
-            }
-            if p < l.shape.end {
-                return None;
-            }
-            delta += l.text.len() as isize - l.shape.len() as isize;
-        }
-        p.checked_add_signed(delta)
-    }
-
-    fn map_range(&self, r: &Range<usize>) -> Option<Range<usize>> {
-        Some(self.map(r.start)?..self.map(r.end)?)
-    }
-
-    /// The literal a placeholder stands for, as the analysis of the text would give it.
-    fn value(&self, sql: &str, v: &ValueRef) -> Option<ValueRef> {
-        let ValueRef::Param(n) = v else {
-            return Some(v.clone());
-        };
-        let lit = self.literals.get(usize::from(*n).checked_sub(1)?)?;
-        let text = &sql[lit.text.clone()];
-        Some(ValueRef::Literal(match lit.kind {
-            LitKind::Quoted => text[1..text.len() - 1].replace("''", "'"),
-            LitKind::Number { negative } => {
-                let digits = text.trim_start_matches(['+', '-']).trim_start();
-                if negative {
-                    format!("-{digits}")
-                } else {
-                    digits.to_string()
-                }
-            }
-        }))
-    }
-
-    /// True when [`Shape::instantiate`] maps `shaped` onto a text of this shape. Checked
-    /// without building anything: a caller may decide from the shape's analysis alone, and
-    /// instantiate only what it needs.
-    pub fn trusts(&self, shaped: &Analysis) -> bool {
-        let value = |v: &ValueRef| match v {
-            ValueRef::Param(n) => usize::from(*n)
-                .checked_sub(1)
-                .is_some_and(|i| i < self.literals.len()),
-            ValueRef::Literal(_) => true,
-        };
-        let write = |w: &super::GuardedWrite| {
-            let s = &w.splice;
-            let key = match &w.target {
-                Target::Key(vals) => vals.iter().all(value),
-                Target::Bulk => true,
-            };
-            key && w.pinned.as_ref().is_none_or(value)
-                && self.map_range(&s.statement).is_some()
-                && s.set_end.is_none_or(|e| self.map(e).is_some())
-                && s.condition
-                    .as_ref()
-                    .is_none_or(|c| self.map_range(c).is_some())
-                && self.map(s.where_at).is_some()
-                && self.map(s.returning_at).is_some()
-        };
-        !shaped.read_unparsed
-            && shaped.statements.iter().all(|st| {
-                self.map_range(&st.range).is_some()
-                    && match &st.action {
-                        Action::Pass { .. } => true,
-                        Action::Refuse { .. } => false,
-                        Action::Write(w) => write(w),
-                    }
-            })
-            && shaped.reads.iter().all(|r| r.key.iter().all(value))
-    }
-
-    /// The pinned read of the original text, from the pinned read of its shape.
-    pub fn instantiate_read(&self, read: &PinnedRead, sql: &str) -> Option<PinnedRead> {
-        Some(PinnedRead {
-            key: read
-                .key
-                .iter()
-                .map(|v| self.value(sql, v))
-                .collect::<Option<_>>()?,
-            ..read.clone()
-        })
-    }
-
-    /// The analysis of the original text, from the analysis of its shape. None when the
-    /// shape's analysis refuses a statement (the text itself decides that) or cannot be
-    /// mapped back.
-    pub fn instantiate(&self, shaped: &Analysis, sql: &str) -> Option<Analysis> {
-        if shaped.read_unparsed {
-            return None;
-        }
-        let mut out = shaped.clone();
-        for st in &mut out.statements {
-            st.range = self.map_range(&st.range)?;
-            match &mut st.action {
-                Action::Pass { .. } => {}
-                Action::Refuse { .. } => return None,
-                Action::Write(w) => {
-                    let w = Arc::make_mut(w);
-                    if let Target::Key(vals) = &mut w.target {
-                        for v in vals.iter_mut() {
-                            *v = self.value(sql, v)?;
-                        }
-                    }
-                    if let Some(p) = &mut w.pinned {
-                        *p = self.value(sql, p)?;
-                    }
-                    w.max_param = 0;
-                    let s = &mut w.splice;
-                    s.statement = self.map_range(&s.statement)?;
-                    if let Some(e) = &mut s.set_end {
-                        *e = self.map(*e)?;
-                    }
-                    if let Some(c) = &mut s.condition {
-                        *c = self.map_range(c)?;
-                    }
-                    s.where_at = self.map(s.where_at)?;
-                    s.returning_at = self.map(s.returning_at)?;
-                }
-            }
-        }
-        for read in &mut out.reads {
-            *read = self.instantiate_read(read, sql)?;
-        }
-        Some(out)
-    }
-}
+mod instantiate;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::guard::analyze::analyze;
-    use crate::guard::fixtures::guards;
-
-    fn shaped(sql: &str) -> String {
-        shape(sql).map(|s| s.text).unwrap_or_default()
-    }
-
-    #[test]
-    fn operand_constants_become_placeholders() {
-        assert_eq!(
-            shaped("UPDATE accounts SET abalance = abalance + 2926 WHERE aid = 351987"),
-            "UPDATE accounts SET abalance = abalance + $1 WHERE aid = $2"
-        );
-        assert_eq!(
-            shaped("UPDATE invoice SET note = 'it''s' WHERE id = -7;"),
-            "UPDATE invoice SET note = $1 WHERE id = $2;"
-        );
-        assert_eq!(
-            shaped("INSERT INTO h VALUES (41, 5, 1.5e3, .5, CURRENT_TIMESTAMP)"),
-            "INSERT INTO h VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)"
-        );
-    }
-
-    #[test]
-    fn unsure_constants_stay() {
-        for sql in [
-            "SELECT 1",
-            "SELECT * FROM t LIMIT 5",
-            "SELECT DATE '2024-01-01', INTERVAL '1 day', E'a\\'b', U&'d\\0061t', x'1F'",
-            "SELECT 'a'\n'b'",
-            "SELECT $$ = 5 $$, $q$ '$q$",
-            "SELECT 1abc, 0x1F, t1.c",
-            "-- = 5\nSELECT /* = 'x' /* nested */ */ a",
-        ] {
-            assert_eq!(shape(sql), None, "{sql}");
-        }
-        assert_eq!(shape("UPDATE t SET a = $1 WHERE id = 5"), None);
-        assert_eq!(shape("SELECT 'open"), None);
-        assert_eq!(shaped("SELECT a - 5, - 6"), "SELECT a - $1, $2");
-        assert_eq!(shaped("SELECT 7 WHERE x = +5"), "SELECT 7 WHERE x = $1");
-        assert_eq!(
-            shaped("SELECT x = - /* c */ 5, 6"),
-            "SELECT x = - /* c */ 5, $1"
-        );
-    }
-
-    /// The instantiated analysis of a shape is the analysis of the text itself.
-    #[test]
-    fn instantiated_analysis_equals_direct_analysis() {
-        let g = guards();
-        let corpus = [
-            "UPDATE invoice SET total = total + 25 WHERE id = 7",
-            "update public.invoice set total = 1.50, note = 'O''Brien' where id = '7' returning id",
-            "UPDATE invoice SET total = 3 WHERE id = -7",
-            "UPDATE invoice SET total = 3 WHERE -7 = id",
-            "UPDATE invoice SET total = 3 WHERE id = - 7 AND total > 0",
-            "UPDATE invoice SET total = 3 WHERE id = +7",
-            "UPDATE invoice SET total = 3 WHERE id = 7::int AND version = 4",
-            "UPDATE invoice SET total = 3 WHERE id IN (1, 2, 3)",
-            "UPDATE invoice i SET total = i.total * 2 WHERE i.id = (5)",
-            "DELETE FROM invoice WHERE id = 12; SELECT 1; UPDATE invoice SET total = 0 WHERE id = 13",
-            "BEGIN; UPDATE invoice SET total = 9 WHERE id = 1; COMMIT",
-            "UPDATE \"tabSales Invoice\" SET grand_total = 10 WHERE name = 'SINV-0001'",
-            "UPDATE \"tabSales Invoice\" SET grand_total = 10 WHERE name = 'SINV-1' AND modified = '2024-05-01 10:00:00.123456'",
-            "UPDATE shop.line SET qty = 2 WHERE invoice_id = 4 AND line_no = 1",
-            "UPDATE accounts SET abalance = abalance + -2926 WHERE aid = 351987",
-            "INSERT INTO invoice (id, total) VALUES (1, 5) ON CONFLICT (id) DO UPDATE SET total = 5",
-            "WITH x AS (UPDATE invoice SET total = 1 WHERE id = 2 RETURNING id) SELECT * FROM x",
-            "UPDATE invoice SET total = 1 /* = 5 */ WHERE id = 2 -- trailing = 'x'\n",
-            "UPDATE invoice SET note = $$ = 5 $$ WHERE id = 2",
-            "UPDATE invoice SET note = E'a\\'b', total = 2 WHERE id = 3",
-            "UPDATE invoice SET issued = DATE '2024-01-01' WHERE id = 3",
-            "UPDATE invoice SET total = 1 FROM other o WHERE invoice.id = o.id AND o.k = 4",
-            "UPDATE ONLY invoice SET total = 1 WHERE id = 5",
-            "SELECT total, version FROM invoice WHERE id = 7",
-            "SELECT abalance FROM accounts WHERE aid = 351987;",
-            "SELECT * FROM invoice WHERE id = 'x' || 'y'",
-            "UPDATE orders SET \"order\" = 1 WHERE \"Order ID\" = 5",
-        ];
-        let mut instantiated = 0;
-        for sql in corpus {
-            let direct = analyze(sql, &g);
-            let Some(shape) = shape(sql) else {
-                continue;
-            };
-            let from_shape = analyze(&shape.text, &g);
-            assert_eq!(
-                shape.trusts(&from_shape),
-                shape.instantiate(&from_shape, sql).is_some(),
-                "{sql}"
-            );
-            if let Some(a) = shape.instantiate(&from_shape, sql) {
-                assert_eq!(a, direct, "{sql}\nshape: {}", shape.text);
-                instantiated += 1;
-            }
-        }
-        assert!(instantiated >= 24, "only {instantiated} texts instantiated");
-    }
-
-    #[test]
-    fn a_read_whose_shape_does_not_parse_is_not_trusted() {
-        let g = guards();
-        let sql = "SELECT total::numeric(10, 2) FROM invoice WHERE id = 7";
-        let shape = shape(sql).expect("has constants");
-        assert_eq!(
-            shape.text,
-            "SELECT total::numeric($1, $2) FROM invoice WHERE id = $3"
-        );
-        let shaped = analyze(&shape.text, &g);
-        assert!(shaped.read_unparsed);
-        assert!(shape.instantiate(&shaped, sql).is_none());
-        assert!(!shape.trusts(&shaped));
-        assert!(analyze(sql, &g).lone_read().is_some());
-    }
-
-    #[test]
-    fn a_refusing_shape_is_not_trusted() {
-        let g = guards();
-        let sql = "MERGE INTO invoice USING (SELECT 1 AS id) s ON invoice.id = s.id \
-                   WHEN MATCHED THEN UPDATE SET total = 5";
-        let shape = shape(sql).expect("has constants");
-        assert!(shape.instantiate(&analyze(&shape.text, &g), sql).is_none());
-        assert!(!shape.trusts(&analyze(&shape.text, &g)));
-    }
-}
+mod tests;
