@@ -13,8 +13,8 @@ use sqlparser::tokenizer::Location;
 use super::resolve::resolve;
 use super::{Action, GuardSet, WriteOp};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 /// The kind of a guarded write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum FoundOp {
     Write(WriteOp),
     Merge,
@@ -22,13 +22,16 @@ pub(super) enum FoundOp {
 
 /// A write to a guarded table somewhere in a statement.
 pub(super) struct Found {
+    /// Index of the guard in [`GuardSet::guards`].
     pub(super) guard: usize,
     pub(super) op: FoundOp,
     /// Where its first keyword (`UPDATE`, `DELETE`, `INSERT`, `MERGE`) starts.
     pub(super) at: Location,
+    /// The (sub)statement that writes.
     pub(super) stmt: ast::Statement,
 }
 
+/// Collects the guarded writes anywhere in a statement (CTEs and subqueries included).
 struct Collector<'g> {
     guards: &'g GuardSet,
     found: Vec<Found>,

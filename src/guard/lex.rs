@@ -19,6 +19,7 @@ pub(super) struct Lexed<'a> {
 }
 
 impl<'a> Lexed<'a> {
+    /// Tokenizes `text`; `Err` when the tokenizer rejects it.
     pub(super) fn new(text: &'a str) -> Result<Lexed<'a>, ()> {
         let toks = Tokenizer::new(&PostgreSqlDialect {}, text)
             .tokenize_with_location()
@@ -83,6 +84,7 @@ impl<'a> Lexed<'a> {
         Some(r.start + first..last + 1)
     }
 
+    /// Token `i` is the unquoted keyword or name `word` (any case).
     pub(super) fn is_word(&self, i: usize, word: &str) -> bool {
         matches!(self.token(i), Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
     }
@@ -301,6 +303,7 @@ pub(super) fn is_trivia(t: &Token) -> bool {
     matches!(t, Token::Whitespace(_))
 }
 
+/// The number of a `$n` placeholder (`u16::MAX` when larger).
 pub(super) fn param_number(p: &str) -> Option<u16> {
     let digits = p.strip_prefix('$')?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -313,6 +316,7 @@ pub(super) fn param_number(p: &str) -> Option<u16> {
     )
 }
 
+/// Makes a token a space for the parser.
 fn blank(t: &mut TokenWithSpan) {
     t.token = Token::Whitespace(Whitespace::Space);
 }

@@ -45,6 +45,8 @@ pub(super) fn guarded_write(
     }
 }
 
+/// The guarded write `found` is: its clauses from the AST, their positions from the tokens
+/// (the two must agree), the splice points, and the key and version its condition fixes.
 fn build_write(
     found: &Found,
     in_cte: bool,

@@ -4,27 +4,38 @@
 //! statement by statement, what to pass, what to refuse and how to rewrite a guarded write.
 //! Nothing here touches the network.
 //!
-//! - [`prefilter`]: a cheap scan that keeps statements which cannot touch a guarded table away
-//!   from the parser.
-//! - [`analyze`]: the entry point; splits a text into statements and puts the jobs below
-//!   together.
-//!   - `lex`: the tokens with their byte ranges, statement splitting, token navigation, and
-//!     the tokens the parser is given.
-//!   - `keywords`: identifier folding and quoting, `U&` escapes, the reserved-word table.
-//!   - `decide`: sqlparser's AST decides which statements are guarded writes, and which of
+//! Files, one job each:
+//!
+//! - `mod.rs`: the types the jobs share ([`GuardSet`], [`Analysis`], [`Action`],
+//!   [`GuardedWrite`], ...).
+//! - `prefilter.rs` ([`prefilter`]): a cheap scan that keeps statements which cannot touch a
+//!   guarded table away from the parser.
+//! - `analyze.rs` ([`analyze`]): the entry point; splits a text into statements and puts the
+//!   analysis files below together.
+//!   - `lex.rs`: the tokens with their byte ranges, statement splitting, token navigation,
+//!     and the tokens the parser is given.
+//!   - `keywords.rs`: identifier folding and quoting, `U&` escapes, the reserved-word table.
+//!   - `decide.rs`: sqlparser's AST decides which statements are guarded writes, and which of
 //!     those are refused.
-//!   - `locate`: where a guarded write's clauses sit in the text (the splice points).
-//!   - `resolve`: which guard a table name means, which target column a reference names.
-//!   - `predicate`: the key and version a `WHERE` clause fixes.
-//!   - `unparsed`: statements the tokenizer or parser rejects, decided from their words.
-//! - [`rewrite`]: renders a guarded write with its version predicate, bump and `RETURNING`.
-//! - [`reads`]: which row a `SELECT` pins, for versions read without their key.
-//! - [`cache`]: the analysis of each statement text, computed once.
-//! - [`shape`]: simple-protocol texts with their constants taken out, so texts that differ
-//!   only in constants share one analysis.
-//! - [`values`]: canonical text of key and version values from text or binary wire formats.
-//! - [`track`]: the versions one session has seen, bounded (LRU).
-//! - [`conflict`]: the conflict error and the server-side `DO` block that raises it.
+//!   - `locate.rs`: where a guarded write's clauses sit in the text (the splice points).
+//!   - `resolve.rs`: which guard a table name means, which target column a reference names.
+//!   - `predicate.rs`: the key and version a `WHERE` clause fixes.
+//!   - `unparsed.rs`: statements the tokenizer or parser rejects, decided from their words.
+//! - `rewrite.rs` ([`rewrite`]): renders a guarded write with its version predicate, bump and
+//!   `RETURNING`.
+//! - `reads.rs` ([`reads`]): which row a `SELECT` pins, for versions read without their key.
+//! - `cache.rs` ([`cache`]): the analysis of each statement text, computed once.
+//! - `shape.rs` ([`shape`]): simple-protocol texts with their constants taken out, so texts
+//!   that differ only in constants share one analysis; `shape/instantiate.rs` maps that
+//!   analysis back onto each text.
+//! - `values.rs` ([`values`]): canonical text of key and version values from text or binary
+//!   wire formats.
+//! - `track.rs` ([`track`]): the versions one session has seen, bounded (LRU).
+//! - `conflict.rs` ([`conflict`]): the conflict error and the server-side `DO` block that
+//!   raises it.
+//!
+//! The larger unit-test modules have their own files: `analyze/tests.rs` (with
+//! `analyze/tests/writes.rs`), `rewrite/tests.rs` and `shape/tests.rs`.
 
 pub mod analyze;
 pub mod cache;
