@@ -60,47 +60,61 @@ impl GuardState {
             return Ok(false);
         };
         let prepared = self.unlean(cx, statement, prepared, &b);
-        let Some(pw) = &prepared.write else {
-            let guards = cx.settings.guards.clone();
-            let pinned = prepared
-                .pinned
-                .as_ref()
-                .filter(|read| self.follows_read(cx, &guards, read))
-                .and_then(|read| {
-                    let types = prepared.param_types();
-                    self.read_check(&guards, read, Some((&b, &types)))
-                });
-            let portal_info = Portal {
-                statement: Some(prepared.clone()),
-                pinned,
-                result_formats: b.result_formats.into(),
-                ..Portal::default()
-            };
-            self.portals.insert(portal.into(), Arc::new(portal_info));
-            return Ok(false);
-        };
-        let w = &pw.write;
-        let rg = self.resolved.get(w.guard);
-        let types = prepared.param_types();
-        let bound = Some((&b, types.as_slice()));
-        let key: Option<Vec<String>> = match &w.target {
-            Target::Key(vals) => self.key_text(w.guard, vals, bound),
-            Target::Bulk => None,
-        };
-        let version_type = rg.map_or(0, |r| r.version_type);
-        let pinned = match &w.pinned {
-            Some(ValueRef::Literal(v)) => {
-                canonical(version_type, 0, v.as_bytes()).or_else(|| Some(v.clone()))
+        match &prepared.write {
+            Some(pw) => Ok(self.bind_write(cx, portal, &prepared, pw, b)),
+            None => {
+                self.bind_read(cx, portal, &prepared, &b);
+                Ok(false)
             }
-            Some(ValueRef::Param(n)) => param_text(&b, &types, *n, version_type),
-            None => None,
+        }
+    }
+
+    /// The `Bind` of a statement that reads a guarded table: its portal remembers the
+    /// statement (for its rows) and the pinned read with its key bound, if followed.
+    fn bind_read(
+        &mut self,
+        cx: &mut Cx<'_>,
+        portal: &[u8],
+        prepared: &Arc<Prepared>,
+        b: &fe::Bind<'_>,
+    ) {
+        let guards = cx.settings.guards.clone();
+        let pinned = prepared
+            .pinned
+            .as_ref()
+            .filter(|read| self.follows_read(cx, &guards, read))
+            .and_then(|read| {
+                let types = prepared.param_types();
+                self.read_check(&guards, read, Some((b, &types)))
+            });
+        let portal_info = Portal {
+            statement: Some(prepared.clone()),
+            pinned,
+            result_formats: b.result_formats.into(),
+            ..Portal::default()
         };
+        self.portals.insert(portal.into(), Arc::new(portal_info));
+    }
+
+    /// The `Bind` of a guarded write that may check a version: planned from the row it binds,
+    /// sent with the expected version (or replaced by a refusal), and its portal remembers
+    /// what its reply is checked against. Returns true when the guard sent it.
+    fn bind_write(
+        &mut self,
+        cx: &mut Cx<'_>,
+        portal: &[u8],
+        prepared: &Prepared,
+        pw: &PreparedWrite,
+        b: fe::Bind<'_>,
+    ) -> bool {
+        let w = &pw.write;
+        let (key, pinned) = self.bound_row(prepared, pw, &b);
         let guards = pw.guards.clone();
         let (expected, key) = match self.plan_write(&guards, w, key, pinned) {
             Plan::Refuse(refusal) => {
                 let (block, ctx) = self.refusal(&guards.guards[w.guard].table, refusal);
                 self.send_extended_raise(cx, &block, ctx);
-                return Ok(true);
+                return true;
             }
             Plan::Send { expected, key } => (expected, key),
         };
@@ -111,44 +125,12 @@ impl GuardState {
         {
             self.send_extended_raise(cx, &block, ctx);
         }
-        let (b, extra, added) = match &pw.full {
-            // A named statement that went lean: bound as it is unless this `Bind` checks a
-            // version, a reply still to come may make the session track the row, or the write
-            // is inside `WITH` (its portal forgets what it may have changed).
-            Some(_) if expected.is_none() && !self.rows_may_come(cx) && !w.splice.in_cte => {
-                cx.events
-                    .guarded(guards.table_ids[w.guard], Outcome::Rewritten);
-                return Ok(false);
-            }
-            Some(full) => (
-                fe::Bind {
-                    statement: &full.name,
-                    ..b
-                },
-                Some(full.extra),
-                full.added,
-            ),
-            None => (
-                fe::Bind {
-                    statement: pw.server_name.as_deref().unwrap_or(b.statement),
-                    ..b
-                },
-                pw.extra,
-                pw.added,
-            ),
+        let Some((b, extra, added)) = self.bound_form(cx, pw, b, expected.is_none()) else {
+            return false;
         };
         let extra = extra.map(|_| expected.as_deref().map(str::as_bytes));
         fe::write_bind_rewritten(&mut cx.out.to_server, &b, extra, added);
         cx.out.replies.push(Pending::Bind(None));
-        let codes = result_format_codes(b.result_formats);
-        let our_format = if codes.len() == 1 { codes[0] } else { 0 };
-        // The proxy's columns are read with the types the catalog gave: none before the
-        // guard is resolved (right after a reload), and the write then forgets its row.
-        let plan = self.resolved.get(w.guard).filter(|_| added > 0).map(|rg| {
-            let mut types = rg.key_types.clone();
-            types.push(version_type);
-            ReadPlan::returning(guards.table_ids[w.guard], &types, our_format)
-        });
         let bound = WriteCheck {
             guards: guards.clone(),
             guard: w.guard,
@@ -159,13 +141,97 @@ impl GuardState {
             // not the statement's: the check sent before it raises a conflict.
             expected: if w.splice.in_cte { None } else { expected },
             key,
-            plan,
+            plan: self.returning_plan(pw, added, b.result_formats),
             held: None,
             in_cte: w.splice.in_cte,
             quiet_without_rows: self.quiet_without_rows(w),
         };
         self.write_portal(portal, bound, b.result_formats);
-        Ok(true)
+        true
+    }
+
+    /// The row a guarded write's `Bind` names: its key (canonical text, when every key value
+    /// is known) and the version the statement pins, if any.
+    fn bound_row(
+        &self,
+        prepared: &Prepared,
+        pw: &PreparedWrite,
+        b: &fe::Bind<'_>,
+    ) -> (Option<Vec<String>>, Option<String>) {
+        let w = &pw.write;
+        let types = prepared.param_types();
+        let bound = Some((b, types.as_slice()));
+        let key: Option<Vec<String>> = match &w.target {
+            Target::Key(vals) => self.key_text(w.guard, vals, bound),
+            Target::Bulk => None,
+        };
+        let version_type = self.resolved.get(w.guard).map_or(0, |r| r.version_type);
+        let pinned = match &w.pinned {
+            Some(ValueRef::Literal(v)) => {
+                canonical(version_type, 0, v.as_bytes()).or_else(|| Some(v.clone()))
+            }
+            Some(ValueRef::Param(n)) => param_text(b, &types, *n, version_type),
+            None => None,
+        };
+        (key, pinned)
+    }
+
+    /// The statement a guarded write's `Bind` goes to, with the proxy's version parameter (if
+    /// any) and its `RETURNING` column count. None when it goes as it is: a named statement
+    /// that went lean, bound by a `Bind` that checks no version (`checks_nothing`), with no
+    /// reply still to come that may make the session track the row, and not inside `WITH`
+    /// (whose portal forgets what it may have changed).
+    fn bound_form<'a>(
+        &self,
+        cx: &mut Cx<'_>,
+        pw: &'a PreparedWrite,
+        b: fe::Bind<'a>,
+        checks_nothing: bool,
+    ) -> Option<(fe::Bind<'a>, Option<u16>, usize)> {
+        let w = &pw.write;
+        match &pw.full {
+            Some(_) if checks_nothing && !self.rows_may_come(cx) && !w.splice.in_cte => {
+                cx.events
+                    .guarded(pw.guards.table_ids[w.guard], Outcome::Rewritten);
+                None
+            }
+            Some(full) => Some((
+                fe::Bind {
+                    statement: &full.name,
+                    ..b
+                },
+                Some(full.extra),
+                full.added,
+            )),
+            None => Some((
+                fe::Bind {
+                    statement: pw.server_name.as_deref().unwrap_or(b.statement),
+                    ..b
+                },
+                pw.extra,
+                pw.added,
+            )),
+        }
+    }
+
+    /// The plan that reads the proxy's `RETURNING` columns of a bound write (`added` of them),
+    /// in the format the `Bind` asked for when it asked one for all columns. The columns are
+    /// read with the types the catalog gave: none before the guard is resolved (right after a
+    /// reload), and the write then forgets its row.
+    fn returning_plan(
+        &self,
+        pw: &PreparedWrite,
+        added: usize,
+        result_formats: &[u8],
+    ) -> Option<ReadPlan> {
+        let codes = result_format_codes(result_formats);
+        let our_format = if codes.len() == 1 { codes[0] } else { 0 };
+        let guard = pw.write.guard;
+        self.resolved.get(guard).filter(|_| added > 0).map(|rg| {
+            let mut types = rg.key_types.clone();
+            types.push(rg.version_type);
+            ReadPlan::returning(pw.guards.table_ids[guard], &types, our_format)
+        })
     }
 
     /// The `Bind` of a write that expects no version, whatever row it binds
@@ -173,7 +239,7 @@ impl GuardState {
     /// proxy's version parameter, if the statement has one, and its portal hides the proxy's
     /// `RETURNING` columns; a statement with neither (a lean one) needs no portal, and its
     /// `Bind` goes as it is. Returns true when the guard sent it.
-    pub(super) fn bind_unchecked(
+    fn bind_unchecked(
         &mut self,
         cx: &mut Cx<'_>,
         portal: &[u8],
@@ -213,7 +279,7 @@ impl GuardState {
     }
 
     /// Remembers the portal of a guarded write.
-    pub(super) fn write_portal(&mut self, portal: &[u8], check: WriteCheck, result_formats: &[u8]) {
+    fn write_portal(&mut self, portal: &[u8], check: WriteCheck, result_formats: &[u8]) {
         self.portals.insert(
             portal.into(),
             Arc::new(Portal {

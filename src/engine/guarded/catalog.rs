@@ -30,7 +30,7 @@ const LISTING_QUERY: &str = "SELECT name, statement, from_sql::text, \
      parameter_types::oid[]::text FROM pg_catalog.pg_prepared_statements";
 
 impl GuardState {
-    pub(super) fn catalog_query_done(&mut self, ok: bool) {
+    fn catalog_query_done(&mut self, ok: bool) {
         self.catalog.outstanding = self.catalog.outstanding.saturating_sub(1);
         self.catalog.failed |= !ok;
     }
@@ -101,12 +101,7 @@ impl GuardState {
     }
 
     /// Sends the guard resolution and, after a reload, the listing of prepared statements.
-    pub(super) fn send_resolve(
-        &mut self,
-        cx: &mut Cx<'_>,
-        after_reload: bool,
-        login_ready: Option<BytesMut>,
-    ) {
+    fn send_resolve(&mut self, cx: &mut Cx<'_>, after_reload: bool, login_ready: Option<BytesMut>) {
         let mut queries = vec![(
             resolve::resolve_query(&cx.settings.guards.guards),
             Tag::Resolve { rows: Vec::new() },
@@ -187,7 +182,7 @@ impl GuardState {
     /// The end of a catalog batch. A batch that failed (or was skipped after an error) inside
     /// a failed transaction is sent again once the transaction ends: until then the client
     /// can run nothing either.
-    pub(super) fn on_catalog_end(&mut self, cx: &mut Cx<'_>, status: u8) {
+    fn on_catalog_end(&mut self, cx: &mut Cx<'_>, status: u8) {
         let failed = self.catalog.failed || self.catalog.outstanding > 0;
         self.catalog = CatalogState::default();
         if failed && status == b'E' && self.guards_active(cx) {

@@ -141,7 +141,7 @@ impl GuardState {
 
     /// The client sees the row description of its own statement: without the proxy's
     /// `RETURNING` columns, or `NoData` when it had none. Returns true when it was changed.
-    pub(super) fn hide_added_columns(
+    fn hide_added_columns(
         &mut self,
         cx: &mut Cx<'_>,
         body: &[u8],

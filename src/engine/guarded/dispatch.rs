@@ -68,12 +68,7 @@ impl GuardState {
     }
 
     /// A reply that leaves its entry at the front of the queue.
-    pub(super) fn on_reply_within(
-        &mut self,
-        cx: &mut Cx<'_>,
-        tag: u8,
-        msg: &[u8],
-    ) -> Result<bool, String> {
+    fn on_reply_within(&mut self, cx: &mut Cx<'_>, tag: u8, msg: &[u8]) -> Result<bool, String> {
         let Some(front) = cx.out.replies.front_mut() else {
             return Ok(false);
         };
@@ -115,7 +110,7 @@ impl GuardState {
     }
 
     /// A reply that completes its entry (already popped).
-    pub(super) fn on_reply_completing(
+    fn on_reply_completing(
         &mut self,
         cx: &mut Cx<'_>,
         tag: u8,
@@ -166,7 +161,7 @@ impl GuardState {
 
     /// Every `ReadyForQuery`: transaction ends forget portals (and, with
     /// `track = "transaction"`, tracked versions).
-    pub(super) fn on_ready(&mut self, cx: &mut Cx<'_>, body: &[u8]) {
+    fn on_ready(&mut self, cx: &mut Cx<'_>, body: &[u8]) {
         if be::ready_status(body) == b'I' {
             if !self.portals.is_empty() {
                 self.portals.clear();
@@ -178,12 +173,7 @@ impl GuardState {
     }
 
     /// A reply within a tagged extended entry (`ParameterDescription`, `DataRow`).
-    pub(super) fn on_extended_within(
-        &mut self,
-        cx: &mut Cx<'_>,
-        tag: u8,
-        msg: &[u8],
-    ) -> Result<bool, String> {
+    fn on_extended_within(&mut self, cx: &mut Cx<'_>, tag: u8, msg: &[u8]) -> Result<bool, String> {
         let body = &msg[5..];
         match (cx.out.replies.front(), tag) {
             (Some(Pending::DescribeStatement(Some(t))), be::PARAMETER_DESCRIPTION) => {
@@ -208,7 +198,7 @@ impl GuardState {
     }
 
     /// A reply that completes a tagged extended entry (already popped).
-    pub(super) fn on_extended_complete(
+    fn on_extended_complete(
         &mut self,
         cx: &mut Cx<'_>,
         tag: u8,

@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::cx::Cx;
 use super::state::GuardState;
-use super::statements::{FULL_VARIANT_PREFIX, Kept, Prepared, StaleStatement};
+use super::statements::{FULL_VARIANT_PREFIX, Kept, ParseUndo, Prepared, StaleStatement};
 use super::tag::{StmtTag, Tag};
 use crate::engine::replies::Pending;
 use crate::guard::{GuardSet, GuardedWrite};
@@ -97,7 +97,7 @@ impl GuardState {
     /// True the first time an unnamed guarded write's text is seen (since the list of such
     /// texts was last cleared): a text is kept from its second `Parse` on, so one sent once does
     /// not take a place.
-    pub(super) fn first_sight(&mut self, sql: &str) -> bool {
+    fn first_sight(&mut self, sql: &str) -> bool {
         if self.seen_once.remove(sql.as_bytes()).is_some() {
             return false;
         }
@@ -172,6 +172,24 @@ impl GuardState {
         if self.kept.len() >= KEPT_STATEMENTS || self.first_sight(sql) {
             return false;
         }
+        self.keep_new(cx, sql, param_types, reply, prepared, &undo);
+        true
+    }
+
+    /// Keeps a text seen before: its full form is prepared under a new name of the proxy's
+    /// (`prepared` makes it from that name), and the unnamed statement stands for it. For the
+    /// client's own `Parse` (`undo` not hidden), the server's unnamed statement is closed
+    /// first, as that `Parse` would have replaced it.
+    fn keep_new(
+        &mut self,
+        cx: &mut Cx<'_>,
+        sql: &str,
+        param_types: &[u32],
+        reply: &mut StmtTag,
+        prepared: impl FnOnce(Box<[u8]>) -> (Prepared, String),
+        undo: &ParseUndo,
+    ) {
+        let from_client = !undo.hidden;
         if from_client {
             // The client's `Parse` drops the unnamed statement whatever its outcome: a `Bind`
             // of it after a failed one must fail as it would without the proxy.
@@ -200,6 +218,5 @@ impl GuardState {
         let _ = undo.kept.set(kept.clone());
         self.kept.insert(sql.as_bytes().into(), kept);
         self.statements.insert(Box::default(), p);
-        true
     }
 }

@@ -178,7 +178,7 @@ impl GuardState {
     /// A named guarded write: the client's statement as written (with its bump), and its full
     /// form under a name of the proxy's, that `ParseComplete` hidden (see
     /// [`PreparedWrite::full`]).
-    pub(super) fn parse_named_lean(
+    fn parse_named_lean(
         &mut self,
         cx: &mut Cx<'_>,
         name: &[u8],
@@ -227,7 +227,7 @@ impl GuardState {
 
     /// Sends a `Parse` of a guarded write as the client wrote it, with its bump where the
     /// version kind needs one: no version check, no `RETURNING`.
-    pub(super) fn parse_as_written(
+    fn parse_as_written(
         &mut self,
         cx: &mut Cx<'_>,
         name: &[u8],
@@ -268,7 +268,7 @@ impl GuardState {
         if self.rows_may_come(cx) {
             return false;
         }
-        let Ok(Some(h)) = crate::protocol::peek_header(&cx.lookahead, usize::MAX) else {
+        let Ok(Some(h)) = crate::protocol::peek_header(cx.lookahead, usize::MAX) else {
             return false;
         };
         if h.tag != fe::BIND || cx.lookahead.len() < h.size {
@@ -337,7 +337,7 @@ impl GuardState {
 
     /// Remembers a prepared statement that reads a guarded table (`p` names one), so its rows
     /// can be followed.
-    pub(super) fn prepare_read(&mut self, p: &fe::Parse<'_>, guards: &Arc<GuardSet>) {
+    fn prepare_read(&mut self, p: &fe::Parse<'_>, guards: &Arc<GuardSet>) {
         if self.resolved.is_empty() {
             return;
         }
@@ -353,7 +353,7 @@ impl GuardState {
     }
 
     /// What the prefilter finds in `text`, remembered for the texts of `Parse` messages.
-    pub(super) fn found_in_parse(&mut self, text: &[u8], prefilter: &Prefilter) -> Found {
+    fn found_in_parse(&mut self, text: &[u8], prefilter: &Prefilter) -> Found {
         if let Some(found) = self.found.get(text) {
             return *found;
         }

@@ -23,7 +23,7 @@ use crate::protocol::frontend::Bind;
 
 impl GuardState {
     /// Follows one message of the reply to a query holding pinned reads.
-    pub(super) fn follow_reads(&mut self, cx: &mut Cx<'_>, tag: u8, msg: &[u8], reads: &mut Reads) {
+    fn follow_reads(&mut self, cx: &mut Cx<'_>, tag: u8, msg: &[u8], reads: &mut Reads) {
         let body = &msg[5..];
         let at = reads.at;
         let check = reads.checks.iter_mut().find(|c| c.statement == at);

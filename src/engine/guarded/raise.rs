@@ -191,12 +191,7 @@ impl GuardState {
 
     /// Logs, counts and records a conflict the client was given; `found` is the version the
     /// row was found at (None: the row is gone).
-    pub(super) fn log_conflict(
-        &mut self,
-        cx: &mut Cx<'_>,
-        info: &ConflictInfo,
-        found: Option<String>,
-    ) {
+    fn log_conflict(&mut self, cx: &mut Cx<'_>, info: &ConflictInfo, found: Option<String>) {
         let table = info.table.to_string();
         let key = info.key_text();
         let ident = &self.ident;

@@ -17,6 +17,7 @@ use super::tag::Tag;
 use crate::engine::replies::Pending;
 use crate::events::Outcome;
 use crate::guard::conflict;
+use crate::guard::track::Tracker;
 use crate::protocol::{backend as be, frontend as fe};
 
 impl GuardState {
@@ -43,7 +44,7 @@ impl GuardState {
         self.send_next_step(cx);
     }
 
-    pub(super) fn send_next_step(&mut self, cx: &mut Cx<'_>) {
+    fn send_next_step(&mut self, cx: &mut Cx<'_>) {
         let Some(script) = self.script.as_mut() else {
             return;
         };
@@ -124,39 +125,11 @@ impl GuardState {
         };
         match tag {
             be::ROW_DESCRIPTION => {
-                let body = &msg[5..];
-                let cols = be::row_description(body).unwrap_or_default();
-                if cols.len() >= c.added {
-                    let types: Vec<u32> = cols[cols.len() - c.added..]
-                        .iter()
-                        .map(|col| col.type_oid)
-                        .collect();
-                    c.plan = Some(ReadPlan::returning(c.table(), &types, 0));
-                    if c.client_returning {
-                        be::write_truncated(
-                            &mut cx.out.to_client,
-                            be::ROW_DESCRIPTION,
-                            body,
-                            cols.len() - c.added,
-                        );
-                    }
-                }
+                step_row_description(c, &msg[5..], &mut cx.out.to_client);
                 Ok(true)
             }
             be::DATA_ROW => {
-                let body = &msg[5..];
-                if let Some(plan) = &c.plan {
-                    plan.observe(body, &mut self.tracker);
-                }
-                if c.client_returning {
-                    let n = be::data_row(body).map_or(0, |v| v.len());
-                    be::write_truncated(
-                        &mut cx.out.to_client,
-                        be::DATA_ROW,
-                        body,
-                        n - c.added.min(n),
-                    );
-                }
+                step_data_row(c, &msg[5..], &mut self.tracker, &mut cx.out.to_client);
                 Ok(true)
             }
             be::COMMAND_COMPLETE => {
@@ -254,11 +227,7 @@ impl GuardState {
 
     /// After a step: the next one, the hidden `COMMIT`/`ROLLBACK`, or the client's
     /// `ReadyForQuery`.
-    pub(super) fn script_continue(
-        &mut self,
-        cx: &mut Cx<'_>,
-        ready: &[u8],
-    ) -> Result<bool, String> {
+    fn script_continue(&mut self, cx: &mut Cx<'_>, ready: &[u8]) -> Result<bool, String> {
         let Some(script) = self.script.as_mut() else {
             return Ok(false);
         };
@@ -286,5 +255,34 @@ impl GuardState {
             }
         }
         Ok(true)
+    }
+}
+
+/// The `RowDescription` of a checked write's step: the plan that reads the proxy's
+/// `RETURNING` columns, and (when the client wrote a `RETURNING` of its own) the client's
+/// columns without them.
+fn step_row_description(c: &mut WriteCheck, body: &[u8], to_client: &mut BytesMut) {
+    let cols = be::row_description(body).unwrap_or_default();
+    if cols.len() >= c.added {
+        let types: Vec<u32> = cols[cols.len() - c.added..]
+            .iter()
+            .map(|col| col.type_oid)
+            .collect();
+        c.plan = Some(ReadPlan::returning(c.table(), &types, 0));
+        if c.client_returning {
+            be::write_truncated(to_client, be::ROW_DESCRIPTION, body, cols.len() - c.added);
+        }
+    }
+}
+
+/// A `DataRow` of a checked write's step: the proxy's `RETURNING` columns are read, and the
+/// client gets the rest when it wrote a `RETURNING` of its own.
+fn step_data_row(c: &WriteCheck, body: &[u8], tracker: &mut Tracker, to_client: &mut BytesMut) {
+    if let Some(plan) = &c.plan {
+        plan.observe(body, tracker);
+    }
+    if c.client_returning {
+        let n = be::data_row(body).map_or(0, |v| v.len());
+        be::write_truncated(to_client, be::DATA_ROW, body, n - c.added.min(n));
     }
 }

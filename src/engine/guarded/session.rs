@@ -29,8 +29,6 @@ impl GuardState {
         );
     }
 
-    /// After a reload, at the first batch boundary: the guards are resolved again in this
-
     /// Notes session commands in a text sent to the server: `DISCARD ALL`, `RESET ALL`,
     /// `DEALLOCATE`. Called for texts in which the prefilter found one of those words.
     /// Forgetting more than needed is safe (a forgotten version reads as "nothing known"), so

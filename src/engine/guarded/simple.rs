@@ -26,7 +26,7 @@ use crate::guard::cache::Simple;
 use crate::guard::conflict::Refusal;
 use crate::guard::prefilter::Found;
 use crate::guard::rewrite::Expected;
-use crate::guard::{Action, GuardSet, GuardedWrite, TableId, Target, ValueRef};
+use crate::guard::{Action, Analysis, GuardSet, GuardedWrite, TableId, Target, ValueRef};
 use crate::protocol::frontend as fe;
 
 impl GuardState {
@@ -53,7 +53,7 @@ impl GuardState {
 
     /// A simple `Query` from the client. Returns true when the guard sent it (as a script).
     /// `sql_bytes` is its text, `found` what the prefilter found in it.
-    pub(super) fn simple_query(
+    fn simple_query(
         &mut self,
         cx: &mut Cx<'_>,
         msg: &[u8],
@@ -95,6 +95,21 @@ impl GuardState {
             return Ok(true);
         }
         let analysis = analysis.of_text(sql, &guards);
+        let (steps, tx_control) = self.script_steps(cx, sql, &analysis, &guards);
+        self.send_steps(cx, msg, sql, steps, tx_control);
+        Ok(true)
+    }
+
+    /// The steps of a text holding guarded writes (`analysis` is its analysis): each run of
+    /// passed statements one step, each guarded write and each refusal a step of its own.
+    /// Also returns whether the text holds transaction control (`BEGIN`, `COMMIT`, ...).
+    fn script_steps(
+        &mut self,
+        cx: &mut Cx<'_>,
+        sql: &str,
+        analysis: &Analysis,
+        guards: &GuardSet,
+    ) -> (VecDeque<StepSpec>, bool) {
         let mut steps = VecDeque::new();
         // The run of passed statements not yet made a step: its bytes and statement indexes.
         let mut chunk: Option<(std::ops::Range<usize>, std::ops::Range<usize>)> = None;
@@ -109,17 +124,17 @@ impl GuardState {
                     });
                 }
                 Action::Refuse { table, reason } => {
-                    self.push_chunk(&mut steps, chunk.take(), sql, &analysis.reads, &guards);
+                    self.push_chunk(&mut steps, chunk.take(), sql, &analysis.reads, guards);
                     let (block, ctx) = self.refusal(table, Refusal::Unsupported(reason.clone()));
                     steps.push_back(StepSpec::Raise(block, Box::new(ctx)));
                 }
                 Action::Write(w) => {
-                    self.push_chunk(&mut steps, chunk.take(), sql, &analysis.reads, &guards);
+                    self.push_chunk(&mut steps, chunk.take(), sql, &analysis.reads, guards);
                     steps.push_back(StepSpec::Write(w.clone()));
                 }
             }
         }
-        self.push_chunk(&mut steps, chunk, sql, &analysis.reads, &guards);
+        self.push_chunk(&mut steps, chunk, sql, &analysis.reads, guards);
         // A write that is the first step is planned now: nothing runs before it. A check it
         // needs first makes the script two steps, so outside a transaction it is wrapped in
         // one, and the check's lock lasts until the write.
@@ -131,6 +146,20 @@ impl GuardState {
                 steps.push_front(check);
             }
         }
+        (steps, tx_control)
+    }
+
+    /// Sends the steps of a text holding guarded writes: as the client wrote it when they are
+    /// one write that needs nothing changed and nothing checked, else as a script, wrapped in
+    /// a hidden transaction when needed.
+    fn send_steps(
+        &mut self,
+        cx: &mut Cx<'_>,
+        msg: &[u8],
+        sql: &str,
+        steps: VecDeque<StepSpec>,
+        tx_control: bool,
+    ) {
         // One write that needs nothing changed and nothing checked (an `xmin` guard, a row the
         // session does not track): it goes as the client wrote it.
         if let [StepSpec::Sql(text, Some(check))] = steps.as_slices().0
@@ -138,10 +167,10 @@ impl GuardState {
             && check.expected.is_none()
             && check.added == 0
             && !check.in_cte
-            && text.as_bytes() == sql_bytes
+            && text.as_bytes() == sql.as_bytes()
         {
             self.send_as_written(cx, msg, check.guards.table_ids[check.guard]);
-            return Ok(true);
+            return;
         }
         // A lone checked write that may act without rows (a statement-level trigger, a call
         // in its WHERE) is wrapped too: if it matches no row, its conflict must undo what it
@@ -152,12 +181,11 @@ impl GuardState {
         );
         let wrap = (steps.len() > 1 || lone_loud_write) && cx.tx_status == b'I' && !tx_control;
         self.start_script(cx, steps, wrap, sql.into());
-        Ok(true)
     }
 
     /// Makes a run of passed statements (byte range, statement indexes) one script step,
     /// which follows the pinned reads among them.
-    pub(super) fn push_chunk(
+    fn push_chunk(
         &self,
         steps: &mut VecDeque<StepSpec>,
         chunk: Option<(std::ops::Range<usize>, std::ops::Range<usize>)>,
@@ -187,7 +215,7 @@ impl GuardState {
 
     /// A query holding one guarded write (of `table`) that needs nothing changed and nothing
     /// checked: sent as the client wrote it.
-    pub(super) fn send_as_written(&mut self, cx: &mut Cx<'_>, msg: &[u8], table: TableId) {
+    fn send_as_written(&mut self, cx: &mut Cx<'_>, msg: &[u8], table: TableId) {
         cx.events.guarded(table, Outcome::Rewritten);
         cx.out.to_server.extend_from_slice(msg);
         cx.out.replies.push(Pending::Simple(None));
@@ -195,7 +223,7 @@ impl GuardState {
 
     /// A query with no guarded write that names a guarded table: when it holds `SELECT`s that
     /// pin one guarded row each, it is relayed as it is and their results are followed.
-    pub(super) fn pinned_read_query(
+    fn pinned_read_query(
         &mut self,
         cx: &mut Cx<'_>,
         msg: &[u8],
@@ -215,7 +243,7 @@ impl GuardState {
 
     /// Relays a query that passes unchanged (`analysis` is its analysis), following its pinned
     /// reads; false when it has none to follow.
-    pub(super) fn follow_pinned_reads(
+    fn follow_pinned_reads(
         &mut self,
         cx: &mut Cx<'_>,
         msg: &[u8],
@@ -252,7 +280,7 @@ impl GuardState {
     }
 
     /// Canonical text of the literal key values of a write (None when one is a parameter).
-    pub(super) fn literal_key(&self, w: &GuardedWrite) -> Option<Vec<String>> {
+    fn literal_key(&self, w: &GuardedWrite) -> Option<Vec<String>> {
         match &w.target {
             Target::Key(vals) => self.key_text(w.guard, vals, None),
             Target::Bulk => None,

@@ -21,15 +21,15 @@ use super::cx::Cx;
 use super::state::GuardState;
 use super::statements::{FULL_VARIANT_PREFIX, Parsed, StaleStatement};
 use super::tag::Tag;
-use crate::config::quote_ident;
+use crate::config::{TableName, quote_ident};
 use crate::engine::replies::Pending;
-use crate::guard::Action;
+use crate::guard::{Action, GuardSet};
 use crate::protocol::frontend as fe;
 
 impl GuardState {
     /// Statement `name` is prepared again from the client's `text` and `types` at its next
     /// `Bind` or `Describe`; what the session knew of it goes with it, to be closed then.
-    pub(super) fn mark_stale(&mut self, name: &[u8], text: String, types: Vec<u32>) {
+    fn mark_stale(&mut self, name: &[u8], text: String, types: Vec<u32>) {
         let old = self.statements.remove(name);
         self.stale
             .insert(name.into(), StaleStatement { text, types, old });
@@ -88,20 +88,7 @@ impl GuardState {
                     types.as_deref().map(oid_array).unwrap_or_default(),
                 ),
             };
-            let table = if guards.prefilter.may_write_guarded(text.as_bytes()) {
-                let analysis = self.cache.get_or_analyze(&text, &guards);
-                match analysis.statements.as_slice() {
-                    [st] => match &st.action {
-                        Action::Write(w) => Some(guards.guards[w.guard].table.clone()),
-                        Action::Refuse { table, .. } => Some(table.clone()),
-                        Action::Pass { .. } => None,
-                    },
-                    _ => None,
-                }
-            } else {
-                None
-            };
-            let Some(table) = table else {
+            let Some(table) = self.guarded_table_written(&guards, &text) else {
                 if known_write {
                     // Its table is no longer guarded: the client's own text is prepared again.
                     debug!(statement = %name, "no longer guarded: prepared again as written at its next Bind");
@@ -137,6 +124,23 @@ impl GuardState {
         }
     }
 
+    /// The guarded table a listed statement's `text` writes (or would write, refused), under
+    /// the current guards.
+    fn guarded_table_written(&mut self, guards: &GuardSet, text: &str) -> Option<TableName> {
+        if !guards.prefilter.may_write_guarded(text.as_bytes()) {
+            return None;
+        }
+        let analysis = self.cache.get_or_analyze(text, guards);
+        match analysis.statements.as_slice() {
+            [st] => match &st.action {
+                Action::Write(w) => Some(guards.guards[w.guard].table.clone()),
+                Action::Refuse { table, .. } => Some(table.clone()),
+                Action::Pass { .. } => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Prepares statement `name` again first when it is stale (see [`GuardState::reprepare`]),
     /// ahead of a `Bind` or `Describe` of it. This holds with no guard left too: a reload that
     /// removed the last one leaves an unnamed statement that stood for a kept one stale.
@@ -151,12 +155,7 @@ impl GuardState {
     /// Prepares a stale statement again under the current guards, ahead of the client's
     /// `Bind`: `Close` then the rewritten `Parse`, their replies hidden. Returns `Refused`
     /// when the statement is refused instead (the refusal then answers the `Bind`).
-    pub(super) fn reprepare(
-        &mut self,
-        cx: &mut Cx<'_>,
-        name: &[u8],
-        stale: &StaleStatement,
-    ) -> Parsed {
+    fn reprepare(&mut self, cx: &mut Cx<'_>, name: &[u8], stale: &StaleStatement) -> Parsed {
         if let Some(old) = &stale.old {
             self.close_full_variant(cx, old);
         }
