@@ -39,17 +39,14 @@ impl Engine {
             }
             return Ok(());
         }
-        if matches!(tag, fe::QUERY | fe::FUNCTION_CALL) && self.wait_for_batch(msg) {
+        if matches!(tag, fe::QUERY | fe::FUNCTION_CALL) && self.wait_for_replies(tag, msg) {
             return Ok(());
         }
         if matches!(tag, fe::QUERY | fe::PARSE | fe::BIND)
             && self.refresh_settings(!self.link.batch_open, ev)
         {
             // The proxy's catalog queries after a reload go first; the message waits for them.
-            let mut again = BytesMut::with_capacity(msg.len() + self.client_in.len());
-            again.extend_from_slice(msg);
-            again.extend_from_slice(&self.client_in);
-            self.client_in = again;
+            self.put_back(msg);
             return Ok(());
         }
         if matches!(
@@ -130,23 +127,43 @@ impl Engine {
         Ok(())
     }
 
-    /// A simple `Query` (or `FunctionCall`) behind extended messages with no `Sync` yet: the
-    /// server runs it only if none of them failed (after an error it skips everything up to
-    /// the `Sync`, the `Query` too). The proxy cannot know which before their replies, so the
-    /// `Query` waits for them (a `Flush` asks for them), and then goes as the server will
-    /// take it. Returns true when it waits (it is put back in front of the client's input).
-    fn wait_for_batch(&mut self, msg: &[u8]) -> bool {
-        if !self.link.unsynced || self.out.replies.is_empty() {
+    /// True when a simple `Query` (or `FunctionCall`) must wait for the replies to what went
+    /// before it, because the server may not take it as the proxy would plan it now:
+    /// - behind extended messages with no `Sync` yet, the server runs it only if none of them
+    ///   failed (after an error it skips everything up to the `Sync`, the `Query` too);
+    /// - a `Query` the guard may rewrite is planned against the session's transaction status,
+    ///   known only once the statements before it answered (a script the proxy wraps in a
+    ///   transaction of its own must never wrap one the client opened just before).
+    ///
+    /// It then waits (put back in front of the client's input; a `Flush` asks for the
+    /// replies) and goes once they are in, as the server will take it.
+    fn wait_for_replies(&mut self, tag: u8, msg: &[u8]) -> bool {
+        if self.out.replies.is_empty() {
+            return false;
+        }
+        let wait = self.link.unsynced
+            || (tag == fe::QUERY
+                && !self.settings.guards.is_empty()
+                && fe::query_text(&msg[5..]).is_some_and(|sql| {
+                    let found = self.settings.guards.prefilter.scan(sql);
+                    found.name || found.session
+                }));
+        if !wait {
             return false;
         }
         fe::write_simple(&mut self.out.to_server, fe::FLUSH);
-        self.link.query_waits_batch = true;
+        self.link.query_waits_replies = true;
         self.out.hold_client = true;
+        self.put_back(msg);
+        true
+    }
+
+    /// Puts a message back in front of the client's input, to be handled again later.
+    fn put_back(&mut self, msg: &[u8]) {
         let mut again = BytesMut::with_capacity(msg.len() + self.client_in.len());
         again.extend_from_slice(msg);
         again.extend_from_slice(&self.client_in);
         self.client_in = again;
-        true
     }
 
     /// Sends a client message as it is, awaiting `reply`.

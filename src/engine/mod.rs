@@ -90,9 +90,9 @@ struct Link {
     server_fatal: bool,
     /// Extended-protocol messages went to the server with no `Sync` after them yet.
     unsynced: bool,
-    /// A simple `Query` waits for the replies of the unsynced batch before it: the server
-    /// runs it only if no error came first (after one it skips to the `Sync`).
-    query_waits_batch: bool,
+    /// A simple `Query` waits for the replies to what went before it (see
+    /// `Engine::wait_for_replies`).
+    query_waits_replies: bool,
     /// The server is in COPY IN: the client's copy messages pass even while it is held.
     copy_in: bool,
     /// The client left mid-batch and a `Flush` went for the replies still awaited.
@@ -149,7 +149,7 @@ impl Engine {
                 batch_open: false,
                 server_fatal: false,
                 unsynced: false,
-                query_waits_batch: false,
+                query_waits_replies: false,
                 copy_in: false,
                 eof_flushed: false,
                 after_terminate: 0,

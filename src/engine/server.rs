@@ -99,12 +99,12 @@ impl Engine {
             // of the batch (up to its Sync) goes on, to be skipped by the server too.
             self.out.release_client();
         }
-        if self.link.query_waits_batch
+        if self.link.query_waits_replies
             && (self.out.replies.is_empty() || self.link.skipping_until_sync)
         {
-            // The batch before a simple Query answered: the Query goes as the server will
+            // What went before a waiting simple Query answered: it goes as the server will
             // take it (run, or skipped up to the Sync after an error).
-            self.link.query_waits_batch = false;
+            self.link.query_waits_replies = false;
             self.out.release_client();
         }
         Ok(())

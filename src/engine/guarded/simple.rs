@@ -31,12 +31,19 @@ use crate::protocol::frontend as fe;
 
 impl GuardState {
     pub fn guard_query(&mut self, cx: &mut Cx<'_>, msg: &[u8]) -> Result<bool, String> {
-        // The query drops the server's unnamed statement.
+        // The query drops the server's unnamed statement and portal: what the session knows
+        // of them goes too, so a later Bind or Execute of them fails as it does directly.
         if self.keeps_statements() {
             self.take_kept_unnamed();
         }
         if !self.stale.is_empty() {
             self.stale.remove(&b""[..]);
+        }
+        if !self.statements.is_empty() {
+            self.statements.remove(&b""[..]);
+        }
+        if !self.portals.is_empty() {
+            self.portals.remove(&b""[..]);
         }
         if !self.guards_active(cx) {
             return Ok(false);
