@@ -13,6 +13,7 @@ use std::task::Context;
 use std::time::{Duration, SystemTime};
 
 use crate::guard::TableId;
+use crate::protocol::TxStatus;
 
 /// What happened to a write on a guarded table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,7 +124,7 @@ pub trait SessionEvents: Send + Sync {
     fn conflict(&self, conflict: Conflict);
     /// A `ReadyForQuery` arrived with this transaction status; the session tracks `tracked`
     /// row versions now.
-    fn ready_for_query(&self, status: u8, tracked: usize);
+    fn ready_for_query(&self, status: TxStatus, tracked: usize);
     /// The server backend's process id (from `BackendKeyData`).
     fn backend_pid(&self, pid: i32);
     /// The server reported a new `application_name`.
@@ -160,7 +161,7 @@ impl SessionEvents for NoEvents {
     fn statement(&self) {}
     fn guarded(&self, _: TableId, _: Outcome) {}
     fn conflict(&self, _: Conflict) {}
-    fn ready_for_query(&self, _: u8, _: usize) {}
+    fn ready_for_query(&self, _: TxStatus, _: usize) {}
     fn backend_pid(&self, _: i32) {}
     fn application_name(&self, _: &str) {}
 }

@@ -17,6 +17,7 @@ use crate::events::{
     SessionStart,
 };
 use crate::guard::TableId;
+use crate::protocol::TxStatus;
 use crate::relay::handshake::ClientStream;
 use crate::relay::{Operator, Shared};
 
@@ -99,7 +100,7 @@ impl SessionEvents for SessionAdmin {
     }
 
     #[inline]
-    fn ready_for_query(&self, status: u8, tracked: usize) {
+    fn ready_for_query(&self, status: TxStatus, tracked: usize) {
         self.handle.ready_for_query(status);
         self.handle.set_tracked_versions(tracked);
     }

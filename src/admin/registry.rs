@@ -19,6 +19,7 @@ use std::time::SystemTime;
 use futures_util::task::AtomicWaker;
 
 use crate::events::SessionStart;
+use crate::protocol::TxStatus;
 
 /// What a session is doing, as `pg_stat_activity.state` would say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,12 +45,11 @@ impl SessionState {
     }
 
     /// The state a `ReadyForQuery` transaction status byte (`I`, `T`, `E`) announces.
-    pub fn from_ready_status(status: u8) -> Option<SessionState> {
+    pub fn from_ready_status(status: TxStatus) -> SessionState {
         match status {
-            b'I' => Some(SessionState::Idle),
-            b'T' => Some(SessionState::InTransaction),
-            b'E' => Some(SessionState::FailedTransaction),
-            _ => None,
+            TxStatus::Idle => SessionState::Idle,
+            TxStatus::InTransaction => SessionState::InTransaction,
+            TxStatus::Failed => SessionState::FailedTransaction,
         }
     }
 
@@ -229,10 +229,8 @@ impl SessionHandle {
 
     /// Sets the state from a `ReadyForQuery` transaction status byte; unknown bytes are ignored.
     #[inline]
-    pub fn ready_for_query(&self, status: u8) {
-        if let Some(s) = SessionState::from_ready_status(status) {
-            self.set_state(s);
-        }
+    pub fn ready_for_query(&self, status: TxStatus) {
+        self.set_state(SessionState::from_ready_status(status));
     }
 
     /// Counts one statement of this session (a simple `Query` or an `Execute`).
@@ -301,7 +299,7 @@ mod tests {
         b.set_tracked_versions(42);
         b.set_backend_pid(4711);
         b.set_application_name("psql");
-        a.ready_for_query(b'E');
+        a.ready_for_query(TxStatus::Failed);
 
         let snap = reg.snapshot();
         assert_eq!(snap.len(), 2);
@@ -324,9 +322,7 @@ mod tests {
         let snap = reg.snapshot();
         assert_eq!(snap.len(), 1);
         assert_eq!(snap[0].user, "bob");
-        b.ready_for_query(b'T');
-        assert_eq!(reg.snapshot()[0].state, SessionState::InTransaction);
-        b.ready_for_query(b'?');
+        b.ready_for_query(TxStatus::InTransaction);
         assert_eq!(reg.snapshot()[0].state, SessionState::InTransaction);
         drop(b);
         assert!(reg.is_empty());

@@ -16,7 +16,7 @@ use super::console::{AdminContext, execute};
 use super::state::AdminState;
 use crate::engine::{Ident, Settings};
 use crate::protocol::startup::encode_startup;
-use crate::protocol::{self, backend as be, frontend as fe};
+use crate::protocol::{self, TxStatus, backend as be, frontend as fe};
 use crate::relay::handshake::{self, ClientStream};
 use crate::relay::{Shared, upstream};
 
@@ -148,7 +148,7 @@ pub async fn serve(
         )
     };
     let mut out = BytesMut::new();
-    be::write_ready(&mut out, b'I');
+    be::write_ready(&mut out, TxStatus::Idle);
     if stream.write_all(&out).await.is_err() {
         return;
     }
@@ -190,12 +190,12 @@ async fn serve_commands(
                     let sql = fe::query_text(&msg[5..]).unwrap_or_default();
                     let reply = execute(&String::from_utf8_lossy(sql), ctx);
                     out.extend_from_slice(&reply);
-                    be::write_ready(&mut out, b'I');
+                    be::write_ready(&mut out, TxStatus::Idle);
                 }
                 fe::TERMINATE => return,
                 fe::SYNC => {
                     failed_batch = false;
-                    be::write_ready(&mut out, b'I');
+                    be::write_ready(&mut out, TxStatus::Idle);
                 }
                 fe::FLUSH => {}
                 _ if failed_batch => {}

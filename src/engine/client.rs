@@ -18,17 +18,27 @@ impl Engine {
         ev: &dyn SessionEvents,
     ) -> Result<(), String> {
         trace!(tag = %(tag as char), len = msg.len(), "client message");
+        if self.handled_before_dispatch(tag, msg, ev) {
+            return Ok(());
+        }
+        self.dispatch(tag, msg, ev)
+    }
+
+    /// What a message meets before its kind is looked at: a goodbye, the login, a batch the
+    /// server skips, a Query that waits for what runs before it, a reload's catalog queries,
+    /// the start of an extended batch. Returns true when the message was taken care of.
+    fn handled_before_dispatch(&mut self, tag: u8, msg: &[u8], ev: &dyn SessionEvents) -> bool {
         if tag == fe::TERMINATE {
             // Also during login (a client may send its startup and Terminate in one write):
             // the server closing next is the normal end, and nothing after it is sent.
             self.link.terminated = true;
             self.out.to_server.extend_from_slice(msg);
-            return Ok(());
+            return true;
         }
         if !self.link.logged_in {
             // Authentication messages go straight through.
             self.out.to_server.extend_from_slice(msg);
-            return Ok(());
+            return true;
         }
         if self.link.skipping_until_sync {
             self.out.to_server.extend_from_slice(msg);
@@ -37,17 +47,17 @@ impl Engine {
                 self.link.unsynced = false;
                 self.out.replies.push(Pending::Sync(None));
             }
-            return Ok(());
+            return true;
         }
         if matches!(tag, fe::QUERY | fe::FUNCTION_CALL) && self.wait_for_replies(tag, msg) {
-            return Ok(());
+            return true;
         }
         if matches!(tag, fe::QUERY | fe::PARSE | fe::BIND)
             && self.refresh_settings(!self.link.batch_open, ev)
         {
             // The proxy's catalog queries after a reload go first; the message waits for them.
             self.put_back(msg);
-            return Ok(());
+            return true;
         }
         if matches!(
             tag,
@@ -60,6 +70,11 @@ impl Engine {
             self.link.batch_open = true;
             self.link.unsynced = true;
         }
+        false
+    }
+
+    /// A message by its kind: forwarded as it is, or handed to the guard.
+    fn dispatch(&mut self, tag: u8, msg: &[u8], ev: &dyn SessionEvents) -> Result<(), String> {
         match tag {
             fe::QUERY => {
                 // A Query ends any implicit transaction of the extended messages before it.

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use bytes::{Buf, BytesMut};
 
 use crate::events::{ClientError, SessionEvents};
-use crate::protocol::{self, backend as be, frontend as fe};
+use crate::protocol::{self, TxStatus, backend as be, frontend as fe};
 pub use guarded::Ident;
 use guarded::{Cx, GuardState, Outbox, SessionParams};
 pub use settings::{FixedSettings, Settings, SettingsSource};
@@ -75,7 +75,7 @@ impl std::fmt::Display for Fault {
 #[derive(Debug)]
 struct Link {
     /// Transaction status from the last `ReadyForQuery`.
-    tx_status: u8,
+    tx_status: TxStatus,
     logged_in: bool,
     params: SessionParams,
     /// The client sent `Terminate`: the server closing next is the normal end.
@@ -141,7 +141,7 @@ impl Engine {
             server_stream_left: 0,
             out,
             link: Link {
-                tx_status: b'I',
+                tx_status: TxStatus::Idle,
                 logged_in: false,
                 params: SessionParams::default(),
                 terminated: false,
@@ -276,7 +276,7 @@ impl Engine {
     /// Idle: logged in, outside any transaction and any unfinished batch, nothing in flight.
     pub fn is_idle(&self) -> bool {
         self.link.logged_in
-            && self.link.tx_status == b'I'
+            && self.link.tx_status == TxStatus::Idle
             && !self.link.batch_open
             && self.nothing_in_flight()
     }

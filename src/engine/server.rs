@@ -7,7 +7,7 @@ use tracing::{debug, trace};
 use super::Engine;
 use super::guarded;
 use crate::events::SessionEvents;
-use crate::protocol::{self, backend as be};
+use crate::protocol::{self, TxStatus, backend as be};
 
 impl Engine {
     /// One complete server message.
@@ -35,7 +35,7 @@ impl Engine {
             }
             be::READY_FOR_QUERY if !self.link.logged_in => {
                 self.link.logged_in = true;
-                self.link.tx_status = be::ready_status(&msg[5..]);
+                self.link.tx_status = TxStatus::from_ready(&msg[5..]);
                 // A client that already said goodbye sends no statement to guard.
                 let terminated = self.link.terminated;
                 let (guard, mut cx) = self.guard_cx(ev);
@@ -82,7 +82,7 @@ impl Engine {
         }
         if tag == be::READY_FOR_QUERY {
             self.link.copy_in = false;
-            self.link.tx_status = be::ready_status(&msg[5..]);
+            self.link.tx_status = TxStatus::from_ready(&msg[5..]);
             self.link.batch_open = false;
             ev.ready_for_query(self.link.tx_status, self.guard.tracked());
         }

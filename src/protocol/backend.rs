@@ -6,7 +6,7 @@ use pgwire::messages::Message;
 use pgwire::messages::response::ErrorResponse;
 use smallvec::SmallVec;
 
-use super::{be_i16, be_i32, begin_message, cstr, finish_message};
+use super::{TxStatus, be_i16, be_i32, begin_message, cstr, finish_message};
 
 pub const AUTHENTICATION: u8 = b'R';
 pub const BACKEND_KEY_DATA: u8 = b'K';
@@ -32,12 +32,6 @@ pub const PARSE_COMPLETE: u8 = b'1';
 pub const PORTAL_SUSPENDED: u8 = b's';
 pub const READY_FOR_QUERY: u8 = b'Z';
 pub const ROW_DESCRIPTION: u8 = b'T';
-
-/// Transaction status of a `ReadyForQuery` body: `I`, `T` or `E`.
-#[inline]
-pub fn ready_status(body: &[u8]) -> u8 {
-    body.first().copied().unwrap_or(b'I')
-}
 
 /// The command tag of a `CommandComplete` body, e.g. `UPDATE 1`.
 #[inline]
@@ -216,8 +210,8 @@ pub fn write_simple(out: &mut BytesMut, tag: u8) {
     out.extend_from_slice(&[tag, 0, 0, 0, 4]);
 }
 
-pub fn write_ready(out: &mut BytesMut, status: u8) {
-    out.extend_from_slice(&[READY_FOR_QUERY, 0, 0, 0, 5, status]);
+pub fn write_ready(out: &mut BytesMut, status: TxStatus) {
+    out.extend_from_slice(&[READY_FOR_QUERY, 0, 0, 0, 5, status.byte()]);
 }
 
 /// Writes an `ErrorResponse` built by the proxy.

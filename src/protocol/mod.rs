@@ -11,6 +11,40 @@ pub mod startup;
 
 use std::fmt;
 
+/// The transaction status a `ReadyForQuery` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxStatus {
+    /// `I`: not in a transaction block.
+    #[default]
+    Idle,
+    /// `T`: in a transaction block.
+    InTransaction,
+    /// `E`: in a failed transaction block (statements are refused until it ends).
+    Failed,
+}
+
+impl TxStatus {
+    /// The status of a `ReadyForQuery` body (an unknown byte reads as idle, as an empty one).
+    #[inline]
+    pub fn from_ready(body: &[u8]) -> TxStatus {
+        match body.first() {
+            Some(b'T') => TxStatus::InTransaction,
+            Some(b'E') => TxStatus::Failed,
+            _ => TxStatus::Idle,
+        }
+    }
+
+    /// The status byte on the wire.
+    #[inline]
+    pub fn byte(self) -> u8 {
+        match self {
+            TxStatus::Idle => b'I',
+            TxStatus::InTransaction => b'T',
+            TxStatus::Failed => b'E',
+        }
+    }
+}
+
 /// A complete message at the front of a buffer: its tag and total size (tag + length + body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -129,6 +163,19 @@ pub fn finish_message(out: &mut bytes::BytesMut, at: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transaction_status_from_ready_for_query() {
+        assert_eq!(TxStatus::from_ready(b"I"), TxStatus::Idle);
+        assert_eq!(TxStatus::from_ready(b"T"), TxStatus::InTransaction);
+        assert_eq!(TxStatus::from_ready(b"E"), TxStatus::Failed);
+        // PostgreSQL sends nothing else; anything else reads as idle, like an empty body.
+        assert_eq!(TxStatus::from_ready(b"?"), TxStatus::Idle);
+        assert_eq!(TxStatus::from_ready(b""), TxStatus::Idle);
+        for s in [TxStatus::Idle, TxStatus::InTransaction, TxStatus::Failed] {
+            assert_eq!(TxStatus::from_ready(&[s.byte()]), s);
+        }
+    }
 
     #[test]
     fn header_reads_tag_and_size() {

@@ -10,6 +10,7 @@
 //! (an aborted transaction) it is sent again at the first boundary after the transaction
 //! ends, and nothing a failed batch would have changed is assumed.
 
+use crate::protocol::TxStatus;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -41,7 +42,7 @@ impl GuardState {
     /// may never wait for its replies. Returns true when those queries were just sent: the
     /// client's message must then wait for their replies.
     pub fn resolve_at_boundary(&mut self, cx: &mut Cx<'_>, at_boundary: bool) -> bool {
-        if self.need_resolve && at_boundary && cx.tx_status != b'E' {
+        if self.need_resolve && at_boundary && cx.tx_status != TxStatus::Failed {
             self.need_resolve = false;
             self.send_resolve(cx, true, None);
             return true;
@@ -166,7 +167,7 @@ impl GuardState {
                 release,
                 login_ready,
             } if tag == be::READY_FOR_QUERY => {
-                self.on_catalog_end(cx, be::ready_status(&msg[5..]));
+                self.on_catalog_end(cx, TxStatus::from_ready(&msg[5..]));
                 if let Some(ready) = login_ready {
                     cx.out.to_client.extend_from_slice(&ready);
                 }
@@ -182,10 +183,10 @@ impl GuardState {
     /// The end of a catalog batch. A batch that failed (or was skipped after an error) inside
     /// a failed transaction is sent again once the transaction ends: until then the client
     /// can run nothing either.
-    fn on_catalog_end(&mut self, cx: &mut Cx<'_>, status: u8) {
+    fn on_catalog_end(&mut self, cx: &mut Cx<'_>, status: TxStatus) {
         let failed = self.catalog.failed || self.catalog.outstanding > 0;
         self.catalog = CatalogState::default();
-        if failed && status == b'E' && self.guards_active(cx) {
+        if failed && status == TxStatus::Failed && self.guards_active(cx) {
             debug!("catalog queries failed in an aborted transaction: sent again after it");
             self.need_resolve = true;
         }

@@ -4,6 +4,7 @@
 //! events. The engine builds a [`Cx`] for each call into the guard; the guard never sees the
 //! engine itself, so it cannot reach past what a `Cx` gives.
 
+use crate::protocol::TxStatus;
 use bytes::BytesMut;
 
 use super::tag::StmtTag;
@@ -57,7 +58,7 @@ pub struct Cx<'a> {
     pub out: &'a mut Outbox,
     pub settings: &'a Settings,
     /// Transaction status from the last `ReadyForQuery`.
-    pub tx_status: u8,
+    pub tx_status: TxStatus,
     pub params: &'a SessionParams,
     /// Client bytes already received after the message being handled (read, never consumed).
     pub lookahead: &'a [u8],

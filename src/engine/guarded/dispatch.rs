@@ -7,6 +7,7 @@ use super::cx::Cx;
 use super::state::GuardState;
 use super::tag::{StmtTag, Tag};
 use crate::engine::replies::{Pending, Step};
+use crate::protocol::TxStatus;
 use crate::protocol::backend as be;
 
 impl GuardState {
@@ -162,7 +163,7 @@ impl GuardState {
     /// Every `ReadyForQuery`: transaction ends forget portals (and, with
     /// `track = "transaction"`, tracked versions).
     fn on_ready(&mut self, cx: &mut Cx<'_>, body: &[u8]) {
-        if be::ready_status(body) == b'I' {
+        if TxStatus::from_ready(body) == TxStatus::Idle {
             if !self.portals.is_empty() {
                 self.portals.clear();
             }

@@ -3,6 +3,7 @@
 //! 0 rows becomes a conflict raised by the server, before the rest of the batch runs or, when
 //! its `Sync` went right behind it ([`AfterSync`]), before the batch's `ReadyForQuery`.
 
+use crate::protocol::TxStatus;
 use bytes::BytesMut;
 
 use super::checks::RaiseCtx;
@@ -54,7 +55,10 @@ impl GuardState {
             })
             .count()
             == 1;
-        let ok = (cx.tx_status == b'T' || cx.tx_status == b'I' && quiet) && sync_next && alone;
+        let ok = (cx.tx_status == TxStatus::InTransaction
+            || cx.tx_status == TxStatus::Idle && quiet)
+            && sync_next
+            && alone;
         if ok {
             self.after_sync = AfterSync::SyncNext;
         }

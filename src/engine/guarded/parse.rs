@@ -7,6 +7,7 @@
 //! [`super::bind`]). A `Parse` that changes what the session knows of a name is tagged with a
 //! [`ParseUndo`], taken back if the server skips or fails it.
 
+use crate::protocol::TxStatus;
 use std::sync::{Arc, OnceLock};
 
 use super::cx::Cx;
@@ -55,7 +56,7 @@ impl GuardState {
         };
         let found = self.found_in_parse(p.query, &guards.prefilter);
         if found.session {
-            self.on_session_command(p.query, cx.tx_status == b'E');
+            self.on_session_command(p.query, cx.tx_status == TxStatus::Failed);
         }
         let may_write = found.may_write_guarded();
         if !may_write && !found.name && before.is_none() {

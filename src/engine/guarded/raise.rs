@@ -5,6 +5,7 @@
 //! sends a hidden `DO` block whose `RAISE` produces it, then removes the PL/pgSQL context
 //! before the client sees it.
 
+use crate::protocol::TxStatus;
 use tracing::warn;
 
 use super::checks::RaiseCtx;
@@ -85,7 +86,7 @@ impl GuardState {
         expected: Option<&str>,
         key: Option<&[String]>,
     ) -> Option<(String, RaiseCtx)> {
-        if !w.splice.in_cte || cx.tx_status == b'E' {
+        if !w.splice.in_cte || cx.tx_status == TxStatus::Failed {
             return None;
         }
         let info = ConflictInfo::of(

@@ -12,6 +12,7 @@
 //! This file turns a text into the steps of a [`super::checks::Script`] and plans each guarded
 //! write when its turn comes; [`super::script`] runs the steps and follows their replies.
 
+use crate::protocol::TxStatus;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -53,7 +54,7 @@ impl GuardState {
         };
         let found = cx.settings.guards.prefilter.scan(sql);
         if found.session {
-            self.on_session_command(sql, cx.tx_status == b'E');
+            self.on_session_command(sql, cx.tx_status == TxStatus::Failed);
         }
         self.simple_query(cx, msg, sql, found)
     }
@@ -186,7 +187,8 @@ impl GuardState {
             steps.as_slices().0,
             [StepSpec::Sql(_, Some(c))] if c.expected.is_some() && !c.quiet_without_rows
         );
-        let wrap = (steps.len() > 1 || lone_loud_write) && cx.tx_status == b'I' && !tx_control;
+        let wrap =
+            (steps.len() > 1 || lone_loud_write) && cx.tx_status == TxStatus::Idle && !tx_control;
         self.start_script(cx, steps, wrap, sql.into());
     }
 

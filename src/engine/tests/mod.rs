@@ -14,7 +14,7 @@ use super::{Engine, Ident, Settings, SettingsSource};
 use crate::config::Config;
 use crate::events::{Conflict, NoEvents, Outcome, SessionEvents};
 use crate::guard::TableId;
-use crate::protocol::{backend as be, frontend as fe};
+use crate::protocol::{TxStatus, backend as be, frontend as fe};
 
 const GUARDED: &str = r#"
 listen = "127.0.0.1:0"
@@ -77,7 +77,7 @@ impl SessionEvents for Recorded {
     fn conflict(&self, conflict: Conflict) {
         self.conflicts.lock().unwrap().push(conflict);
     }
-    fn ready_for_query(&self, _: u8, _: usize) {}
+    fn ready_for_query(&self, _: TxStatus, _: usize) {}
     fn backend_pid(&self, _: i32) {}
     fn application_name(&self, _: &str) {}
 }

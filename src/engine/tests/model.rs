@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use bytes::{BufMut, BytesMut};
 
-use crate::protocol::{self, backend as be, frontend as fe};
+use crate::protocol::{self, TxStatus, backend as be, frontend as fe};
 
 /// The server's side of one connection.
 #[derive(Default)]
@@ -55,7 +55,7 @@ impl Model {
             message(&mut out, be::AUTHENTICATION, &0u32.to_be_bytes());
             message(&mut out, be::PARAMETER_STATUS, b"client_encoding\0UTF8\0");
             message(&mut out, be::BACKEND_KEY_DATA, &[0, 0, 0, 7, 0, 0, 0, 9]);
-            be::write_ready(&mut out, b'I');
+            be::write_ready(&mut out, TxStatus::Idle);
         }
         while !self.closed {
             let Ok(Some(h)) = protocol::peek_header(&self.input, usize::MAX) else {
@@ -77,12 +77,12 @@ impl Model {
                 fe::COPY_DONE => {
                     self.copy_in = false;
                     complete(out, "COPY 1");
-                    be::write_ready(out, self.tx);
+                    be::write_ready(out, TxStatus::from_ready(&[self.tx]));
                 }
                 _ => {
                     self.copy_in = false;
                     self.error(out, ("57014", "COPY from stdin failed"));
-                    be::write_ready(out, self.tx);
+                    be::write_ready(out, TxStatus::from_ready(&[self.tx]));
                 }
             }
             return;
@@ -114,12 +114,12 @@ impl Model {
             fe::SYNC => {
                 self.skipping = false;
                 self.portals_end_with_transaction();
-                be::write_ready(out, self.tx);
+                be::write_ready(out, TxStatus::from_ready(&[self.tx]));
             }
             fe::FLUSH => {}
             fe::FUNCTION_CALL => {
                 message(out, be::FUNCTION_CALL_RESPONSE, &(-1i32).to_be_bytes());
-                be::write_ready(out, self.tx);
+                be::write_ready(out, TxStatus::from_ready(&[self.tx]));
             }
             _ => {
                 be::write_error(out, "FATAL", "08P01", "invalid frontend message type");
@@ -173,7 +173,7 @@ impl Model {
             }
         }
         self.portals_end_with_transaction();
-        be::write_ready(out, self.tx);
+        be::write_ready(out, TxStatus::from_ready(&[self.tx]));
     }
 
     fn fail_extended(&mut self, out: &mut BytesMut, e: Failure) {
