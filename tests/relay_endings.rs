@@ -280,3 +280,47 @@ async fn copy_from_stdin_beside_a_guarded_write_runs_as_directly() {
         "each text ran once directly, once through"
     );
 }
+
+/// Every client the proxy refuses or drops is counted under its reason, and only those.
+#[tokio::test]
+async fn refused_clients_are_counted_by_reason() {
+    let db = invoice_db("end_counters", 1, "").await;
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:0\"\nmax_message_size = 1024\nclient_login_timeout = 0.5\n{INVOICE}"
+    );
+    let proxy =
+        Proxy::start(optlock::config::Config::parse(&config, "counters.toml").unwrap()).await;
+    let addr = proxy.addr.to_string();
+    let counter = |reason: &str| format!("optlock_client_errors_total{{reason=\"{reason}\"}}");
+    // An impossible startup length (a Terminate first): protocol.
+    let mut raw = Raw::connect(&addr).await;
+    raw.send(&terminate()).await;
+    raw.read_to_end().await;
+    // A frame longer than max_message_size after login: message_too_large.
+    let mut raw = Raw::open(&addr, &db.name).await;
+    raw.send(&query("SELECT '".to_string() + &"x".repeat(2000) + "'"))
+        .await;
+    let end = raw.read_to_end().await;
+    assert_eq!(
+        end.last().and_then(|m| m.field(b'C')).as_deref(),
+        Some("08P01")
+    );
+    // A length below 4 after login: protocol.
+    let mut raw = Raw::open(&addr, &db.name).await;
+    raw.send(&[b'Q', 0, 0, 0, 2]).await;
+    raw.read_to_end().await;
+    // No startup packet at all within client_login_timeout: login_timeout.
+    let mut raw = Raw::connect(&addr).await;
+    raw.read_to_end().await;
+    // A client that just leaves, with or without its Terminate: nothing counted.
+    let mut raw = Raw::open(&addr, &db.name).await;
+    raw.send(&terminate()).await;
+    raw.read_to_end().await;
+    drop(Raw::open(&addr, &db.name).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, body) = http_get(proxy.metrics.unwrap(), "/metrics").await;
+    assert_eq!(sample(&body, &counter("protocol")), 2.0, "{body}");
+    assert_eq!(sample(&body, &counter("message_too_large")), 1.0);
+    assert_eq!(sample(&body, &counter("login_timeout")), 1.0);
+    assert_eq!(sample(&body, &counter("tls")), 0.0);
+}
