@@ -71,6 +71,19 @@ impl std::fmt::Display for Fault {
     }
 }
 
+/// Moves the rest of a message being streamed from `input` to `output`. Returns true when
+/// no part of one is still to come (the next message can be framed).
+#[inline]
+fn pass_streamed(left: &mut usize, input: &mut BytesMut, output: &mut BytesMut) -> bool {
+    if *left > 0 {
+        let n = (*left).min(input.len());
+        output.extend_from_slice(&input[..n]);
+        input.advance(n);
+        *left -= n;
+    }
+    *left == 0
+}
+
 /// Where the session stands with the server: what the last replies said.
 #[derive(Debug)]
 struct Link {
@@ -291,14 +304,12 @@ impl Engine {
     pub fn process_client(&mut self, ev: &dyn SessionEvents) -> Result<(), Fault> {
         let max = self.settings.config.max_message_size;
         loop {
-            if self.client_stream_left > 0 {
-                let n = self.client_stream_left.min(self.client_in.len());
-                self.out.to_server.extend_from_slice(&self.client_in[..n]);
-                self.client_in.advance(n);
-                self.client_stream_left -= n;
-                if self.client_stream_left > 0 {
-                    return Ok(());
-                }
+            if !pass_streamed(
+                &mut self.client_stream_left,
+                &mut self.client_in,
+                &mut self.out.to_server,
+            ) {
+                return Ok(());
             }
             if self.link.terminated {
                 // PostgreSQL reads nothing after a Terminate.
@@ -306,12 +317,18 @@ impl Engine {
                 self.client_in.clear();
                 return Ok(());
             }
+            // Held messages wait unread (even a malformed one: what comes before it runs
+            // first, as on the server), except the client's copy data while the server
+            // awaits it.
+            if self.out.hold_client && !self.link.copy_in {
+                return Ok(());
+            }
             let header = match protocol::peek_header(&self.client_in, max) {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(Fault::client(e)),
             };
-            if self.out.hold_client && !(self.link.copy_in && fe::is_copy_message(header.tag)) {
+            if self.out.hold_client && !fe::is_copy_message(header.tag) {
                 return Ok(());
             }
             if self.client_in.len() < header.size {
@@ -335,14 +352,12 @@ impl Engine {
     /// violation (by the server, or by the client whose held messages went on).
     pub fn process_server(&mut self, ev: &dyn SessionEvents) -> Result<(), Fault> {
         loop {
-            if self.server_stream_left > 0 {
-                let n = self.server_stream_left.min(self.server_in.len());
-                self.out.to_client.extend_from_slice(&self.server_in[..n]);
-                self.server_in.advance(n);
-                self.server_stream_left -= n;
-                if self.server_stream_left > 0 {
-                    return Ok(());
-                }
+            if !pass_streamed(
+                &mut self.server_stream_left,
+                &mut self.server_in,
+                &mut self.out.to_client,
+            ) {
+                return Ok(());
             }
             let header = match protocol::peek_header(&self.server_in, MAX_SERVER_MESSAGE) {
                 Ok(Some(h)) => h,

@@ -134,6 +134,22 @@ fn direct(input: &[u8]) -> (Vec<u8>, Vec<u8>) {
 /// What the client reads through the engine (login, then the replies to `input`), with the
 /// model behind it; the engine's state at the end.
 fn through(toml: &str, input: &[u8], chunk: usize) -> (Vec<u8>, Vec<u8>, Engine) {
+    let (mut engine, mut model) = logged_in(toml);
+    let login = engine.to_client().split().to_vec();
+    // The client's bytes arrive in chunks of `chunk` bytes, each handled before the next.
+    for part in input.chunks(chunk.max(1)) {
+        engine.client_input().extend_from_slice(part);
+        engine
+            .process_client(&NoEvents)
+            .expect("client input is well framed");
+        pump(&mut engine, &mut model);
+    }
+    let replies = engine.to_client().split().to_vec();
+    (login, replies, engine)
+}
+
+/// An engine with `toml`'s guards, logged in to a fresh model server.
+fn logged_in(toml: &str) -> (Engine, Model) {
     let config = Config::parse(toml, "fuzz.toml").expect("config");
     let settings = Arc::new(Settings::new(config, 1));
     let ident = Ident {
@@ -146,17 +162,7 @@ fn through(toml: &str, input: &[u8], chunk: usize) -> (Vec<u8>, Vec<u8>, Engine)
     let mut engine = Engine::new(source, settings, ident, &startup());
     let mut model = Model::new();
     pump(&mut engine, &mut model);
-    let login = engine.to_client().split().to_vec();
-    // The client's bytes arrive in chunks of `chunk` bytes, each handled before the next.
-    for part in input.chunks(chunk.max(1)) {
-        engine.client_input().extend_from_slice(part);
-        engine
-            .process_client(&NoEvents)
-            .expect("client input is well framed");
-        pump(&mut engine, &mut model);
-    }
-    let replies = engine.to_client().split().to_vec();
-    (login, replies, engine)
+    (engine, model)
 }
 
 /// Lets the engine and the model talk until neither has anything more to say.
@@ -265,18 +271,7 @@ proptest! {
         input.extend_from_slice(&noise);
         input.extend_from_slice(&noise);
         for toml in ["", GUARDED] {
-            let config = Config::parse(toml, "fuzz.toml").expect("config");
-            let settings = Arc::new(Settings::new(config, 1));
-            let ident = Ident {
-                client: "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
-                user: "fuzz".into(),
-                database: "fuzz".into(),
-                application_name: String::new(),
-            };
-            let source = Arc::new(FixedSettings(settings.clone()));
-            let mut engine = Engine::new(source, settings, ident, &startup());
-            let mut model = Model::new();
-            pump(&mut engine, &mut model);
+            let (mut engine, mut model) = logged_in(toml);
             engine.client_input().extend_from_slice(&input);
             if engine.process_client(&NoEvents).is_ok() {
                 pump_lenient(&mut engine, &mut model);
