@@ -234,39 +234,47 @@ impl Config {
 
     /// Parses and validates config text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let err = |span: Option<Range<usize>>, reason: String| ConfigError {
-            file: file.to_string(),
-            line: span.map(|s| line_of(text, s.start)),
-            reason,
-        };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let mut reason = e.message().trim_end().replace('\n', "; ");
-            // Name the setting: the message alone may only say what type was wrong.
-            if let Some(line) = e.span().map(|s| line_text(text, s.start))
-                && !line.is_empty()
-            {
-                reason = format!("{reason} (in `{line}`)");
-            }
-            err(e.span(), reason)
-        })?;
-
+        let src = Source { text, file };
+        let mut raw = src.read()?;
         let mut cfg = Config::default();
-        if let Some(v) = raw.listen {
-            check_address(v.get_ref()).map_err(|r| err(Some(v.span()), format!("listen: {r}")))?;
-            cfg.listen = v.into_inner();
+        cfg.apply_addresses(&mut raw, &src)?;
+        cfg.apply_conflict_sqlstate(&mut raw, &src)?;
+        cfg.apply_operator(&mut raw, &src)?;
+        cfg.apply_tracking(&mut raw, &src)?;
+        cfg.apply_tls(&mut raw, &src)?;
+        cfg.apply_limits(&mut raw, &src)?;
+        cfg.apply_guards(raw.guard, &src)?;
+        Ok(cfg)
+    }
+
+    /// `listen` and `upstream`: where clients connect and where the server is.
+    fn apply_addresses(&mut self, raw: &mut RawConfig, src: &Source) -> Result<(), ConfigError> {
+        if let Some(v) = raw.listen.take() {
+            check_address(v.get_ref())
+                .map_err(|r| src.error(Some(v.span()), format!("listen: {r}")))?;
+            self.listen = v.into_inner();
         }
-        if let Some(v) = raw.upstream {
+        if let Some(v) = raw.upstream.take() {
             check_upstream(v.get_ref())
-                .map_err(|r| err(Some(v.span()), format!("upstream: {r}")))?;
-            cfg.upstream = v.into_inner();
+                .map_err(|r| src.error(Some(v.span()), format!("upstream: {r}")))?;
+            self.upstream = v.into_inner();
         }
-        if let Some(v) = raw.conflict_sqlstate {
+        Ok(())
+    }
+
+    /// `conflict_sqlstate`: the SQLSTATE a conflict is reported with.
+    fn apply_conflict_sqlstate(
+        &mut self,
+        raw: &mut RawConfig,
+        src: &Source,
+    ) -> Result<(), ConfigError> {
+        if let Some(v) = raw.conflict_sqlstate.take() {
             let ok = v.get_ref().len() == 5
                 && v.get_ref()
                     .bytes()
                     .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
             if !ok {
-                return Err(err(
+                return Err(src.error(
                     Some(v.span()),
                     format!(
                         "conflict_sqlstate {:?} is not a SQLSTATE: five characters, digits or upper-case letters (default \"40001\")",
@@ -274,64 +282,85 @@ impl Config {
                     ),
                 ));
             }
-            cfg.conflict_sqlstate = v.into_inner();
+            self.conflict_sqlstate = v.into_inner();
         }
-        if let Some(v) = raw.metrics_listen {
+        Ok(())
+    }
+
+    /// `metrics_listen` and `admin_users`: what the operator reaches.
+    fn apply_operator(&mut self, raw: &mut RawConfig, src: &Source) -> Result<(), ConfigError> {
+        if let Some(v) = raw.metrics_listen.take() {
             check_address(v.get_ref())
-                .map_err(|r| err(Some(v.span()), format!("metrics_listen: {r}")))?;
-            cfg.metrics_listen = Some(v.into_inner());
+                .map_err(|r| src.error(Some(v.span()), format!("metrics_listen: {r}")))?;
+            self.metrics_listen = Some(v.into_inner());
         }
-        if let Some(v) = raw.admin_users {
-            cfg.admin_users = v;
+        if let Some(v) = raw.admin_users.take() {
+            self.admin_users = v;
         }
-        if let Some(v) = raw.track {
-            cfg.track = v;
+        Ok(())
+    }
+
+    /// `track` and `track_limit`: how long a session remembers the versions it read, and how
+    /// many rows.
+    fn apply_tracking(&mut self, raw: &mut RawConfig, src: &Source) -> Result<(), ConfigError> {
+        if let Some(v) = raw.track.take() {
+            self.track = v;
         }
-        if let Some(v) = raw.track_limit {
+        if let Some(v) = raw.track_limit.take() {
             if *v.get_ref() < 1 {
-                return Err(err(
+                return Err(src.error(
                     Some(v.span()),
                     "track_limit must be at least 1 (default 10000)".into(),
                 ));
             }
-            cfg.track_limit = *v.get_ref() as usize;
+            self.track_limit = *v.get_ref() as usize;
         }
-        match (raw.tls_cert, raw.tls_key) {
+        Ok(())
+    }
+
+    /// `tls_cert` and `tls_key`: both or neither.
+    fn apply_tls(&mut self, raw: &mut RawConfig, src: &Source) -> Result<(), ConfigError> {
+        match (raw.tls_cert.take(), raw.tls_key.take()) {
             (Some(c), Some(k)) => {
-                cfg.tls = Some(TlsConfig {
+                self.tls = Some(TlsConfig {
                     cert: PathBuf::from(c.into_inner()),
                     key: PathBuf::from(k.into_inner()),
                 })
             }
             (Some(s), None) | (None, Some(s)) => {
-                return Err(err(
+                return Err(src.error(
                     Some(s.span()),
                     "tls_cert and tls_key go together: set both to offer TLS, or neither".into(),
                 ));
             }
             (None, None) => {}
         }
+        Ok(())
+    }
+
+    /// The timeouts and `max_message_size`.
+    fn apply_limits(&mut self, raw: &mut RawConfig, src: &Source) -> Result<(), ConfigError> {
         for (field, value, target) in [
             (
                 "client_login_timeout",
-                raw.client_login_timeout,
-                &mut cfg.client_login_timeout,
+                raw.client_login_timeout.take(),
+                &mut self.client_login_timeout,
             ),
             (
                 "upstream_connect_timeout",
-                raw.upstream_connect_timeout,
-                &mut cfg.upstream_connect_timeout,
+                raw.upstream_connect_timeout.take(),
+                &mut self.upstream_connect_timeout,
             ),
             (
                 "shutdown_timeout",
-                raw.shutdown_timeout,
-                &mut cfg.shutdown_timeout,
+                raw.shutdown_timeout.take(),
+                &mut self.shutdown_timeout,
             ),
         ] {
             if let Some(v) = value {
                 let secs = *v.get_ref();
                 if !(secs > 0.0 && secs < 86_400.0 * 365.0) {
-                    return Err(err(
+                    return Err(src.error(
                         Some(v.span()),
                         format!("{field} must be a positive number of seconds"),
                     ));
@@ -339,35 +368,72 @@ impl Config {
                 *target = Duration::from_secs_f64(secs);
             }
         }
-        if let Some(v) = raw.max_message_size {
+        if let Some(v) = raw.max_message_size.take() {
             let n = *v.get_ref();
             if !(1024..=0x3fff_ffff).contains(&n) {
-                return Err(err(
+                return Err(src.error(
                     Some(v.span()),
                     "max_message_size must be between 1024 and 1073741823 bytes".into(),
                 ));
             }
-            cfg.max_message_size = n as usize;
+            self.max_message_size = n as usize;
         }
+        Ok(())
+    }
 
-        for g in raw.guard {
+    /// The `[[guard]]` tables, each at most once.
+    fn apply_guards(
+        &mut self,
+        guards: Vec<Spanned<RawGuard>>,
+        src: &Source,
+    ) -> Result<(), ConfigError> {
+        for g in guards {
             let span = g.span();
             let g = g.into_inner();
-            let guard = build_guard(g).map_err(|(s, r)| err(Some(s.unwrap_or(span.clone())), r))?;
-            if let Some(prev) = cfg.guards.iter().find(|p| p.table == guard.table) {
-                return Err(err(
-                    Some(span),
-                    format!("table {} is guarded twice", prev.table),
-                ));
+            let guard =
+                build_guard(g).map_err(|(s, r)| src.error(Some(s.unwrap_or(span.clone())), r))?;
+            if let Some(prev) = self.guards.iter().find(|p| p.table == guard.table) {
+                return Err(src.error(Some(span), format!("table {} is guarded twice", prev.table)));
             }
-            cfg.guards.push(guard);
+            self.guards.push(guard);
         }
-        Ok(cfg)
+        Ok(())
     }
 
     /// The guard of a table, if it is guarded.
     pub fn guard(&self, table: &TableName) -> Option<&Guard> {
         self.guards.iter().find(|g| &g.table == table)
+    }
+}
+
+/// Config text being parsed, and the file it came from, for errors.
+struct Source<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Source<'_> {
+    /// An error at `span` (its line, when known), for `reason`.
+    fn error(&self, span: Option<Range<usize>>, reason: String) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            line: span.map(|s| line_of(self.text, s.start)),
+            reason,
+        }
+    }
+
+    /// Reads the TOML into the raw settings; an error names the setting it is in.
+    fn read(&self) -> Result<RawConfig, ConfigError> {
+        toml::from_str(self.text).map_err(|e| {
+            let mut reason = e.message().trim_end().replace('\n', "; ");
+            // Name the setting: the message alone may only say what type was wrong.
+            if let Some(line) = e.span().map(|s| line_text(self.text, s.start))
+                && !line.is_empty()
+            {
+                reason = format!("{reason} (in `{line}`)");
+            }
+            self.error(e.span(), reason)
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! The `optlock` command line: `serve` runs the proxy; `check` and `suggest` help a DBA
 //! configure guarded tables.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -80,6 +80,7 @@ enum Command {
     },
 }
 
+/// Logs to stderr with `filter`, or with `RUST_LOG` when that is set.
 fn init_logging(filter: &str) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
     tracing_subscriber::fmt()
@@ -121,6 +122,7 @@ async fn startup_check(cfg: &Config, url: &str, ignore: bool) -> anyhow::Result<
     )
 }
 
+/// The runtime the command runs on; when it cannot start, says so and gives the exit code.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -144,107 +146,154 @@ fn main() -> ExitCode {
             ignore_check,
         } => {
             init_logging(&log);
-            let mut cfg = match &config {
-                Some(path) => match Config::load(path) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("optlock: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Config::default(),
+            let cfg = match serve_config(config.as_deref(), listen, upstream) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
             };
-            if let Some(l) = listen {
-                cfg.listen = l;
-            }
-            if let Some(u) = upstream {
-                if let Err(e) = optlock::config::check_upstream(&u) {
-                    eprintln!("optlock: --upstream: {e}");
-                    return ExitCode::from(2);
-                }
-                cfg.upstream = u;
-            }
-            // One event loop per core: a single loop is a queue every session waits in whenever
-            // the scheduler runs something else on its core (on a machine shared with the
-            // database a woken backend often does), and measured on 2 cores the second loop
-            // gains more than its extra wake-ups cost (README, Benchmarks).
-            let threads = workers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("optlock: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let result = rt.block_on(async move {
-                // A SIGHUP before the server listens must not end the process (its default
-                // action): take it over now; the server handles the ones after.
-                let _early_hangup =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-                if let Some(url) = &check_url {
-                    startup_check(&cfg, url, ignore_check).await?;
-                }
-                let server = Server::bind(cfg, config)
-                    .await?
-                    .with_session_threads(threads.max(1))?;
-                server.run().await
-            });
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("optlock: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            serve(
+                cfg,
+                config,
+                session_threads(workers),
+                check_url,
+                ignore_check,
+            )
         }
         Command::Check {
             config,
             database_url,
             json,
-        } => {
-            init_logging("warn");
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match rt.block_on(optlock::catalog::check::run_check(
-                &config,
-                &database_url,
-                json,
-            )) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("optlock check: {e:#}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        } => check(&config, &database_url, json),
         Command::Suggest {
             database_url,
             schema,
             tables,
-        } => {
-            init_logging("warn");
-            let rt = match runtime() {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match rt.block_on(optlock::catalog::suggest::run_suggest(
-                &database_url,
-                schema.as_deref(),
-                &tables,
-            )) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("optlock suggest: {e:#}");
-                    ExitCode::from(2)
-                }
+        } => suggest(&database_url, schema.as_deref(), &tables),
+    }
+}
+
+/// The config `serve` runs with: the file (or the defaults), then `--listen` and `--upstream`
+/// over it; a bad one is reported and gives exit code 2.
+fn serve_config(
+    path: Option<&Path>,
+    listen: Option<String>,
+    upstream: Option<String>,
+) -> Result<Config, ExitCode> {
+    let mut cfg = match path {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("optlock: {e}");
+                return Err(ExitCode::from(2));
             }
+        },
+        None => Config::default(),
+    };
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    if let Some(u) = upstream {
+        if let Err(e) = optlock::config::check_upstream(&u) {
+            eprintln!("optlock: --upstream: {e}");
+            return Err(ExitCode::from(2));
+        }
+        cfg.upstream = u;
+    }
+    Ok(cfg)
+}
+
+/// How many session threads to run: `--workers`, or one per CPU core.
+fn session_threads(workers: Option<usize>) -> usize {
+    // One event loop per core: a single loop is a queue every session waits in whenever the
+    // scheduler runs something else on its core (on a machine shared with the database a
+    // woken backend often does), and measured on 2 cores the second loop gains more than its
+    // extra wake-ups cost (README, Benchmarks).
+    workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// `optlock serve`: runs the proxy until it is shut down.
+fn serve(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    threads: usize,
+    check_url: Option<String>,
+    ignore_check: bool,
+) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(run_proxy(
+        cfg,
+        config_path,
+        threads,
+        check_url,
+        ignore_check,
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("optlock: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Checks the guards when asked to, then binds and serves until a shutdown signal.
+async fn run_proxy(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    threads: usize,
+    check_url: Option<String>,
+    ignore_check: bool,
+) -> anyhow::Result<()> {
+    // A SIGHUP before the server listens must not end the process (its default action): take
+    // it over now; the server handles the ones after.
+    let _early_hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    if let Some(url) = &check_url {
+        startup_check(&cfg, url, ignore_check).await?;
+    }
+    let server = Server::bind(cfg, config_path)
+        .await?
+        .with_session_threads(threads.max(1))?;
+    server.run().await
+}
+
+/// `optlock check`: checks every guard against the database; exit code 1 when one is wrong.
+fn check(config: &Path, database_url: &str, json: bool) -> ExitCode {
+    init_logging("warn");
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(optlock::catalog::check::run_check(
+        config,
+        database_url,
+        json,
+    )) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("optlock check: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `optlock suggest`: prints guard stanzas for the tables of the database.
+fn suggest(database_url: &str, schema: Option<&str>, tables: &[String]) -> ExitCode {
+    init_logging("warn");
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(optlock::catalog::suggest::run_suggest(
+        database_url,
+        schema,
+        tables,
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("optlock suggest: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

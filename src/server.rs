@@ -126,87 +126,135 @@ impl Server {
             shutdown_tx,
             session_threads,
         } = self;
-        let mut next_thread = 0usize;
         let mut sessions = JoinSet::new();
-        let mut shutdown_rx = shared.shutdown.clone();
+        let shutdown_rx = shared.shutdown.clone();
         spawn_signal_handlers(shared.clone(), shutdown_tx.clone())?;
         // `/metrics` stays up while draining (sessions_active shows the drain) and stops when
         // `stop_metrics` is dropped, as `run` returns.
-        let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
-        if let Some(l) = metrics_listener {
-            info!(listen = %l.local_addr()?, "metrics at /metrics");
-            tokio::spawn(serve_metrics(l, admin.metrics.clone(), async move {
-                let _ = metrics_stopped.await;
-            }));
-        }
+        let stop_metrics = start_metrics(metrics_listener, &admin)?;
         info!(
             listen = %listener.local_addr()?,
             upstream = %shared.settings().config.upstream,
             guards = shared.settings().guards.guards.len(),
             "optlock is ready"
         );
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        match session_threads.get(next_thread % session_threads.len().max(1)) {
-                            Some(handle) => {
-                                next_thread = next_thread.wrapping_add(1);
-                                // The socket moves to the session thread's own reactor, so its
-                                // readiness wakes that thread directly.
-                                match tcp.into_std() {
-                                    Ok(std) => {
-                                        let shared = shared.clone();
-                                        sessions.spawn_on(
-                                            async move {
-                                                match tokio::net::TcpStream::from_std(std) {
-                                                    Ok(tcp) => relay::serve_client(tcp, peer, shared).await,
-                                                    Err(e) => error!(client = %peer, error = %e, "cannot register the client socket"),
-                                                }
-                                            },
-                                            handle,
-                                        );
-                                    }
-                                    Err(e) => error!(client = %peer, error = %e, "cannot hand the client socket over"),
-                                }
-                            }
-                            None => {
-                                sessions.spawn(relay::serve_client(tcp, peer, shared.clone()));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-                _ = shutdown_rx.changed() => break,
-            }
-        }
-        drop(listener);
-        admin.sessions.drain_all();
-        let timeout = shared.settings().config.shutdown_timeout;
-        info!(
-            sessions = sessions.len(),
-            timeout_s = timeout.as_secs_f64(),
-            "draining: waiting for open transactions to finish"
-        );
-        let drained = tokio::time::timeout(timeout, async {
-            while sessions.join_next().await.is_some() {}
-        })
+        accept_loop(
+            &listener,
+            &shared,
+            &session_threads,
+            &mut sessions,
+            shutdown_rx,
+        )
         .await;
-        if drained.is_err() {
-            warn!(
-                sessions = sessions.len(),
-                "shutdown_timeout reached: closing the remaining sessions"
-            );
-            sessions.shutdown().await;
-        }
+        drop(listener);
+        drain(sessions, &admin, &shared).await;
         drop(stop_metrics);
         info!("optlock stopped");
         Ok(())
+    }
+}
+
+/// Serves `/metrics` on its listener, when there is one, until the returned sender is dropped.
+fn start_metrics(
+    metrics_listener: Option<TcpListener>,
+    admin: &AdminState,
+) -> anyhow::Result<oneshot::Sender<()>> {
+    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+    if let Some(l) = metrics_listener {
+        info!(listen = %l.local_addr()?, "metrics at /metrics");
+        tokio::spawn(serve_metrics(l, admin.metrics.clone(), async move {
+            let _ = metrics_stopped.await;
+        }));
+    }
+    Ok(stop_metrics)
+}
+
+/// Accepts clients until a shutdown is asked for, handing each to a session and reaping the
+/// sessions that end meanwhile.
+async fn accept_loop(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    session_threads: &[tokio::runtime::Handle],
+    sessions: &mut JoinSet<()>,
+    mut shutdown_rx: watch::Receiver<bool>,
+) {
+    let mut next_thread = 0usize;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let thread = session_threads.get(next_thread % session_threads.len().max(1));
+                    if thread.is_some() {
+                        next_thread = next_thread.wrapping_add(1);
+                    }
+                    spawn_session(sessions, thread, tcp, peer, shared);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = shutdown_rx.changed() => break,
+        }
+    }
+}
+
+/// Starts the session of an accepted client on `thread`, or on the caller's runtime when the
+/// sessions have no threads of their own.
+fn spawn_session(
+    sessions: &mut JoinSet<()>,
+    thread: Option<&tokio::runtime::Handle>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) {
+    let Some(handle) = thread else {
+        sessions.spawn(relay::serve_client(tcp, peer, shared.clone()));
+        return;
+    };
+    // The socket moves to the session thread's own reactor, so its readiness wakes that
+    // thread directly.
+    match tcp.into_std() {
+        Ok(std) => {
+            let shared = shared.clone();
+            sessions.spawn_on(
+                async move {
+                    match tokio::net::TcpStream::from_std(std) {
+                        Ok(tcp) => relay::serve_client(tcp, peer, shared).await,
+                        Err(e) => {
+                            error!(client = %peer, error = %e, "cannot register the client socket")
+                        }
+                    }
+                },
+                handle,
+            );
+        }
+        Err(e) => error!(client = %peer, error = %e, "cannot hand the client socket over"),
+    }
+}
+
+/// Drains: closes the idle sessions, waits up to `shutdown_timeout` for the others to finish
+/// their transactions, then closes what is left.
+async fn drain(mut sessions: JoinSet<()>, admin: &AdminState, shared: &Shared) {
+    admin.sessions.drain_all();
+    let timeout = shared.settings().config.shutdown_timeout;
+    info!(
+        sessions = sessions.len(),
+        timeout_s = timeout.as_secs_f64(),
+        "draining: waiting for open transactions to finish"
+    );
+    let drained = tokio::time::timeout(timeout, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            sessions = sessions.len(),
+            "shutdown_timeout reached: closing the remaining sessions"
+        );
+        sessions.shutdown().await;
     }
 }
 
@@ -215,6 +263,7 @@ fn asks_port_zero(addr: &str) -> bool {
     addr.rsplit_once(':').is_some_and(|(_, port)| port == "0")
 }
 
+/// Reloads the config on SIGHUP; starts the shutdown on SIGTERM and SIGINT.
 fn spawn_signal_handlers(
     shared: Arc<Shared>,
     shutdown_tx: watch::Sender<bool>,

@@ -14,16 +14,19 @@ use tracing::{info, warn};
 
 use super::console::{AdminContext, execute};
 use super::state::AdminState;
+use crate::config::Config;
 use crate::engine::{Ident, Settings};
 use crate::protocol::startup::encode_startup;
-use crate::protocol::{self, TxStatus, backend as be, frontend as fe};
+use crate::protocol::{self, FrameError, TxStatus, backend as be, frontend as fe};
+use crate::relay::Shared;
 use crate::relay::handshake::{self, ClientStream};
-use crate::relay::{Shared, upstream};
+use crate::relay::upstream::{self, Upstream};
 
 /// The upstream database the console's logins are checked against.
 const LOGIN_DATABASE: &str = "postgres";
 
-/// Serves one admin console session.
+/// Serves one admin console session: refuses a user not in `admin_users`, relays the login to
+/// the upstream server, then answers the console's commands.
 pub async fn serve(
     mut stream: ClientStream,
     params: &[(String, String)],
@@ -34,119 +37,14 @@ pub async fn serve(
 ) {
     let config = &settings.config;
     if !config.admin_users.iter().any(|u| u == &ident.user) {
-        warn!("admin console refused: user is not in admin_users");
-        handshake::send_fatal(
-            &mut stream,
-            "28000",
-            &format!(
-                "user \"{}\" may not open the optlock admin console: it is not in admin_users",
-                ident.user
-            ),
-        )
-        .await;
+        refuse_non_admin(&mut stream, &ident.user).await;
         return;
     }
-    let login: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| match k.as_str() {
-            "database" => (k.clone(), LOGIN_DATABASE.to_string()),
-            _ => (k.clone(), v.clone()),
-        })
-        .collect();
-    let mut upstream = match upstream::connect(config).await {
-        Ok(s) => s,
-        Err(message) => {
-            admin.metrics.upstream_connect_failed();
-            handshake::send_fatal(&mut stream, "08006", &message).await;
-            return;
-        }
+    let Some(from_client) = relay_login(&mut stream, params, config, &admin).await else {
+        return;
     };
-    // The login: relayed both ways until the server accepts it (ReadyForQuery) or refuses.
-    if upstream
-        .write_all(&encode_startup(196608, &login))
-        .await
-        .is_err()
-    {
-        handshake::send_fatal(
-            &mut stream,
-            "08006",
-            "the upstream server went away during login",
-        )
-        .await;
-        return;
-    }
-    let mut from_server = BytesMut::with_capacity(4096);
-    // Only authentication messages (`p`) go to the server. Anything else the client sends
-    // ahead of the login's end is for the console: it waits here (and the client is not read
-    // further) until the login completes.
-    let mut from_client = BytesMut::with_capacity(1024);
-    let mut held = false;
-    let max = config.max_message_size;
-    let deadline = tokio::time::Instant::now() + config.client_login_timeout;
-    let accepted = 'login: loop {
-        tokio::select! {
-            r = upstream.read_buf(&mut from_server) => {
-                if !matches!(r, Ok(n) if n > 0) { break false; }
-                let mut done = None;
-                while let Ok(Some(h)) = protocol::peek_header(&from_server, 1 << 20) {
-                    if from_server.len() < h.size { break; }
-                    let msg = from_server.split_to(h.size);
-                    match h.tag {
-                        be::READY_FOR_QUERY => { done = Some(true); break; }
-                        be::ERROR_RESPONSE => {
-                            let _ = stream.write_all(&msg).await;
-                            done = Some(false);
-                            break;
-                        }
-                        // Keys of a backend that is about to close would cancel nothing.
-                        be::BACKEND_KEY_DATA => {}
-                        _ => { let _ = stream.write_all(&msg).await; }
-                    }
-                }
-                if let Some(ok) = done { break ok; }
-            }
-            r = stream.read_buf(&mut from_client), if !held => {
-                if !matches!(r, Ok(n) if n > 0) { return; }
-                loop {
-                    match protocol::peek_header(&from_client, max) {
-                        Ok(Some(h)) if h.tag == fe::PASSWORD => {
-                            if from_client.len() < h.size { break; }
-                            let msg = from_client.split_to(h.size);
-                            if upstream.write_all(&msg).await.is_err() { break 'login false; }
-                        }
-                        Ok(Some(_)) => { held = true; break; }
-                        Ok(None) => break,
-                        Err(e) => {
-                            handshake::send_fatal(&mut stream, "08P01", &e.to_string()).await;
-                            return;
-                        }
-                    }
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                handshake::send_fatal(&mut stream, "08006", "login not completed within client_login_timeout").await;
-                return;
-            }
-        }
-    };
-    let _ = upstream.write_all(&[fe::TERMINATE, 0, 0, 0, 4]).await;
-    drop(upstream);
-    if !accepted {
-        let _ = stream.shutdown().await;
-        return;
-    }
     info!("admin console opened");
-    let ctx = {
-        let for_config = shared.clone();
-        let for_reload = shared.clone();
-        AdminContext::new(
-            admin.metrics.clone(),
-            admin.sessions.clone(),
-            admin.conflicts.clone(),
-            move || for_config.settings().config.clone(),
-            move || for_reload.reload(),
-        )
-    };
+    let ctx = console_context(&shared, &admin);
     let mut out = BytesMut::new();
     be::write_ready(&mut out, TxStatus::Idle);
     if stream.write_all(&out).await.is_err() {
@@ -160,6 +58,183 @@ pub async fn serve(
         from_client,
     )
     .await;
+}
+
+/// Tells a user not in `admin_users` that the console is not theirs.
+async fn refuse_non_admin(stream: &mut ClientStream, user: &str) {
+    warn!("admin console refused: user is not in admin_users");
+    handshake::send_fatal(
+        stream,
+        "28000",
+        &format!(
+            "user \"{user}\" may not open the optlock admin console: it is not in admin_users"
+        ),
+    )
+    .await;
+}
+
+/// Relays the login to the upstream server (against [`LOGIN_DATABASE`]), then closes that
+/// connection. Returns what the client sent ahead for the console once the server accepted the
+/// login; `None` when the session is over (refused, failed, or the client left).
+async fn relay_login(
+    stream: &mut ClientStream,
+    params: &[(String, String)],
+    config: &Config,
+    admin: &AdminState,
+) -> Option<BytesMut> {
+    let login: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "database" => (k.clone(), LOGIN_DATABASE.to_string()),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    let mut upstream = match upstream::connect(config).await {
+        Ok(s) => s,
+        Err(message) => {
+            admin.metrics.upstream_connect_failed();
+            handshake::send_fatal(stream, "08006", &message).await;
+            return None;
+        }
+    };
+    if upstream
+        .write_all(&encode_startup(196608, &login))
+        .await
+        .is_err()
+    {
+        handshake::send_fatal(
+            stream,
+            "08006",
+            "the upstream server went away during login",
+        )
+        .await;
+        return None;
+    }
+    let mut from_client = BytesMut::with_capacity(1024);
+    let accepted = exchange_login(stream, &mut upstream, &mut from_client, config).await?;
+    let _ = upstream.write_all(&[fe::TERMINATE, 0, 0, 0, 4]).await;
+    drop(upstream);
+    if !accepted {
+        let _ = stream.shutdown().await;
+        return None;
+    }
+    Some(from_client)
+}
+
+/// The login, relayed both ways until the server accepts it (ReadyForQuery: `Some(true)`) or
+/// refuses it or goes away (`Some(false)`). `None` when the session is over: the client left,
+/// sent something malformed, or did not finish within `client_login_timeout`.
+async fn exchange_login(
+    stream: &mut ClientStream,
+    upstream: &mut Upstream,
+    from_client: &mut BytesMut,
+    config: &Config,
+) -> Option<bool> {
+    let mut from_server = BytesMut::with_capacity(4096);
+    // Only authentication messages (`p`) go to the server. Anything else the client sends
+    // ahead of the login's end is for the console: it waits here (and the client is not read
+    // further) until the login completes.
+    let mut held = false;
+    let max = config.max_message_size;
+    let deadline = tokio::time::Instant::now() + config.client_login_timeout;
+    loop {
+        tokio::select! {
+            r = upstream.read_buf(&mut from_server) => {
+                if !matches!(r, Ok(n) if n > 0) { return Some(false); }
+                if let Some(ok) = relay_server_login(&mut from_server, stream).await {
+                    return Some(ok);
+                }
+            }
+            r = stream.read_buf(from_client), if !held => {
+                if !matches!(r, Ok(n) if n > 0) { return None; }
+                match forward_passwords(from_client, upstream, max).await {
+                    Ok(waiting) => held = waiting,
+                    Err(ClientLoginStop::UpstreamGone) => return Some(false),
+                    Err(ClientLoginStop::Malformed(e)) => {
+                        handshake::send_fatal(stream, "08P01", &e.to_string()).await;
+                        return None;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                handshake::send_fatal(stream, "08006", "login not completed within client_login_timeout").await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Passes the server's complete login messages on to the client: `Some(true)` at its
+/// ReadyForQuery (not passed on), `Some(false)` after its ErrorResponse, `None` while the login
+/// goes on.
+async fn relay_server_login(from_server: &mut BytesMut, stream: &mut ClientStream) -> Option<bool> {
+    while let Ok(Some(h)) = protocol::peek_header(from_server, 1 << 20) {
+        if from_server.len() < h.size {
+            break;
+        }
+        let msg = from_server.split_to(h.size);
+        match h.tag {
+            be::READY_FOR_QUERY => return Some(true),
+            be::ERROR_RESPONSE => {
+                let _ = stream.write_all(&msg).await;
+                return Some(false);
+            }
+            // Keys of a backend that is about to close would cancel nothing.
+            be::BACKEND_KEY_DATA => {}
+            _ => {
+                let _ = stream.write_all(&msg).await;
+            }
+        }
+    }
+    None
+}
+
+/// Why the client's side of the login cannot go on.
+enum ClientLoginStop {
+    /// Writing to the upstream server failed.
+    UpstreamGone,
+    /// The client sent a message that cannot be framed.
+    Malformed(FrameError),
+}
+
+/// Sends the client's complete password messages on to the server. `Ok(true)` when a message
+/// for the console has arrived (it is held, and the client read no further), `Ok(false)` when
+/// more is to be read.
+async fn forward_passwords(
+    from_client: &mut BytesMut,
+    upstream: &mut Upstream,
+    max: usize,
+) -> Result<bool, ClientLoginStop> {
+    loop {
+        match protocol::peek_header(from_client, max) {
+            Ok(Some(h)) if h.tag == fe::PASSWORD => {
+                if from_client.len() < h.size {
+                    return Ok(false);
+                }
+                let msg = from_client.split_to(h.size);
+                if upstream.write_all(&msg).await.is_err() {
+                    return Err(ClientLoginStop::UpstreamGone);
+                }
+            }
+            Ok(Some(_)) => return Ok(true),
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(ClientLoginStop::Malformed(e)),
+        }
+    }
+}
+
+/// The console's handle on the proxy: its metrics, sessions and conflicts, the running config,
+/// and a reload.
+fn console_context(shared: &Arc<Shared>, admin: &AdminState) -> AdminContext {
+    let for_config = shared.clone();
+    let for_reload = shared.clone();
+    AdminContext::new(
+        admin.metrics.clone(),
+        admin.sessions.clone(),
+        admin.conflicts.clone(),
+        move || for_config.settings().config.clone(),
+        move || for_reload.reload(),
+    )
 }
 
 /// Answers simple queries until the client leaves or the proxy shuts down (a console holds no
