@@ -779,23 +779,30 @@ async fn insert_copy_and_mentions_pass_untouched() {
 }
 
 #[tokio::test]
-async fn unicode_escaped_name_of_a_guarded_table_is_refused() {
+async fn unicode_escaped_name_of_a_guarded_table_is_guarded() {
     let (db, proxy) = setup("sp_uescape").await;
     let a = proxy.client(&db.name).await;
-    // U&"\0069nvoice" is `invoice`: PostgreSQL would run it; unguarded it must not.
-    let err = a
+    // U&"\0069nvoice" is `invoice`: guarded like any other spelling of it.
+    a.simple_query(r#"SELECT id, version FROM U&"\0069nvoice" WHERE id = 1"#)
+        .await
+        .unwrap();
+    let r = a
         .simple_query(r#"UPDATE U&"\0069nvoice" SET total = 0 WHERE id = 1"#)
         .await
-        .unwrap_err();
-    let e = err.as_db_error().unwrap();
-    assert_eq!(e.code().code(), "0A000", "{e:?}");
-    assert!(e.message().contains("public.invoice"), "{}", e.message());
+        .unwrap();
+    assert_eq!(rows_affected(&r), vec![1]);
+    assert_eq!(version(&db, "invoice", 1).await, Some(101), "bumped");
+    // The session knows version 101; another session moves the row on: a conflict.
+    other_session_changes(&db, "invoice", 1).await;
     let err = a
-        .execute(r#"DELETE FROM U&"\0069nvoice" WHERE id = $1"#, &[&1i32])
+        .execute(
+            r#"DELETE FROM U&"!0069nvoice" UESCAPE '!' WHERE id = $1"#,
+            &[&1i32],
+        )
         .await
         .unwrap_err();
-    assert_eq!(err.code().unwrap().code(), "0A000", "{err:?}");
-    assert_eq!(version(&db, "invoice", 1).await, Some(100));
+    assert_eq!(err.code().unwrap().code(), "40001", "{err:?}");
+    assert_eq!(version(&db, "invoice", 1).await, Some(102));
     // A unicode-escaped name of an unguarded table passes.
     let r = a
         .simple_query(r#"UPDATE U&"\006Fther" SET amount = 0 WHERE id = 101"#)

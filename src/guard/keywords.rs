@@ -8,17 +8,33 @@ use sqlparser::ast::Ident;
 
 /// `\XXXX`, `\+XXXXXX` and `\\` of a `U&` identifier; `None` when malformed.
 pub(super) fn decode_unicode_escapes(s: &str) -> Option<String> {
-    let mut out = String::new();
+    decode_unicode_escapes_with(s, '\\')
+}
+
+/// The escapes of a `U&` identifier with escape character `esc` (`\` unless a `UESCAPE`
+/// clause names another): `escXXXX`, `esc+XXXXXX`, `escesc`, and UTF-16 surrogate pairs
+/// written as two escapes, as PostgreSQL decodes them. `None` when malformed (PostgreSQL
+/// rejects the text) or when `esc` is not one PostgreSQL allows.
+pub(super) fn decode_unicode_escapes_with(s: &str, esc: char) -> Option<String> {
+    if esc.is_ascii_hexdigit() || matches!(esc, '+' | '\'' | '"') || esc.is_whitespace() {
+        return None;
+    }
+    let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
+    // The first half of a surrogate pair, waiting for its second.
+    let mut high: Option<u32> = None;
     while let Some(c) = chars.next() {
-        if c != '\\' {
+        if c != esc {
+            if high.is_some() {
+                return None;
+            }
             out.push(c);
             continue;
         }
         let digits = match chars.peek() {
-            Some('\\') => {
+            Some(&d) if d == esc && high.is_none() => {
                 chars.next();
-                out.push('\\');
+                out.push(esc);
                 continue;
             }
             Some('+') => {
@@ -28,12 +44,22 @@ pub(super) fn decode_unicode_escapes(s: &str) -> Option<String> {
             _ => 4,
         };
         let hex: String = (0..digits).filter_map(|_| chars.next()).collect();
-        if hex.len() != digits {
+        if hex.len() != digits || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+        let code = u32::from_str_radix(&hex, 16).ok()?;
+        let code = match (high.take(), code) {
+            (None, 0xD800..=0xDBFF) => {
+                high = Some(code);
+                continue;
+            }
+            (Some(h), 0xDC00..=0xDFFF) => 0x10000 + ((h - 0xD800) << 10) + (code - 0xDC00),
+            (Some(_), _) | (None, 0xDC00..=0xDFFF) | (None, 0) => return None,
+            (None, c) => c,
+        };
+        out.push(char::from_u32(code)?);
     }
-    Some(out)
+    high.is_none().then_some(out)
 }
 
 /// PostgreSQL's identifier folding: unquoted names fold to lower case (ASCII only).
@@ -260,5 +286,35 @@ mod tests {
         }
         assert!(is_reserved("WHERE") && is_reserved("Current_Timestamp") && is_reserved("as"));
         assert!(!is_reserved("current_timestamps") && !is_reserved("abalance") && !is_reserved(""));
+    }
+
+    #[test]
+    fn unicode_escapes_decode_as_postgresql_does() {
+        assert_eq!(decode_unicode_escapes("\\0069tem").as_deref(), Some("item"));
+        assert_eq!(
+            decode_unicode_escapes("it\\+000065m").as_deref(),
+            Some("item")
+        );
+        assert_eq!(decode_unicode_escapes("a\\\\b").as_deref(), Some("a\\b"));
+        assert_eq!(
+            decode_unicode_escapes("\\D83D\\DE00").as_deref(),
+            Some("\u{1F600}")
+        );
+        assert_eq!(
+            decode_unicode_escapes_with("!0069tem", '!').as_deref(),
+            Some("item")
+        );
+        assert_eq!(
+            decode_unicode_escapes_with("a!!b\\", '!').as_deref(),
+            Some("a!b\\")
+        );
+        for bad in [
+            "\\006", "\\00g9", "\\D83D", "\\D83Dx", "\\DE00", "\\0000", "\\+11000",
+        ] {
+            assert_eq!(decode_unicode_escapes(bad), None, "{bad}");
+        }
+        for esc in ['a', 'F', '0', '+', '\'', '"', ' '] {
+            assert_eq!(decode_unicode_escapes_with("x", esc), None, "{esc}");
+        }
     }
 }

@@ -9,7 +9,10 @@ use std::ops::Range;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Whitespace};
 
-use super::keywords::decode_unicode_escapes;
+use sqlparser::keywords::Keyword;
+use sqlparser::tokenizer::Word;
+
+use super::keywords::{decode_unicode_escapes, decode_unicode_escapes_with};
 
 /// The text's tokens with their byte ranges.
 pub(super) struct Lexed<'a> {
@@ -130,9 +133,11 @@ impl<'a> Lexed<'a> {
 
     /// The tokens the parser sees: `ONLY` and a `*` after the target name, and the index
     /// predicate of `ON CONFLICT (cols) WHERE ...` (PostgreSQL syntax sqlparser does not
-    /// accept) become spaces, so every position stays where it was.
+    /// accept) become spaces, so every position stays where it was; a `U&"..."` identifier
+    /// becomes the quoted name it spells.
     pub(super) fn parser_tokens(&self, r: &Range<usize>) -> Vec<TokenWithSpan> {
         let mut out: Vec<TokenWithSpan> = self.toks[r.clone()].to_vec();
+        self.decode_unicode_idents(r, &mut out);
         for i in r.clone() {
             self.blank_only(i, r, &mut out);
         }
@@ -271,9 +276,10 @@ impl<'a> Lexed<'a> {
         Some(last)
     }
 
-    /// The name a `U&"..."` identifier spells (the tokenizer splits it into `U`, `&` and a
-    /// quoted word), with the default `\` escapes decoded. `None` for any other token.
-    pub(super) fn unicode_ident(&self, i: usize) -> Option<String> {
+    /// The `U&"..."` identifier whose quoted word is token `i` (the tokenizer splits it into
+    /// `U`, `&` and a quoted word), with its `UESCAPE 'c'` clause if one follows before token
+    /// `end`. `None` for any other token.
+    pub(super) fn unicode_ident(&self, i: usize, end: usize) -> Option<UnicodeIdent> {
         let Token::Word(w) = self.token(i) else {
             return None;
         };
@@ -288,8 +294,62 @@ impl<'a> Lexed<'a> {
         {
             return None;
         }
-        decode_unicode_escapes(&w.value)
+        let clause = self
+            .next_sig(i + 1, end)
+            .filter(|&k| self.is_word(k, "uescape"))
+            .map(|k| (k, self.next_sig(k + 1, end)));
+        let (name, uescape) = match clause {
+            None => (decode_unicode_escapes(&w.value), None),
+            Some((k, Some(lit))) => match self.token(lit) {
+                Token::SingleQuotedString(e) if e.chars().count() == 1 => {
+                    let esc = e.chars().next().expect("one char");
+                    (decode_unicode_escapes_with(&w.value, esc), Some(k..lit + 1))
+                }
+                _ => (None, Some(k..lit + 1)),
+            },
+            Some((k, None)) => (None, Some(k..k + 1)),
+        };
+        Some(UnicodeIdent {
+            prefix: u..i,
+            name,
+            uescape,
+        })
     }
+
+    /// Gives the parser each `U&"..."` identifier of `r` as the quoted name it spells: its
+    /// `U&` and `UESCAPE` clause become spaces. One whose escapes are malformed stays as it
+    /// is, and the parser rejects it.
+    fn decode_unicode_idents(&self, r: &Range<usize>, out: &mut [TokenWithSpan]) {
+        for i in r.clone() {
+            let Some(UnicodeIdent {
+                prefix,
+                name: Some(name),
+                uescape,
+            }) = self.unicode_ident(i, r.end)
+            else {
+                continue;
+            };
+            out[i - r.start].token = Token::Word(Word {
+                value: name,
+                quote_style: Some('"'),
+                keyword: Keyword::NoKeyword,
+            });
+            for j in prefix.chain(uescape.unwrap_or_default()) {
+                blank(&mut out[j - r.start]);
+            }
+        }
+    }
+}
+
+/// A `U&"..."` identifier (see [`Lexed::unicode_ident`]).
+pub(super) struct UnicodeIdent {
+    /// The tokens `U` and `&` before the quoted word.
+    pub(super) prefix: Range<usize>,
+    /// The name it spells; `None` when its escapes or its escape character are malformed
+    /// (PostgreSQL rejects the text).
+    pub(super) name: Option<String>,
+    /// The tokens of its `UESCAPE 'c'` clause.
+    pub(super) uescape: Option<Range<usize>>,
 }
 
 fn is_space(t: &Token) -> bool {

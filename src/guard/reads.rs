@@ -10,6 +10,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::keywords::fold_ident;
+use super::lex::Lexed;
 use super::predicate::key_and_pin;
 use super::resolve::{TargetName, resolve};
 use super::{GuardSet, PinnedRead, Target};
@@ -25,7 +26,12 @@ pub struct Unparsed;
 
 /// As [`pinned_read`], telling apart a text sqlparser cannot parse.
 pub fn parse_pinned_read(sql: &str, guards: &GuardSet) -> Result<Option<PinnedRead>, Unparsed> {
-    let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|_| Unparsed)?;
+    // The tokens as the analysis gives them to the parser: `U&"..."` names decoded.
+    let lexed = Lexed::new(sql).map_err(|_| Unparsed)?;
+    let stmts = Parser::new(&PostgreSqlDialect {})
+        .with_tokens_with_locations(lexed.parser_tokens(&(0..lexed.toks.len())))
+        .parse_statements()
+        .map_err(|_| Unparsed)?;
     Ok(pinned_in(stmts, guards))
 }
 
@@ -109,6 +115,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.key, vec![ValueRef::Param(1)]);
+    }
+
+    #[test]
+    fn a_unicode_escaped_name_is_the_table_it_spells() {
+        let g = guards();
+        let r = pinned_read(
+            "SELECT version FROM U&\"!0061ccount\" UESCAPE '!' WHERE id = 7",
+            &g,
+        )
+        .expect("pins a row");
+        assert_eq!(r.key, vec![ValueRef::Literal("7".into())]);
     }
 
     #[test]

@@ -124,15 +124,17 @@ impl<'g> Scan<'g> {
                 continue;
             };
             if scan.table.is_none() {
-                let folded = match lexed.unicode_ident(i) {
-                    Some(decoded) => decoded,
-                    None => fold(&w.value, w.quote_style),
+                scan.table = match lexed.unicode_ident(i, r.end) {
+                    Some(u) => match u.name {
+                        Some(name) => guards.guards.iter().find(|g| g.table.name == name),
+                        // Malformed escapes: the name it spells is unknown.
+                        None => guards.guards.first(),
+                    },
+                    None => {
+                        let folded = fold(&w.value, w.quote_style);
+                        guards.guards.iter().find(|g| g.table.name == folded)
+                    }
                 };
-                scan.table = guards.guards.iter().find(|g| g.table.name == folded);
-                // `U&"..." UESCAPE '?'`: escapes this scan does not decode may spell any name.
-                if scan.table.is_none() && lexed.is_word(i, "uescape") {
-                    scan.table = guards.guards.first();
-                }
             }
             if w.quote_style.is_some() {
                 continue;

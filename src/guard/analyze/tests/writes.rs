@@ -349,11 +349,23 @@ fn passes_reads_unguarded_writes_and_mere_mentions() {
 }
 
 #[test]
-fn unicode_escaped_names_are_refused_when_they_spell_a_guarded_table() {
-    let (t, reason) = refused("UPDATE U&\"\\0069nvoice\" SET total = 1 WHERE id = 1");
+fn unicode_escaped_names_of_a_guarded_table_are_that_table() {
+    for sql in [
+        "UPDATE U&\"\\0069nvoice\" SET total = 1 WHERE id = 1",
+        "UPDATE u&\"inv\\+00006Fice\" SET total = 1 WHERE id = 1",
+        "UPDATE public.U&\"!0069nvoice\" UESCAPE '!' SET total = 1 WHERE id = 1",
+        "UPDATE U&\"#0069nvoice\" /* c */ UESCAPE\n'#' AS i SET total = 1 WHERE i.id = 1",
+        "DELETE FROM U&\"public\".U&\"\\0069nvoice\" WHERE id = 1",
+        "UPDATE invoice SET total = 1 WHERE U&\"\\0069d\" = 1",
+    ] {
+        let w = write(sql);
+        assert_eq!(w.guard, 0, "{sql}");
+        assert_eq!(w.target, key(&[lit("1")]), "{sql}");
+    }
+    passes("UPDATE U&\"\\0063ustomer\" SET total = 1 WHERE id = 1");
+    // Escapes PostgreSQL rejects: the name is unknown, and the write fails closed.
+    let (t, reason) = refused("UPDATE U&\"\\00g9nvoice\" SET total = 1 WHERE id = 1");
     assert_eq!(t.to_string(), "public.invoice");
     assert!(reason.contains("cannot parse"), "{reason}");
-    refused("DELETE FROM public.U&\"inv\\+00006Fice\" WHERE id = 1");
-    refused("UPDATE U&\"!0069nvoice\" UESCAPE '!' SET total = 1");
-    passes("UPDATE U&\"\\0063ustomer\" SET total = 1 WHERE id = 1");
+    refused("UPDATE U&\"!0069nvoice\" UESCAPE 'a' SET total = 1");
 }
