@@ -13,6 +13,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::decide::{Decision, decide};
+use super::explain::{Analyze, explain};
 use super::lex::Lexed;
 use super::locate::guarded_write;
 use super::reads::parse_pinned_read;
@@ -71,8 +72,12 @@ fn analyze_statement(lexed: &Lexed, r: Range<usize>, guards: &GuardSet) -> Actio
     if !guards.prefilter.may_write_guarded(text.as_bytes()) {
         return Action::Pass { tx_control };
     }
+    let tokens = lexed.parser_tokens(&r);
+    if let Some(e) = explain(&tokens) {
+        return explained(lexed, r.start + e.inner..r.end, e.analyze, guards);
+    }
     let parsed = Parser::new(&PostgreSqlDialect {})
-        .with_tokens_with_locations(lexed.parser_tokens(&r))
+        .with_tokens_with_locations(tokens)
         .parse_statements();
     match parsed {
         Ok(mut stmts) if stmts.len() == 1 => {
@@ -85,6 +90,27 @@ fn analyze_statement(lexed: &Lexed, r: Range<usize>, guards: &GuardSet) -> Actio
             }
         }
         _ => unparsed(lexed, &r, guards, tx_control),
+    }
+}
+
+/// An `EXPLAIN` of the statement at tokens `inner`: refused when it runs (`analyze`) a
+/// statement that writes a guarded table, passed otherwise (planning runs nothing, and the
+/// server refuses an `ANALYZE` that is not a boolean before running anything).
+fn explained(lexed: &Lexed, inner: Range<usize>, analyze: Analyze, guards: &GuardSet) -> Action {
+    let pass = Action::Pass { tx_control: false };
+    let Some(inner) = lexed.trim(inner).filter(|_| analyze == Analyze::On) else {
+        return pass;
+    };
+    let table = match analyze_statement(lexed, inner, guards) {
+        Action::Pass { .. } => return pass,
+        Action::Refuse { table, .. } => table,
+        Action::Write(w) => guards.guards[w.guard].table.clone(),
+    };
+    Action::Refuse {
+        reason: format!(
+            "EXPLAIN ANALYZE runs the write without a version check; optlock refuses it on guarded table {table}"
+        ),
+        table,
     }
 }
 

@@ -17,6 +17,7 @@
 //!   - `keywords.rs`: identifier folding and quoting, `U&` escapes, the reserved-word table.
 //!   - `decide.rs`: sqlparser's AST decides which statements are guarded writes, and which of
 //!     those are refused.
+//!   - `explain.rs`: whether an `EXPLAIN` runs its statement (`ANALYZE` in any spelling).
 //!   - `locate.rs`: where a guarded write's clauses sit in the text (the splice points).
 //!   - `resolve.rs`: which guard a table name means, which target column a reference names.
 //!   - `predicate.rs`: the key and version a `WHERE` clause fixes.
@@ -41,6 +42,7 @@ pub mod analyze;
 pub mod cache;
 pub mod conflict;
 mod decide;
+mod explain;
 mod keywords;
 mod lex;
 mod locate;

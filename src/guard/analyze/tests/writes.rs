@@ -369,3 +369,47 @@ fn unicode_escaped_names_of_a_guarded_table_are_that_table() {
     assert!(reason.contains("cannot parse"), "{reason}");
     refused("UPDATE U&\"!0069nvoice\" UESCAPE 'a' SET total = 1");
 }
+
+#[test]
+fn explain_that_runs_a_guarded_write_is_refused_in_every_spelling() {
+    for sql in [
+        "EXPLAIN ANALYSE UPDATE invoice SET total = 1 WHERE id = 1",
+        "EXPLAIN (ANALYSE) UPDATE invoice SET total = 1 WHERE id = 1",
+        "EXPLAIN (FORMAT JSON, ANALYSE) UPDATE invoice SET total = 1 WHERE id = 1",
+        "EXPLAIN (ANALYZE true) DELETE FROM invoice WHERE id = 1",
+        "EXPLAIN (ANALYZE on, COSTS off) UPDATE invoice SET total = 1",
+        "EXPLAIN (ANALYZE 1) UPDATE invoice SET total = 1",
+        "EXPLAIN /* a */ ANALYZE /* b */ VERBOSE UPDATE invoice SET total = 1",
+        "EXPLAIN (\"analyze\") UPDATE invoice SET total = 1",
+        "EXPLAIN (ANALYZE off, ANALYZE) UPDATE invoice SET total = 1",
+        "EXPLAIN ANALYZE WITH u AS (UPDATE invoice SET total = 1 WHERE id = 1 RETURNING id) SELECT * FROM u",
+        "EXPLAIN ANALYZE UPDATE U&\"\\0069nvoice\" SET total = 1",
+        "EXPLAIN ANALYZE MERGE INTO invoice t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+        "EXPLAIN ANALYZE UPDATE invoice SET total = WHERE",
+    ] {
+        let (t, r) = refused(sql);
+        assert_eq!(t.to_string(), "public.invoice", "{sql}");
+        assert!(
+            r.contains("EXPLAIN ANALYZE") && r.contains("public.invoice"),
+            "{sql}: {r}"
+        );
+    }
+}
+
+#[test]
+fn explain_that_only_plans_or_that_the_server_rejects_passes() {
+    for sql in [
+        "EXPLAIN UPDATE invoice SET total = 1 WHERE id = 1",
+        "EXPLAIN VERBOSE UPDATE invoice SET total = 1 WHERE id = 1",
+        "EXPLAIN (ANALYZE false) UPDATE invoice SET total = 1",
+        "EXPLAIN (ANALYZE OFF, FORMAT JSON) UPDATE invoice SET total = 1",
+        "EXPLAIN (ANALYZE 0) UPDATE invoice SET total = 1",
+        "EXPLAIN (ANALYZE 'off') UPDATE invoice SET total = 1",
+        "EXPLAIN (ANALYZE, ANALYZE false) UPDATE invoice SET total = 1",
+        "EXPLAIN (ANALYZE 'yes') UPDATE invoice SET total = 1",
+        "EXPLAIN ANALYZE UPDATE customer SET total = 1",
+        "EXPLAIN ANALYZE SELECT * FROM invoice WHERE id = 1",
+    ] {
+        passes(sql);
+    }
+}
