@@ -44,6 +44,15 @@ pub struct SessionParams {
     pub standard_conforming_strings: bool,
 }
 
+impl SessionParams {
+    /// The client's text is UTF-8: the server rejects a text that is not valid UTF-8 with
+    /// its own error (22021) before it runs any of it, whatever the database's encoding.
+    pub fn client_utf8(&self) -> bool {
+        self.client_encoding.eq_ignore_ascii_case("UTF8")
+            || self.client_encoding.eq_ignore_ascii_case("UTF-8")
+    }
+}
+
 impl Default for SessionParams {
     fn default() -> Self {
         SessionParams {

@@ -74,6 +74,8 @@ impl GuardState {
         let reply = || Some(Box::new(Tag::Parsed(undo.clone())));
         let parsed = match std::str::from_utf8(p.query) {
             _ if !may_write => Parsed::Passed,
+            // Not UTF-8 in a UTF-8 session: the server refuses it in its own words.
+            Err(_) if cx.params.client_utf8() => Parsed::Passed,
             Ok(sql) => self.parse_guarded(cx, p.name, sql, &p.param_types, reply(), true),
             Err(_) => {
                 let (block, ctx) = self.not_utf8_refusal(cx, p.query);

@@ -54,8 +54,9 @@ impl GuardState {
         (block, RaiseCtx::refusal(table, refusal))
     }
 
-    /// The refusal of a text that is not UTF-8 and may write a guarded table (the first one
-    /// whose name it seems to hold).
+    /// The refusal of a text that is not UTF-8, in a session whose client encoding is not
+    /// UTF-8 either, and that may write a guarded table (the first one whose name it seems
+    /// to hold).
     pub(super) fn not_utf8_refusal(&self, cx: &Cx<'_>, sql: &[u8]) -> (String, RaiseCtx) {
         let lower = String::from_utf8_lossy(sql).to_lowercase();
         let guards = &cx.settings.guards.guards;

@@ -73,6 +73,10 @@ impl GuardState {
             return Ok(found.name && self.pinned_read_query(cx, msg, sql_bytes, &guards));
         }
         let Ok(sql) = std::str::from_utf8(sql_bytes) else {
+            if cx.params.client_utf8() {
+                // The server refuses it whole, in its own words, before running any of it.
+                return Ok(false);
+            }
             let (block, ctx) = self.not_utf8_refusal(cx, sql_bytes);
             self.start_script(
                 cx,
