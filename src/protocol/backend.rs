@@ -6,7 +6,7 @@ use pgwire::messages::Message;
 use pgwire::messages::response::ErrorResponse;
 use smallvec::SmallVec;
 
-use super::{TxStatus, be_i16, be_i32, begin_message, cstr, finish_message};
+use super::{TxStatus, be_i16, be_i32, be_u16, begin_message, cstr, finish_message};
 
 pub const AUTHENTICATION: u8 = b'R';
 pub const BACKEND_KEY_DATA: u8 = b'K';
@@ -185,8 +185,8 @@ pub fn write_truncated(out: &mut BytesMut, tag: u8, body: &[u8], keep: usize) ->
 
 /// Writes a `ParameterDescription` keeping only the first `keep` parameter types.
 pub fn write_parameter_description(out: &mut BytesMut, body: &[u8], keep: usize) -> Option<()> {
-    let (n, rest) = be_i16(body)?;
-    let keep = keep.min(n.max(0) as usize);
+    let (n, rest) = be_u16(body)?;
+    let keep = keep.min(usize::from(n));
     let at = begin_message(out, PARAMETER_DESCRIPTION);
     out.extend_from_slice(&(keep as i16).to_be_bytes());
     out.extend_from_slice(rest.get(..keep * 4)?);
@@ -196,8 +196,8 @@ pub fn write_parameter_description(out: &mut BytesMut, body: &[u8], keep: usize)
 
 /// Parameter type OIDs of a `ParameterDescription` body.
 pub fn parameter_types(body: &[u8]) -> Option<Vec<u32>> {
-    let (n, mut rest) = be_i16(body)?;
-    let mut types = Vec::with_capacity(n.max(0) as usize);
+    let (n, mut rest) = be_u16(body)?;
+    let mut types = Vec::with_capacity(usize::from(n));
     for _ in 0..n {
         let (t, r) = be_i32(rest)?;
         types.push(t as u32);

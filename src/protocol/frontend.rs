@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 
-use super::{be_i16, be_i32, begin_message, cstr, finish_message};
+use super::{be_i16, be_i32, be_u16, begin_message, cstr, finish_message};
 
 pub const QUERY: u8 = b'Q';
 pub const PARSE: u8 = b'P';
@@ -47,8 +47,8 @@ pub struct Parse<'a> {
 pub fn parse(body: &[u8]) -> Option<Parse<'_>> {
     let (name, rest) = cstr(body)?;
     let (query, rest) = cstr(rest)?;
-    let (n, mut rest) = be_i16(rest)?;
-    let mut param_types = Vec::with_capacity(n.max(0) as usize);
+    let (n, mut rest) = be_u16(rest)?;
+    let mut param_types = Vec::with_capacity(usize::from(n));
     for _ in 0..n {
         let (t, r) = be_i32(rest)?;
         param_types.push(t as u32);
@@ -108,15 +108,15 @@ impl Bind<'_> {
 pub fn bind(body: &[u8]) -> Option<Bind<'_>> {
     let (portal, rest) = cstr(body)?;
     let (statement, rest) = cstr(rest)?;
-    let (nf, mut rest) = be_i16(rest)?;
-    let mut param_formats = Vec::with_capacity(nf.max(0) as usize);
+    let (nf, mut rest) = be_u16(rest)?;
+    let mut param_formats = Vec::with_capacity(usize::from(nf));
     for _ in 0..nf {
         let (f, r) = be_i16(rest)?;
         param_formats.push(f);
         rest = r;
     }
-    let (np, mut rest) = be_i16(rest)?;
-    let mut params = Vec::with_capacity(np.max(0) as usize);
+    let (np, mut rest) = be_u16(rest)?;
+    let mut params = Vec::with_capacity(usize::from(np));
     for _ in 0..np {
         let (len, r) = be_i32(rest)?;
         if len < 0 {

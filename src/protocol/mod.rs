@@ -134,6 +134,13 @@ pub(crate) fn be_i16(buf: &[u8]) -> Option<(i16, &[u8])> {
     Some((i16::from_be_bytes([buf[0], buf[1]]), &buf[2..]))
 }
 
+/// A count of the protocol's (parameters, formats, types): an unsigned 16-bit number, as
+/// PostgreSQL reads it (65535 parameters are allowed).
+#[inline]
+pub(crate) fn be_u16(buf: &[u8]) -> Option<(u16, &[u8])> {
+    be_i16(buf).map(|(n, rest)| (n as u16, rest))
+}
+
 #[inline]
 pub(crate) fn be_i32(buf: &[u8]) -> Option<(i32, &[u8])> {
     if buf.len() < 4 {

@@ -133,6 +133,13 @@ impl GuardState {
                 self.send_extended_raise(cx, &block, ctx);
                 Parsed::Refused
             }
+            Action::Write(w) if version_param(w, param_types) == Some(0) => {
+                // Checks a version but has no parameter number left for it.
+                let table = &guards.guards[w.guard].table;
+                let (block, ctx) = self.refusal(table, Refusal::Unsupported(no_room(table)));
+                self.send_extended_raise(cx, &block, ctx);
+                Parsed::Refused
+            }
             Action::Write(w) => {
                 if may_lean
                     && !name.is_empty()
@@ -195,7 +202,7 @@ impl GuardState {
         cx.out.replies.push(Pending::Parse(reply));
         self.full_variants += 1;
         let full_name = format!("{FULL_VARIANT_PREFIX}{}", self.full_variants);
-        let extra = w.max_param.max(param_types.len() as u16) + 1;
+        let extra = version_param(w, param_types).unwrap_or(0);
         let mut text = String::with_capacity(sql.len() + 128);
         w.render_with(sql, guards, Expected::Param(extra), true, &mut text);
         fe::write_parse(
@@ -370,10 +377,22 @@ impl GuardState {
 }
 
 /// The parameter the proxy adds for the expected version (1-based), for a write that may
-/// check one.
+/// check one: `Some(0)` when the statement already uses the last parameter number PostgreSQL
+/// allows (65535), so none is left.
 fn version_param(w: &GuardedWrite, param_types: &[u32]) -> Option<u16> {
-    (w.op != WriteOp::Upsert && w.pinned.is_none() && matches!(w.target, Target::Key(_)))
-        .then(|| w.max_param.max(param_types.len() as u16) + 1)
+    (w.op != WriteOp::Upsert && w.pinned.is_none() && matches!(w.target, Target::Key(_))).then(
+        || {
+            let used = usize::from(w.max_param).max(param_types.len());
+            u16::try_from(used + 1).unwrap_or(0)
+        },
+    )
+}
+
+/// Why a guarded write with every parameter number taken is refused.
+fn no_room(table: &crate::config::TableName) -> String {
+    format!(
+        "this write to guarded table {table} uses parameter $65535, the last PostgreSQL allows, so optlock has none left for its version check; use fewer parameters (an array parameter), or pin the version in the WHERE clause"
+    )
 }
 
 /// The full form of a guarded write (version check and `RETURNING`): its text, and what the
