@@ -337,3 +337,102 @@ async fn a_write_that_uses_the_last_parameter_number_fails_closed_or_is_checked(
         "a stale write with 65534 parameters conflicts: {replies:?}"
     );
 }
+
+/// Reads row 1 through the session, so the proxy tracks it and checks writes of it.
+fn read_row() -> Vec<u8> {
+    query("SELECT id, version FROM item WHERE id = 1")
+}
+
+#[tokio::test]
+async fn a_bind_with_wrong_counts_gets_the_servers_error_for_the_clients_counts() {
+    let (db, proxy) = setup().await;
+    let sql = "UPDATE item SET qty = $2 WHERE id = $1";
+    let p = |name: &str| parse(name, sql, &[]);
+    let good = |name: &str| [bind_text("", name, &["1", "7"]), execute("", 0), sync()].concat();
+    let binds: Vec<(&str, Vec<u8>)> = vec![
+        ("too few", bind_text("", "NAME", &["1"])),
+        ("too many", bind_text("", "NAME", &["1", "7", "0"])),
+        ("none", bind_text("", "NAME", &[])),
+        (
+            "formats for three",
+            bind_formats("", "NAME", &[0, 0, 0], &[Some(b"1"), Some(b"7")], &[]),
+        ),
+        (
+            "formats for two, one value",
+            bind_formats("", "NAME", &[0, 0], &[Some(b"1")], &[]),
+        ),
+    ];
+    for name in ["", "s"] {
+        for tracked in [false, true] {
+            for (what, wrong) in &binds {
+                let wrong = String::from_utf8_lossy(wrong).replace("NAME", name);
+                let wrong = rebuild_bind(wrong.as_bytes());
+                let mut batches = Vec::new();
+                if tracked {
+                    batches.push(read_row());
+                }
+                // Unnamed: sent a few times first, so the proxy keeps it prepared.
+                for _ in 0..3 {
+                    batches.push([p(name), good(name)].concat());
+                    if !name.is_empty() {
+                        batches.push([close(b'S', name), sync()].concat());
+                    }
+                }
+                batches.push([p(name), wrong.clone(), execute("", 0), sync()].concat());
+                batches.push([wrong, execute("", 0), sync()].concat());
+                batches.push(good(name));
+                let what = format!("{what}, statement {name:?}, tracked {tracked}");
+                same_as_directly(&db, &proxy, &what, &batches).await;
+            }
+        }
+    }
+}
+
+/// A `Bind` built by [`bind_formats`] whose statement name was replaced in its bytes: its
+/// length fixed.
+fn rebuild_bind(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+#[tokio::test]
+async fn returning_with_binary_results_looks_as_directly() {
+    let (db, proxy) = setup().await;
+    // The statements set the version themselves, so every column compares byte for byte.
+    let all = "UPDATE item SET qty = $1, version = version + 1 WHERE id = $2 RETURNING *";
+    let some = "UPDATE item SET qty = $1 WHERE id = $2 RETURNING qty";
+    let two = "UPDATE item SET qty = $1 WHERE id = $2 RETURNING qty, id AS \"key\"";
+    let none = "UPDATE item SET qty = $1 WHERE id = $2";
+    let params: [Option<&[u8]>; 2] = [Some(b"5"), Some(b"1")];
+    for (sql, formats) in [
+        (all, &[1][..]),
+        (all, &[1, 0, 1][..]),
+        (all, &[0, 1][..]),
+        (some, &[1][..]),
+        (some, &[1, 1][..]),
+        (two, &[0, 1][..]),
+        (two, &[1][..]),
+        (none, &[1, 1, 1][..]),
+        (none, &[7][..]),
+    ] {
+        for name in ["", "r"] {
+            let batches = [
+                read_row(),
+                [
+                    parse(name, sql, &[]),
+                    describe(b'S', name),
+                    bind("p", name, &params, formats),
+                    describe(b'P', "p"),
+                    execute("p", 0),
+                    sync(),
+                ]
+                .concat(),
+                [bind("", name, &params, formats), execute("", 0), sync()].concat(),
+            ];
+            let what = format!("{sql} with result formats {formats:?}, statement {name:?}");
+            same_as_directly(&db, &proxy, &what, &batches).await;
+        }
+    }
+}

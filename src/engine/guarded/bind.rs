@@ -6,12 +6,12 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::checks::{Plan, WriteCheck};
+use super::checks::{BindFix, Plan, WriteCheck};
 use super::cx::Cx;
 use super::rows::{ReadPlan, canonical, param_text, result_format_codes};
 use super::state::GuardState;
 use super::statements::{ParseUndo, Parsed, Portal, Prepared, PreparedWrite};
-use super::tag::Tag;
+use super::tag::{StmtTag, Tag};
 use crate::engine::replies::Pending;
 use crate::events::Outcome;
 use crate::guard::{Target, ValueRef};
@@ -43,7 +43,7 @@ impl GuardState {
         if let Some(pw) = &prepared.write
             && self.expects_nothing(cx, &pw.guards, &pw.write)
         {
-            return Ok(self.bind_unchecked(cx, portal, body, pw));
+            return Ok(self.bind_unchecked(cx, portal, msg, &prepared, pw));
         }
         // A read not followed whose result is known to carry no guarded key and version: its
         // portal needs nothing.
@@ -59,6 +59,11 @@ impl GuardState {
         let Some(b) = fe::bind(body) else {
             return Ok(false);
         };
+        if let Some(pw) = &prepared.write
+            && self.bind_counts_wrong(cx, msg, &b, &prepared, pw)
+        {
+            return Ok(true);
+        }
         let prepared = self.unlean(cx, statement, prepared, &b);
         match &prepared.write {
             Some(pw) => Ok(self.bind_write(cx, portal, &prepared, pw, b)),
@@ -128,9 +133,12 @@ impl GuardState {
         let Some((b, extra, added)) = self.bound_form(cx, pw, b, expected.is_none()) else {
             return false;
         };
+        let b = own_result_formats(b, w.client_returning, added);
         let extra = extra.map(|_| expected.as_deref().map(str::as_bytes));
         fe::write_bind_rewritten(&mut cx.out.to_server, &b, extra, added);
-        cx.out.replies.push(Pending::Bind(None));
+        cx.out
+            .replies
+            .push(Pending::Bind(result_formats_fix(&b, added)));
         let bound = WriteCheck {
             guards: guards.clone(),
             guard: w.guard,
@@ -243,7 +251,8 @@ impl GuardState {
         &mut self,
         cx: &mut Cx<'_>,
         portal: &[u8],
-        body: &[u8],
+        msg: &[u8],
+        prepared: &Prepared,
         pw: &PreparedWrite,
     ) -> bool {
         let w = &pw.write;
@@ -252,15 +261,20 @@ impl GuardState {
                 .guarded(pw.guards.table_ids[w.guard], Outcome::Rewritten);
             return false;
         }
-        let Some(b) = fe::bind(body) else {
+        let Some(b) = fe::bind(&msg[5..]) else {
             return false;
         };
+        if self.bind_counts_wrong(cx, msg, &b, prepared, pw) {
+            return true;
+        }
         let b = fe::Bind {
             statement: pw.server_name.as_deref().unwrap_or(b.statement),
-            ..b
+            ..own_result_formats(b, w.client_returning, pw.added)
         };
         fe::write_bind_rewritten(&mut cx.out.to_server, &b, pw.extra.map(|_| None), pw.added);
-        cx.out.replies.push(Pending::Bind(None));
+        cx.out
+            .replies
+            .push(Pending::Bind(result_formats_fix(&b, pw.added)));
         let check = WriteCheck {
             guards: pw.guards.clone(),
             guard: w.guard,
@@ -324,4 +338,32 @@ impl GuardState {
         self.parse_guarded(cx, statement, &text, &types, reply, false);
         self.noted_after_parse(&undo).unwrap_or(prepared)
     }
+}
+
+/// A write without `RETURNING` of its own has no result columns for the client: its result
+/// formats are never looked at directly, so the proxy's columns come as text whatever the
+/// client asked (a count or a code the server would reject for them included).
+fn own_result_formats(b: fe::Bind<'_>, client_returning: bool, added: usize) -> fe::Bind<'_> {
+    match client_returning || added == 0 {
+        true => b,
+        false => fe::Bind {
+            result_formats: &[0, 0],
+            ..b
+        },
+    }
+}
+
+/// The tag of a `Bind` with one result format per column and the proxy's columns after the
+/// client's: a count the server rejects is told in the client's terms (see
+/// [`super::counts`]).
+fn result_formats_fix(b: &fe::Bind<'_>, added: usize) -> StmtTag {
+    let per_column = b.result_formats.len() >= 2
+        && i16::from_be_bytes([b.result_formats[0], b.result_formats[1]]) > 1;
+    (per_column && added > 0).then(|| {
+        let fix = BindFix {
+            shift: added,
+            names: None,
+        };
+        Box::new(Tag::BindFix(Box::new(fix)))
+    })
 }

@@ -1,7 +1,7 @@
 //! What the guard checks of a guarded write and how it sends it: the [`WriteCheck`] that
 //! follows a write's reply, the [`Plan`] decided for it, the [`RaiseCtx`] of a conflict or
-//! refusal the server raises, and the [`Script`] a simple `Query` holding guarded writes runs
-//! as.
+//! refusal the server raises, the [`Script`] a simple `Query` holding guarded writes runs
+//! as, and the [`BindFix`] that tells a `Bind`'s error in the client's terms.
 //!
 //! Plain data: deciding and sending is done in [`super::plan`], [`super::simple`],
 //! [`super::script`], [`super::bind`] and [`super::raise`].
@@ -16,6 +16,17 @@ use crate::config::TableName;
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
 use crate::guard::track::Tracker;
 use crate::guard::{GuardSet, GuardedWrite, TableId, WriteOp};
+
+/// How the error answering a `Bind` sent to the proxy's statement is told in the client's
+/// terms.
+#[derive(Debug)]
+pub struct BindFix {
+    /// What every count in the message is above the client's (the proxy's parameter or
+    /// columns).
+    pub shift: usize,
+    /// The statement the server was asked to bind, and the client's name for it.
+    pub names: Option<(Box<[u8]>, Box<[u8]>)>,
+}
 
 /// A simple query run step by step.
 #[derive(Debug)]

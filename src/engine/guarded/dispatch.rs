@@ -94,6 +94,7 @@ impl GuardState {
                 | Tag::DescribePortal(_)
                 | Tag::Execute(_)
                 | Tag::Parsed(_)
+                | Tag::BindFix(_)
                 | Tag::Resolve { .. }
                 | Tag::Listing { .. }
                 | Tag::Catalog
@@ -147,6 +148,7 @@ impl GuardState {
                 | Tag::DescribePortal(_)
                 | Tag::Execute(_)
                 | Tag::Parsed(_)
+                | Tag::BindFix(_)
                 | Tag::Resolve { .. }
                 | Tag::Listing { .. }
                 | Tag::Catalog
@@ -216,6 +218,7 @@ impl GuardState {
         match *t {
             Tag::Hidden => Ok(tag != be::ERROR_RESPONSE),
             Tag::Parsed(undo) => Ok(self.on_parse_done(tag, &undo)),
+            Tag::BindFix(fix) => Ok(GuardState::on_bind_fix(cx, tag, body, &fix)),
             Tag::DescribeStatement(prepared) => {
                 Ok(self.on_describe_statement(cx, tag, body, &prepared))
             }

@@ -24,6 +24,8 @@
 //! - [`parse`], [`bind`], [`describe`], [`execute`], [`close`]: the extended protocol's
 //!   messages for guarded statements (an extra parameter carries the expected version; the
 //!   batch waits for the row count).
+//! - [`counts`]: a `Bind` whose counts the server rejects gets the server's error in the
+//!   client's terms.
 //! - [`kept`]: unnamed guarded writes kept prepared under names of the proxy's.
 //! - [`stale`]: statements prepared before a reload that guards their table.
 //! - [`raise`]: the `DO` blocks that make the server itself raise conflicts and refusals.
@@ -40,6 +42,7 @@ mod tag;
 mod bind;
 mod catalog;
 mod close;
+mod counts;
 mod describe;
 mod dispatch;
 mod execute;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::checks::{RaiseCtx, WriteCheck};
+use super::checks::{BindFix, RaiseCtx, WriteCheck};
 use super::rows::Reads;
 use super::statements::{ParseUndo, Portal, Prepared};
 use crate::engine::replies::Pending;
@@ -49,6 +49,8 @@ pub enum Tag {
     Execute(Arc<Portal>),
     /// A simple `Query` (or script step) holding `SELECT`s that pin one guarded row each.
     Read(Box<Reads>),
+    /// A `Bind` sent to the proxy's statement whose error must be told in the client's terms.
+    BindFix(Box<BindFix>),
     /// A `Parse` that changed what the session knows of a statement name (the client's, or
     /// the proxy's own, hidden), undone if the server skips it or fails it.
     Parsed(Arc<ParseUndo>),
