@@ -9,15 +9,17 @@ use common::guards::{INVOICE, invoice_db};
 use common::{TestDb, upstream};
 use optlock::config::Config;
 
-/// A database of the test's own with an empty invoice table, customers, invoice lines and a
-/// log.
+/// A database of the test's own with an empty invoice table (its versions drawn from a
+/// sequence, as `check` requires), customers, invoice lines and a log.
 async fn shop() -> TestDb {
     invoice_db(
         "cli",
         0,
         "CREATE TABLE customer (id int primary key, name text, updated_at timestamptz not null default now());
          CREATE TABLE line (invoice_id int, n int, qty int, PRIMARY KEY (invoice_id, n));
-         CREATE TABLE log (msg text);",
+         CREATE TABLE log (msg text);
+         CREATE SEQUENCE invoice_version_seq OWNED BY invoice.version;
+         ALTER TABLE invoice ALTER COLUMN version SET DEFAULT nextval('invoice_version_seq');",
     )
     .await
 }
@@ -59,7 +61,7 @@ async fn check_exit_codes_ddl_and_json() {
     assert_eq!(status.code(), Some(1), "{out}{err}");
     assert!(out.starts_with("error public.invoice:"), "{out}");
     assert!(out.contains("lock_version"), "{out}");
-    let ddl = "ALTER TABLE public.invoice ADD COLUMN lock_version bigint NOT NULL DEFAULT 0;";
+    let ddl = "ALTER TABLE public.invoice ADD COLUMN lock_version bigserial;";
     assert!(out.contains(ddl), "prints the fixing DDL: {out}");
 
     // The printed DDL does fix it.

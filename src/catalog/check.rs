@@ -3,7 +3,9 @@
 //! For each guard: the table exists and is a table; the key columns exist and are exactly a
 //! primary key or a unique constraint or index (valid, not partial, no expressions); the
 //! version column exists, has a type that fits the kind, is NOT NULL and has a default (plain
-//! INSERTs leave it to the default); `xmin` always fits. Each problem is one [`Finding`] with
+//! INSERTs leave it to the default) that never repeats for a key (a counter's drawn from a
+//! sequence; a timestamp's the clock, at full precision: see `versions`); `xmin` always fits
+//! (a row inserted again gets a new transaction id). Each problem is one [`Finding`] with
 //! the DDL or config change that fixes it; a guard without problems gets one `ok` finding.
 
 use std::path::Path;
@@ -11,6 +13,7 @@ use std::path::Path;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::versions::{repeat_fix, repeat_problem, sequence_default};
 use super::{Column, columns, default_expr, find_table, toml_ident_list, type_fits, unique_keys};
 use crate::config::{Config, Guard, VersionKind, quote_ident};
 
@@ -199,16 +202,14 @@ async fn check_guard(
     } else {
         match col(v) {
             None => {
-                let ty = match guard.kind {
-                    VersionKind::Timestamp => "timestamptz",
-                    _ => "bigint",
+                // bigserial: a sequence owned by the column, drawn for existing rows too.
+                let column = match guard.kind {
+                    VersionKind::Timestamp => "timestamptz NOT NULL DEFAULT now()",
+                    _ => "bigserial",
                 };
                 out.push(
                     Finding::error(guard, format!("version column {vq} does not exist in {t}"))
-                        .ddl(format!(
-                            "ALTER TABLE {t} ADD COLUMN {vq} {ty} NOT NULL DEFAULT {};",
-                            default_expr(guard.kind)
-                        ))
+                        .ddl(format!("ALTER TABLE {t} ADD COLUMN {vq} {column};"))
                         .config(
                             "version = \"xmin\"  # or use the system column: no schema change"
                                 .into(),
@@ -272,12 +273,21 @@ fn check_version_column(guard: &Guard, c: &Column, out: &mut Vec<Finding>) {
                     VersionKind::Timestamp => "timestamptz",
                     _ => "bigint",
                 };
-                f.ddl(format!(
+                let mut ddl = format!(
                     "ALTER TABLE {t} ALTER COLUMN {vq} DROP DEFAULT, \
-                     ALTER COLUMN {vq} TYPE {ty} USING {vq}::{ty}, \
-                     ALTER COLUMN {vq} SET DEFAULT {};",
-                    default_expr(kind)
-                ))
+                     ALTER COLUMN {vq} TYPE {ty} USING {vq}::{ty}"
+                );
+                match kind {
+                    VersionKind::Timestamp => ddl.push_str(&format!(
+                        ", ALTER COLUMN {vq} SET DEFAULT {};",
+                        default_expr(kind)
+                    )),
+                    _ => {
+                        ddl.push_str("; ");
+                        ddl.push_str(&sequence_default(t, &c.name));
+                    }
+                }
+                f.ddl(ddl)
             }
         };
         out.push(f);
@@ -323,6 +333,13 @@ fn check_version_column(guard: &Guard, c: &Column, out: &mut Vec<Finding>) {
         );
     }
     if !c.has_default && c.identity.is_empty() {
+        let ddl = match kind {
+            VersionKind::Timestamp => format!(
+                "ALTER TABLE {t} ALTER COLUMN {vq} SET DEFAULT {};",
+                default_expr(kind)
+            ),
+            _ => sequence_default(t, &c.name),
+        };
         out.push(
             Finding::error(
                 guard,
@@ -330,10 +347,13 @@ fn check_version_column(guard: &Guard, c: &Column, out: &mut Vec<Finding>) {
                     "version column {vq} has no default: an INSERT that does not set it leaves it NULL or fails"
                 ),
             )
-            .ddl(format!(
-                "ALTER TABLE {t} ALTER COLUMN {vq} SET DEFAULT {};",
-                default_expr(kind)
-            )),
+            .ddl(ddl),
+        );
+    }
+    if let Some(problem) = repeat_problem(kind, c) {
+        out.push(
+            Finding::error(guard, format!("version column {vq}: {problem}"))
+                .ddl(repeat_fix(t, kind, c)),
         );
     }
 }

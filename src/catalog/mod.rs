@@ -5,12 +5,14 @@
 //! - [`check`]: `optlock check`, which tells whether each guard fits its table and prints the
 //!   DDL (or config change) that fixes what does not.
 //! - [`suggest`]: `optlock suggest`, ready `[[guard]]` stanzas for existing tables.
+//! - `versions`: what a version column needs so its versions never repeat for a key.
 //!
 //! This module also holds the catalog reads `check` and `suggest` share.
 
 pub mod check;
 pub mod resolve;
 pub mod suggest;
+mod versions;
 
 use anyhow::Context as _;
 use tokio_postgres::{Client, NoTls};
@@ -61,8 +63,14 @@ pub(crate) struct Column {
     pub type_name: String,
     /// The type OID, domains replaced by their base type.
     pub base_type: u32,
+    /// The type modifier (a timestamp's precision), -1 when none.
+    pub typmod: i32,
     pub not_null: bool,
     pub has_default: bool,
+    /// The default as SQL (`pg_get_expr`).
+    pub default: Option<String>,
+    /// The default is a `nextval` of a sequence.
+    pub default_sequence: bool,
     /// `attgenerated` / `attidentity` (empty when not).
     pub generated: String,
     pub identity: String,
@@ -109,10 +117,19 @@ pub(crate) async fn columns(
         .query(
             "SELECT a.attname::text, a.attnum, pg_catalog.format_type(a.atttypid, a.atttypmod), \
                     coalesce(nullif(b.typbasetype, 0), nullif(t.typbasetype, 0), t.oid), \
-                    a.attnotnull, a.atthasdef, a.attgenerated::text, a.attidentity::text \
+                    a.attnotnull, a.atthasdef, a.attgenerated::text, a.attidentity::text, \
+                    CASE WHEN a.atttypmod >= 0 THEN a.atttypmod ELSE t.typtypmod END, \
+                    pg_catalog.pg_get_expr(d.adbin, d.adrelid), \
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_depend dep \
+                      JOIN pg_catalog.pg_class s ON s.oid = dep.refobjid AND s.relkind = 'S' \
+                      WHERE dep.classid = 'pg_catalog.pg_attrdef'::regclass \
+                        AND dep.objid = d.oid \
+                        AND dep.refclassid = 'pg_catalog.pg_class'::regclass) \
+                    AND pg_catalog.pg_get_expr(d.adbin, d.adrelid) LIKE 'nextval(%' \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
              LEFT JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype \
+             LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attnum",
             &[&table_oid],
@@ -129,6 +146,9 @@ pub(crate) async fn columns(
             has_default: r.get(5),
             generated: r.get(6),
             identity: r.get(7),
+            typmod: r.get(8),
+            default: r.get(9),
+            default_sequence: r.get::<_, Option<bool>>(10).unwrap_or(false),
         })
         .collect())
 }
@@ -168,20 +188,21 @@ pub fn type_fits(kind: VersionKind, type_oid: u32) -> bool {
 }
 
 /// What is wrong with a column as the version column of `kind`, if anything.
-pub(crate) fn version_column_problem(kind: VersionKind, col: &Column) -> Option<&'static str> {
-    if !type_fits(kind, col.base_type) {
-        Some("its type does not fit")
+pub(crate) fn version_column_problem(kind: VersionKind, col: &Column) -> Option<String> {
+    let problem = if !type_fits(kind, col.base_type) {
+        "its type does not fit"
     } else if !col.generated.is_empty() {
-        Some("it is a generated column")
+        "it is a generated column"
     } else if col.identity == "a" {
-        Some("it is an identity column (GENERATED ALWAYS)")
+        "it is an identity column (GENERATED ALWAYS)"
     } else if !col.not_null {
-        Some("it is nullable")
-    } else if !col.has_default {
-        Some("it has no default")
+        "it is nullable"
+    } else if !col.has_default && col.identity.is_empty() {
+        "it has no default"
     } else {
-        None
-    }
+        return versions::repeat_problem(kind, col);
+    };
+    Some(problem.to_string())
 }
 
 /// The default a new or fixed version column gets.

@@ -6,11 +6,17 @@
 //! `SELECT` (no parameters, valid on PostgreSQL 12 and later) the relay runs in-band with a
 //! simple `Query`; [`parse_resolved`] reads its text rows. A guard whose table, key column or
 //! version column does not exist in that database is simply absent.
+//!
+//! The version column's precision and default are resolved too: a version never repeats for a
+//! key, so a counter whose default draws from a sequence is bumped from that sequence (a row
+//! deleted and inserted again then never starts at a version it had before), and a timestamp
+//! of lower precision is bumped by its own smallest step (see [`ResolvedGuard::bump`]).
 
 use std::collections::HashMap;
 
 use crate::config::Guard;
-use crate::guard::values::quote_literal;
+use crate::guard::rewrite::Bump;
+use crate::guard::values::{oid, quote_literal};
 
 /// The role of a column in a guard, as [`resolve_query`] reports it.
 const ROLE_KEY: &str = "k";
@@ -32,9 +38,26 @@ pub struct ResolvedGuard {
     /// has a statement-level `UPDATE`/`DELETE` trigger (enabled or not) or a rule, or is not
     /// a plain or partitioned table (a view, a foreign table). Unknown reads as true.
     pub acts_without_rows: bool,
+    /// The version column's type modifier (a timestamp's precision; -1 when none).
+    pub version_typmod: i32,
+    /// The sequence the version column's default draws from (`nextval(...)`), by OID.
+    pub version_sequence: Option<u32>,
 }
 
 impl ResolvedGuard {
+    /// How a write bumps this table's version: from the default's sequence for a counter
+    /// drawn from one (so the bump never meets a version a later insert draws), by the
+    /// column's smallest step for a timestamp of lower precision than microseconds.
+    pub fn bump(&self) -> Bump {
+        match (self.version_type, self.version_sequence) {
+            (oid::INT2 | oid::INT4 | oid::INT8 | oid::NUMERIC, Some(seq)) => Bump::Sequence(seq),
+            (oid::TIMESTAMP | oid::TIMESTAMPTZ, _) if (0..6).contains(&self.version_typmod) => {
+                Bump::Step(10u32.pow(6 - self.version_typmod as u32))
+            }
+            _ => Bump::Plain,
+        }
+    }
+
     /// Position in the key of the column with attribute number `attnum`.
     pub fn key_position(&self, attnum: i16) -> Option<usize> {
         self.key_attnums.iter().position(|&a| a == attnum)
@@ -77,8 +100,9 @@ impl ResolvedGuards {
 
 /// One `SELECT` over the catalog that resolves `guards`: one text row per (guard index, role,
 /// position, table OID, attnum, type OID, whether a write of the table may act without rows
-/// (see [`ResolvedGuard::acts_without_rows`])) with role `k` (key column, position in the key)
-/// or `v` (version column, position 0). Columns that do not exist come back with NULL attnum.
+/// (see [`ResolvedGuard::acts_without_rows`]), type modifier, OID of the sequence the column's
+/// default draws from) with role `k` (key column, position in the key) or `v` (version column,
+/// position 0). Columns that do not exist come back with NULL attnum.
 pub fn resolve_query(guards: &[Guard]) -> String {
     let mut values = Vec::new();
     for (i, g) in guards.iter().enumerate() {
@@ -98,7 +122,7 @@ pub fn resolve_query(guards: &[Guard]) -> String {
     if values.is_empty() {
         return "SELECT NULL::text AS guard, NULL::text AS role, NULL::text AS pos, \
                 NULL::text AS table_oid, NULL::text AS attnum, NULL::text AS type_oid, \
-                NULL::text AS acts_without_rows LIMIT 0"
+                NULL::text AS acts_without_rows, NULL::text AS typmod, NULL::text AS seq LIMIT 0"
             .to_string();
     }
     // In tgtype, 1 marks FOR EACH ROW, 8 DELETE and 16 UPDATE.
@@ -107,7 +131,14 @@ pub fn resolve_query(guards: &[Guard]) -> String {
          coalesce(nullif(b.typbasetype, 0), nullif(t.typbasetype, 0), t.oid)::text, \
          (c.relkind NOT IN ('r', 'p') OR c.relhasrules OR EXISTS (SELECT 1 \
          FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid = c.oid \
-         AND tg.tgtype::int & 1 = 0 AND tg.tgtype::int & 24 <> 0))::text \
+         AND tg.tgtype::int & 1 = 0 AND tg.tgtype::int & 24 <> 0))::text, \
+         (CASE WHEN a.atttypmod >= 0 THEN a.atttypmod ELSE t.typtypmod END)::text, \
+         (SELECT min(dep.refobjid)::text FROM pg_catalog.pg_attrdef d \
+         JOIN pg_catalog.pg_depend dep ON dep.classid = 'pg_catalog.pg_attrdef'::regclass \
+         AND dep.objid = d.oid AND dep.refclassid = 'pg_catalog.pg_class'::regclass \
+         JOIN pg_catalog.pg_class s ON s.oid = dep.refobjid AND s.relkind = 'S' \
+         WHERE d.adrelid = c.oid AND d.adnum = a.attnum \
+         AND pg_catalog.pg_get_expr(d.adbin, d.adrelid) LIKE 'nextval(%') \
          FROM (VALUES {}) AS g(guard, role, pos, nsp, rel, att) \
          JOIN pg_catalog.pg_namespace n ON n.nspname = g.nsp \
          JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = g.rel \
@@ -121,7 +152,7 @@ pub fn resolve_query(guards: &[Guard]) -> String {
     )
 }
 
-/// Reads the text rows of [`resolve_query`] (seven columns each) for the same `guards`.
+/// Reads the text rows of [`resolve_query`] (nine columns each; the last two may be missing) for the same `guards`.
 /// Rows that do not parse, or name a guard out of range, are ignored; a guard missing its
 /// table or any of its columns is absent.
 pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> ResolvedGuards {
@@ -130,6 +161,8 @@ pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> Resolve
         keys: Vec<Option<(i16, u32)>>,
         version: Option<(i16, u32)>,
         acts_without_rows: bool,
+        typmod: i32,
+        sequence: Option<u32>,
     }
     let mut partial: Vec<Option<Partial>> = guards.iter().map(|_| None).collect();
     for row in rows {
@@ -150,6 +183,8 @@ pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> Resolve
             keys: vec![None; g.key.len()],
             version: None,
             acts_without_rows: false,
+            typmod: -1,
+            sequence: None,
         });
         if p.table_oid != table_oid {
             continue;
@@ -164,7 +199,11 @@ pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> Resolve
         };
         match role {
             ROLE_KEY if pos < p.keys.len() => p.keys[pos] = column,
-            ROLE_VERSION => p.version = column,
+            ROLE_VERSION => {
+                p.version = column;
+                p.typmod = field(7).and_then(|v| v.parse().ok()).unwrap_or(-1);
+                p.sequence = field(8).and_then(|v| v.parse().ok());
+            }
             _ => {}
         }
     }
@@ -181,6 +220,8 @@ pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> Resolve
                 version_attnum,
                 version_type,
                 acts_without_rows: p.acts_without_rows,
+                version_typmod: p.typmod,
+                version_sequence: p.sequence,
             })
         });
         if let Some(r) = &resolved {
@@ -256,6 +297,34 @@ mod tests {
         );
         assert!(r.by_table_oid(200).is_none());
         assert!(r.get(1).is_none());
+    }
+
+    #[test]
+    fn the_bump_follows_the_version_column() {
+        let g = guards();
+        let rows = |ty: &str, typmod: &str, seq: &str| {
+            vec![
+                row(&["0", "k", "0", "100", "1", "23", "false"]),
+                row(&["0", "k", "1", "100", "2", "25", "false"]),
+                row(&["0", "v", "0", "100", "3", ty, "false", typmod, seq]),
+            ]
+        };
+        let bump = |ty, typmod, seq| {
+            parse_resolved(&rows(ty, typmod, seq), &g)
+                .get(0)
+                .unwrap()
+                .bump()
+        };
+        assert_eq!(bump("20", "-1", "16400"), Bump::Sequence(16400));
+        assert_eq!(bump("20", "-1", ""), Bump::Plain);
+        assert_eq!(bump("1114", "0", ""), Bump::Step(1_000_000));
+        assert_eq!(bump("1184", "3", ""), Bump::Step(1_000));
+        assert_eq!(bump("1184", "6", ""), Bump::Plain);
+        assert_eq!(bump("1184", "-1", "5"), Bump::Plain);
+        // Rows of an older form (seven columns) still resolve.
+        let mut old = rows("20", "", "");
+        old[2].truncate(7);
+        assert_eq!(parse_resolved(&old, &g).get(0).unwrap().bump(), Bump::Plain);
     }
 
     #[test]

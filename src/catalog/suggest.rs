@@ -2,12 +2,14 @@
 //!
 //! Each table with a primary key gets a stanza keyed on it. The version column is an existing
 //! one with a conventional name (`version`, `lock_version`, `modified`, `updated_at`, ...)
-//! when it would pass `optlock check` (type fits a kind, NOT NULL, has a default); otherwise
+//! when it would pass `optlock check` (type fits a kind, NOT NULL, has a default that never
+//! repeats, with the DDL that gives it one in a comment when it lacks it); otherwise
 //! `xmin`, which needs no schema change. Tables without a primary key, and candidate columns
 //! that were passed over, are explained in comments.
 
 use tokio_postgres::Client;
 
+use super::versions::{repeat_fix, repeat_problem};
 use super::{
     Column, columns, toml_ident_list, toml_string, type_fits, unique_keys, version_column_problem,
 };
@@ -147,17 +149,27 @@ async fn stanza(
             .find(|k| type_fits(*k, col.base_type));
         let problem = match kind {
             None => Some(format!("its type {} fits no version kind", col.type_name)),
-            Some(k) => version_column_problem(k, col).map(str::to_string),
+            Some(k) => version_column_problem(k, col),
         };
         match (problem, kind) {
             (None, Some(k)) => {
                 chosen = Some((col, k));
                 break;
             }
-            (Some(p), _) => notes.push(format!(
-                "# column {} not used as the version: {p}\n",
-                quote_ident(&col.name)
-            )),
+            (Some(p), _) => {
+                notes.push(format!(
+                    "# column {} not used as the version: {p}\n",
+                    quote_ident(&col.name)
+                ));
+                if let Some(k) = kind
+                    && repeat_problem(k, col).is_some()
+                {
+                    notes.push(format!(
+                        "#   to use it, run: {}\n",
+                        repeat_fix(table, k, col)
+                    ));
+                }
+            }
             (None, None) => {}
         }
     }

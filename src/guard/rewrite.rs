@@ -49,6 +49,21 @@ pub enum Expected<'a> {
     Param(u16),
 }
 
+/// How the bump moves a version forward, as the session's catalog says (see
+/// [`crate::catalog::resolve::ResolvedGuard::bump`]). Versions never repeat for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bump {
+    /// The kind's own: a counter `+ 1`, a timestamp the clock (at least a microsecond on).
+    #[default]
+    Plain,
+    /// A counter whose default draws from the sequence with this OID: the bump draws from it
+    /// too, so no insert can later start the key again at a version it had.
+    Sequence(u32),
+    /// A timestamp of lower precision: the clock, at least this many microseconds (the
+    /// column's smallest step) on, so the rounded value still moves.
+    Step(u32),
+}
+
 /// An identifier as SQL: quoted when [`quote_ident`](crate::config::quote_ident) would, or when
 /// it is a reserved word.
 fn ident(name: &str) -> String {
@@ -149,17 +164,18 @@ fn push_param(out: &mut String, n: u16) {
 impl GuardedWrite {
     /// Appends the rewritten statement (only this statement's range of `text`) to `out`.
     pub fn render(&self, text: &str, guards: &GuardSet, expected: Expected<'_>, out: &mut String) {
-        self.render_with(text, guards, expected, true, out);
+        self.render_with(text, guards, expected, true, Bump::Plain, out);
     }
 
     /// [`GuardedWrite::render`], leaving out the proxy's `RETURNING` columns when `returning`
-    /// is false (nothing the session tracks can change).
+    /// is false (nothing the session tracks can change), bumping as `bump` says.
     pub fn render_with(
         &self,
         text: &str,
         guards: &GuardSet,
         expected: Expected<'_>,
         returning: bool,
+        bump: Bump,
         out: &mut String,
     ) {
         let s = &self.splice;
@@ -174,7 +190,7 @@ impl GuardedWrite {
         if let Some(set_end) = s.set_end
             && self.adds_bump(guards)
         {
-            r.bump(guards.guards[self.guard].kind, set_end);
+            r.bump(guards.guards[self.guard].kind, bump, set_end);
         }
         if self.op != WriteOp::Upsert && expected != Expected::None {
             r.check(self, expected);
@@ -230,25 +246,37 @@ impl Renderer<'_> {
     }
 
     /// The version bump, at the end of the `SET` list.
-    fn bump(&mut self, kind: VersionKind, set_end: usize) {
-        match kind {
-            VersionKind::Counter => {
-                self.copy_to(set_end);
-                self.out.push_str(", ");
-                self.out.push_str(self.version);
-                self.out.push_str(" = ");
+    fn bump(&mut self, kind: VersionKind, bump: Bump, set_end: usize) {
+        if kind == VersionKind::Xmin {
+            return;
+        }
+        self.copy_to(set_end);
+        self.out.push_str(", ");
+        self.out.push_str(self.version);
+        self.out.push_str(" = ");
+        match (kind, bump) {
+            (VersionKind::Counter, Bump::Sequence(seq)) => {
+                // The OID as a string: any OID, whatever the search_path.
+                self.out.push_str("nextval('");
+                self.out.push_str(itoa::Buffer::new().format(seq));
+                self.out.push_str("'::regclass)");
+            }
+            (VersionKind::Counter, _) => {
                 self.column(self.version);
                 self.out.push_str(" + 1");
             }
-            VersionKind::Timestamp => {
-                self.copy_to(set_end);
-                self.out.push_str(", ");
-                self.out.push_str(self.version);
-                self.out.push_str(" = GREATEST(clock_timestamp(), ");
+            (_, Bump::Step(micros)) if micros > 1 => {
+                self.out.push_str("GREATEST(clock_timestamp(), ");
+                self.column(self.version);
+                self.out.push_str(" + interval '");
+                self.out.push_str(itoa::Buffer::new().format(micros));
+                self.out.push_str(" microseconds')");
+            }
+            _ => {
+                self.out.push_str("GREATEST(clock_timestamp(), ");
                 self.column(self.version);
                 self.out.push_str(" + interval '1 microsecond')");
             }
-            VersionKind::Xmin => {}
         }
     }
 

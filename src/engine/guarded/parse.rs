@@ -19,7 +19,7 @@ use super::tag::{StmtTag, Tag};
 use crate::engine::replies::Pending;
 use crate::guard::conflict::Refusal;
 use crate::guard::prefilter::{Found, Prefilter};
-use crate::guard::rewrite::Expected;
+use crate::guard::rewrite::{Bump, Expected};
 use crate::guard::{Action, GuardSet, GuardedWrite, Target, WriteOp};
 use crate::protocol::{backend as be, frontend as fe};
 
@@ -150,8 +150,9 @@ impl GuardState {
                     self.parse_named_lean(cx, name, sql, param_types, reply, &guards, w);
                     return Parsed::Rewritten;
                 }
+                let bump = self.bump_for(w.guard);
                 let full = |server_name: Option<Box<[u8]>>| {
-                    full_form(sql, param_types, &guards, w, server_name)
+                    full_form(sql, param_types, &guards, w, server_name, bump)
                 };
                 let lean = may_lean && self.lean_parse(cx, name, w, param_types);
                 // A write that goes lean is planned as the client wrote it; one in full may be
@@ -204,7 +205,8 @@ impl GuardState {
         let full_name = format!("{FULL_VARIANT_PREFIX}{}", self.full_variants);
         let extra = version_param(w, param_types).unwrap_or(0);
         let mut text = String::with_capacity(sql.len() + 128);
-        w.render_with(sql, guards, Expected::Param(extra), true, &mut text);
+        let bump = self.bump_for(w.guard);
+        w.render_with(sql, guards, Expected::Param(extra), true, bump, &mut text);
         fe::write_parse(
             &mut cx.out.to_server,
             full_name.as_bytes(),
@@ -248,7 +250,8 @@ impl GuardState {
     ) {
         if w.adds_bump(guards) {
             let mut text = String::with_capacity(sql.len() + 64);
-            w.render_with(sql, guards, Expected::None, false, &mut text);
+            let bump = self.bump_for(w.guard);
+            w.render_with(sql, guards, Expected::None, false, bump, &mut text);
             fe::write_parse(&mut cx.out.to_server, name, text.as_bytes(), param_types);
         } else {
             fe::write_parse(&mut cx.out.to_server, name, sql.as_bytes(), param_types);
@@ -403,11 +406,12 @@ fn full_form(
     guards: &Arc<GuardSet>,
     w: &Arc<GuardedWrite>,
     server_name: Option<Box<[u8]>>,
+    bump: Bump,
 ) -> (Prepared, String) {
     let extra = version_param(w, param_types);
     let mut text = String::with_capacity(sql.len() + 128);
     let expected = extra.map_or(Expected::None, Expected::Param);
-    w.render_with(sql, guards, expected, true, &mut text);
+    w.render_with(sql, guards, expected, true, bump, &mut text);
     let added = w.added_columns(guards);
     let mut prepared = prepared_write(sql, param_types, guards, w, extra, added, false);
     if let Some(pw) = &mut prepared.write {

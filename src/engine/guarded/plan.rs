@@ -9,10 +9,16 @@ use super::state::GuardState;
 use crate::config::{BulkPolicy, UnversionedPolicy};
 use crate::engine::replies::Pending;
 use crate::guard::conflict::{ConflictInfo, Refusal};
+use crate::guard::rewrite::Bump;
 use crate::guard::{GuardSet, GuardedWrite, TableId, Target, ValueRef, WriteOp};
 use crate::protocol::frontend::Bind;
 
 impl GuardState {
+    /// How a write of guard `guard` bumps its version in this session's database.
+    pub(super) fn bump_for(&self, guard: usize) -> Bump {
+        self.resolved.get(guard).map_or(Bump::Plain, |r| r.bump())
+    }
+
     /// Decides what a guarded write expects: pinned, tracked, or the policies.
     pub(super) fn plan_write(
         &mut self,

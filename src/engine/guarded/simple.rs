@@ -344,7 +344,8 @@ impl GuardState {
                         Some(k) => self.tracker.expected(table, k).is_some(),
                         None => self.tracker.tracks_table(table),
                     };
-                w.render_with(sql, &guards, render_with, returning, &mut text);
+                let bump = self.bump_for(w.guard);
+                w.render_with(sql, &guards, render_with, returning, bump, &mut text);
                 let step = StepSpec::Sql(
                     text,
                     Some(Box::new(WriteCheck {

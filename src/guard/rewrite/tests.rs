@@ -344,3 +344,46 @@ fn upserts_bump_in_do_update_and_return_the_version() {
         "INSERT INTO \"tabSales Invoice\" (name) VALUES ('a') ON CONFLICT ON CONSTRAINT pk DO UPDATE SET grand_total = 0, modified = GREATEST(clock_timestamp(), \"tabSales Invoice\".modified + interval '1 microsecond') RETURNING \"tabSales Invoice\".name, \"tabSales Invoice\".modified"
     );
 }
+
+/// Renders the only guarded write of `sql` without a check, bumping as `bump` says.
+fn render_bump(sql: &str, bump: Bump) -> String {
+    let g = guards();
+    let a = analyze(sql, &g);
+    let Action::Write(w) = &a.statements[0].action else {
+        panic!("{sql}: {a:?}");
+    };
+    let mut out = String::new();
+    w.render_with(sql, &g, Expected::None, false, bump, &mut out);
+    assert!(parses(&out), "the rendered statement does not parse: {out}");
+    out
+}
+
+#[test]
+fn bumps_follow_the_column() {
+    assert_eq!(
+        render_bump(
+            "UPDATE invoice SET total = 1 WHERE id = 1",
+            Bump::Sequence(16400)
+        ),
+        "UPDATE invoice SET total = 1, version = nextval('16400'::regclass) WHERE id = 1"
+    );
+    // A sequence says nothing to a timestamp; a step says nothing to a counter.
+    assert_eq!(
+        render_bump(
+            "UPDATE invoice SET total = 1 WHERE id = 1",
+            Bump::Step(1_000_000)
+        ),
+        "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE id = 1"
+    );
+    let ts = "UPDATE \"tabSales Invoice\" SET grand_total = 10 WHERE name = 'x'";
+    assert_eq!(
+        render_bump(ts, Bump::Step(1_000_000)),
+        "UPDATE \"tabSales Invoice\" SET grand_total = 10, modified = GREATEST(clock_timestamp(), \"tabSales Invoice\".modified + interval '1000000 microseconds') WHERE name = 'x'"
+    );
+    for bump in [Bump::Plain, Bump::Sequence(1), Bump::Step(1)] {
+        assert!(
+            render_bump(ts, bump).contains("+ interval '1 microsecond')"),
+            "{bump:?}"
+        );
+    }
+}
