@@ -277,3 +277,81 @@ async fn check_requires_versions_that_never_repeat() {
     c.batch_execute(ddl).await.unwrap();
     assert!(all_ok(&check(&guards, &c).await));
 }
+
+// ---- Family: settings and pairing ----------------------------------------------------------
+
+/// Row 2's version differs from row 1's: a read that paired row 1's key with row 2's version
+/// would make row 1's next write a false conflict.
+const PAIRS: &str =
+    "CREATE TABLE item (id int PRIMARY KEY, qty int, version int NOT NULL DEFAULT 0);
+INSERT INTO item VALUES (1, 100, 0), (2, 200, 5), (3, 300, 9);";
+
+/// A self-join (or the table again in a subquery or CTE) shows key and version columns of the
+/// same table OID from different rows: nothing is paired across instances.
+#[tokio::test]
+async fn two_instances_of_a_table_pair_nothing() {
+    for read in [
+        "SELECT a.id, b.version FROM item a JOIN item b ON b.id = a.id + 1",
+        "SELECT a.id, b.version, b.id AS next FROM item a, item b WHERE b.id = a.id + 1",
+        "SELECT s.id, i.version FROM (SELECT id FROM item) s JOIN item i ON i.id = s.id + 1",
+        "WITH n AS (SELECT id + 1 AS id, id AS me FROM item) \
+         SELECT i.id AS wrong, v.version FROM item i JOIN item v ON v.id = i.id + 1 JOIN n ON n.me = i.id",
+        "SELECT id, (SELECT max(version) FROM item) AS version FROM item ORDER BY id",
+    ] {
+        let mut s = scenario("self-join", PAIRS, GUARD);
+        s.steps = steps(vec![
+            same(A, read),
+            // Only row 1 is written: the versions the reads show (rows 2 and 3) stay.
+            same(A, "UPDATE item SET qty = 1 WHERE id = 1"),
+            // In one script with the write.
+            same(A, format!("{read}; UPDATE item SET qty = 3 WHERE id = 1")),
+        ]);
+        s.check().await;
+    }
+    // A plain read still teaches: B's write makes A's stale.
+    let mut s = scenario("one instance", PAIRS, GUARD);
+    s.steps = steps(vec![
+        same(
+            A,
+            "SELECT a.id, a.version FROM item a JOIN item b ON b.id = a.id + 1",
+        ),
+        same(B, "UPDATE item SET qty = 7 WHERE id = 1"),
+        same(A, "UPDATE item SET qty = 8 WHERE id = 1"),
+    ]);
+    // Both instances are item: nothing learned, so A's write goes unchecked.
+    s.check().await;
+    let mut s = scenario("one instance", PAIRS, GUARD);
+    s.steps = steps(vec![
+        same(A, "SELECT id, version FROM item WHERE id > 0"),
+        same(B, "UPDATE item SET qty = 7 WHERE id = 1"),
+        conflict(A, "UPDATE item SET qty = 8 WHERE id = 1"),
+    ]);
+    s.proxy_state = Some(common::scenario::rows_of(&[
+        &["1", "7"],
+        &["2", "200"],
+        &["3", "300"],
+    ]));
+    s.check().await;
+}
+
+/// The same through the extended protocol (a prepared read, described and executed).
+#[tokio::test]
+async fn two_instances_pair_nothing_when_prepared() {
+    let db = TestDb::new("versions").await;
+    db.direct().await.batch_execute(PAIRS).await.unwrap();
+    let proxy = Proxy::with_guards(GUARD).await;
+    let a = proxy.client(&db.name).await;
+    let rows = a
+        .query(
+            "SELECT a.id, b.version FROM item a JOIN item b ON b.id = a.id + 1 WHERE a.id = $1",
+            &[&1i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let n = a
+        .execute("UPDATE item SET qty = 1 WHERE id = $1", &[&1i32])
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "row 1 was never read: no conflict");
+}

@@ -16,7 +16,7 @@ use super::decide::{Decision, decide};
 use super::explain::{Analyze, explain};
 use super::lex::Lexed;
 use super::locate::guarded_write;
-use super::reads::parse_pinned_read;
+use super::reads::read_facts;
 use super::unparsed::{unparsed, untokenizable};
 use super::{Action, Analysis, GuardSet, PinnedRead, Statement};
 
@@ -35,35 +35,50 @@ pub fn analyze(sql: &str, guards: &GuardSet) -> Analysis {
         let action = analyze_statement(&lexed, toks, guards);
         statements.push(Statement { range, action });
     }
-    let (reads, read_unparsed) = pinned_reads(sql, &statements, guards);
+    let (reads, read_unparsed, shared) = pinned_reads(sql, &statements, guards);
     Analysis {
         statements,
         reads,
         read_unparsed,
+        shared,
     }
 }
 
-/// The reads among the passed statements that name a guarded table and pin one row of it, and
-/// whether one of those statements could not be parsed as a read.
-fn pinned_reads(sql: &str, statements: &[Statement], guards: &GuardSet) -> (Vec<PinnedRead>, bool) {
+/// The reads among the passed statements that name a guarded table and pin one row of it,
+/// whether one of those statements could not be parsed as a read, and the guards one of them
+/// reads in more than one instance ([`Analysis::shared`]).
+fn pinned_reads(
+    sql: &str,
+    statements: &[Statement],
+    guards: &GuardSet,
+) -> (Vec<PinnedRead>, bool, Vec<usize>) {
     let mut reads = Vec::new();
     let mut read_unparsed = false;
+    let mut shared: Vec<usize> = Vec::new();
     for (i, st) in statements.iter().enumerate() {
         let text = &sql[st.range.clone()];
         if st.action == (Action::Pass { tx_control: false })
             && guards.prefilter.names_guarded(text.as_bytes())
         {
-            match parse_pinned_read(text, guards) {
-                Ok(Some(read)) => reads.push(PinnedRead {
-                    statement: i,
-                    ..read
-                }),
-                Ok(None) => {}
+            match read_facts(text, guards) {
+                Ok(facts) => {
+                    if let Some(read) = facts.pinned {
+                        reads.push(PinnedRead {
+                            statement: i,
+                            ..read
+                        });
+                    }
+                    for g in facts.shared {
+                        if !shared.contains(&g) {
+                            shared.push(g);
+                        }
+                    }
+                }
                 Err(_) => read_unparsed = true,
             }
         }
     }
-    (reads, read_unparsed)
+    (reads, read_unparsed, shared)
 }
 
 fn analyze_statement(lexed: &Lexed, r: Range<usize>, guards: &GuardSet) -> Action {

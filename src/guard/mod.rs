@@ -123,6 +123,10 @@ pub struct Analysis {
     /// A statement naming a guarded table that sqlparser could not parse as a read: whether
     /// it pins a row is unknown.
     pub read_unparsed: bool,
+    /// Guards (indexes) whose table a read of the text names more than once (a self-join, the
+    /// table again in a subquery): its rows cannot tell the instances apart, so they teach
+    /// nothing of that table.
+    pub shared: Vec<usize>,
 }
 
 /// A read of one row of a guarded table: `SELECT ... FROM t WHERE key = value`. Its result

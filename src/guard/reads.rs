@@ -4,6 +4,11 @@
 //! version by itself (see the relay's read tracking). Applications often select the version
 //! without the key, or select neither; when the `WHERE` clause pins the key of the one
 //! guarded table in `FROM`, the proxy still knows which row the result is about.
+//!
+//! A result names each column by table OID and attribute number only, so two instances of one
+//! table (a self-join, the table again in a subquery or CTE) cannot be told apart there: a read
+//! that names a guarded table more than once teaches nothing of that table
+//! ([`ReadFacts::shared`]), rather than pair one row's key with another row's version.
 
 use sqlparser::ast::{self, SetExpr, TableFactor};
 use sqlparser::dialect::PostgreSqlDialect;
@@ -26,13 +31,52 @@ pub struct Unparsed;
 
 /// As [`pinned_read`], telling apart a text sqlparser cannot parse.
 pub fn parse_pinned_read(sql: &str, guards: &GuardSet) -> Result<Option<PinnedRead>, Unparsed> {
+    Ok(read_facts(sql, guards)?.pinned)
+}
+
+/// What one read's text tells the session.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadFacts {
+    /// The row it pins, if any.
+    pub pinned: Option<PinnedRead>,
+    /// The guards (indexes) whose table it reads in more than one instance: its result rows
+    /// cannot tell which instance a key or version column belongs to.
+    pub shared: Vec<usize>,
+}
+
+/// The row a read pins and the guarded tables it reads more than once (one parse for both).
+pub fn read_facts(sql: &str, guards: &GuardSet) -> Result<ReadFacts, Unparsed> {
     // The tokens as the analysis gives them to the parser: `U&"..."` names decoded.
     let lexed = Lexed::new(sql).map_err(|_| Unparsed)?;
     let stmts = Parser::new(&PostgreSqlDialect {})
         .with_tokens_with_locations(lexed.parser_tokens(&(0..lexed.toks.len())))
         .parse_statements()
         .map_err(|_| Unparsed)?;
-    Ok(pinned_in(stmts, guards))
+    let shared = shared_tables(&stmts, guards);
+    Ok(ReadFacts {
+        pinned: pinned_in(stmts, guards),
+        shared,
+    })
+}
+
+/// The guards whose table the statements name as a relation more than once (joins,
+/// subqueries, CTEs alike).
+fn shared_tables(stmts: &[ast::Statement], guards: &GuardSet) -> Vec<usize> {
+    let mut seen: Vec<usize> = Vec::new();
+    let mut shared: Vec<usize> = Vec::new();
+    for stmt in stmts {
+        let _ = ast::visit_relations(stmt, |name| {
+            if let Some(g) = resolve(name, guards) {
+                if !seen.contains(&g) {
+                    seen.push(g);
+                } else if !shared.contains(&g) {
+                    shared.push(g);
+                }
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+    }
+    shared
 }
 
 fn pinned_in(mut stmts: Vec<ast::Statement>, guards: &GuardSet) -> Option<PinnedRead> {
@@ -150,6 +194,28 @@ mod tests {
             "SELECT id FROM account WHERE id = 7 AND version = 3",
         ] {
             assert!(!shows(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_table_read_twice_is_shared() {
+        let g = guards();
+        let shared = |sql: &str| read_facts(sql, &g).unwrap().shared;
+        for sql in [
+            "SELECT a.id, b.version FROM account a JOIN account b ON b.id = a.id + 1",
+            "SELECT a.id, b.version FROM account a, public.account b",
+            "SELECT s.id, version FROM (SELECT id FROM account) s JOIN account USING (id)",
+            "WITH x AS (SELECT id FROM account) SELECT x.id, a.version FROM x, account a",
+            "SELECT id, version FROM account WHERE id IN (SELECT id + 1 FROM \"account\")",
+        ] {
+            assert_eq!(shared(sql), vec![0], "{sql}");
+        }
+        for sql in [
+            "SELECT a.id, a.version FROM account a JOIN other o ON o.id = a.id",
+            "SELECT account.id, account.version FROM account WHERE account.id = 1",
+            "SELECT * FROM other a JOIN other b ON true",
+        ] {
+            assert_eq!(shared(sql), Vec::<usize>::new(), "{sql}");
         }
     }
 

@@ -19,6 +19,7 @@ pub(super) fn untokenizable(sql: &str, guards: &GuardSet) -> Analysis {
             statements: vec![],
             reads: Vec::new(),
             read_unparsed: false,
+            shared: Vec::new(),
         };
     }
     let action = if guards.prefilter.may_write_guarded(sql.as_bytes()) {
@@ -52,6 +53,7 @@ pub(super) fn untokenizable(sql: &str, guards: &GuardSet) -> Analysis {
         }],
         reads: Vec::new(),
         read_unparsed: false,
+        shared: Vec::new(),
     }
 }
 

@@ -83,7 +83,7 @@ impl GuardState {
         let pinned_guard = prepared.pinned.as_ref().map(|r| r.guard);
         let _ = prepared
             .described
-            .set(self.describe(cx, body, pinned_guard));
+            .set(self.describe(cx, body, pinned_guard, &prepared.shared));
         false
     }
 
@@ -102,7 +102,8 @@ impl GuardState {
             return self.hide_added_columns(cx, body, w.added, w.client_returning);
         }
         let pinned_guard = portal.pinned.as_ref().map(|r| r.guard);
-        let described = self.describe(cx, body, pinned_guard);
+        let shared = portal.statement.as_ref().map_or(&[][..], |s| &s.shared[..]);
+        let described = self.describe(cx, body, pinned_guard, shared);
         // The statement's result has the same columns: remembered for its next portals.
         if let Some(s) = &portal.statement
             && s.described.get().is_none()
@@ -111,7 +112,7 @@ impl GuardState {
             let _ = s.described.set(if statement_guard == pinned_guard {
                 described.clone()
             } else {
-                self.describe(cx, body, statement_guard)
+                self.describe(cx, body, statement_guard, shared)
             });
         }
         let _ = portal.described.set(described);
@@ -124,17 +125,18 @@ impl GuardState {
         cx: &Cx<'_>,
         body: &[u8],
         pinned_guard: Option<usize>,
+        shared: &[usize],
     ) -> Described {
         let Some(guard) = pinned_guard else {
             return Described {
-                reads: self.read_plan(cx, body),
+                reads: self.read_plan(cx, body, shared),
                 version: None,
             };
         };
         // One decoding serves the rows' read plan and the pinned read's version column.
         let cols = be::row_description(body).unwrap_or_default();
         Described {
-            reads: self.plan_of_columns(cx, &cols),
+            reads: self.plan_of_columns(cx, &cols, shared),
             version: self.version_column(guard, &cols),
         }
     }

@@ -101,7 +101,8 @@ impl GuardState {
                 | Tag::CatalogEnd { .. } => Ok(false),
             },
             Pending::Simple(None) => {
-                self.track_simple_rows(cx, tag, msg);
+                // A query reading a guarded table twice is tagged (see `follow_pinned_reads`).
+                self.track_simple_rows(cx, tag, msg, &[]);
                 Ok(false)
             }
             Pending::Execute(Some(_)) | Pending::DescribeStatement(Some(_)) => {

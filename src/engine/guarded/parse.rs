@@ -354,11 +354,12 @@ impl GuardState {
         if self.resolved.is_empty() {
             return;
         }
-        let pinned = std::str::from_utf8(p.query)
+        let analysis = std::str::from_utf8(p.query)
             .ok()
-            .and_then(|sql| self.cache.get_or_analyze(sql, guards).lone_read().cloned());
+            .map(|sql| self.cache.get_or_analyze(sql, guards));
         let prepared = Prepared {
-            pinned,
+            pinned: analysis.as_ref().and_then(|a| a.lone_read().cloned()),
+            shared: analysis.map(|a| a.shared.clone()).unwrap_or_default(),
             declared_types: p.param_types.clone(),
             ..Prepared::default()
         };

@@ -32,11 +32,11 @@ impl GuardState {
         {
             // One decoding serves the rows' read plan and the read's version column.
             let cols = be::row_description(body).unwrap_or_default();
-            self.row_plan = self.plan_of_columns(cx, &cols).map(Arc::new);
+            self.row_plan = self.plan_of_columns(cx, &cols, &reads.shared).map(Arc::new);
             check.version = self.version_column(check.guard, &cols);
             return;
         }
-        self.track_simple_rows(cx, tag, msg);
+        self.track_simple_rows(cx, tag, msg, &reads.shared);
         if let Some(check) = check {
             match tag {
                 be::DATA_ROW => check.observe(&mut self.tracker, body, check.version),

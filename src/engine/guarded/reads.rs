@@ -12,11 +12,18 @@ use super::state::GuardState;
 use crate::protocol::backend::{self as be, Column};
 
 impl GuardState {
-    /// Follows the rows of a passed-through simple query (and of pass-through script steps).
-    pub(super) fn track_simple_rows(&mut self, cx: &mut Cx<'_>, tag: u8, msg: &[u8]) {
+    /// Follows the rows of a passed-through simple query (and of pass-through script steps);
+    /// `shared` are the guards it reads in more than one instance (see [`ReadPlan::from_columns`]).
+    pub(super) fn track_simple_rows(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        msg: &[u8],
+        shared: &[usize],
+    ) {
         match tag {
             be::ROW_DESCRIPTION => {
-                self.row_plan = self.read_plan(cx, &msg[5..]).map(Arc::new);
+                self.row_plan = self.read_plan(cx, &msg[5..], shared).map(Arc::new);
             }
             be::DATA_ROW => {
                 if let Some(plan) = &self.row_plan {
@@ -29,22 +36,27 @@ impl GuardState {
     }
 
     /// The read plan of a `RowDescription` body; cheap when no guarded table is in it.
-    pub(super) fn read_plan(&self, cx: &Cx<'_>, body: &[u8]) -> Option<ReadPlan> {
+    pub(super) fn read_plan(&self, cx: &Cx<'_>, body: &[u8], shared: &[usize]) -> Option<ReadPlan> {
         let resolved = &self.resolved;
         if resolved.is_empty()
             || !be::any_column_table(body, |oid| resolved.by_table_oid(oid).is_some())
         {
             return None;
         }
-        self.plan_of_columns(cx, &be::row_description(body)?)
+        self.plan_of_columns(cx, &be::row_description(body)?, shared)
     }
 
     /// The read plan of a `RowDescription` already decoded.
-    pub(super) fn plan_of_columns(&self, cx: &Cx<'_>, cols: &[Column<'_>]) -> Option<ReadPlan> {
+    pub(super) fn plan_of_columns(
+        &self,
+        cx: &Cx<'_>,
+        cols: &[Column<'_>],
+        shared: &[usize],
+    ) -> Option<ReadPlan> {
         let resolved = &self.resolved;
         if resolved.is_empty() {
             return None;
         }
-        ReadPlan::from_columns(cols, resolved, &cx.settings.guards)
+        ReadPlan::from_columns(cols, resolved, &cx.settings.guards, shared)
     }
 }

@@ -53,17 +53,22 @@ pub struct ReadPlan {
 
 impl ReadPlan {
     /// The plan for a result with these columns, if it carries some guarded table's key and
-    /// version columns.
+    /// version columns. The guards in `shared` (read in more than one instance by the
+    /// statement: columns of different rows look alike) are left out.
     pub fn from_columns(
         cols: &[Column<'_>],
         resolved: &ResolvedGuards,
         guards: &GuardSet,
+        shared: &[usize],
     ) -> Option<ReadPlan> {
         let mut entries = Vec::new();
         for col in cols {
             let Some((guard, rg)) = resolved.by_table_oid(col.table_oid) else {
                 continue;
             };
+            if shared.contains(&guard) {
+                continue;
+            }
             let Some(&table) = guards.table_ids.get(guard) else {
                 continue;
             };
@@ -246,6 +251,8 @@ pub struct Reads {
     /// The query is a step of a script (an error stops the script; the end starts the next
     /// step).
     pub step: bool,
+    /// Guards the query reads in more than one instance: its rows teach nothing of them.
+    pub shared: Vec<usize>,
 }
 
 impl Reads {
@@ -254,6 +261,7 @@ impl Reads {
             checks,
             at: 0,
             step,
+            shared: Vec::new(),
         }
     }
 }

@@ -120,7 +120,7 @@ impl GuardState {
             if tag == be::ERROR_RESPONSE {
                 self.fail_script();
             }
-            self.track_simple_rows(cx, tag, msg);
+            self.track_simple_rows(cx, tag, msg, &[]);
             return Ok(false);
         };
         match tag {

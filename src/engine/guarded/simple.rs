@@ -136,17 +136,17 @@ impl GuardState {
                     });
                 }
                 Action::Refuse { table, reason } => {
-                    self.push_chunk(&mut steps, chunk.take(), sql, &analysis.reads, guards);
+                    self.push_chunk(&mut steps, chunk.take(), sql, analysis, guards);
                     let (block, ctx) = self.refusal(table, Refusal::Unsupported(reason.clone()));
                     steps.push_back(StepSpec::Raise(block, Box::new(ctx)));
                 }
                 Action::Write(w) => {
-                    self.push_chunk(&mut steps, chunk.take(), sql, &analysis.reads, guards);
+                    self.push_chunk(&mut steps, chunk.take(), sql, analysis, guards);
                     steps.push_back(StepSpec::Write(w.clone()));
                 }
             }
         }
-        self.push_chunk(&mut steps, chunk, sql, &analysis.reads, guards);
+        self.push_chunk(&mut steps, chunk, sql, analysis, guards);
         // A write that is the first step is planned now: nothing runs before it. A check it
         // needs first makes the script two steps, so outside a transaction it is wrapped in
         // one, and the check's lock lasts until the write.
@@ -203,14 +203,15 @@ impl GuardState {
         steps: &mut VecDeque<StepSpec>,
         chunk: Option<(std::ops::Range<usize>, std::ops::Range<usize>)>,
         sql: &str,
-        reads: &[crate::guard::PinnedRead],
+        analysis: &Analysis,
         guards: &GuardSet,
     ) {
         let Some((bytes, statements)) = chunk else {
             return;
         };
         let text = sql[bytes].to_string();
-        let checks: Vec<ReadCheck> = reads
+        let checks: Vec<ReadCheck> = analysis
+            .reads
             .iter()
             .filter(|r| statements.contains(&r.statement))
             .filter_map(|r| self.read_check(guards, r, None))
@@ -219,10 +220,12 @@ impl GuardState {
                 ..c
             })
             .collect();
-        steps.push_back(if checks.is_empty() {
+        steps.push_back(if checks.is_empty() && analysis.shared.is_empty() {
             StepSpec::Sql(text, None)
         } else {
-            StepSpec::Reads(text, Box::new(Reads::new(checks, true)))
+            let mut reads = Reads::new(checks, true);
+            reads.shared.clone_from(&analysis.shared);
+            StepSpec::Reads(text, Box::new(reads))
         });
     }
 
@@ -265,30 +268,34 @@ impl GuardState {
         guards: &GuardSet,
     ) -> bool {
         let kinds = analysis.kinds();
-        if !kinds
-            .reads
-            .iter()
-            .any(|read| self.follows_read(cx, guards, read))
+        // A read of a guarded table in several instances is followed too: its rows must not
+        // teach that table's versions (see `ReadPlan::from_columns`).
+        let shared = &kinds.shared;
+        if shared.is_empty()
+            && !kinds
+                .reads
+                .iter()
+                .any(|read| self.follows_read(cx, guards, read))
         {
             return false;
         }
-        let Some(reads) = analysis.reads(sql) else {
-            return false;
+        let checks: Vec<ReadCheck> = match analysis.reads(sql) {
+            Some(reads) => reads
+                .iter()
+                .filter(|read| self.follows_read(cx, guards, read))
+                .filter_map(|read| self.read_check(guards, read, None))
+                .collect(),
+            None => Vec::new(),
         };
-        let checks: Vec<ReadCheck> = reads
-            .iter()
-            .filter(|read| self.follows_read(cx, guards, read))
-            .filter_map(|read| self.read_check(guards, read, None))
-            .collect();
-        if checks.is_empty() {
+        if checks.is_empty() && shared.is_empty() {
             return false;
         }
+        let mut reads = Reads::new(checks, false);
+        reads.shared.clone_from(shared);
         cx.out.to_server.extend_from_slice(msg);
         cx.out
             .replies
-            .push(Pending::Simple(Some(Box::new(Tag::Read(Box::new(
-                Reads::new(checks, false),
-            ))))));
+            .push(Pending::Simple(Some(Box::new(Tag::Read(Box::new(reads))))));
         true
     }
 

@@ -37,6 +37,8 @@ pub struct Prepared {
     pub write: Option<PreparedWrite>,
     /// A `SELECT` that pins one guarded row.
     pub pinned: Option<PinnedRead>,
+    /// Guards the statement reads in more than one instance: its rows teach nothing of them.
+    pub shared: Vec<usize>,
     /// Set by the reply to a `Describe` of the statement, or of its first described portal
     /// (each portal applies its own result formats).
     pub described: OnceLock<Described>,
