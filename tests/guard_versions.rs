@@ -355,3 +355,80 @@ async fn two_instances_pair_nothing_when_prepared() {
         .unwrap();
     assert_eq!(n, 1, "row 1 was never read: no conflict");
 }
+
+const STAMPED: &str = "CREATE TABLE item (id int PRIMARY KEY, qty int,
+    version timestamptz NOT NULL DEFAULT now(), plain timestamp NOT NULL DEFAULT localtimestamp);
+INSERT INTO item (id, qty, version) VALUES (1, 100, '2024-02-29 01:30:00.12+00'),
+    (2, 200, '2024-03-01 10:00:00+00');";
+
+const PLAIN_GUARD: &str = r#"
+[[guard]]
+table = "public.item"
+key = ["id"]
+version = "plain"
+kind = "timestamp"
+"#;
+
+/// A timestamp version read under one `DateStyle` (or `TimeZone`) and written under another
+/// is the same version: no false conflict, and a real one still caught.
+#[tokio::test]
+async fn versions_compare_whatever_the_date_style() {
+    for (style, zone, known) in [
+        ("German, DMY", "UTC", true),
+        ("SQL, DMY", "Etc/UTC", true),
+        ("SQL, MDY", "GMT", true),
+        ("Postgres, DMY", "UTC", true),
+        ("Postgres, MDY", "UTC", true),
+        ("ISO, DMY", "Asia/Kolkata", true),
+        // Abbreviations name no offset: nothing is learned, nothing wrongly compared.
+        ("German, DMY", "Europe/Berlin", false),
+        ("SQL, MDY", "UTC+3", false),
+    ] {
+        let set = format!("SET DateStyle = '{style}'; SET TimeZone = '{zone}'");
+        let name = format!("{style} in {zone}");
+        let mut s = scenario("", STAMPED, TIMESTAMP_GUARD);
+        s.name = &name;
+        s.steps = steps(vec![
+            same(A, set.clone()),
+            same(A, "SELECT id, qty, version FROM item WHERE id = 1"),
+            same(A, "SELECT id, qty, version FROM item WHERE id = 2"),
+            same(A, "SET DateStyle = ISO; SET TimeZone = 'America/New_York'"),
+            same(A, "UPDATE item SET qty = 1 WHERE id = 1"),
+            same(A, set.clone()),
+            same(A, "UPDATE item SET qty = 2 WHERE id = 1"),
+            same(A, "RESET DateStyle; RESET TimeZone"),
+            same(A, "UPDATE item SET qty = 3 WHERE id = 1"),
+        ]);
+        if known {
+            // The offset is known: B's write makes A's read of row 2 stale.
+            s.steps
+                .insert(4, same(B, "UPDATE item SET qty = 9 WHERE id = 2"));
+            s.steps
+                .insert(5, conflict(A, "UPDATE item SET qty = 8 WHERE id = 2"));
+        }
+        check_shapes(&s).await;
+    }
+}
+
+/// The same for a `timestamp` without time zone, read in every style.
+#[tokio::test]
+async fn plain_timestamps_compare_whatever_the_date_style() {
+    for style in [
+        "German",
+        "SQL, DMY",
+        "SQL, MDY",
+        "Postgres, DMY",
+        "Postgres, MDY",
+    ] {
+        let mut s = scenario("timestamp date style", STAMPED, PLAIN_GUARD);
+        s.steps = steps(vec![
+            same(A, format!("SET DateStyle = '{style}'")),
+            same(A, "SELECT id, qty, plain FROM item ORDER BY id"),
+            same(A, "SET DateStyle = 'ISO, MDY'"),
+            same(A, "UPDATE item SET qty = 1 WHERE id = 1"),
+            same(B, "UPDATE item SET qty = 9 WHERE id = 2"),
+            conflict(A, "UPDATE item SET qty = 8 WHERE id = 2"),
+        ]);
+        check_shapes(&s).await;
+    }
+}

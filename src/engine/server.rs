@@ -120,6 +120,12 @@ impl Engine {
                 params.client_encoding = String::from_utf8_lossy(value).into_owned()
             }
             b"standard_conforming_strings" => params.standard_conforming_strings = value == b"on",
+            b"DateStyle" => params
+                .date_style
+                .set_date_style(&String::from_utf8_lossy(value)),
+            b"TimeZone" => params
+                .date_style
+                .set_time_zone(&String::from_utf8_lossy(value)),
             b"application_name" => ev.application_name(&String::from_utf8_lossy(value)),
             _ => {}
         }

@@ -31,6 +31,8 @@
 //!   analysis back onto each text.
 //! - `values.rs` ([`values`]): canonical text of key and version values from text or binary
 //!   wire formats.
+//! - `datestyle.rs` ([`datestyle`]): dates and timestamps as the session's `DateStyle` and
+//!   `TimeZone` print them, made canonical.
 //! - `track.rs` ([`track`]): the versions one session has seen, bounded (LRU).
 //! - `conflict.rs` ([`conflict`]): the conflict error and the server-side `DO` block that
 //!   raises it.
@@ -41,6 +43,7 @@
 pub mod analyze;
 pub mod cache;
 pub mod conflict;
+pub mod datestyle;
 mod decide;
 mod explain;
 mod keywords;

@@ -5,7 +5,8 @@
 //! PostgreSQL itself prints for that value with `DateStyle = ISO` and `TimeZone = UTC`, chosen
 //! by the type OID of the column the value belongs to (`char(n)` drops its trailing blanks,
 //! which PostgreSQL ignores when comparing). `None` means "nothing known": the value is
-//! malformed, or its binary form is one this module does not decode.
+//! malformed, or its binary form is one this module does not decode. Result values printed in
+//! another `DateStyle` go through [`super::datestyle`] first.
 //!
 //! Also here: [`quote_literal`], the one way the proxy embeds a value in SQL text.
 
@@ -231,7 +232,7 @@ fn push_fraction(out: &mut String, frac: i64) {
 
 /// Parses PostgreSQL's ISO output (`YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]][ BC]`) and
 /// prints it canonically: fraction without trailing zeros, `timestamptz` moved to UTC.
-fn parse_timestamp(s: &str, tz: bool) -> Option<String> {
+pub(crate) fn parse_timestamp(s: &str, tz: bool) -> Option<String> {
     let s = s.trim_matches(is_pg_space);
     if matches!(s, "infinity" | "-infinity") {
         return Some(s.to_string());

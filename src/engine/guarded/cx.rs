@@ -4,6 +4,7 @@
 //! events. The engine builds a [`Cx`] for each call into the guard; the guard never sees the
 //! engine itself, so it cannot reach past what a `Cx` gives.
 
+use crate::guard::datestyle::DateStyle;
 use crate::protocol::TxStatus;
 use bytes::BytesMut;
 
@@ -42,6 +43,8 @@ impl Outbox {
 pub struct SessionParams {
     pub client_encoding: String,
     pub standard_conforming_strings: bool,
+    /// How the server prints dates (`DateStyle`, `TimeZone`): result values are read in it.
+    pub date_style: DateStyle,
 }
 
 impl SessionParams {
@@ -58,6 +61,7 @@ impl Default for SessionParams {
         SessionParams {
             client_encoding: "UTF8".into(),
             standard_conforming_strings: true,
+            date_style: DateStyle::default(),
         }
     }
 }

@@ -95,7 +95,7 @@ impl GuardState {
                 return false;
             }
             if let Some(plan) = &w.plan {
-                plan.observe(body, &mut self.tracker);
+                plan.observe(body, &mut self.tracker, cx.params.date_style);
             }
             if w.client_returning {
                 let n = be::data_row(body).map_or(0, |v| v.len());
@@ -111,11 +111,12 @@ impl GuardState {
         let Some(described) = portal.described() else {
             return false;
         };
+        let style = cx.params.date_style;
         if let Some(plan) = &described.reads {
-            plan.observe(body, &mut self.tracker);
+            plan.observe(body, &mut self.tracker, style);
         }
         if let Some(check) = &portal.pinned {
-            check.observe(&mut self.tracker, body, described.version);
+            check.observe(&mut self.tracker, body, described.version, style);
         }
         false
     }

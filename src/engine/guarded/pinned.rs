@@ -39,7 +39,9 @@ impl GuardState {
         self.track_simple_rows(cx, tag, msg, &reads.shared);
         if let Some(check) = check {
             match tag {
-                be::DATA_ROW => check.observe(&mut self.tracker, body, check.version),
+                be::DATA_ROW => {
+                    check.observe(&mut self.tracker, body, check.version, cx.params.date_style)
+                }
                 be::COMMAND_COMPLETE => {
                     check.complete(&mut self.tracker, body, check.version.is_some())
                 }

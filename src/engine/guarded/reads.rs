@@ -27,7 +27,7 @@ impl GuardState {
             }
             be::DATA_ROW => {
                 if let Some(plan) = &self.row_plan {
-                    plan.observe(&msg[5..], &mut self.tracker);
+                    plan.observe(&msg[5..], &mut self.tracker, cx.params.date_style);
                 }
             }
             be::COMMAND_COMPLETE | be::ERROR_RESPONSE => self.row_plan = None,

@@ -6,6 +6,7 @@
 //! [`super::reads`] and [`super::pinned`].
 
 use crate::catalog::resolve::ResolvedGuards;
+use crate::guard::datestyle::{self, DateStyle};
 use crate::guard::track::Tracker;
 use crate::guard::values;
 use crate::guard::{GuardSet, TableId};
@@ -139,8 +140,8 @@ impl ReadPlan {
         plan
     }
 
-    /// Records the versions in one `DataRow` body.
-    pub fn observe(&self, row_body: &[u8], tracker: &mut Tracker) {
+    /// Records the versions in one `DataRow` body, its text values printed under `style`.
+    pub fn observe(&self, row_body: &[u8], tracker: &mut Tracker, style: DateStyle) {
         if self.from_end.is_some() && tracker.is_empty() {
             // A write's own versions only advance rows already tracked: none are.
             return;
@@ -155,10 +156,11 @@ impl ReadPlan {
             vals.drain(..first);
         }
         for e in &self.entries {
-            let Some(version) = value(&vals, e.version) else {
+            let Some(version) = value(&vals, e.version, style) else {
                 continue;
             };
-            let keys: Option<Vec<String>> = e.keys.iter().map(|&c| value(&vals, c)).collect();
+            let keys: Option<Vec<String>> =
+                e.keys.iter().map(|&c| value(&vals, c, style)).collect();
             if let Some(keys) = keys {
                 if self.from_end.is_some() {
                     tracker.advance(e.table, &keys, &version);
@@ -186,9 +188,24 @@ pub fn result_format_codes(raw: &[u8]) -> Vec<i16> {
     out
 }
 
-fn value(vals: &[Option<&[u8]>], col: Col) -> Option<String> {
+fn value(vals: &[Option<&[u8]>], col: Col, style: DateStyle) -> Option<String> {
     let raw = (*vals.get(col.index)?)?;
-    canonical(col.type_oid, col.format, raw)
+    canonical_result(col.type_oid, col.format, raw, style)
+}
+
+/// The canonical text of a result value, its text form printed under `style` (the session's
+/// `DateStyle` and `TimeZone`).
+pub fn canonical_result(
+    type_oid: u32,
+    format: i16,
+    raw: &[u8],
+    style: DateStyle,
+) -> Option<String> {
+    if format == 1 {
+        values::canonical_binary(type_oid, raw)
+    } else {
+        datestyle::canonical_result(type_oid, raw, style)
+    }
 }
 
 /// The canonical text of a value in the given format.
@@ -216,8 +233,15 @@ pub struct ReadCheck {
 }
 
 impl ReadCheck {
-    /// Records what one `DataRow` says, given where the version column is.
-    pub fn observe(&self, tracker: &mut Tracker, row_body: &[u8], version: Option<Col>) {
+    /// Records what one `DataRow` says, given where the version column is and how the server
+    /// prints dates (`style`).
+    pub fn observe(
+        &self,
+        tracker: &mut Tracker,
+        row_body: &[u8],
+        version: Option<Col>,
+        style: DateStyle,
+    ) {
         let Some(col) = version else { return };
         let Some(vals) = be::data_row(row_body) else {
             return;
@@ -226,7 +250,7 @@ impl ReadCheck {
             .get(col.index)
             .copied()
             .flatten()
-            .and_then(|raw| canonical(col.type_oid, col.format, raw));
+            .and_then(|raw| canonical_result(col.type_oid, col.format, raw, style));
         match version {
             Some(v) => tracker.observe(self.table, &self.key, &v),
             None => tracker.forget(self.table, &self.key),

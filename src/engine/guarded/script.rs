@@ -17,6 +17,7 @@ use super::tag::Tag;
 use crate::engine::replies::Pending;
 use crate::events::Outcome;
 use crate::guard::conflict;
+use crate::guard::datestyle::DateStyle;
 use crate::guard::track::Tracker;
 use crate::protocol::{backend as be, frontend as fe};
 
@@ -129,7 +130,14 @@ impl GuardState {
                 Ok(true)
             }
             be::DATA_ROW => {
-                step_data_row(c, &msg[5..], &mut self.tracker, &mut cx.out.to_client);
+                let style = cx.params.date_style;
+                step_data_row(
+                    c,
+                    &msg[5..],
+                    &mut self.tracker,
+                    style,
+                    &mut cx.out.to_client,
+                );
                 Ok(true)
             }
             be::COMMAND_COMPLETE => {
@@ -277,9 +285,15 @@ fn step_row_description(c: &mut WriteCheck, body: &[u8], to_client: &mut BytesMu
 
 /// A `DataRow` of a checked write's step: the proxy's `RETURNING` columns are read, and the
 /// client gets the rest when it wrote a `RETURNING` of its own.
-fn step_data_row(c: &WriteCheck, body: &[u8], tracker: &mut Tracker, to_client: &mut BytesMut) {
+fn step_data_row(
+    c: &WriteCheck,
+    body: &[u8],
+    tracker: &mut Tracker,
+    style: DateStyle,
+    to_client: &mut BytesMut,
+) {
     if let Some(plan) = &c.plan {
-        plan.observe(body, tracker);
+        plan.observe(body, tracker, style);
     }
     if c.client_returning {
         let n = be::data_row(body).map_or(0, |v| v.len());
