@@ -8,7 +8,7 @@
 //! [`crate::catalog::resolve::ResolvedGuard::bump`]). A timestamp version needs a clock default
 //! and full precision: `timestamp(0)` holds the same value for a whole second.
 
-use super::Column;
+use super::column::Column;
 use crate::config::{TableName, VersionKind, quote_ident};
 use crate::guard::values::oid;
 
