@@ -6,21 +6,32 @@
 //! encoded into one string (guard index and length-prefixed parts, so no two different keys
 //! share an encoding whatever the key text contains); lookups reuse a scratch buffer and do not
 //! allocate.
+//!
+//! Every change is journaled ([`journal`]) until the engine says where the transaction it was
+//! made in ended: [`Tracker::commit`] keeps it, [`Tracker::rollback`] and
+//! [`Tracker::rollback_to`] undo it back to what the session knew before the transaction or
+//! the savepoint ([`Tracker::savepoint`]).
+
+mod journal;
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 use lru::LruCache;
 
+use self::journal::{Entry, Journal};
 use super::TableId;
 
 /// The versions one session has seen.
 #[derive(Debug)]
 pub struct Tracker {
-    rows: LruCache<Box<str>, Box<str>>,
+    rows: LruCache<Arc<str>, Box<str>>,
     /// How many rows of each table are tracked, by [`TableId`]: a write or read of a table the
     /// session tracks nothing of needs no key lookup.
     per_table: Vec<u32>,
     scratch: String,
+    /// What the changes since the last commit point replaced.
+    journal: Journal,
 }
 
 impl Tracker {
@@ -30,6 +41,8 @@ impl Tracker {
             rows: LruCache::new(NonZeroUsize::new(limit).unwrap_or(NonZeroUsize::MIN)),
             per_table: Vec::new(),
             scratch: String::new(),
+            // Room for a transaction's own changes after a `RESET ALL` of a full tracker.
+            journal: Journal::new(limit.saturating_mul(2)),
         }
     }
 
@@ -37,17 +50,21 @@ impl Tracker {
     /// replaced and made most recently used).
     pub fn observe<S: AsRef<str>>(&mut self, guard: TableId, key_parts: &[S], version: &str) {
         encode(&mut self.scratch, guard, key_parts);
-        if let Some(v) = self.rows.get_mut(self.scratch.as_str()) {
+        if let Some((k, v)) = self.rows.get_key_value_mut(self.scratch.as_str()) {
             if **v != *version {
-                *v = version.into();
+                let was = std::mem::replace(v, version.into());
+                self.journal.record(Entry::Was(k.clone(), was));
             }
             return;
         }
-        if let Some((dropped, _)) = self.rows.push(self.scratch.as_str().into(), version.into())
-            && let Some(table) = table_of(&dropped)
-        {
-            self.count(table, -1);
+        let key: Arc<str> = self.scratch.as_str().into();
+        if let Some((dropped, was)) = self.rows.push(key.clone(), version.into()) {
+            if let Some(table) = table_of(&dropped) {
+                self.count(table, -1);
+            }
+            self.journal.record(Entry::Was(dropped, was));
         }
+        self.journal.record(Entry::Added(key));
         self.count(guard, 1);
     }
 
@@ -72,10 +89,11 @@ impl Tracker {
             return;
         }
         encode(&mut self.scratch, guard, key_parts);
-        if let Some(v) = self.rows.get_mut(self.scratch.as_str())
+        if let Some((k, v)) = self.rows.get_key_value_mut(self.scratch.as_str())
             && **v != *version
         {
-            *v = version.into();
+            let was = std::mem::replace(v, version.into());
+            self.journal.record(Entry::Was(k.clone(), was));
         }
     }
 
@@ -94,8 +112,9 @@ impl Tracker {
             return;
         }
         encode(&mut self.scratch, guard, key_parts);
-        if self.rows.pop(self.scratch.as_str()).is_some() {
+        if let Some((k, was)) = self.rows.pop_entry(self.scratch.as_str()) {
             self.count(guard, -1);
+            self.journal.record(Entry::Was(k, was));
         }
     }
 
@@ -105,23 +124,36 @@ impl Tracker {
         if !self.tracks_table(table) {
             return;
         }
-        let keys: Vec<Box<str>> = self
+        let keys: Vec<Arc<str>> = self
             .rows
             .iter()
             .filter(|(k, _)| table_of(k) == Some(table))
             .map(|(k, _)| k.clone())
             .collect();
         for k in keys {
-            self.rows.pop(&k);
+            if let Some((k, was)) = self.rows.pop_entry(&k) {
+                self.journal.record(Entry::Was(k, was));
+            }
         }
         self.per_table[table.0] = 0;
     }
 
-    /// Forgets every row (end of transaction with `track = "transaction"`, `DISCARD ALL`,
-    /// `RESET ALL`, reload of the guards).
+    /// Forgets every row (`DISCARD ALL`, `RESET ALL`): journaled like any change, so a
+    /// transaction that did not commit gives them back, as it gives back its settings.
     pub fn clear(&mut self) {
+        // Most recent first: undone in reverse, the order of use comes back too.
+        while let Some((k, was)) = self.rows.pop_mru() {
+            self.journal.record(Entry::Was(k, was));
+        }
+        self.per_table.clear();
+    }
+
+    /// Forgets every row and the journal: the end of a transaction with
+    /// `track = "transaction"`.
+    pub fn forget_all(&mut self) {
         self.rows.clear();
         self.per_table.clear();
+        self.journal.reset();
     }
 
     /// How many rows are tracked.
