@@ -33,7 +33,10 @@
 //!   wire formats.
 //! - `datestyle.rs` ([`datestyle`]): dates and timestamps as the session's `DateStyle` and
 //!   `TimeZone` print them, made canonical.
-//! - `track.rs` ([`track`]): the versions one session has seen, bounded (LRU).
+//! - `track.rs` ([`track`]): the versions one session has seen, bounded (LRU), with the
+//!   journal that undoes what a transaction that did not commit taught.
+//! - `txcontrol.rs` ([`txcontrol`]): the transaction-control statements of a text, with
+//!   savepoint names as PostgreSQL folds them.
 //! - `conflict.rs` ([`conflict`]): the conflict error and the server-side `DO` block that
 //!   raises it.
 //!
@@ -56,6 +59,7 @@ mod resolve;
 pub mod rewrite;
 pub mod shape;
 pub mod track;
+pub mod txcontrol;
 mod unparsed;
 pub mod values;
 

@@ -3,7 +3,9 @@
 //! One Aho-Corasick DFA (ASCII case-insensitive, walked by hand: a table lookup per byte) holds
 //! the bare name of every guarded table, the words that start a write (`update`, `delete`,
 //! `merge`, `insert`) and the words of the session commands that make a session forget what it
-//! tracked (`discard`, `reset`, `deallocate`). One pass over a text tells all three. A text
+//! tracked (`discard`, `reset`, `deallocate`), and the words of the transaction control whose
+//! statement text the session needs (`savepoint`, `release`, `rollback`: savepoint names, and
+//! `ROLLBACK TO` told from `ROLLBACK`). One pass over a text tells all four. A text
 //! that lacks a name or a write word cannot write a guarded table and never reaches the
 //! parser. The scan is substring-based on purpose (a `U&"` identifier counts as a name: its
 //! escapes may spell one): a false positive only costs a parse, a false negative would let a
@@ -19,6 +21,8 @@ use crate::config::Guard;
 const WRITE_WORDS: [&str; 4] = ["update", "delete", "merge", "insert"];
 /// Words of the session commands `DISCARD`, `RESET` and `DEALLOCATE`.
 const SESSION_WORDS: [&str; 3] = ["discard", "reset", "deallocate"];
+/// Words of `SAVEPOINT`, `RELEASE` and `ROLLBACK [TO]`.
+const TX_WORDS: [&str; 3] = ["savepoint", "release", "rollback"];
 
 /// What one scan of a text found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,6 +33,8 @@ pub struct Found {
     pub write: bool,
     /// A word that starts a session command.
     pub session: bool,
+    /// A word of savepoint handling or `ROLLBACK` (see [`crate::guard::txcontrol`]).
+    pub tx: bool,
 }
 
 impl Found {
@@ -37,6 +43,7 @@ impl Found {
             name: bits & NAME != 0,
             write: bits & WRITE != 0,
             session: bits & SESSION != 0,
+            tx: bits & TX != 0,
         }
     }
 
@@ -50,11 +57,12 @@ impl Found {
 const NAME: u8 = 1;
 const WRITE: u8 = 2;
 const SESSION: u8 = 4;
-const ALL: u8 = NAME | WRITE | SESSION;
+const TX: u8 = 8;
+const ALL: u8 = NAME | WRITE | SESSION | TX;
 
 #[derive(Debug)]
 pub struct Prefilter {
-    /// Table names, then [`WRITE_WORDS`], then [`SESSION_WORDS`].
+    /// Table names, then [`WRITE_WORDS`], [`SESSION_WORDS`] and [`TX_WORDS`].
     automaton: Option<DFA>,
     /// The kind of each pattern, by pattern index.
     kinds: Vec<u8>,
@@ -81,8 +89,10 @@ impl Prefilter {
         let mut kinds = vec![NAME; patterns.len()];
         patterns.extend(WRITE_WORDS.iter().map(|w| w.to_string()));
         patterns.extend(SESSION_WORDS.iter().map(|w| w.to_string()));
+        patterns.extend(TX_WORDS.iter().map(|w| w.to_string()));
         kinds.resize(kinds.len() + WRITE_WORDS.len(), WRITE);
         kinds.resize(kinds.len() + SESSION_WORDS.len(), SESSION);
+        kinds.resize(kinds.len() + TX_WORDS.len(), TX);
         // Standard semantics and no prefilter: every match state is reported, and only match
         // states are special, so the loop in `scan` takes one branch per byte.
         let automaton = DFA::builder()
@@ -200,7 +210,8 @@ mod tests {
             Found {
                 name: true,
                 write: true,
-                session: false
+                session: false,
+                tx: false
             }
         );
         assert!(f.may_write_guarded());
@@ -208,6 +219,8 @@ mod tests {
         assert!(f.session && !f.name && !f.write && !f.may_write_guarded());
         assert!(p.scan(b"discard all").session);
         assert!(p.scan(b"RESET ALL").session);
+        assert!(p.scan(b"ROLLBACK TO a").tx && p.scan(b"release x").tx);
+        assert!(p.scan(b"SAVEPOINT a").tx && !p.scan(b"COMMIT").tx);
         assert!(p.scan(b"SELECT * FROM Invoice").name);
         assert_eq!(p.scan(b"BEGIN"), Found::default());
         assert_eq!(Prefilter::new(&[]).scan(b"DISCARD ALL"), Found::default());
@@ -238,6 +251,9 @@ mod tests {
             "Discard",
             "reset",
             "dealLOCATE",
+            "SAVEpoint",
+            "release",
+            "rollBACK",
             "a\"\"b",
             "U&\"",
             " ",
@@ -266,6 +282,7 @@ mod tests {
                 ]),
                 write: any(&WRITE_WORDS),
                 session: any(&SESSION_WORDS),
+                tx: any(&TX_WORDS),
             }
         };
         let mut seed = 0x2545_f491_4f6c_dd1du64;
