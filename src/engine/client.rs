@@ -92,6 +92,7 @@ impl Engine {
                 }
             }
             fe::BIND => {
+                self.guard.tx_bind(&msg[5..]);
                 let (guard, mut cx) = self.guard_cx(ev);
                 if !guard.guard_bind(&mut cx, msg)? {
                     self.forward(msg, Pending::Bind(None));
@@ -113,6 +114,9 @@ impl Engine {
                 self.on_execute(msg, ev);
             }
             fe::CLOSE => {
+                if let Some((kind, name)) = fe::target(&msg[5..]) {
+                    self.guard.tx_close(kind, name);
+                }
                 let (guard, mut cx) = self.guard_cx(ev);
                 guard.guard_close(&mut cx, &msg[5..]);
                 self.forward(msg, Pending::Close(None));
@@ -191,6 +195,7 @@ impl Engine {
     /// An `Execute`: as it is, unless the guard follows its portal.
     fn on_execute(&mut self, msg: &[u8], ev: &dyn SessionEvents) {
         let (guard, mut cx) = self.guard_cx(ev);
+        guard.tx_execute(&cx, &msg[5..]);
         let tagged = guard.guard_execute(&mut cx, &msg[5..]);
         // The client expects no rows (it may ask for at most one, as pgjdbc does), so the
         // proxy's own rows must not suspend the portal before its row count.

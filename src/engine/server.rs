@@ -60,6 +60,14 @@ impl Engine {
         if tag == be::ERROR_RESPONSE && self.guard.keeps_statements() {
             self.guard.on_error_with_kept(&msg[5..]);
         }
+        match tag {
+            be::COMMAND_COMPLETE => {
+                let per_tx = self.settings.config.track == crate::config::TrackScope::Transaction;
+                self.guard.on_command_complete(&msg[5..], per_tx);
+            }
+            be::ERROR_RESPONSE => self.guard.on_server_error(),
+            _ => {}
+        }
         let mut release = false;
         let (step, popped) = if tag == be::ERROR_RESPONSE {
             let mut undo = Vec::new();

@@ -166,12 +166,14 @@ impl GuardState {
     /// Every `ReadyForQuery`: transaction ends forget portals (and, with
     /// `track = "transaction"`, tracked versions).
     fn on_ready(&mut self, cx: &mut Cx<'_>, body: &[u8]) {
-        if TxStatus::from_ready(body) == TxStatus::Idle {
+        let status = TxStatus::from_ready(body);
+        self.tx_ready(status);
+        if status == TxStatus::Idle {
             if !self.portals.is_empty() {
                 self.portals.clear();
             }
             if cx.settings.config.track == crate::config::TrackScope::Transaction {
-                self.tracker.clear();
+                self.tracker.forget_all();
             }
         }
     }

@@ -29,6 +29,8 @@
 //! - [`kept`]: unnamed guarded writes kept prepared under names of the proxy's.
 //! - [`stale`]: statements prepared before a reload that guards their table.
 //! - [`raise`]: the `DO` blocks that make the server itself raise conflicts and refusals.
+//! - [`txn`]: where the server's transactions and savepoints end, so that what a session
+//!   learned in one that did not commit is undone.
 //!
 //! With no guard configured none of this runs: every hook returns at its first test.
 
@@ -56,6 +58,7 @@ mod script;
 mod session;
 mod simple;
 mod stale;
+mod txn;
 
 pub use checks::{RaiseCtx, Script, WriteCheck};
 pub use cx::{Cx, Outbox, SessionParams};

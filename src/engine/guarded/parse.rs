@@ -55,6 +55,7 @@ impl GuardState {
             return Ok(false);
         };
         let found = self.found_in_parse(p.query, &guards.prefilter);
+        self.tx_parse(name, p.query, found.tx);
         if found.session {
             self.on_session_command(p.query, cx.tx_status == TxStatus::Failed);
         }

@@ -70,12 +70,14 @@ impl GuardState {
                     cx.events
                         .guarded(c.guards.table_ids[c.guard], Outcome::Rewritten);
                 }
+                self.note_step_tx(cx, &text);
                 fe::write_query(&mut cx.out.to_server, text.as_bytes());
                 cx.out
                     .replies
                     .push(Pending::Simple(Some(Box::new(Tag::Step(check)))));
             }
             Some(StepSpec::Reads(text, reads)) => {
+                self.note_step_tx(cx, &text);
                 fe::write_query(&mut cx.out.to_server, text.as_bytes());
                 cx.out
                     .replies
@@ -84,6 +86,14 @@ impl GuardState {
             Some(StepSpec::Raise(block, ctx)) => self.send_simple_raise(cx, &block, *ctx),
             Some(StepSpec::Write(_)) => unreachable!("a planned write is SQL or a raise"),
             None => {}
+        }
+    }
+
+    /// A step about to be queued: its savepoints and rollbacks (see [`super::txn`]).
+    fn note_step_tx(&mut self, cx: &Cx<'_>, text: &str) {
+        if cx.settings.guards.prefilter.scan(text.as_bytes()).tx {
+            let ready = self.next_ready(cx);
+            self.note_tx_text(ready, text.as_bytes());
         }
     }
 

@@ -46,6 +46,8 @@ impl GuardState {
         if !self.portals.is_empty() {
             self.portals.remove(&b""[..]);
         }
+        self.tx_close(b'S', b"");
+        self.tx_close(b'P', b"");
         if !self.guards_active(cx) {
             return Ok(false);
         }
@@ -56,7 +58,15 @@ impl GuardState {
         if found.session {
             self.on_session_command(sql, cx.tx_status == TxStatus::Failed);
         }
-        self.simple_query(cx, msg, sql, found)
+        // Its savepoints and rollbacks, unless it runs as a script (each step notes its own).
+        let ready = found.tx.then(|| self.next_ready(cx));
+        let sent = self.simple_query(cx, msg, sql, found)?;
+        if let Some(ready) = ready
+            && self.script.is_none()
+        {
+            self.note_tx_text(ready, sql);
+        }
+        Ok(sent)
     }
 
     /// A simple `Query` from the client. Returns true when the guard sent it (as a script).

@@ -14,6 +14,7 @@ use super::checks::{RaiseCtx, Script};
 use super::cx::Cx;
 use super::rows::ReadPlan;
 use super::statements::{Kept, Portal, Prepared, StaleStatement};
+use super::txn::TxnState;
 use crate::catalog::resolve::ResolvedGuards;
 use crate::guard::cache::AnalysisCache;
 use crate::guard::prefilter::Found;
@@ -65,6 +66,8 @@ pub struct GuardState {
     /// Where a checked write inside a transaction block stands when its `Sync` goes right
     /// behind it (see [`GuardState::check_after_sync`]).
     pub(super) after_sync: AfterSync,
+    /// Where the server's transactions stand, for undoing what one that failed taught.
+    pub(super) txn: TxnState,
 }
 
 /// A checked write whose batch's `Sync` was sent without waiting for its row count.
@@ -111,6 +114,7 @@ impl GuardState {
             seen_once: NameMap::default(),
             deallocated: Vec::new(),
             after_sync: AfterSync::None,
+            txn: TxnState::default(),
         }
     }
 
