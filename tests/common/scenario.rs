@@ -1,5 +1,5 @@
 //! The differential two-session harness: a scenario is a table, a guard, and a list of steps for
-//! sessions A, B and C (simple queries); it runs once directly against PostgreSQL and once
+//! sessions A, B and C (simple queries, or extended-protocol batches up to their `Sync`); it runs once directly against PostgreSQL and once
 //! through the proxy, each time in a fresh database, and the replies of every step (tags,
 //! errors with their SQLSTATE, rows) and the final table are compared. The only difference
 //! allowed is a conflict the proxy adds where a step is marked [`Expect::Conflict`]: the stale
@@ -26,12 +26,14 @@ pub enum Expect {
     Conflict,
 }
 
-/// One step: a simple query of one session.
+/// One step: a simple query of one session, or the messages of an extended-protocol batch
+/// (`wire`, ending with one `Sync`; `sql` then only names the step).
 #[derive(Debug, Clone)]
 pub struct Step {
     pub who: Who,
     pub sql: String,
     pub expect: Expect,
+    pub wire: Option<Vec<u8>>,
 }
 
 /// `who` runs `sql`, which must behave as directly.
@@ -40,15 +42,24 @@ pub fn same(who: Who, sql: impl Into<String>) -> Step {
         who,
         sql: sql.into(),
         expect: Expect::Same,
+        wire: None,
     }
 }
 
 /// `who` runs `sql`, a stale write the proxy must turn into a conflict.
 pub fn conflict(who: Who, sql: impl Into<String>) -> Step {
     Step {
-        who,
-        sql: sql.into(),
         expect: Expect::Conflict,
+        ..same(who, sql)
+    }
+}
+
+/// `who` sends the extended-protocol `messages` (one batch ending with its `Sync`), named
+/// `label`, which must behave as directly.
+pub fn same_batch(who: Who, label: &str, messages: &[Vec<u8>]) -> Step {
+    Step {
+        wire: Some(messages.concat()),
+        ..same(who, label)
     }
 }
 
@@ -128,7 +139,10 @@ impl Scenario<'_> {
         let mut replies = Vec::new();
         for step in &self.steps {
             let raw = &mut sessions[step.who as usize];
-            raw.send(&query(&step.sql)).await;
+            match &step.wire {
+                Some(wire) => raw.send(wire).await,
+                None => raw.send(&query(&step.sql)).await,
+            }
             replies.push(raw.until_ready().await);
         }
         drop(sessions);
