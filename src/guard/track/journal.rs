@@ -10,6 +10,9 @@
 
 use std::sync::Arc;
 
+/// Entries whose room the journal keeps between transactions.
+const KEPT_ROOM: usize = 256;
+
 /// One journaled change, or a savepoint.
 #[derive(Debug)]
 pub(super) enum Entry {
@@ -63,6 +66,10 @@ impl Journal {
     pub(super) fn reset(&mut self) {
         if !self.entries.is_empty() {
             self.entries.clear();
+            // A large transaction's room is given back; a small one's is kept for the next.
+            if self.entries.capacity() > KEPT_ROOM {
+                self.entries.shrink_to(KEPT_ROOM);
+            }
         }
         self.overflowed = false;
     }
