@@ -35,6 +35,51 @@ pub enum TxOp {
     Unknown,
 }
 
+/// Words that start a transaction-control statement.
+const STARTS: [&[u8]; 9] = [
+    b"savepoint",
+    b"release",
+    b"rollback",
+    b"abort",
+    b"commit",
+    b"end",
+    b"begin",
+    b"start",
+    b"prepare",
+];
+
+/// False when `sql` surely holds no transaction-control statement: no statement of it (the
+/// text's start, or after a `;`) starts with one of their words. Cheap, without lexing (a `;`
+/// in a literal, or a comment before a statement, only makes it say true), so that texts which
+/// merely spell such a word (a column `release_date`) are not lexed each time they are sent.
+pub fn may_hold_tx(sql: &[u8]) -> bool {
+    let starts = std::iter::once(0).chain(
+        sql.iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b';')
+            .map(|(i, _)| i + 1),
+    );
+    for at in starts {
+        let rest = &sql[at..];
+        let rest = &rest[rest
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(rest.len())..];
+        if rest.starts_with(b"/*") || rest.starts_with(b"--") {
+            return true;
+        }
+        let word_len = rest
+            .iter()
+            .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b >= 0x80))
+            .unwrap_or(rest.len());
+        let word = &rest[..word_len];
+        if STARTS.iter().any(|w| word.eq_ignore_ascii_case(w)) {
+            return true;
+        }
+    }
+    false
+}
+
 /// The transaction-control statements of `sql`, in order (statements of other kinds, and
 /// `COMMIT PREPARED` / `ROLLBACK PREPARED`, which end no transaction of this session, are left
 /// out).
@@ -212,6 +257,29 @@ mod tests {
             vec![Savepoint(name(&"x".repeat(63)))]
         );
         assert_eq!(tx_ops("savepoint"), vec![Savepoint(None)]);
+    }
+
+    #[test]
+    fn cheap_check_finds_every_statement_start() {
+        for sql in [
+            "ROLLBACK",
+            "  savepoint a",
+            "select 1; Release a",
+            "select 1;\n\tEND",
+            "/* c */ rollback to a",
+            "select 1; -- c\n commit",
+            "BEGIN",
+        ] {
+            assert!(may_hold_tx(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "SELECT release_date FROM t",
+            "select 1; select rollback_count from t",
+            "UPDATE t SET savepoints = 1",
+            "",
+        ] {
+            assert!(!may_hold_tx(sql.as_bytes()), "{sql}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use super::cx::Cx;
 use super::state::{GuardState, NameMap};
 use crate::engine::replies::Pending;
-use crate::guard::txcontrol::{TxOp, tx_ops};
+use crate::guard::txcontrol::{TxOp, may_hold_tx, tx_ops};
 use crate::protocol::TxStatus;
 use crate::protocol::frontend as fe;
 
@@ -99,6 +99,9 @@ impl GuardState {
     /// script) in which the prefilter found a transaction-control word; `ready` is the
     /// number of its `ReadyForQuery` ([`GuardState::next_ready`], taken before it was queued).
     pub(super) fn note_tx_text(&mut self, ready: u64, sql: &[u8]) {
+        if !may_hold_tx(sql) {
+            return;
+        }
         let sql = String::from_utf8_lossy(sql);
         self.txn
             .ops
@@ -107,7 +110,10 @@ impl GuardState {
 
     /// A `Parse` of statement `name` (`tx`: the prefilter found a transaction-control word).
     pub(super) fn tx_parse(&mut self, name: &[u8], sql: &[u8], tx: bool) {
-        if tx && let [op] = tx_ops(&String::from_utf8_lossy(sql)).as_slice() {
+        if tx
+            && may_hold_tx(sql)
+            && let [op] = tx_ops(&String::from_utf8_lossy(sql)).as_slice()
+        {
             self.txn.statements.insert(name.into(), op.clone());
         } else if !self.txn.statements.is_empty() {
             self.txn.statements.remove(name);
