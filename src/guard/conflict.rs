@@ -181,6 +181,10 @@ fn block(info: &ConflictInfo, sqlstate: &str, only_if_changed: bool, lock: bool)
 pub struct RaisedInWrite {
     /// The version the write found.
     pub found: String,
+    /// For a write checked against every row the session knows (see
+    /// [`crate::guard::rewrite::Expected::Rows`]): which of those rows it found changed
+    /// (0-based, in the order the write listed them).
+    pub row: Option<usize>,
     /// The error's severity as the server words it (`ERROR`, or `FEHLER` with German
     /// `lc_messages`), so the conflict error reads as the server's own errors do.
     pub severity: String,
@@ -196,6 +200,14 @@ pub fn found_in_error(body: &[u8]) -> Option<RaisedInWrite> {
     let marker = crate::guard::rewrite::CONFLICT_MARKER;
     let (_, rest) = message.split_once(marker)?;
     let (found, _) = rest.rsplit_once('#')?;
+    // A check of the session's known rows adds the row's 1-based position: `<found>#<n>#`.
+    let (found, row) = match found.split_once('#') {
+        Some((found, n)) => (
+            found,
+            n.parse::<usize>().ok().and_then(|n| n.checked_sub(1)),
+        ),
+        None => (found, None),
+    };
     // `concat` writes nothing for a NULL version; no version type prints as empty text.
     let found = if found.is_empty() { "NULL" } else { found };
     let severity = backend::error_field(body, b'S')
@@ -203,6 +215,7 @@ pub fn found_in_error(body: &[u8]) -> Option<RaisedInWrite> {
         .unwrap_or_else(|| "ERROR".into());
     Some(RaisedInWrite {
         found: found.to_string(),
+        row,
         severity,
     })
 }
@@ -349,8 +362,19 @@ mod tests {
             raised,
             RaisedInWrite {
                 found: "8".into(),
+                row: None,
                 severity: "FEHLER".into()
             }
+        );
+        let known_row = server_error(
+            "ERROR",
+            "42704",
+            &format!("unrecognized configuration parameter \"{marker}8#3#\""),
+        );
+        let raised_known = found_in_error(&known_row).unwrap();
+        assert_eq!(
+            (raised_known.found.as_str(), raised_known.row),
+            ("8", Some(2))
         );
         let info = info(&["name"], &["a"], "modified");
         let fields = conflict_fields(&info, &raised, "40001");

@@ -47,6 +47,10 @@ pub enum Expected<'a> {
     Literal(&'a str),
     /// A parameter the proxy binds; a NULL binding means "unknown" and matches any version.
     Param(u16),
+    /// Every row the session knows of the table (key parts and version, canonical text), for
+    /// a write whose rows the proxy cannot name from its text: the server checks each row the
+    /// write touches against this list (see [`known`]).
+    Rows(&'a [(Vec<String>, String)]),
 }
 
 /// How the bump moves a version forward, as the session's catalog says (see
@@ -192,8 +196,11 @@ impl GuardedWrite {
         {
             r.bump(guards.guards[self.guard].kind, bump, set_end);
         }
-        if self.op != WriteOp::Upsert && expected != Expected::None {
-            r.check(self, expected);
+        match expected {
+            Expected::None => {}
+            Expected::Rows(rows) => r.known_rows(self, rows, &names.key),
+            _ if self.op == WriteOp::Upsert => {}
+            _ => r.check(self, expected),
         }
         if returning && self.added_columns(guards) > 0 {
             r.returning(s.returning_at, self.client_returning, &names.key);
@@ -295,6 +302,13 @@ impl Renderer<'_> {
             }
             _ => None,
         };
+        self.open_check(s);
+        self.expected(expected, raising);
+    }
+
+    /// Copies the text up to where a check goes, and opens it: `(condition) AND `, or
+    /// ` WHERE ` when the write has no condition.
+    fn open_check(&mut self, s: &Splice) {
         match &s.condition {
             Some(cond) => {
                 self.copy_to(cond.start);
@@ -307,7 +321,6 @@ impl Renderer<'_> {
                 self.out.push_str(" WHERE ");
             }
         }
-        self.expected(expected, raising);
     }
 
     /// The check of the version against `expected`; with `raising` (the write's condition),
@@ -316,7 +329,8 @@ impl Renderer<'_> {
         let (q, version) = (self.q, self.version);
         let out = &mut *self.out;
         match (expected, raising) {
-            (Expected::None, _) => {} // nothing to check: not reached (see above)
+            // Nothing to check, or the known rows: not reached (see `render_with`).
+            (Expected::None | Expected::Rows(_), _) => {}
             (Expected::Literal(v), None) => {
                 push_column(out, q, version);
                 out.push_str(" = ");
@@ -369,5 +383,7 @@ impl Renderer<'_> {
     }
 }
 
+mod known;
+pub use known::known_cap;
 #[cfg(test)]
 mod tests;

@@ -156,6 +156,21 @@ impl Tracker {
         self.journal.reset();
     }
 
+    /// Up to `max` rows of `table` with their versions, most recently used first, without
+    /// marking them used: what a write whose rows the proxy cannot name checks per row (see
+    /// [`crate::guard::rewrite::Known`]). Scans the tracker; called only for such writes.
+    pub fn table_rows(&self, table: TableId, max: usize) -> Vec<(Vec<String>, String)> {
+        if !self.tracks_table(table) {
+            return Vec::new();
+        }
+        self.rows
+            .iter()
+            .filter(|(k, _)| table_of(k) == Some(table))
+            .filter_map(|(k, v)| Some((decode(k)?, v.to_string())))
+            .take(max)
+            .collect()
+    }
+
     /// How many rows are tracked.
     pub fn len(&self) -> usize {
         self.rows.len()
@@ -175,6 +190,22 @@ impl Tracker {
 fn table_of(encoded: &str) -> Option<TableId> {
     let digits = encoded.split(':').next()?;
     digits.parse().ok().map(TableId)
+}
+
+/// The key parts of an encoded key (see [`encode`]).
+fn decode(encoded: &str) -> Option<Vec<String>> {
+    let (_, mut rest) = encoded.split_once(':')?;
+    let mut parts = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        parts.push(tail.get(..len)?.to_string());
+        rest = tail
+            .get(len..)?
+            .strip_prefix(':')
+            .unwrap_or(tail.get(len..)?);
+    }
+    Some(parts)
 }
 
 fn encode<S: AsRef<str>>(buf: &mut String, guard: TableId, key_parts: &[S]) {
@@ -301,6 +332,27 @@ mod tests {
         assert_eq!(t.expected(TableId(12), &["1"]), None);
         t.clear();
         assert!(!t.tracks_table(TableId(3)) && !t.tracks_table(TableId(4)));
+    }
+
+    #[test]
+    fn a_table_s_rows_are_listed_most_recent_first() {
+        let mut t = Tracker::new(10);
+        t.observe(TableId(1), &["a:1:b"], "1");
+        t.observe(TableId(2), &["x"], "9");
+        t.observe(TableId(1), &["", "c"], "2");
+        t.observe(TableId(1), &["3"], "3");
+        let rows = t.table_rows(TableId(1), 10);
+        let want = |k: &[&str], v: &str| (k.iter().map(|s| s.to_string()).collect(), v.into());
+        assert_eq!(
+            rows,
+            vec![
+                want(&["3"], "3"),
+                want(&["", "c"], "2"),
+                want(&["a:1:b"], "1")
+            ]
+        );
+        assert_eq!(t.table_rows(TableId(1), 1).len(), 1);
+        assert!(t.table_rows(TableId(3), 10).is_empty());
     }
 
     #[test]

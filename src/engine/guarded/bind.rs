@@ -149,6 +149,7 @@ impl GuardState {
             // not the statement's: the check sent before it raises a conflict.
             expected: if w.splice.in_cte { None } else { expected },
             key,
+            known: Vec::new(),
             plan: self.returning_plan(pw, added, b.result_formats),
             held: None,
             in_cte: w.splice.in_cte,
@@ -283,6 +284,7 @@ impl GuardState {
             client_returning: w.client_returning,
             expected: None,
             key: None,
+            known: Vec::new(),
             plan: None,
             held: None,
             in_cte: w.splice.in_cte,

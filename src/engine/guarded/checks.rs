@@ -66,6 +66,10 @@ pub struct WriteCheck {
     pub expected: Option<String>,
     /// The row's key (canonical text), when the write names one row.
     pub key: Option<Vec<String>>,
+    /// The rows the write was checked against, row by row in the server (key parts and
+    /// expected version; see [`crate::guard::rewrite::Expected::Rows`]): empty unless its
+    /// rows could not be named from its text and the session knew some of the table's.
+    pub known: Vec<(Vec<String>, String)>,
     /// Reads the proxy's `RETURNING` columns.
     pub plan: Option<ReadPlan>,
     /// The `CommandComplete` of a write that matched 0 rows, kept back during the check.
@@ -109,6 +113,12 @@ impl WriteCheck {
     /// of which row, and the version the row was found at.
     pub fn raised_conflict(&self, body: &[u8]) -> Option<(ConflictInfo, conflict::RaisedInWrite)> {
         let found = conflict::found_in_error(body)?;
+        // A check of the known rows says which of them it found changed.
+        if let Some((key, expected)) = found.row.and_then(|i| self.known.get(i)) {
+            let guard = self.guards.guards.get(self.guard)?;
+            let info = ConflictInfo::of(guard, Some(key.clone()), expected.clone());
+            return Some((info, found));
+        }
         Some((self.conflict_info()?, found))
     }
 

@@ -9,7 +9,7 @@ use super::state::GuardState;
 use crate::config::{BulkPolicy, UnversionedPolicy};
 use crate::engine::replies::Pending;
 use crate::guard::conflict::{ConflictInfo, Refusal};
-use crate::guard::rewrite::Bump;
+use crate::guard::rewrite::{Bump, known_cap};
 use crate::guard::{GuardSet, GuardedWrite, TableId, Target, ValueRef, WriteOp};
 use crate::protocol::frontend::Bind;
 
@@ -93,6 +93,22 @@ impl GuardState {
             Pending::Execute(tag) => tag.is_some(),
             _ => false,
         })
+    }
+
+    /// The rows of `w`'s table the session knows (key parts and version, most recently used
+    /// first, capped), for a write whose rows its text does not name: the server checks each
+    /// row the write touches against them (see [`crate::guard::rewrite::Expected::Rows`]).
+    /// Empty for a write that pins its own version.
+    pub(super) fn known_rows(
+        &self,
+        guards: &GuardSet,
+        w: &GuardedWrite,
+    ) -> Vec<(Vec<String>, String)> {
+        if w.pinned.is_some() {
+            return Vec::new();
+        }
+        let cap = known_cap(guards.guards[w.guard].key.len());
+        self.tracker.table_rows(guards.table_ids[w.guard], cap)
     }
 
     /// True when the session tracks a version of the row with this key.

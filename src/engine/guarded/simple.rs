@@ -347,8 +347,15 @@ impl GuardState {
                     .map(|(block, ctx)| StepSpec::Raise(block, Box::new(ctx)));
                 let cond_len = w.splice.condition.as_ref().map_or(0, |c| c.len());
                 let mut text = String::with_capacity(w.splice.statement.len() + cond_len + 256);
+                // A write whose rows its text does not name is checked row by row against
+                // every row of the table the session knows.
+                let known = match (&expected, &key, pinned_here) {
+                    (None, None, false) => self.known_rows(&guards, w),
+                    _ => Vec::new(),
+                };
                 let render_with = match (&expected, pinned_here) {
                     (Some(v), false) => Expected::Literal(v),
+                    _ if !known.is_empty() => Expected::Rows(&known),
                     _ => Expected::None,
                 };
                 // The proxy's RETURNING only advances versions the session tracks: a row it
@@ -379,6 +386,7 @@ impl GuardState {
                         // count is not the statement's: the check before it raises a conflict.
                         expected: if w.splice.in_cte { None } else { expected },
                         key,
+                        known,
                         plan: None,
                         held: None,
                         in_cte: w.splice.in_cte,

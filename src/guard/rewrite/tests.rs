@@ -387,3 +387,52 @@ fn bumps_follow_the_column() {
         );
     }
 }
+
+#[test]
+fn known_rows_are_checked_per_row() {
+    let rows = vec![
+        (vec!["1".to_string()], "7".to_string()),
+        (vec!["x\"y'z\\".to_string()], "8".to_string()),
+    ];
+    let out = render(
+        "UPDATE invoice SET total = 1 WHERE id IN (1, 2)",
+        Expected::Rows(&rows),
+    );
+    assert_eq!(
+        out,
+        "UPDATE invoice SET total = 1, version = invoice.version + 1 WHERE (id IN (1, 2)) AND \
+         CASE WHEN array_position(E'{\"1\",\"x\\\\\"y''z\\\\\\\\\"}', invoice.id) IS NULL THEN true \
+         WHEN array_position(E'{\"1\",\"x\\\\\"y''z\\\\\\\\\"}', invoice.id) = \
+         ANY(array_positions('{\"7\",\"8\"}', invoice.version)) THEN true \
+         WHEN (id IN (1, 2)) THEN current_setting(concat('optlock.conflict:', invoice.version, '#', \
+         array_position(E'{\"1\",\"x\\\\\"y''z\\\\\\\\\"}', invoice.id), '#')) IS NULL ELSE false END \
+         RETURNING invoice.id, invoice.version"
+    );
+    // No WHERE: every row is checked, and a changed known row raises.
+    let out = render("DELETE FROM invoice", Expected::Rows(&rows[..1]));
+    assert!(out.contains(" WHERE CASE WHEN array_position('{\"1\"}', invoice.id) IS NULL"));
+    assert!(out.ends_with("THEN true ELSE current_setting(concat('optlock.conflict:', invoice.version, '#', array_position('{\"1\"}', invoice.id), '#')) IS NULL END"), "{out}");
+    // A composite key: the row's position from row comparisons.
+    let pair = vec![(vec!["1".to_string(), "2".to_string()], "3".to_string())];
+    let out = render(
+        "UPDATE shop.line SET qty = 1 WHERE invoice_id > 0",
+        Expected::Rows(&pair),
+    );
+    assert!(
+        out.contains(
+            "CASE WHEN (shop.line.invoice_id, shop.line.line_no) = ('1', '2') THEN 1 END IS NULL"
+        ),
+        "{out}"
+    );
+    // An upsert checks the row its DO UPDATE writes.
+    let out = render(
+        "INSERT INTO invoice AS t (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET total = 2",
+        Expected::Rows(&rows[..1]),
+    );
+    assert!(
+        out.contains(
+            "SET total = 2, version = t.version + 1 WHERE CASE WHEN array_position('{\"1\"}', t.id)"
+        ),
+        "{out}"
+    );
+}
