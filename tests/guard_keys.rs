@@ -288,3 +288,51 @@ async fn xmin_versions_are_checked_per_row() {
         "optimistic lock conflict on public.sys (id)=(2)"
     );
 }
+
+#[tokio::test]
+async fn extended_protocol_writes_are_checked_per_row() {
+    let proxy = Proxy::with_guards(GUARDS).await;
+    let db = TestDb::new("keys_extended").await;
+    db.direct().await.batch_execute(SETUP).await.unwrap();
+    let a = proxy.client(&db.name).await;
+    let b = proxy.client(&db.name).await;
+    let one = vec![1i32];
+    let writes: [(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]); 5] = [
+        (
+            "UPDATE item SET qty = $1 WHERE id = ANY($2)",
+            &[&5i32, &one],
+        ),
+        (
+            "UPDATE item SET qty = $1 WHERE id IN ($2, $3)",
+            &[&5i32, &1i32, &9i32],
+        ),
+        (
+            "UPDATE item SET qty = 5 WHERE id BETWEEN $1 AND $2",
+            &[&1i32, &1i32],
+        ),
+        ("UPDATE item SET qty = 5 WHERE id = $1 + 0", &[&1i32]),
+        (
+            "INSERT INTO item (id, qty) VALUES ($1, 5) ON CONFLICT (id) DO UPDATE SET qty = 6",
+            &[&1i32],
+        ),
+    ];
+    for (sql, params) in writes {
+        a.query("SELECT * FROM item WHERE id = $1", &[&1i32])
+            .await
+            .unwrap();
+        a.execute(sql, params).await.expect(sql);
+        a.execute(sql, params)
+            .await
+            .expect("its own write advanced the version");
+        b.execute("UPDATE item SET qty = qty WHERE id = 1", &[])
+            .await
+            .unwrap();
+        let e = a.execute(sql, params).await.expect_err(sql);
+        let e = e.as_db_error().expect("a server error");
+        assert_eq!(e.code().code(), "40001", "{sql}: {e:?}");
+        assert_eq!(
+            e.message(),
+            "optimistic lock conflict on public.item (id)=(1)"
+        );
+    }
+}

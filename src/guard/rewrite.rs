@@ -51,6 +51,9 @@ pub enum Expected<'a> {
     /// a write whose rows the proxy cannot name from its text: the server checks each row the
     /// write touches against this list (see [`known`]).
     Rows(&'a [(Vec<String>, String)]),
+    /// [`Expected::Rows`] as two parameters the proxy binds, `$n` (the keys) and `$n+1` (the
+    /// versions), text arrays; NULLs check nothing. For a one-column key only.
+    RowParams(u16),
 }
 
 /// How the bump moves a version forward, as the session's catalog says (see
@@ -198,7 +201,8 @@ impl GuardedWrite {
         }
         match expected {
             Expected::None => {}
-            Expected::Rows(rows) => r.known_rows(self, rows, &names.key),
+            Expected::Rows(rows) => r.known_rows(self, KnownList::Literal(rows), &names.key),
+            Expected::RowParams(n) => r.known_rows(self, KnownList::Params(n), &names.key),
             _ if self.op == WriteOp::Upsert => {}
             _ => r.check(self, expected),
         }
@@ -330,7 +334,7 @@ impl Renderer<'_> {
         let out = &mut *self.out;
         match (expected, raising) {
             // Nothing to check, or the known rows: not reached (see `render_with`).
-            (Expected::None | Expected::Rows(_), _) => {}
+            (Expected::None | Expected::Rows(_) | Expected::RowParams(_), _) => {}
             (Expected::Literal(v), None) => {
                 push_column(out, q, version);
                 out.push_str(" = ");
@@ -384,6 +388,7 @@ impl Renderer<'_> {
 }
 
 mod known;
-pub use known::known_cap;
+use known::KnownList;
+pub use known::{array_text, known_cap};
 #[cfg(test)]
 mod tests;

@@ -148,14 +148,14 @@ pub fn bind_names(body: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((portal, statement))
 }
 
-/// Writes `bind` changed for a rewritten statement: with one more text parameter appended
-/// when `extra` is `Some` (`Some(None)` binds NULL), and `extra_columns` more text result
+/// Writes `bind` changed for a rewritten statement: with the text parameters of `extra`
+/// appended (`None` binds NULL), and `extra_columns` more text result
 /// columns when the client gave one format code per column. Parameter format codes become
 /// per-parameter when the client sent a single code for all.
 pub fn write_bind_rewritten(
     out: &mut BytesMut,
     bind: &Bind<'_>,
-    extra: Option<Option<&[u8]>>,
+    extra: &[Option<&[u8]>],
     extra_columns: usize,
 ) {
     let at = begin_message(out, BIND);
@@ -164,7 +164,7 @@ pub fn write_bind_rewritten(
     out.extend_from_slice(bind.statement);
     out.extend_from_slice(&[0]);
     let n = bind.params.len();
-    let added = usize::from(extra.is_some());
+    let added = extra.len();
     match bind.param_formats.len() {
         0 => out.extend_from_slice(&0i16.to_be_bytes()),
         1 if added == 0 => out.extend_from_slice(&[0, 1, 0, bind.param_formats[0] as u8]),
@@ -173,13 +173,13 @@ pub fn write_bind_rewritten(
             for i in 0..n {
                 out.extend_from_slice(&bind.param_format(i).to_be_bytes());
             }
-            if added == 1 {
+            for _ in 0..added {
                 out.extend_from_slice(&0i16.to_be_bytes());
             }
         }
     }
     out.extend_from_slice(&((n + added) as i16).to_be_bytes());
-    for p in bind.params.iter().copied().chain(extra) {
+    for p in bind.params.iter().chain(extra).copied() {
         match p {
             None => out.extend_from_slice(&(-1i32).to_be_bytes()),
             Some(v) => {
@@ -320,7 +320,7 @@ mod tests {
         assert_eq!(b.param_format(1), 1);
 
         let mut out = BytesMut::new();
-        write_bind_rewritten(&mut out, &b, Some(Some(b"7")), 2);
+        write_bind_rewritten(&mut out, &b, &[Some(b"7")], 2);
         let b2 = bind(body(&out)).unwrap();
         assert_eq!(b2.param_formats, vec![1, 1, 0]);
         assert_eq!(b2.params.len(), 3);

@@ -8,12 +8,14 @@ use std::sync::{Arc, OnceLock};
 
 use super::checks::{BindFix, Plan, WriteCheck};
 use super::cx::Cx;
+use super::parse::{checks_rows_by_param, extra_params};
 use super::rows::{ReadPlan, canonical, param_text, result_format_codes};
 use super::state::GuardState;
 use super::statements::{ParseUndo, Parsed, Portal, Prepared, PreparedWrite};
 use super::tag::{StmtTag, Tag};
 use crate::engine::replies::Pending;
 use crate::events::Outcome;
+use crate::guard::rewrite::array_text;
 use crate::guard::{Target, ValueRef};
 use crate::protocol::frontend as fe;
 
@@ -130,11 +132,28 @@ impl GuardState {
         {
             self.send_extended_raise(cx, &block, ctx);
         }
-        let Some((b, extra, added)) = self.bound_form(cx, pw, b, expected.is_none()) else {
+        // A write whose rows its Bind does not name is checked against the known rows.
+        let by_rows = checks_rows_by_param(w, &guards);
+        let known = match by_rows && expected.is_none() && key.is_none() {
+            true => self.known_rows(&guards, w),
+            false => Vec::new(),
+        };
+        let checks_nothing = expected.is_none() && known.is_empty();
+        let Some((b, extra, added)) = self.bound_form(cx, pw, b, checks_nothing) else {
             return false;
         };
         let b = own_result_formats(b, w.client_returning, added);
-        let extra = extra.map(|_| expected.as_deref().map(str::as_bytes));
+        let arrays = (!known.is_empty()).then(|| {
+            let keys = known.iter().filter_map(|(k, _)| k.first());
+            let versions = known.iter().map(|(_, v)| v.as_str());
+            (array_text(keys.map(String::as_str)), array_text(versions))
+        });
+        let values: [Option<&[u8]>; 2] = match (&arrays, by_rows) {
+            (Some((k, v)), _) => [Some(k.as_bytes()), Some(v.as_bytes())],
+            (None, true) => [None, None],
+            (None, false) => [expected.as_deref().map(str::as_bytes), None],
+        };
+        let extra = &values[..extra.map_or(0, |_| if by_rows { 2 } else { 1 })];
         fe::write_bind_rewritten(&mut cx.out.to_server, &b, extra, added);
         cx.out
             .replies
@@ -149,7 +168,7 @@ impl GuardState {
             // not the statement's: the check sent before it raises a conflict.
             expected: if w.splice.in_cte { None } else { expected },
             key,
-            known: Vec::new(),
+            known,
             plan: self.returning_plan(pw, added, b.result_formats),
             held: None,
             in_cte: w.splice.in_cte,
@@ -272,7 +291,8 @@ impl GuardState {
             statement: pw.server_name.as_deref().unwrap_or(b.statement),
             ..own_result_formats(b, w.client_returning, pw.added)
         };
-        fe::write_bind_rewritten(&mut cx.out.to_server, &b, pw.extra.map(|_| None), pw.added);
+        let extra = extra_params(pw);
+        fe::write_bind_rewritten(&mut cx.out.to_server, &b, &[None, None][..extra], pw.added);
         cx.out
             .replies
             .push(Pending::Bind(result_formats_fix(&b, pw.added)));

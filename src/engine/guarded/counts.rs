@@ -12,6 +12,7 @@ use bytes::BytesMut;
 
 use super::checks::BindFix;
 use super::cx::Cx;
+use super::parse::extra_params;
 use super::state::GuardState;
 use super::statements::{Prepared, PreparedWrite};
 use super::tag::Tag;
@@ -50,10 +51,10 @@ impl GuardState {
                 statement: server_statement,
                 ..b.clone()
             };
-            let extra = pw.extra.map(|_| None);
-            fe::write_bind_rewritten(&mut cx.out.to_server, &rewritten, extra, 0);
+            let extra = extra_params(pw);
+            fe::write_bind_rewritten(&mut cx.out.to_server, &rewritten, &[None, None][..extra], 0);
             let fix = BindFix {
-                shift: usize::from(extra.is_some()),
+                shift: extra,
                 names: (server_statement != b.statement)
                     .then(|| (server_statement.into(), b.statement.into())),
             };

@@ -134,7 +134,7 @@ impl GuardState {
                 self.send_extended_raise(cx, &block, ctx);
                 Parsed::Refused
             }
-            Action::Write(w) if version_param(w, param_types) == Some(0) => {
+            Action::Write(w) if version_param(w, &guards, param_types) == Some(0) => {
                 // Checks a version but has no parameter number left for it.
                 let table = &guards.guards[w.guard].table;
                 let (block, ctx) = self.refusal(table, Refusal::Unsupported(no_room(table)));
@@ -204,10 +204,11 @@ impl GuardState {
         cx.out.replies.push(Pending::Parse(reply));
         self.full_variants += 1;
         let full_name = format!("{FULL_VARIANT_PREFIX}{}", self.full_variants);
-        let extra = version_param(w, param_types).unwrap_or(0);
+        let extra = version_param(w, &guards, param_types).unwrap_or(0);
         let mut text = String::with_capacity(sql.len() + 128);
         let bump = self.bump_for(w.guard);
-        w.render_with(sql, guards, Expected::Param(extra), true, bump, &mut text);
+        let expected = full_expected(w, guards, Some(extra));
+        w.render_with(sql, guards, expected, true, bump, &mut text);
         fe::write_parse(
             &mut cx.out.to_server,
             full_name.as_bytes(),
@@ -383,14 +384,17 @@ impl GuardState {
 
 /// The parameter the proxy adds for the expected version (1-based), for a write that may
 /// check one: `Some(0)` when the statement already uses the last parameter number PostgreSQL
-/// allows (65535), so none is left.
-fn version_param(w: &GuardedWrite, param_types: &[u32]) -> Option<u16> {
-    (w.op != WriteOp::Upsert && w.pinned.is_none() && matches!(w.target, Target::Key(_))).then(
-        || {
-            let used = usize::from(w.max_param).max(param_types.len());
-            u16::try_from(used + 1).unwrap_or(0)
-        },
-    )
+/// allows (65535), so none is left. A write checked against the known rows
+/// ([`checks_rows_by_param`]) adds two: this is the first, and `Some(0)` when 65535 would be
+/// passed.
+fn version_param(w: &GuardedWrite, guards: &GuardSet, param_types: &[u32]) -> Option<u16> {
+    let rows = checks_rows_by_param(w, guards);
+    let key = w.op != WriteOp::Upsert && w.pinned.is_none() && matches!(w.target, Target::Key(_));
+    (rows || key).then(|| {
+        let used = usize::from(w.max_param).max(param_types.len());
+        let last = used + if rows { 2 } else { 1 };
+        u16::try_from(last).map_or(0, |_| (used + 1) as u16)
+    })
 }
 
 /// Why a guarded write with every parameter number taken is refused.
@@ -398,6 +402,34 @@ fn no_room(table: &crate::config::TableName) -> String {
     format!(
         "this write to guarded table {table} uses parameter $65535, the last PostgreSQL allows, so optlock has none left for its version check; use fewer parameters (an array parameter), or pin the version in the WHERE clause"
     )
+}
+
+/// True when the full form of `w` checks every row it touches against the known rows bound as
+/// two parameters ([`Expected::RowParams`]): a write whose rows its text does not name (or an
+/// upsert) that pins no version, of a table with a one-column key.
+pub(super) fn checks_rows_by_param(w: &GuardedWrite, guards: &GuardSet) -> bool {
+    (w.op == WriteOp::Upsert || w.target == Target::Bulk)
+        && w.pinned.is_none()
+        && guards.guards[w.guard].key.len() == 1
+}
+
+/// How many parameters the proxy adds to the client's in the statement the server has for
+/// `pw`: none, the expected version, or the known rows' keys and versions.
+pub(super) fn extra_params(pw: &PreparedWrite) -> usize {
+    match pw.extra {
+        Some(_) if checks_rows_by_param(&pw.write, &pw.guards) => 2,
+        Some(_) => 1,
+        None => 0,
+    }
+}
+
+/// What the full form of `w` checks, given its first added parameter.
+fn full_expected(w: &GuardedWrite, guards: &GuardSet, extra: Option<u16>) -> Expected<'static> {
+    match extra {
+        Some(n) if checks_rows_by_param(w, guards) => Expected::RowParams(n),
+        Some(n) => Expected::Param(n),
+        None => Expected::None,
+    }
 }
 
 /// The full form of a guarded write (version check and `RETURNING`): its text, and what the
@@ -410,9 +442,9 @@ fn full_form(
     server_name: Option<Box<[u8]>>,
     bump: Bump,
 ) -> (Prepared, String) {
-    let extra = version_param(w, param_types);
+    let extra = version_param(w, guards, param_types);
     let mut text = String::with_capacity(sql.len() + 128);
-    let expected = extra.map_or(Expected::None, Expected::Param);
+    let expected = full_expected(w, guards, extra);
     w.render_with(sql, guards, expected, true, bump, &mut text);
     let added = w.added_columns(guards);
     let mut prepared = prepared_write(sql, param_types, guards, w, extra, added, false);

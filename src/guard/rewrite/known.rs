@@ -1,5 +1,6 @@
 //! The check of a write against every row the session knows of its table
-//! ([`Expected::Rows`](super::Expected::Rows)): for a write whose rows the proxy cannot name from its text
+//! ([`Expected::Rows`](super::Expected::Rows), or bound as two text-array parameters,
+//! [`Expected::RowParams`](super::Expected::RowParams)): for a write whose rows the proxy cannot name from its text
 //! (`id IN (1, 2)`, `= ANY(...)`, `BETWEEN`, `id = 0 + 1`, a join, no `WHERE`, an upsert's
 //! `DO UPDATE`), the server checks each row the write touches.
 //!
@@ -24,7 +25,7 @@
 //! expected (see [`crate::guard::conflict::found_in_error`]). The condition is evaluated again
 //! only for such a row (`CASE` keeps the order), and the statement fails then anyway.
 
-use super::{CONFLICT_MARKER, GuardedWrite, Renderer, push_column, push_literal};
+use super::{CONFLICT_MARKER, GuardedWrite, Renderer, push_column, push_literal, push_param};
 
 /// How many known rows a write with a one-column key lists: the session's most recently used
 /// ones. A row left out counts as "nothing known", as a row the tracker dropped does.
@@ -55,8 +56,9 @@ fn push_element(out: &mut String, v: &str) {
     out.push('"');
 }
 
-/// Appends an untyped array literal of `values` as a SQL string literal.
-fn push_array<'v>(out: &mut String, values: impl Iterator<Item = &'v str>) {
+/// The text of an array of `values` (`{"1","2"}`): the content of the literal, or a bound
+/// text parameter's value.
+pub fn array_text<'v>(values: impl Iterator<Item = &'v str>) -> String {
     let mut array = String::from("{");
     for (i, v) in values.enumerate() {
         if i > 0 {
@@ -65,26 +67,45 @@ fn push_array<'v>(out: &mut String, values: impl Iterator<Item = &'v str>) {
         push_element(&mut array, v);
     }
     array.push('}');
-    push_literal(out, &array);
+    array
+}
+
+/// Appends an untyped array literal of `values` as a SQL string literal.
+fn push_array<'v>(out: &mut String, values: impl Iterator<Item = &'v str>) {
+    push_literal(out, &array_text(values));
+}
+
+/// Where the known rows come from.
+#[derive(Clone, Copy)]
+pub(super) enum KnownList<'a> {
+    /// Listed in the statement.
+    Literal(&'a [(Vec<String>, String)]),
+    /// Bound as parameters: `$n` the keys, `$n+1` the versions (a one-column key).
+    Params(u16),
 }
 
 /// The SQL of a row's 1-based position in `rows` (NULL when not listed). `key` holds the key
 /// columns as SQL, `q` the target's qualifier.
-fn position(q: &str, key: &[String], rows: &[(Vec<String>, String)]) -> String {
+fn position(q: &str, key: &[String], list: KnownList<'_>) -> String {
     let mut out = String::new();
     if let [column] = key {
         out.push_str("array_position(");
-        push_array(
-            &mut out,
-            rows.iter()
-                .filter_map(|(k, _)| k.first())
-                .map(String::as_str),
-        );
+        match list {
+            KnownList::Literal(rows) => {
+                let keys = rows.iter().filter_map(|(k, _)| k.first());
+                push_array(&mut out, keys.map(String::as_str))
+            }
+            KnownList::Params(n) => push_param(&mut out, n),
+        }
         out.push_str(", ");
         push_column(&mut out, q, column);
         out.push(')');
         return out;
     }
+    let KnownList::Literal(rows) = list else {
+        out.push_str("NULL"); // not rendered: parameters are for a one-column key
+        return out;
+    };
     out.push_str("CASE");
     let mut n = itoa::Buffer::new();
     for (i, (values, _)) in rows.iter().enumerate() {
@@ -112,25 +133,23 @@ fn position(q: &str, key: &[String], rows: &[(Vec<String>, String)]) -> String {
 impl Renderer<'_> {
     /// The check of every row `write` touches against the known `rows` (see the module
     /// comment); `key` holds the key columns as SQL.
-    pub(super) fn known_rows(
-        &mut self,
-        write: &GuardedWrite,
-        rows: &[(Vec<String>, String)],
-        key: &[String],
-    ) {
+    pub(super) fn known_rows(&mut self, write: &GuardedWrite, list: KnownList<'_>, key: &[String]) {
         let s = &write.splice;
         let text = self.text;
         let cond = s.condition.clone().map(|c| &text[c]);
         self.open_check(s);
         let (q, version) = (self.q, self.version);
-        let at = position(q, key, rows);
+        let at = position(q, key, list);
         let out = &mut *self.out;
         out.push_str("CASE WHEN ");
         out.push_str(&at);
         out.push_str(" IS NULL THEN true WHEN ");
         out.push_str(&at);
         out.push_str(" = ANY(array_positions(");
-        push_array(out, rows.iter().map(|(_, v)| v.as_str()));
+        match list {
+            KnownList::Literal(rows) => push_array(out, rows.iter().map(|(_, v)| v.as_str())),
+            KnownList::Params(n) => push_param(out, n + 1),
+        }
         out.push_str(", ");
         push_column(out, q, version);
         out.push_str(")) THEN true ");
