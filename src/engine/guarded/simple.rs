@@ -342,59 +342,76 @@ impl GuardState {
                 (None, StepSpec::Raise(block, Box::new(ctx)))
             }
             Plan::Send { expected, key } => {
-                let check = self
-                    .cte_lock_check(cx, &guards, w, expected.as_deref(), key.as_deref())
-                    .map(|(block, ctx)| StepSpec::Raise(block, Box::new(ctx)));
-                let cond_len = w.splice.condition.as_ref().map_or(0, |c| c.len());
-                let mut text = String::with_capacity(w.splice.statement.len() + cond_len + 256);
-                // A write whose rows its text does not name is checked row by row against
-                // every row of the table the session knows.
-                let known = match (&expected, &key, pinned_here) {
-                    (None, None, false) => self.known_rows(&guards, w),
-                    _ => Vec::new(),
-                };
-                let render_with = match (&expected, pinned_here) {
-                    (Some(v), false) => Expected::Literal(v),
-                    _ if !known.is_empty() => Expected::Rows(&known),
-                    _ => Expected::None,
-                };
-                // The proxy's RETURNING only advances versions the session tracks: a row it
-                // does not track (or, for a bulk write, a table it tracks nothing of) needs
-                // none, unless a reply still to come (a read pipelined before this query) may
-                // start tracking it before the write's rows arrive.
-                let table = guards.table_ids[w.guard];
-                let returning = self.rows_may_come(cx)
-                    || match &key {
-                        Some(k) => self.tracker.expected(table, k).is_some(),
-                        None => self.tracker.tracks_table(table),
-                    };
-                let bump = self.bump_for(w.guard);
-                w.render_with(sql, &guards, render_with, returning, bump, &mut text);
-                let step = StepSpec::Sql(
-                    text,
-                    Some(Box::new(WriteCheck {
-                        guards: guards.clone(),
-                        guard: w.guard,
-                        op: w.op,
-                        added: if returning {
-                            w.added_columns(&guards)
-                        } else {
-                            0
-                        },
-                        client_returning: w.client_returning,
-                        // A write inside WITH checks its version in its predicate, but its row
-                        // count is not the statement's: the check before it raises a conflict.
-                        expected: if w.splice.in_cte { None } else { expected },
-                        key,
-                        known,
-                        plan: None,
-                        held: None,
-                        in_cte: w.splice.in_cte,
-                        quiet_without_rows: self.quiet_without_rows(w),
-                    })),
-                );
-                (check, step)
+                self.send_write_step(cx, sql, w, &guards, expected, key, pinned_here)
             }
         }
+    }
+
+    /// The step of a write planned to be sent with `expected` for the row `key` (or, when
+    /// its text names no row, checked against the rows the session knows), and the check to
+    /// run before it, if any. `pinned_here`: the statement pins its own version.
+    #[allow(clippy::too_many_arguments)]
+    fn send_write_step(
+        &mut self,
+        cx: &mut Cx<'_>,
+        sql: &str,
+        w: &GuardedWrite,
+        guards: &Arc<GuardSet>,
+        expected: Option<String>,
+        key: Option<Vec<String>>,
+        pinned_here: bool,
+    ) -> (Option<StepSpec>, StepSpec) {
+        let check = self
+            .cte_lock_check(cx, guards, w, expected.as_deref(), key.as_deref())
+            .map(|(block, ctx)| StepSpec::Raise(block, Box::new(ctx)));
+        let cond_len = w.splice.condition.as_ref().map_or(0, |c| c.len());
+        let mut text = String::with_capacity(w.splice.statement.len() + cond_len + 256);
+        // A write whose rows its text does not name is checked row by row against
+        // every row of the table the session knows.
+        let known = match (&expected, &key, pinned_here) {
+            (None, None, false) => self.known_rows(guards, w),
+            _ => Vec::new(),
+        };
+        let render_with = match (&expected, pinned_here) {
+            (Some(v), false) => Expected::Literal(v),
+            _ if !known.is_empty() => Expected::Rows(&known),
+            _ => Expected::None,
+        };
+        // The proxy's RETURNING only advances versions the session tracks: a row it
+        // does not track (or, for a bulk write, a table it tracks nothing of) needs
+        // none, unless a reply still to come (a read pipelined before this query) may
+        // start tracking it before the write's rows arrive.
+        let table = guards.table_ids[w.guard];
+        let returning = self.rows_may_come(cx)
+            || match &key {
+                Some(k) => self.tracker.expected(table, k).is_some(),
+                None => self.tracker.tracks_table(table),
+            };
+        let bump = self.bump_for(w.guard);
+        w.render_with(sql, guards, render_with, returning, bump, &mut text);
+        let step = StepSpec::Sql(
+            text,
+            Some(Box::new(WriteCheck {
+                guards: Arc::clone(guards),
+                guard: w.guard,
+                op: w.op,
+                added: if returning {
+                    w.added_columns(guards)
+                } else {
+                    0
+                },
+                client_returning: w.client_returning,
+                // A write inside WITH checks its version in its predicate, but its row
+                // count is not the statement's: the check before it raises a conflict.
+                expected: if w.splice.in_cte { None } else { expected },
+                key,
+                known,
+                plan: None,
+                held: None,
+                in_cte: w.splice.in_cte,
+                quiet_without_rows: self.quiet_without_rows(w),
+            })),
+        );
+        (check, step)
     }
 }
