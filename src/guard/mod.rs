@@ -36,7 +36,9 @@
 //! - `track.rs` ([`track`]): the versions one session has seen, bounded (LRU), with the
 //!   journal that undoes what a transaction that did not commit taught.
 //! - `txcontrol.rs` ([`txcontrol`]): the transaction-control statements of a text, with
-//!   savepoint names as PostgreSQL folds them.
+//!   savepoint names as PostgreSQL folds them (where the journal's transactions end).
+//! - `txkind.rs` ([`txkind`]): what one transaction-control statement does to the implicit
+//!   transaction block of a multi-statement `Query` (how a script runs it).
 //! - `conflict.rs` ([`conflict`]): the conflict error and the server-side `DO` block that
 //!   raises it.
 //!
@@ -60,6 +62,7 @@ pub mod rewrite;
 pub mod shape;
 pub mod track;
 pub mod txcontrol;
+pub mod txkind;
 mod unparsed;
 pub mod values;
 
