@@ -15,7 +15,9 @@ use super::rows::{ReadPlan, Reads};
 use crate::config::TableName;
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
 use crate::guard::track::Tracker;
+use crate::guard::txkind::TxKind;
 use crate::guard::{GuardSet, GuardedWrite, TableId, WriteOp};
+use crate::protocol::TxStatus;
 
 /// How the error answering a `Bind` sent to the proxy's statement is told in the client's
 /// terms.
@@ -34,8 +36,21 @@ pub struct Script {
     pub(super) steps: VecDeque<StepSpec>,
     /// The query's text, for the writes planned when their turn comes.
     pub(super) sql: Arc<str>,
-    /// The proxy opened a transaction around the steps.
-    pub(super) wrapped: bool,
+    /// PostgreSQL would run the text in an implicit transaction block (it holds several
+    /// statements, or a write with a check before it): a step that finds no transaction open
+    /// runs in one the proxy opens (see [`super::block`]).
+    pub(super) implicit: bool,
+    /// The proxy's own `BEGIN` is open: it stands for the implicit block.
+    pub(super) hidden: bool,
+    /// The server's transaction status once the steps sent so far are done.
+    pub(super) status: TxStatus,
+    /// The step running is the last, in the proxy's block: its latest `CommandComplete` waits
+    /// for the block's `COMMIT` (see [`super::block`]).
+    pub(super) hold_last: bool,
+    /// Replies held back: those of the client's `COMMIT` or `PREPARE TRANSACTION` ending the
+    /// proxy's block, until the warning PostgreSQL gives before them has gone to the client;
+    /// or the last statement's `CommandComplete`, until the block committed.
+    pub(super) held: BytesMut,
     /// An error reached the client: no further step runs.
     pub(super) failed: bool,
 }
@@ -50,6 +65,8 @@ pub(super) enum StepSpec {
     /// session knows of its row (a read, or a write of the same row).
     Write(Arc<GuardedWrite>),
     Raise(String, Box<RaiseCtx>),
+    /// A transaction-control statement of the client's, sent as the block it finds requires.
+    Tx(String, TxKind),
 }
 
 /// What the proxy checks of one guarded write.

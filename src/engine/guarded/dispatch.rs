@@ -38,7 +38,12 @@ impl GuardState {
             && match step {
                 Step::Completes => popped.is_none_or(plain),
                 Step::Within => cx.out.replies.front().is_none_or(plain),
-                Step::Unrelated => true,
+                // A script may hold or drop the notices of its steps, and keep a
+                // `ParameterStatus` behind a held `CommandComplete`.
+                Step::Unrelated => {
+                    !matches!(tag, be::NOTICE_RESPONSE | be::PARAMETER_STATUS)
+                        || self.script.is_none()
+                }
             }
     }
 
@@ -63,7 +68,12 @@ impl GuardState {
         }
         match (step, popped) {
             (Step::Completes, Some(p)) => self.on_reply_completing(cx, tag, msg, p),
-            (Step::Within, _) => self.on_reply_within(cx, tag, msg),
+            (Step::Within, _) => {
+                self.release_before(cx, tag);
+                let taken = self.on_reply_within(cx, tag, msg)?;
+                Ok(taken || tag == be::COMMAND_COMPLETE && self.hold_last_tag(cx, msg))
+            }
+            (Step::Unrelated, _) => Ok(self.on_script_async(cx, tag, msg)),
             _ => Ok(false),
         }
     }
@@ -81,7 +91,14 @@ impl GuardState {
                 Tag::Hidden => Ok(true),
                 Tag::Step(_) => self.on_step_reply(cx, tag, msg),
                 Tag::Raise(_) => self.on_raise_reply(cx, tag, msg),
-                Tag::Final => Ok(tag != be::ERROR_RESPONSE),
+                Tag::Final => {
+                    self.end_block(cx, tag, msg);
+                    Ok(tag != be::ERROR_RESPONSE)
+                }
+                Tag::Block(step) => {
+                    let step = *step;
+                    Ok(self.on_block_reply(step, tag, msg))
+                }
                 Tag::Read(_) => {
                     // Taken out of the queue while the session works with it, then put back.
                     let Tag::Read(reads) = std::mem::replace(t.as_mut(), Tag::Hidden) else {
@@ -138,11 +155,10 @@ impl GuardState {
                     Ok(true)
                 }
                 Tag::Final => {
-                    self.script = None;
-                    cx.out.release_client();
-                    cx.out.to_client.extend_from_slice(msg);
+                    self.end_block(cx, tag, msg);
                     Ok(true)
                 }
+                Tag::Block(step) => self.on_block_done(cx, step, msg),
                 Tag::Read(reads) if reads.step => self.on_step_done(cx, msg, None),
                 Tag::Read(_)
                 | Tag::DescribeStatement(_)

@@ -21,6 +21,8 @@
 //! - [`simple`]: a simple `Query` holding guarded writes becomes a script of steps.
 //! - [`script`]: runs that script, so that a conflict stops the rest of the text exactly as a
 //!   server error would.
+//! - [`block`]: the implicit transaction block of that script, and the client's transaction
+//!   control inside it, as PostgreSQL runs them.
 //! - [`parse`], [`bind`], [`describe`], [`execute`], [`close`]: the extended protocol's
 //!   messages for guarded statements (an extra parameter carries the expected version; the
 //!   batch waits for the row count).
@@ -42,6 +44,7 @@ mod statements;
 mod tag;
 
 mod bind;
+mod block;
 mod catalog;
 mod close;
 mod counts;

@@ -1,8 +1,9 @@
 //! A simple `Query` holding guarded writes, run as a [`Script`] of steps (see
 //! [`super::simple`] for how a text becomes one): each step is sent when the one before it is
 //! done, a guarded write's reply is checked (its `RETURNING` columns read and hidden, 0 rows
-//! raised as a conflict by the server), and the first error stops the rest, ending a wrapped
-//! script with a hidden `ROLLBACK`, as PostgreSQL itself would have stopped the text.
+//! raised as a conflict by the server), and the first error stops the rest, ending the proxy's
+//! block (see [`super::block`]) with a hidden `ROLLBACK`, as PostgreSQL itself would have
+//! stopped the text.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,26 +20,26 @@ use crate::events::Outcome;
 use crate::guard::conflict;
 use crate::guard::datestyle::DateStyle;
 use crate::guard::track::Tracker;
-use crate::protocol::{backend as be, frontend as fe};
+use crate::protocol::{TxStatus, backend as be, frontend as fe};
 
 impl GuardState {
+    /// Runs `steps` as a script of the query text `sql`. `implicit`: PostgreSQL would run the
+    /// text in an implicit transaction block (see [`Script::implicit`]).
     pub(super) fn start_script(
         &mut self,
         cx: &mut Cx<'_>,
         steps: VecDeque<StepSpec>,
-        wrapped: bool,
+        implicit: bool,
         sql: Arc<str>,
     ) {
-        if wrapped {
-            fe::write_query(&mut cx.out.to_server, b"BEGIN");
-            cx.out
-                .replies
-                .push(Pending::Simple(Some(Box::new(Tag::Hidden))));
-        }
         self.script = Some(Script {
             steps,
             sql,
-            wrapped,
+            implicit,
+            hidden: false,
+            status: cx.tx_status,
+            hold_last: false,
+            held: BytesMut::new(),
             failed: false,
         });
         cx.out.hold_client = true;
@@ -64,8 +65,19 @@ impl GuardState {
             }
             step => step,
         };
+        let Some(step) = step else {
+            return;
+        };
+        if let StepSpec::Tx(text, kind) = step {
+            self.send_tx_step(cx, text, kind);
+            return;
+        }
+        self.open_block(cx);
+        if let Some(s) = self.script.as_mut() {
+            s.hold_last = s.hidden && s.steps.is_empty();
+        }
         match step {
-            Some(StepSpec::Sql(text, check)) => {
+            StepSpec::Sql(text, check) => {
                 if let Some(c) = &check {
                     cx.events
                         .guarded(c.guards.table_ids[c.guard], Outcome::Rewritten);
@@ -76,21 +88,21 @@ impl GuardState {
                     .replies
                     .push(Pending::Simple(Some(Box::new(Tag::Step(check)))));
             }
-            Some(StepSpec::Reads(text, reads)) => {
+            StepSpec::Reads(text, reads) => {
                 self.note_step_tx(cx, &text);
                 fe::write_query(&mut cx.out.to_server, text.as_bytes());
                 cx.out
                     .replies
                     .push(Pending::Simple(Some(Box::new(Tag::Read(reads)))));
             }
-            Some(StepSpec::Raise(block, ctx)) => self.send_simple_raise(cx, &block, *ctx),
-            Some(StepSpec::Write(_)) => unreachable!("a planned write is SQL or a raise"),
-            None => {}
+            StepSpec::Raise(block, ctx) => self.send_simple_raise(cx, &block, *ctx),
+            StepSpec::Write(_) => unreachable!("a planned write is SQL or a raise"),
+            StepSpec::Tx(..) => unreachable!("sent above"),
         }
     }
 
     /// A step about to be queued: its savepoints and rollbacks (see [`super::txn`]).
-    fn note_step_tx(&mut self, cx: &Cx<'_>, text: &str) {
+    pub(super) fn note_step_tx(&mut self, cx: &Cx<'_>, text: &str) {
         if cx.settings.guards.prefilter.scan(text.as_bytes()).tx {
             let ready = self.next_ready(cx);
             self.note_tx_text(ready, text.as_bytes());
@@ -217,7 +229,9 @@ impl GuardState {
             }
             be::COMMAND_COMPLETE => {
                 // The block raised nothing: the write's own conditions matched no row.
-                if let Some(held) = ctx.held.take() {
+                if let Some(held) = ctx.held.take()
+                    && !self.hold_last_tag(cx, &held)
+                {
                     cx.out.to_client.extend_from_slice(&held);
                 }
                 Ok(true)
@@ -243,34 +257,39 @@ impl GuardState {
         self.script_continue(cx, ready).map(|_| ())
     }
 
-    /// After a step: the next one, the hidden `COMMIT`/`ROLLBACK`, or the client's
-    /// `ReadyForQuery`.
-    fn script_continue(&mut self, cx: &mut Cx<'_>, ready: &[u8]) -> Result<bool, String> {
+    /// After a step (`ready` is its `ReadyForQuery`): the next one, the hidden
+    /// `COMMIT`/`ROLLBACK` ending the proxy's block, or the client's `ReadyForQuery`.
+    pub(super) fn script_continue(
+        &mut self,
+        cx: &mut Cx<'_>,
+        ready: &[u8],
+    ) -> Result<bool, String> {
         let Some(script) = self.script.as_mut() else {
             return Ok(false);
         };
-        let end_sql: Option<&[u8]> = if script.failed || script.steps.is_empty() {
-            match (script.wrapped, script.failed) {
-                (true, true) => Some(b"ROLLBACK"),
-                (true, false) => Some(b"COMMIT"),
-                (false, _) => None,
-            }
-        } else {
+        script.status = TxStatus::from_ready(&ready[5..]);
+        if script.status == TxStatus::Idle {
+            // Whatever ended the transaction, no block of the proxy's is open any more.
+            script.hidden = false;
+        }
+        if !script.failed && !script.steps.is_empty() {
             self.send_next_step(cx);
             return Ok(true);
-        };
-        match end_sql {
-            Some(sql) => {
-                fe::write_query(&mut cx.out.to_server, sql);
-                cx.out
-                    .replies
-                    .push(Pending::Simple(Some(Box::new(Tag::Final))));
-            }
-            None => {
-                self.script = None;
-                cx.out.release_client();
-                cx.out.to_client.extend_from_slice(ready);
-            }
+        }
+        if script.hidden {
+            let end: &[u8] = if script.failed {
+                b"ROLLBACK"
+            } else {
+                b"COMMIT"
+            };
+            fe::write_query(&mut cx.out.to_server, end);
+            cx.out
+                .replies
+                .push(Pending::Simple(Some(Box::new(Tag::Final))));
+        } else {
+            self.script = None;
+            cx.out.release_client();
+            cx.out.to_client.extend_from_slice(ready);
         }
         Ok(true)
     }

@@ -3,11 +3,11 @@
 //! A query text holding guarded writes runs as a script: runs of other statements as one step,
 //! each guarded write as a step of its own, so the proxy sees a write's row count before
 //! anything after it runs. A write is planned (expected version, `RETURNING`) when its turn
-//! comes, after the steps before it have told the session what they read and wrote. Several
-//! steps outside a transaction are wrapped in a hidden `BEGIN`/`COMMIT`, keeping the text one
-//! implicit transaction as PostgreSQL would. A conflict is raised by the server between steps;
-//! the steps after it never run; the client sees what it would have seen had PostgreSQL itself
-//! raised the error.
+//! comes, after the steps before it have told the session what they read and wrote. Each
+//! transaction-control statement is a step of its own: the script runs the steps in the
+//! transaction blocks PostgreSQL would run the text in ([`super::block`]). A conflict is
+//! raised by the server between steps; the steps after it never run; the client sees what it
+//! would have seen had PostgreSQL itself raised the error.
 //!
 //! This file turns a text into the steps of a [`super::checks::Script`] and plans each guarded
 //! write when its turn comes; [`super::script`] runs the steps and follows their replies.
@@ -27,6 +27,7 @@ use crate::guard::cache::Simple;
 use crate::guard::conflict::Refusal;
 use crate::guard::prefilter::Found;
 use crate::guard::rewrite::Expected;
+use crate::guard::txkind::tx_kind;
 use crate::guard::{Action, Analysis, GuardSet, GuardedWrite, TableId, Target, ValueRef};
 use crate::protocol::frontend as fe;
 
@@ -117,29 +118,36 @@ impl GuardState {
             return Ok(true);
         }
         let analysis = analysis.of_text(sql, &guards);
-        let (steps, tx_control) = self.script_steps(cx, sql, &analysis, &guards);
-        self.send_steps(cx, msg, sql, steps, tx_control);
+        let steps = self.script_steps(cx, sql, &analysis, &guards);
+        self.send_steps(cx, msg, sql, steps);
         Ok(true)
     }
 
     /// The steps of a text holding guarded writes (`analysis` is its analysis): each run of
-    /// passed statements one step, each guarded write and each refusal a step of its own.
-    /// Also returns whether the text holds transaction control (`BEGIN`, `COMMIT`, ...).
+    /// passed statements one step; each guarded write, each refusal and each
+    /// transaction-control statement a step of its own.
     fn script_steps(
         &mut self,
         cx: &mut Cx<'_>,
         sql: &str,
         analysis: &Analysis,
         guards: &GuardSet,
-    ) -> (VecDeque<StepSpec>, bool) {
+    ) -> VecDeque<StepSpec> {
         let mut steps = VecDeque::new();
         // The run of passed statements not yet made a step: its bytes and statement indexes.
         let mut chunk: Option<(std::ops::Range<usize>, std::ops::Range<usize>)> = None;
-        let mut tx_control = false;
         for (i, st) in analysis.statements.iter().enumerate() {
+            let tx = match st.action {
+                Action::Pass { tx_control: true } => tx_kind(&sql[st.range.clone()]),
+                _ => None,
+            };
+            if let Some(kind) = tx {
+                self.push_chunk(&mut steps, chunk.take(), sql, analysis, guards);
+                steps.push_back(StepSpec::Tx(sql[st.range.clone()].to_string(), kind));
+                continue;
+            }
             match &st.action {
-                Action::Pass { tx_control: t } => {
-                    tx_control |= *t;
+                Action::Pass { .. } => {
                     chunk = Some(match chunk.take() {
                         Some((r, n)) => (r.start..st.range.end, n.start..i + 1),
                         None => (st.range.clone(), i..i + 1),
@@ -168,20 +176,13 @@ impl GuardState {
                 steps.push_front(check);
             }
         }
-        (steps, tx_control)
+        steps
     }
 
     /// Sends the steps of a text holding guarded writes: as the client wrote it when they are
-    /// one write that needs nothing changed and nothing checked, else as a script, wrapped in
-    /// a hidden transaction when needed.
-    fn send_steps(
-        &mut self,
-        cx: &mut Cx<'_>,
-        msg: &[u8],
-        sql: &str,
-        steps: VecDeque<StepSpec>,
-        tx_control: bool,
-    ) {
+    /// one write that needs nothing changed and nothing checked, else as a script, run in a
+    /// transaction block when PostgreSQL would run the text in one.
+    fn send_steps(&mut self, cx: &mut Cx<'_>, msg: &[u8], sql: &str, steps: VecDeque<StepSpec>) {
         // One write that needs nothing changed and nothing checked (an `xmin` guard, a row the
         // session does not track): it goes as the client wrote it.
         if let [StepSpec::Sql(text, Some(check))] = steps.as_slices().0
@@ -201,9 +202,8 @@ impl GuardState {
             steps.as_slices().0,
             [StepSpec::Sql(_, Some(c))] if c.expected.is_some() && !c.quiet_without_rows
         );
-        let wrap =
-            (steps.len() > 1 || lone_loud_write) && cx.tx_status == TxStatus::Idle && !tx_control;
-        self.start_script(cx, steps, wrap, sql.into());
+        let implicit = steps.len() > 1 || lone_loud_write;
+        self.start_script(cx, steps, implicit, sql.into());
     }
 
     /// Makes a run of passed statements (byte range, statement indexes) one script step,

@@ -38,9 +38,11 @@ pub enum Tag {
     Step(Option<Box<WriteCheck>>),
     /// A `DO` block raising a conflict or a refusal.
     Raise(Box<RaiseCtx>),
-    /// The hidden `COMMIT`/`ROLLBACK` ending a wrapped script: its error and `ReadyForQuery`
-    /// go to the client.
+    /// The hidden `COMMIT`/`ROLLBACK` ending the proxy's block around a script: its error and
+    /// `ReadyForQuery` go to the client (after the last statement's held tag).
     Final,
+    /// A step of a script that ends or hands over the proxy's transaction block.
+    Block(BlockStep),
     /// `Describe` of a statement the guard rewrote or reads from.
     DescribeStatement(Arc<Prepared>),
     /// `Describe` of a portal the guard rewrote or reads from.
@@ -54,6 +56,23 @@ pub enum Tag {
     /// A `Parse` that changed what the session knows of a statement name (the client's, or
     /// the proxy's own, hidden), undone if the server skips it or fails it.
     Parsed(Arc<ParseUndo>),
+}
+
+/// A script step that ends or hands over the transaction block the proxy opened for a
+/// multi-statement `Query` (see [`super::block`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockStep {
+    /// The client's `BEGIN`: once it succeeds, the block is the client's. The server's
+    /// warning that a transaction is already in progress is dropped (PostgreSQL gives none
+    /// in an implicit block).
+    Begin,
+    /// The client's `COMMIT` or `PREPARE TRANSACTION`: every reply is held until the probe's
+    /// warning went before them.
+    End,
+    /// The proxy's query that makes the server give the warning PostgreSQL gives when an
+    /// implicit block is committed or prepared: its notices go to the client, the rest is
+    /// hidden; then the held replies follow.
+    Probe,
 }
 
 impl Tag {

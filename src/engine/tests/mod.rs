@@ -2,6 +2,7 @@
 //! the client and the server, and checks what the engine sends each way and when it holds the
 //! client.
 
+mod block;
 mod fuzz;
 mod model;
 
