@@ -159,6 +159,8 @@ async fn ending_an_implicit_block_ends_it_as_postgresql_does() {
         "UPDATE item SET qty = 5 WHERE id = 1; ROLLBACK",
         "UPDATE item SET qty = 5 WHERE id = 1; COMMIT",
         "UPDATE item SET qty = 5 WHERE id = 1; abort work; UPDATE item SET qty = 6 WHERE id = 2",
+        "UPDATE item SET qty = 5 WHERE id = 1; ROLLBACK; UPDATE item SET qty = 6 WHERE id = 1",
+        "UPDATE item SET qty = 5 WHERE id = 1; SAVEPOINT x; UPDATE item SET qty = 6 WHERE id = 1",
         "DELETE FROM item WHERE id = 2; ROLLBACK TRANSACTION AND NO CHAIN",
         "UPDATE item SET qty = 5 WHERE id = 1; end; UPDATE item SET qty = 6 WHERE id = 2; ROLLBACK",
         "UPDATE item SET qty = 5 WHERE id = 1; COMMIT; UPDATE item SET qty = 6 WHERE id = 2; SELECT 1/0",
@@ -243,6 +245,7 @@ async fn begin_turns_the_implicit_block_explicit() {
         "UPDATE item SET qty = 5 WHERE id = 1; BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT 1",
         "UPDATE item SET qty = 5 WHERE id = 1; BEGIN READ ONLY; UPDATE item SET qty = 6 WHERE id = 2",
         "BEGIN; UPDATE item SET qty = 5 WHERE id = 1; SAVEPOINT s; UPDATE item SET qty = 6 WHERE id = 2; ROLLBACK TO s; UPDATE item SET qty = 7 WHERE id = 1; RELEASE s; COMMIT",
+        "BEGIN; UPDATE item SET qty = 5 WHERE id = 1; SAVEPOINT s; UPDATE item SET qty = 6 WHERE id = 2; ROLLBACK TO s; UPDATE item SET qty = 7 WHERE id = 2; RELEASE s; COMMIT",
         "BEGIN; UPDATE item SET qty = 5 WHERE id = 1; COMMIT AND CHAIN; UPDATE item SET qty = 6 WHERE id = 2; ROLLBACK AND CHAIN; SELECT 1",
     ])
     .await;
