@@ -37,7 +37,8 @@ impl GuardState {
             sql,
             implicit,
             hidden: false,
-            status: cx.tx_status,
+            // An extended batch with no `Sync` may have opened a transaction.
+            status: self.tx_status_now(cx),
             hold_last: false,
             held: BytesMut::new(),
             failed: false,

@@ -40,6 +40,10 @@ pub struct TxnState {
     ready_seen: u64,
     /// The server reported an error since the last `ReadyForQuery`.
     failed: bool,
+    /// Where the command tags since the last `ReadyForQuery` left the transaction (`BEGIN`
+    /// opens one, `COMMIT`, `ROLLBACK` and `PREPARE TRANSACTION` end it); `None`: no tag
+    /// changed it. An extended batch with no `Sync` yet answers without a `ReadyForQuery`.
+    since_ready: Option<TxStatus>,
     /// Prepared statements that are one `SAVEPOINT`, `RELEASE` or `ROLLBACK [TO]`, by name.
     statements: NameMap<TxOp>,
     /// Portals of those statements, by name.
@@ -188,7 +192,21 @@ impl GuardState {
             }
             _ => None,
         };
+        match (tag, &op) {
+            (TxTag::Begin, _) => self.txn.since_ready = Some(TxStatus::InTransaction),
+            (TxTag::Rollback, Some(TxOp::RollbackTo(_))) => {}
+            (TxTag::Commit | TxTag::Rollback | TxTag::Prepare, _) => {
+                self.txn.since_ready = Some(TxStatus::Idle)
+            }
+            _ => {}
+        }
         self.end_of(tag, op, per_transaction);
+    }
+
+    /// The server's transaction status as the replies so far tell it: the last
+    /// `ReadyForQuery`'s, or where a transaction-control tag since then left it.
+    pub(super) fn tx_status_now(&self, cx: &Cx<'_>) -> TxStatus {
+        self.txn.since_ready.unwrap_or(cx.tx_status)
     }
 
     /// What a transaction-control statement did to what the session learned.
@@ -243,6 +261,7 @@ impl GuardState {
     /// transaction ended, committed unless an error came since the last one.
     pub(super) fn tx_ready(&mut self, status: TxStatus) {
         self.txn.ready_seen += 1;
+        self.txn.since_ready = None;
         let seen = self.txn.ready_seen;
         while self.txn.ops.front().is_some_and(|(n, _)| *n <= seen) {
             self.txn.ops.pop_front();

@@ -296,3 +296,19 @@ fn pump_lenient(engine: &mut Engine, model: &mut Model) {
     }
     panic!("the engine and the server never went quiet");
 }
+
+/// A guarded query right after an extended-protocol `BEGIN` with no `Sync` (so no
+/// `ReadyForQuery` told the status): it runs in the client's block, which stays open.
+#[test]
+fn a_query_after_an_unsynced_begin_runs_in_the_client_s_block() {
+    let steps = vec![
+        Step::Parse(1, 11),
+        Step::Bind(2, 1, 0),
+        Step::Execute(2, 0),
+        Step::Query(vec![0, 4]),
+    ];
+    let input = encode(&steps);
+    let (_, replies) = direct(&input);
+    let (_, p_replies, _) = through(GUARDED, &input, 1);
+    assert_eq!(ready_statuses(&p_replies), ready_statuses(&replies));
+}
