@@ -5,9 +5,11 @@
 //!
 //! - [`rows`]: where a result's guarded keys and versions are, and pinned reads in flight.
 //! - [`checks`]: what is checked of a guarded write, its plan, raises, simple-Query scripts.
+//! - [`names`]: the map by statement or portal name that the state's maps use.
 //! - [`statements`]: prepared statements, portals, kept and stale statements, `Parse` undos.
 //! - [`tag`]: what the guard attaches to a reply it follows.
 //! - [`cx`]: what the guard may touch of its session for one call.
+//! - [`txn`]: what the session follows of the server's transactions and savepoints.
 //! - [`state`]: the per-session [`GuardState`] and the session's [`Ident`].
 //!
 //! Behaviour, each file an `impl GuardState` block importing only the data files:
@@ -31,13 +33,14 @@
 //! - [`kept`]: unnamed guarded writes kept prepared under names of the proxy's.
 //! - [`stale`]: statements prepared before a reload that guards their table.
 //! - [`raise`]: the `DO` blocks that make the server itself raise conflicts and refusals.
-//! - [`txn`]: where the server's transactions and savepoints end, so that what a session
-//!   learned in one that did not commit is undone.
+//! - [`tx_ends`]: where each transaction or savepoint ends, applied to the tracked versions,
+//!   so that what a session learned in one that did not commit is undone.
 //!
 //! With no guard configured none of this runs: every hook returns at its first test.
 
 mod checks;
 mod cx;
+mod names;
 mod rows;
 mod state;
 mod statements;
@@ -61,6 +64,7 @@ mod script;
 mod session;
 mod simple;
 mod stale;
+mod tx_ends;
 mod txn;
 
 pub use checks::{RaiseCtx, Script, WriteCheck};

@@ -1,17 +1,16 @@
 //! The guard's per-session state: [`GuardState`] and what its fields hold that belongs to no
-//! other file ([`AfterSync`], [`CatalogState`], the [`NameMap`] its maps use), and the
-//! session's [`Ident`].
+//! other file ([`AfterSync`], [`CatalogState`]), and the session's [`Ident`].
 //!
 //! The behaviour is spread over the other files, each an `impl GuardState` block for one
 //! message or concern; this one only builds the state and answers the engine's plain
 //! questions about it.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::checks::{RaiseCtx, Script};
 use super::cx::Cx;
+use super::names::NameMap;
 use super::rows::ReadPlan;
 use super::statements::{Kept, Portal, Prepared, StaleStatement};
 use super::txn::TxnState;
@@ -28,11 +27,6 @@ pub struct Ident {
     pub database: String,
     pub application_name: String,
 }
-
-/// A map keyed by statement or portal names (or statement texts), looked up on every `Parse`,
-/// `Bind` and `Execute`: hashed with foldhash (fast on short keys, seeded per process) rather
-/// than SipHash.
-pub(super) type NameMap<V> = HashMap<Box<[u8]>, V, foldhash::fast::RandomState>;
 
 /// Per-session guard state.
 pub struct GuardState {

@@ -23,16 +23,14 @@
 
 use std::collections::VecDeque;
 
-use super::cx::Cx;
-use super::state::{GuardState, NameMap};
-use crate::engine::replies::Pending;
+use super::names::NameMap;
 use crate::guard::txcontrol::{TxOp, may_hold_tx, tx_ops};
 use crate::protocol::TxStatus;
 use crate::protocol::frontend as fe;
 
 /// What the session follows of the server's transactions.
 #[derive(Debug, Default)]
-pub struct TxnState {
+pub(super) struct TxnState {
     /// Transaction-control statements sent, each with the number of the `ReadyForQuery` that
     /// ends its batch.
     ops: VecDeque<(u64, TxOp)>,
@@ -52,7 +50,7 @@ pub struct TxnState {
 
 /// The transaction-control command tags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TxTag {
+pub(super) enum TxTag {
     Begin,
     Commit,
     Rollback,
@@ -87,82 +85,78 @@ fn answers(op: &TxOp, tag: TxTag) -> bool {
     }
 }
 
-impl GuardState {
-    /// The number of the `ReadyForQuery` that will end a batch sent now.
-    pub(super) fn next_ready(&self, cx: &Cx<'_>) -> u64 {
-        let queued = cx
-            .out
-            .replies
-            .iter()
-            .filter(|p| matches!(p, Pending::Simple(_) | Pending::Sync(_)))
-            .count();
-        self.txn.ready_seen + queued as u64 + 1
+impl TxnState {
+    /// The number of the `ReadyForQuery` that will end a batch sent now, with `queued`
+    /// batches (simple queries and `Sync`s) already awaiting theirs.
+    pub(super) fn next_ready(&self, queued: usize) -> u64 {
+        self.ready_seen + queued as u64 + 1
     }
 
-    /// A text going to the server as one simple `Query` (the client's, or a step of a
-    /// script) in which the prefilter found a transaction-control word; `ready` is the
-    /// number of its `ReadyForQuery` ([`GuardState::next_ready`], taken before it was queued).
-    pub(super) fn note_tx_text(&mut self, ready: u64, sql: &[u8]) {
+    /// A text going to the server as one simple `Query`, ended by `ReadyForQuery` number
+    /// `ready`: its transaction-control statements await their tags.
+    pub(super) fn note_text(&mut self, ready: u64, sql: &[u8]) {
         if !may_hold_tx(sql) {
             return;
         }
         let sql = String::from_utf8_lossy(sql);
-        self.txn
-            .ops
+        self.ops
             .extend(tx_ops(&sql).into_iter().map(|op| (ready, op)));
     }
 
     /// A `Parse` of statement `name` (`tx`: the prefilter found a transaction-control word).
-    pub(super) fn tx_parse(&mut self, name: &[u8], sql: &[u8], tx: bool) {
+    pub(super) fn parse(&mut self, name: &[u8], sql: &[u8], tx: bool) {
         if tx
             && may_hold_tx(sql)
             && let [op] = tx_ops(&String::from_utf8_lossy(sql)).as_slice()
         {
-            self.txn.statements.insert(name.into(), op.clone());
-        } else if !self.txn.statements.is_empty() {
-            self.txn.statements.remove(name);
+            self.statements.insert(name.into(), op.clone());
+        } else if !self.statements.is_empty() {
+            self.statements.remove(name);
         }
     }
 
     /// A `Bind`: a portal of a transaction-control statement remembers it.
     #[inline]
-    pub fn tx_bind(&mut self, body: &[u8]) {
-        if self.txn.statements.is_empty() && self.txn.portals.is_empty() {
+    pub(super) fn bind(&mut self, body: &[u8]) {
+        if self.statements.is_empty() && self.portals.is_empty() {
             return;
         }
         let Some((portal, statement)) = fe::bind_names(body) else {
             return;
         };
-        match self.txn.statements.get(statement) {
+        match self.statements.get(statement) {
             Some(op) => {
                 let op = op.clone();
-                self.txn.portals.insert(portal.into(), op);
+                self.portals.insert(portal.into(), op);
             }
             None => {
-                self.txn.portals.remove(portal);
+                self.portals.remove(portal);
             }
         }
     }
 
-    /// An `Execute`: a transaction-control statement's op awaits its tag.
+    /// True when no portal of a transaction-control statement is open (an `Execute` then
+    /// needs no look).
     #[inline]
-    pub fn tx_execute(&mut self, cx: &Cx<'_>, body: &[u8]) {
-        if self.txn.portals.is_empty() {
-            return;
-        }
+    pub(super) fn no_portals(&self) -> bool {
+        self.portals.is_empty()
+    }
+
+    /// An `Execute` of a portal, in the batch ended by `ReadyForQuery` number `ready`: a
+    /// transaction-control statement's op awaits its tag.
+    pub(super) fn execute(&mut self, ready: u64, body: &[u8]) {
         if let Some((portal, _)) = fe::execute(body)
-            && let Some(op) = self.txn.portals.get(portal).cloned()
+            && let Some(op) = self.portals.get(portal).cloned()
         {
-            let ready = self.next_ready(cx);
-            self.txn.ops.push_back((ready, op));
+            self.ops.push_back((ready, op));
         }
     }
 
-    /// A `Close` of a statement or portal, or a simple `Query` (which drops the unnamed ones).
-    pub fn tx_close(&mut self, kind: u8, name: &[u8]) {
+    /// A `Close` of a statement (`kind` `S`) or portal.
+    pub(super) fn close(&mut self, kind: u8, name: &[u8]) {
         let map = match kind {
-            b'S' => &mut self.txn.statements,
-            _ => &mut self.txn.portals,
+            b'S' => &mut self.statements,
+            _ => &mut self.portals,
         };
         if !map.is_empty() {
             map.remove(name);
@@ -171,111 +165,58 @@ impl GuardState {
 
     /// An `ErrorResponse` from the server: the transaction it came in failed.
     #[inline]
-    pub fn on_server_error(&mut self) {
-        self.txn.failed = true;
+    pub(super) fn error(&mut self) {
+        self.failed = true;
     }
 
-    /// A `CommandComplete` from the server (`body` without the header). `per_transaction`:
-    /// tracked versions are forgotten at the end of each transaction.
-    #[inline]
-    pub fn on_command_complete(&mut self, body: &[u8], per_transaction: bool) {
-        let Some(tag) = tx_tag(crate::protocol::backend::command_tag(body)) else {
-            return;
-        };
-        let current = self.txn.ready_seen + 1;
-        while self.txn.ops.front().is_some_and(|(n, _)| *n < current) {
-            self.txn.ops.pop_front();
+    /// A `CommandComplete` (`body` without the header): for a transaction-control tag, the
+    /// tag and the op it answers (`None` when none could be paired with it).
+    pub(super) fn command_complete(&mut self, body: &[u8]) -> Option<(TxTag, Option<TxOp>)> {
+        let tag = tx_tag(crate::protocol::backend::command_tag(body))?;
+        let current = self.ready_seen + 1;
+        while self.ops.front().is_some_and(|(n, _)| *n < current) {
+            self.ops.pop_front();
         }
-        let op = match self.txn.ops.front() {
+        let op = match self.ops.front() {
             Some((n, op)) if *n == current && answers(op, tag) => {
-                self.txn.ops.pop_front().map(|(_, op)| op)
+                self.ops.pop_front().map(|(_, op)| op)
             }
             _ => None,
         };
         match (tag, &op) {
-            (TxTag::Begin, _) => self.txn.since_ready = Some(TxStatus::InTransaction),
+            (TxTag::Begin, _) => self.since_ready = Some(TxStatus::InTransaction),
             (TxTag::Rollback, Some(TxOp::RollbackTo(_))) => {}
             (TxTag::Commit | TxTag::Rollback | TxTag::Prepare, _) => {
-                self.txn.since_ready = Some(TxStatus::Idle)
+                self.since_ready = Some(TxStatus::Idle)
             }
             _ => {}
         }
-        self.end_of(tag, op, per_transaction);
+        Some((tag, op))
     }
 
-    /// The server's transaction status as the replies so far tell it: the last
-    /// `ReadyForQuery`'s, or where a transaction-control tag since then left it.
-    pub(super) fn tx_status_now(&self, cx: &Cx<'_>) -> TxStatus {
-        self.txn.since_ready.unwrap_or(cx.tx_status)
+    /// The server's transaction status as the replies so far tell it: `last_ready` (the last
+    /// `ReadyForQuery`'s), or where a transaction-control tag since then left it.
+    pub(super) fn status_now(&self, last_ready: TxStatus) -> TxStatus {
+        self.since_ready.unwrap_or(last_ready)
     }
 
-    /// What a transaction-control statement did to what the session learned.
-    fn end_of(&mut self, tag: TxTag, op: Option<TxOp>, per_transaction: bool) {
-        let t = &mut self.tracker;
-        let ended = match (tag, op) {
-            (TxTag::Begin, _) => false,
-            (TxTag::Savepoint, op) => {
-                match op {
-                    Some(TxOp::Savepoint(name)) => t.savepoint(name.as_deref()),
-                    _ => t.savepoint(None),
-                }
-                false
-            }
-            (TxTag::Release, op) => {
-                if let Some(TxOp::Release(Some(name))) = op {
-                    t.release(&name);
-                }
-                false
-            }
-            (TxTag::Rollback, Some(TxOp::RollbackTo(Some(name)))) => {
-                if !t.rollback_to(&name) {
-                    t.forget_touched();
-                }
-                false
-            }
-            (TxTag::Rollback, Some(TxOp::RollbackTo(None) | TxOp::Unknown)) => {
-                t.forget_touched();
-                false
-            }
-            (TxTag::Rollback, _) => {
-                t.rollback();
-                true
-            }
-            (TxTag::Commit, _) => {
-                t.commit();
-                true
-            }
-            (TxTag::Prepare, _) => {
-                t.forget_touched();
-                t.commit();
-                true
-            }
-        };
-        // `COMMIT AND CHAIN` ends a transaction without a `ReadyForQuery` status `I`.
-        if per_transaction && ended {
-            t.forget_all();
+    /// A `ReadyForQuery` with transaction status `status`. Outside a transaction block
+    /// (`Idle`) the transaction ended: `Some(failed)`, true when an error came since the
+    /// last one; `None` inside a block.
+    pub(super) fn ready(&mut self, status: TxStatus) -> Option<bool> {
+        self.ready_seen += 1;
+        self.since_ready = None;
+        let seen = self.ready_seen;
+        while self.ops.front().is_some_and(|(n, _)| *n <= seen) {
+            self.ops.pop_front();
         }
-    }
-
-    /// A `ReadyForQuery` with transaction status `status`: outside a transaction block (`Idle`), the
-    /// transaction ended, committed unless an error came since the last one.
-    pub(super) fn tx_ready(&mut self, status: TxStatus) {
-        self.txn.ready_seen += 1;
-        self.txn.since_ready = None;
-        let seen = self.txn.ready_seen;
-        while self.txn.ops.front().is_some_and(|(n, _)| *n <= seen) {
-            self.txn.ops.pop_front();
+        let failed = std::mem::take(&mut self.failed);
+        if status != TxStatus::Idle {
+            return None;
         }
-        if status == TxStatus::Idle {
-            if std::mem::take(&mut self.txn.failed) {
-                self.tracker.rollback();
-            } else {
-                self.tracker.commit();
-            }
-            if !self.txn.portals.is_empty() {
-                self.txn.portals.clear();
-            }
+        if !self.portals.is_empty() {
+            self.portals.clear();
         }
-        self.txn.failed = false;
+        Some(failed)
     }
 }
