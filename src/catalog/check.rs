@@ -14,7 +14,9 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::versions::{repeat_fix, repeat_problem, sequence_default};
-use super::{Column, columns, default_expr, find_table, toml_ident_list, type_fits, unique_keys};
+use super::{
+    Column, UniqueKey, columns, default_expr, find_table, toml_ident_list, type_fits, unique_keys,
+};
 use crate::config::{Config, Guard, VersionKind, quote_ident};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -122,115 +124,9 @@ async fn check_guard(
         return Ok(out);
     }
     let cols = columns(client, table.oid).await?;
-    let col = |name: &str| cols.iter().find(|c| c.name == name);
-
-    // Key.
-    let mut key_attnums = Vec::new();
-    for k in &guard.key {
-        match col(k) {
-            Some(c) => key_attnums.push(c.attnum),
-            None => out.push(Finding::error(
-                guard,
-                format!("key column {} does not exist in {t}", quote_ident(k)),
-            )),
-        }
-    }
     let uniques = unique_keys(client, table.oid).await?;
-    let names = |attnums: &[i16]| -> Vec<String> {
-        attnums
-            .iter()
-            .map(|a| {
-                cols.iter()
-                    .find(|c| c.attnum == *a)
-                    .map(|c| c.name.clone())
-                    .unwrap_or_else(|| a.to_string())
-            })
-            .collect()
-    };
-    let key_list = guard
-        .key
-        .iter()
-        .map(|k| quote_ident(k))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut key_note = String::new();
-    if key_attnums.len() == guard.key.len() {
-        let mut sorted = key_attnums.clone();
-        sorted.sort_unstable();
-        let found = uniques.iter().find(|u| {
-            let mut s = u.attnums.clone();
-            s.sort_unstable();
-            s == sorted
-        });
-        match found {
-            Some(u) => {
-                key_note = format!(
-                    "key ({key_list}) is {}",
-                    if u.primary {
-                        "the primary key"
-                    } else {
-                        "unique"
-                    }
-                );
-            }
-            None => {
-                let mut f = Finding::error(
-                    guard,
-                    format!(
-                        "key ({key_list}) is neither the primary key nor a unique constraint of {t}: one key value could name several rows"
-                    ),
-                )
-                .ddl(format!("ALTER TABLE {t} ADD UNIQUE ({key_list});"));
-                if let Some(pk) = uniques.iter().find(|u| u.primary) {
-                    f = f.config(format!("key = {}", toml_ident_list(&names(&pk.attnums))));
-                }
-                out.push(f);
-            }
-        }
-    } else if let Some(pk) = uniques.iter().find(|u| u.primary)
-        && let Some(last) = out.last_mut()
-    {
-        last.config = Some(format!("key = {}", toml_ident_list(&names(&pk.attnums))));
-    }
-
-    // Version.
-    let v = &guard.version;
-    let vq = quote_ident(v);
-    let version_note;
-    if guard.kind == VersionKind::Xmin {
-        version_note = "version is the system column xmin".to_string();
-    } else {
-        match col(v) {
-            None => {
-                // bigserial: a sequence owned by the column, drawn for existing rows too.
-                let column = match guard.kind {
-                    VersionKind::Timestamp => "timestamptz NOT NULL DEFAULT now()",
-                    _ => "bigserial",
-                };
-                out.push(
-                    Finding::error(guard, format!("version column {vq} does not exist in {t}"))
-                        .ddl(format!("ALTER TABLE {t} ADD COLUMN {vq} {column};"))
-                        .config(
-                            "version = \"xmin\"  # or use the system column: no schema change"
-                                .into(),
-                        ),
-                );
-                version_note = String::new();
-            }
-            Some(c) => {
-                let before = out.len();
-                check_version_column(guard, c, &mut out);
-                version_note = if out.len() == before {
-                    format!(
-                        "version column {vq} ({}) fits kind \"{}\"",
-                        c.type_name, guard.kind
-                    )
-                } else {
-                    String::new()
-                };
-            }
-        }
-    }
+    let key_note = check_key(guard, &cols, &uniques, &mut out);
+    let version_note = check_version(guard, &cols, &mut out);
     if out.is_empty() {
         out.push(Finding {
             table: t.to_string(),
@@ -243,56 +139,131 @@ async fn check_guard(
     Ok(out)
 }
 
+/// The guard's key: its columns exist and are exactly the primary key or a unique key. Returns
+/// what the `ok` finding says of it.
+fn check_key(
+    guard: &Guard,
+    cols: &[Column],
+    uniques: &[UniqueKey],
+    out: &mut Vec<Finding>,
+) -> String {
+    let t = &guard.table;
+    let mut key_attnums = Vec::new();
+    for k in &guard.key {
+        match cols.iter().find(|c| c.name == *k) {
+            Some(c) => key_attnums.push(c.attnum),
+            None => out.push(Finding::error(
+                guard,
+                format!("key column {} does not exist in {t}", quote_ident(k)),
+            )),
+        }
+    }
+    let names = |attnums: &[i16]| -> Vec<String> {
+        attnums
+            .iter()
+            .map(|a| {
+                cols.iter()
+                    .find(|c| c.attnum == *a)
+                    .map(|c| c.name.clone())
+                    .unwrap_or_else(|| a.to_string())
+            })
+            .collect()
+    };
+    let pk_config = || {
+        uniques
+            .iter()
+            .find(|u| u.primary)
+            .map(|pk| format!("key = {}", toml_ident_list(&names(&pk.attnums))))
+    };
+    if key_attnums.len() != guard.key.len() {
+        if let Some(config) = pk_config()
+            && let Some(last) = out.last_mut()
+        {
+            last.config = Some(config);
+        }
+        return String::new();
+    }
+    let key_list = guard
+        .key
+        .iter()
+        .map(|k| quote_ident(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    key_attnums.sort_unstable();
+    let found = uniques.iter().find(|u| {
+        let mut s = u.attnums.clone();
+        s.sort_unstable();
+        s == key_attnums
+    });
+    match found {
+        Some(u) => format!(
+            "key ({key_list}) is {}",
+            if u.primary {
+                "the primary key"
+            } else {
+                "unique"
+            }
+        ),
+        None => {
+            let mut f = Finding::error(
+                guard,
+                format!(
+                    "key ({key_list}) is neither the primary key nor a unique constraint of {t}: one key value could name several rows"
+                ),
+            )
+            .ddl(format!("ALTER TABLE {t} ADD UNIQUE ({key_list});"));
+            if let Some(config) = pk_config() {
+                f = f.config(config);
+            }
+            out.push(f);
+            String::new()
+        }
+    }
+}
+
+/// The guard's version column (or `xmin`). Returns what the `ok` finding says of it.
+fn check_version(guard: &Guard, cols: &[Column], out: &mut Vec<Finding>) -> String {
+    let t = &guard.table;
+    let v = &guard.version;
+    let vq = quote_ident(v);
+    if guard.kind == VersionKind::Xmin {
+        return "version is the system column xmin".to_string();
+    }
+    let Some(c) = cols.iter().find(|c| c.name == *v) else {
+        // bigserial: a sequence owned by the column, drawn for existing rows too.
+        let column = match guard.kind {
+            VersionKind::Timestamp => "timestamptz NOT NULL DEFAULT now()",
+            _ => "bigserial",
+        };
+        out.push(
+            Finding::error(guard, format!("version column {vq} does not exist in {t}"))
+                .ddl(format!("ALTER TABLE {t} ADD COLUMN {vq} {column};"))
+                .config("version = \"xmin\"  # or use the system column: no schema change".into()),
+        );
+        return String::new();
+    };
+    let before = out.len();
+    check_version_column(guard, c, out);
+    if out.len() == before {
+        format!(
+            "version column {vq} ({}) fits kind \"{}\"",
+            c.type_name, guard.kind
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// The version column's type, generation, nullability, default and repeats.
 fn check_version_column(guard: &Guard, c: &Column, out: &mut Vec<Finding>) {
     let t = &guard.table;
     let vq = quote_ident(&c.name);
     let mut kind = guard.kind;
     if !type_fits(kind, c.base_type) {
-        let other = [VersionKind::Counter, VersionKind::Timestamp]
-            .into_iter()
-            .find(|k| *k != kind && type_fits(*k, c.base_type));
-        let fits = match kind {
-            VersionKind::Timestamp => "timestamp or timestamptz",
-            _ => "smallint, integer, bigint or numeric",
-        };
-        let mut f = Finding::error(
-            guard,
-            format!(
-                "version column {vq} is {}, which does not fit kind \"{kind}\" (needs {fits})",
-                c.type_name
-            ),
-        );
-        f = match other {
-            Some(k) => {
-                // The remaining checks apply to the kind the column fits.
-                kind = k;
-                f.config(format!("kind = \"{k}\""))
-            }
-            None => {
-                let ty = match kind {
-                    VersionKind::Timestamp => "timestamptz",
-                    _ => "bigint",
-                };
-                let mut ddl = format!(
-                    "ALTER TABLE {t} ALTER COLUMN {vq} DROP DEFAULT, \
-                     ALTER COLUMN {vq} TYPE {ty} USING {vq}::{ty}"
-                );
-                match kind {
-                    VersionKind::Timestamp => ddl.push_str(&format!(
-                        ", ALTER COLUMN {vq} SET DEFAULT {};",
-                        default_expr(kind)
-                    )),
-                    _ => {
-                        ddl.push_str("; ");
-                        ddl.push_str(&sequence_default(t, &c.name));
-                    }
-                }
-                f.ddl(ddl)
-            }
-        };
-        out.push(f);
-        if other.is_none() {
-            return;
+        match type_mismatch(guard, c, out) {
+            // The remaining checks apply to the kind the column fits.
+            Some(k) => kind = k,
+            None => return,
         }
     }
     if !c.generated.is_empty() {
@@ -356,6 +327,54 @@ fn check_version_column(guard: &Guard, c: &Column, out: &mut Vec<Finding>) {
                 .ddl(repeat_fix(t, kind, c)),
         );
     }
+}
+
+/// The version column's type does not fit the guard's kind: a finding with the fix, and the
+/// other kind the column fits, if one does.
+fn type_mismatch(guard: &Guard, c: &Column, out: &mut Vec<Finding>) -> Option<VersionKind> {
+    let t = &guard.table;
+    let vq = quote_ident(&c.name);
+    let kind = guard.kind;
+    let other = [VersionKind::Counter, VersionKind::Timestamp]
+        .into_iter()
+        .find(|k| *k != kind && type_fits(*k, c.base_type));
+    let fits = match kind {
+        VersionKind::Timestamp => "timestamp or timestamptz",
+        _ => "smallint, integer, bigint or numeric",
+    };
+    let f = Finding::error(
+        guard,
+        format!(
+            "version column {vq} is {}, which does not fit kind \"{kind}\" (needs {fits})",
+            c.type_name
+        ),
+    );
+    let f = match other {
+        Some(k) => f.config(format!("kind = \"{k}\"")),
+        None => {
+            let ty = match kind {
+                VersionKind::Timestamp => "timestamptz",
+                _ => "bigint",
+            };
+            let mut ddl = format!(
+                "ALTER TABLE {t} ALTER COLUMN {vq} DROP DEFAULT, \
+                 ALTER COLUMN {vq} TYPE {ty} USING {vq}::{ty}"
+            );
+            match kind {
+                VersionKind::Timestamp => ddl.push_str(&format!(
+                    ", ALTER COLUMN {vq} SET DEFAULT {};",
+                    default_expr(kind)
+                )),
+                _ => {
+                    ddl.push_str("; ");
+                    ddl.push_str(&sequence_default(t, &c.name));
+                }
+            }
+            f.ddl(ddl)
+        }
+    };
+    out.push(f);
+    other
 }
 
 /// One line per finding: `ok`/`error`, table, message, then the fix.

@@ -135,12 +135,52 @@ async fn stanza(
         .iter()
         .filter_map(|a| cols.iter().find(|c| c.attnum == *a).map(|c| c.name.clone()))
         .collect();
+    let (chosen, notes) = choose_version(table, &cols, &pk.attnums);
+    let mut s = String::new();
+    let (version, kind, about) = match chosen {
+        Some((col, kind)) => (
+            col.name.as_str(),
+            kind,
+            format!(
+                "{kind} column {} ({})",
+                quote_ident(&col.name),
+                col.type_name
+            ),
+        ),
+        None => (
+            "xmin",
+            VersionKind::Xmin,
+            "no version column found: xmin (the system column, no schema change)".to_string(),
+        ),
+    };
+    s.push_str(&format!("# {table}: {about}\n"));
+    for n in notes {
+        s.push_str(&n);
+    }
+    s.push_str("[[guard]]\n");
+    s.push_str(&format!("table = {}\n", toml_string(&table.to_string())));
+    s.push_str(&format!("key = {}\n", toml_ident_list(&key)));
+    s.push_str(&format!(
+        "version = {}\n",
+        toml_string(&quote_ident(version))
+    ));
+    s.push_str(&format!("kind = \"{kind}\"\n"));
+    Ok(s)
+}
+
+/// The first of [`VERSION_CANDIDATES`] (not a key column) that fits a version kind with no
+/// problem, and a note for each candidate passed over (with the fix when one makes it fit).
+fn choose_version<'c>(
+    table: &TableName,
+    cols: &'c [Column],
+    key_attnums: &[i16],
+) -> (Option<(&'c Column, VersionKind)>, Vec<String>) {
     let mut notes = Vec::new();
     let mut chosen: Option<(&Column, VersionKind)> = None;
     for cand in VERSION_CANDIDATES {
         let Some(col) = cols
             .iter()
-            .find(|c| c.name.to_lowercase() == *cand && !pk.attnums.contains(&c.attnum))
+            .find(|c| c.name.to_lowercase() == *cand && !key_attnums.contains(&c.attnum))
         else {
             continue;
         };
@@ -173,36 +213,7 @@ async fn stanza(
             (None, None) => {}
         }
     }
-    let mut s = String::new();
-    let (version, kind, about) = match chosen {
-        Some((col, kind)) => (
-            col.name.as_str(),
-            kind,
-            format!(
-                "{kind} column {} ({})",
-                quote_ident(&col.name),
-                col.type_name
-            ),
-        ),
-        None => (
-            "xmin",
-            VersionKind::Xmin,
-            "no version column found: xmin (the system column, no schema change)".to_string(),
-        ),
-    };
-    s.push_str(&format!("# {table}: {about}\n"));
-    for n in notes {
-        s.push_str(&n);
-    }
-    s.push_str("[[guard]]\n");
-    s.push_str(&format!("table = {}\n", toml_string(&table.to_string())));
-    s.push_str(&format!("key = {}\n", toml_ident_list(&key)));
-    s.push_str(&format!(
-        "version = {}\n",
-        toml_string(&quote_ident(version))
-    ));
-    s.push_str(&format!("kind = \"{kind}\"\n"));
-    Ok(s)
+    (chosen, notes)
 }
 
 /// `optlock suggest`: prints the stanzas for `database_url` to stdout.
