@@ -2,6 +2,8 @@
 //!
 //! - [`resolve`]: per session, the table OID, attribute numbers and types of each guard's key
 //!   and version columns, so the relay can recognise them in RowDescription.
+//! - [`derived`]: per session, the relations whose writes land in a guarded table (partitions,
+//!   parents, views, rules).
 //! - [`check`]: `optlock check`, which tells whether each guard fits its table and prints the
 //!   DDL (or config change) that fixes what does not.
 //! - [`suggest`]: `optlock suggest`, ready `[[guard]]` stanzas for existing tables.
@@ -11,6 +13,7 @@
 
 pub mod check;
 mod column;
+pub mod derived;
 pub mod resolve;
 pub mod suggest;
 mod versions;

@@ -88,6 +88,19 @@ impl ResolvedGuards {
         self.guards.get(guard)?.as_ref()
     }
 
+    /// These guards with the session's aliases after them (see
+    /// [`crate::catalog::derived::aliases`]): entry `len + i` is alias `i`, found by its own
+    /// table OID (reads through it teach its guard's versions).
+    pub fn with_aliases(mut self, aliases: Vec<Option<ResolvedGuard>>) -> ResolvedGuards {
+        for rg in aliases {
+            if let Some(r) = &rg {
+                self.by_oid.entry(r.table_oid).or_insert(self.guards.len());
+            }
+            self.guards.push(rg);
+        }
+        self
+    }
+
     /// How many guards are present in this database.
     pub fn len(&self) -> usize {
         self.by_oid.len()

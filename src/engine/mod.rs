@@ -113,6 +113,11 @@ struct Link {
     /// Bytes the client sent after its `Terminate` (dropped, as the server would never read
     /// them).
     after_terminate: usize,
+    /// The [`SettingsSource::catalog_epoch`] the guards were last resolved at.
+    catalog_epoch: u64,
+    /// DDL that may change which relations' writes land in a guarded table ran in the
+    /// current transaction.
+    ddl_in_transaction: bool,
 }
 
 /// One client session's protocol state.
@@ -145,6 +150,7 @@ impl Engine {
         };
         out.to_server.extend_from_slice(startup);
         let track_limit = settings.config.track_limit;
+        let catalog_epoch = source.catalog_epoch();
         Engine {
             source,
             settings,
@@ -166,6 +172,8 @@ impl Engine {
                 copy_in: false,
                 eof_flushed: false,
                 after_terminate: 0,
+                catalog_epoch,
+                ddl_in_transaction: false,
             },
             guard: GuardState::new(ident, track_limit),
         }
@@ -378,6 +386,13 @@ impl Engine {
             let msg = self.server_in.split_to(header.size);
             self.on_server_message(header.tag, &msg, ev)
                 .map_err(Fault::Server)?;
+            if let Some(guards) = self.out.guards.take() {
+                self.settings = Arc::new(Settings {
+                    config: self.settings.config.clone(),
+                    guards,
+                    generation: self.settings.generation,
+                });
+            }
             if std::mem::take(&mut self.out.resume) && !self.out.hold_client {
                 // The guard released the client: what it sent meanwhile goes on now.
                 self.process_client(ev)?;
@@ -406,6 +421,15 @@ impl Engine {
     fn refresh_settings(&mut self, at_boundary: bool, ev: &dyn SessionEvents) -> bool {
         if self.source.generation() != self.settings.generation {
             self.settings = self.source.settings();
+            self.link.catalog_epoch = self.source.catalog_epoch();
+            let (guard, mut cx) = self.guard_cx(ev);
+            guard.on_new_settings(&mut cx);
+        } else if !self.settings.guards.is_empty()
+            && self.source.catalog_epoch() != self.link.catalog_epoch
+        {
+            // DDL (here or in another session) may have made writes of a new relation land
+            // in a guarded table: resolved again as after a reload.
+            self.link.catalog_epoch = self.source.catalog_epoch();
             let (guard, mut cx) = self.guard_cx(ev);
             guard.on_new_settings(&mut cx);
         }

@@ -6,6 +6,7 @@ use tracing::{debug, trace};
 
 use super::Engine;
 use super::guarded;
+use super::settings::changes_landing;
 use crate::events::SessionEvents;
 use crate::protocol::{self, TxStatus, backend as be};
 
@@ -64,6 +65,15 @@ impl Engine {
             be::COMMAND_COMPLETE => {
                 let per_tx = self.settings.config.track == crate::config::TrackScope::Transaction;
                 self.guard.on_command_complete(&msg[5..], per_tx);
+                if !self.settings.guards.is_empty()
+                    && matches!(msg.get(5), Some(b'C' | b'A' | b'D'))
+                    && changes_landing(be::command_tag(&msg[5..]))
+                {
+                    // Told now (for this session's next statement) and again when the
+                    // transaction ends (for sessions that resolved before it committed).
+                    self.source.catalog_changed();
+                    self.link.ddl_in_transaction = true;
+                }
             }
             be::ERROR_RESPONSE => self.guard.on_server_error(),
             _ => {}
@@ -92,6 +102,10 @@ impl Engine {
             self.link.copy_in = false;
             self.link.tx_status = TxStatus::from_ready(&msg[5..]);
             self.link.batch_open = false;
+            if self.link.ddl_in_transaction && self.link.tx_status == TxStatus::Idle {
+                self.link.ddl_in_transaction = false;
+                self.source.catalog_changed();
+            }
             ev.ready_for_query(self.link.tx_status, self.guard.tracked());
         }
         let taken = {

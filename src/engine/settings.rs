@@ -32,6 +32,34 @@ pub trait SettingsSource: Send + Sync {
     fn generation(&self) -> u64;
     /// The settings in force.
     fn settings(&self) -> Arc<Settings>;
+
+    /// A number moved on whenever a session ran DDL that may change which relations' writes
+    /// land in a guarded table (a view, a partition, a rule, a trigger): every session then
+    /// resolves its guards again at its next boundary.
+    fn catalog_epoch(&self) -> u64 {
+        0
+    }
+
+    /// A session ran such DDL.
+    fn catalog_changed(&self) {}
+}
+
+/// True for the command tags of DDL that may change which relations' writes land in a
+/// guarded table.
+pub fn changes_landing(tag: &[u8]) -> bool {
+    matches!(
+        tag,
+        b"CREATE VIEW"
+            | b"ALTER VIEW"
+            | b"DROP VIEW"
+            | b"CREATE TABLE"
+            | b"ALTER TABLE"
+            | b"DROP TABLE"
+            | b"CREATE RULE"
+            | b"DROP RULE"
+            | b"CREATE TRIGGER"
+            | b"DROP TRIGGER"
+    )
 }
 
 /// Settings that never change: for tools and tests.

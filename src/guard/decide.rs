@@ -209,6 +209,16 @@ fn refusal(
 ) -> Option<Action> {
     let table = |f: &Found| guards.guards[f.guard].table.clone();
     let first = &found[0];
+    if let Some((f, reason)) = found
+        .iter()
+        .find_map(|f| Some((f, guards.refusals.get(f.guard)?.as_ref()?)))
+    {
+        // Named by the guarded table it reaches: the client is told to write that one.
+        return Some(Action::Refuse {
+            table: guards.guards[guards.roots[f.guard]].table.clone(),
+            reason: reason.clone(),
+        });
+    }
     if let Some(m) = found.iter().find(|f| f.op == FoundOp::Merge) {
         return Some(Action::Refuse {
             table: table(m),

@@ -73,6 +73,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::config::{Config, Guard, TableName};
 
 /// The guards of one config, ready for analysis. Cheap to share (`Arc`).
+///
+/// A session's set may hold more entries than the config's guards: the relations of its
+/// database whose writes land in a guarded table ([`Alias`]), after the config's, each with
+/// the table id and column names of the guard it reaches.
 #[derive(Debug)]
 pub struct GuardSet {
     pub guards: Vec<Guard>,
@@ -82,6 +86,25 @@ pub struct GuardSet {
     pub table_ids: Vec<TableId>,
     /// Each guard's column names as SQL, quoted where needed, for the rewrite.
     pub sql_names: Vec<rewrite::SqlNames>,
+    /// Why writes through an entry are refused (an alias that cannot carry a version check);
+    /// `None` for every config guard.
+    pub refusals: Vec<Option<String>>,
+    /// The config guard each entry reaches (its own index for a config guard).
+    pub roots: Vec<usize>,
+    /// How many entries are the config's guards (the rest are aliases).
+    pub config_len: usize,
+    /// The config's own set, when this one holds aliases.
+    base: Option<Arc<GuardSet>>,
+}
+
+/// A relation whose writes land in the table of config guard `guard` (a partition, a parent,
+/// an auto-updatable view): its writes are checked as that guard's, or refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Alias {
+    pub table: TableName,
+    pub guard: usize,
+    /// Why writes through it cannot be checked; `None`: checked like the guard's.
+    pub refusal: Option<String>,
 }
 
 impl GuardSet {
@@ -91,7 +114,70 @@ impl GuardSet {
             prefilter: prefilter::Prefilter::new(&config.guards),
             table_ids: config.guards.iter().map(|g| table_id(&g.table)).collect(),
             sql_names: config.guards.iter().map(rewrite::SqlNames::of).collect(),
+            refusals: vec![None; config.guards.len()],
+            roots: (0..config.guards.len()).collect(),
+            config_len: config.guards.len(),
+            base: None,
         })
+    }
+
+    /// This set's config guards with `aliases` after them (a set already holding aliases
+    /// gets the new ones instead). Sets are shared: the sessions of one database that find
+    /// the same aliases under one config share one.
+    pub fn with_aliases(self: &Arc<GuardSet>, aliases: Vec<Alias>) -> Arc<GuardSet> {
+        let base = self.base.clone().unwrap_or_else(|| self.clone());
+        if aliases.is_empty() {
+            return base;
+        }
+        // Keyed by the base set's address: a derived set holds its base, so the address is
+        // not reused while the entry can be upgraded.
+        type Shared = HashMap<(usize, Vec<Alias>), std::sync::Weak<GuardSet>>;
+        static SETS: OnceLock<Mutex<Shared>> = OnceLock::new();
+        let key = (Arc::as_ptr(&base) as usize, aliases);
+        let mut sets = SETS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = sets.get(&key).and_then(std::sync::Weak::upgrade) {
+            return set;
+        }
+        sets.retain(|_, w| w.strong_count() > 0);
+        let set = Arc::new(base.extended(&key.1, base.clone()));
+        sets.insert(key, Arc::downgrade(&set));
+        set
+    }
+
+    fn extended(&self, aliases: &[Alias], base: Arc<GuardSet>) -> GuardSet {
+        let n = self.config_len;
+        let mut guards = self.guards[..n].to_vec();
+        let mut table_ids = self.table_ids[..n].to_vec();
+        let mut sql_names = self.sql_names[..n].to_vec();
+        let mut refusals = vec![None; n];
+        let mut roots: Vec<usize> = (0..n).collect();
+        for a in aliases {
+            let mut g = self.guards[a.guard].clone();
+            g.table = a.table.clone();
+            guards.push(g);
+            table_ids.push(self.table_ids[a.guard]);
+            sql_names.push(self.sql_names[a.guard].clone());
+            refusals.push(a.refusal.clone());
+            roots.push(a.guard);
+        }
+        GuardSet {
+            prefilter: prefilter::Prefilter::new(&guards),
+            guards,
+            table_ids,
+            sql_names,
+            refusals,
+            roots,
+            config_len: n,
+            base: Some(base),
+        }
+    }
+
+    /// The config's guards (without the session's aliases).
+    pub fn config_guards(&self) -> &[Guard] {
+        &self.guards[..self.config_len]
     }
 
     pub fn is_empty(&self) -> bool {
@@ -101,7 +187,7 @@ impl GuardSet {
     /// Each guard's table with its process-wide id, in guard order: what the metrics count
     /// guarded writes by ([`crate::admin::Metrics::set_tables`]).
     pub fn tables(&self) -> Vec<(TableId, String)> {
-        let names = self.guards.iter().map(|g| g.table.to_string());
+        let names = self.config_guards().iter().map(|g| g.table.to_string());
         self.table_ids.iter().copied().zip(names).collect()
     }
 }

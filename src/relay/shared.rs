@@ -37,6 +37,8 @@ pub trait Operator: ProcessEvents {
 pub struct Shared {
     settings: RwLock<Arc<Settings>>,
     generation: AtomicU64,
+    /// Moved on by DDL that may change which relations' writes land in a guarded table.
+    catalog_epoch: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
     pub tls: Option<TlsAcceptor>,
     pub operator: Arc<dyn Operator>,
@@ -53,6 +55,15 @@ impl SettingsSource for Shared {
     fn settings(&self) -> Arc<Settings> {
         Shared::settings(self)
     }
+
+    #[inline]
+    fn catalog_epoch(&self) -> u64 {
+        self.catalog_epoch.load(Ordering::Acquire)
+    }
+
+    fn catalog_changed(&self) {
+        self.catalog_epoch.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
@@ -66,6 +77,7 @@ impl Shared {
         operator.set_tables(&settings);
         Shared {
             generation: AtomicU64::new(settings.generation),
+            catalog_epoch: AtomicU64::new(0),
             settings: RwLock::new(Arc::new(settings)),
             shutdown,
             tls,

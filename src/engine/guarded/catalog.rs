@@ -19,12 +19,21 @@ use tracing::{debug, warn};
 use super::cx::Cx;
 use super::state::{CatalogState, GuardState};
 use super::tag::Tag;
-use crate::catalog::resolve;
+use crate::catalog::{derived, resolve};
 use crate::engine::replies::Pending;
 use crate::protocol::{backend as be, frontend as fe};
 
 /// Statement and portal name of the proxy's catalog queries.
 const CATALOG_NAME: &[u8] = b"optlock_catalog";
+
+/// Around the query of relations whose writes land in a guarded table: its recursion makes
+/// the planner's estimate large enough for JIT compilation, which would cost far more than the
+/// query (tens of milliseconds at every login). Turned off for it and given back, both local
+/// to the transaction the batch runs in.
+const JIT_OFF: &str = "SELECT pg_catalog.set_config('optlock.jit', \
+     pg_catalog.current_setting('jit'), true), pg_catalog.set_config('jit', 'off', true)";
+const JIT_BACK: &str =
+    "SELECT pg_catalog.set_config('jit', pg_catalog.current_setting('optlock.jit'), true)";
 
 /// The catalog query that lists the session's prepared statements (see [`super::stale`]).
 const LISTING_QUERY: &str = "SELECT name, statement, from_sql::text, \
@@ -103,10 +112,19 @@ impl GuardState {
 
     /// Sends the guard resolution and, after a reload, the listing of prepared statements.
     fn send_resolve(&mut self, cx: &mut Cx<'_>, after_reload: bool, login_ready: Option<BytesMut>) {
-        let mut queries = vec![(
-            resolve::resolve_query(&cx.settings.guards.guards),
-            Tag::Resolve { rows: Vec::new() },
-        )];
+        let guards = cx.settings.guards.config_guards();
+        let mut queries = vec![
+            (
+                resolve::resolve_query(guards),
+                Tag::Resolve { rows: Vec::new() },
+            ),
+            (JIT_OFF.to_string(), Tag::Catalog),
+            (
+                derived::derived_query(guards),
+                Tag::Derive { rows: Vec::new() },
+            ),
+            (JIT_BACK.to_string(), Tag::Catalog),
+        ];
         if after_reload {
             queries.push((LISTING_QUERY.to_string(), Tag::Listing { rows: Vec::new() }));
         }
@@ -117,7 +135,8 @@ impl GuardState {
     /// A reply to a catalog query that leaves its entry at the front: rows are kept, the
     /// rest hidden.
     pub(super) fn on_catalog_within(tag: u8, msg: &[u8], t: &mut Tag) -> bool {
-        if let (Tag::Resolve { rows } | Tag::Listing { rows }, be::DATA_ROW) = (t, tag)
+        if let (Tag::Resolve { rows } | Tag::Derive { rows } | Tag::Listing { rows }, be::DATA_ROW) =
+            (t, tag)
             && let Some(vals) = be::data_row(&msg[5..])
         {
             rows.push(
@@ -145,12 +164,23 @@ impl GuardState {
                 self.catalog_query_done(error.is_none());
                 match error {
                     None => {
-                        self.resolved =
-                            Arc::new(resolve::parse_resolved(&rows, &cx.settings.guards.guards));
+                        self.resolved = Arc::new(resolve::parse_resolved(
+                            &rows,
+                            cx.settings.guards.config_guards(),
+                        ));
                         debug!(resolved = self.resolved.len(), "guards resolved");
                     }
                     Some(error) => {
                         warn!(%error, "guards could not be resolved in this database; reads will not be tracked until they are")
+                    }
+                }
+            }
+            Tag::Derive { rows } => {
+                self.catalog_query_done(error.is_none());
+                match error {
+                    None => self.on_derived(cx, &rows),
+                    Some(error) => {
+                        warn!(%error, "relations whose writes land in guarded tables could not be listed in this database: writes through views, partitions and parents are not checked")
                     }
                 }
             }
@@ -178,6 +208,27 @@ impl GuardState {
             _ => {}
         }
         Ok(true)
+    }
+
+    /// The relations whose writes land in a guarded table, found in this database: the
+    /// session's guard set gets them as aliases (the analyses made without them dropped), and
+    /// its resolution their columns.
+    fn on_derived(&mut self, cx: &mut Cx<'_>, rows: &[Vec<Option<String>>]) {
+        let guards = &cx.settings.guards;
+        let found = derived::parse_derived(rows, guards.config_guards());
+        let (aliases, columns) = derived::aliases(&found, guards.config_guards(), &self.resolved);
+        if aliases.is_empty() && guards.config_len == guards.guards.len() {
+            return;
+        }
+        debug!(
+            aliases = aliases.len(),
+            "relations whose writes land in guarded tables"
+        );
+        let base = Arc::unwrap_or_clone(std::mem::take(&mut self.resolved));
+        self.resolved = Arc::new(base.with_aliases(columns));
+        cx.out.guards = Some(guards.with_aliases(aliases));
+        self.cache.clear();
+        self.found.clear();
     }
 
     /// The end of a catalog batch. A batch that failed (or was skipped after an error) inside

@@ -4,6 +4,9 @@
 //! events. The engine builds a [`Cx`] for each call into the guard; the guard never sees the
 //! engine itself, so it cannot reach past what a `Cx` gives.
 
+use std::sync::Arc;
+
+use crate::guard::GuardSet;
 use crate::guard::datestyle::DateStyle;
 use crate::protocol::TxStatus;
 use bytes::BytesMut;
@@ -27,6 +30,9 @@ pub struct Outbox {
     /// The guard released the client: its waiting messages are handled once the current
     /// server message is.
     pub resume: bool,
+    /// The session's guards changed (the relations of its database whose writes land in a
+    /// guarded table were found): the session takes this set for what comes next.
+    pub guards: Option<Arc<GuardSet>>,
 }
 
 impl Outbox {

@@ -113,6 +113,7 @@ impl GuardState {
                 | Tag::Parsed(_)
                 | Tag::BindFix(_)
                 | Tag::Resolve { .. }
+                | Tag::Derive { .. }
                 | Tag::Listing { .. }
                 | Tag::Catalog
                 | Tag::CatalogEnd { .. } => Ok(false),
@@ -167,6 +168,7 @@ impl GuardState {
                 | Tag::Parsed(_)
                 | Tag::BindFix(_)
                 | Tag::Resolve { .. }
+                | Tag::Derive { .. }
                 | Tag::Listing { .. }
                 | Tag::Catalog
                 | Tag::CatalogEnd { .. } => Ok(false),

@@ -20,6 +20,9 @@ pub enum Tag {
     /// The `Execute` of the guard resolution run after login and after a reload (see
     /// [`super::catalog`]).
     Resolve { rows: Vec<Vec<Option<String>>> },
+    /// The `Execute` of the query run right after it that finds the relations whose writes
+    /// land in a guarded table (see [`crate::catalog::derived`]).
+    Derive { rows: Vec<Vec<Option<String>>> },
     /// The `Execute` of the listing of the session's prepared statements after a reload.
     Listing { rows: Vec<Vec<Option<String>>> },
     /// Any other message of a catalog batch: every reply hidden, errors included.
@@ -80,7 +83,11 @@ impl Tag {
     pub fn is_catalog(&self) -> bool {
         matches!(
             self,
-            Tag::Resolve { .. } | Tag::Listing { .. } | Tag::Catalog | Tag::CatalogEnd { .. }
+            Tag::Resolve { .. }
+                | Tag::Derive { .. }
+                | Tag::Listing { .. }
+                | Tag::Catalog
+                | Tag::CatalogEnd { .. }
         )
     }
 
