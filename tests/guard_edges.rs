@@ -436,3 +436,43 @@ async fn returning_with_binary_results_looks_as_directly() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_parse_of_a_malformed_guarded_write_gets_the_servers_own_error() {
+    let (db, proxy) = setup().await;
+    let malformed = [
+        "UPDATE item SET qty = WHERE id = 1",
+        "UPDATE item SET qty = 1 WHERE id = = 1",
+        "DELETE FROM item WHERE id = 1 RETURNING",
+        "update \"item\" set qty = 1 where",
+    ];
+    for sql in malformed {
+        for name in ["", "s"] {
+            let bind_run = [bind_text("", name, &[]), execute("", 0), sync()].concat();
+            let batches = vec![
+                [parse(name, sql, &[]), bind_run.clone()].concat(),
+                // The statement does not exist: 26000, as directly.
+                bind_run,
+                read_row(),
+            ];
+            same_as_directly(&db, &proxy, &format!("{sql} as {name:?}"), &batches).await;
+        }
+    }
+    // A text PostgreSQL accepts but the proxy's parser does not: refused, never run.
+    let sql = "UPDATE item SET qty = x.q FROM ROWS FROM (generate_series(5, 5)) x(q) WHERE id = 1";
+    let batches = vec![
+        [
+            parse("s", sql, &[]),
+            bind_text("", "s", &[]),
+            execute("", 0),
+            sync(),
+        ]
+        .concat(),
+        [bind_text("", "s", &[]), execute("", 0), sync()].concat(),
+    ];
+    let (_, (replies, rows)) = both(&db, &proxy, &batches).await;
+    let error = |i: usize| error_of(&replies[i]).map(|(code, _)| code);
+    assert_eq!(error(0).as_deref(), Some("0A000"), "{}", show(&replies));
+    assert_eq!(error(1).as_deref(), Some("26000"), "{}", show(&replies));
+    assert_eq!(rows, untouched());
+}

@@ -122,6 +122,7 @@ fn explained(lexed: &Lexed, inner: Range<usize>, analyze: Analyze, guards: &Guar
         Action::Write(w) => guards.guards[w.guard].table.clone(),
     };
     Action::Refuse {
+        unparsed: false,
         reason: format!(
             "EXPLAIN ANALYZE runs the write without a version check; optlock refuses it on guarded table {table}"
         ),

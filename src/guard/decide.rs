@@ -190,6 +190,7 @@ pub(super) fn decide(top: &ast::Statement, guards: &GuardSet, tx_control: bool) 
         None => {
             let table = guards.guards[write.guard].table.clone();
             Decision::Done(Action::Refuse {
+                unparsed: false,
                 reason: format!(
                     "optlock cannot rewrite a write to guarded table {table} in this position"
                 ),
@@ -215,12 +216,14 @@ fn refusal(
     {
         // Named by the guarded table it reaches: the client is told to write that one.
         return Some(Action::Refuse {
+            unparsed: false,
             table: guards.guards[guards.roots[f.guard]].table.clone(),
             reason: reason.clone(),
         });
     }
     if let Some(m) = found.iter().find(|f| f.op == FoundOp::Merge) {
         return Some(Action::Refuse {
+            unparsed: false,
             table: table(m),
             reason: format!(
                 "MERGE cannot carry a version check; optlock refuses it on guarded table {}",
@@ -231,6 +234,7 @@ fn refusal(
     if found.len() > 1 {
         let names: Vec<String> = found.iter().map(|f| table(f).to_string()).collect();
         return Some(Action::Refuse {
+            unparsed: false,
             table: table(first),
             reason: format!(
                 "several guarded writes in one statement ({}); optlock checks one per statement",
@@ -240,6 +244,7 @@ fn refusal(
     }
     if in_explain {
         return Some(Action::Refuse {
+            unparsed: false,
             table: table(first),
             reason: format!(
                 "EXPLAIN ANALYZE runs the write without a version check; optlock refuses it on guarded table {}",
@@ -249,6 +254,7 @@ fn refusal(
     }
     if matches!(top, ast::Statement::Prepare { .. }) {
         return Some(Action::Refuse {
+            unparsed: false,
             table: table(first),
             reason: format!(
                 "a guarded write in SQL-level PREPARE cannot carry a version check (use the protocol's Parse instead); guarded table {}",

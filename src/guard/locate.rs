@@ -36,6 +36,7 @@ pub(super) fn guarded_write(
         None => {
             let table = guards.guards[found.guard].table.clone();
             Action::Refuse {
+                unparsed: false,
                 reason: format!(
                     "optlock cannot locate the clauses of this write to guarded table {table}"
                 ),

@@ -277,7 +277,13 @@ pub enum Action {
         tx_control: bool,
     },
     /// A write to a guarded table that cannot be rewritten safely: refuse it (fail closed).
-    Refuse { table: TableName, reason: String },
+    /// `unparsed`: refused because the parser rejects the text (the server may reject it too,
+    /// in its own words).
+    Refuse {
+        table: TableName,
+        reason: String,
+        unparsed: bool,
+    },
     /// A guarded write: rewrite it. Shared: a prepared statement keeps its write without a
     /// copy.
     Write(Arc<GuardedWrite>),

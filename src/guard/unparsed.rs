@@ -32,6 +32,7 @@ pub(super) fn untokenizable(sql: &str, guards: &GuardSet) -> Analysis {
         Action::Refuse {
             table: guard.table.clone(),
             reason: cannot_parse(&guard.table),
+            unparsed: true,
         }
     } else {
         let word: String = sql[start..]
@@ -89,6 +90,7 @@ pub(super) fn unparsed(
     match scan.table {
         Some(g) if scan.writes => Action::Refuse {
             table: g.table.clone(),
+            unparsed: !scan.current_of,
             reason: if scan.current_of {
                 format!(
                     "WHERE CURRENT OF cannot carry a version check; optlock refuses it on guarded table {}",

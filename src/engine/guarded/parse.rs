@@ -110,8 +110,10 @@ impl GuardState {
 
     /// Sends the `Parse` of a statement that may write a guarded table: rewritten, or replaced
     /// by a refusal, or (`Passed`) not sent at all. `reply` tags the `ParseComplete` (hidden
-    /// when the proxy prepares the statement again on its own). With `may_lean`, a statement
-    /// whose first `Bind` is already in view may go without version check.
+    /// when the proxy prepares the statement again on its own). `client_parse`: the client's
+    /// own `Parse` (not one the proxy sends again for a statement the server has), which may
+    /// go without version check when its first `Bind` is already in view, and which the server
+    /// parses first when the proxy's parser rejects it.
     pub(super) fn parse_guarded(
         &mut self,
         cx: &mut Cx<'_>,
@@ -119,7 +121,7 @@ impl GuardState {
         sql: &str,
         param_types: &[u32],
         mut reply: StmtTag,
-        may_lean: bool,
+        client_parse: bool,
     ) -> Parsed {
         let guards = cx.settings.guards.clone();
         let analysis = self.cache.get_or_analyze(sql, &guards);
@@ -129,7 +131,21 @@ impl GuardState {
         };
         match &statement.action {
             Action::Pass { .. } => Parsed::Passed,
-            Action::Refuse { table, reason } => {
+            Action::Refuse {
+                table,
+                reason,
+                unparsed,
+            } => {
+                if *unparsed && client_parse {
+                    // The server parses it first: a text it rejects gets its own error (and
+                    // the rest of the batch is skipped, as directly); one it accepts is closed
+                    // again before anything can run it, and refused.
+                    fe::write_parse(&mut cx.out.to_server, name, sql.as_bytes(), param_types);
+                    fe::write_close(&mut cx.out.to_server, b'S', name);
+                    for p in [Pending::Parse, Pending::Close] {
+                        cx.out.replies.push(p(Some(Box::new(Tag::Hidden))));
+                    }
+                }
                 let (block, ctx) = self.refusal(table, Refusal::Unsupported(reason.clone()));
                 self.send_extended_raise(cx, &block, ctx);
                 Parsed::Refused
@@ -142,7 +158,7 @@ impl GuardState {
                 Parsed::Refused
             }
             Action::Write(w) => {
-                if may_lean
+                if client_parse
                     && !name.is_empty()
                     && w.op != WriteOp::Upsert
                     && w.pinned.is_none()
@@ -155,7 +171,7 @@ impl GuardState {
                 let full = |server_name: Option<Box<[u8]>>| {
                     full_form(sql, param_types, &guards, w, server_name, bump)
                 };
-                let lean = may_lean && self.lean_parse(cx, name, w, param_types);
+                let lean = client_parse && self.lean_parse(cx, name, w, param_types);
                 // A write that goes lean is planned as the client wrote it; one in full may be
                 // kept prepared.
                 if !lean

@@ -153,7 +153,7 @@ impl GuardState {
                         None => (st.range.clone(), i..i + 1),
                     });
                 }
-                Action::Refuse { table, reason } => {
+                Action::Refuse { table, reason, .. } => {
                     self.push_chunk(&mut steps, chunk.take(), sql, analysis, guards);
                     let (block, ctx) = self.refusal(table, Refusal::Unsupported(reason.clone()));
                     steps.push_back(StepSpec::Raise(block, Box::new(ctx)));

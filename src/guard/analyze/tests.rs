@@ -25,7 +25,7 @@ fn write(sql: &str) -> GuardedWrite {
 
 fn refused(sql: &str) -> (TableName, String) {
     match one(sql) {
-        Action::Refuse { table, reason } => (table, reason),
+        Action::Refuse { table, reason, .. } => (table, reason),
         other => panic!("{sql}: expected a refusal, got {other:?}"),
     }
 }
