@@ -262,7 +262,7 @@ async fn serve_commands(
             let msg = buf.split_to(h.size);
             match h.tag {
                 fe::QUERY => {
-                    let sql = fe::query_text(&msg[5..]).unwrap_or_default();
+                    let sql = fe::query_text(h.body(&msg)).unwrap_or_default();
                     let reply = execute(&String::from_utf8_lossy(sql), ctx);
                     out.extend_from_slice(&reply);
                     be::write_ready(&mut out, TxStatus::Idle);

@@ -1,6 +1,7 @@
 //! What each client message does: forwarded as is (the common case, with the reply it awaits
 //! queued), or handed to the guard when it may touch a guarded table.
 
+use crate::protocol::Frame;
 use bytes::BytesMut;
 use tracing::trace;
 
@@ -14,10 +15,10 @@ impl Engine {
     pub(super) fn on_client_message(
         &mut self,
         tag: u8,
-        msg: &[u8],
+        msg: Frame<'_>,
         ev: &dyn SessionEvents,
     ) -> Result<(), String> {
-        trace!(tag = %(tag as char), len = msg.len(), "client message");
+        trace!(tag = %(tag as char), len = msg.bytes().len(), "client message");
         if self.handled_before_dispatch(tag, msg, ev) {
             return Ok(());
         }
@@ -27,21 +28,21 @@ impl Engine {
     /// What a message meets before its kind is looked at: a goodbye, the login, a batch the
     /// server skips, a Query that waits for what runs before it, a reload's catalog queries,
     /// the start of an extended batch. Returns true when the message was taken care of.
-    fn handled_before_dispatch(&mut self, tag: u8, msg: &[u8], ev: &dyn SessionEvents) -> bool {
+    fn handled_before_dispatch(&mut self, tag: u8, msg: Frame<'_>, ev: &dyn SessionEvents) -> bool {
         if tag == fe::TERMINATE {
             // Also during login (a client may send its startup and Terminate in one write):
             // the server closing next is the normal end, and nothing after it is sent.
             self.link.terminated = true;
-            self.out.to_server.extend_from_slice(msg);
+            self.out.to_server.extend_from_slice(msg.bytes());
             return true;
         }
         if !self.link.logged_in {
             // Authentication messages go straight through.
-            self.out.to_server.extend_from_slice(msg);
+            self.out.to_server.extend_from_slice(msg.bytes());
             return true;
         }
         if self.link.skipping_until_sync {
-            self.out.to_server.extend_from_slice(msg);
+            self.out.to_server.extend_from_slice(msg.bytes());
             if tag == fe::SYNC {
                 self.link.skipping_until_sync = false;
                 self.link.unsynced = false;
@@ -74,7 +75,7 @@ impl Engine {
     }
 
     /// A message by its kind: forwarded as it is, or handed to the guard.
-    fn dispatch(&mut self, tag: u8, msg: &[u8], ev: &dyn SessionEvents) -> Result<(), String> {
+    fn dispatch(&mut self, tag: u8, msg: Frame<'_>, ev: &dyn SessionEvents) -> Result<(), String> {
         match tag {
             fe::QUERY => {
                 // A Query ends any implicit transaction of the extended messages before it.
@@ -92,7 +93,7 @@ impl Engine {
                 }
             }
             fe::BIND => {
-                self.guard.tx_bind(&msg[5..]);
+                self.guard.tx_bind(msg.body());
                 let (guard, mut cx) = self.guard_cx(ev);
                 if !guard.guard_bind(&mut cx, msg)? {
                     self.forward(msg, Pending::Bind(None));
@@ -100,11 +101,11 @@ impl Engine {
             }
             fe::DESCRIBE => {
                 let (guard, mut cx) = self.guard_cx(ev);
-                let (tagged, sent) = guard.guard_describe(&mut cx, &msg[5..]);
+                let (tagged, sent) = guard.guard_describe(&mut cx, msg.body());
                 if !sent {
-                    self.out.to_server.extend_from_slice(msg);
+                    self.out.to_server.extend_from_slice(msg.bytes());
                 }
-                match fe::target(&msg[5..]) {
+                match fe::target(msg.body()) {
                     Some((b'S', _)) => self.out.replies.push(Pending::DescribeStatement(tagged)),
                     _ => self.out.replies.push(Pending::DescribePortal(tagged)),
                 }
@@ -114,11 +115,11 @@ impl Engine {
                 self.on_execute(msg, ev);
             }
             fe::CLOSE => {
-                if let Some((kind, name)) = fe::target(&msg[5..]) {
+                if let Some((kind, name)) = fe::target(msg.body()) {
                     self.guard.tx_close(kind, name);
                 }
                 let (guard, mut cx) = self.guard_cx(ev);
-                guard.guard_close(&mut cx, &msg[5..]);
+                guard.guard_close(&mut cx, msg.body());
                 self.forward(msg, Pending::Close(None));
             }
             fe::SYNC => {
@@ -136,11 +137,11 @@ impl Engine {
             }
             fe::COPY_DONE | fe::COPY_FAIL => {
                 self.link.copy_in = false;
-                self.out.to_server.extend_from_slice(msg);
+                self.out.to_server.extend_from_slice(msg.bytes());
             }
             _ => {
                 // Flush, COPY data from the client, and anything newer than this proxy.
-                self.out.to_server.extend_from_slice(msg);
+                self.out.to_server.extend_from_slice(msg.bytes());
             }
         }
         Ok(())
@@ -156,14 +157,14 @@ impl Engine {
     ///
     /// It then waits (put back in front of the client's input; a `Flush` asks for the
     /// replies) and goes once they are in, as the server will take it.
-    fn wait_for_replies(&mut self, tag: u8, msg: &[u8]) -> bool {
+    fn wait_for_replies(&mut self, tag: u8, msg: Frame<'_>) -> bool {
         if self.out.replies.is_empty() {
             return false;
         }
         let wait = self.link.unsynced
             || (tag == fe::QUERY
                 && !self.settings.guards.is_empty()
-                && fe::query_text(&msg[5..]).is_some_and(|sql| {
+                && fe::query_text(msg.body()).is_some_and(|sql| {
                     let found = self.settings.guards.prefilter.scan(sql);
                     found.name || found.session
                 }));
@@ -178,35 +179,35 @@ impl Engine {
     }
 
     /// Puts a message back in front of the client's input, to be handled again later.
-    fn put_back(&mut self, msg: &[u8]) {
-        let mut again = BytesMut::with_capacity(msg.len() + self.client_in.len());
-        again.extend_from_slice(msg);
+    fn put_back(&mut self, msg: Frame<'_>) {
+        let mut again = BytesMut::with_capacity(msg.bytes().len() + self.client_in.len());
+        again.extend_from_slice(msg.bytes());
         again.extend_from_slice(&self.client_in);
         self.client_in = again;
     }
 
     /// Sends a client message as it is, awaiting `reply`.
     #[inline]
-    fn forward(&mut self, msg: &[u8], reply: Pending<super::guarded::StmtTag>) {
-        self.out.to_server.extend_from_slice(msg);
+    fn forward(&mut self, msg: Frame<'_>, reply: Pending<super::guarded::StmtTag>) {
+        self.out.to_server.extend_from_slice(msg.bytes());
         self.out.replies.push(reply);
     }
 
     /// An `Execute`: as it is, unless the guard follows its portal.
-    fn on_execute(&mut self, msg: &[u8], ev: &dyn SessionEvents) {
+    fn on_execute(&mut self, msg: Frame<'_>, ev: &dyn SessionEvents) {
         let (guard, mut cx) = self.guard_cx(ev);
-        guard.tx_execute(&cx, &msg[5..]);
-        let tagged = guard.guard_execute(&mut cx, &msg[5..]);
+        guard.tx_execute(&cx, msg.body());
+        let tagged = guard.guard_execute(&mut cx, msg.body());
         // The client expects no rows (it may ask for at most one, as pgjdbc does), so the
         // proxy's own rows must not suspend the portal before its row count.
         let unlimited = tagged
             .as_ref()
             .filter(|t| t.hides_all_rows())
-            .and_then(|_| fe::execute(&msg[5..]))
+            .and_then(|_| fe::execute(msg.body()))
             .filter(|&(_, limit)| limit != 0);
         match unlimited {
             Some((portal, _)) => fe::write_execute(&mut self.out.to_server, portal, 0),
-            None => self.out.to_server.extend_from_slice(msg),
+            None => self.out.to_server.extend_from_slice(msg.bytes()),
         }
         let hold = tagged.as_ref().is_some_and(|t| t.holds_batch());
         let quiet = tagged.as_ref().is_some_and(|t| t.quiet_without_rows());

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use bytes::{Buf, BytesMut};
 
 use crate::events::{ClientError, SessionEvents};
-use crate::protocol::{self, TxStatus, backend as be, frontend as fe};
+use crate::protocol::{self, Frame, TxStatus, backend as be, frontend as fe};
 pub use guarded::Ident;
 use guarded::{Cx, GuardState, Outbox, SessionParams};
 pub use settings::{FixedSettings, Settings, SettingsSource};
@@ -348,7 +348,7 @@ impl Engine {
                 return Ok(());
             }
             let msg = self.client_in.split_to(header.size);
-            self.on_client_message(header.tag, &msg, ev)
+            self.on_client_message(header.tag, Frame::new(&msg), ev)
                 .map_err(|message| Fault::Client {
                     reason: ClientError::Protocol,
                     message,
@@ -384,7 +384,7 @@ impl Engine {
                 return Ok(());
             }
             let msg = self.server_in.split_to(header.size);
-            self.on_server_message(header.tag, &msg, ev)
+            self.on_server_message(header.tag, Frame::new(&msg), ev)
                 .map_err(Fault::Server)?;
             if let Some(guards) = self.out.guards.take() {
                 self.settings = Arc::new(Settings {

@@ -8,40 +8,40 @@ use super::Engine;
 use super::guarded;
 use super::settings::changes_landing;
 use crate::events::SessionEvents;
-use crate::protocol::{self, TxStatus, backend as be};
+use crate::protocol::{self, Frame, TxStatus, backend as be};
 
 impl Engine {
     /// One complete server message.
     pub(super) fn on_server_message(
         &mut self,
         tag: u8,
-        msg: &[u8],
+        msg: Frame<'_>,
         ev: &dyn SessionEvents,
     ) -> Result<(), String> {
-        trace!(tag = %(tag as char), len = msg.len(), "server message");
+        trace!(tag = %(tag as char), len = msg.bytes().len(), "server message");
         if tag == be::ERROR_RESPONSE
             && matches!(
-                be::error_field(&msg[5..], b'V').or_else(|| be::error_field(&msg[5..], b'S')),
+                be::error_field(msg.body(), b'V').or_else(|| be::error_field(msg.body(), b'S')),
                 Some(b"FATAL" | b"PANIC")
             )
         {
             self.link.server_fatal = true;
         }
         match tag {
-            be::PARAMETER_STATUS => self.on_parameter_status(&msg[5..], ev),
+            be::PARAMETER_STATUS => self.on_parameter_status(msg.body(), ev),
             be::BACKEND_KEY_DATA => {
-                if let Some((pid, _)) = protocol::be_i32(&msg[5..]) {
+                if let Some((pid, _)) = protocol::be_i32(msg.body()) {
                     ev.backend_pid(pid);
                 }
             }
             be::READY_FOR_QUERY if !self.link.logged_in => {
                 self.link.logged_in = true;
-                self.link.tx_status = TxStatus::from_ready(&msg[5..]);
+                self.link.tx_status = TxStatus::from_ready(msg.body());
                 // A client that already said goodbye sends no statement to guard.
                 let terminated = self.link.terminated;
                 let (guard, mut cx) = self.guard_cx(ev);
                 if terminated || !guard.on_login(&mut cx, msg) {
-                    self.out.to_client.extend_from_slice(msg);
+                    self.out.to_client.extend_from_slice(msg.bytes());
                 }
                 return Ok(());
             }
@@ -49,7 +49,7 @@ impl Engine {
         }
         if !self.link.logged_in {
             // Authentication, and its failure: the server's own words go on.
-            self.out.to_client.extend_from_slice(msg);
+            self.out.to_client.extend_from_slice(msg.bytes());
             return Ok(());
         }
         self.on_reply(tag, msg, ev)
@@ -57,17 +57,17 @@ impl Engine {
 
     /// A server message once logged in: matched against the reply queue, then seen by the
     /// guard when it follows the entry it answers.
-    fn on_reply(&mut self, tag: u8, msg: &[u8], ev: &dyn SessionEvents) -> Result<(), String> {
+    fn on_reply(&mut self, tag: u8, msg: Frame<'_>, ev: &dyn SessionEvents) -> Result<(), String> {
         if tag == be::ERROR_RESPONSE && self.guard.keeps_statements() {
-            self.guard.on_error_with_kept(&msg[5..]);
+            self.guard.on_error_with_kept(msg.body());
         }
         match tag {
             be::COMMAND_COMPLETE => {
                 let per_tx = self.settings.config.track == crate::config::TrackScope::Transaction;
-                self.guard.on_command_complete(&msg[5..], per_tx);
+                self.guard.on_command_complete(msg.body(), per_tx);
                 if !self.settings.guards.is_empty()
-                    && matches!(msg.get(5), Some(b'C' | b'A' | b'D'))
-                    && changes_landing(be::command_tag(&msg[5..]))
+                    && matches!(msg.body().first(), Some(b'C' | b'A' | b'D'))
+                    && changes_landing(be::command_tag(msg.body()))
                 {
                     // Told now (for this session's next statement) and again when the
                     // transaction ends (for sessions that resolved before it committed).
@@ -100,7 +100,7 @@ impl Engine {
         }
         if tag == be::READY_FOR_QUERY {
             self.link.copy_in = false;
-            self.link.tx_status = TxStatus::from_ready(&msg[5..]);
+            self.link.tx_status = TxStatus::from_ready(msg.body());
             self.link.batch_open = false;
             if self.link.ddl_in_transaction && self.link.tx_status == TxStatus::Idle {
                 self.link.ddl_in_transaction = false;
@@ -114,7 +114,7 @@ impl Engine {
                 && guard.guard_server_message(&mut cx, tag, msg, step, popped)?
         };
         if !taken {
-            self.out.to_client.extend_from_slice(msg);
+            self.out.to_client.extend_from_slice(msg.bytes());
         }
         if release {
             // The statement the batch waited for was skipped after an earlier error: the rest

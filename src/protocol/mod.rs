@@ -45,6 +45,40 @@ impl TxStatus {
     }
 }
 
+/// One whole message after startup, as received: `tag + length + body`. The engine passes
+/// messages around as frames, so no code indexes raw bytes to find a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Frame<'a> {
+    /// The message at the start of `bytes` (a whole message, as framed by [`peek_header`]).
+    #[inline]
+    pub fn new(bytes: &'a [u8]) -> Frame<'a> {
+        debug_assert!(bytes.len() >= 5, "a message has a tag and a length");
+        Frame { bytes }
+    }
+
+    /// The message's type byte (read against [`frontend`] or [`backend`] by direction).
+    #[inline]
+    pub fn tag(self) -> u8 {
+        self.bytes[0]
+    }
+
+    /// The message without its tag and length.
+    #[inline]
+    pub fn body(self) -> &'a [u8] {
+        self.bytes.get(5..).unwrap_or_default()
+    }
+
+    /// The whole message, tag and length included: what is forwarded.
+    #[inline]
+    pub fn bytes(self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
 /// A complete message at the front of a buffer: its tag and total size (tag + length + body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {

@@ -4,6 +4,7 @@
 //! [`WriteCheck`]); the portal of a read remembers what its rows tell. A statement that went
 //! lean is prepared again in full first when this `Bind` names a row the session tracks.
 
+use crate::protocol::Frame;
 use std::sync::{Arc, OnceLock};
 
 use super::checks::{BindFix, Plan, WriteCheck};
@@ -22,11 +23,11 @@ use crate::protocol::frontend as fe;
 impl GuardState {
     /// A `Bind`. Returns true when the guard sent it (with the expected version, or replaced
     /// by a refusal).
-    pub fn guard_bind(&mut self, cx: &mut Cx<'_>, msg: &[u8]) -> Result<bool, String> {
+    pub fn guard_bind(&mut self, cx: &mut Cx<'_>, msg: Frame<'_>) -> Result<bool, String> {
         if !self.guards_active(cx) && self.stale.is_empty() {
             return Ok(false);
         }
-        let body = &msg[5..];
+        let body = msg.body();
         let Some((portal, statement)) = fe::bind_names(body) else {
             return Ok(false);
         };
@@ -271,7 +272,7 @@ impl GuardState {
         &mut self,
         cx: &mut Cx<'_>,
         portal: &[u8],
-        msg: &[u8],
+        msg: Frame<'_>,
         prepared: &Prepared,
         pw: &PreparedWrite,
     ) -> bool {
@@ -281,7 +282,7 @@ impl GuardState {
                 .guarded(pw.guards.table_ids[w.guard], Outcome::Rewritten);
             return false;
         }
-        let Some(b) = fe::bind(&msg[5..]) else {
+        let Some(b) = fe::bind(msg.body()) else {
             return false;
         };
         if self.bind_counts_wrong(cx, msg, &b, prepared, pw) {

@@ -32,7 +32,7 @@ use super::state::GuardState;
 use super::tag::{BlockStep, Tag};
 use crate::engine::replies::Pending;
 use crate::guard::txkind::TxKind;
-use crate::protocol::{TxStatus, backend as be, frontend as fe};
+use crate::protocol::{Frame, TxStatus, backend as be, frontend as fe};
 
 /// Makes the server give the warning of an implicit block committed or prepared (the same
 /// message, code and source location), and changes nothing: its `COMMIT` ends an empty
@@ -107,7 +107,7 @@ impl GuardState {
     }
 
     /// A reply within a [`Tag::Block`] step; true when the guard took it.
-    pub(super) fn on_block_reply(&mut self, step: BlockStep, tag: u8, msg: &[u8]) -> bool {
+    pub(super) fn on_block_reply(&mut self, step: BlockStep, tag: u8, msg: Frame<'_>) -> bool {
         let Some(s) = self.script.as_mut() else {
             return false;
         };
@@ -117,7 +117,7 @@ impl GuardState {
         match step {
             BlockStep::Begin => false,
             BlockStep::End => {
-                s.held.extend_from_slice(msg);
+                s.held.extend_from_slice(msg.bytes());
                 true
             }
             BlockStep::Probe => true,
@@ -129,7 +129,7 @@ impl GuardState {
         &mut self,
         cx: &mut Cx<'_>,
         step: BlockStep,
-        ready: &[u8],
+        ready: Frame<'_>,
     ) -> Result<bool, String> {
         let Some(s) = self.script.as_mut() else {
             return Ok(false);
@@ -156,7 +156,7 @@ impl GuardState {
     /// warning of a `BEGIN` inside the proxy's block is dropped, the notices of a step whose
     /// replies are held are held with them, and a `ParameterStatus` after a held last
     /// `CommandComplete` stays behind it.
-    pub(super) fn on_script_async(&mut self, cx: &mut Cx<'_>, tag: u8, msg: &[u8]) -> bool {
+    pub(super) fn on_script_async(&mut self, cx: &mut Cx<'_>, tag: u8, msg: Frame<'_>) -> bool {
         let Some(Pending::Simple(Some(t))) = cx.out.replies.front() else {
             return false;
         };
@@ -166,15 +166,15 @@ impl GuardState {
         match t.as_ref() {
             Tag::Block(BlockStep::Begin) => {
                 tag == be::NOTICE_RESPONSE
-                    && be::error_field(&msg[5..], b'C') == Some(&b"25001"[..])
+                    && be::error_field(msg.body(), b'C') == Some(&b"25001"[..])
             }
             Tag::Block(BlockStep::End) => {
-                s.held.extend_from_slice(msg);
+                s.held.extend_from_slice(msg.bytes());
                 true
             }
             Tag::Step(_) | Tag::Read(_) | Tag::Raise(_) if s.hold_last && !s.held.is_empty() => {
                 if tag == be::PARAMETER_STATUS {
-                    s.held.extend_from_slice(msg);
+                    s.held.extend_from_slice(msg.bytes());
                     return true;
                 }
                 cx.out.to_client.extend_from_slice(&s.held);
@@ -201,7 +201,7 @@ impl GuardState {
     /// A `CommandComplete` of the last step of a script running in the proxy's block that is
     /// on its way to the client (`msg`, or a write's held tag): held until the block commits.
     /// True when it was held.
-    pub(super) fn hold_last_tag(&mut self, cx: &mut Cx<'_>, msg: &[u8]) -> bool {
+    pub(super) fn hold_last_tag(&mut self, cx: &mut Cx<'_>, msg: Frame<'_>) -> bool {
         if !self.in_last_step(cx) {
             return false;
         }
@@ -210,7 +210,7 @@ impl GuardState {
         };
         cx.out.to_client.extend_from_slice(&s.held);
         s.held.clear();
-        s.held.extend_from_slice(msg);
+        s.held.extend_from_slice(msg.bytes());
         true
     }
 
@@ -227,7 +227,7 @@ impl GuardState {
 
     /// A reply of the proxy's `COMMIT` or `ROLLBACK` ending its block: an error replaces the
     /// held `CommandComplete`; the `ReadyForQuery` goes to the client after it.
-    pub(super) fn end_block(&mut self, cx: &mut Cx<'_>, tag: u8, msg: &[u8]) {
+    pub(super) fn end_block(&mut self, cx: &mut Cx<'_>, tag: u8, msg: Frame<'_>) {
         match tag {
             be::ERROR_RESPONSE => {
                 if let Some(s) = self.script.as_mut() {
@@ -239,7 +239,7 @@ impl GuardState {
                     cx.out.to_client.extend_from_slice(&s.held);
                 }
                 cx.out.release_client();
-                cx.out.to_client.extend_from_slice(msg);
+                cx.out.to_client.extend_from_slice(msg.bytes());
             }
             _ => {}
         }

@@ -21,7 +21,7 @@ use super::state::{CatalogState, GuardState};
 use super::tag::Tag;
 use crate::catalog::{derived, resolve};
 use crate::engine::replies::Pending;
-use crate::protocol::{backend as be, frontend as fe};
+use crate::protocol::{Frame, backend as be, frontend as fe};
 
 /// Statement and portal name of the proxy's catalog queries.
 const CATALOG_NAME: &[u8] = b"optlock_catalog";
@@ -61,11 +61,11 @@ impl GuardState {
 
     /// The first `ReadyForQuery`: resolve the guards before the client may send anything.
     /// Returns true when the message was kept back.
-    pub fn on_login(&mut self, cx: &mut Cx<'_>, ready: &[u8]) -> bool {
+    pub fn on_login(&mut self, cx: &mut Cx<'_>, ready: Frame<'_>) -> bool {
         if !self.guards_active(cx) {
             return false;
         }
-        self.send_resolve(cx, false, Some(BytesMut::from(ready)));
+        self.send_resolve(cx, false, Some(BytesMut::from(ready.bytes())));
         true
     }
 
@@ -134,10 +134,10 @@ impl GuardState {
 
     /// A reply to a catalog query that leaves its entry at the front: rows are kept, the
     /// rest hidden.
-    pub(super) fn on_catalog_within(tag: u8, msg: &[u8], t: &mut Tag) -> bool {
+    pub(super) fn on_catalog_within(tag: u8, msg: Frame<'_>, t: &mut Tag) -> bool {
         if let (Tag::Resolve { rows } | Tag::Derive { rows } | Tag::Listing { rows }, be::DATA_ROW) =
             (t, tag)
-            && let Some(vals) = be::data_row(&msg[5..])
+            && let Some(vals) = be::data_row(msg.body())
         {
             rows.push(
                 vals.iter()
@@ -153,11 +153,11 @@ impl GuardState {
         &mut self,
         cx: &mut Cx<'_>,
         tag: u8,
-        msg: &[u8],
+        msg: Frame<'_>,
         t: Tag,
     ) -> Result<bool, String> {
         let error = (tag == be::ERROR_RESPONSE).then(|| {
-            String::from_utf8_lossy(be::error_field(&msg[5..], b'M').unwrap_or(b"")).into_owned()
+            String::from_utf8_lossy(be::error_field(msg.body(), b'M').unwrap_or(b"")).into_owned()
         });
         match t {
             Tag::Resolve { rows } => {
@@ -197,7 +197,7 @@ impl GuardState {
                 release,
                 login_ready,
             } if tag == be::READY_FOR_QUERY => {
-                self.on_catalog_end(cx, TxStatus::from_ready(&msg[5..]));
+                self.on_catalog_end(cx, TxStatus::from_ready(msg.body()));
                 if let Some(ready) = login_ready {
                     cx.out.to_client.extend_from_slice(&ready);
                 }

@@ -17,7 +17,7 @@ use super::state::GuardState;
 use super::statements::{Prepared, PreparedWrite};
 use super::tag::Tag;
 use crate::engine::replies::Pending;
-use crate::protocol::{backend as be, frontend as fe};
+use crate::protocol::{Frame, backend as be, frontend as fe};
 
 impl GuardState {
     /// A `Bind` of a guarded write whose parameter or parameter format count the server
@@ -26,7 +26,7 @@ impl GuardState {
     pub(super) fn bind_counts_wrong(
         &mut self,
         cx: &mut Cx<'_>,
-        msg: &[u8],
+        msg: Frame<'_>,
         b: &fe::Bind<'_>,
         prepared: &Prepared,
         pw: &PreparedWrite,
@@ -40,10 +40,10 @@ impl GuardState {
         let server_statement = pw.server_name.as_deref().unwrap_or(b.statement);
         if pw.full.is_some() || (pw.extra.is_none() && pw.server_name.is_none()) {
             // The server has the client's statement as written.
-            cx.out.to_server.extend_from_slice(msg);
+            cx.out.to_server.extend_from_slice(msg.bytes());
         } else if formats_wrong {
             // The server names no statement in this error and counts what it was sent.
-            write_bind_to(&mut cx.out.to_server, b, server_statement, &msg[5..]);
+            write_bind_to(&mut cx.out.to_server, b, server_statement, msg.body());
         } else {
             // One parameter more than the client sent: never the count of the proxy's
             // statement, which has one more than the client's.

@@ -7,6 +7,7 @@ use super::cx::Cx;
 use super::state::GuardState;
 use super::tag::{StmtTag, Tag};
 use crate::engine::replies::{Pending, Step};
+use crate::protocol::Frame;
 use crate::protocol::TxStatus;
 use crate::protocol::backend as be;
 
@@ -53,12 +54,12 @@ impl GuardState {
         &mut self,
         cx: &mut Cx<'_>,
         tag: u8,
-        msg: &[u8],
+        msg: Frame<'_>,
         step: Step,
         popped: Option<Pending<StmtTag>>,
     ) -> Result<bool, String> {
         if tag == be::READY_FOR_QUERY {
-            self.on_ready(cx, &msg[5..]);
+            self.on_ready(cx, msg.body());
             if let Some((block, ctx)) = self.take_raise() {
                 // The batch's `ReadyForQuery` (inside the transaction block) gives way to the
                 // conflict's own.
@@ -79,7 +80,12 @@ impl GuardState {
     }
 
     /// A reply that leaves its entry at the front of the queue.
-    fn on_reply_within(&mut self, cx: &mut Cx<'_>, tag: u8, msg: &[u8]) -> Result<bool, String> {
+    fn on_reply_within(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        msg: Frame<'_>,
+    ) -> Result<bool, String> {
         let Some(front) = cx.out.replies.front_mut() else {
             return Ok(false);
         };
@@ -135,7 +141,7 @@ impl GuardState {
         &mut self,
         cx: &mut Cx<'_>,
         tag: u8,
-        msg: &[u8],
+        msg: Frame<'_>,
         p: Pending<StmtTag>,
     ) -> Result<bool, String> {
         match p {
@@ -197,8 +203,13 @@ impl GuardState {
     }
 
     /// A reply within a tagged extended entry (`ParameterDescription`, `DataRow`).
-    fn on_extended_within(&mut self, cx: &mut Cx<'_>, tag: u8, msg: &[u8]) -> Result<bool, String> {
-        let body = &msg[5..];
+    fn on_extended_within(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        msg: Frame<'_>,
+    ) -> Result<bool, String> {
+        let body = msg.body();
         match (cx.out.replies.front(), tag) {
             (Some(Pending::DescribeStatement(Some(t))), be::PARAMETER_DESCRIPTION) => {
                 let Tag::DescribeStatement(prepared) = t.as_ref() else {
@@ -226,10 +237,10 @@ impl GuardState {
         &mut self,
         cx: &mut Cx<'_>,
         tag: u8,
-        msg: &[u8],
+        msg: Frame<'_>,
         p: Pending<StmtTag>,
     ) -> Result<bool, String> {
-        let body = &msg[5..];
+        let body = msg.body();
         let t = match p {
             Pending::Parse(Some(t)) | Pending::Bind(Some(t)) | Pending::Close(Some(t)) => t,
             Pending::DescribeStatement(Some(t)) | Pending::DescribePortal(Some(t)) => t,

@@ -14,7 +14,7 @@ use super::tag::{StmtTag, Tag};
 use crate::engine::replies::Pending;
 use crate::events::Outcome;
 use crate::guard::conflict;
-use crate::protocol::{backend as be, frontend as fe};
+use crate::protocol::{Frame, backend as be, frontend as fe};
 
 impl GuardState {
     /// An `Execute`: tagged when the portal's rows or row count matter to the guard.
@@ -40,9 +40,13 @@ impl GuardState {
     /// that is `quiet` without rows, whose implicit transaction committed nothing. Returns
     /// false when the `Execute` must wait alone (the caller flushes it and holds the batch).
     pub fn check_after_sync(&mut self, cx: &mut Cx<'_>, quiet: bool) -> bool {
-        let sync_next = cx.lookahead.len() >= 5
-            && cx.lookahead[0] == fe::SYNC
-            && cx.lookahead[1..5] == 4u32.to_be_bytes();
+        let sync_next = matches!(
+            crate::protocol::peek_header(cx.lookahead, 5),
+            Ok(Some(crate::protocol::Header {
+                tag: fe::SYNC,
+                size: 5
+            }))
+        );
         let alone = cx
             .out
             .replies
@@ -126,7 +130,7 @@ impl GuardState {
         &mut self,
         cx: &mut Cx<'_>,
         tag: u8,
-        msg: &[u8],
+        msg: Frame<'_>,
         portal: &Portal,
     ) -> Result<bool, String> {
         let Some(w) = &portal.write else {
@@ -134,13 +138,13 @@ impl GuardState {
                 && tag == be::COMMAND_COMPLETE
             {
                 let version = portal.described().and_then(|d| d.version);
-                check.complete(&mut self.tracker, &msg[5..], version.is_some());
+                check.complete(&mut self.tracker, msg.body(), version.is_some());
             }
             return Ok(false);
         };
         let held = w.expected.is_some();
         if tag == be::ERROR_RESPONSE
-            && let Some(raised) = w.raised_conflict(&msg[5..])
+            && let Some(raised) = w.raised_conflict(msg.body())
         {
             self.deliver_conflict(cx, raised);
             self.after_sync = AfterSync::None;
@@ -148,14 +152,14 @@ impl GuardState {
             return Ok(true);
         }
         if tag == be::COMMAND_COMPLETE {
-            let rows = be::tag_rows(be::command_tag(&msg[5..]));
+            let rows = be::tag_rows(be::command_tag(msg.body()));
             if rows == Some(0)
                 && w.expected.is_some()
                 && let Some(info) = w.conflict_info()
             {
                 let block =
                     conflict::raise_block_if_changed(&info, &cx.settings.config.conflict_sqlstate);
-                let ctx = RaiseCtx::conflict(info, Some(BytesMut::from(msg)));
+                let ctx = RaiseCtx::conflict(info, Some(BytesMut::from(msg.bytes())));
                 if matches!(self.after_sync, AfterSync::Sent) {
                     self.after_sync = AfterSync::Raise(block, Box::new(ctx));
                 } else {
@@ -167,7 +171,7 @@ impl GuardState {
         }
         if held {
             self.after_sync = AfterSync::None;
-            cx.out.to_client.extend_from_slice(msg);
+            cx.out.to_client.extend_from_slice(msg.bytes());
             cx.out.release_client();
             return Ok(true);
         }

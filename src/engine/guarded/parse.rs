@@ -21,7 +21,7 @@ use crate::guard::conflict::Refusal;
 use crate::guard::prefilter::{Found, Prefilter};
 use crate::guard::rewrite::{Bump, Expected};
 use crate::guard::{Action, GuardSet, GuardedWrite, Target, WriteOp};
-use crate::protocol::{backend as be, frontend as fe};
+use crate::protocol::{Frame, backend as be, frontend as fe};
 
 /// `Parse` texts whose prefilter result a session remembers (forgotten all at once beyond).
 const FOUND_TEXTS: usize = 1024;
@@ -29,8 +29,8 @@ const FOUND_TEXTS: usize = 1024;
 impl GuardState {
     /// A `Parse`. Returns true when the guard sent it itself: rewritten, replaced by a
     /// refusal, or as written but tagged, when it changes what the session knows of the name.
-    pub fn guard_parse(&mut self, cx: &mut Cx<'_>, msg: &[u8]) -> Result<bool, String> {
-        let body = &msg[5..];
+    pub fn guard_parse(&mut self, cx: &mut Cx<'_>, msg: Frame<'_>) -> Result<bool, String> {
+        let body = msg.body();
         if !self.guards_active(cx) {
             // What a reload left of the name (a statement prepared under the guards, or one
             // to prepare again) is replaced by the client's new statement.
@@ -90,7 +90,7 @@ impl GuardState {
                 if found.name {
                     self.prepare_read(&p, &guards);
                 }
-                cx.out.to_server.extend_from_slice(msg);
+                cx.out.to_server.extend_from_slice(msg.bytes());
                 cx.out.replies.push(Pending::Parse(reply()));
                 self.noted_after_parse(&undo);
             }

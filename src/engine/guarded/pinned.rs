@@ -10,6 +10,7 @@
 //! holds one result per statement, in order, each ended by its `CommandComplete`, which tells
 //! which statement the rows arriving belong to.
 
+use crate::protocol::Frame;
 use std::sync::Arc;
 
 use super::cx::Cx;
@@ -23,8 +24,8 @@ use crate::protocol::frontend::Bind;
 
 impl GuardState {
     /// Follows one message of the reply to a query holding pinned reads.
-    fn follow_reads(&mut self, cx: &mut Cx<'_>, tag: u8, msg: &[u8], reads: &mut Reads) {
-        let body = &msg[5..];
+    fn follow_reads(&mut self, cx: &mut Cx<'_>, tag: u8, msg: Frame<'_>, reads: &mut Reads) {
+        let body = msg.body();
         let at = reads.at;
         let check = reads.checks.iter_mut().find(|c| c.statement == at);
         if tag == be::ROW_DESCRIPTION
@@ -59,7 +60,7 @@ impl GuardState {
         &mut self,
         cx: &mut Cx<'_>,
         tag: u8,
-        msg: &[u8],
+        msg: Frame<'_>,
         mut reads: Box<Reads>,
     ) {
         if tag == be::ERROR_RESPONSE && reads.step {

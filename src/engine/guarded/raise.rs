@@ -18,7 +18,7 @@ use crate::events::{Conflict, Outcome};
 use crate::guard::conflict::{self, ConflictInfo, Refusal};
 use crate::guard::values::quote_literal;
 use crate::guard::{GuardSet, GuardedWrite, table_id};
-use crate::protocol::{backend as be, frontend as fe};
+use crate::protocol::{Frame, backend as be, frontend as fe};
 
 /// Statement and portal name of the proxy's own raise in the extended protocol.
 const RAISE_NAME: &[u8] = b"optlock_raise";
@@ -135,7 +135,7 @@ impl GuardState {
         &mut self,
         cx: &mut Cx<'_>,
         tag: u8,
-        msg: &[u8],
+        msg: Frame<'_>,
         ctx: &RaiseCtx,
     ) {
         if tag == be::ERROR_RESPONSE {
@@ -162,8 +162,8 @@ impl GuardState {
 
     /// The raise's error reached the proxy: forward it without the PL/pgSQL context, log it,
     /// count it.
-    pub(super) fn deliver_raised_error(&mut self, cx: &mut Cx<'_>, msg: &[u8], ctx: &RaiseCtx) {
-        let body = &msg[5..];
+    pub(super) fn deliver_raised_error(&mut self, cx: &mut Cx<'_>, msg: Frame<'_>, ctx: &RaiseCtx) {
+        let body = msg.body();
         be::write_without_fields(
             &mut cx.out.to_client,
             be::ERROR_RESPONSE,

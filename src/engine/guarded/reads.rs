@@ -4,6 +4,7 @@
 //! query used; when a result holds every key column and the version column of a guarded table,
 //! each `DataRow` tells this session the version of that row. Text and binary formats alike.
 
+use crate::protocol::Frame;
 use std::sync::Arc;
 
 use super::cx::Cx;
@@ -18,16 +19,16 @@ impl GuardState {
         &mut self,
         cx: &mut Cx<'_>,
         tag: u8,
-        msg: &[u8],
+        msg: Frame<'_>,
         shared: &[usize],
     ) {
         match tag {
             be::ROW_DESCRIPTION => {
-                self.row_plan = self.read_plan(cx, &msg[5..], shared).map(Arc::new);
+                self.row_plan = self.read_plan(cx, msg.body(), shared).map(Arc::new);
             }
             be::DATA_ROW => {
                 if let Some(plan) = &self.row_plan {
-                    plan.observe(&msg[5..], &mut self.tracker, cx.params.date_style);
+                    plan.observe(msg.body(), &mut self.tracker, cx.params.date_style);
                 }
             }
             be::COMMAND_COMPLETE | be::ERROR_RESPONSE => self.row_plan = None,

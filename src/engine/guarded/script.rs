@@ -20,7 +20,7 @@ use crate::events::Outcome;
 use crate::guard::conflict;
 use crate::guard::datestyle::DateStyle;
 use crate::guard::track::Tracker;
-use crate::protocol::{TxStatus, backend as be, frontend as fe};
+use crate::protocol::{Frame, TxStatus, backend as be, frontend as fe};
 
 impl GuardState {
     /// Runs `steps` as a script of the query text `sql`. `implicit`: PostgreSQL would run the
@@ -122,7 +122,7 @@ impl GuardState {
         &mut self,
         cx: &mut Cx<'_>,
         tag: u8,
-        msg: &[u8],
+        msg: Frame<'_>,
     ) -> Result<bool, String> {
         let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() else {
             return Ok(false);
@@ -131,7 +131,7 @@ impl GuardState {
             return Ok(false);
         };
         if tag == be::ERROR_RESPONSE
-            && let Some(raised) = check.as_deref().and_then(|c| c.raised_conflict(&msg[5..]))
+            && let Some(raised) = check.as_deref().and_then(|c| c.raised_conflict(msg.body()))
         {
             self.fail_script();
             self.deliver_conflict(cx, raised);
@@ -149,14 +149,14 @@ impl GuardState {
         };
         match tag {
             be::ROW_DESCRIPTION => {
-                step_row_description(c, &msg[5..], &mut cx.out.to_client);
+                step_row_description(c, msg.body(), &mut cx.out.to_client);
                 Ok(true)
             }
             be::DATA_ROW => {
                 let style = cx.params.date_style;
                 step_data_row(
                     c,
-                    &msg[5..],
+                    msg.body(),
                     &mut self.tracker,
                     style,
                     &mut cx.out.to_client,
@@ -164,9 +164,9 @@ impl GuardState {
                 Ok(true)
             }
             be::COMMAND_COMPLETE => {
-                let rows = be::tag_rows(be::command_tag(&msg[5..]));
+                let rows = be::tag_rows(be::command_tag(msg.body()));
                 if rows == Some(0) && c.expected.is_some() {
-                    c.held = Some(BytesMut::from(msg));
+                    c.held = Some(BytesMut::from(msg.bytes()));
                     return Ok(true);
                 }
                 c.forget_after(rows, &mut self.tracker);
@@ -184,7 +184,7 @@ impl GuardState {
     pub(super) fn on_step_done(
         &mut self,
         cx: &mut Cx<'_>,
-        ready: &[u8],
+        ready: Frame<'_>,
         check: Option<Box<WriteCheck>>,
     ) -> Result<bool, String> {
         if let Some(mut c) = check
@@ -204,7 +204,7 @@ impl GuardState {
         &mut self,
         cx: &mut Cx<'_>,
         tag: u8,
-        msg: &[u8],
+        msg: Frame<'_>,
     ) -> Result<bool, String> {
         let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() else {
             return Ok(false);
@@ -231,7 +231,7 @@ impl GuardState {
             be::COMMAND_COMPLETE => {
                 // The block raised nothing: the write's own conditions matched no row.
                 if let Some(held) = ctx.held.take()
-                    && !self.hold_last_tag(cx, &held)
+                    && !self.hold_last_tag(cx, Frame::new(&held))
                 {
                     cx.out.to_client.extend_from_slice(&held);
                 }
@@ -247,11 +247,11 @@ impl GuardState {
     pub(super) fn on_raise_done(
         &mut self,
         cx: &mut Cx<'_>,
-        ready: &[u8],
+        ready: Frame<'_>,
         _ctx: Box<RaiseCtx>,
     ) -> Result<(), String> {
         if self.script.is_none() {
-            cx.out.to_client.extend_from_slice(ready);
+            cx.out.to_client.extend_from_slice(ready.bytes());
             cx.out.release_client();
             return Ok(());
         }
@@ -263,12 +263,12 @@ impl GuardState {
     pub(super) fn script_continue(
         &mut self,
         cx: &mut Cx<'_>,
-        ready: &[u8],
+        ready: Frame<'_>,
     ) -> Result<bool, String> {
         let Some(script) = self.script.as_mut() else {
             return Ok(false);
         };
-        script.status = TxStatus::from_ready(&ready[5..]);
+        script.status = TxStatus::from_ready(ready.body());
         if script.status == TxStatus::Idle {
             // Whatever ended the transaction, no block of the proxy's is open any more.
             script.hidden = false;
@@ -290,7 +290,7 @@ impl GuardState {
         } else {
             self.script = None;
             cx.out.release_client();
-            cx.out.to_client.extend_from_slice(ready);
+            cx.out.to_client.extend_from_slice(ready.bytes());
         }
         Ok(true)
     }

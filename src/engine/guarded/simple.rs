@@ -12,6 +12,7 @@
 //! This file turns a text into the steps of a [`super::checks::Script`] and plans each guarded
 //! write when its turn comes; [`super::script`] runs the steps and follows their replies.
 
+use crate::protocol::Frame;
 use crate::protocol::TxStatus;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use crate::guard::{Action, Analysis, GuardSet, GuardedWrite, TableId, Target, Va
 use crate::protocol::frontend as fe;
 
 impl GuardState {
-    pub fn guard_query(&mut self, cx: &mut Cx<'_>, msg: &[u8]) -> Result<bool, String> {
+    pub fn guard_query(&mut self, cx: &mut Cx<'_>, msg: Frame<'_>) -> Result<bool, String> {
         // The query drops the server's unnamed statement and portal: what the session knows
         // of them goes too, so a later Bind or Execute of them fails as it does directly.
         if self.keeps_statements() {
@@ -52,7 +53,7 @@ impl GuardState {
         if !self.guards_active(cx) {
             return Ok(false);
         }
-        let Some(sql) = fe::query_text(&msg[5..]) else {
+        let Some(sql) = fe::query_text(msg.body()) else {
             return Ok(false);
         };
         let found = cx.settings.guards.prefilter.scan(sql);
@@ -75,7 +76,7 @@ impl GuardState {
     fn simple_query(
         &mut self,
         cx: &mut Cx<'_>,
-        msg: &[u8],
+        msg: Frame<'_>,
         sql_bytes: &[u8],
         found: Found,
     ) -> Result<bool, String> {
@@ -182,7 +183,13 @@ impl GuardState {
     /// Sends the steps of a text holding guarded writes: as the client wrote it when they are
     /// one write that needs nothing changed and nothing checked, else as a script, run in a
     /// transaction block when PostgreSQL would run the text in one.
-    fn send_steps(&mut self, cx: &mut Cx<'_>, msg: &[u8], sql: &str, steps: VecDeque<StepSpec>) {
+    fn send_steps(
+        &mut self,
+        cx: &mut Cx<'_>,
+        msg: Frame<'_>,
+        sql: &str,
+        steps: VecDeque<StepSpec>,
+    ) {
         // One write that needs nothing changed and nothing checked (an `xmin` guard, a row the
         // session does not track): it goes as the client wrote it.
         if let [StepSpec::Sql(text, Some(check))] = steps.as_slices().0
@@ -241,9 +248,9 @@ impl GuardState {
 
     /// A query holding one guarded write (of `table`) that needs nothing changed and nothing
     /// checked: sent as the client wrote it.
-    fn send_as_written(&mut self, cx: &mut Cx<'_>, msg: &[u8], table: TableId) {
+    fn send_as_written(&mut self, cx: &mut Cx<'_>, msg: Frame<'_>, table: TableId) {
         cx.events.guarded(table, Outcome::Rewritten);
-        cx.out.to_server.extend_from_slice(msg);
+        cx.out.to_server.extend_from_slice(msg.bytes());
         cx.out.replies.push(Pending::Simple(None));
     }
 
@@ -252,7 +259,7 @@ impl GuardState {
     fn pinned_read_query(
         &mut self,
         cx: &mut Cx<'_>,
-        msg: &[u8],
+        msg: Frame<'_>,
         sql: &[u8],
         guards: &Arc<GuardSet>,
     ) -> bool {
@@ -272,7 +279,7 @@ impl GuardState {
     fn follow_pinned_reads(
         &mut self,
         cx: &mut Cx<'_>,
-        msg: &[u8],
+        msg: Frame<'_>,
         sql: &str,
         analysis: &Simple,
         guards: &GuardSet,
@@ -302,7 +309,7 @@ impl GuardState {
         }
         let mut reads = Reads::new(checks, false);
         reads.shared.clone_from(shared);
-        cx.out.to_server.extend_from_slice(msg);
+        cx.out.to_server.extend_from_slice(msg.bytes());
         cx.out
             .replies
             .push(Pending::Simple(Some(Box::new(Tag::Read(Box::new(reads))))));
