@@ -559,3 +559,54 @@ async fn shutdown_waits_for_an_unsynced_extended_batch() {
     assert_eq!(rest.len(), 1, "{rest:?}");
     assert_eq!(rest[0].field(b'C').as_deref(), Some("57P01"));
 }
+
+/// A stand-in server that logs the client in, answers its first `Query` with `FATAL 57P01`
+/// and then resets the connection (as a terminated backend's socket does when written to).
+async fn fatal_then_reset(listener: tokio::net::TcpListener) {
+    let (mut s, _) = listener.accept().await.unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.unwrap();
+    let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+    s.read_exact(&mut startup).await.unwrap();
+    let mut login = vec![b'R', 0, 0, 0, 8, 0, 0, 0, 0];
+    login.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+    s.write_all(&login).await.unwrap();
+    let mut q = [0u8; 5];
+    s.read_exact(&mut q).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(q[1..5].try_into().unwrap()) as usize - 4];
+    s.read_exact(&mut body).await.unwrap();
+    let fields =
+        b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0";
+    let mut fatal = vec![b'E'];
+    fatal.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+    fatal.extend_from_slice(fields);
+    s.write_all(&fatal).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(s);
+}
+
+#[tokio::test]
+async fn a_reset_after_the_servers_fatal_adds_no_error_of_the_proxys() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(fatal_then_reset(listener));
+    let proxy = Proxy::start(Config {
+        upstream,
+        ..Config::default()
+    })
+    .await;
+    let mut raw = Raw::open(&proxy.addr.to_string(), "postgres").await;
+    raw.send(&wire::query("SELECT 1")).await;
+    let codes: Vec<String> = raw
+        .read_to_end()
+        .await
+        .iter()
+        .filter_map(|m| match m.reply() {
+            Some(wire::Reply::Error(code, _)) => Some(code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(codes, ["57P01"], "the server's FATAL alone");
+    server.await.unwrap();
+}

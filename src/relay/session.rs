@@ -347,8 +347,9 @@ impl Session {
         SW: AsyncWrite + Unpin,
     {
         let fatal = match end {
-            // The server said why itself.
-            End::ServerClosed if self.engine.server_fatal() => None,
+            // The server said why itself (a reset right after its FATAL is its way of
+            // closing, not a second failure).
+            End::ServerClosed | End::ServerError(_) if self.engine.server_fatal() => None,
             End::ServerClosed => Some((
                 "08006",
                 "the upstream server closed the connection unexpectedly; any open transaction was rolled back".to_string(),
