@@ -297,7 +297,7 @@ async fn extended_protocol_writes_are_checked_per_row() {
     let a = proxy.client(&db.name).await;
     let b = proxy.client(&db.name).await;
     let one = vec![1i32];
-    let writes: [(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]); 5] = [
+    let writes: [(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]); 8] = [
         (
             "UPDATE item SET qty = $1 WHERE id = ANY($2)",
             &[&5i32, &one],
@@ -314,6 +314,13 @@ async fn extended_protocol_writes_are_checked_per_row() {
         (
             "INSERT INTO item (id, qty) VALUES ($1, 5) ON CONFLICT (id) DO UPDATE SET qty = 6",
             &[&1i32],
+        ),
+        // Keys bound as another type than the column's.
+        ("UPDATE item SET qty = 5 WHERE id = $1::float8", &[&1.0f64]),
+        ("UPDATE item SET qty = 5 WHERE id = $1::int8", &[&1i64]),
+        (
+            "DELETE FROM item WHERE id = $1::float4 AND qty < 0",
+            &[&1.0f32],
         ),
     ];
     for (sql, params) in writes {
@@ -335,4 +342,25 @@ async fn extended_protocol_writes_are_checked_per_row() {
             "optimistic lock conflict on public.item (id)=(1)"
         );
     }
+}
+
+#[tokio::test]
+async fn a_bound_key_the_proxy_cannot_read_fails_closed_once_rows_are_known() {
+    let proxy = Proxy::with_guards(GUARDS).await;
+    let db = TestDb::new("keys_unreadable").await;
+    db.direct().await.batch_execute(SETUP).await.unwrap();
+    let a = proxy.client(&db.name).await;
+    let sql = "UPDATE item SET qty = 5 WHERE id = $1::bool::int";
+    // Nothing known of the table: nothing to check, it runs.
+    assert_eq!(a.execute(sql, &[&true]).await.unwrap(), 1);
+    a.query("SELECT * FROM item", &[]).await.unwrap();
+    let e = a.execute(sql, &[&true]).await.expect_err(sql);
+    let e = e.as_db_error().expect("a server error");
+    assert_eq!(e.code().code(), "0A000", "{e:?}");
+    assert!(
+        e.message().contains("cannot read this write's key"),
+        "{e:?}"
+    );
+    // A NULL key names no row: it runs, as directly.
+    assert_eq!(a.execute(sql, &[&None::<bool>]).await.unwrap(), 0);
 }

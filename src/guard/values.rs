@@ -20,6 +20,8 @@ pub mod oid {
     pub const INT8: u32 = 20;
     pub const INT2: u32 = 21;
     pub const INT4: u32 = 23;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
     pub const TEXT: u32 = 25;
     pub const OID: u32 = 26;
     pub const XID: u32 = 28;
@@ -104,7 +106,30 @@ pub fn canonical_binary(type_oid: u32, bytes: &[u8]) -> Option<String> {
             Some(format_timestamp(usecs, type_oid == oid::TIMESTAMPTZ))
         }
         oid::NUMERIC => numeric_binary(bytes),
+        oid::FLOAT4 => {
+            let f = f32::from_be_bytes(bytes.try_into().ok()?);
+            Some(float_text(f.is_nan(), f.is_infinite(), f > 0.0, || {
+                f.to_string()
+            }))
+        }
+        oid::FLOAT8 => {
+            let f = f64::from_be_bytes(bytes.try_into().ok()?);
+            Some(float_text(f.is_nan(), f.is_infinite(), f > 0.0, || {
+                f.to_string()
+            }))
+        }
         _ => None,
+    }
+}
+
+/// A float as the shortest text that reads back to it (what PostgreSQL prints with its
+/// default `extra_float_digits`), so a whole number reads as an integer key: `1` for `1.0`.
+fn float_text(nan: bool, infinite: bool, positive: bool, shortest: impl Fn() -> String) -> String {
+    match (nan, infinite, positive) {
+        (true, _, _) => "NaN".into(),
+        (_, true, true) => "Infinity".into(),
+        (_, true, false) => "-Infinity".into(),
+        _ => shortest(),
     }
 }
 
@@ -402,6 +427,21 @@ fn numeric_binary(bytes: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn floats_in_binary_read_as_their_shortest_text() {
+        let f8 = |f: f64| canonical_binary(oid::FLOAT8, &f.to_be_bytes());
+        let f4 = |f: f32| canonical_binary(oid::FLOAT4, &f.to_be_bytes());
+        assert_eq!(f8(1.0).as_deref(), Some("1"));
+        assert_eq!(f8(-2.5).as_deref(), Some("-2.5"));
+        assert_eq!(f4(0.1).as_deref(), Some("0.1"));
+        assert_eq!(f8(f64::INFINITY).as_deref(), Some("Infinity"));
+        assert_eq!(f4(f32::NAN).as_deref(), Some("NaN"));
+        assert_eq!(canonical_binary(oid::FLOAT8, &[0; 3]), None);
+        // As an integer key: 1.0 names row 1, 1.5 names none.
+        assert_eq!(canonical_text(oid::INT4, b"1").as_deref(), Some("1"));
+        assert_eq!(canonical_text(oid::INT4, b"1.5"), None);
+    }
     use super::*;
 
     #[test]

@@ -16,8 +16,9 @@ use super::statements::{ParseUndo, Parsed, Portal, Prepared, PreparedWrite};
 use super::tag::{StmtTag, Tag};
 use crate::engine::replies::Pending;
 use crate::events::Outcome;
+use crate::guard::conflict::Refusal;
 use crate::guard::rewrite::array_text;
-use crate::guard::{Target, ValueRef};
+use crate::guard::{GuardSet, GuardedWrite, Target, ValueRef};
 use crate::protocol::frontend as fe;
 
 impl GuardState {
@@ -118,6 +119,16 @@ impl GuardState {
         let w = &pw.write;
         let (key, pinned) = self.bound_row(prepared, pw, &b);
         let guards = pw.guards.clone();
+        if key.is_none() && pinned.is_none() && self.key_unreadable(cx, &guards, w, &b) {
+            // Its row may be one the session read: fail closed rather than unchecked.
+            let table = &guards.guards[w.guard].table;
+            let reason = format!(
+                "optlock cannot read this write's key from its parameters (bound as a type it does not decode), so it cannot check the row against the version this session read; bind the key as {table}'s key column type"
+            );
+            let (block, ctx) = self.refusal(table, Refusal::Unsupported(reason));
+            self.send_extended_raise(cx, &block, ctx);
+            return true;
+        }
         let (expected, key) = match self.plan_write(&guards, w, key, pinned) {
             Plan::Refuse(refusal) => {
                 let (block, ctx) = self.refusal(&guards.guards[w.guard].table, refusal);
@@ -203,6 +214,29 @@ impl GuardState {
             None => None,
         };
         (key, pinned)
+    }
+
+    /// True when a keyed write's key could not be read from its `Bind` although every key
+    /// parameter is bound (a NULL key names no row), and the session knows rows of the table
+    /// (or may by the time it runs).
+    fn key_unreadable(
+        &self,
+        cx: &Cx<'_>,
+        guards: &GuardSet,
+        w: &GuardedWrite,
+        b: &fe::Bind<'_>,
+    ) -> bool {
+        let Target::Key(vals) = &w.target else {
+            return false;
+        };
+        let bound = vals.iter().all(|v| match v {
+            ValueRef::Param(n) => usize::from(*n)
+                .checked_sub(1)
+                .and_then(|i| b.params.get(i))
+                .is_some_and(Option::is_some),
+            ValueRef::Literal(_) => true,
+        });
+        bound && (self.tracker.tracks_table(guards.table_ids[w.guard]) || self.rows_may_come(cx))
     }
 
     /// The statement a guarded write's `Bind` goes to, with the proxy's version parameter (if
