@@ -216,29 +216,78 @@ async fn upstream_restart_mid_session() {
     assert_eq!(two, 2);
 }
 
-#[tokio::test]
-async fn malformed_message_length_is_a_protocol_violation() {
-    let db = TestDb::new("fault_malformed").await;
-    let proxy = Proxy::plain().await;
-    let bystander = proxy.client(&db.name).await;
-    let one: i32 = bystander.query_one("SELECT 1", &[]).await.unwrap().get(0);
-    assert_eq!(one, 1);
-
-    let (mut raw, _) = Raw::login(&proxy.addr.to_string(), "postgres", &db.name).await;
+/// What a raw client reads to the end after `bytes`, sent once logged in and after one
+/// answered query, at `addr`.
+async fn read_after(
+    addr: &str,
+    db: &str,
+    bytes: &[u8],
+) -> Vec<(u8, Option<String>, Option<String>)> {
+    let (mut raw, _) = Raw::login(addr, "postgres", db).await;
     raw.send(&wire::query(b"SELECT 1")).await;
-    let replies = raw.read_until(b'Z', 1).await;
-    assert!(replies.iter().any(|m| m.tag == b'D'));
-    raw.send(&[b'Q', 0, 0, 0, 2]).await;
-    let msgs = raw.read_to_end().await;
-    assert_eq!(msgs.len(), 1, "one FATAL, then EOF: {msgs:?}");
-    let e = &msgs[0];
-    assert_eq!(e.tag, b'E');
-    assert_eq!(e.field(b'S').as_deref(), Some("FATAL"));
-    assert_eq!(e.field(b'C').as_deref(), Some("08P01"));
+    raw.read_until(b'Z', 1).await;
+    raw.send(bytes).await;
+    raw.read_to_end()
+        .await
+        .iter()
+        .map(|m| (m.tag, m.field(b'C'), m.field(b'M')))
+        .collect()
+}
 
+#[tokio::test]
+async fn frames_postgresql_ends_the_session_on_end_it_as_directly() {
+    let db = TestDb::new("fault_malformed").await;
+    db.direct()
+        .await
+        .batch_execute(&common::guards::invoice_table(1))
+        .await
+        .unwrap();
+    let proxy = Proxy::with_guards(common::guards::INVOICE).await;
+    let bystander = proxy.client(&db.name).await;
+    let mut sync_too_long = vec![b'S'];
+    sync_too_long.extend_from_slice(&20_004u32.to_be_bytes());
+    sync_too_long.extend_from_slice(&[0; 64]);
+    let mut guarded_with_more = wire::query(b"UPDATE invoice SET total = 0 WHERE id = 1");
+    guarded_with_more.extend_from_slice(b"x");
+    let len = (guarded_with_more.len() - 1) as u32;
+    guarded_with_more[1..5].copy_from_slice(&len.to_be_bytes());
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("a length below 4", vec![b'Q', 0, 0, 0, 2]),
+        (
+            "a type byte no client sends",
+            [b"z".as_slice(), &wire::sync()].concat(),
+        ),
+        (
+            "a short message claiming more than 10000 bytes",
+            sync_too_long,
+        ),
+        // PostgreSQL refuses it before running it ("invalid message format") and goes on.
+        (
+            "a guarded Query with bytes after its text",
+            [guarded_with_more, wire::terminate()].concat(),
+        ),
+        (
+            "the same as the only message of a Parse",
+            [
+                wire::parse("", "UPDATE invoice SET total = 0 WHERE id = 1\0x", &[]),
+                wire::sync(),
+                wire::terminate(),
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let direct = read_after(&upstream(), &db.name, &bytes).await;
+        let through = read_after(&proxy.addr.to_string(), &db.name, &bytes).await;
+        assert_eq!(through, direct, "{what}");
+    }
+    let total: i32 = db
+        .one("SELECT total::int FROM invoice WHERE id = 1", &[])
+        .await;
+    assert_ne!(total, 0, "nothing malformed ran");
     let two: i32 = bystander.query_one("SELECT 2", &[]).await.unwrap().get(0);
     assert_eq!(two, 2);
-    // Its server backend is gone too.
+    // No server backend is left behind.
     let direct = db.direct().await;
     wait_for(
         &direct,

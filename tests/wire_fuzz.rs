@@ -281,6 +281,22 @@ struct Plan {
 enum Refusal {
     Protocol,
     TooLarge,
+    /// One of the two: an oversize frame PostgreSQL itself ends the session on (a type whose
+    /// limit is 10000 bytes, or a length above 1 GB) goes to the server and counts
+    /// `protocol`, except during COPY, where the proxy refuses it (`message_too_large`).
+    Either,
+}
+
+/// What an oversize frame counts: `message_too_large` for a type PostgreSQL reads up to 1 GB
+/// of (the proxy refuses what it will not buffer), else either (see [`Refusal::Either`]).
+fn oversize_refusal(bytes: &[u8]) -> Refusal {
+    let len = i32::from_be_bytes(bytes[1..5].try_into().unwrap());
+    let large = matches!(bytes[0], b'Q' | b'F' | b'B' | b'P' | b'd');
+    if large && (4..=0x3fff_fffe).contains(&len) {
+        Refusal::TooLarge
+    } else {
+        Refusal::Either
+    }
 }
 
 impl Plan {
@@ -348,12 +364,14 @@ impl Plan {
         }
         for item in &self.items {
             if let Item::Write {
-                mutation: Some(m), ..
+                mutation: Some(m),
+                bytes,
+                ..
             } = item
             {
                 return match m {
                     Mutation::BadLength => Some(Refusal::Protocol),
-                    Mutation::Oversize => Some(Refusal::TooLarge),
+                    Mutation::Oversize => Some(oversize_refusal(bytes)),
                     m if m.benign() => continue,
                     _ => None,
                 };
@@ -1105,8 +1123,8 @@ fn proxy_frame_fatal(t: &Tok) -> bool {
 ///   an impossible length (it only logs a COMMERROR), waits for up to 1 GB of a Query, Parse,
 ///   Bind, FunctionCall or CopyData frame (so the direct side may hang there), or runs the
 ///   oversize Query; the proxy refuses what it will not buffer and says why (tests
-///   relay_faults::malformed_message_length_is_a_protocol_violation and
-///   oversize_message_is_refused). Everything after that point differs as a consequence.
+///   relay_faults::oversize_message_is_refused; frames PostgreSQL ends the session on go to it
+///   unread, relay_faults::frames_postgresql_ends_the_session_on_end_it_as_directly). Everything after that point differs as a consequence.
 /// - "guard refusal": at the parting point the proxy answers ERROR 0A000 from optlock, for a
 ///   statement its guard refuses by policy (MERGE, EXPLAIN ANALYZE, SQL-level PREPARE of a
 ///   guarded write). What follows may differ as a consequence (an aborted transaction block).
@@ -2101,6 +2119,7 @@ async fn differential_wire_fuzz() {
     };
     let certain_protocol = certain(Refusal::Protocol);
     let certain_too_large = certain(Refusal::TooLarge);
+    let certain_either = certain(Refusal::Either);
     let possible = outcomes.iter().filter(|o| o.facts.possible).count() as f64;
     let seen_fatal = run.iter().filter(|o| o.proxy_refusal_seen).count();
     let delta = |k: &str| errors_after[k] - errors_before[k];
@@ -2190,6 +2209,12 @@ async fn differential_wire_fuzz() {
     assert!(
         too_large >= certain_too_large && protocol + too_large <= startup_refused + possible,
         "client_errors message_too_large {too_large}: expected at least {certain_too_large}"
+    );
+    assert!(
+        protocol + too_large
+            >= startup_refused + certain_protocol + certain_too_large + certain_either,
+        "client_errors protocol {protocol} + message_too_large {too_large}: expected at least {}",
+        startup_refused + certain_protocol + certain_too_large + certain_either
     );
     assert!(
         (seen_fatal as f64) <= protocol + too_large,

@@ -113,6 +113,10 @@ struct Link {
     /// Bytes the client sent after its `Terminate` (dropped, as the server would never read
     /// them).
     after_terminate: usize,
+    /// The client sent bytes PostgreSQL ends the session on when it reads them (a type byte
+    /// it does not take, a length out of its bounds): they and everything after go to the
+    /// server unread, which ends the session as directly.
+    unframed: bool,
     /// The [`SettingsSource::catalog_epoch`] the guards were last resolved at.
     catalog_epoch: u64,
     /// DDL that may change which relations' writes land in a guarded table ran in the
@@ -172,6 +176,7 @@ impl Engine {
                 copy_in: false,
                 eof_flushed: false,
                 after_terminate: 0,
+                unframed: false,
                 catalog_epoch,
                 ddl_in_transaction: false,
             },
@@ -259,6 +264,33 @@ impl Engine {
         self.link.server_fatal
     }
 
+    /// True once the client sent bytes the server ends the session on (see [`Link::unframed`]):
+    /// how the session ends is the server's to say, and the proxy adds nothing.
+    pub fn client_unframed(&self) -> bool {
+        self.link.unframed
+    }
+
+    /// True when the client's next bytes are ones PostgreSQL ends the session on as soon as
+    /// it reads them, outside COPY (where it reports a wrong type as an error and reads on):
+    /// a type byte it takes from no client, a length below 4 or above the type's limit
+    /// ([`fe::length_limit`]).
+    fn ends_the_server_session(&self) -> bool {
+        let Some(&tag) = self.client_in.first() else {
+            return false;
+        };
+        if self.link.copy_in || !self.link.logged_in {
+            return false;
+        }
+        let Some(limit) = fe::length_limit(tag) else {
+            return true;
+        };
+        let Some(len) = self.client_in.get(1..5) else {
+            return false;
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        len < 4 || len as usize > limit
+    }
+
     /// True while a large client message is streamed and only part of it went to the server.
     pub fn client_message_unfinished(&self) -> bool {
         self.client_stream_left > 0
@@ -329,6 +361,12 @@ impl Engine {
             // first, as on the server), except the client's copy data while the server
             // awaits it.
             if self.out.hold_client && !self.link.copy_in {
+                return Ok(());
+            }
+            if self.link.unframed || self.ends_the_server_session() {
+                self.link.unframed = true;
+                self.out.to_server.extend_from_slice(&self.client_in);
+                self.client_in.clear();
                 return Ok(());
             }
             let header = match protocol::peek_header(&self.client_in, max) {

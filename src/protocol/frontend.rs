@@ -25,14 +25,38 @@ pub const PASSWORD: u8 = b'p';
 
 /// True for the messages a client sends during COPY IN (`CopyData`, `CopyDone`, `CopyFail`).
 #[inline]
+/// The longest body-and-length PostgreSQL reads for a message of type `tag` after the login
+/// (`PQ_LARGE_MESSAGE_LIMIT` for the ones that carry statements or data, 10000 bytes for the
+/// rest), or `None` for a type it does not take at all (it ends the session at the type
+/// byte). Beyond the limit it closes the connection without a word.
+pub fn length_limit(tag: u8) -> Option<usize> {
+    const LARGE: usize = 0x3fff_ffff - 1;
+    const SMALL: usize = 10_000;
+    match tag {
+        QUERY | FUNCTION_CALL | BIND | PARSE | COPY_DATA => Some(LARGE),
+        TERMINATE | CLOSE | DESCRIBE | EXECUTE | FLUSH | SYNC | COPY_DONE | COPY_FAIL => {
+            Some(SMALL)
+        }
+        // Authentication answers (SASL), read by the login with a limit of its own.
+        PASSWORD => Some(65_535),
+        _ => None,
+    }
+}
+
 pub fn is_copy_message(tag: u8) -> bool {
     matches!(tag, COPY_DATA | COPY_DONE | COPY_FAIL)
 }
 
 /// The SQL text of a `Query` body.
 #[inline]
+///
+/// `None` unless the body is exactly one NUL-terminated string: PostgreSQL refuses anything
+/// else ("invalid message format") before running it, so such a frame goes to it unread.
 pub fn query_text(body: &[u8]) -> Option<&[u8]> {
-    cstr(body).map(|(q, _)| q)
+    match cstr(body) {
+        Some((q, [])) => Some(q),
+        _ => None,
+    }
 }
 
 /// A `Parse` body.
@@ -44,6 +68,8 @@ pub struct Parse<'a> {
     pub param_types: Vec<u32>,
 }
 
+/// A `Parse` body; `None` when it is not exactly one (bytes missing or left over: PostgreSQL
+/// refuses it before preparing anything).
 pub fn parse(body: &[u8]) -> Option<Parse<'_>> {
     let (name, rest) = cstr(body)?;
     let (query, rest) = cstr(rest)?;
@@ -53,6 +79,9 @@ pub fn parse(body: &[u8]) -> Option<Parse<'_>> {
         let (t, r) = be_i32(rest)?;
         param_types.push(t as u32);
         rest = r;
+    }
+    if !rest.is_empty() {
+        return None;
     }
     Some(Parse {
         name,

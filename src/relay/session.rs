@@ -347,6 +347,11 @@ impl Session {
         SW: AsyncWrite + Unpin,
     {
         let fatal = match end {
+            // The client sent bytes the server ends the session on: it ended it as directly.
+            End::ServerClosed | End::ServerError(_) if self.engine.client_unframed() => {
+                self.shared.operator.client_error(ClientErrorKind::Protocol);
+                None
+            }
             // The server said why itself (a reset right after its FATAL is its way of
             // closing, not a second failure).
             End::ServerClosed | End::ServerError(_) if self.engine.server_fatal() => None,

@@ -30,19 +30,20 @@ impl GuardState {
     /// A `Parse`. Returns true when the guard sent it itself: rewritten, replaced by a
     /// refusal, or as written but tagged, when it changes what the session knows of the name.
     pub fn guard_parse(&mut self, cx: &mut Cx<'_>, msg: Frame<'_>) -> Result<bool, String> {
-        let body = msg.body();
+        // A malformed Parse goes to the server unread: it refuses it before preparing
+        // anything, so what the session knows of the name stays.
+        let Some(p) = fe::parse(msg.body()) else {
+            return Ok(false);
+        };
+        let name = p.name;
         if !self.guards_active(cx) {
             // What a reload left of the name (a statement prepared under the guards, or one
             // to prepare again) is replaced by the client's new statement.
-            let left = !self.statements.is_empty() || !self.stale.is_empty();
-            if left && let Some(name) = fe::parse_name(body) {
+            if !self.statements.is_empty() || !self.stale.is_empty() {
                 self.forget_statement(cx, name);
             }
             return Ok(false);
         }
-        let Some(name) = fe::parse_name(body) else {
-            return Ok(false);
-        };
         let before = match self.statements.is_empty() {
             true => None,
             false => self.statements.remove(name),
@@ -51,9 +52,6 @@ impl GuardState {
             self.stale.remove(name);
         }
         let guards = cx.settings.guards.clone();
-        let Some(p) = fe::parse(body) else {
-            return Ok(false);
-        };
         let found = self.found_in_parse(p.query, &guards.prefilter);
         self.tx_parse(name, p.query, found.tx);
         if found.session {
