@@ -602,3 +602,25 @@ async fn thousands_of_pipelined_messages_in_one_write() {
     assert_eq!(codes(&replies), vec!["22P02"; 3]);
     assert_eq!(replies.iter().filter(|m| m.tag == b'D').count(), 3000);
 }
+
+#[tokio::test]
+async fn messages_pipelined_behind_the_startup_packet_are_answered_after_the_login() {
+    let (db, _) = setup("diff_pipelined_login").await;
+    let guarded = Proxy::with_guards(
+        "[[guard]]\ntable = \"items\"\nkey = [\"id\"]\nversion = \"xmin\"\nkind = \"xmin\"\n",
+    )
+    .await;
+    for proxy in [Proxy::plain().await, guarded] {
+        let bytes = [
+            startup(&[("user", "postgres"), ("database", &db.name)]),
+            query(b"SELECT name FROM items WHERE id = 1"),
+            query(b"SELECT 1/0"),
+            parse("", "UPDATE items SET name = 'x' WHERE id = $1", &[]),
+            bind_text("", "", &["2"]),
+            execute("", 0),
+            sync(),
+        ]
+        .concat();
+        raw_differential(&proxy, &bytes, 4).await;
+    }
+}

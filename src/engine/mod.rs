@@ -113,6 +113,11 @@ struct Link {
     /// Bytes the client sent after its `Terminate` (dropped, as the server would never read
     /// them).
     after_terminate: usize,
+    /// The server asked for an authentication answer and has not accepted the login yet:
+    /// what the client sends now is that answer. Before the server asks, and after it
+    /// accepts, other messages wait for the login to end (as PostgreSQL reads them only
+    /// after its `ReadyForQuery`).
+    auth_asked: bool,
     /// The client sent bytes PostgreSQL ends the session on when it reads them (a type byte
     /// it does not take, a length out of its bounds): they and everything after go to the
     /// server unread, which ends the session as directly.
@@ -177,6 +182,7 @@ impl Engine {
                 eof_flushed: false,
                 after_terminate: 0,
                 unframed: false,
+                auth_asked: false,
                 catalog_epoch,
                 ddl_in_transaction: false,
             },
@@ -270,6 +276,19 @@ impl Engine {
         self.link.unframed
     }
 
+    /// True while the client's next message waits for the login to end: messages sent behind
+    /// the startup packet go to the server once the login (and the guard's own catalog
+    /// queries) ended, so their replies follow the login's, as directly. An answer to an
+    /// authentication request, and a `Terminate`, go at once.
+    fn waits_for_login(&self) -> bool {
+        !self.link.logged_in
+            && !self.link.auth_asked
+            && !matches!(
+                self.client_in.first(),
+                None | Some(&fe::PASSWORD | &fe::TERMINATE)
+            )
+    }
+
     /// True when the client's next bytes are ones PostgreSQL ends the session on as soon as
     /// it reads them, outside COPY (where it reports a wrong type as an error and reads on):
     /// a type byte it takes from no client, a length below 4 or above the type's limit
@@ -361,6 +380,9 @@ impl Engine {
             // first, as on the server), except the client's copy data while the server
             // awaits it.
             if self.out.hold_client && !self.link.copy_in {
+                return Ok(());
+            }
+            if self.waits_for_login() {
                 return Ok(());
             }
             if self.link.unframed || self.ends_the_server_session() {

@@ -42,6 +42,8 @@ impl Engine {
                 let (guard, mut cx) = self.guard_cx(ev);
                 if terminated || !guard.on_login(&mut cx, msg) {
                     self.out.to_client.extend_from_slice(msg.bytes());
+                    // Messages sent behind the startup packet go on now.
+                    self.out.resume = true;
                 }
                 return Ok(());
             }
@@ -49,6 +51,12 @@ impl Engine {
         }
         if !self.link.logged_in {
             // Authentication, and its failure: the server's own words go on.
+            if tag == be::AUTHENTICATION {
+                let code = protocol::be_i32(msg.body()).map(|(c, _)| c);
+                self.link.auth_asked = code != Some(0);
+                // What the client sent meanwhile is its answer.
+                self.out.resume |= self.link.auth_asked;
+            }
             self.out.to_client.extend_from_slice(msg.bytes());
             return Ok(());
         }

@@ -50,8 +50,13 @@ pub fn canonical_text(type_oid: u32, text: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(text).ok()?;
     match type_oid {
         oid::INT2 | oid::INT4 | oid::INT8 | oid::OID | oid::XID => {
-            let n: i64 = s.trim_matches(is_pg_space).parse().ok()?;
-            Some(int_text(n))
+            let t = s.trim_matches(is_pg_space);
+            match t.parse::<i64>() {
+                Ok(n) => Some(int_text(n)),
+                // A whole number in another spelling (`1.0`, `1e0`): what a key bound as a
+                // float or numeric compares as. Anything else names no integer row.
+                Err(_) => whole_number(t).map(int_text),
+            }
         }
         oid::UUID => canonical_uuid_text(s),
         oid::BOOL => match s.trim_matches(is_pg_space).to_ascii_lowercase().as_str() {
@@ -120,6 +125,13 @@ pub fn canonical_binary(type_oid: u32, bytes: &[u8]) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// The integer a decimal or float spelling stands for, when it is a whole number within
+/// `i64`.
+fn whole_number(t: &str) -> Option<i64> {
+    let f: f64 = t.parse().ok()?;
+    (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e18).then_some(f as i64)
 }
 
 /// A float as the shortest text that reads back to it (what PostgreSQL prints with its
@@ -441,6 +453,9 @@ mod tests {
         // As an integer key: 1.0 names row 1, 1.5 names none.
         assert_eq!(canonical_text(oid::INT4, b"1").as_deref(), Some("1"));
         assert_eq!(canonical_text(oid::INT4, b"1.5"), None);
+        assert_eq!(canonical_text(oid::INT4, b" 1.0 ").as_deref(), Some("1"));
+        assert_eq!(canonical_text(oid::INT8, b"2e0").as_deref(), Some("2"));
+        assert_eq!(canonical_text(oid::INT4, b"x"), None);
     }
     use super::*;
 

@@ -119,7 +119,10 @@ impl GuardState {
         let w = &pw.write;
         let (key, pinned) = self.bound_row(prepared, pw, &b);
         let guards = pw.guards.clone();
-        if key.is_none() && pinned.is_none() && self.key_unreadable(cx, &guards, w, &b) {
+        if key.is_none()
+            && pinned.is_none()
+            && self.key_unreadable(cx, &guards, w, &b, &prepared.param_types())
+        {
             // Its row may be one the session read: fail closed rather than unchecked.
             let table = &guards.guards[w.guard].table;
             let reason = format!(
@@ -216,27 +219,38 @@ impl GuardState {
         (key, pinned)
     }
 
-    /// True when a keyed write's key could not be read from its `Bind` although every key
-    /// parameter is bound (a NULL key names no row), and the session knows rows of the table
-    /// (or may by the time it runs).
+    /// True when a keyed write's key could not be read from its `Bind` although the server
+    /// will take it, and the session knows rows of the table (or may by the time it runs).
+    /// The server takes every key parameter that is bound (a NULL key names no row) and
+    /// not text of the column's own type that the proxy could not read (the server rejects
+    /// that too: `22P02`, nothing written).
     fn key_unreadable(
         &self,
         cx: &Cx<'_>,
         guards: &GuardSet,
         w: &GuardedWrite,
         b: &fe::Bind<'_>,
+        types: &[u32],
     ) -> bool {
         let Target::Key(vals) = &w.target else {
             return false;
         };
-        let bound = vals.iter().all(|v| match v {
-            ValueRef::Param(n) => usize::from(*n)
-                .checked_sub(1)
-                .and_then(|i| b.params.get(i))
-                .is_some_and(Option::is_some),
-            ValueRef::Literal(_) => true,
+        let rg = self.resolved.get(w.guard);
+        let server_takes = vals.iter().enumerate().all(|(k, v)| {
+            let ValueRef::Param(n) = v else { return true };
+            let Some(i) = usize::from(*n).checked_sub(1) else {
+                return false;
+            };
+            if !b.params.get(i).is_some_and(Option::is_some) {
+                return false;
+            }
+            let column = rg.and_then(|r| r.key_types.get(k).copied()).unwrap_or(0);
+            let declared = types.get(i).copied().unwrap_or(0);
+            let own_text = b.param_format(i) == 0 && (declared == 0 || declared == column);
+            !own_text || param_text(b, types, *n, column).is_some()
         });
-        bound && (self.tracker.tracks_table(guards.table_ids[w.guard]) || self.rows_may_come(cx))
+        server_takes
+            && (self.tracker.tracks_table(guards.table_ids[w.guard]) || self.rows_may_come(cx))
     }
 
     /// The statement a guarded write's `Bind` goes to, with the proxy's version parameter (if
