@@ -324,3 +324,50 @@ async fn refused_clients_are_counted_by_reason() {
     assert_eq!(sample(&body, &counter("login_timeout")), 1.0);
     assert_eq!(sample(&body, &counter("tls")), 0.0);
 }
+
+#[tokio::test]
+async fn a_statement_sent_during_copy_from_stdin_ends_the_session_as_directly() {
+    let db = invoice_db("end_copy_query", 1, common::guards::AUDIT).await;
+    for (what, next) in [
+        (
+            "a guarded Query",
+            query("UPDATE invoice SET total = 1 WHERE id = 1"),
+        ),
+        ("a plain Query", query("SELECT 1")),
+        (
+            "an extended guarded write",
+            [
+                parse("", "UPDATE invoice SET total = $1 WHERE id = 1", &[]),
+                bind_text("", "", &["1"]),
+                execute("", 0),
+                sync(),
+            ]
+            .concat(),
+        ),
+    ] {
+        let (direct, through) = both(&db, |addr, name| {
+            let next = next.clone();
+            async move {
+                let mut raw = Raw::open(&addr, &name).await;
+                raw.send(&query("COPY audit FROM STDIN")).await;
+                raw.send(&copy_data(b"1\n")).await;
+                // Flush and Sync are ignored during COPY; the next message is not.
+                raw.send(&[flush(), sync(), next].concat()).await;
+                replies_to_end(&mut raw).await
+            }
+        })
+        .await;
+        assert_eq!(through, direct, "{what}");
+        assert!(
+            direct
+                .iter()
+                .any(|r| matches!(r, Reply::Error(c, _) if c == "08P01")),
+            "{what}: {direct:?}"
+        );
+    }
+    let total: i32 = db
+        .one("SELECT total::int FROM invoice WHERE id = 1", &[])
+        .await;
+    assert_eq!(total, 10, "nothing sent during the COPY ran");
+    assert!(no_backend_left(&db, Duration::from_secs(2)).await);
+}

@@ -41,6 +41,13 @@ impl Engine {
             self.out.to_server.extend_from_slice(msg.bytes());
             return true;
         }
+        if self.link.copy_in && !fe::is_copy_message(tag) {
+            // During COPY FROM STDIN the server ignores Flush and Sync, and ends the session
+            // at any other message without running it ("protocol synchronization was
+            // lost"): it goes as it is, awaiting no reply, and is never held.
+            self.out.to_server.extend_from_slice(msg.bytes());
+            return true;
+        }
         if self.link.skipping_until_sync {
             self.out.to_server.extend_from_slice(msg.bytes());
             if tag == fe::SYNC {

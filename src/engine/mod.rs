@@ -396,7 +396,9 @@ impl Engine {
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(Fault::client(e)),
             };
-            if self.out.hold_client && !fe::is_copy_message(header.tag) {
+            // During COPY FROM STDIN nothing waits: the server takes copy messages, and ends
+            // the session at any other (see `Engine::handled_before_dispatch`).
+            if self.out.hold_client && !self.link.copy_in && !fe::is_copy_message(header.tag) {
                 return Ok(());
             }
             if self.client_in.len() < header.size {
