@@ -371,3 +371,29 @@ async fn a_statement_sent_during_copy_from_stdin_ends_the_session_as_directly() 
     assert_eq!(total, 10, "nothing sent during the COPY ran");
     assert!(no_backend_left(&db, Duration::from_secs(2)).await);
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_before_its_login_ended_gets_everything_answered() {
+    let db = invoice_db("end_half_login", 2, "").await;
+    let (direct, through) = both(&db, |addr, name| async move {
+        let mut raw = Raw::connect(&addr).await;
+        let bytes = [
+            startup(&[("user", "postgres"), ("database", &name)]),
+            query("SELECT id FROM invoice ORDER BY id"),
+            query("UPDATE invoice SET total = total WHERE id = 1"),
+        ]
+        .concat();
+        raw.send(&bytes).await;
+        raw.stream.shutdown().await.unwrap();
+        replies_to_end(&mut raw).await
+    })
+    .await;
+    assert!(
+        direct
+            .iter()
+            .any(|r| matches!(r, Reply::CommandComplete(t) if t == "UPDATE 1")),
+        "{direct:?}"
+    );
+    assert_eq!(through, direct);
+    assert!(no_backend_left(&db, Duration::from_secs(2)).await);
+}

@@ -84,6 +84,24 @@ fn pass_streamed(left: &mut usize, input: &mut BytesMut, output: &mut BytesMut) 
     *left == 0
 }
 
+/// How many bytes at the front of `buf` are whole messages (up to the first that is cut
+/// short, or whose header is malformed: that one is for the server to judge, so it stays).
+fn complete_frames(buf: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(header) = buf.get(at..at + 5) {
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        if len < 4 {
+            return buf.len();
+        }
+        let end = at + 1 + len as usize;
+        if end > buf.len() {
+            break;
+        }
+        at = end;
+    }
+    at
+}
+
 /// Where the session stands with the server: what the last replies said.
 #[derive(Debug)]
 struct Link {
@@ -254,7 +272,8 @@ impl Engine {
     /// closed the way a client closes it (`Terminate`, then end of stream). The server then
     /// answers what it was sent, and ends any transaction the client left open.
     pub fn may_close_server(&self) -> bool {
-        !self.out.hold_client
+        self.link.logged_in
+            && !self.out.hold_client
             && self.client_in.is_empty()
             && self.out.to_server.is_empty()
             && self.client_stream_left == 0
@@ -316,15 +335,19 @@ impl Engine {
     }
 
     /// The client closed its side: the start of a message that will never be finished is
-    /// dropped (unless the guard holds complete messages back).
+    /// dropped; complete messages still waiting (held by the guard, or for the login) go on
+    /// in their turn.
     ///
     /// The server answers an extended batch only at its `Sync` or a `Flush`: a client that
     /// leaves mid-batch sent neither, so one `Flush` asks for the replies the guard may still
     /// await before the server connection can close ([`Engine::may_close_server`]).
     pub fn client_closed(&mut self) {
-        if !self.out.hold_client {
+        if self.client_stream_left > 0 {
+            // A streamed message cut short: what went of it cannot be taken back.
             self.client_in.clear();
-            self.client_stream_left = 0;
+        } else if !self.link.unframed {
+            let complete = complete_frames(&self.client_in);
+            self.client_in.truncate(complete);
         }
         if !self.link.eof_flushed
             && self.link.logged_in
@@ -337,9 +360,12 @@ impl Engine {
         }
     }
 
-    /// Nothing sent that awaits a reply, nothing left to send either way.
+    /// Nothing sent that awaits a reply, nothing left to send either way. A login under way
+    /// awaits the server's answer (what a client sent behind its startup packet is answered
+    /// after it), unless the server asked the client for a password it can no longer send.
     pub fn nothing_in_flight(&self) -> bool {
-        self.out.replies.is_empty()
+        (self.link.logged_in || self.link.auth_asked || self.link.terminated)
+            && self.out.replies.is_empty()
             && self.client_in.is_empty()
             && self.out.to_server.is_empty()
             && self.out.to_client.is_empty()
