@@ -131,6 +131,8 @@ struct Link {
     /// Bytes the client sent after its `Terminate` (dropped, as the server would never read
     /// them).
     after_terminate: usize,
+    /// The client's end of stream came.
+    client_gone: bool,
     /// The server asked for an authentication answer and has not accepted the login yet:
     /// what the client sends now is that answer. Before the server asks, and after it
     /// accepts, other messages wait for the login to end (as PostgreSQL reads them only
@@ -153,6 +155,9 @@ pub struct Engine {
     settings: Arc<Settings>,
     client_in: BytesMut,
     server_in: BytesMut,
+    /// Replies to the tail of a batch the client left without `Sync`, held back as
+    /// PostgreSQL's output buffer would hold them (see `Engine::answers_unflushed_tail`).
+    unflushed: BytesMut,
     /// Bytes of a message being streamed that are still to come, per direction.
     client_stream_left: usize,
     server_stream_left: usize,
@@ -183,6 +188,7 @@ impl Engine {
             settings,
             client_in: BytesMut::with_capacity(8192),
             server_in: BytesMut::with_capacity(16384),
+            unflushed: BytesMut::new(),
             client_stream_left: 0,
             server_stream_left: 0,
             out,
@@ -201,6 +207,7 @@ impl Engine {
                 after_terminate: 0,
                 unframed: false,
                 auth_asked: false,
+                client_gone: false,
                 catalog_epoch,
                 ddl_in_transaction: false,
             },
@@ -273,6 +280,7 @@ impl Engine {
     /// answers what it was sent, and ends any transaction the client left open.
     pub fn may_close_server(&self) -> bool {
         self.link.logged_in
+            && !self.link.unframed
             && !self.out.hold_client
             && self.client_in.is_empty()
             && self.out.to_server.is_empty()
@@ -342,6 +350,7 @@ impl Engine {
     /// leaves mid-batch sent neither, so one `Flush` asks for the replies the guard may still
     /// await before the server connection can close ([`Engine::may_close_server`]).
     pub fn client_closed(&mut self) {
+        self.link.client_gone = true;
         if self.client_stream_left > 0 {
             // A streamed message cut short: what went of it cannot be taken back.
             self.client_in.clear();
@@ -365,6 +374,8 @@ impl Engine {
     /// after it), unless the server asked the client for a password it can no longer send.
     pub fn nothing_in_flight(&self) -> bool {
         (self.link.logged_in || self.link.auth_asked || self.link.terminated)
+            // After bytes the server ends the session on, the server's end is awaited.
+            && !self.link.unframed
             && self.out.replies.is_empty()
             && self.client_in.is_empty()
             && self.out.to_server.is_empty()
@@ -436,6 +447,8 @@ impl Engine {
                 return Ok(());
             }
             let msg = self.client_in.split_to(header.size);
+            // After the client's end, a message sent on may need its own Flush.
+            self.link.eof_flushed = false;
             self.on_client_message(header.tag, Frame::new(&msg), ev)
                 .map_err(|message| Fault::Client {
                     reason: ClientError::Protocol,

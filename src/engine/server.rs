@@ -6,6 +6,7 @@ use tracing::{debug, trace};
 
 use super::Engine;
 use super::guarded;
+use super::replies::Pending;
 use super::settings::changes_landing;
 use crate::events::SessionEvents;
 use crate::protocol::{self, Frame, TxStatus, backend as be};
@@ -60,7 +61,35 @@ impl Engine {
             self.out.to_client.extend_from_slice(msg.bytes());
             return Ok(());
         }
-        self.on_reply(tag, msg, ev)
+        if tag == be::ERROR_RESPONSE && !self.unflushed.is_empty() {
+            // PostgreSQL flushes an error at once, with what it had buffered.
+            let held = std::mem::take(&mut self.unflushed);
+            self.out.to_client.extend_from_slice(&held);
+        }
+        if tag == be::ERROR_RESPONSE || !self.answers_unflushed_tail() {
+            return self.on_reply(tag, msg, ev);
+        }
+        // PostgreSQL would never have flushed this reply to a client that left mid-batch,
+        // unless an error came after it.
+        let mark = self.out.to_client.len();
+        self.on_reply(tag, msg, ev)?;
+        let added = self.out.to_client.split_off(mark);
+        self.unflushed.extend_from_slice(&added);
+        Ok(())
+    }
+
+    /// True when the server message now arriving answers the tail of a batch the client left
+    /// without `Sync` (its end of stream came, all it sent went, and no `Sync` or `Query` is
+    /// awaited any more): only the proxy's own `Flush` made the server answer it.
+    fn answers_unflushed_tail(&self) -> bool {
+        self.link.client_gone
+            && self.client_in.is_empty()
+            && !self.out.replies.is_empty()
+            && self
+                .out
+                .replies
+                .iter()
+                .all(|p| !matches!(p, Pending::Sync(_) | Pending::Simple(_)))
     }
 
     /// A server message once logged in: matched against the reply queue, then seen by the
@@ -130,10 +159,11 @@ impl Engine {
             self.out.release_client();
         }
         if self.link.query_waits_replies
-            && (self.out.replies.is_empty() || self.link.skipping_until_sync)
+            && (self.out.replies.is_empty() || self.link.skipping_until_sync || self.link.copy_in)
         {
             // What went before a waiting simple Query answered: it goes as the server will
-            // take it (run, or skipped up to the Sync after an error).
+            // take it (run, skipped up to the Sync after an error, or, during COPY FROM
+            // STDIN, the end of the session).
             self.link.query_waits_replies = false;
             self.out.release_client();
         }
