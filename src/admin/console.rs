@@ -300,6 +300,8 @@ fn config_rows(config: &Config) -> Vec<(&'static str, Option<String>, Option<Str
             track,
             track_limit,
             tls,
+            client_tls,
+            upstream_tls,
             client_login_timeout,
             upstream_connect_timeout,
             shutdown_timeout,
@@ -307,7 +309,7 @@ fn config_rows(config: &Config) -> Vec<(&'static str, Option<String>, Option<Str
             guards,
         } = c;
         let secs = |d: &Duration| Some(format!("{}", d.as_secs_f64()));
-        vec![
+        let mut rows = vec![
             ("listen", Some(listen.clone())),
             ("upstream", Some(upstream.clone())),
             ("conflict_sqlstate", Some(conflict_sqlstate.clone())),
@@ -324,17 +326,16 @@ fn config_rows(config: &Config) -> Vec<(&'static str, Option<String>, Option<Str
                 ),
             ),
             ("track_limit", Some(track_limit.to_string())),
-            (
-                "tls_cert",
-                tls.as_ref().map(|t| t.cert.display().to_string()),
-            ),
-            ("tls_key", tls.as_ref().map(|t| t.key.display().to_string())),
+        ];
+        rows.extend(crate::config::tls::rows(tls, *client_tls, upstream_tls));
+        rows.extend([
             ("client_login_timeout", secs(client_login_timeout)),
             ("upstream_connect_timeout", secs(upstream_connect_timeout)),
             ("shutdown_timeout", secs(shutdown_timeout)),
             ("max_message_size", Some(max_message_size.to_string())),
             ("guard", Some(format!("{} guarded tables", guards.len()))),
-        ]
+        ]);
+        rows
     }
     let defaults = values(&Config::default());
     values(config)
@@ -674,23 +675,11 @@ bulk = "reject"
         let rows = rows_of(&r);
         let keys: Vec<&str> = rows.iter().map(|r| r[0].as_deref().unwrap()).collect();
         assert_eq!(
-            keys,
-            [
-                "listen",
-                "upstream",
-                "conflict_sqlstate",
-                "metrics_listen",
-                "admin_users",
-                "track",
-                "track_limit",
-                "tls_cert",
-                "tls_key",
-                "client_login_timeout",
-                "upstream_connect_timeout",
-                "shutdown_timeout",
-                "max_message_size",
-                "guard"
-            ]
+            keys.join(" "),
+            "listen upstream conflict_sqlstate metrics_listen admin_users track track_limit \
+             tls_cert tls_key client_tls upstream_tls upstream_tls_ca_file upstream_tls_cert \
+             upstream_tls_key client_login_timeout upstream_connect_timeout shutdown_timeout \
+             max_message_size guard"
         );
         let row = |k: &str| rows.iter().find(|r| r[0].as_deref() == Some(k)).unwrap();
         assert_eq!(
@@ -702,6 +691,7 @@ bulk = "reject"
         assert_eq!(row("client_login_timeout")[1..], [s("2.5"), s("15")]);
         assert_eq!(row("admin_users")[1..], [s("postgres"), s("postgres")]);
         assert_eq!(row("tls_cert")[1..], [None, None]);
+        assert_eq!(row("upstream_tls")[1..], [s("prefer"), s("prefer")]);
         assert_eq!(
             row("guard")[1..],
             [s("2 guarded tables"), s("0 guarded tables")]
