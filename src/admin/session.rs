@@ -20,7 +20,7 @@ use crate::protocol::startup::encode_startup;
 use crate::protocol::{self, FrameError, TxStatus, backend as be, frontend as fe};
 use crate::relay::Shared;
 use crate::relay::handshake::{self, ClientStream};
-use crate::relay::upstream::{self, Upstream};
+use crate::relay::upstream::Upstream;
 
 /// The upstream database the console's logins are checked against.
 const LOGIN_DATABASE: &str = "postgres";
@@ -40,7 +40,7 @@ pub async fn serve(
         refuse_non_admin(&mut stream, &ident.user).await;
         return;
     }
-    let Some(from_client) = relay_login(&mut stream, params, config, &admin).await else {
+    let Some(from_client) = relay_login(&mut stream, params, &shared, config, &admin).await else {
         return;
     };
     info!("admin console opened");
@@ -79,6 +79,7 @@ async fn refuse_non_admin(stream: &mut ClientStream, user: &str) {
 async fn relay_login(
     stream: &mut ClientStream,
     params: &[(String, String)],
+    shared: &Shared,
     config: &Config,
     admin: &AdminState,
 ) -> Option<BytesMut> {
@@ -89,7 +90,7 @@ async fn relay_login(
             _ => (k.clone(), v.clone()),
         })
         .collect();
-    let mut upstream = match upstream::connect(config).await {
+    let mut upstream = match shared.connect_upstream(config).await {
         Ok(s) => s,
         Err(message) => {
             admin.metrics.upstream_connect_failed();
@@ -97,11 +98,9 @@ async fn relay_login(
             return None;
         }
     };
-    if upstream
-        .write_all(&encode_startup(196608, &login))
-        .await
-        .is_err()
-    {
+    // A TLS stream keeps what it is given until flushed.
+    let startup = encode_startup(196608, &login);
+    if upstream.write_all(&startup).await.is_err() || upstream.flush().await.is_err() {
         handshake::send_fatal(
             stream,
             "08006",
@@ -113,6 +112,7 @@ async fn relay_login(
     let mut from_client = BytesMut::with_capacity(1024);
     let accepted = exchange_login(stream, &mut upstream, &mut from_client, config).await?;
     let _ = upstream.write_all(&[fe::TERMINATE, 0, 0, 0, 4]).await;
+    let _ = upstream.shutdown().await;
     drop(upstream);
     if !accepted {
         let _ = stream.shutdown().await;
@@ -212,7 +212,7 @@ async fn forward_passwords(
                     return Ok(false);
                 }
                 let msg = from_client.split_to(h.size);
-                if upstream.write_all(&msg).await.is_err() {
+                if upstream.write_all(&msg).await.is_err() || upstream.flush().await.is_err() {
                     return Err(ClientLoginStop::UpstreamGone);
                 }
             }

@@ -2,7 +2,9 @@
 //!
 //! - [`handshake`]: the client's start-up packets (TLS, GSSENC, cancel, startup).
 //! - [`session`]: the IO loop of one session, around its [`Engine`].
-//! - [`upstream`]: the connection to the server, and cancel requests.
+//! - [`upstream`]: the connection to the server (TLS negotiated as libpq does), and cancel
+//!   requests.
+//! - [`tls`]: the TLS material of both legs, read at start and on reload.
 //! - [`shared`]: what every session of the process shares (settings, TLS, the operator).
 //!
 //! The relay is the only code that does IO for a session: the protocol itself (the reply queue,
@@ -58,6 +60,7 @@ macro_rules! stream_enum_io {
 
 pub mod handshake;
 pub mod session;
+pub mod tls;
 pub mod upstream;
 
 pub mod shared;
@@ -73,15 +76,17 @@ use crate::events::{ClientError, SessionStart};
 use handshake::{ClientStream, Opening};
 use session::Session;
 pub use shared::{Operator, Shared};
+use tls::TlsSetup;
 use upstream::Upstream;
 
 /// Serves one accepted client connection to its end.
 pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
     let settings = shared.settings();
+    let tls = shared.tls();
     let opening = match tokio::time::timeout(
         settings.config.client_login_timeout,
-        handshake::accept(tcp, shared.tls.as_ref()),
+        handshake::accept(tcp, &tls),
     )
     .await
     {
@@ -104,7 +109,7 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     };
     match opening {
         Opening::Cancel(packet) => {
-            upstream::forward_cancel(&settings.config.upstream, &packet, peer).await
+            upstream::forward_cancel(&settings.config, &tls.upstream, &packet, peer).await
         }
         Opening::Startup {
             stream,
@@ -143,7 +148,7 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
                     .instrument(span)
                     .await
             } else {
-                run_session(stream, packet, ident, shared, settings)
+                run_session(stream, packet, ident, shared, settings, tls)
                     .instrument(span)
                     .await
             }
@@ -157,10 +162,11 @@ async fn run_session(
     ident: Ident,
     shared: Arc<Shared>,
     settings: Arc<Settings>,
+    tls: Arc<TlsSetup>,
 ) {
     let started = std::time::Instant::now();
     let config = &settings.config;
-    let upstream = match upstream::connect(config).await {
+    let upstream = match upstream::connect(config, &tls.upstream).await {
         Ok(s) => s,
         Err(message) => {
             shared.operator.upstream_connect_failed();
@@ -175,28 +181,39 @@ async fn run_session(
         database: ident.database.clone(),
         application_name: ident.application_name.clone(),
     });
-    debug!("session started");
+    debug!(
+        client_tls = stream.tls_version().unwrap_or("off"),
+        server_tls = upstream.tls_version().unwrap_or("off"),
+        "session started"
+    );
     let engine = Engine::new(shared.clone(), settings.clone(), ident, &packet);
     let mut session = Session::new(shared.clone(), engine, hooks);
+    drop(tls);
     let end = match upstream {
         Upstream::Tcp(mut s) => {
             let (sr, sw) = s.split();
-            relay_to(&mut session, &mut stream, sr, sw).await
+            relay_to(&mut session, &mut stream, sr, sw, false).await
         }
         Upstream::Unix(mut s) => {
             let (sr, sw) = s.split();
-            relay_to(&mut session, &mut stream, sr, sw).await
+            relay_to(&mut session, &mut stream, sr, sw, false).await
+        }
+        Upstream::Tls(mut s) => {
+            let (sr, sw) = tokio::io::split(s.as_mut());
+            relay_to(&mut session, &mut stream, sr, sw, true).await
         }
     };
     session::log_end(&end, started);
 }
 
-/// Runs the session's relay loop between the client and the server halves given.
+/// Runs the session's relay loop between the client and the server halves given;
+/// `server_buffers` when the server's writer keeps bytes until flushed (TLS).
 async fn relay_to<SR, SW>(
     session: &mut Session,
     stream: &mut ClientStream,
     sr: SR,
     sw: SW,
+    server_buffers: bool,
 ) -> session::End
 where
     SR: tokio::io::AsyncRead + Unpin,
@@ -205,7 +222,7 @@ where
     match stream {
         ClientStream::Plain(tcp) => {
             let (cr, cw) = tcp.split();
-            let end = session.run(cr, cw, sr, sw).await;
+            let end = session.run(cr, cw, sr, sw, server_buffers).await;
             if session.resets_client() {
                 // A zero linger never blocks: the close sends a reset at once.
                 let _ = tcp.set_zero_linger();
@@ -214,7 +231,7 @@ where
         }
         ClientStream::Tls(tls) => {
             let (cr, cw) = tokio::io::split(tls.as_mut());
-            session.run(cr, cw, sr, sw).await
+            session.run(cr, cw, sr, sw, server_buffers).await
         }
     }
 }

@@ -39,6 +39,10 @@ struct Io<'w, CR, CW, SR, SW> {
     server_w: &'w mut SW,
     /// Everything for the client was written; a flush is still owed (TLS).
     client_flush: bool,
+    /// The server's writer keeps bytes until flushed (TLS); a plain socket never does.
+    server_buffers: bool,
+    /// Everything for the server was written; a flush is still owed (TLS).
+    server_flush: bool,
     /// Until login completes (dropped then, so no timer stays armed).
     login_timeout: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -91,13 +95,14 @@ impl Session {
     }
 
     /// Relays until either side closes. The startup packet is the first thing the engine
-    /// sends.
+    /// sends. `server_buffers`: the server's writer keeps bytes until flushed (TLS).
     pub async fn run<CR, CW, SR, SW>(
         &mut self,
         client_r: CR,
         mut client_w: CW,
         server_r: SR,
         mut server_w: SW,
+        server_buffers: bool,
     ) -> End
     where
         CR: AsyncRead + Unpin,
@@ -111,6 +116,8 @@ impl Session {
             server_r,
             server_w: &mut server_w,
             client_flush: false,
+            server_buffers,
+            server_flush: false,
             login_timeout: Some(Box::pin(tokio::time::sleep(
                 self.engine.settings().config.client_login_timeout,
             ))),
@@ -196,6 +203,7 @@ impl Session {
             match Pin::new(&mut *io.server_w).poll_write(cx, to_server) {
                 Poll::Ready(Ok(n)) if n > 0 => {
                     to_server.advance(n);
+                    io.server_flush = io.server_buffers && to_server.is_empty();
                     progress = true;
                 }
                 Poll::Ready(Ok(_)) => {
@@ -242,16 +250,8 @@ impl Session {
                 Poll::Pending => waits.server_w = true,
             }
         }
-        if io.client_flush && !waits.client_w {
-            match Pin::new(&mut *io.client_w).poll_flush(cx) {
-                Poll::Ready(Ok(())) => io.client_flush = false,
-                Poll::Ready(Err(e)) => {
-                    return Poll::Ready(Err(End::ClientError(format!(
-                        "write to client failed: {e}"
-                    ))));
-                }
-                Poll::Pending => waits.client_w = true,
-            }
+        if let Err(end) = flush_out(cx, io, waits) {
+            return Poll::Ready(Err(end));
         }
         Poll::Ready(Ok(progress))
     }
@@ -401,6 +401,38 @@ impl Session {
     pub fn resets_client(&self) -> bool {
         self.engine.bytes_after_terminate()
     }
+}
+
+/// Flushes what a TLS writer still holds, on either side, once everything for that side was
+/// written (a plain server socket holds nothing and is not asked).
+fn flush_out<CR, CW, SR, SW>(
+    cx: &mut Context<'_>,
+    io: &mut Io<'_, CR, CW, SR, SW>,
+    waits: &mut Waits,
+) -> Result<(), End>
+where
+    CW: AsyncWrite + Unpin,
+    SW: AsyncWrite + Unpin,
+{
+    if io.server_flush && !waits.server_w {
+        match Pin::new(&mut *io.server_w).poll_flush(cx) {
+            Poll::Ready(Ok(())) => io.server_flush = false,
+            Poll::Ready(Err(e)) => {
+                return Err(End::ServerError(format!("write to server failed: {e}")));
+            }
+            Poll::Pending => waits.server_w = true,
+        }
+    }
+    if io.client_flush && !waits.client_w {
+        match Pin::new(&mut *io.client_w).poll_flush(cx) {
+            Poll::Ready(Ok(())) => io.client_flush = false,
+            Poll::Ready(Err(e)) => {
+                return Err(End::ClientError(format!("write to client failed: {e}")));
+            }
+            Poll::Pending => waits.client_w = true,
+        }
+    }
+    Ok(())
 }
 
 /// The session's end when the engine found a protocol violation.
