@@ -19,6 +19,7 @@ use crate::engine::{Ident, Settings};
 use crate::protocol::startup::encode_startup;
 use crate::protocol::{self, FrameError, TxStatus, backend as be, frontend as fe};
 use crate::relay::Shared;
+use crate::relay::binding;
 use crate::relay::handshake::{self, ClientStream};
 use crate::relay::upstream::Upstream;
 
@@ -175,6 +176,12 @@ async fn relay_server_login(from_server: &mut BytesMut, stream: &mut ClientStrea
         let msg = from_server.split_to(h.size);
         match h.tag {
             be::READY_FOR_QUERY => return Some(true),
+            // A client in plain text must not be offered channel binding by a server the
+            // proxy reaches over TLS (see `relay::binding`).
+            be::AUTHENTICATION if stream.tls_version().is_none() => {
+                let hidden = binding::without_plus(&msg);
+                let _ = stream.write_all(hidden.as_deref().unwrap_or(&msg)).await;
+            }
             be::ERROR_RESPONSE => {
                 let _ = stream.write_all(&msg).await;
                 return Some(false);

@@ -5,6 +5,7 @@
 //! - [`upstream`]: the connection to the server (TLS negotiated as libpq does), and cancel
 //!   requests.
 //! - [`tls`]: the TLS material of both legs, read at start and on reload.
+//! - [`binding`]: SCRAM channel binding, which cannot pass a proxy that ends TLS.
 //! - [`shared`]: what every session of the process shares (settings, TLS, the operator).
 //!
 //! The relay is the only code that does IO for a session: the protocol itself (the reply queue,
@@ -58,6 +59,7 @@ macro_rules! stream_enum_io {
     };
 }
 
+pub mod binding;
 pub mod handshake;
 pub mod session;
 pub mod tls;
@@ -73,6 +75,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::engine::{Engine, Ident, Settings};
 use crate::events::{ClientError, SessionStart};
+use binding::BindingCheck;
 use handshake::{ClientStream, Opening};
 use session::Session;
 pub use shared::{Operator, Shared};
@@ -188,6 +191,11 @@ async fn run_session(
     );
     let engine = Engine::new(shared.clone(), settings.clone(), ident, &packet);
     let mut session = Session::new(shared.clone(), engine, hooks);
+    let client_cert = stream.tls_version().and(tls.client_leaf.as_deref());
+    session.check_binding(BindingCheck::needed(
+        client_cert,
+        upstream.server_certificate(),
+    ));
     drop(tls);
     let end = match upstream {
         Upstream::Tcp(mut s) => {

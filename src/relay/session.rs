@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 use tracing::{debug, info, warn};
 
+use super::binding::BindingCheck;
 use super::shared::Shared;
 use crate::engine::{Engine, Fault};
 use crate::events::{ClientError as ClientErrorKind, Direction, SessionHooks};
@@ -78,6 +79,9 @@ pub struct Session {
     server_shut: bool,
     /// Batches of messages read so far (for sampling `added_latency`).
     batches: u32,
+    /// While logging in with TLS on the server's leg: what SCRAM channel binding needs (see
+    /// [`BindingCheck`]).
+    binding: Option<BindingCheck>,
 }
 
 impl Session {
@@ -91,7 +95,13 @@ impl Session {
             server_closing: false,
             server_shut: false,
             batches: 0,
+            binding: None,
         }
+    }
+
+    /// Watches SCRAM channel binding during the login, when it is needed.
+    pub fn check_binding(&mut self, check: Option<BindingCheck>) {
+        self.binding = check;
     }
 
     /// Relays until either side closes. The startup packet is the first thing the engine
@@ -280,6 +290,9 @@ impl Session {
                     self.shared
                         .operator
                         .bytes(Direction::ServerToClient, n as u64);
+                    if self.binding.is_some() {
+                        self.watch_binding(false)?;
+                    }
                     let timer = self.latency_sample();
                     self.engine.process_server(&*self.hooks).map_err(end_of)?;
                     self.latency_done(timer);
@@ -308,6 +321,9 @@ impl Session {
                     self.shared
                         .operator
                         .bytes(Direction::ClientToServer, n as u64);
+                    if self.binding.is_some() {
+                        self.watch_binding(true)?;
+                    }
                     let timer = self.latency_sample();
                     self.engine.process_client(&*self.hooks).map_err(end_of)?;
                     self.latency_done(timer);
@@ -321,6 +337,27 @@ impl Session {
             }
         }
         Ok(progress)
+    }
+
+    /// Takes the offer of channel binding out of what the server says, or refuses a client
+    /// whose binding cannot pass (see [`BindingCheck`]); stops watching once the message it
+    /// waits for passed, or the login is over.
+    #[cold]
+    fn watch_binding(&mut self, client: bool) -> Result<(), End> {
+        let Some(check) = &self.binding else {
+            return Ok(());
+        };
+        let over = if client {
+            check
+                .client_input(self.engine.client_input())
+                .map_err(|refusal| End::ClientFault(ClientErrorKind::Tls, refusal.into()))?
+        } else {
+            check.server_input(self.engine.server_input())
+        };
+        if over || self.engine.logged_in() {
+            self.binding = None;
+        }
+        Ok(())
     }
 
     /// Starts timing this batch of messages for the `added_latency` histogram, one batch in
