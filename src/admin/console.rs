@@ -225,6 +225,8 @@ fn show_sessions(sessions: &SessionRegistry, out: &mut BytesMut) {
             "connected_at",
             "statements",
             "tracked_versions",
+            "client_tls",
+            "server_tls",
         ],
         sessions.snapshot().into_iter().map(|s| {
             vec![
@@ -238,6 +240,8 @@ fn show_sessions(sessions: &SessionRegistry, out: &mut BytesMut) {
                 Some(format_utc(s.connected_at)),
                 Some(s.statements.to_string()),
                 Some(s.tracked_versions.to_string()),
+                Some(s.client_tls.unwrap_or("off").into()),
+                Some(s.server_tls.unwrap_or("off").into()),
             ]
         }),
     );
@@ -600,6 +604,8 @@ bulk = "reject"
             user: "pos".into(),
             database: "shop".into(),
             application_name: "till-1".into(),
+            client_tls: None,
+            server_tls: Some("TLSv1.3"),
         });
         h.set_state(SessionState::InTransaction);
         h.statement();
@@ -618,6 +624,10 @@ bulk = "reject"
         assert_eq!(get("state"), s("in transaction"));
         assert_eq!(get("statements"), s("1"));
         assert_eq!(get("tracked_versions"), s("3"));
+        assert_eq!(
+            (get("client_tls"), get("server_tls")),
+            (s("off"), s("TLSv1.3"))
+        );
         assert_eq!(get("backend_pid"), None);
         assert!(get("connected_at").unwrap().ends_with("+00"));
 

@@ -183,6 +183,8 @@ async fn run_session(
         user: ident.user.clone(),
         database: ident.database.clone(),
         application_name: ident.application_name.clone(),
+        client_tls: stream.tls_version(),
+        server_tls: upstream.tls_version(),
     });
     debug!(
         client_tls = stream.tls_version().unwrap_or("off"),
