@@ -202,37 +202,35 @@ async fn run_session(
     let end = match upstream {
         Upstream::Tcp(mut s) => {
             let (sr, sw) = s.split();
-            relay_to(&mut session, &mut stream, sr, sw, false).await
+            relay_to(&mut session, &mut stream, sr, sw).await
         }
         Upstream::Unix(mut s) => {
             let (sr, sw) = s.split();
-            relay_to(&mut session, &mut stream, sr, sw, false).await
+            relay_to(&mut session, &mut stream, sr, sw).await
         }
         Upstream::Tls(mut s) => {
             let (sr, sw) = tokio::io::split(s.as_mut());
-            relay_to(&mut session, &mut stream, sr, sw, true).await
+            relay_to(&mut session, &mut stream, sr, sw).await
         }
     };
     session::log_end(&end, started);
 }
 
-/// Runs the session's relay loop between the client and the server halves given;
-/// `server_buffers` when the server's writer keeps bytes until flushed (TLS).
+/// Runs the session's relay loop between the client and the server halves given.
 async fn relay_to<SR, SW>(
     session: &mut Session,
     stream: &mut ClientStream,
     sr: SR,
     sw: SW,
-    server_buffers: bool,
 ) -> session::End
 where
     SR: tokio::io::AsyncRead + Unpin,
-    SW: tokio::io::AsyncWrite + Unpin,
+    SW: tokio::io::AsyncWrite + session::Buffering + Unpin,
 {
     match stream {
         ClientStream::Plain(tcp) => {
             let (cr, cw) = tcp.split();
-            let end = session.run(cr, cw, sr, sw, server_buffers).await;
+            let end = session.run(cr, cw, sr, sw).await;
             if session.resets_client() {
                 // A zero linger never blocks: the close sends a reset at once.
                 let _ = tcp.set_zero_linger();
@@ -241,7 +239,7 @@ where
         }
         ClientStream::Tls(tls) => {
             let (cr, cw) = tokio::io::split(tls.as_mut());
-            session.run(cr, cw, sr, sw, server_buffers).await
+            session.run(cr, cw, sr, sw).await
         }
     }
 }

@@ -40,8 +40,6 @@ struct Io<'w, CR, CW, SR, SW> {
     server_w: &'w mut SW,
     /// Everything for the client was written; a flush is still owed (TLS).
     client_flush: bool,
-    /// The server's writer keeps bytes until flushed (TLS); a plain socket never does.
-    server_buffers: bool,
     /// Everything for the server was written; a flush is still owed (TLS).
     server_flush: bool,
     /// Until login completes (dropped then, so no timer stays armed).
@@ -105,20 +103,19 @@ impl Session {
     }
 
     /// Relays until either side closes. The startup packet is the first thing the engine
-    /// sends. `server_buffers`: the server's writer keeps bytes until flushed (TLS).
+    /// sends.
     pub async fn run<CR, CW, SR, SW>(
         &mut self,
         client_r: CR,
         mut client_w: CW,
         server_r: SR,
         mut server_w: SW,
-        server_buffers: bool,
     ) -> End
     where
         CR: AsyncRead + Unpin,
         CW: AsyncWrite + Unpin,
         SR: AsyncRead + Unpin,
-        SW: AsyncWrite + Unpin,
+        SW: AsyncWrite + Buffering + Unpin,
     {
         let mut io = Io {
             client_r,
@@ -126,7 +123,6 @@ impl Session {
             server_r,
             server_w: &mut server_w,
             client_flush: false,
-            server_buffers,
             server_flush: false,
             login_timeout: Some(Box::pin(tokio::time::sleep(
                 self.engine.settings().config.client_login_timeout,
@@ -149,7 +145,7 @@ impl Session {
         CR: AsyncRead + Unpin,
         CW: AsyncWrite + Unpin,
         SR: AsyncRead + Unpin,
-        SW: AsyncWrite + Unpin,
+        SW: AsyncWrite + Buffering + Unpin,
     {
         let mut waits = Waits::default();
         loop {
@@ -205,7 +201,7 @@ impl Session {
     ) -> Poll<Result<bool, End>>
     where
         CW: AsyncWrite + Unpin,
-        SW: AsyncWrite + Unpin,
+        SW: AsyncWrite + Buffering + Unpin,
     {
         let mut progress = false;
         let to_server = self.engine.to_server();
@@ -213,7 +209,7 @@ impl Session {
             match Pin::new(&mut *io.server_w).poll_write(cx, to_server) {
                 Poll::Ready(Ok(n)) if n > 0 => {
                     to_server.advance(n);
-                    io.server_flush = io.server_buffers && to_server.is_empty();
+                    io.server_flush = SW::BUFFERS && to_server.is_empty();
                     progress = true;
                 }
                 Poll::Ready(Ok(_)) => {
@@ -440,6 +436,25 @@ impl Session {
     }
 }
 
+/// A writer to the server, and whether it keeps bytes until flushed: a TLS stream's does, a
+/// socket's never (the code that flushes it is then left out at compile time, so a plain
+/// server leg runs exactly the code it ran before TLS).
+pub trait Buffering {
+    const BUFFERS: bool;
+}
+
+impl Buffering for tokio::net::tcp::WriteHalf<'_> {
+    const BUFFERS: bool = false;
+}
+
+impl Buffering for tokio::net::unix::WriteHalf<'_> {
+    const BUFFERS: bool = false;
+}
+
+impl<T> Buffering for tokio::io::WriteHalf<T> {
+    const BUFFERS: bool = true;
+}
+
 /// Flushes what a TLS writer still holds, on either side, once everything for that side was
 /// written (a plain server socket holds nothing and is not asked).
 fn flush_out<CR, CW, SR, SW>(
@@ -449,9 +464,9 @@ fn flush_out<CR, CW, SR, SW>(
 ) -> Result<(), End>
 where
     CW: AsyncWrite + Unpin,
-    SW: AsyncWrite + Unpin,
+    SW: AsyncWrite + Buffering + Unpin,
 {
-    if io.server_flush && !waits.server_w {
+    if SW::BUFFERS && io.server_flush && !waits.server_w {
         match Pin::new(&mut *io.server_w).poll_flush(cx) {
             Poll::Ready(Ok(())) => io.server_flush = false,
             Poll::Ready(Err(e)) => {
