@@ -332,6 +332,28 @@ async fn logins_over_tls_on_both_legs() {
     binding_passes_with_the_servers_certificate(&certs, &cluster).await;
     binding_is_not_needed_with_one_plain_leg(&cluster).await;
     pgbench_prepared_over_tls(&proxy).await;
+    server_gone_without_tls_goodbye(&certs, cluster, &proxy).await;
+}
+
+/// A server stopped at once (its backends exit without TLS's close_notify) ends a session
+/// as a closed socket does: after what the server said, the client is told it closed.
+async fn server_gone_without_tls_goodbye(certs: &Certs, cluster: Cluster, proxy: &Proxy) {
+    let (mut raw, _) = raw_tls(certs, &proxy.addr.to_string()).await;
+    raw.send(&wire::startup(&[
+        ("user", "postgres"),
+        ("database", "postgres"),
+    ]))
+    .await;
+    raw.read_until(b'Z', 1).await;
+    drop(cluster);
+    let rest = raw.read_to_end().await;
+    let errors: Vec<String> = rest.iter().filter_map(|m| m.field(b'M')).collect();
+    assert!(
+        errors
+            .last()
+            .is_some_and(|e| e.contains("closed the connection unexpectedly")),
+        "{rest:?}"
+    );
 }
 
 /// `SHOW SESSIONS` tells, per session, whether each leg is encrypted.

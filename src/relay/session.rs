@@ -282,6 +282,11 @@ impl Session {
                 Poll::Ready(Ok(0)) if self.engine.terminated() => return Err(End::ClientClosed),
                 Poll::Ready(Err(_)) if self.engine.terminated() => return Err(End::ClientClosed),
                 Poll::Ready(Ok(0)) => return Err(End::ServerClosed),
+                // A TLS leg the server left without its close_notify (its backend was
+                // killed): the same end as a socket closed.
+                Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(End::ServerClosed);
+                }
                 Poll::Ready(Ok(n)) => {
                     self.shared
                         .operator
