@@ -152,7 +152,7 @@ mod tests {
         body.extend_from_slice(&(data.len() as i32).to_be_bytes());
         body.extend_from_slice(data);
         let mut m = BytesMut::new();
-        m.extend_from_slice(&[b'p']);
+        m.extend_from_slice(b"p");
         m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
         m.extend_from_slice(&body);
         m
