@@ -16,6 +16,8 @@
 #                      "baseline" targets: the same proxy set-up run with this binary, side by
 #                      side with OPTLOCK_BIN in the same run
 #   OPTLOCK_WORKERS    pass --workers N to the proxy (default: unset = one per core)
+#   UPSTREAM_TLS       optlock's upstream_tls when start_optlock starts it (default disable:
+#                      every leg in plain text, as PGSSLMODE=disable makes the clients' legs)
 #   KEEP_DB=1          keep the benchmark database afterwards
 #   NO_BUILD=1         do not run cargo build (use an existing binary)
 
@@ -33,8 +35,10 @@ if [[ -n "$UPSTREAM_SOCKET" && ! -S "$UPSTREAM_SOCKET/.s.PGSQL.$PG_PORT" ]]; the
 fi
 export PGUSER=$PG_USER PGCONNECT_TIMEOUT=${PGCONNECT_TIMEOUT:-10}
 # No TLS on any leg: with the server's ssl=on, libpq's default (prefer) would encrypt the direct
-# runs but not the proxied ones (optlock and PgBouncer reach the server in plain text).
+# runs, and optlock's default (upstream_tls = "prefer") its server leg; PgBouncer's is disabled
+# below. bench/tls.sh compares the legs with TLS.
 export PGSSLMODE=disable
+UPSTREAM_TLS=${UPSTREAM_TLS:-disable}
 unset PGPASSWORD PGDATABASE PGOPTIONS PGSSLCERT PGSSLKEY PGSSLROOTCERT 2>/dev/null || true
 
 WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/optlock-bench.XXXXXX")
@@ -44,7 +48,7 @@ mkdir -p "$RESULTS_DIR"
 
 OPTLOCK_PID=""      # the proxy started last
 OPTLOCK_PIDS=()     # every proxy started (all stopped on exit)
-declare -A OPTLOCK_AT=() OPTLOCK_CFG=() OPTLOCK_BIN_AT=()   # port -> pid, config file, binary
+declare -A OPTLOCK_AT=() OPTLOCK_CFG=() OPTLOCK_BIN_AT=() OPTLOCK_TLS_AT=()   # port -> pid, config file, binary, upstream_tls
 OPTLOCK_LOG=$WORK_DIR/optlock.log
 RESULT=""           # the script's result file; the proxy log is kept beside it
 PGBOUNCER_PIDFILE=""
@@ -121,10 +125,12 @@ wait_ready() {
     die "$what on port $port did not become ready"
 }
 
-# Starts optlock. Usage: start_optlock PORT [CONFIG_FILE [BINARY]] (BINARY defaults to
-# OPTLOCK_BIN). Sets OPTLOCK_PID; may be called several times (several proxies side by side).
+# Starts optlock. Usage: start_optlock PORT [CONFIG_FILE [BINARY [UPSTREAM_TLS]]] (BINARY
+# defaults to OPTLOCK_BIN, UPSTREAM_TLS to $UPSTREAM_TLS, passed as OPTLOCK_UPSTREAM_TLS, which
+# a binary older than that setting ignores). Sets OPTLOCK_PID; may be called several times
+# (several proxies side by side).
 start_optlock() {
-    local port=$1 config=${2:-} bin=${3:-$OPTLOCK_BIN}
+    local port=$1 config=${2:-} bin=${3:-$OPTLOCK_BIN} tls=${4:-$UPSTREAM_TLS}
     local upstream="$PG_HOST:$PG_PORT"
     [[ -n "$UPSTREAM_SOCKET" ]] && upstream="$UPSTREAM_SOCKET/.s.PGSQL.$PG_PORT"
     local args=(serve --listen "127.0.0.1:$port" --upstream "$upstream" --log warn)
@@ -136,12 +142,14 @@ start_optlock() {
     # time with the rest of its session: left in this script's session, the proxy would
     # compete with pgbench for one group's share while PgBouncer has a group of its own.
     env -u OPTLOCK_WORKERS -u OPTLOCK_CONFIG -u OPTLOCK_LISTEN -u OPTLOCK_UPSTREAM \
+        -u OPTLOCK_CLIENT_TLS OPTLOCK_UPSTREAM_TLS="$tls" \
         setsid "$bin" "${args[@]}" >>"$OPTLOCK_LOG" 2>&1 </dev/null &
     OPTLOCK_PID=$!
     OPTLOCK_PIDS+=("$OPTLOCK_PID")
     OPTLOCK_AT[$port]=$OPTLOCK_PID OPTLOCK_CFG[$port]=$config OPTLOCK_BIN_AT[$port]=$bin
+    OPTLOCK_TLS_AT[$port]=$tls
     wait_ready "$port" optlock
-    log "optlock pid $OPTLOCK_PID on 127.0.0.1:$port, upstream $upstream${config:+ (config $config)}${OPTLOCK_WORKERS:+ workers=$OPTLOCK_WORKERS}${3:+ binary $bin}"
+    log "optlock pid $OPTLOCK_PID on 127.0.0.1:$port, upstream $upstream (upstream_tls $tls)${config:+ (config $config)}${OPTLOCK_WORKERS:+ workers=$OPTLOCK_WORKERS}${3:+ binary $bin}"
 }
 
 # Checks that the proxy started on PORT still runs. If it has exited, logs that with its exit
@@ -157,7 +165,7 @@ check_optlock() {
     OPTLOCK_DIED="optlock (pid $pid) had exited with status $status; restarted"
     log "$OPTLOCK_DIED; its log ends with:"
     tail -n 15 "$OPTLOCK_LOG" >&2 || true
-    start_optlock "$port" "${OPTLOCK_CFG[$port]}" "${OPTLOCK_BIN_AT[$port]}"
+    start_optlock "$port" "${OPTLOCK_CFG[$port]}" "${OPTLOCK_BIN_AT[$port]}" "${OPTLOCK_TLS_AT[$port]}"
     return 1
 }
 

@@ -4,6 +4,10 @@
 //! the line and the reason, so a bad file is refused at start-up and on reload with something a
 //! DBA can act on. Identifiers (tables, key and version columns) follow PostgreSQL's rules:
 //! unquoted names fold to lower case, double-quoted names keep their case and spaces.
+//!
+//! - [`tls`]: the TLS settings of both legs, and their checks.
+
+pub mod tls;
 
 use std::fmt::{self, Write as _};
 use std::ops::Range;
@@ -12,6 +16,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+pub use self::tls::{ClientTlsMode, TlsConfig, UpstreamTls, UpstreamTlsMode};
 
 /// A schema-qualified table name, already case-folded.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -122,13 +128,6 @@ pub struct Guard {
     pub bulk: BulkPolicy,
 }
 
-/// TLS for client connections.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
 /// The whole validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -139,7 +138,10 @@ pub struct Config {
     pub admin_users: Vec<String>,
     pub track: TrackScope,
     pub track_limit: usize,
+    /// The certificate and key optlock presents to clients.
     pub tls: Option<TlsConfig>,
+    pub client_tls: ClientTlsMode,
+    pub upstream_tls: UpstreamTls,
     pub client_login_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -161,6 +163,8 @@ impl Default for Config {
             track: TrackScope::Session,
             track_limit: 10_000,
             tls: None,
+            client_tls: ClientTlsMode::default(),
+            upstream_tls: UpstreamTls::default(),
             client_login_timeout: Duration::from_secs(15),
             upstream_connect_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
@@ -201,6 +205,11 @@ struct RawConfig {
     track_limit: Option<Spanned<i64>>,
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
+    client_tls: Option<Spanned<ClientTlsMode>>,
+    upstream_tls: Option<Spanned<UpstreamTlsMode>>,
+    upstream_tls_ca_file: Option<Spanned<String>>,
+    upstream_tls_cert: Option<Spanned<String>>,
+    upstream_tls_key: Option<Spanned<String>>,
     client_login_timeout: Option<Spanned<f64>>,
     upstream_connect_timeout: Option<Spanned<f64>>,
     shutdown_timeout: Option<Spanned<f64>>,
@@ -318,24 +327,35 @@ impl Config {
         Ok(())
     }
 
-    /// `tls_cert` and `tls_key`: both or neither.
+    /// The TLS settings of both legs (after `upstream`: a socket carries no TLS).
     fn apply_tls(&mut self, raw: &mut RawConfig, src: &Source) -> Result<(), ConfigError> {
-        match (raw.tls_cert.take(), raw.tls_key.take()) {
-            (Some(c), Some(k)) => {
-                self.tls = Some(TlsConfig {
-                    cert: PathBuf::from(c.into_inner()),
-                    key: PathBuf::from(k.into_inner()),
-                })
-            }
-            (Some(s), None) | (None, Some(s)) => {
-                return Err(src.error(
-                    Some(s.span()),
-                    "tls_cert and tls_key go together: set both to offer TLS, or neither".into(),
-                ));
-            }
-            (None, None) => {}
-        }
+        let fields = tls::RawTls {
+            tls_cert: raw.tls_cert.take(),
+            tls_key: raw.tls_key.take(),
+            client_tls: raw.client_tls.take(),
+            upstream_tls: raw.upstream_tls.take(),
+            upstream_tls_ca_file: raw.upstream_tls_ca_file.take(),
+            upstream_tls_cert: raw.upstream_tls_cert.take(),
+            upstream_tls_key: raw.upstream_tls_key.take(),
+        };
+        let t = fields
+            .build(&self.upstream)
+            .map_err(|(span, reason)| src.error(span, reason))?;
+        self.tls = t.client;
+        self.client_tls = t.client_mode;
+        self.upstream_tls = t.upstream;
         Ok(())
+    }
+
+    /// Checks the TLS settings again after `upstream` or a TLS mode was changed outside the
+    /// file (command-line flags).
+    pub fn check_tls(&self) -> Result<(), String> {
+        tls::check_upstream(&self.upstream_tls, &self.upstream)?;
+        tls::check_client(&tls::TlsSettings {
+            client: self.tls.clone(),
+            client_mode: self.client_tls,
+            upstream: UpstreamTls::default(),
+        })
     }
 
     /// The timeouts and `max_message_size`.

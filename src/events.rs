@@ -111,6 +111,10 @@ pub struct SessionStart {
     pub user: String,
     pub database: String,
     pub application_name: String,
+    /// The TLS version of the client's connection (`TLSv1.3`), `None` in plain text.
+    pub client_tls: Option<&'static str>,
+    /// The TLS version of the server connection, `None` in plain text (or a local socket).
+    pub server_tls: Option<&'static str>,
 }
 
 /// What one session reports while it runs. Every method is called on the hot path at most once

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use optlock::config::Config;
+use clap::{Args, Parser, Subcommand};
+use optlock::config::{ClientTlsMode, Config, UpstreamTlsMode};
 use optlock::server::Server;
 
 #[derive(Parser)]
@@ -37,6 +37,8 @@ enum Command {
         /// socket directory (e.g. /var/run/postgresql).
         #[arg(long, env = "OPTLOCK_UPSTREAM")]
         upstream: Option<String>,
+        #[command(flatten)]
+        tls: TlsFlags,
         /// Session threads, each an event loop of its own (default: one per CPU core).
         #[arg(long, env = "OPTLOCK_WORKERS")]
         workers: Option<usize>,
@@ -78,6 +80,18 @@ enum Command {
         #[arg(long, num_args = 1..)]
         tables: Vec<String>,
     },
+}
+
+/// The TLS modes, overriding the config file's.
+#[derive(Args)]
+struct TlsFlags {
+    /// TLS to the upstream server, overriding `upstream_tls`: disable, prefer, require,
+    /// verify-ca or verify-full.
+    #[arg(long, env = "OPTLOCK_UPSTREAM_TLS")]
+    upstream_tls: Option<UpstreamTlsMode>,
+    /// TLS for clients, overriding `client_tls`: disable, allow or require.
+    #[arg(long, env = "OPTLOCK_CLIENT_TLS")]
+    client_tls: Option<ClientTlsMode>,
 }
 
 /// Logs to stderr with `filter`, or with `RUST_LOG` when that is set.
@@ -140,13 +154,14 @@ fn main() -> ExitCode {
             config,
             listen,
             upstream,
+            tls,
             workers,
             log,
             check_url,
             ignore_check,
         } => {
             init_logging(&log);
-            let cfg = match serve_config(config.as_deref(), listen, upstream) {
+            let cfg = match serve_config(config.as_deref(), listen, upstream, tls) {
                 Ok(cfg) => cfg,
                 Err(code) => return code,
             };
@@ -171,12 +186,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// The config `serve` runs with: the file (or the defaults), then `--listen` and `--upstream`
-/// over it; a bad one is reported and gives exit code 2.
+/// The config `serve` runs with: the file (or the defaults), then `--listen`, `--upstream` and
+/// the TLS modes over it; a bad one is reported and gives exit code 2.
 fn serve_config(
     path: Option<&Path>,
     listen: Option<String>,
     upstream: Option<String>,
+    tls: TlsFlags,
 ) -> Result<Config, ExitCode> {
     let mut cfg = match path {
         Some(path) => match Config::load(path) {
@@ -197,6 +213,16 @@ fn serve_config(
             return Err(ExitCode::from(2));
         }
         cfg.upstream = u;
+    }
+    if let Some(m) = tls.upstream_tls {
+        cfg.upstream_tls.mode = m;
+    }
+    if let Some(m) = tls.client_tls {
+        cfg.client_tls = m;
+    }
+    if let Err(e) = cfg.check_tls() {
+        eprintln!("optlock: {e}");
+        return Err(ExitCode::from(2));
     }
     Ok(cfg)
 }
@@ -251,15 +277,32 @@ async fn run_proxy(
     if let Some(url) = &check_url {
         startup_check(&cfg, url, ignore_check).await?;
     }
+    if let Some(w) = upstream_warning(&cfg) {
+        tracing::warn!("{w}");
+    }
     let server = Server::bind(cfg, config_path)
         .await?
         .with_session_threads(threads.max(1))?;
     server.run().await
 }
 
+/// The warning for an upstream server on another host reached without `verify-full`.
+fn upstream_warning(cfg: &Config) -> Option<String> {
+    optlock::config::tls::upstream_warning(&cfg.upstream_tls, &cfg.upstream)
+}
+
 /// `optlock check`: checks every guard against the database; exit code 1 when one is wrong.
+/// It also warns (on stderr, without changing the exit code) when the upstream server is on
+/// another host and its certificate is not checked against its name.
 fn check(config: &Path, database_url: &str, json: bool) -> ExitCode {
     init_logging("warn");
+    if let Some(w) = Config::load(config)
+        .ok()
+        .as_ref()
+        .and_then(upstream_warning)
+    {
+        eprintln!("{w}");
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

@@ -39,10 +39,7 @@ impl Server {
     /// An address that asked for port 0 is recorded in the config as the one bound, so that
     /// logs and `SHOW CONFIG` tell where the proxy really listens.
     pub async fn bind(mut config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Server> {
-        let tls = match &config.tls {
-            Some(t) => Some(relay::handshake::tls_acceptor(&t.cert, &t.key)?),
-            None => None,
-        };
+        let tls = relay::tls::TlsSetup::load(&config)?;
         let listener = TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;

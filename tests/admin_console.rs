@@ -103,8 +103,9 @@ async fn show_sessions_lists_other_open_sessions() {
     let mine: Vec<&Vec<String>> = sessions.iter().filter(|r| r[2] == db.name).collect();
     assert_eq!(mine.len(), 1, "{sessions:?}");
     let s = mine[0];
-    // id|user|database|application_name|client_addr|backend_pid|state|connected_at|statements|tracked_versions
-    assert_eq!(s.len(), 10, "{s:?}");
+    // id|user|database|application_name|client_addr|backend_pid|state|connected_at|statements|
+    // tracked_versions|client_tls|server_tls
+    assert_eq!(s.len(), 12, "{s:?}");
     assert_eq!(s[1], "postgres");
     assert_eq!(s[3], "till-7");
     assert!(s[4].starts_with("127.0.0.1:"), "{s:?}");
@@ -113,6 +114,9 @@ async fn show_sessions_lists_other_open_sessions() {
     assert!(s[7].ends_with("+00"), "{s:?}");
     assert!(s[8].parse::<u64>().unwrap() >= 2, "{s:?}");
     assert_eq!(s[9], "3", "three rows read, three versions tracked: {s:?}");
+    // A plain client; the server's leg follows its `ssl` (upstream_tls = "prefer").
+    assert_eq!(s[10], "off", "{s:?}");
+    assert!(s[11] == "off" || s[11].starts_with("TLSv1."), "{s:?}");
 
     // A session in a transaction says so.
     till.batch_execute("BEGIN").await.unwrap();

@@ -225,6 +225,8 @@ fn show_sessions(sessions: &SessionRegistry, out: &mut BytesMut) {
             "connected_at",
             "statements",
             "tracked_versions",
+            "client_tls",
+            "server_tls",
         ],
         sessions.snapshot().into_iter().map(|s| {
             vec![
@@ -238,6 +240,8 @@ fn show_sessions(sessions: &SessionRegistry, out: &mut BytesMut) {
                 Some(format_utc(s.connected_at)),
                 Some(s.statements.to_string()),
                 Some(s.tracked_versions.to_string()),
+                Some(s.client_tls.unwrap_or("off").into()),
+                Some(s.server_tls.unwrap_or("off").into()),
             ]
         }),
     );
@@ -300,6 +304,8 @@ fn config_rows(config: &Config) -> Vec<(&'static str, Option<String>, Option<Str
             track,
             track_limit,
             tls,
+            client_tls,
+            upstream_tls,
             client_login_timeout,
             upstream_connect_timeout,
             shutdown_timeout,
@@ -307,7 +313,7 @@ fn config_rows(config: &Config) -> Vec<(&'static str, Option<String>, Option<Str
             guards,
         } = c;
         let secs = |d: &Duration| Some(format!("{}", d.as_secs_f64()));
-        vec![
+        let mut rows = vec![
             ("listen", Some(listen.clone())),
             ("upstream", Some(upstream.clone())),
             ("conflict_sqlstate", Some(conflict_sqlstate.clone())),
@@ -324,17 +330,16 @@ fn config_rows(config: &Config) -> Vec<(&'static str, Option<String>, Option<Str
                 ),
             ),
             ("track_limit", Some(track_limit.to_string())),
-            (
-                "tls_cert",
-                tls.as_ref().map(|t| t.cert.display().to_string()),
-            ),
-            ("tls_key", tls.as_ref().map(|t| t.key.display().to_string())),
+        ];
+        rows.extend(crate::config::tls::rows(tls, *client_tls, upstream_tls));
+        rows.extend([
             ("client_login_timeout", secs(client_login_timeout)),
             ("upstream_connect_timeout", secs(upstream_connect_timeout)),
             ("shutdown_timeout", secs(shutdown_timeout)),
             ("max_message_size", Some(max_message_size.to_string())),
             ("guard", Some(format!("{} guarded tables", guards.len()))),
-        ]
+        ]);
+        rows
     }
     let defaults = values(&Config::default());
     values(config)
@@ -599,6 +604,8 @@ bulk = "reject"
             user: "pos".into(),
             database: "shop".into(),
             application_name: "till-1".into(),
+            client_tls: None,
+            server_tls: Some("TLSv1.3"),
         });
         h.set_state(SessionState::InTransaction);
         h.statement();
@@ -617,6 +624,10 @@ bulk = "reject"
         assert_eq!(get("state"), s("in transaction"));
         assert_eq!(get("statements"), s("1"));
         assert_eq!(get("tracked_versions"), s("3"));
+        assert_eq!(
+            (get("client_tls"), get("server_tls")),
+            (s("off"), s("TLSv1.3"))
+        );
         assert_eq!(get("backend_pid"), None);
         assert!(get("connected_at").unwrap().ends_with("+00"));
 
@@ -674,23 +685,11 @@ bulk = "reject"
         let rows = rows_of(&r);
         let keys: Vec<&str> = rows.iter().map(|r| r[0].as_deref().unwrap()).collect();
         assert_eq!(
-            keys,
-            [
-                "listen",
-                "upstream",
-                "conflict_sqlstate",
-                "metrics_listen",
-                "admin_users",
-                "track",
-                "track_limit",
-                "tls_cert",
-                "tls_key",
-                "client_login_timeout",
-                "upstream_connect_timeout",
-                "shutdown_timeout",
-                "max_message_size",
-                "guard"
-            ]
+            keys.join(" "),
+            "listen upstream conflict_sqlstate metrics_listen admin_users track track_limit \
+             tls_cert tls_key client_tls upstream_tls upstream_tls_ca_file upstream_tls_cert \
+             upstream_tls_key client_login_timeout upstream_connect_timeout shutdown_timeout \
+             max_message_size guard"
         );
         let row = |k: &str| rows.iter().find(|r| r[0].as_deref() == Some(k)).unwrap();
         assert_eq!(
@@ -702,6 +701,7 @@ bulk = "reject"
         assert_eq!(row("client_login_timeout")[1..], [s("2.5"), s("15")]);
         assert_eq!(row("admin_users")[1..], [s("postgres"), s("postgres")]);
         assert_eq!(row("tls_cert")[1..], [None, None]);
+        assert_eq!(row("upstream_tls")[1..], [s("prefer"), s("prefer")]);
         assert_eq!(
             row("guard")[1..],
             [s("2 guarded tables"), s("0 guarded tables")]

@@ -77,6 +77,9 @@ pub struct SessionInfo {
     pub state: SessionState,
     pub statements: u64,
     pub tracked_versions: u64,
+    /// TLS version of each leg (`TLSv1.3`), `None` where it is plain text.
+    pub client_tls: Option<&'static str>,
+    pub server_tls: Option<&'static str>,
 }
 
 #[derive(Debug)]
@@ -171,6 +174,8 @@ impl SessionRegistry {
                 state: SessionState::from_u8(s.state.load(Ordering::Relaxed)),
                 statements: s.statements.load(Ordering::Relaxed),
                 tracked_versions: s.tracked_versions.load(Ordering::Relaxed),
+                client_tls: s.start.client_tls,
+                server_tls: s.start.server_tls,
             })
             .collect()
     }
@@ -281,6 +286,8 @@ mod tests {
             user: user.into(),
             database: "pos".into(),
             application_name: "till-3".into(),
+            client_tls: Some("TLSv1.3"),
+            server_tls: None,
         }
     }
 
@@ -317,6 +324,7 @@ mod tests {
         assert_eq!(sb.tracked_versions, 42);
         assert_eq!(sb.backend_pid, Some(4711));
         assert_eq!(sb.application_name, "psql");
+        assert_eq!((sb.client_tls, sb.server_tls), (Some("TLSv1.3"), None));
 
         drop(a);
         let snap = reg.snapshot();

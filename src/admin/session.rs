@@ -19,8 +19,9 @@ use crate::engine::{Ident, Settings};
 use crate::protocol::startup::encode_startup;
 use crate::protocol::{self, FrameError, TxStatus, backend as be, frontend as fe};
 use crate::relay::Shared;
+use crate::relay::binding;
 use crate::relay::handshake::{self, ClientStream};
-use crate::relay::upstream::{self, Upstream};
+use crate::relay::upstream::Upstream;
 
 /// The upstream database the console's logins are checked against.
 const LOGIN_DATABASE: &str = "postgres";
@@ -40,7 +41,7 @@ pub async fn serve(
         refuse_non_admin(&mut stream, &ident.user).await;
         return;
     }
-    let Some(from_client) = relay_login(&mut stream, params, config, &admin).await else {
+    let Some(from_client) = relay_login(&mut stream, params, &shared, config, &admin).await else {
         return;
     };
     info!("admin console opened");
@@ -79,6 +80,7 @@ async fn refuse_non_admin(stream: &mut ClientStream, user: &str) {
 async fn relay_login(
     stream: &mut ClientStream,
     params: &[(String, String)],
+    shared: &Shared,
     config: &Config,
     admin: &AdminState,
 ) -> Option<BytesMut> {
@@ -89,7 +91,7 @@ async fn relay_login(
             _ => (k.clone(), v.clone()),
         })
         .collect();
-    let mut upstream = match upstream::connect(config).await {
+    let mut upstream = match shared.connect_upstream(config).await {
         Ok(s) => s,
         Err(message) => {
             admin.metrics.upstream_connect_failed();
@@ -97,11 +99,9 @@ async fn relay_login(
             return None;
         }
     };
-    if upstream
-        .write_all(&encode_startup(196608, &login))
-        .await
-        .is_err()
-    {
+    // A TLS stream keeps what it is given until flushed.
+    let startup = encode_startup(196608, &login);
+    if upstream.write_all(&startup).await.is_err() || upstream.flush().await.is_err() {
         handshake::send_fatal(
             stream,
             "08006",
@@ -113,6 +113,7 @@ async fn relay_login(
     let mut from_client = BytesMut::with_capacity(1024);
     let accepted = exchange_login(stream, &mut upstream, &mut from_client, config).await?;
     let _ = upstream.write_all(&[fe::TERMINATE, 0, 0, 0, 4]).await;
+    let _ = upstream.shutdown().await;
     drop(upstream);
     if !accepted {
         let _ = stream.shutdown().await;
@@ -175,6 +176,12 @@ async fn relay_server_login(from_server: &mut BytesMut, stream: &mut ClientStrea
         let msg = from_server.split_to(h.size);
         match h.tag {
             be::READY_FOR_QUERY => return Some(true),
+            // A client in plain text must not be offered channel binding by a server the
+            // proxy reaches over TLS (see `relay::binding`).
+            be::AUTHENTICATION if stream.tls_version().is_none() => {
+                let hidden = binding::without_plus(&msg);
+                let _ = stream.write_all(hidden.as_deref().unwrap_or(&msg)).await;
+            }
             be::ERROR_RESPONSE => {
                 let _ = stream.write_all(&msg).await;
                 return Some(false);
@@ -212,7 +219,7 @@ async fn forward_passwords(
                     return Ok(false);
                 }
                 let msg = from_client.split_to(h.size);
-                if upstream.write_all(&msg).await.is_err() {
+                if upstream.write_all(&msg).await.is_err() || upstream.flush().await.is_err() {
                     return Err(ClientLoginStop::UpstreamGone);
                 }
             }

@@ -1,8 +1,7 @@
 //! The client's side of connection start-up: `SSLRequest` (TLS with the configured certificate,
 //! or 'N'), `GSSENCRequest` ('N'), `CancelRequest` (forwarded to the server, which knows the
-//! key) and finally the `StartupMessage`, whose raw bytes go to the server unchanged.
-
-use std::io;
+//! key) and finally the `StartupMessage`, whose raw bytes go to the server unchanged; under
+//! `client_tls = "require"` a startup in plain text is refused.
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -10,6 +9,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::tls::{TlsSetup, version_name};
+use crate::config::ClientTlsMode;
 use crate::events::ClientError;
 use crate::protocol::backend;
 use crate::protocol::startup::{self, StartupPacket};
@@ -21,6 +22,16 @@ pub enum ClientStream {
 }
 
 stream_enum_io!(ClientStream { Plain, Tls });
+
+impl ClientStream {
+    /// The TLS version of the connection, when it is encrypted.
+    pub fn tls_version(&self) -> Option<&'static str> {
+        match self {
+            ClientStream::Tls(s) => Some(version_name(s.get_ref().1.protocol_version())),
+            ClientStream::Plain(_) => None,
+        }
+    }
+}
 
 /// What the client asked for.
 pub enum Opening {
@@ -44,7 +55,8 @@ pub struct HandshakeError {
 }
 
 /// Reads start-up packets until a `StartupMessage` or `CancelRequest`.
-pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Opening, HandshakeError> {
+pub async fn accept(tcp: TcpStream, setup: &TlsSetup) -> Result<Opening, HandshakeError> {
+    let tls = setup.acceptor.as_ref();
     let mut stream = ClientStream::Plain(tcp);
     let fail = |stream, message: String| HandshakeError {
         stream: Some(stream),
@@ -64,39 +76,7 @@ pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Opening
                 continue;
             }
         }
-        let mut len = [0u8; 4];
-        if let Err(e) = stream.read_exact(&mut len).await {
-            return Err(HandshakeError {
-                stream: None,
-                code: "08P01",
-                message: format!("incomplete startup packet: {e}"),
-                reason: None,
-            });
-        }
-        let size = match startup::packet_size(&len) {
-            Ok(Some(n)) => n,
-            Ok(None) => unreachable!("four bytes were read"),
-            // PostgreSQL only logs an impossible length and closes: the client gets nothing
-            // (a driver that raced its own Terminate ahead of its startup packet expects that).
-            Err(e) => {
-                return Err(HandshakeError {
-                    stream: None,
-                    code: "08P01",
-                    message: e,
-                    reason: Some(ClientError::Protocol),
-                });
-            }
-        };
-        let mut packet = vec![0u8; size];
-        packet[..4].copy_from_slice(&len);
-        if let Err(e) = stream.read_exact(&mut packet[4..]).await {
-            return Err(HandshakeError {
-                stream: None,
-                code: "08P01",
-                message: format!("incomplete startup packet: {e}"),
-                reason: None,
-            });
-        }
+        let packet = read_packet(&mut stream).await?;
         match startup::parse(&packet) {
             Err(e) => return Err(fail(stream, e)),
             Ok(StartupPacket::Cancel) => return Ok(Opening::Cancel(packet)),
@@ -111,6 +91,12 @@ pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Opening
                     write_byte(&mut stream, b'N').await?;
                 }
             },
+            Ok(StartupPacket::Startup { .. })
+                if setup.client_mode == ClientTlsMode::Require
+                    && matches!(stream, ClientStream::Plain(_)) =>
+            {
+                return Err(plain_refused(stream));
+            }
             Ok(StartupPacket::Startup { params, .. }) => {
                 return Ok(Opening::Startup {
                     stream,
@@ -119,6 +105,51 @@ pub async fn accept(tcp: TcpStream, tls: Option<&TlsAcceptor>) -> Result<Opening
                 });
             }
         }
+    }
+}
+
+/// One start-up packet, whole (its length word included).
+async fn read_packet(stream: &mut ClientStream) -> Result<Vec<u8>, HandshakeError> {
+    let incomplete = |e: std::io::Error| HandshakeError {
+        stream: None,
+        code: "08P01",
+        message: format!("incomplete startup packet: {e}"),
+        reason: None,
+    };
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.map_err(incomplete)?;
+    let size = match startup::packet_size(&len) {
+        Ok(Some(n)) => n,
+        Ok(None) => unreachable!("four bytes were read"),
+        // PostgreSQL only logs an impossible length and closes: the client gets nothing
+        // (a driver that raced its own Terminate ahead of its startup packet expects that).
+        Err(e) => {
+            return Err(HandshakeError {
+                stream: None,
+                code: "08P01",
+                message: e,
+                reason: Some(ClientError::Protocol),
+            });
+        }
+    };
+    let mut packet = vec![0u8; size];
+    packet[..4].copy_from_slice(&len);
+    stream
+        .read_exact(&mut packet[4..])
+        .await
+        .map_err(incomplete)?;
+    Ok(packet)
+}
+
+/// The refusal of a client in plain text under `client_tls = "require"`.
+fn plain_refused(stream: ClientStream) -> HandshakeError {
+    HandshakeError {
+        stream: Some(stream),
+        code: "28000",
+        message: "optlock accepts only TLS connections (client_tls = \"require\"): connect with \
+                  sslmode=require, verify-ca or verify-full"
+            .into(),
+        reason: Some(ClientError::Tls),
     }
 }
 
@@ -158,31 +189,4 @@ pub async fn send_fatal<W: AsyncWrite + Unpin>(w: &mut W, code: &str, message: &
     backend::write_error(&mut out, "FATAL", code, message);
     let _ = w.write_all(&out).await;
     let _ = w.shutdown().await;
-}
-
-/// Loads the TLS certificate chain and key for client connections.
-pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<TlsAcceptor> {
-    use anyhow::Context as _;
-    let certs = rustls_pemfile::certs(&mut io::BufReader::new(
-        std::fs::File::open(cert)
-            .with_context(|| format!("cannot open tls_cert {}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("cannot read certificates from {}", cert.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("tls_cert {} holds no PEM certificate", cert.display());
-    }
-    let key = rustls_pemfile::private_key(&mut io::BufReader::new(
-        std::fs::File::open(key)
-            .with_context(|| format!("cannot open tls_key {}", key.display()))?,
-    ))
-    .with_context(|| format!("cannot read the private key from {}", key.display()))?
-    .with_context(|| format!("tls_key {} holds no PEM private key", key.display()))?;
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the TLS certificate and key do not fit together")?;
-    Ok(TlsAcceptor::from(std::sync::Arc::new(config)))
 }

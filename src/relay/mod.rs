@@ -2,7 +2,10 @@
 //!
 //! - [`handshake`]: the client's start-up packets (TLS, GSSENC, cancel, startup).
 //! - [`session`]: the IO loop of one session, around its [`Engine`].
-//! - [`upstream`]: the connection to the server, and cancel requests.
+//! - [`upstream`]: the connection to the server (TLS negotiated as libpq does), and cancel
+//!   requests.
+//! - [`tls`]: the TLS material of both legs, read at start and on reload.
+//! - [`binding`]: SCRAM channel binding, which cannot pass a proxy that ends TLS.
 //! - [`shared`]: what every session of the process shares (settings, TLS, the operator).
 //!
 //! The relay is the only code that does IO for a session: the protocol itself (the reply queue,
@@ -56,8 +59,10 @@ macro_rules! stream_enum_io {
     };
 }
 
+pub mod binding;
 pub mod handshake;
 pub mod session;
+pub mod tls;
 pub mod upstream;
 
 pub mod shared;
@@ -70,18 +75,21 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::engine::{Engine, Ident, Settings};
 use crate::events::{ClientError, SessionStart};
+use binding::BindingCheck;
 use handshake::{ClientStream, Opening};
 use session::Session;
 pub use shared::{Operator, Shared};
+use tls::TlsSetup;
 use upstream::Upstream;
 
 /// Serves one accepted client connection to its end.
 pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
     let settings = shared.settings();
+    let tls = shared.tls();
     let opening = match tokio::time::timeout(
         settings.config.client_login_timeout,
-        handshake::accept(tcp, shared.tls.as_ref()),
+        handshake::accept(tcp, &tls),
     )
     .await
     {
@@ -104,7 +112,7 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     };
     match opening {
         Opening::Cancel(packet) => {
-            upstream::forward_cancel(&settings.config.upstream, &packet, peer).await
+            upstream::forward_cancel(&settings.config, &tls.upstream, &packet, peer).await
         }
         Opening::Startup {
             stream,
@@ -143,7 +151,7 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
                     .instrument(span)
                     .await
             } else {
-                run_session(stream, packet, ident, shared, settings)
+                run_session(stream, packet, ident, shared, settings, tls)
                     .instrument(span)
                     .await
             }
@@ -157,10 +165,11 @@ async fn run_session(
     ident: Ident,
     shared: Arc<Shared>,
     settings: Arc<Settings>,
+    tls: Arc<TlsSetup>,
 ) {
     let started = std::time::Instant::now();
     let config = &settings.config;
-    let upstream = match upstream::connect(config).await {
+    let upstream = match upstream::connect(config, &tls.upstream).await {
         Ok(s) => s,
         Err(message) => {
             shared.operator.upstream_connect_failed();
@@ -174,10 +183,22 @@ async fn run_session(
         user: ident.user.clone(),
         database: ident.database.clone(),
         application_name: ident.application_name.clone(),
+        client_tls: stream.tls_version(),
+        server_tls: upstream.tls_version(),
     });
-    debug!("session started");
+    debug!(
+        client_tls = stream.tls_version().unwrap_or("off"),
+        server_tls = upstream.tls_version().unwrap_or("off"),
+        "session started"
+    );
     let engine = Engine::new(shared.clone(), settings.clone(), ident, &packet);
     let mut session = Session::new(shared.clone(), engine, hooks);
+    let client_cert = stream.tls_version().and(tls.client_leaf.as_deref());
+    session.check_binding(BindingCheck::needed(
+        client_cert,
+        upstream.server_certificate(),
+    ));
+    drop(tls);
     let end = match upstream {
         Upstream::Tcp(mut s) => {
             let (sr, sw) = s.split();
@@ -185,6 +206,10 @@ async fn run_session(
         }
         Upstream::Unix(mut s) => {
             let (sr, sw) = s.split();
+            relay_to(&mut session, &mut stream, sr, sw).await
+        }
+        Upstream::Tls(mut s) => {
+            let (sr, sw) = tokio::io::split(s.as_mut());
             relay_to(&mut session, &mut stream, sr, sw).await
         }
     };
@@ -200,7 +225,7 @@ async fn relay_to<SR, SW>(
 ) -> session::End
 where
     SR: tokio::io::AsyncRead + Unpin,
-    SW: tokio::io::AsyncWrite + Unpin,
+    SW: tokio::io::AsyncWrite + session::Buffering + Unpin,
 {
     match stream {
         ClientStream::Plain(tcp) => {

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 use tracing::{debug, info, warn};
 
+use super::binding::BindingCheck;
 use super::shared::Shared;
 use crate::engine::{Engine, Fault};
 use crate::events::{ClientError as ClientErrorKind, Direction, SessionHooks};
@@ -39,6 +40,8 @@ struct Io<'w, CR, CW, SR, SW> {
     server_w: &'w mut SW,
     /// Everything for the client was written; a flush is still owed (TLS).
     client_flush: bool,
+    /// Everything for the server was written; a flush is still owed (TLS).
+    server_flush: bool,
     /// Until login completes (dropped then, so no timer stays armed).
     login_timeout: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -74,6 +77,9 @@ pub struct Session {
     server_shut: bool,
     /// Batches of messages read so far (for sampling `added_latency`).
     batches: u32,
+    /// While logging in with TLS on the server's leg: what SCRAM channel binding needs (see
+    /// [`BindingCheck`]).
+    binding: Option<BindingCheck>,
 }
 
 impl Session {
@@ -87,7 +93,13 @@ impl Session {
             server_closing: false,
             server_shut: false,
             batches: 0,
+            binding: None,
         }
+    }
+
+    /// Watches SCRAM channel binding during the login, when it is needed.
+    pub fn check_binding(&mut self, check: Option<BindingCheck>) {
+        self.binding = check;
     }
 
     /// Relays until either side closes. The startup packet is the first thing the engine
@@ -103,7 +115,7 @@ impl Session {
         CR: AsyncRead + Unpin,
         CW: AsyncWrite + Unpin,
         SR: AsyncRead + Unpin,
-        SW: AsyncWrite + Unpin,
+        SW: AsyncWrite + Buffering + Unpin,
     {
         let mut io = Io {
             client_r,
@@ -111,6 +123,7 @@ impl Session {
             server_r,
             server_w: &mut server_w,
             client_flush: false,
+            server_flush: false,
             login_timeout: Some(Box::pin(tokio::time::sleep(
                 self.engine.settings().config.client_login_timeout,
             ))),
@@ -132,7 +145,7 @@ impl Session {
         CR: AsyncRead + Unpin,
         CW: AsyncWrite + Unpin,
         SR: AsyncRead + Unpin,
-        SW: AsyncWrite + Unpin,
+        SW: AsyncWrite + Buffering + Unpin,
     {
         let mut waits = Waits::default();
         loop {
@@ -188,7 +201,7 @@ impl Session {
     ) -> Poll<Result<bool, End>>
     where
         CW: AsyncWrite + Unpin,
-        SW: AsyncWrite + Unpin,
+        SW: AsyncWrite + Buffering + Unpin,
     {
         let mut progress = false;
         let to_server = self.engine.to_server();
@@ -196,6 +209,7 @@ impl Session {
             match Pin::new(&mut *io.server_w).poll_write(cx, to_server) {
                 Poll::Ready(Ok(n)) if n > 0 => {
                     to_server.advance(n);
+                    io.server_flush = SW::BUFFERS && to_server.is_empty();
                     progress = true;
                 }
                 Poll::Ready(Ok(_)) => {
@@ -242,16 +256,8 @@ impl Session {
                 Poll::Pending => waits.server_w = true,
             }
         }
-        if io.client_flush && !waits.client_w {
-            match Pin::new(&mut *io.client_w).poll_flush(cx) {
-                Poll::Ready(Ok(())) => io.client_flush = false,
-                Poll::Ready(Err(e)) => {
-                    return Poll::Ready(Err(End::ClientError(format!(
-                        "write to client failed: {e}"
-                    ))));
-                }
-                Poll::Pending => waits.client_w = true,
-            }
+        if let Err(end) = flush_out(cx, io, waits) {
+            return Poll::Ready(Err(end));
         }
         Poll::Ready(Ok(progress))
     }
@@ -276,10 +282,18 @@ impl Session {
                 Poll::Ready(Ok(0)) if self.engine.terminated() => return Err(End::ClientClosed),
                 Poll::Ready(Err(_)) if self.engine.terminated() => return Err(End::ClientClosed),
                 Poll::Ready(Ok(0)) => return Err(End::ServerClosed),
+                // A TLS leg the server left without its close_notify (its backend was
+                // killed): the same end as a socket closed.
+                Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(End::ServerClosed);
+                }
                 Poll::Ready(Ok(n)) => {
                     self.shared
                         .operator
                         .bytes(Direction::ServerToClient, n as u64);
+                    if self.binding.is_some() {
+                        self.watch_binding(false)?;
+                    }
                     let timer = self.latency_sample();
                     self.engine.process_server(&*self.hooks).map_err(end_of)?;
                     self.latency_done(timer);
@@ -308,6 +322,9 @@ impl Session {
                     self.shared
                         .operator
                         .bytes(Direction::ClientToServer, n as u64);
+                    if self.binding.is_some() {
+                        self.watch_binding(true)?;
+                    }
                     let timer = self.latency_sample();
                     self.engine.process_client(&*self.hooks).map_err(end_of)?;
                     self.latency_done(timer);
@@ -321,6 +338,27 @@ impl Session {
             }
         }
         Ok(progress)
+    }
+
+    /// Takes the offer of channel binding out of what the server says, or refuses a client
+    /// whose binding cannot pass (see [`BindingCheck`]); stops watching once the message it
+    /// waits for passed, or the login is over.
+    #[cold]
+    fn watch_binding(&mut self, client: bool) -> Result<(), End> {
+        let Some(check) = &self.binding else {
+            return Ok(());
+        };
+        let over = if client {
+            check
+                .client_input(self.engine.client_input())
+                .map_err(|refusal| End::ClientFault(ClientErrorKind::Tls, refusal.into()))?
+        } else {
+            check.server_input(self.engine.server_input())
+        };
+        if over || self.engine.logged_in() {
+            self.binding = None;
+        }
+        Ok(())
     }
 
     /// Starts timing this batch of messages for the `added_latency` histogram, one batch in
@@ -407,6 +445,57 @@ impl Session {
     pub fn resets_client(&self) -> bool {
         self.engine.bytes_after_terminate()
     }
+}
+
+/// A writer to the server, and whether it keeps bytes until flushed: a TLS stream's does, a
+/// socket's never (the code that flushes it is then left out at compile time, so a plain
+/// server leg runs exactly the code it ran before TLS).
+pub trait Buffering {
+    const BUFFERS: bool;
+}
+
+impl Buffering for tokio::net::tcp::WriteHalf<'_> {
+    const BUFFERS: bool = false;
+}
+
+impl Buffering for tokio::net::unix::WriteHalf<'_> {
+    const BUFFERS: bool = false;
+}
+
+impl<T> Buffering for tokio::io::WriteHalf<T> {
+    const BUFFERS: bool = true;
+}
+
+/// Flushes what a TLS writer still holds, on either side, once everything for that side was
+/// written (a plain server socket holds nothing and is not asked).
+fn flush_out<CR, CW, SR, SW>(
+    cx: &mut Context<'_>,
+    io: &mut Io<'_, CR, CW, SR, SW>,
+    waits: &mut Waits,
+) -> Result<(), End>
+where
+    CW: AsyncWrite + Unpin,
+    SW: AsyncWrite + Buffering + Unpin,
+{
+    if SW::BUFFERS && io.server_flush && !waits.server_w {
+        match Pin::new(&mut *io.server_w).poll_flush(cx) {
+            Poll::Ready(Ok(())) => io.server_flush = false,
+            Poll::Ready(Err(e)) => {
+                return Err(End::ServerError(format!("write to server failed: {e}")));
+            }
+            Poll::Pending => waits.server_w = true,
+        }
+    }
+    if io.client_flush && !waits.client_w {
+        match Pin::new(&mut *io.client_w).poll_flush(cx) {
+            Poll::Ready(Ok(())) => io.client_flush = false,
+            Poll::Ready(Err(e)) => {
+                return Err(End::ClientError(format!("write to client failed: {e}")));
+            }
+            Poll::Pending => waits.client_w = true,
+        }
+    }
+    Ok(())
 }
 
 /// The session's end when the engine found a protocol violation.

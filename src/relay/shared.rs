@@ -1,5 +1,6 @@
-//! What every session of the process shares: the settings in force (swapped on reload), the
-//! shutdown signal, the client TLS acceptor, and the operator side the relay reports to.
+//! What every session of the process shares: the settings in force and the TLS material of
+//! both legs (each swapped on reload), the shutdown signal, and the operator side the relay
+//! reports to.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -7,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use super::handshake::ClientStream;
+use super::tls::TlsSetup;
+use super::upstream::{self, Upstream};
 use crate::config::Config;
 use crate::engine::{Ident, Settings, SettingsSource};
 use crate::events::ProcessEvents;
@@ -40,7 +42,7 @@ pub struct Shared {
     /// Moved on by DDL that may change which relations' writes land in a guarded table.
     catalog_epoch: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
-    pub tls: Option<TlsAcceptor>,
+    tls: RwLock<Arc<TlsSetup>>,
     pub operator: Arc<dyn Operator>,
     /// The config file, for reloads.
     pub config_path: Option<PathBuf>,
@@ -70,7 +72,7 @@ impl Shared {
     pub fn new(
         settings: Settings,
         shutdown: watch::Receiver<bool>,
-        tls: Option<TlsAcceptor>,
+        tls: TlsSetup,
         config_path: Option<PathBuf>,
         operator: Arc<dyn Operator>,
     ) -> Shared {
@@ -80,7 +82,7 @@ impl Shared {
             catalog_epoch: AtomicU64::new(0),
             settings: RwLock::new(Arc::new(settings)),
             shutdown,
-            tls,
+            tls: RwLock::new(Arc::new(tls)),
             operator,
             config_path,
         }
@@ -92,6 +94,18 @@ impl Shared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The TLS material in force (certificates are read again on reload).
+    pub fn tls(&self) -> Arc<TlsSetup> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Connects to the upstream server with the TLS material in force; the error is for the
+    /// client (`08006`).
+    pub async fn connect_upstream(&self, config: &Config) -> Result<Upstream, String> {
+        let tls = self.tls();
+        upstream::connect(config, &tls.upstream).await
     }
 
     /// The generation of the current settings (changes on reload).
@@ -110,7 +124,9 @@ impl Shared {
         next
     }
 
-    /// Re-reads the config file; on error the running config stays and the error says why.
+    /// Re-reads the config file and the TLS certificates and keys it names; on error the
+    /// running config and certificates stay and the error says why. Sessions already open
+    /// keep their connections as they are.
     pub fn reload(&self) -> Result<String, String> {
         let Some(path) = &self.config_path else {
             return Err("no config file to reload (started without --config)".into());
@@ -126,20 +142,20 @@ impl Shared {
         if next.upstream != c.upstream {
             at_restart.push("upstream");
         }
-        if next.tls != c.tls {
-            at_restart.push("tls_cert/tls_key");
-        }
         if next.metrics_listen != c.metrics_listen {
             at_restart.push("metrics_listen");
         }
         next.listen = c.listen.clone();
         next.upstream = c.upstream.clone();
-        next.tls = c.tls.clone();
         next.metrics_listen = c.metrics_listen.clone();
+        next.check_tls()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let tls = TlsSetup::load(&next).map_err(|e| format!("{}: {e:#}", path.display()))?;
         let n = next.guards.len();
         let s = self.replace_config(next);
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tls);
         let mut msg = format!(
-            "reloaded {}: {n} guarded table(s), generation {}",
+            "reloaded {}: {n} guarded table(s), TLS certificates read again, generation {}",
             path.display(),
             s.generation
         );

@@ -3,11 +3,13 @@
 //! given guards (or from a config file), client connections directly and through the proxy,
 //! the proxy's metrics over HTTP, and small readers of tokio-postgres replies. Its submodules:
 //! [`wire`] the raw protocol client, [`guards`] the shared guard configs and the tables they
-//! guard, [`cluster`] a throwaway PostgreSQL cluster, [`binary`] the `optlock` executable,
-//! [`scenario`] the differential two-session harness (directly vs through the proxy).
+//! guard, [`cluster`] a throwaway PostgreSQL cluster, [`certs`] test certificates and a cluster
+//! with `ssl = on`, [`binary`] the `optlock` executable, [`scenario`] the differential
+//! two-session harness (directly vs through the proxy).
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod certs;
 pub mod cluster;
 pub mod guards;
 pub mod scenario;
