@@ -609,7 +609,7 @@ async fn shutdown_waits_for_an_unsynced_extended_batch() {
     assert_eq!(rest[0].field(b'C').as_deref(), Some("57P01"));
 }
 
-/// A stand-in server that logs the client in, answers its first `Query` with `FATAL 57P01`
+/// A stand-in server (without TLS) that logs the client in, answers its first `Query` with `FATAL 57P01`
 /// and then resets the connection (as a terminated backend's socket does when written to).
 async fn fatal_then_reset(listener: tokio::net::TcpListener) {
     let (mut s, _) = listener.accept().await.unwrap();
@@ -617,6 +617,13 @@ async fn fatal_then_reset(listener: tokio::net::TcpListener) {
     s.read_exact(&mut len).await.unwrap();
     let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
     s.read_exact(&mut startup).await.unwrap();
+    if startup == 80877103u32.to_be_bytes() {
+        // An SSLRequest: this server has no TLS.
+        s.write_all(b"N").await.unwrap();
+        s.read_exact(&mut len).await.unwrap();
+        startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+        s.read_exact(&mut startup).await.unwrap();
+    }
     let mut login = vec![b'R', 0, 0, 0, 8, 0, 0, 0, 0];
     login.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
     s.write_all(&login).await.unwrap();
