@@ -397,3 +397,100 @@ async fn a_client_that_half_closes_before_its_login_ended_gets_everything_answer
     assert_eq!(through, direct);
     assert!(no_backend_left(&db, Duration::from_secs(2)).await);
 }
+
+/// Every byte a raw client reads after sending `bytes` at once, to the end (the keys of
+/// `BackendKeyData` and the server's parameter values aside: they differ per session).
+async fn raw_bytes_to_end(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    out
+}
+
+#[tokio::test]
+async fn refused_startups_read_as_postgresql_refuses_them() {
+    let db = invoice_db("end_startups", 1, "").await;
+    let no_user = startup(&[("database", &db.name)]);
+    let v4 = startup_version(4 << 16, &[("user", "postgres"), ("database", &db.name)]);
+    let v2 = startup_version(2 << 16, &[("user", "postgres"), ("database", &db.name)]);
+    let proxy = Proxy::with_guards(INVOICE).await;
+    for (what, bytes) in [
+        ("no user", no_user),
+        ("protocol 4.0", v4),
+        ("protocol 2.0", v2),
+    ] {
+        let direct = raw_bytes_to_end(&upstream(), &bytes).await;
+        let through = raw_bytes_to_end(&proxy.addr.to_string(), &bytes).await;
+        // The bytes as text, an error by its severity, code and message (PostgreSQL adds
+        // its source file and line).
+        let text = |b: &[u8]| {
+            let t = String::from_utf8_lossy(b).replace('\0', "|");
+            t.split('|')
+                .filter(|f| !["F", "L", "R"].iter().any(|c| f.starts_with(c)) || f.len() < 2)
+                .collect::<Vec<_>>()
+                .join("|")
+                .chars()
+                .skip(if b.first() == Some(&b'E') && b.len() > 5 && b[1] == 0 {
+                    5
+                } else {
+                    0
+                })
+                .collect::<String>()
+        };
+        assert!(!direct.is_empty(), "{what}: PostgreSQL answers");
+        assert_eq!(text(&through), text(&direct), "{what}");
+    }
+    // A startup sent behind an SSLRequest, before its answer: PostgreSQL without TLS (as
+    // this proxy has none) answers `N`, then refuses the bytes that came unencrypted.
+    let ssl_then_startup = [
+        ssl_request(),
+        startup(&[("user", "postgres"), ("database", &db.name)]),
+    ]
+    .concat();
+    let through = raw_bytes_to_end(&proxy.addr.to_string(), &ssl_then_startup).await;
+    let text = String::from_utf8_lossy(&through);
+    assert!(
+        text.starts_with("NE")
+            && text.contains("C08P01")
+            && text.contains("received unencrypted data after SSL request"),
+        "{text:?}"
+    );
+    // The longest startup packet PostgreSQL takes: 10000 bytes after the length word.
+    let padded = |n: usize| {
+        let mut p = startup(&[
+            ("user", "postgres"),
+            ("database", &db.name),
+            ("options", ""),
+        ]);
+        let fill = n - p.len();
+        let at = p.len() - 2;
+        p.splice(at..at, std::iter::repeat_n(b' ', fill));
+        let len = p.len() as u32;
+        p[..4].copy_from_slice(&len.to_be_bytes());
+        p
+    };
+    let longest = padded(10_004);
+    let logged_in = |b: Vec<u8>| b.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']);
+    assert!(logged_in(
+        raw_bytes_to_end_after(&upstream(), &longest).await
+    ));
+    assert!(logged_in(
+        raw_bytes_to_end_after(&proxy.addr.to_string(), &longest).await
+    ));
+}
+
+/// [`raw_bytes_to_end`] for a login: a `Terminate` follows, so the session ends.
+async fn raw_bytes_to_end_after(addr: &str, startup: &[u8]) -> Vec<u8> {
+    raw_bytes_to_end(addr, &[startup, &terminate()].concat()).await
+}

@@ -7,8 +7,8 @@ pub const SSL_REQUEST: i32 = 80877103;
 pub const GSSENC_REQUEST: i32 = 80877104;
 pub const CANCEL_REQUEST: i32 = 80877102;
 
-/// Largest startup packet accepted (PostgreSQL allows 10000 bytes).
-pub const MAX_STARTUP_PACKET: usize = 10_000;
+/// Largest startup packet accepted: PostgreSQL takes 10000 bytes after the length word.
+pub const MAX_STARTUP_PACKET: usize = 10_000 + 4;
 
 /// A decoded startup packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +36,35 @@ pub fn packet_size(buf: &[u8]) -> Result<Option<usize>, String> {
     Ok(Some(len as usize))
 }
 
+/// A startup packet PostgreSQL refuses: its SQLSTATE and words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub code: &'static str,
+    pub message: String,
+    /// The client asked for a protocol before 3.0: PostgreSQL answers in that protocol's
+    /// format (an `E`, the text, a NUL), see [`write_v2_error`].
+    pub before_v3: bool,
+}
+
+impl From<&str> for Refused {
+    fn from(message: &str) -> Refused {
+        Refused {
+            code: "08P01",
+            message: message.to_string(),
+            before_v3: false,
+        }
+    }
+}
+
+/// An error as a client of a protocol before 3.0 reads it.
+pub fn write_v2_error(out: &mut Vec<u8>, message: &str) {
+    out.push(b'E');
+    out.extend_from_slice(format!("FATAL:  {message}\n").as_bytes());
+    out.push(0);
+}
+
 /// Decodes one complete startup packet (length field included).
-pub fn parse(packet: &[u8]) -> Result<StartupPacket, String> {
+pub fn parse(packet: &[u8]) -> Result<StartupPacket, Refused> {
     let (code, mut rest) = be_i32(&packet[4..]).ok_or("startup packet too short")?;
     match code {
         SSL_REQUEST => return Ok(StartupPacket::Ssl),
@@ -48,9 +75,13 @@ pub fn parse(packet: &[u8]) -> Result<StartupPacket, String> {
     let major = (code >> 16) as u16;
     let minor = (code & 0xffff) as u16;
     if major != 3 {
-        return Err(format!(
-            "unsupported frontend protocol {major}.{minor}: the server supports 3.0 to 3.x"
-        ));
+        return Err(Refused {
+            code: "0A000",
+            message: format!(
+                "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+            ),
+            before_v3: major < 3,
+        });
     }
     let mut params = Vec::new();
     loop {
@@ -66,7 +97,11 @@ pub fn parse(packet: &[u8]) -> Result<StartupPacket, String> {
         rest = after;
     }
     if !params.iter().any(|(k, _)| k == "user") {
-        return Err("no PostgreSQL user name specified in startup packet".into());
+        return Err(Refused {
+            code: "28000",
+            message: "no PostgreSQL user name specified in startup packet".into(),
+            before_v3: false,
+        });
     }
     Ok(StartupPacket::Startup {
         major,

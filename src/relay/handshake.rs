@@ -78,7 +78,23 @@ pub async fn accept(tcp: TcpStream, setup: &TlsSetup) -> Result<Opening, Handsha
         }
         let packet = read_packet(&mut stream).await?;
         match startup::parse(&packet) {
-            Err(e) => return Err(fail(stream, e)),
+            Err(e) if e.before_v3 => {
+                // Answered in the format of the protocol the client asked for.
+                let mut out = Vec::new();
+                startup::write_v2_error(&mut out, &e.message);
+                let _ = stream.write_all(&out).await;
+                let _ = stream.shutdown().await;
+                return Err(HandshakeError {
+                    stream: None,
+                    ..fail(stream, e.message)
+                });
+            }
+            Err(e) => {
+                return Err(HandshakeError {
+                    code: e.code,
+                    ..fail(stream, e.message)
+                });
+            }
             Ok(StartupPacket::Cancel) => return Ok(Opening::Cancel(packet)),
             Ok(StartupPacket::GssEnc) => write_byte(&mut stream, b'N').await?,
             Ok(StartupPacket::Ssl) => match (stream, tls) {
@@ -88,7 +104,17 @@ pub async fn accept(tcp: TcpStream, setup: &TlsSetup) -> Result<Opening, Handsha
                 }
                 (s, _) => {
                     stream = s;
+                    // Bytes sent behind the SSLRequest, before its answer could be read, were
+                    // meant to go encrypted: PostgreSQL refuses them after its `N`.
+                    let pipelined =
+                        matches!(&stream, ClientStream::Plain(tcp) if has_data_now(tcp));
                     write_byte(&mut stream, b'N').await?;
+                    if pipelined {
+                        return Err(fail(
+                            stream,
+                            "received unencrypted data after SSL request".into(),
+                        ));
+                    }
                 }
             },
             Ok(StartupPacket::Startup { .. })
@@ -106,6 +132,14 @@ pub async fn accept(tcp: TcpStream, setup: &TlsSetup) -> Result<Opening, Handsha
             }
         }
     }
+}
+
+/// True when the client's bytes already wait in the socket (looked at without waiting).
+fn has_data_now(tcp: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    matches!(tcp.poll_peek(&mut cx, &mut buf), std::task::Poll::Ready(Ok(n)) if n > 0)
 }
 
 /// One start-up packet, whole (its length word included).
