@@ -155,8 +155,13 @@ mod tests {
         assert!(packet_size(&[0, 0, 0, 4]).is_err());
         assert!(packet_size(&[0, 1, 0, 0]).is_err());
         let no_user = encode_startup(196608, &[("database".into(), "x".into())]);
-        assert!(parse(&no_user).unwrap_err().contains("user"));
+        let e = parse(&no_user).unwrap_err();
+        assert!(e.message.contains("user") && e.code == "28000", "{e:?}");
         let v2 = encode_startup(2 << 16, &[("user".into(), "x".into())]);
-        assert!(parse(&v2).unwrap_err().contains("unsupported"));
+        let e = parse(&v2).unwrap_err();
+        assert!(
+            e.message.contains("unsupported") && e.code == "0A000" && e.before_v3,
+            "{e:?}"
+        );
     }
 }
