@@ -120,6 +120,7 @@ impl GuardState {
                 | Tag::BindFix(_)
                 | Tag::Resolve { .. }
                 | Tag::Derive { .. }
+                | Tag::Aggregates { .. }
                 | Tag::Listing { .. }
                 | Tag::Catalog
                 | Tag::CatalogEnd { .. } => Ok(false),
@@ -175,6 +176,7 @@ impl GuardState {
                 | Tag::BindFix(_)
                 | Tag::Resolve { .. }
                 | Tag::Derive { .. }
+                | Tag::Aggregates { .. }
                 | Tag::Listing { .. }
                 | Tag::Catalog
                 | Tag::CatalogEnd { .. } => Ok(false),
