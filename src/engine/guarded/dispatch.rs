@@ -110,8 +110,7 @@ impl GuardState {
                     let Tag::Read(reads) = std::mem::replace(t.as_mut(), Tag::Hidden) else {
                         unreachable!("matched Tag::Read");
                     };
-                    self.on_read_reply(cx, tag, msg, reads);
-                    Ok(false)
+                    Ok(self.on_read_reply(cx, tag, msg, reads))
                 }
                 Tag::DescribeStatement(_)
                 | Tag::DescribePortal(_)
