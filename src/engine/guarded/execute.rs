@@ -115,16 +115,8 @@ impl GuardState {
         }
         let style = cx.params.date_style;
         if let Some((added, plan)) = &portal.capture {
-            let to_client = &mut cx.out.to_client;
-            strip_row(
-                body,
-                *added,
-                Some(plan),
-                &mut self.tracker,
-                style,
-                to_client,
-            );
-            return true;
+            let out = &mut cx.out.to_client;
+            return strip_row(body, *added, Some(plan), &mut self.tracker, style, out);
         }
         let Some(described) = portal.described() else {
             return false;

@@ -92,8 +92,7 @@ impl GuardState {
                 let style = cx.params.date_style;
                 let plan = self.row_plan.as_deref();
                 let out = &mut cx.out.to_client;
-                strip_row(body, reads.strip, plan, &mut self.tracker, style, out);
-                true
+                strip_row(body, reads.strip, plan, &mut self.tracker, style, out)
             }
             be::COMMAND_COMPLETE => {
                 let at = reads.at;

@@ -265,7 +265,8 @@ pub fn strip_description(
 
 /// A `DataRow` of a result whose last `added` columns are the proxy's: `plan` reads them,
 /// and the client gets the row without them. One pass over the row, no copy of its values
-/// beyond the client's.
+/// beyond the client's. Returns false, having written nothing, for a row that does not
+/// read as one (the caller relays it as it is).
 pub fn strip_row(
     body: &[u8],
     added: usize,
@@ -273,16 +274,17 @@ pub fn strip_row(
     tracker: &mut Tracker,
     style: DateStyle,
     to_client: &mut BytesMut,
-) {
+) -> bool {
     let n = be_i16_count(body);
     let keep = n.saturating_sub(added);
     let Some((end, tail)) = be::split_row(body, keep) else {
-        return;
+        return false;
     };
     if let Some(plan) = plan {
         plan.observe_values(&tail, tracker, style);
     }
     be::write_head(to_client, be::DATA_ROW, body, keep, end);
+    true
 }
 
 /// The column count of a `RowDescription` or `DataRow` body.
