@@ -3,7 +3,8 @@
 #
 # Measures how many updates are silently lost when concurrent clients do a naive
 # read-modify-write on a few hot rows, and what preventing that costs. Table
-#   bench_rmw(id int primary key, balance bigint not null default 0, version bigint not null default 0)
+#   bench_rmw(id int primary key, balance bigint not null default 0, version bigint not null default 0,
+#             modified timestamptz not null default clock_timestamp())
 # with ROWS hot rows (ids 1..ROWS) among COLD_ROWS that nobody touches, as hot rows sit in a
 # real table: the reads and writes go through the primary key's index, so SERIALIZABLE takes
 # its predicate locks per row. (In a table of only a few rows the planner picks a sequential
@@ -17,13 +18,19 @@
 # i.e. the application's naive write: no version in it; optlock is expected to add the check.
 # Scripts: "autocommit" (as above: the read and the write are separate transactions) and
 # "transaction" (wrapped in BEGIN; ... COMMIT;, or BEGIN ISOLATION LEVEL SERIALIZABLE for
-# the serializable target).
+# the serializable target); "naive-autocommit" and "naive-transaction" are the same with a
+# read that lists no version column at all, as an unchanged application reads:
+#   SELECT balance FROM bench_rmw WHERE id = :id \gset
+# (optlock's read capture adds the key and version to the read and removes them from its rows).
 # Targets:
 #   direct   READ COMMITTED   plain PostgreSQL
 #   direct   SERIALIZABLE     PGOPTIONS='-c default_transaction_isolation=serializable'
 #                             (so each autocommit statement is serializable too)
 #   optlock  READ COMMITTED   through optlock with public.bench_rmw guarded
-#                             (key id, version "version", kind counter)
+#                             (key id; KINDS picks the guard: "counter" is version "version",
+#                             "timestamp" version "modified", "xmin" the system column; one
+#                             proxy and one target per kind, named optlock-<kind> when
+#                             KINDS holds more than one)
 # and, when asked for in TARGETS, SERIALIZABLE through a proxy without guards, which shows what
 # a proxy's added latency alone does to this hot-row workload (a longer window between the
 # read and the write, and a row lock held over two more hops before COMMIT):
@@ -62,11 +69,12 @@
 #   ROWS=10                       hot rows (fewer rows = more contention)
 #   COLD_ROWS=10000               rows after them that no script touches
 #   MODES="simple extended prepared"
-#   SCRIPTS="autocommit transaction"
+#   SCRIPTS="autocommit transaction naive-autocommit naive-transaction"
 #   TARGETS="direct-rc direct-serializable optlock"   add plain-serializable, pgbouncer-serializable
+#   KINDS="counter"               the optlock target's guard kinds: counter timestamp xmin
 #   OPTLOCK_WORKERS=N, KEEP_DB=1, PG_HOST/PG_PORT/PG_USER, CARGO_TARGET_DIR, OPTLOCK_BIN,
 #   NO_BUILD=1                    see bench/lib.sh
-# Default run: 3 targets x 2 scripts x 3 modes x 10 s, about 3.5 minutes.
+# Default run: 3 targets x 4 scripts x 3 modes x 10 s, about 7 minutes.
 # Results are printed and saved to bench/results/lost_updates-<date>.txt (gitignored).
 
 # shellcheck source=bench/lib.sh
@@ -79,8 +87,9 @@ MAX_TRIES=${MAX_TRIES:-100}
 ROWS=${ROWS:-10}
 COLD_ROWS=${COLD_ROWS:-10000}
 MODES=${MODES:-simple extended prepared}
-SCRIPTS=${SCRIPTS:-autocommit transaction}
+SCRIPTS=${SCRIPTS:-autocommit transaction naive-autocommit naive-transaction}
 TARGETS=${TARGETS:-direct-rc direct-serializable optlock}
+KINDS=${KINDS:-counter}
 DB=optlock_bench_rmw
 
 need psql pgbench
@@ -93,7 +102,8 @@ pg_direct "$DB" <<SQL
 CREATE TABLE bench_rmw (
     id      int PRIMARY KEY,
     balance bigint NOT NULL DEFAULT 0,
-    version bigint NOT NULL DEFAULT 0
+    version bigint NOT NULL DEFAULT 0,
+    modified timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 INSERT INTO bench_rmw (id) SELECT g FROM generate_series(1, $ROWS + $COLD_ROWS) g;
 ANALYZE bench_rmw;
@@ -103,25 +113,42 @@ SQL
 body="\\set id random(1, $ROWS)
 SELECT balance, version FROM bench_rmw WHERE id = :id \\gset
 UPDATE bench_rmw SET balance = :balance + 1 WHERE id = :id;"
-printf '%s\n' "$body" >"$WORK_DIR/autocommit.sql"
-printf 'BEGIN;\n%s\nCOMMIT;\n' "$body" >"$WORK_DIR/transaction.sql"
-printf 'BEGIN ISOLATION LEVEL SERIALIZABLE;\n%s\nCOMMIT;\n' "$body" >"$WORK_DIR/transaction-serializable.sql"
+naive="\\set id random(1, $ROWS)
+SELECT balance FROM bench_rmw WHERE id = :id \\gset
+UPDATE bench_rmw SET balance = :balance + 1 WHERE id = :id;"
+for prefix in "" naive-; do
+    [[ -n $prefix ]] && b=$naive || b=$body
+    printf '%s\n' "$b" >"$WORK_DIR/${prefix}autocommit.sql"
+    printf 'BEGIN;\n%s\nCOMMIT;\n' "$b" >"$WORK_DIR/${prefix}transaction.sql"
+    printf 'BEGIN ISOLATION LEVEL SERIALIZABLE;\n%s\nCOMMIT;\n' "$b" >"$WORK_DIR/${prefix}transaction-serializable.sql"
+done
 
-OPTLOCK_PORT=""
+# One optlock per guard kind: the target optlock (one kind), or optlock-<kind> for each.
+declare -A KIND_PORT
 if [[ " $TARGETS " == *" optlock "* ]]; then
-    OPTLOCK_PORT=$(free_port)
-    cat >"$WORK_DIR/optlock.toml" <<EOF
-listen = "127.0.0.1:$OPTLOCK_PORT"
-upstream = "$PG_HOST:$PG_PORT"
-conflict_sqlstate = "40001"
-
-[[guard]]
-table = "public.bench_rmw"
-key = ["id"]
-version = "version"
-kind = "counter"
-EOF
-    start_optlock "$OPTLOCK_PORT" "$WORK_DIR/optlock.toml"
+    expanded=""
+    for target in $TARGETS; do
+        if [[ $target != optlock ]]; then
+            expanded+=" $target"
+            continue
+        fi
+        for kind in $KINDS; do
+            [[ $KINDS == *" "* ]] && expanded+=" optlock-$kind" || expanded+=" optlock"
+            port=$(free_port)
+            KIND_PORT[$kind]=$port
+            case $kind in
+                counter) guard=$'version = "version"\nkind = "counter"' ;;
+                timestamp) guard=$'version = "modified"\nkind = "timestamp"' ;;
+                xmin) guard='version = "xmin"' ;;
+                *) die "unknown guard kind $kind" ;;
+            esac
+            printf '%s\n' "listen = \"127.0.0.1:$port\"" "upstream = \"$PG_HOST:$PG_PORT\"" \
+                'conflict_sqlstate = "40001"' '' '[[guard]]' 'table = "public.bench_rmw"' \
+                'key = ["id"]' "$guard" >"$WORK_DIR/optlock-$kind.toml"
+            start_optlock "$port" "$WORK_DIR/optlock-$kind.toml"
+        done
+    done
+    TARGETS=$expanded
 fi
 PLAIN_PORT=""
 if [[ " $TARGETS " == *" plain-serializable "* ]]; then
@@ -134,7 +161,7 @@ if [[ " $TARGETS " == *" pgbouncer-serializable "* ]]; then
     start_pgbouncer "$PGBOUNCER_PORT"
 fi
 
-FMT='%-9s %-12s %-11s %-9s %10s %8s %7s %8s %7s %9s %8s %10s  %s\n'
+FMT='%-17s %-12s %-17s %-9s %10s %8s %7s %8s %7s %9s %8s %10s  %s\n'
 {
     echo "# optlock lost-update benchmark: pgbench -c $CLIENTS -j $THREADS -T $DURATION --max-tries=$MAX_TRIES, $ROWS hot rows of $((ROWS + COLD_ROWS))"
     echo "# $(date -u '+%Y-%m-%d %H:%M:%S UTC')  host $(hostname)  $(nproc) cores  $(pgbench --version)"
@@ -150,26 +177,28 @@ for mode in $MODES; do
         for target in $TARGETS; do
             # PgBouncer drops the startup `options` that make each autocommit statement
             # serializable (ignore_startup_parameters): only the transaction script applies.
-            [[ $target == pgbouncer-serializable && $script == autocommit ]] && continue
+            [[ $target == pgbouncer-serializable && $script == *autocommit ]] && continue
             case $target in
                 direct-rc) port=$PG_PORT host=$PG_HOST iso="read-commit" pgopts="" file=$script.sql name=direct ;;
                 direct-serializable)
                     port=$PG_PORT host=$PG_HOST iso="serializable" name=direct
                     pgopts="-c default_transaction_isolation=serializable"
-                    file=$script.sql; [[ $script == transaction ]] && file=transaction-serializable.sql ;;
-                optlock) port=$OPTLOCK_PORT host=127.0.0.1 iso="read-commit" pgopts="" file=$script.sql name=optlock ;;
+                    file=$script.sql; [[ $script == *transaction ]] && file=$script-serializable.sql ;;
+                optlock | optlock-*)
+                    kind=${target#optlock-}; [[ $target == optlock ]] && kind=${KINDS%% *}
+                    port=${KIND_PORT[$kind]} host=127.0.0.1 iso="read-commit" pgopts="" file=$script.sql name=$target ;;
                 plain-serializable | pgbouncer-serializable)
                     host=127.0.0.1 iso="serializable" name=${target%-serializable}
                     [[ $name == plain ]] && port=$PLAIN_PORT || port=$PGBOUNCER_PORT
                     pgopts="-c default_transaction_isolation=serializable"
-                    file=$script.sql; [[ $script == transaction ]] && file=transaction-serializable.sql ;;
+                    file=$script.sql; [[ $script == *transaction ]] && file=$script-serializable.sql ;;
                 *) die "unknown target $target" ;;
             esac
             pg_direct "$DB" -c "UPDATE bench_rmw SET balance = 0 WHERE balance <> 0" -c "VACUUM ANALYZE bench_rmw"
             out="$WORK_DIR/run-$mode-$script-$target.txt"
-            [[ $name == optlock || $name == plain ]] && { check_optlock "$port" || true; }
+            [[ $name == optlock* || $name == plain ]] && { check_optlock "$port" || true; }
             case $name in
-                optlock | plain) proxy_pid=${OPTLOCK_AT[$port]:-} ;;
+                optlock* | plain) proxy_pid=${OPTLOCK_AT[$port]:-} ;;
                 pgbouncer) proxy_pid=$(cat "$PGBOUNCER_PIDFILE" 2>/dev/null) ;;
                 *) proxy_pid="" ;;
             esac
@@ -187,7 +216,7 @@ for mode in $MODES; do
             if [[ $rc -ne 0 ]]; then
                 note="pgbench rc=$rc: $(grep -m1 -iE 'aborted|error|fatal' "$out" | cut -c1-120)"
             fi
-            if [[ $name == optlock || $name == plain ]] && ! check_optlock "$port"; then
+            if [[ $name == optlock* || $name == plain ]] && ! check_optlock "$port"; then
                 note="$note [$OPTLOCK_DIED]"
             fi
             cpu="-" proxy_cpu="-"

@@ -308,17 +308,22 @@ async fn two_instances_of_a_table_pair_nothing() {
         ]);
         s.check().await;
     }
-    // A plain read still teaches: B's write makes A's stale.
-    let mut s = scenario("one instance", PAIRS, GUARD);
+    // Each instance teaches its own rows (read capture adds each one's key and version):
+    // B's write makes A's stale.
+    let mut s = scenario("each instance", PAIRS, GUARD);
     s.steps = steps(vec![
         same(
             A,
             "SELECT a.id, a.version FROM item a JOIN item b ON b.id = a.id + 1",
         ),
         same(B, "UPDATE item SET qty = 7 WHERE id = 1"),
-        same(A, "UPDATE item SET qty = 8 WHERE id = 1"),
+        conflict(A, "UPDATE item SET qty = 8 WHERE id = 1"),
     ]);
-    // Both instances are item: nothing learned, so A's write goes unchecked.
+    s.proxy_state = Some(common::scenario::rows_of(&[
+        &["1", "7"],
+        &["2", "200"],
+        &["3", "300"],
+    ]));
     s.check().await;
     let mut s = scenario("one instance", PAIRS, GUARD);
     s.steps = steps(vec![
@@ -353,7 +358,8 @@ async fn two_instances_pair_nothing_when_prepared() {
         .execute("UPDATE item SET qty = 1 WHERE id = $1", &[&1i32])
         .await
         .unwrap();
-    assert_eq!(n, 1, "row 1 was never read: no conflict");
+    // Row 1 was read as instance `a`, at its own version (never paired with row 2's).
+    assert_eq!(n, 1, "no false conflict");
 }
 
 const STAMPED: &str = "CREATE TABLE item (id int PRIMARY KEY, qty int,

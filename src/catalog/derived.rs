@@ -8,7 +8,7 @@
 //! guarded table, or refuse them) is decided from [`Derived::how`] and whether the relation
 //! shows the guard's key and version columns under the same names.
 
-use super::resolve::{ResolvedGuard, ResolvedGuards};
+use super::resolve::{ResolvedGuard, ResolvedGuards, SHADOWED};
 use crate::config::{Guard, TableName, VersionKind};
 use crate::guard::Alias;
 use crate::guard::values::quote_literal;
@@ -40,6 +40,8 @@ pub struct Derived {
     pub keys: Vec<Option<(i16, u32)>>,
     /// The guard's version column in this relation (`xmin` too: a view has none).
     pub version: Option<(i16, u32)>,
+    /// Another relation has this one's name (see [`ResolvedGuard::shadowed`]).
+    pub shadowed: bool,
 }
 
 impl Derived {
@@ -53,7 +55,8 @@ impl Derived {
 /// one text row per (relation, key or version column) with the columns guard index, relation
 /// OID, schema, name, how (`inherit`, `view`, `trigger`, `rule`; `none` for a view no write
 /// can go through), role (`k` or `v`), position in the key, attnum and type OID (NULL when
-/// the relation has no column of that name). The guarded tables themselves are not listed.
+/// the relation has no column of that name), and whether another relation has its name. The
+/// guarded tables themselves are not listed.
 pub fn derived_query(guards: &[Guard]) -> String {
     let mut values = Vec::new();
     for (i, g) in guards.iter().enumerate() {
@@ -108,7 +111,8 @@ pub fn derived_query(guards: &[Guard]) -> String {
          WHEN pg_catalog.pg_relation_is_updatable(c.oid::regclass, false) & 20 <> 0 THEN 'view' \
          ELSE 'none' END, \
          cols.role, cols.pos::text, a.attnum::text, \
-         coalesce(nullif(b.typbasetype, 0), nullif(t.typbasetype, 0), t.oid)::text \
+         coalesce(nullif(b.typbasetype, 0), nullif(t.typbasetype, 0), t.oid)::text, \
+         {SHADOWED} \
          FROM rels r JOIN pg_catalog.pg_class c ON c.oid = r.oid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          JOIN cols ON cols.guard = r.guard \
@@ -160,6 +164,7 @@ pub fn parse_derived(rows: &[Vec<Option<String>>], guards: &[Guard]) -> Vec<Deri
                     how,
                     keys: vec![None; g.key.len()],
                     version: None,
+                    shadowed: field(9) != Some("false"),
                 });
                 out.last_mut().expect("just pushed")
             }
@@ -268,6 +273,7 @@ fn alias_columns(d: &Derived, root: Option<&ResolvedGuard>) -> Option<ResolvedGu
         acts_without_rows: d.how == How::View || root.is_none_or(|r| r.acts_without_rows),
         version_typmod: root.map_or(-1, |r| r.version_typmod),
         version_sequence: root.and_then(|r| r.version_sequence),
+        shadowed: d.shadowed,
     })
 }
 

@@ -4,6 +4,8 @@
 //!   and version columns, so the relay can recognise them in RowDescription.
 //! - [`derived`]: per session, the relations whose writes land in a guarded table (partitions,
 //!   parents, views, rules).
+//! - [`aggregates`]: per session, the names of the aggregate and window functions, which
+//!   keep a read from being captured.
 //! - [`check`]: `optlock check`, which tells whether each guard fits its table and prints the
 //!   DDL (or config change) that fixes what does not.
 //! - [`suggest`]: `optlock suggest`, ready `[[guard]]` stanzas for existing tables.
@@ -11,6 +13,7 @@
 //!
 //! This module also holds the catalog reads `check` and `suggest` share.
 
+pub mod aggregates;
 pub mod check;
 mod column;
 pub mod derived;

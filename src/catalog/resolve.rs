@@ -42,6 +42,10 @@ pub struct ResolvedGuard {
     pub version_typmod: i32,
     /// The sequence the version column's default draws from (`nextval(...)`), by OID.
     pub version_sequence: Option<u32>,
+    /// Another relation of the database (in another schema) has the table's name, so an
+    /// unqualified name may mean that one: a read names the table unqualified gets no
+    /// columns added (see [`crate::guard::capture`]). Unknown reads as true.
+    pub shadowed: bool,
 }
 
 impl ResolvedGuard {
@@ -111,11 +115,18 @@ impl ResolvedGuards {
     }
 }
 
+/// Whether another relation than `c` has `c`'s name (text `true`/`false`): one a `FROM` may
+/// name (tables, views, materialized views, foreign tables, sequences), in any schema,
+/// temporary ones of other sessions included.
+pub const SHADOWED: &str = "(SELECT count(*) > 1 FROM pg_catalog.pg_class s \
+     WHERE s.relname = c.relname AND s.relkind IN ('r', 'p', 'v', 'm', 'f', 'S'))::text";
+
 /// One `SELECT` over the catalog that resolves `guards`: one text row per (guard index, role,
 /// position, table OID, attnum, type OID, whether a write of the table may act without rows
 /// (see [`ResolvedGuard::acts_without_rows`]), type modifier, OID of the sequence the column's
 /// default draws from) with role `k` (key column, position in the key) or `v` (version column,
-/// position 0). Columns that do not exist come back with NULL attnum.
+/// position 0), and whether another relation has the table's name (see
+/// [`ResolvedGuard::shadowed`]). Columns that do not exist come back with NULL attnum.
 pub fn resolve_query(guards: &[Guard]) -> String {
     let mut values = Vec::new();
     for (i, g) in guards.iter().enumerate() {
@@ -135,7 +146,8 @@ pub fn resolve_query(guards: &[Guard]) -> String {
     if values.is_empty() {
         return "SELECT NULL::text AS guard, NULL::text AS role, NULL::text AS pos, \
                 NULL::text AS table_oid, NULL::text AS attnum, NULL::text AS type_oid, \
-                NULL::text AS acts_without_rows, NULL::text AS typmod, NULL::text AS seq LIMIT 0"
+                NULL::text AS acts_without_rows, NULL::text AS typmod, NULL::text AS seq, \
+                NULL::text AS shadowed LIMIT 0"
             .to_string();
     }
     // In tgtype, 1 marks FOR EACH ROW, 8 DELETE and 16 UPDATE.
@@ -151,7 +163,8 @@ pub fn resolve_query(guards: &[Guard]) -> String {
          AND dep.objid = d.oid AND dep.refclassid = 'pg_catalog.pg_class'::regclass \
          JOIN pg_catalog.pg_class s ON s.oid = dep.refobjid AND s.relkind = 'S' \
          WHERE d.adrelid = c.oid AND d.adnum = a.attnum \
-         AND pg_catalog.pg_get_expr(d.adbin, d.adrelid) LIKE 'nextval(%') \
+         AND pg_catalog.pg_get_expr(d.adbin, d.adrelid) LIKE 'nextval(%'), \
+         {SHADOWED} \
          FROM (VALUES {}) AS g(guard, role, pos, nsp, rel, att) \
          JOIN pg_catalog.pg_namespace n ON n.nspname = g.nsp \
          JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = g.rel \
@@ -165,7 +178,7 @@ pub fn resolve_query(guards: &[Guard]) -> String {
     )
 }
 
-/// Reads the text rows of [`resolve_query`] (nine columns each; the last two may be missing) for the same `guards`.
+/// Reads the text rows of [`resolve_query`] (ten columns each; the last three may be missing) for the same `guards`.
 /// Rows that do not parse, or name a guard out of range, are ignored; a guard missing its
 /// table or any of its columns is absent.
 pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> ResolvedGuards {
@@ -176,6 +189,7 @@ pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> Resolve
         acts_without_rows: bool,
         typmod: i32,
         sequence: Option<u32>,
+        shadowed: bool,
     }
     let mut partial: Vec<Option<Partial>> = guards.iter().map(|_| None).collect();
     for row in rows {
@@ -198,11 +212,13 @@ pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> Resolve
             acts_without_rows: false,
             typmod: -1,
             sequence: None,
+            shadowed: false,
         });
         if p.table_oid != table_oid {
             continue;
         }
         p.acts_without_rows |= field(6) != Some("false");
+        p.shadowed |= field(9) != Some("false");
         let column = match (
             field(4).and_then(|v| v.parse::<i16>().ok()),
             field(5).and_then(|v| v.parse::<u32>().ok()),
@@ -235,6 +251,7 @@ pub fn parse_resolved(rows: &[Vec<Option<String>>], guards: &[Guard]) -> Resolve
                 acts_without_rows: p.acts_without_rows,
                 version_typmod: p.typmod,
                 version_sequence: p.sequence,
+                shadowed: p.shadowed,
             })
         });
         if let Some(r) = &resolved {

@@ -34,8 +34,9 @@ pub trait SettingsSource: Send + Sync {
     fn settings(&self) -> Arc<Settings>;
 
     /// A number moved on whenever a session ran DDL that may change which relations' writes
-    /// land in a guarded table (a view, a partition, a rule, a trigger): every session then
-    /// resolves its guards again at its next boundary.
+    /// land in a guarded table (a view, a partition, a rule, a trigger) or what read capture
+    /// knows of the database (see [`changes_landing`]): every session then resolves its
+    /// guards again at its next boundary.
     fn catalog_epoch(&self) -> u64 {
         0
     }
@@ -45,7 +46,8 @@ pub trait SettingsSource: Send + Sync {
 }
 
 /// True for the command tags of DDL that may change which relations' writes land in a
-/// guarded table.
+/// guarded table, or what read capture must know of the database: which names are aggregate
+/// functions, which relations share a guarded table's name.
 pub fn changes_landing(tag: &[u8]) -> bool {
     matches!(
         tag,
@@ -59,6 +61,17 @@ pub fn changes_landing(tag: &[u8]) -> bool {
             | b"DROP RULE"
             | b"CREATE TRIGGER"
             | b"DROP TRIGGER"
+            | b"CREATE AGGREGATE"
+            | b"ALTER AGGREGATE"
+            | b"DROP AGGREGATE"
+            | b"CREATE FOREIGN TABLE"
+            | b"ALTER FOREIGN TABLE"
+            | b"DROP FOREIGN TABLE"
+            | b"ALTER MATERIALIZED VIEW"
+            | b"DROP MATERIALIZED VIEW"
+            | b"CREATE SEQUENCE"
+            | b"ALTER SEQUENCE"
+            | b"DROP SEQUENCE"
     )
 }
 

@@ -18,7 +18,7 @@ use super::lex::Lexed;
 use super::locate::guarded_write;
 use super::reads::read_facts;
 use super::unparsed::{unparsed, untokenizable};
-use super::{Action, Analysis, GuardSet, PinnedRead, Statement};
+use super::{Action, Analysis, Capture, GuardSet, PinnedRead, Statement};
 
 /// Analyses a SQL text (a simple `Query` string or one `Parse` statement).
 pub fn analyze(sql: &str, guards: &GuardSet) -> Analysis {
@@ -35,26 +35,28 @@ pub fn analyze(sql: &str, guards: &GuardSet) -> Analysis {
         let action = analyze_statement(&lexed, toks, guards);
         statements.push(Statement { range, action });
     }
-    let (reads, read_unparsed, shared) = pinned_reads(sql, &statements, guards);
-    Analysis {
+    let mut analysis = Analysis {
+        statements,
+        reads: Vec::new(),
+        read_unparsed: false,
+        shared: Vec::new(),
+        captures: Vec::new(),
+    };
+    add_reads(sql, &mut analysis, guards);
+    analysis
+}
+
+/// The reads among the passed statements that name a guarded table: those that pin one row
+/// of it, whether one of those statements could not be parsed as a read, the guards one of
+/// them reads in more than one instance ([`Analysis::shared`]), and their captures.
+fn add_reads(sql: &str, analysis: &mut Analysis, guards: &GuardSet) {
+    let Analysis {
         statements,
         reads,
         read_unparsed,
         shared,
-    }
-}
-
-/// The reads among the passed statements that name a guarded table and pin one row of it,
-/// whether one of those statements could not be parsed as a read, and the guards one of them
-/// reads in more than one instance ([`Analysis::shared`]).
-fn pinned_reads(
-    sql: &str,
-    statements: &[Statement],
-    guards: &GuardSet,
-) -> (Vec<PinnedRead>, bool, Vec<usize>) {
-    let mut reads = Vec::new();
-    let mut read_unparsed = false;
-    let mut shared: Vec<usize> = Vec::new();
+        captures,
+    } = analysis;
     for (i, st) in statements.iter().enumerate() {
         let text = &sql[st.range.clone()];
         if st.action == (Action::Pass { tx_control: false })
@@ -73,12 +75,18 @@ fn pinned_reads(
                             shared.push(g);
                         }
                     }
+                    if let Some(c) = facts.capture {
+                        captures.push(Capture {
+                            statement: i,
+                            at: st.range.start + c.at,
+                            ..c
+                        });
+                    }
                 }
-                Err(_) => read_unparsed = true,
+                Err(_) => *read_unparsed = true,
             }
         }
     }
-    (reads, read_unparsed, shared)
 }
 
 fn analyze_statement(lexed: &Lexed, r: Range<usize>, guards: &GuardSet) -> Action {

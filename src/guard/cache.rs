@@ -12,7 +12,7 @@ use lru::LruCache;
 
 use super::analyze::analyze;
 use super::shape::{Shape, shape};
-use super::{Analysis, GuardSet, PinnedRead};
+use super::{Analysis, Capture, GuardSet, PinnedRead};
 
 /// Entries kept by [`AnalysisCache::new`].
 pub const DEFAULT_CAPACITY: usize = 4096;
@@ -63,6 +63,14 @@ impl Simple {
                 .map(|r| shape.instantiate_read(r, sql))
                 .collect::<Option<Vec<_>>>()
                 .map(Cow::Owned),
+        }
+    }
+
+    /// Where the columns of `capture` (one of [`Simple::kinds`]'s) go in the text itself.
+    pub fn capture_at(&self, capture: &Capture) -> Option<usize> {
+        match self {
+            Simple::Text(_) => Some(capture.at),
+            Simple::Shaped(shape, _) => shape.map_offset(capture.at),
         }
     }
 }

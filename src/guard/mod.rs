@@ -25,6 +25,8 @@
 //! - `rewrite.rs` ([`rewrite`]): renders a guarded write with its version predicate, bump and
 //!   `RETURNING`.
 //! - `reads.rs` ([`reads`]): which row a `SELECT` pins, for versions read without their key.
+//! - `capture.rs` ([`capture`]): which guarded table instances of a `SELECT` get their key and
+//!   version columns added to its output (read capture), and where they go in its text.
 //! - `cache.rs` ([`cache`]): the analysis of each statement text, computed once.
 //! - `shape.rs` ([`shape`]): simple-protocol texts with their constants taken out, so texts
 //!   that differ only in constants share one analysis; `shape/instantiate.rs` maps that
@@ -47,6 +49,7 @@
 
 pub mod analyze;
 pub mod cache;
+pub mod capture;
 pub mod conflict;
 pub mod datestyle;
 mod decide;
@@ -223,6 +226,39 @@ pub struct Analysis {
     /// table again in a subquery): its rows cannot tell the instances apart, so they teach
     /// nothing of that table.
     pub shared: Vec<usize>,
+    /// The `SELECT`s whose output the proxy may add key and version columns to (see
+    /// [`capture`]), in text order.
+    pub captures: Vec<Capture>,
+}
+
+/// A `SELECT` that reads guarded tables in a form whose output columns can be added to
+/// without changing its result (see [`capture`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    /// Index of the statement in [`Analysis::statements`].
+    pub statement: usize,
+    /// Where the added columns go: the end of the statement's select list (a byte offset in
+    /// the analysed text).
+    pub at: usize,
+    /// The guarded table instances of the statement's `FROM`, in text order.
+    pub tables: Vec<CaptureTable>,
+    /// The functions the select list and `ORDER BY` call (folded names, last part, each
+    /// once): the capture holds only when the session knows none of them is an aggregate
+    /// or a window function.
+    pub calls: Vec<String>,
+}
+
+/// One guarded table instance of a captured `SELECT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureTable {
+    /// Index of the guard in [`GuardSet::guards`] (an alias when it names a view or a
+    /// partition).
+    pub guard: usize,
+    /// SQL that qualifies the instance's columns: its alias, or its name as written.
+    pub qualifier: String,
+    /// The name is written without a schema: in a database where another relation has the
+    /// same name, the name may mean that one, and the instance is not captured.
+    pub unqualified: bool,
 }
 
 /// A read of one row of a guarded table: `SELECT ... FROM t WHERE key = value`. Its result

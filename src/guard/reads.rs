@@ -14,11 +14,12 @@ use sqlparser::ast::{self, SetExpr, TableFactor};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use super::capture::capture;
 use super::keywords::fold_ident;
 use super::lex::Lexed;
 use super::predicate::key_and_pin;
 use super::resolve::{TargetName, resolve};
-use super::{GuardSet, PinnedRead, Target};
+use super::{Capture, GuardSet, PinnedRead, Target};
 
 /// The row of a guarded table a single-table `SELECT` pins, if any (as statement 0).
 pub fn pinned_read(sql: &str, guards: &GuardSet) -> Option<PinnedRead> {
@@ -42,9 +43,12 @@ pub struct ReadFacts {
     /// The guards (indexes) whose table it reads in more than one instance: its result rows
     /// cannot tell which instance a key or version column belongs to.
     pub shared: Vec<usize>,
+    /// The columns the proxy may add to its output (see [`super::capture`]), as statement 0.
+    pub capture: Option<Capture>,
 }
 
-/// The row a read pins and the guarded tables it reads more than once (one parse for both).
+/// The row a read pins, the guarded tables it reads more than once and its capture (one
+/// parse for all three).
 pub fn read_facts(sql: &str, guards: &GuardSet) -> Result<ReadFacts, Unparsed> {
     // The tokens as the analysis gives them to the parser: `U&"..."` names decoded.
     let lexed = Lexed::new(sql).map_err(|_| Unparsed)?;
@@ -53,9 +57,14 @@ pub fn read_facts(sql: &str, guards: &GuardSet) -> Result<ReadFacts, Unparsed> {
         .parse_statements()
         .map_err(|_| Unparsed)?;
     let shared = shared_tables(&stmts, guards);
+    let capture = match stmts.as_slice() {
+        [stmt] => capture(stmt, &lexed, guards),
+        _ => None,
+    };
     Ok(ReadFacts {
         pinned: pinned_in(stmts, guards),
         shared,
+        capture,
     })
 }
 

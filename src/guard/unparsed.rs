@@ -20,6 +20,7 @@ pub(super) fn untokenizable(sql: &str, guards: &GuardSet) -> Analysis {
             reads: Vec::new(),
             read_unparsed: false,
             shared: Vec::new(),
+            captures: Vec::new(),
         };
     }
     let action = if guards.prefilter.may_write_guarded(sql.as_bytes()) {
@@ -55,6 +56,7 @@ pub(super) fn untokenizable(sql: &str, guards: &GuardSet) -> Analysis {
         reads: Vec::new(),
         read_unparsed: false,
         shared: Vec::new(),
+        captures: Vec::new(),
     }
 }
 

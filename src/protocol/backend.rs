@@ -183,6 +183,46 @@ pub fn write_truncated(out: &mut BytesMut, tag: u8, body: &[u8], keep: usize) ->
     Some(())
 }
 
+/// Splits a `DataRow` body after its first `keep` values: where those end in `body`, and the
+/// values after them (`None` is NULL). Nothing is allocated for a tail of up to eight values.
+pub fn split_row(body: &[u8], keep: usize) -> Option<(usize, Values<'_>)> {
+    let (n, mut rest) = be_i16(body)?;
+    let n = usize::try_from(n).ok()?;
+    let mut tail = Values::new();
+    let mut end = 0;
+    for i in 0..n {
+        if i == keep {
+            end = body.len() - rest.len();
+        }
+        let (len, r) = be_i32(rest)?;
+        if len < 0 {
+            rest = r;
+            if i >= keep {
+                tail.push(None);
+            }
+        } else {
+            let value = r.get(..len as usize)?;
+            rest = &r[len as usize..];
+            if i >= keep {
+                tail.push(Some(value));
+            }
+        }
+    }
+    if keep >= n {
+        end = body.len() - rest.len();
+    }
+    Some((end, tail))
+}
+
+/// Writes a `RowDescription` or `DataRow` of `keep` columns whose fields are `body[2..end]`
+/// (the first `keep` of `body`'s, `end` as [`split_row`] finds it).
+pub fn write_head(out: &mut BytesMut, tag: u8, body: &[u8], keep: usize, end: usize) {
+    let at = begin_message(out, tag);
+    out.extend_from_slice(&(keep as i16).to_be_bytes());
+    out.extend_from_slice(&body[2..end]);
+    finish_message(out, at);
+}
+
 /// Writes a `ParameterDescription` keeping only the first `keep` parameter types.
 pub fn write_parameter_description(out: &mut BytesMut, body: &[u8], keep: usize) -> Option<()> {
     let (n, rest) = be_u16(body)?;
@@ -308,5 +348,13 @@ mod tests {
             data_row(&out[5..]).unwrap().as_slice(),
             [Some(&b"a"[..]), Some(&b"bc"[..])]
         );
+        let (end, tail) = split_row(&row[5..], 1).unwrap();
+        assert_eq!(tail.as_slice(), [Some(&b"bc"[..]), Some(&b"def"[..])]);
+        let mut head = BytesMut::new();
+        write_head(&mut head, DATA_ROW, &row[5..], 1, end);
+        assert_eq!(data_row(&head[5..]).unwrap().as_slice(), [Some(&b"a"[..])]);
+        let (end, tail) = split_row(&row[5..], 3).unwrap();
+        assert_eq!((end, tail.len()), (row.len() - 5, 0));
+        assert!(split_row(&row[5..8], 1).is_none(), "a cut row");
     }
 }

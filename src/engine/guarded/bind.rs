@@ -44,6 +44,9 @@ impl GuardState {
         let Some(prepared) = self.statements.get(statement).cloned() else {
             return Ok(false);
         };
+        if let Some(capture) = &prepared.capture {
+            return Ok(self.bind_captured(cx, portal, msg, &prepared, capture));
+        }
         if let Some(pw) = &prepared.write
             && self.expects_nothing(cx, &pw.guards, &pw.write)
         {
@@ -427,7 +430,7 @@ fn own_result_formats(b: fe::Bind<'_>, client_returning: bool, added: usize) -> 
 /// The tag of a `Bind` with one result format per column and the proxy's columns after the
 /// client's: a count the server rejects is told in the client's terms (see
 /// [`super::counts`]).
-fn result_formats_fix(b: &fe::Bind<'_>, added: usize) -> StmtTag {
+pub(super) fn result_formats_fix(b: &fe::Bind<'_>, added: usize) -> StmtTag {
     let per_column = b.result_formats.len() >= 2
         && i16::from_be_bytes([b.result_formats[0], b.result_formats[1]]) > 1;
     (per_column && added > 0).then(|| {

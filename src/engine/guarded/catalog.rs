@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 use super::cx::Cx;
 use super::state::{CatalogState, GuardState};
 use super::tag::Tag;
+use crate::catalog::aggregates::{AGGREGATES_QUERY, Aggregates};
 use crate::catalog::{derived, resolve};
 use crate::engine::replies::Pending;
 use crate::protocol::{Frame, backend as be, frontend as fe};
@@ -124,6 +125,10 @@ impl GuardState {
                 Tag::Derive { rows: Vec::new() },
             ),
             (JIT_BACK.to_string(), Tag::Catalog),
+            (
+                AGGREGATES_QUERY.to_string(),
+                Tag::Aggregates { rows: Vec::new() },
+            ),
         ];
         if after_reload {
             queries.push((LISTING_QUERY.to_string(), Tag::Listing { rows: Vec::new() }));
@@ -135,8 +140,13 @@ impl GuardState {
     /// A reply to a catalog query that leaves its entry at the front: rows are kept, the
     /// rest hidden.
     pub(super) fn on_catalog_within(tag: u8, msg: Frame<'_>, t: &mut Tag) -> bool {
-        if let (Tag::Resolve { rows } | Tag::Derive { rows } | Tag::Listing { rows }, be::DATA_ROW) =
-            (t, tag)
+        if let (
+            Tag::Resolve { rows }
+            | Tag::Derive { rows }
+            | Tag::Aggregates { rows }
+            | Tag::Listing { rows },
+            be::DATA_ROW,
+        ) = (t, tag)
             && let Some(vals) = be::data_row(msg.body())
         {
             rows.push(
@@ -181,6 +191,15 @@ impl GuardState {
                     None => self.on_derived(cx, &rows),
                     Some(error) => {
                         warn!(%error, "relations whose writes land in guarded tables could not be listed in this database: writes through views, partitions and parents are not checked")
+                    }
+                }
+            }
+            Tag::Aggregates { rows } => {
+                self.catalog_query_done(error.is_none());
+                match error {
+                    None => self.aggregates = Some(Aggregates::parse(&rows)),
+                    Some(error) => {
+                        warn!(%error, "aggregate functions could not be listed in this database: reads whose select list calls a function are not captured")
                     }
                 }
             }

@@ -1,7 +1,7 @@
 //! `Describe` in the extended protocol: of a statement or portal the guard rewrote, the client
-//! sees the description of its own statement (without the proxy's version parameter and
-//! `RETURNING` columns); of one that reads a guarded table, the description tells where the
-//! rows' keys and versions are ([`Described`]).
+//! sees the description of its own statement (without the proxy's version parameter, its
+//! `RETURNING` columns and the columns read capture added); of one that reads a guarded
+//! table, the description tells where the rows' keys and versions are ([`Described`]).
 
 use bytes::BytesMut;
 
@@ -80,6 +80,9 @@ impl GuardState {
         if let Some(w) = &prepared.write {
             return self.hide_added_columns(cx, body, w.added, w.write.client_returning);
         }
+        if let Some(c) = &prepared.capture {
+            return self.hide_added_columns(cx, body, c.added, true);
+        }
         let pinned_guard = prepared.pinned.as_ref().map(|r| r.guard);
         let _ = prepared
             .described
@@ -100,6 +103,9 @@ impl GuardState {
         }
         if let Some(w) = &portal.write {
             return self.hide_added_columns(cx, body, w.added, w.client_returning);
+        }
+        if let Some((added, _)) = &portal.capture {
+            return self.hide_added_columns(cx, body, *added, true);
         }
         let pinned_guard = portal.pinned.as_ref().map(|r| r.guard);
         let shared = portal.statement.as_ref().map_or(&[][..], |s| &s.shared[..]);

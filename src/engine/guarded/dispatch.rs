@@ -110,8 +110,7 @@ impl GuardState {
                     let Tag::Read(reads) = std::mem::replace(t.as_mut(), Tag::Hidden) else {
                         unreachable!("matched Tag::Read");
                     };
-                    self.on_read_reply(cx, tag, msg, reads);
-                    Ok(false)
+                    Ok(self.on_read_reply(cx, tag, msg, reads))
                 }
                 Tag::DescribeStatement(_)
                 | Tag::DescribePortal(_)
@@ -120,6 +119,7 @@ impl GuardState {
                 | Tag::BindFix(_)
                 | Tag::Resolve { .. }
                 | Tag::Derive { .. }
+                | Tag::Aggregates { .. }
                 | Tag::Listing { .. }
                 | Tag::Catalog
                 | Tag::CatalogEnd { .. } => Ok(false),
@@ -175,6 +175,7 @@ impl GuardState {
                 | Tag::BindFix(_)
                 | Tag::Resolve { .. }
                 | Tag::Derive { .. }
+                | Tag::Aggregates { .. }
                 | Tag::Listing { .. }
                 | Tag::Catalog
                 | Tag::CatalogEnd { .. } => Ok(false),

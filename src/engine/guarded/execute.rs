@@ -8,6 +8,7 @@ use bytes::BytesMut;
 
 use super::checks::RaiseCtx;
 use super::cx::Cx;
+use super::rows::strip_row;
 use super::state::{AfterSync, GuardState};
 use super::statements::Portal;
 use super::tag::{StmtTag, Tag};
@@ -112,10 +113,14 @@ impl GuardState {
             }
             return true;
         }
+        let style = cx.params.date_style;
+        if let Some((added, plan)) = &portal.capture {
+            let out = &mut cx.out.to_client;
+            return strip_row(body, *added, Some(plan), &mut self.tracker, style, out);
+        }
         let Some(described) = portal.described() else {
             return false;
         };
-        let style = cx.params.date_style;
         if let Some(plan) = &described.reads {
             plan.observe(body, &mut self.tracker, style);
         }
@@ -137,8 +142,10 @@ impl GuardState {
             if let Some(check) = &portal.pinned
                 && tag == be::COMMAND_COMPLETE
             {
+                // A captured read showed every row's version.
                 let version = portal.described().and_then(|d| d.version);
-                check.complete(&mut self.tracker, msg.body(), version.is_some());
+                let shown = version.is_some() || portal.capture.is_some();
+                check.complete(&mut self.tracker, msg.body(), shown);
             }
             return Ok(false);
         };

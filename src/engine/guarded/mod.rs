@@ -19,6 +19,8 @@
 //! - [`catalog`]: the proxy's own queries: guard resolution, statement listing.
 //! - [`reads`]: versions tracked from result rows (any `SELECT`, text or binary).
 //! - [`pinned`]: versions read by a `SELECT` that pins one row without selecting its key.
+//! - [`capture`]: reads sent with key and version columns added to their output (read
+//!   capture), and the portals that strip them.
 //! - [`plan`]: what a guarded write expects (a version, nothing, or a refusal).
 //! - [`simple`]: a simple `Query` holding guarded writes becomes a script of steps.
 //! - [`script`]: runs that script, so that a conflict stops the rest of the text exactly as a
@@ -48,6 +50,7 @@ mod tag;
 
 mod bind;
 mod block;
+mod capture;
 mod catalog;
 mod close;
 mod counts;

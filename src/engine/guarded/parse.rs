@@ -85,10 +85,7 @@ impl GuardState {
         match parsed {
             Parsed::Passed => {
                 // A read, or a text that merely spells a write word (`SELECT ... FOR UPDATE`).
-                if found.name {
-                    self.prepare_read(&p, &guards);
-                }
-                cx.out.to_server.extend_from_slice(msg.bytes());
+                self.parse_read(cx, msg, &p, found.name, &guards);
                 cx.out.replies.push(Pending::Parse(reply()));
                 self.noted_after_parse(&undo);
             }
@@ -364,22 +361,56 @@ impl GuardState {
         undo.hidden
     }
 
-    /// Remembers a prepared statement that reads a guarded table (`p` names one), so its rows
-    /// can be followed.
-    fn prepare_read(&mut self, p: &fe::Parse<'_>, guards: &Arc<GuardSet>) {
-        if self.resolved.is_empty() {
-            return;
+    /// Sends the `Parse` (`msg`) of a statement that writes no guarded table: as it is, or,
+    /// for a read that names one (`names_guarded`) and is captured, with its key and version
+    /// columns added.
+    fn parse_read(
+        &mut self,
+        cx: &mut Cx<'_>,
+        msg: Frame<'_>,
+        p: &fe::Parse<'_>,
+        names_guarded: bool,
+        guards: &Arc<GuardSet>,
+    ) {
+        let captured = match names_guarded {
+            true => self.prepare_read(p, guards),
+            false => None,
+        };
+        match captured {
+            Some(text) => {
+                let out = &mut cx.out.to_server;
+                fe::write_parse(out, p.name, text.as_bytes(), &p.param_types);
+            }
+            None => cx.out.to_server.extend_from_slice(msg.bytes()),
         }
-        let analysis = std::str::from_utf8(p.query)
-            .ok()
-            .map(|sql| self.cache.get_or_analyze(sql, guards));
+    }
+
+    /// Remembers a prepared statement that reads a guarded table (`p` names one), so its rows
+    /// can be followed. Returns the text to prepare instead of the client's when the read is
+    /// captured (its key and version columns added).
+    fn prepare_read(&mut self, p: &fe::Parse<'_>, guards: &Arc<GuardSet>) -> Option<String> {
+        if self.resolved.is_empty() {
+            return None;
+        }
+        let sql = std::str::from_utf8(p.query).ok();
+        let analysis = sql.map(|sql| self.cache.get_or_analyze(sql, guards));
+        let captured = match (sql, analysis.as_deref()) {
+            (Some(sql), Some(a)) => match (a.statements.as_slice(), a.captures.as_slice()) {
+                ([_], [capture]) => self.prepared_capture(sql, capture, guards),
+                _ => None,
+            },
+            _ => None,
+        };
+        let (text, capture) = captured.unzip();
         let prepared = Prepared {
             pinned: analysis.as_ref().and_then(|a| a.lone_read().cloned()),
             shared: analysis.map(|a| a.shared.clone()).unwrap_or_default(),
+            capture,
             declared_types: p.param_types.clone(),
             ..Prepared::default()
         };
         self.statements.insert(p.name.into(), Arc::new(prepared));
+        text
     }
 
     /// What the prefilter finds in `text`, remembered for the texts of `Parse` messages.

@@ -8,13 +8,14 @@
 //!
 //! A simple `Query` may hold several statements (`BEGIN; SELECT ... WHERE id = 7`): its reply
 //! holds one result per statement, in order, each ended by its `CommandComplete`, which tells
-//! which statement the rows arriving belong to.
+//! which statement the rows arriving belong to. A statement read capture added columns to
+//! (see [`super::capture`]) has its result stripped of them here, and its rows read from them.
 
 use crate::protocol::Frame;
 use std::sync::Arc;
 
 use super::cx::Cx;
-use super::rows::{Col, ReadCheck, Reads};
+use super::rows::{Col, ReadCheck, Reads, strip_description, strip_row};
 use super::state::GuardState;
 use super::tag::Tag;
 use crate::engine::replies::Pending;
@@ -23,8 +24,18 @@ use crate::protocol::backend::{self as be, Column};
 use crate::protocol::frontend::Bind;
 
 impl GuardState {
-    /// Follows one message of the reply to a query holding pinned reads.
-    fn follow_reads(&mut self, cx: &mut Cx<'_>, tag: u8, msg: Frame<'_>, reads: &mut Reads) {
+    /// Follows one message of the reply to a query holding pinned reads or captured reads.
+    /// Returns true when the message was changed or swallowed.
+    fn follow_reads(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        msg: Frame<'_>,
+        reads: &mut Reads,
+    ) -> bool {
+        if let Some(i) = reads.captured.iter().position(|c| c.statement == reads.at) {
+            return self.follow_captured(cx, tag, msg, reads, i);
+        }
         let body = msg.body();
         let at = reads.at;
         let check = reads.checks.iter_mut().find(|c| c.statement == at);
@@ -35,7 +46,7 @@ impl GuardState {
             let cols = be::row_description(body).unwrap_or_default();
             self.row_plan = self.plan_of_columns(cx, &cols, &reads.shared).map(Arc::new);
             check.version = self.version_column(check.guard, &cols);
-            return;
+            return false;
         }
         self.track_simple_rows(cx, tag, msg, &reads.shared);
         if let Some(check) = check {
@@ -52,24 +63,74 @@ impl GuardState {
         if tag == be::COMMAND_COMPLETE {
             reads.at += 1;
         }
+        false
     }
 
-    /// A reply to a query holding pinned reads (`reads`, taken out of the front entry while
-    /// the session works with it): followed, then put back.
+    /// One message of the result of a captured statement (`reads.captured[i]`): its
+    /// `RowDescription` and rows lose the proxy's columns, which the rows' versions are read
+    /// from. A pinned read among them still forgets its row when the read finds none.
+    fn follow_captured(
+        &mut self,
+        cx: &mut Cx<'_>,
+        tag: u8,
+        msg: Frame<'_>,
+        reads: &mut Reads,
+        i: usize,
+    ) -> bool {
+        let body = msg.body();
+        let c = &reads.captured[i];
+        match tag {
+            be::ROW_DESCRIPTION => {
+                // Columns not the proxy's (never expected) leave the result as it is.
+                let out = &mut cx.out.to_client;
+                let stripped = strip_description(body, c.added, &c.layout, out);
+                reads.strip = if stripped.is_some() { c.added } else { 0 };
+                self.row_plan = stripped.flatten().map(Arc::new);
+                reads.strip > 0
+            }
+            be::DATA_ROW if reads.strip > 0 => {
+                let style = cx.params.date_style;
+                let plan = self.row_plan.as_deref();
+                let out = &mut cx.out.to_client;
+                strip_row(body, reads.strip, plan, &mut self.tracker, style, out)
+            }
+            be::COMMAND_COMPLETE => {
+                let at = reads.at;
+                if let Some(check) = reads.checks.iter().find(|c| c.statement == at) {
+                    check.complete(&mut self.tracker, body, reads.strip > 0);
+                }
+                self.row_plan = None;
+                reads.strip = 0;
+                reads.at += 1;
+                false
+            }
+            be::ERROR_RESPONSE => {
+                self.row_plan = None;
+                reads.strip = 0;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// A reply to a query holding pinned or captured reads (`reads`, taken out of the front
+    /// entry while the session works with it): followed, then put back. Returns true when
+    /// the message was changed or swallowed.
     pub(super) fn on_read_reply(
         &mut self,
         cx: &mut Cx<'_>,
         tag: u8,
         msg: Frame<'_>,
         mut reads: Box<Reads>,
-    ) {
+    ) -> bool {
         if tag == be::ERROR_RESPONSE && reads.step {
             self.fail_script();
         }
-        self.follow_reads(cx, tag, msg, &mut reads);
+        let taken = self.follow_reads(cx, tag, msg, &mut reads);
         if let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() {
             **t = Tag::Read(reads);
         }
+        taken
     }
 
     /// True when a pinned read must be followed: its result may show the version, or the

@@ -1,11 +1,15 @@
 //! How the guard reads result rows: where a guarded row's key and version columns are
-//! ([`ReadPlan`], [`Col`]), the pinned reads in flight ([`ReadCheck`], [`Reads`]), and the
-//! canonical text of a value, the form in which versions and keys are compared and tracked.
+//! ([`ReadPlan`], [`Col`]), the columns read capture added to a result ([`Captured`],
+//! [`strip_row`]), the pinned reads in flight ([`ReadCheck`], [`Reads`]), and the canonical
+//! text of a value, the form in which versions and keys are compared and tracked.
 //!
 //! Plain data and pure functions: what the session learns from the rows is decided in
 //! [`super::reads`] and [`super::pinned`].
 
+use bytes::BytesMut;
+
 use crate::catalog::resolve::ResolvedGuards;
+use crate::guard::capture::COLUMN_NAME;
 use crate::guard::datestyle::{self, DateStyle};
 use crate::guard::track::Tracker;
 use crate::guard::values;
@@ -46,10 +50,12 @@ struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReadPlan {
     entries: Vec<Entry>,
-    /// Indexes count from the end of the row: the row's last `n` columns are the plan's.
-    /// Such a plan reads the proxy's own `RETURNING` columns of a write: it advances the
-    /// versions the session knows and adds none.
+    /// Indexes count from the end of the row: the row's last `n` columns are the plan's
+    /// (the proxy's own: a write's `RETURNING`, or the columns read capture added).
     from_end: Option<usize>,
+    /// The plan reads the proxy's own `RETURNING` columns of a write: it advances the
+    /// versions the session knows and adds none.
+    advance: bool,
 }
 
 impl ReadPlan {
@@ -97,6 +103,36 @@ impl ReadPlan {
         (!entries.is_empty()).then_some(ReadPlan {
             entries,
             from_end: None,
+            advance: false,
+        })
+    }
+
+    /// The plan for the columns read capture added: the last `cols.len()` of each row (type
+    /// and format each), table by table in `layout` order (each table's key columns, then
+    /// its version). None when they do not add up.
+    pub fn captured(layout: &[(TableId, usize)], cols: &[(u32, i16)]) -> Option<ReadPlan> {
+        let col = |index: usize| Col {
+            index,
+            type_oid: cols[index].0,
+            format: cols[index].1,
+        };
+        let mut entries = Vec::with_capacity(layout.len());
+        let mut at = 0;
+        for &(table, keys) in layout {
+            if at + keys >= cols.len() {
+                return None;
+            }
+            entries.push(Entry {
+                table,
+                keys: (at..at + keys).map(col).collect(),
+                version: col(at + keys),
+            });
+            at += keys + 1;
+        }
+        (at == cols.len()).then_some(ReadPlan {
+            entries,
+            from_end: Some(cols.len()),
+            advance: false,
         })
     }
 
@@ -120,6 +156,7 @@ impl ReadPlan {
                 version,
             }],
             from_end: Some(types.len()),
+            advance: true,
         }
     }
 
@@ -140,9 +177,21 @@ impl ReadPlan {
         plan
     }
 
+    /// The same plan, every column in `format` (the proxy's own columns of a portal: all in
+    /// the one format its `Bind` asked for, else text).
+    pub fn with_format(&self, format: i16) -> ReadPlan {
+        let mut plan = self.clone();
+        for e in &mut plan.entries {
+            for c in e.keys.iter_mut().chain(std::iter::once(&mut e.version)) {
+                c.format = format;
+            }
+        }
+        plan
+    }
+
     /// Records the versions in one `DataRow` body, its text values printed under `style`.
     pub fn observe(&self, row_body: &[u8], tracker: &mut Tracker, style: DateStyle) {
-        if self.from_end.is_some() && tracker.is_empty() {
+        if self.advance && tracker.is_empty() {
             // A write's own versions only advance rows already tracked: none are.
             return;
         }
@@ -155,14 +204,19 @@ impl ReadPlan {
             };
             vals.drain(..first);
         }
+        self.observe_values(&vals, tracker, style);
+    }
+
+    /// Records the versions in one row's values: the whole row, or the plan's last columns
+    /// for a plan that reads the proxy's own.
+    pub fn observe_values(&self, vals: &[Option<&[u8]>], tracker: &mut Tracker, style: DateStyle) {
         for e in &self.entries {
-            let Some(version) = value(&vals, e.version, style) else {
+            let Some(version) = value(vals, e.version, style) else {
                 continue;
             };
-            let keys: Option<Vec<String>> =
-                e.keys.iter().map(|&c| value(&vals, c, style)).collect();
+            let keys: Option<Vec<String>> = e.keys.iter().map(|&c| value(vals, c, style)).collect();
             if let Some(keys) = keys {
-                if self.from_end.is_some() {
+                if self.advance {
                     tracker.advance(e.table, &keys, &version);
                 } else {
                     tracker.observe(e.table, &keys, &version);
@@ -170,6 +224,72 @@ impl ReadPlan {
             }
         }
     }
+}
+
+/// The columns read capture added to the output of one statement of a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// Index of the statement among the statements of its text (0 for a lone statement).
+    pub statement: usize,
+    /// Each table instance's table and number of key columns, in column order.
+    pub layout: Vec<(TableId, usize)>,
+    /// How many columns were added at the end of each row.
+    pub added: usize,
+}
+
+/// A `RowDescription` of a result whose last `added` columns should be the proxy's. When
+/// they are (they bear [`COLUMN_NAME`]), the client gets it without them, and the plan that
+/// reads them is returned (`Some(None)` when they do not match `layout`); `None` when they
+/// are not, and the result is the client's as it is.
+pub fn strip_description(
+    body: &[u8],
+    added: usize,
+    layout: &[(TableId, usize)],
+    to_client: &mut BytesMut,
+) -> Option<Option<ReadPlan>> {
+    let cols = be::row_description(body)?;
+    let keep = cols.len().checked_sub(added)?;
+    if !cols[keep..]
+        .iter()
+        .all(|c| c.name == COLUMN_NAME.as_bytes())
+    {
+        return None;
+    }
+    be::write_truncated(to_client, be::ROW_DESCRIPTION, body, keep)?;
+    let tail: Vec<(u32, i16)> = cols[keep..]
+        .iter()
+        .map(|c| (c.type_oid, c.format))
+        .collect();
+    Some(ReadPlan::captured(layout, &tail))
+}
+
+/// A `DataRow` of a result whose last `added` columns are the proxy's: `plan` reads them,
+/// and the client gets the row without them. One pass over the row, no copy of its values
+/// beyond the client's. Returns false, having written nothing, for a row that does not
+/// read as one (the caller relays it as it is).
+pub fn strip_row(
+    body: &[u8],
+    added: usize,
+    plan: Option<&ReadPlan>,
+    tracker: &mut Tracker,
+    style: DateStyle,
+    to_client: &mut BytesMut,
+) -> bool {
+    let n = be_i16_count(body);
+    let keep = n.saturating_sub(added);
+    let Some((end, tail)) = be::split_row(body, keep) else {
+        return false;
+    };
+    if let Some(plan) = plan {
+        plan.observe_values(&tail, tracker, style);
+    }
+    be::write_head(to_client, be::DATA_ROW, body, keep, end);
+    true
+}
+
+/// The column count of a `RowDescription` or `DataRow` body.
+fn be_i16_count(body: &[u8]) -> usize {
+    crate::protocol::be_i16(body).map_or(0, |(n, _)| n.max(0) as usize)
 }
 
 /// The result format codes in the raw tail of a `Bind` body.
@@ -277,6 +397,11 @@ pub struct Reads {
     pub step: bool,
     /// Guards the query reads in more than one instance: its rows teach nothing of them.
     pub shared: Vec<usize>,
+    /// The statements whose output read capture added columns to.
+    pub captured: Vec<Captured>,
+    /// Columns to take off the end of each row of the result arriving (the proxy's, found
+    /// in its `RowDescription`).
+    pub(super) strip: usize,
 }
 
 impl Reads {
@@ -286,6 +411,8 @@ impl Reads {
             at: 0,
             step,
             shared: Vec::new(),
+            captured: Vec::new(),
+            strip: 0,
         }
     }
 }

@@ -274,8 +274,9 @@ impl GuardState {
         self.follow_pinned_reads(cx, msg, sql, &analysis, guards)
     }
 
-    /// Relays a query that passes unchanged (`analysis` is its analysis), following its pinned
-    /// reads; false when it has none to follow.
+    /// Relays a query that needs no guarded write rewritten (`analysis` is its analysis):
+    /// with its captured reads' columns added ([`GuardState::capture_query`]), or as it is,
+    /// following its pinned reads; false when it has nothing to follow.
     fn follow_pinned_reads(
         &mut self,
         cx: &mut Cx<'_>,
@@ -284,6 +285,9 @@ impl GuardState {
         analysis: &Simple,
         guards: &GuardSet,
     ) -> bool {
+        if self.capture_query(cx, sql, analysis, guards) {
+            return true;
+        }
         let kinds = analysis.kinds();
         // A read of a guarded table in several instances is followed too: its rows must not
         // teach that table's versions (see `ReadPlan::from_columns`).

@@ -37,18 +37,22 @@ impl GuardState {
 
     /// A reload removed every guard: each write the session prepared in a guarded form is
     /// prepared again as the client wrote it, at its next `Bind` or `Describe` (its full form,
-    /// if any, closed then). With no guard the proxy reads no reply, so a statement left as it
-    /// was would show the client the proxy's parameter and `RETURNING` columns.
+    /// if any, closed then), and so is each read prepared with columns read capture added.
+    /// With no guard the proxy reads no reply, so a statement left as it was would show the
+    /// client the proxy's parameter, `RETURNING` and captured columns.
     pub fn unguard_statements(&mut self) {
         for (name, p) in self.statements.drain() {
-            if let Some(w) = &p.write {
-                let stale = StaleStatement {
-                    text: w.text.clone(),
-                    types: p.declared_types.clone(),
-                    old: Some(p.clone()),
-                };
-                self.stale.insert(name, stale);
-            }
+            let text = match (&p.write, &p.capture) {
+                (Some(w), _) => &w.text,
+                (None, Some(c)) => &c.text,
+                (None, None) => continue,
+            };
+            let stale = StaleStatement {
+                text: text.clone(),
+                types: p.declared_types.clone(),
+                old: Some(p.clone()),
+            };
+            self.stale.insert(name, stale);
         }
     }
 }

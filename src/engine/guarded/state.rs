@@ -14,6 +14,7 @@ use super::names::NameMap;
 use super::rows::ReadPlan;
 use super::statements::{Kept, Portal, Prepared, StaleStatement};
 use super::txn::TxnState;
+use crate::catalog::aggregates::Aggregates;
 use crate::catalog::resolve::ResolvedGuards;
 use crate::guard::cache::AnalysisCache;
 use crate::guard::prefilter::Found;
@@ -36,6 +37,9 @@ pub struct GuardState {
     /// texts again and again; scanning one costs more than looking it up).
     pub(super) found: NameMap<Found>,
     pub(super) resolved: Arc<ResolvedGuards>,
+    /// The names of the database's aggregate and window functions (read capture), once
+    /// listed.
+    pub(super) aggregates: Option<Aggregates>,
     pub(super) tracker: Tracker,
     pub(super) statements: NameMap<Arc<Prepared>>,
     /// Statements prepared before a reload that now write a guarded table.
@@ -95,6 +99,7 @@ impl GuardState {
             cache: AnalysisCache::new(),
             found: NameMap::default(),
             resolved: Arc::new(ResolvedGuards::default()),
+            aggregates: None,
             tracker: Tracker::new(track_limit),
             statements: NameMap::default(),
             stale: NameMap::default(),

@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::checks::WriteCheck;
 use super::rows::{Col, ReadCheck, ReadPlan};
+use crate::guard::TableId;
 use crate::guard::{GuardSet, GuardedWrite, PinnedRead};
 
 /// What [`super::GuardState::parse_guarded`] did with a statement.
@@ -39,6 +40,8 @@ pub struct Prepared {
     pub pinned: Option<PinnedRead>,
     /// Guards the statement reads in more than one instance: its rows teach nothing of them.
     pub shared: Vec<usize>,
+    /// A read prepared with the proxy's columns added to its output (read capture).
+    pub capture: Option<PreparedCapture>,
     /// Set by the reply to a `Describe` of the statement, or of its first described portal
     /// (each portal applies its own result formats).
     pub described: OnceLock<Described>,
@@ -59,6 +62,22 @@ impl Prepared {
             })
             .collect()
     }
+}
+
+/// A read prepared with key and version columns added to its output (see
+/// [`crate::guard::capture`]).
+#[derive(Debug)]
+pub struct PreparedCapture {
+    /// How many columns the proxy added at the end of the statement's output.
+    pub added: usize,
+    /// Each table instance's table and number of key columns, in column order.
+    pub layout: Vec<(TableId, usize)>,
+    /// Reads the added columns: in text, and in binary (a portal's `Bind` may ask either
+    /// for every column).
+    pub plans: [Arc<ReadPlan>; 2],
+    /// The client's own text: what the statement is prepared from again when no guard is
+    /// left to read its replies.
+    pub text: String,
 }
 
 /// A rewritten guarded write.
@@ -123,6 +142,9 @@ pub struct Portal {
     pub statement: Option<Arc<Prepared>>,
     /// A pinned read with its key bound.
     pub pinned: Option<ReadCheck>,
+    /// The columns read capture added at the end of each row (how many), and the plan that
+    /// reads them in the portal's format.
+    pub capture: Option<(usize, Arc<ReadPlan>)>,
     /// The raw result-format section of the `Bind`.
     pub result_formats: Box<[u8]>,
     /// Set by the reply to a `Describe` of the portal (formats as bound).

@@ -23,6 +23,9 @@ pub enum Tag {
     /// The `Execute` of the query run right after it that finds the relations whose writes
     /// land in a guarded table (see [`crate::catalog::derived`]).
     Derive { rows: Vec<Vec<Option<String>>> },
+    /// The `Execute` of the query run with them that lists the names of the database's
+    /// aggregate and window functions (see [`crate::catalog::aggregates`]).
+    Aggregates { rows: Vec<Vec<Option<String>>> },
     /// The `Execute` of the listing of the session's prepared statements after a reload.
     Listing { rows: Vec<Vec<Option<String>>> },
     /// Any other message of a catalog batch: every reply hidden, errors included.
@@ -85,6 +88,7 @@ impl Tag {
             self,
             Tag::Resolve { .. }
                 | Tag::Derive { .. }
+                | Tag::Aggregates { .. }
                 | Tag::Listing { .. }
                 | Tag::Catalog
                 | Tag::CatalogEnd { .. }

@@ -83,6 +83,13 @@ impl Shape {
                     }
             })
             && shaped.reads.iter().all(|r| r.key.iter().all(value))
+            && shaped.captures.iter().all(|c| self.map(c.at).is_some())
+    }
+
+    /// The offset in the original text of `p`, an offset in the shape that is not inside a
+    /// placeholder (a capture's insertion point).
+    pub fn map_offset(&self, p: usize) -> Option<usize> {
+        self.map(p)
     }
 
     /// The pinned read of the original text, from the pinned read of its shape.
@@ -136,6 +143,9 @@ impl Shape {
         }
         for read in &mut out.reads {
             *read = self.instantiate_read(read, sql)?;
+        }
+        for capture in &mut out.captures {
+            capture.at = self.map(capture.at)?;
         }
         Some(out)
     }

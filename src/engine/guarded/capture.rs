@@ -1,0 +1,207 @@
+//! Read capture in the session: a `SELECT` of guarded tables is sent with each table
+//! instance's key and version columns added to its output (see [`crate::guard::capture`]);
+//! they are read from each row to track versions and removed before the client sees
+//! anything.
+//!
+//! - Simple protocol: a `Query` with no guarded write whose statements have captures is sent
+//!   rewritten; the reply of each captured statement is stripped ([`super::pinned`] follows
+//!   it statement by statement).
+//! - Extended protocol: the `Parse` of a captured `SELECT` is sent rewritten; `Describe`
+//!   replies are stripped ([`super::describe`]); a `Bind` that gives one result format per
+//!   column gets formats for the added columns too; each `DataRow` of an `Execute` is
+//!   stripped ([`super::execute`]).
+//!
+//! Whether a statement is captured is decided once per text by the analysis, and per session
+//! from what its database says: the tables resolved there, the names another relation
+//! shadows, the names of aggregate functions.
+
+use std::sync::Arc;
+
+use super::cx::Cx;
+use super::rows::{Captured, ReadCheck, ReadPlan, Reads};
+use super::state::GuardState;
+use super::statements::{Portal, Prepared, PreparedCapture};
+use super::tag::Tag;
+use crate::engine::replies::Pending;
+use crate::guard::cache::Simple;
+use crate::guard::capture::{added_columns, push_columns};
+use crate::guard::{Capture, CaptureTable, GuardSet, TableId};
+use crate::protocol::{Frame, frontend as fe};
+
+impl GuardState {
+    /// The table instances of `capture` this session adds columns for: none when a function
+    /// the statement calls may be an aggregate or a window function (or the session has not
+    /// learned their names), else those whose guard this database resolves, and named
+    /// unqualified only when no other relation has that name.
+    pub(super) fn capture_tables<'c>(&self, capture: &'c Capture) -> Vec<&'c CaptureTable> {
+        let calls_plain = capture.calls.is_empty()
+            || self
+                .aggregates
+                .as_ref()
+                .is_some_and(|a| !capture.calls.iter().any(|c| a.contains(c)));
+        if !calls_plain {
+            return Vec::new();
+        }
+        capture
+            .tables
+            .iter()
+            .filter(|t| {
+                self.resolved
+                    .get(t.guard)
+                    .is_some_and(|rg| !(t.unqualified && rg.shadowed))
+            })
+            .collect()
+    }
+
+    /// A simple `Query` with no guarded write, some of whose statements are captured: sent
+    /// with their columns added, its replies followed ([`Tag::Read`]). False when none is.
+    pub(super) fn capture_query(
+        &mut self,
+        cx: &mut Cx<'_>,
+        sql: &str,
+        analysis: &Simple,
+        guards: &GuardSet,
+    ) -> bool {
+        let kinds = analysis.kinds();
+        if kinds.captures.is_empty() || self.resolved.is_empty() {
+            return false;
+        }
+        let mut text = String::new();
+        let mut copied = 0;
+        let mut captured = Vec::new();
+        for c in &kinds.captures {
+            let tables = self.capture_tables(c);
+            if tables.is_empty() {
+                continue;
+            }
+            let Some(at) = analysis.capture_at(c).filter(|&at| at >= copied) else {
+                return false;
+            };
+            if text.is_empty() {
+                text.reserve(sql.len() + 64 * tables.len());
+            }
+            text.push_str(&sql[copied..at]);
+            push_columns(&mut text, tables.iter().copied(), guards);
+            copied = at;
+            captured.push(Captured {
+                statement: c.statement,
+                layout: layout(&tables, guards),
+                added: added_columns(tables.iter().copied(), guards),
+            });
+        }
+        if captured.is_empty() {
+            return false;
+        }
+        text.push_str(&sql[copied..]);
+        let checks: Vec<ReadCheck> = match analysis.reads(sql) {
+            Some(reads) => reads
+                .iter()
+                .filter(|read| self.follows_read(cx, guards, read))
+                .filter_map(|read| self.read_check(guards, read, None))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut reads = Reads::new(checks, false);
+        reads.shared.clone_from(&kinds.shared);
+        reads.captured = captured;
+        fe::write_query(&mut cx.out.to_server, text.as_bytes());
+        cx.out
+            .replies
+            .push(Pending::Simple(Some(Box::new(Tag::Read(Box::new(reads))))));
+        true
+    }
+
+    /// The capture of a prepared read: the text to prepare (the client's with the columns
+    /// added) and what the session keeps of it. None when the statement is not captured, or
+    /// the types of a column it would add are not known.
+    pub(super) fn prepared_capture(
+        &self,
+        sql: &str,
+        capture: &Capture,
+        guards: &GuardSet,
+    ) -> Option<(String, PreparedCapture)> {
+        let tables = self.capture_tables(capture);
+        if tables.is_empty() {
+            return None;
+        }
+        let mut cols = Vec::new();
+        for t in &tables {
+            let rg = self.resolved.get(t.guard)?;
+            cols.extend(rg.key_types.iter().map(|&k| (k, 0)));
+            cols.push((rg.version_type, 0));
+        }
+        let layout = layout(&tables, guards);
+        let text_plan = ReadPlan::captured(&layout, &cols)?;
+        let binary_plan = text_plan.with_format(1);
+        let mut text = String::with_capacity(sql.len() + 64 * tables.len());
+        text.push_str(&sql[..capture.at]);
+        push_columns(&mut text, tables.iter().copied(), guards);
+        text.push_str(&sql[capture.at..]);
+        let prepared = PreparedCapture {
+            added: cols.len(),
+            layout,
+            plans: [Arc::new(text_plan), Arc::new(binary_plan)],
+            text: sql.to_string(),
+        };
+        Some((text, prepared))
+    }
+
+    /// The `Bind` of a captured read: its portal strips and reads the added columns (in the
+    /// one format the `Bind` gives every column, else text), and a `Bind` with one result
+    /// format per column gets text formats for them. Returns true when the guard sent it.
+    pub(super) fn bind_captured(
+        &mut self,
+        cx: &mut Cx<'_>,
+        portal: &[u8],
+        msg: Frame<'_>,
+        prepared: &Arc<Prepared>,
+        capture: &PreparedCapture,
+    ) -> bool {
+        let Some(b) = fe::bind(msg.body()) else {
+            return false;
+        };
+        let codes = b.result_formats;
+        let count = match codes {
+            [a, b, ..] => i16::from_be_bytes([*a, *b]),
+            _ => 0,
+        };
+        // One code for every column (ours too), or text for ours.
+        let binary = count == 1 && codes.get(2..4) == Some(&[0, 1]);
+        let guards = cx.settings.guards.clone();
+        let pinned = prepared
+            .pinned
+            .as_ref()
+            .filter(|read| self.follows_read(cx, &guards, read))
+            .and_then(|read| {
+                let types = prepared.param_types();
+                self.read_check(&guards, read, Some((&b, &types)))
+            });
+        let info = Portal {
+            statement: Some(prepared.clone()),
+            pinned,
+            capture: Some((capture.added, capture.plans[usize::from(binary)].clone())),
+            result_formats: codes.into(),
+            ..Portal::default()
+        };
+        self.portals.insert(portal.into(), Arc::new(info));
+        if count <= 1 {
+            return false;
+        }
+        fe::write_bind_rewritten(&mut cx.out.to_server, &b, &[], capture.added);
+        cx.out
+            .replies
+            .push(Pending::Bind(super::bind::result_formats_fix(
+                &b,
+                capture.added,
+            )));
+        true
+    }
+}
+
+/// Each table instance's table and number of key columns, in column order.
+fn layout(tables: &[&CaptureTable], guards: &GuardSet) -> Vec<(TableId, usize)> {
+    tables
+        .iter()
+        .map(|t| (guards.table_ids[t.guard], guards.guards[t.guard].key.len()))
+        .collect()
+}
