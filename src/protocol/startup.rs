@@ -83,6 +83,9 @@ pub fn parse(packet: &[u8]) -> Result<StartupPacket, Refused> {
             before_v3: major < 3,
         });
     }
+    if packet.last() != Some(&0) {
+        return Err("invalid startup packet layout: expected terminator as last byte".into());
+    }
     let mut params = Vec::new();
     loop {
         let (key, after) = cstr(rest).ok_or("startup packet is not terminated")?;
