@@ -11,7 +11,6 @@
 use super::resolve::{ResolvedGuard, ResolvedGuards, SHADOWED};
 use crate::config::{Guard, TableName, VersionKind};
 use crate::guard::Alias;
-use crate::guard::values::quote_literal;
 
 /// How a relation's writes reach a guarded table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,21 +57,7 @@ impl Derived {
 /// the relation has no column of that name), and whether another relation has its name. The
 /// guarded tables themselves are not listed.
 pub fn derived_query(guards: &[Guard]) -> String {
-    let mut values = Vec::new();
-    for (i, g) in guards.iter().enumerate() {
-        let schema = quote_literal(&g.table.schema);
-        let name = quote_literal(&g.table.name);
-        let mut push = |role: &str, pos: usize, col: &str| {
-            values.push(format!(
-                "({i}, '{role}', {pos}, {schema}::name, {name}::name, {}::name)",
-                quote_literal(col)
-            ));
-        };
-        for (pos, k) in g.key.iter().enumerate() {
-            push("k", pos, k);
-        }
-        push("v", 0, &g.version);
-    }
+    let values = super::resolve::guard_columns(guards);
     if values.is_empty() {
         return "SELECT NULL::text LIMIT 0".to_string();
     }

@@ -121,13 +121,9 @@ impl ResolvedGuards {
 pub const SHADOWED: &str = "(SELECT count(*) > 1 FROM pg_catalog.pg_class s \
      WHERE s.relname = c.relname AND s.relkind IN ('r', 'p', 'v', 'm', 'f', 'S'))::text";
 
-/// One `SELECT` over the catalog that resolves `guards`: one text row per (guard index, role,
-/// position, table OID, attnum, type OID, whether a write of the table may act without rows
-/// (see [`ResolvedGuard::acts_without_rows`]), type modifier, OID of the sequence the column's
-/// default draws from) with role `k` (key column, position in the key) or `v` (version column,
-/// position 0), and whether another relation has the table's name (see
-/// [`ResolvedGuard::shadowed`]). Columns that do not exist come back with NULL attnum.
-pub fn resolve_query(guards: &[Guard]) -> String {
+/// The rows of a `VALUES` list naming each guard's columns: (guard index, role (`k` or `v`),
+/// position in the key, schema, table, column), the catalog queries' starting point.
+pub(super) fn guard_columns(guards: &[Guard]) -> Vec<String> {
     let mut values = Vec::new();
     for (i, g) in guards.iter().enumerate() {
         let schema = quote_literal(&g.table.schema);
@@ -143,6 +139,17 @@ pub fn resolve_query(guards: &[Guard]) -> String {
         }
         push(ROLE_VERSION, 0, &g.version);
     }
+    values
+}
+
+/// One `SELECT` over the catalog that resolves `guards`: one text row per (guard index, role,
+/// position, table OID, attnum, type OID, whether a write of the table may act without rows
+/// (see [`ResolvedGuard::acts_without_rows`]), type modifier, OID of the sequence the column's
+/// default draws from) with role `k` (key column, position in the key) or `v` (version column,
+/// position 0), and whether another relation has the table's name (see
+/// [`ResolvedGuard::shadowed`]). Columns that do not exist come back with NULL attnum.
+pub fn resolve_query(guards: &[Guard]) -> String {
+    let values = guard_columns(guards);
     if values.is_empty() {
         return "SELECT NULL::text AS guard, NULL::text AS role, NULL::text AS pos, \
                 NULL::text AS table_oid, NULL::text AS attnum, NULL::text AS type_oid, \
