@@ -126,13 +126,7 @@ impl GuardState {
             && pinned.is_none()
             && self.key_unreadable(cx, &guards, w, &b, &prepared.param_types())
         {
-            // Its row may be one the session read: fail closed rather than unchecked.
-            let table = &guards.guards[w.guard].table;
-            let reason = format!(
-                "optlock cannot read this write's key from its parameters (bound as a type it does not decode), so it cannot check the row against the version this session read; bind the key as {table}'s key column type"
-            );
-            let (block, ctx) = self.refusal(table, Refusal::Unsupported(reason));
-            self.send_extended_raise(cx, &block, ctx);
+            self.refuse_unreadable_key(cx, &guards.guards[w.guard].table);
             return true;
         }
         let (expected, key) = match self.plan_write(&guards, w, key, pinned) {
@@ -220,6 +214,16 @@ impl GuardState {
             None => None,
         };
         (key, pinned)
+    }
+
+    /// Refuses a write whose row may be one the session read but whose key it cannot read:
+    /// fail closed rather than unchecked.
+    fn refuse_unreadable_key(&mut self, cx: &mut Cx<'_>, table: &crate::config::TableName) {
+        let reason = format!(
+            "optlock cannot read this write's key from its parameters (bound as a type it does not decode), so it cannot check the row against the version this session read; bind the key as {table}'s key column type"
+        );
+        let (block, ctx) = self.refusal(table, Refusal::Unsupported(reason));
+        self.send_extended_raise(cx, &block, ctx);
     }
 
     /// True when a keyed write's key could not be read from its `Bind` although the server

@@ -23,6 +23,17 @@ use crate::guard::rewrite::{Bump, Expected};
 use crate::guard::{Action, GuardSet, GuardedWrite, Target, WriteOp};
 use crate::protocol::{Frame, backend as be, frontend as fe};
 
+/// The server parses a text the proxy's parser rejects first: one it rejects gets its own
+/// error (and the rest of the batch is skipped, as directly); one it accepts is closed again
+/// before anything can run it, and refused by the raise that follows.
+fn parse_first(cx: &mut Cx<'_>, name: &[u8], sql: &str, param_types: &[u32]) {
+    fe::write_parse(&mut cx.out.to_server, name, sql.as_bytes(), param_types);
+    fe::write_close(&mut cx.out.to_server, b'S', name);
+    for p in [Pending::Parse, Pending::Close] {
+        cx.out.replies.push(p(Some(Box::new(Tag::Hidden))));
+    }
+}
+
 /// `Parse` texts whose prefilter result a session remembers (forgotten all at once beyond).
 const FOUND_TEXTS: usize = 1024;
 
@@ -132,14 +143,7 @@ impl GuardState {
                 unparsed,
             } => {
                 if *unparsed && client_parse {
-                    // The server parses it first: a text it rejects gets its own error (and
-                    // the rest of the batch is skipped, as directly); one it accepts is closed
-                    // again before anything can run it, and refused.
-                    fe::write_parse(&mut cx.out.to_server, name, sql.as_bytes(), param_types);
-                    fe::write_close(&mut cx.out.to_server, b'S', name);
-                    for p in [Pending::Parse, Pending::Close] {
-                        cx.out.replies.push(p(Some(Box::new(Tag::Hidden))));
-                    }
+                    parse_first(cx, name, sql, param_types);
                 }
                 let (block, ctx) = self.refusal(table, Refusal::Unsupported(reason.clone()));
                 self.send_extended_raise(cx, &block, ctx);
