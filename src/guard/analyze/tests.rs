@@ -8,6 +8,7 @@ use crate::config::{Config, TableName};
 use crate::guard::fixtures::guards;
 use crate::guard::{GuardedWrite, Target, ValueRef, WriteOp};
 
+mod spellings;
 mod writes;
 
 fn one(sql: &str) -> Action {
