@@ -83,16 +83,19 @@ pub fn parse(packet: &[u8]) -> Result<StartupPacket, Refused> {
             before_v3: major < 3,
         });
     }
-    if packet.last() != Some(&0) {
-        return Err("invalid startup packet layout: expected terminator as last byte".into());
-    }
+    // As PostgreSQL reads it: name and value pairs up to an empty name, which must be the
+    // packet's last byte.
+    const LAYOUT: &str = "invalid startup packet layout: expected terminator as last byte";
     let mut params = Vec::new();
     loop {
-        let (key, after) = cstr(rest).ok_or("startup packet is not terminated")?;
+        let (key, after) = cstr(rest).ok_or(LAYOUT)?;
         if key.is_empty() {
+            if !after.is_empty() {
+                return Err(LAYOUT.into());
+            }
             break;
         }
-        let (value, after) = cstr(after).ok_or("startup packet parameter has no value")?;
+        let (value, after) = cstr(after).ok_or(LAYOUT)?;
         params.push((
             String::from_utf8_lossy(key).into_owned(),
             String::from_utf8_lossy(value).into_owned(),
