@@ -494,3 +494,24 @@ async fn refused_startups_read_as_postgresql_refuses_them() {
 async fn raw_bytes_to_end_after(addr: &str, startup: &[u8]) -> Vec<u8> {
     raw_bytes_to_end(addr, &[startup, &terminate()].concat()).await
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_during_copy_from_stdin_reads_what_postgresql_says() {
+    let db = invoice_db("end_copy_half", 1, common::guards::AUDIT).await;
+    let (direct, through) = both(&db, |addr, name| async move {
+        let mut raw = Raw::open(&addr, &name).await;
+        raw.send(&[query("COPY audit FROM STDIN"), copy_data(b"1\n")].concat())
+            .await;
+        raw.stream.shutdown().await.unwrap();
+        replies_to_end(&mut raw).await
+    })
+    .await;
+    assert!(
+        direct
+            .iter()
+            .any(|r| matches!(r, Reply::Error(c, _) if c == "08006")),
+        "{direct:?}"
+    );
+    assert_eq!(through, direct);
+    assert!(no_backend_left(&db, Duration::from_secs(2)).await);
+}

@@ -251,10 +251,11 @@ impl Engine {
         self.out.hold_client
     }
 
-    /// Says goodbye to the server the way a client does (`Terminate`); nothing the client
-    /// sends after it goes. The relay then ends its side of the stream.
+    /// Says goodbye to the server the way the client did, which closed its side without a
+    /// `Terminate`: the relay ends the server's stream too, and PostgreSQL reads that end as
+    /// directly (during COPY FROM STDIN: "unexpected EOF on client connection with an open
+    /// transaction"). Nothing the client sends after it goes.
     pub fn close_server(&mut self) {
-        fe::write_simple(&mut self.out.to_server, fe::TERMINATE);
         self.link.terminated = true;
     }
 
