@@ -143,11 +143,20 @@ impl Engine {
                 self.forward(msg, Pending::Simple(None));
             }
             fe::COPY_DONE | fe::COPY_FAIL => {
+                if !self.link.copy_in && !self.out.replies.is_empty() {
+                    // Sent ahead of the server's CopyInResponse: that COPY is over for the
+                    // client before it starts.
+                    self.link.copy_ended_early = true;
+                }
                 self.link.copy_in = false;
                 self.out.to_server.extend_from_slice(msg.bytes());
             }
+            fe::FLUSH => {
+                self.link.flushed_to = self.out.replies.next_number();
+                self.out.to_server.extend_from_slice(msg.bytes());
+            }
             _ => {
-                // Flush, COPY data from the client, and anything newer than this proxy.
+                // COPY data from the client, and anything newer than this proxy.
                 self.out.to_server.extend_from_slice(msg.bytes());
             }
         }

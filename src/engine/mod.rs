@@ -126,6 +126,9 @@ struct Link {
     query_waits_replies: bool,
     /// The server is in COPY IN: the client's copy messages pass even while it is held.
     copy_in: bool,
+    /// The client ended a COPY (CopyDone or CopyFail) before the server's CopyInResponse
+    /// for it arrived.
+    copy_ended_early: bool,
     /// The client left mid-batch and a `Flush` went for the replies still awaited.
     eof_flushed: bool,
     /// Bytes the client sent after its `Terminate` (dropped, as the server would never read
@@ -133,6 +136,9 @@ struct Link {
     after_terminate: usize,
     /// The client's end of stream came.
     client_gone: bool,
+    /// The number of the first reply-queue entry after the client's last `Flush`: the server
+    /// flushed what came before it.
+    flushed_to: u64,
     /// The server asked for an authentication answer and has not accepted the login yet:
     /// what the client sends now is that answer. Before the server asks, and after it
     /// accepts, other messages wait for the login to end (as PostgreSQL reads them only
@@ -203,11 +209,13 @@ impl Engine {
                 unsynced: false,
                 query_waits_replies: false,
                 copy_in: false,
+                copy_ended_early: false,
                 eof_flushed: false,
                 after_terminate: 0,
                 unframed: false,
                 auth_asked: false,
                 client_gone: false,
+                flushed_to: 0,
                 catalog_epoch,
                 ddl_in_transaction: false,
             },

@@ -51,12 +51,15 @@ impl<G> Pending<G> {
 #[derive(Debug)]
 pub struct Replies<G> {
     queue: VecDeque<Pending<G>>,
+    /// Entries taken off the front since the session began: the number of the front entry.
+    popped: u64,
 }
 
 impl<G> Default for Replies<G> {
     fn default() -> Self {
         Replies {
             queue: VecDeque::with_capacity(16),
+            popped: 0,
         }
     }
 }
@@ -75,6 +78,23 @@ pub enum Step {
 impl<G> Replies<G> {
     pub fn push(&mut self, p: Pending<G>) {
         self.queue.push_back(p);
+    }
+
+    fn take_front(&mut self) -> Option<Pending<G>> {
+        let p = self.queue.pop_front();
+        self.popped += u64::from(p.is_some());
+        p
+    }
+
+    /// The number of the entry the next reply answers (entries count from the session's
+    /// start).
+    pub fn front_number(&self) -> u64 {
+        self.popped
+    }
+
+    /// The number the next entry pushed will have.
+    pub fn next_number(&self) -> u64 {
+        self.popped + self.queue.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -104,7 +124,7 @@ impl<G> Replies<G> {
     }
 
     pub fn pop(&mut self) -> Option<Pending<G>> {
-        self.queue.pop_front()
+        self.take_front()
     }
 
     /// Classifies a server message by tag against the front entry, popping it when complete.
@@ -135,7 +155,7 @@ impl<G> Replies<G> {
             _ => return (Step::Unrelated, None),
         };
         if completes {
-            (Step::Completes, self.queue.pop_front())
+            (Step::Completes, self.take_front())
         } else {
             (Step::Within, None)
         }
@@ -156,12 +176,12 @@ impl<G> Replies<G> {
             Some(front) if front.is_sync_point() => return (Step::Within, None, false),
             Some(_) => {}
         }
-        let answered = self.queue.pop_front();
+        let answered = self.take_front();
         while let Some(front) = self.queue.front() {
             if matches!(front, Pending::Sync(_)) {
                 break;
             }
-            if let Some(p) = self.queue.pop_front() {
+            if let Some(p) = self.take_front() {
                 dropped(p);
             }
         }
@@ -169,6 +189,7 @@ impl<G> Replies<G> {
     }
 
     pub fn clear(&mut self) {
+        self.popped += self.queue.len() as u64;
         self.queue.clear();
     }
 }

@@ -79,11 +79,13 @@ impl Engine {
     }
 
     /// True when the server message now arriving answers the tail of a batch the client left
-    /// without `Sync` (its end of stream came, all it sent went, and no `Sync` or `Query` is
-    /// awaited any more): only the proxy's own `Flush` made the server answer it.
+    /// without `Sync` (its end of stream came, all it sent went, no `Flush` of the client's
+    /// came after the entry, and no `Sync` or `Query` is awaited any more): only the proxy's
+    /// own `Flush` made the server answer it.
     fn answers_unflushed_tail(&self) -> bool {
         self.link.client_gone
             && self.client_in.is_empty()
+            && self.out.replies.front_number() >= self.link.flushed_to
             && !self.out.replies.is_empty()
             && self
                 .out
@@ -131,7 +133,9 @@ impl Engine {
             self.out.replies.on_message(tag)
         };
         match tag {
-            be::COPY_IN_RESPONSE => self.link.copy_in = true,
+            be::COPY_IN_RESPONSE => {
+                self.link.copy_in = !std::mem::take(&mut self.link.copy_ended_early);
+            }
             be::ERROR_RESPONSE => self.link.copy_in = false,
             _ => {}
         }

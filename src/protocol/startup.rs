@@ -80,7 +80,9 @@ pub fn parse(packet: &[u8]) -> Result<StartupPacket, Refused> {
             message: format!(
                 "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
             ),
-            before_v3: major < 3,
+            // A protocol word of 0 is how PostgreSQL marks "not known yet": its errors then go
+            // in the 3.0 format.
+            before_v3: major < 3 && code != 0,
         });
     }
     // As PostgreSQL reads it: name and value pairs up to an empty name, which must be the
