@@ -7,6 +7,7 @@
 //!
 //! - [`tls`]: the TLS settings of both legs, and their checks.
 
+pub mod scope;
 pub mod tls;
 
 use std::fmt::{self, Write as _};
@@ -16,6 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+pub use scope::{GuardMode, ScopeRule};
 
 pub use self::tls::{ClientTlsMode, TlsConfig, UpstreamTls, UpstreamTlsMode};
 
@@ -126,6 +129,23 @@ pub struct Guard {
     pub kind: VersionKind,
     pub unversioned: UnversionedPolicy,
     pub bulk: BulkPolicy,
+    /// The mode of sessions no scope rule matches (and, in a session's guard set, the mode
+    /// in force for that session).
+    pub mode: GuardMode,
+    /// Rules that pick another mode by `application_name` and user (first match).
+    pub scope: Vec<ScopeRule>,
+}
+
+impl Guard {
+    /// The mode this guard has for a session of `user` named `application`.
+    pub fn mode_for(&self, application: &str, user: &str) -> GuardMode {
+        scope::mode_for(self.mode, &self.scope, application, user)
+    }
+
+    /// True when writes of this guard are observed, not enforced.
+    pub fn observes(&self) -> bool {
+        self.mode == GuardMode::Observe
+    }
 }
 
 /// The whole validated configuration.
@@ -227,6 +247,9 @@ struct RawGuard {
     kind: Option<Spanned<VersionKind>>,
     unversioned: Option<UnversionedPolicy>,
     bulk: Option<BulkPolicy>,
+    mode: Option<GuardMode>,
+    #[serde(default)]
+    scope: Vec<Spanned<scope::RawScopeRule>>,
 }
 
 impl Config {
@@ -512,6 +535,7 @@ fn build_guard(g: RawGuard) -> Result<Guard, SpanError> {
             format!("guard {table}: the version column {version:?} cannot also be a key column"),
         ));
     }
+    let scope = scope::build_scope(&table.to_string(), g.scope)?;
     Ok(Guard {
         table,
         key,
@@ -519,6 +543,8 @@ fn build_guard(g: RawGuard) -> Result<Guard, SpanError> {
         kind,
         unversioned: g.unversioned.unwrap_or(UnversionedPolicy::Allow),
         bulk: g.bulk.unwrap_or(BulkPolicy::Bump),
+        mode: g.mode.unwrap_or(GuardMode::Enforce),
+        scope,
     })
 }
 

@@ -24,16 +24,24 @@ pub enum Outcome {
     Refused = 1,
     /// Matched no row with the expected version: a conflict error was raised.
     Conflict = 2,
+    /// Observe mode: would have been a conflict or a refusal; it went through as written.
+    Observed = 3,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Rewritten, Outcome::Refused, Outcome::Conflict];
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Rewritten,
+        Outcome::Refused,
+        Outcome::Conflict,
+        Outcome::Observed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Rewritten => "rewritten",
             Outcome::Refused => "refused",
             Outcome::Conflict => "conflict",
+            Outcome::Observed => "observed",
         }
     }
 }
@@ -87,7 +95,8 @@ impl ClientError {
     }
 }
 
-/// One conflict: a guarded write with an expected version matched no row.
+/// One conflict: a guarded write with an expected version matched no row; or, in observe
+/// mode, a write that would have conflicted or been refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conflict {
     pub at: SystemTime,
@@ -102,6 +111,10 @@ pub struct Conflict {
     pub client_addr: SocketAddr,
     pub user: String,
     pub application_name: String,
+    /// [`Outcome::Conflict`] (raised to the client) or [`Outcome::Observed`].
+    pub outcome: Outcome,
+    /// Why enforce mode would have refused the write (observed refusals only).
+    pub reason: Option<String>,
 }
 
 /// What a session says about itself when it registers.
@@ -133,6 +146,9 @@ pub trait SessionEvents: Send + Sync {
     fn backend_pid(&self, pid: i32);
     /// The server reported a new `application_name`.
     fn application_name(&self, name: &str);
+    /// The guards that apply to the session now, each with its mode
+    /// (`public.item=enforce, public.acct=observe`; see [`crate::guard::GuardSet::modes_text`]).
+    fn guards_in_force(&self, _guards: &str) {}
 }
 
 /// A session's events, plus whether the process asked it to end once idle. Dropping it ends

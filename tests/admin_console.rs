@@ -32,7 +32,9 @@ async fn show_guards_config_help_and_version() {
             "version",
             "counter",
             "allow",
-            "bump"
+            "bump",
+            "enforce",
+            ""
         ]]
     );
 
@@ -104,8 +106,9 @@ async fn show_sessions_lists_other_open_sessions() {
     assert_eq!(mine.len(), 1, "{sessions:?}");
     let s = mine[0];
     // id|user|database|application_name|client_addr|backend_pid|state|connected_at|statements|
-    // tracked_versions|client_tls|server_tls
-    assert_eq!(s.len(), 12, "{s:?}");
+    // tracked_versions|client_tls|server_tls|guards
+    assert_eq!(s.len(), 13, "{s:?}");
+    assert_eq!(s[12], "public.invoice=enforce");
     assert_eq!(s[1], "postgres");
     assert_eq!(s[3], "till-7");
     assert!(s[4].starts_with("127.0.0.1:"), "{s:?}");
@@ -150,8 +153,9 @@ async fn show_conflicts_and_stats_after_a_conflict() {
     let conflicts = served.console_rows("SHOW CONFLICTS");
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     let c = &conflicts[0];
-    // time|table|key|expected|found|client_addr|user|application_name
-    assert_eq!(c.len(), 8, "{c:?}");
+    // time|table|key|expected|found|client_addr|user|application_name|outcome|reason
+    assert_eq!(c.len(), 10, "{c:?}");
+    assert_eq!((c[8].as_str(), c[9].as_str()), ("conflict", ""));
     assert!(c[0].ends_with("+00"), "{c:?}");
     assert_eq!(c[1], "public.invoice");
     assert_eq!(c[2], "(id)=(1)");

@@ -76,6 +76,8 @@ mod tests {
             client_addr: "127.0.0.1:5000".parse().unwrap(),
             user: "pos".into(),
             application_name: "till".into(),
+            outcome: crate::events::Outcome::Conflict,
+            reason: None,
         }
     }
 

@@ -191,7 +191,16 @@ fn run(command: &str, original: &str, ctx: &AdminContext, out: &mut BytesMut) ->
 fn show_guards(config: &Config, out: &mut BytesMut) {
     rows(
         out,
-        &["table", "key", "version", "kind", "unversioned", "bulk"],
+        &[
+            "table",
+            "key",
+            "version",
+            "kind",
+            "unversioned",
+            "bulk",
+            "mode",
+            "scope",
+        ],
         config.guards.iter().map(|g: &Guard| {
             vec![
                 Some(g.table.to_string()),
@@ -206,6 +215,8 @@ fn show_guards(config: &Config, out: &mut BytesMut) {
                 Some(g.kind.to_string()),
                 Some(unversioned_str(g.unversioned).into()),
                 Some(bulk_str(g.bulk).into()),
+                Some(g.mode.as_str().into()),
+                Some(crate::config::scope::scope_text(&g.scope)),
             ]
         }),
     );
@@ -227,6 +238,7 @@ fn show_sessions(sessions: &SessionRegistry, out: &mut BytesMut) {
             "tracked_versions",
             "client_tls",
             "server_tls",
+            "guards",
         ],
         sessions.snapshot().into_iter().map(|s| {
             vec![
@@ -242,6 +254,7 @@ fn show_sessions(sessions: &SessionRegistry, out: &mut BytesMut) {
                 Some(s.tracked_versions.to_string()),
                 Some(s.client_tls.unwrap_or("off").into()),
                 Some(s.server_tls.unwrap_or("off").into()),
+                Some(s.guards),
             ]
         }),
     );
@@ -259,6 +272,8 @@ fn show_conflicts(conflicts: &ConflictLog, out: &mut BytesMut) {
             "client_addr",
             "user",
             "application_name",
+            "outcome",
+            "reason",
         ],
         conflicts.recent().into_iter().map(|c| {
             vec![
@@ -270,6 +285,8 @@ fn show_conflicts(conflicts: &ConflictLog, out: &mut BytesMut) {
                 Some(c.client_addr.to_string()),
                 Some(c.user),
                 Some(c.application_name),
+                Some(c.outcome.as_str().into()),
+                c.reason,
             ]
         }),
     );
@@ -538,9 +555,18 @@ bulk = "reject"
         assert_eq!(
             r[0],
             Reply::Columns(
-                ["table", "key", "version", "kind", "unversioned", "bulk"]
-                    .map(String::from)
-                    .to_vec()
+                [
+                    "table",
+                    "key",
+                    "version",
+                    "kind",
+                    "unversioned",
+                    "bulk",
+                    "mode",
+                    "scope"
+                ]
+                .map(String::from)
+                .to_vec()
             )
         );
         assert_eq!(
@@ -552,7 +578,9 @@ bulk = "reject"
                     s("modified"),
                     s("timestamp"),
                     s("reject"),
-                    s("bump")
+                    s("bump"),
+                    s("enforce"),
+                    s("")
                 ],
                 vec![
                     s("public.accounts"),
@@ -560,7 +588,9 @@ bulk = "reject"
                     s("xmin"),
                     s("xmin"),
                     s("allow"),
-                    s("reject")
+                    s("reject"),
+                    s("enforce"),
+                    s("")
                 ],
             ]
         );
@@ -640,6 +670,8 @@ bulk = "reject"
             client_addr: "192.0.2.1:40000".parse().unwrap(),
             user: "pos".into(),
             application_name: "till-1".into(),
+            outcome: Outcome::Conflict,
+            reason: None,
         });
         let r = decode(&execute("show conflicts", &f.ctx));
         assert_eq!(
@@ -653,7 +685,9 @@ bulk = "reject"
                     "found",
                     "client_addr",
                     "user",
-                    "application_name"
+                    "application_name",
+                    "outcome",
+                    "reason"
                 ]
                 .map(String::from)
                 .to_vec()
@@ -670,6 +704,8 @@ bulk = "reject"
                 s("192.0.2.1:40000"),
                 s("pos"),
                 s("till-1"),
+                s("conflict"),
+                None,
             ]]
         );
     }

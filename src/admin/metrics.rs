@@ -136,7 +136,7 @@ impl EncodeMetric for SharedHistogram {
 #[derive(Debug, Default)]
 struct TableSlots {
     /// By `TableId`; `None` for an id the process gave a table it never guarded here.
-    by_id: RwLock<Vec<Option<[Counter; 3]>>>,
+    by_id: RwLock<Vec<Option<[Counter; Outcome::ALL.len()]>>>,
     /// The tables set last, in guard order, with their ids.
     current: RwLock<Vec<(TableId, String)>>,
 }
@@ -213,7 +213,7 @@ impl Metrics {
         let guarded_family = Family::<TableLabels, Counter>::default();
         registry.register(
             "guarded_writes",
-            "Writes to guarded tables, by table and outcome (rewritten, refused, conflict)",
+            "Writes to guarded tables, by table and outcome (rewritten, refused, conflict; observed: observe mode, would have been a conflict or a refusal)",
             guarded_family.clone(),
         );
         let upstream_connect_failures = Counter::default();

@@ -112,6 +112,10 @@ impl SessionEvents for SessionAdmin {
     fn application_name(&self, name: &str) {
         self.handle.set_application_name(name);
     }
+
+    fn guards_in_force(&self, guards: &str) {
+        self.handle.set_guards(guards);
+    }
 }
 
 impl SessionHooks for SessionAdmin {

@@ -80,6 +80,9 @@ pub struct SessionInfo {
     /// TLS version of each leg (`TLSv1.3`), `None` where it is plain text.
     pub client_tls: Option<&'static str>,
     pub server_tls: Option<&'static str>,
+    /// The guards that apply to the session, each with its mode
+    /// (`public.item=enforce, public.acct=observe`).
+    pub guards: String,
 }
 
 #[derive(Debug)]
@@ -88,6 +91,9 @@ struct Live {
     start: SessionStart,
     /// Changes only when the server reports a new `application_name`: rare, never per statement.
     application_name: Mutex<String>,
+    /// Changes only when the session's scope does (at login, after `SET application_name`
+    /// or a reload).
+    guards: Mutex<String>,
     connected_at: SystemTime,
     backend_pid: AtomicI32,
     state: AtomicU8,
@@ -119,6 +125,7 @@ impl SessionRegistry {
         let live = Arc::new(Live {
             id,
             application_name: Mutex::new(start.application_name.clone()),
+            guards: Mutex::new(String::new()),
             start,
             connected_at: SystemTime::now(),
             backend_pid: AtomicI32::new(0),
@@ -176,6 +183,7 @@ impl SessionRegistry {
                 tracked_versions: s.tracked_versions.load(Ordering::Relaxed),
                 client_tls: s.start.client_tls,
                 server_tls: s.start.server_tls,
+                guards: s.guards.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             })
             .collect()
     }
@@ -255,6 +263,11 @@ impl SessionHandle {
     /// Sets the upstream backend process id (from `BackendKeyData`).
     pub fn set_backend_pid(&self, pid: i32) {
         self.live.backend_pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// Records the guards that apply to the session now, with their modes.
+    pub fn set_guards(&self, guards: &str) {
+        *self.live.guards.lock().unwrap_or_else(|e| e.into_inner()) = guards.to_string();
     }
 
     /// Records a new `application_name` (from the server's `ParameterStatus`).

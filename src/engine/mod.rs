@@ -150,6 +150,11 @@ struct Link {
     unframed: bool,
     /// The [`SettingsSource::catalog_epoch`] the guards were last resolved at.
     catalog_epoch: u64,
+    /// The server reported an `application_name` other than the one the session's guards
+    /// were scoped for: scoped again at the next boundary.
+    scope_changed: bool,
+    /// The scoped guard set last reported to the session's events (its address).
+    scope_reported: usize,
     /// DDL that may change which relations' writes land in a guarded table ran in the
     /// current transaction.
     ddl_in_transaction: bool,
@@ -189,6 +194,7 @@ impl Engine {
         out.to_server.extend_from_slice(startup);
         let track_limit = settings.config.track_limit;
         let catalog_epoch = source.catalog_epoch();
+        let settings = settings.scoped(&ident.application_name, &ident.user);
         Engine {
             source,
             settings,
@@ -218,6 +224,8 @@ impl Engine {
                 flushed_to: 0,
                 catalog_epoch,
                 ddl_in_transaction: false,
+                scope_changed: false,
+                scope_reported: 0,
             },
             guard: GuardState::new(ident, track_limit),
         }
@@ -530,8 +538,20 @@ impl Engine {
     /// the client's message must wait for.
     fn refresh_settings(&mut self, at_boundary: bool, ev: &dyn SessionEvents) -> bool {
         if self.source.generation() != self.settings.generation {
-            self.settings = self.source.settings();
+            self.settings = self.scoped(self.source.settings());
             self.link.catalog_epoch = self.source.catalog_epoch();
+            self.link.scope_changed = false;
+            let (guard, mut cx) = self.guard_cx(ev);
+            guard.on_new_settings(&mut cx);
+        } else if std::mem::take(&mut self.link.scope_changed)
+            && !Arc::ptr_eq(
+                &self.settings.guards.config_set(),
+                &self.scoped(self.settings.clone()).guards.config_set(),
+            )
+        {
+            // `SET application_name` moved the session into another scope: its guards are
+            // resolved again as after a reload.
+            self.settings = self.scoped(self.source.settings());
             let (guard, mut cx) = self.guard_cx(ev);
             guard.on_new_settings(&mut cx);
         } else if !self.settings.guards.is_empty()
@@ -543,7 +563,18 @@ impl Engine {
             let (guard, mut cx) = self.guard_cx(ev);
             guard.on_new_settings(&mut cx);
         }
+        let set = Arc::as_ptr(&self.settings.guards.config_set()) as usize;
+        if self.link.scope_reported != set {
+            self.link.scope_reported = set;
+            ev.guards_in_force(&self.settings.guards.modes_text());
+        }
         let (guard, mut cx) = self.guard_cx(ev);
         guard.resolve_at_boundary(&mut cx, at_boundary)
+    }
+
+    /// `settings` as they apply to this session's user and `application_name`.
+    fn scoped(&self, settings: Arc<Settings>) -> Arc<Settings> {
+        let ident = &self.guard.ident;
+        settings.scoped(&ident.application_name, &ident.user)
     }
 }

@@ -190,7 +190,14 @@ impl Engine {
             b"TimeZone" => params
                 .date_style
                 .set_time_zone(&String::from_utf8_lossy(value)),
-            b"application_name" => ev.application_name(&String::from_utf8_lossy(value)),
+            b"application_name" => {
+                let name = String::from_utf8_lossy(value);
+                if self.guard.ident.application_name != name {
+                    self.guard.ident.application_name = name.to_string();
+                    self.link.scope_changed = true;
+                }
+                ev.application_name(&name)
+            }
             _ => {}
         }
         debug!(

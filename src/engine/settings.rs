@@ -25,6 +25,22 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// These settings as they apply to a session of `user` named `application` (see
+    /// [`GuardSet::scoped`]): the same `Arc` when the guards' scopes change nothing for it.
+    pub fn scoped(self: &Arc<Settings>, application: &str, user: &str) -> Arc<Settings> {
+        let guards = self.guards.scoped(application, user);
+        if Arc::ptr_eq(&guards, &self.guards.config_set()) {
+            return self.clone();
+        }
+        Arc::new(Settings {
+            config: self.config.clone(),
+            guards,
+            generation: self.generation,
+        })
+    }
+}
+
 /// Where a session finds the config in force. A session compares generations before each
 /// statement (one atomic load) and takes the new settings only when the number moved.
 pub trait SettingsSource: Send + Sync {

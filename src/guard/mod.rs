@@ -73,7 +73,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::config::{Config, Guard, TableName};
+use crate::config::{Config, Guard, GuardMode, TableName};
 
 /// The guards of one config, ready for analysis. Cheap to share (`Arc`).
 ///
@@ -98,6 +98,9 @@ pub struct GuardSet {
     pub config_len: usize,
     /// The config's own set, when this one holds aliases.
     base: Option<Arc<GuardSet>>,
+    /// The set of the config as written, when this one is a session's scoped view of it
+    /// (see [`GuardSet::scoped`]).
+    origin: Option<Arc<GuardSet>>,
 }
 
 /// A relation whose writes land in the table of config guard `guard` (a partition, a parent,
@@ -121,7 +124,85 @@ impl GuardSet {
             roots: (0..config.guards.len()).collect(),
             config_len: config.guards.len(),
             base: None,
+            origin: None,
         })
+    }
+
+    /// The set as it applies to a session of `user` named `application`: each guard in the
+    /// mode its scope gives that session, without the guards the session skips. The set
+    /// itself (no copy) when every guard has its own mode for it, as always when no guard has
+    /// a scope. Sets are shared: sessions that get the same modes share one.
+    pub fn scoped(self: &Arc<GuardSet>, application: &str, user: &str) -> Arc<GuardSet> {
+        let origin = self.config_set();
+        let origin = origin.origin.clone().unwrap_or(origin);
+        let modes: Vec<GuardMode> = origin
+            .config_guards()
+            .iter()
+            .map(|g| g.mode_for(application, user))
+            .collect();
+        if origin
+            .config_guards()
+            .iter()
+            .zip(&modes)
+            .all(|(g, m)| g.mode == *m)
+        {
+            return origin;
+        }
+        type Shared = HashMap<(usize, Vec<GuardMode>), std::sync::Weak<GuardSet>>;
+        static SETS: OnceLock<Mutex<Shared>> = OnceLock::new();
+        let key = (Arc::as_ptr(&origin) as usize, modes);
+        let mut sets = SETS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = sets.get(&key).and_then(std::sync::Weak::upgrade) {
+            return set;
+        }
+        sets.retain(|_, w| w.strong_count() > 0);
+        let guards: Vec<Guard> = origin
+            .config_guards()
+            .iter()
+            .zip(&key.1)
+            .filter(|(_, m)| **m != GuardMode::Skip)
+            .map(|(g, m)| Guard {
+                mode: *m,
+                ..g.clone()
+            })
+            .collect();
+        let n = guards.len();
+        let set = Arc::new(GuardSet {
+            prefilter: prefilter::Prefilter::new(&guards),
+            table_ids: guards.iter().map(|g| table_id(&g.table)).collect(),
+            sql_names: guards.iter().map(rewrite::SqlNames::of).collect(),
+            guards,
+            refusals: vec![None; n],
+            roots: (0..n).collect(),
+            config_len: n,
+            base: None,
+            origin: Some(origin.clone()),
+        });
+        sets.insert(key, Arc::downgrade(&set));
+        set
+    }
+
+    /// The set of config guards this one extends with aliases (itself when it has none).
+    pub fn config_set(self: &Arc<GuardSet>) -> Arc<GuardSet> {
+        self.base.clone().unwrap_or_else(|| self.clone())
+    }
+
+    /// Each config guard's table and the mode it has in this set (a session's scoped set
+    /// leaves out the guards the session skips): `public.item=enforce, public.acct=observe`.
+    pub fn modes_text(&self) -> String {
+        let mut out = String::new();
+        for g in self.config_guards() {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push_str(&g.table.to_string());
+            out.push('=');
+            out.push_str(g.mode.as_str());
+        }
+        out
     }
 
     /// This set's config guards with `aliases` after them (a set already holding aliases
@@ -175,6 +256,7 @@ impl GuardSet {
             roots,
             config_len: n,
             base: Some(base),
+            origin: None,
         }
     }
 

@@ -160,6 +160,8 @@ mod tests {
             kind: VersionKind::Counter,
             unversioned: UnversionedPolicy::Allow,
             bulk: BulkPolicy::Bump,
+            mode: crate::config::GuardMode::Enforce,
+            scope: Vec::new(),
         }
     }
 

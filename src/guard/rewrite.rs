@@ -140,6 +140,36 @@ fn push_literal(out: &mut String, v: &str) {
 /// every execution, so that cost is paid per write.
 pub const CONFLICT_MARKER: &str = "optlock.conflict:";
 
+/// The setting an observed check writes for each row it lets through (observe mode: the
+/// write keeps the client's effect): empty when the row is at the expected version (or
+/// nothing is expected of it), else the version found and `#`, and for a check of the known
+/// rows the row's position in their list and `#` (`7#`, `7#3#`). Set with `set_config(...,
+/// true)` in the `WHERE`, so it is evaluated on the row version the write replaces (again,
+/// after a concurrent update), and read back by the first column the proxy appends to the
+/// write's `RETURNING`, which PostgreSQL evaluates for that row right after.
+pub const OBSERVED_SETTING: &str = "optlock.observed";
+
+/// Appends `set_config('optlock.observed', CASE WHEN <matched> THEN '' ELSE
+/// concat(<version>, '#'<more>) END, true) IS NOT NULL` with `matched` and `more` written by
+/// the closures: always true, so the row is written as the client asked.
+fn push_observed(
+    out: &mut String,
+    matched: impl FnOnce(&mut String),
+    q: &str,
+    version: &str,
+    more: impl FnOnce(&mut String),
+) {
+    out.push_str("set_config('");
+    out.push_str(OBSERVED_SETTING);
+    out.push_str("', CASE WHEN ");
+    matched(out);
+    out.push_str(" THEN '' ELSE concat(");
+    push_column(out, q, version);
+    out.push_str(", '#'");
+    more(out);
+    out.push_str(") END, true) IS NOT NULL");
+}
+
 /// The rest of the version check of a keyed write, after `CASE WHEN <version> = <expected>`:
 /// `THEN true`; a row that meets the statement's own condition `cond` at another version
 /// raises (see [`CONFLICT_MARKER`]); any other row does not match. `CASE` keeps the order:
@@ -174,8 +204,10 @@ impl GuardedWrite {
         self.render_with(text, guards, expected, true, Bump::Plain, out);
     }
 
-    /// [`GuardedWrite::render`], leaving out the proxy's `RETURNING` columns when `returning`
-    /// is false (nothing the session tracks can change), bumping as `bump` says.
+    /// [`GuardedWrite::render`], leaving out the proxy's key and version `RETURNING` columns
+    /// when `returning` is false (nothing the session tracks can change), bumping as `bump`
+    /// says. Returns how many columns the proxy appended to the result: the observed column
+    /// of an observed check (see [`OBSERVED_SETTING`]), then the key and version columns.
     pub fn render_with(
         &self,
         text: &str,
@@ -184,15 +216,17 @@ impl GuardedWrite {
         returning: bool,
         bump: Bump,
         out: &mut String,
-    ) {
+    ) -> usize {
         let s = &self.splice;
         let names = &guards.sql_names[self.guard];
+        let observed = self.observes(guards, expected);
         let mut r = Renderer {
             text,
             out,
             at: s.statement.start,
             q: s.qualifier.as_str(),
             version: names.version.as_str(),
+            observe: observed,
         };
         if let Some(set_end) = s.set_end
             && self.adds_bump(guards)
@@ -206,10 +240,34 @@ impl GuardedWrite {
             _ if self.op == WriteOp::Upsert => {}
             _ => r.check(self, expected),
         }
-        if returning && self.added_columns(guards) > 0 {
-            r.returning(s.returning_at, self.client_returning, &names.key);
+        let columns = if returning {
+            self.added_columns(guards)
+        } else {
+            0
+        };
+        if columns > 0 || observed {
+            r.returning(
+                s.returning_at,
+                self.client_returning,
+                &names.key[..],
+                columns > 0,
+            );
         }
         r.copy_to(s.statement.end);
+        columns + observed as usize
+    }
+
+    /// True when a rendering with `expected` checks versions in observe mode: the check
+    /// records what it finds ([`OBSERVED_SETTING`]) instead of filtering or raising, and the
+    /// proxy reads it from the first column it appends. Never inside `WITH`, whose
+    /// `RETURNING` feeds the statement.
+    pub fn observes(&self, guards: &GuardSet, expected: Expected<'_>) -> bool {
+        let checks = match expected {
+            Expected::None => false,
+            Expected::Rows(_) | Expected::RowParams(_) => true,
+            Expected::Literal(_) | Expected::Param(_) => self.op != WriteOp::Upsert,
+        };
+        checks && !self.splice.in_cte && guards.guards[self.guard].observes()
     }
 
     /// True when the rewrite bumps the version in the statement's `SET` (not for `xmin`, which
@@ -242,6 +300,8 @@ struct Renderer<'a> {
     q: &'a str,
     /// The version column as SQL.
     version: &'a str,
+    /// The check observes instead of filtering or raising (see [`OBSERVED_SETTING`]).
+    observe: bool,
 }
 
 impl Renderer<'_> {
@@ -307,7 +367,33 @@ impl Renderer<'_> {
             _ => None,
         };
         self.open_check(s);
-        self.expected(expected, raising);
+        if self.observe {
+            self.observed(expected);
+        } else {
+            self.expected(expected, raising);
+        }
+    }
+
+    /// The observed check of the version against `expected` (a literal or a parameter): it
+    /// records what it finds and lets every row through.
+    fn observed(&mut self, expected: Expected<'_>) {
+        let (q, version) = (self.q, self.version);
+        let matched = |out: &mut String| {
+            push_column(out, q, version);
+            out.push_str(" = ");
+            match expected {
+                Expected::Literal(v) => push_literal(out, v),
+                Expected::Param(n) => {
+                    push_param(out, n);
+                    out.push_str(" OR ");
+                    push_param(out, n);
+                    out.push_str(" IS NULL");
+                }
+                // Not reached: other forms are checked row by row (`known_rows`).
+                _ => out.push_str("NULL"),
+            }
+        };
+        push_observed(self.out, matched, q, version, |_| {});
     }
 
     /// Copies the text up to where a check goes, and opens it: `(condition) AND `, or
@@ -370,20 +456,37 @@ impl Renderer<'_> {
         }
     }
 
-    /// The proxy's `RETURNING` columns (key columns, then the version), after the client's own
-    /// `RETURNING` list when there is one.
-    fn returning(&mut self, returning_at: usize, client_returning: bool, key: &[String]) {
+    /// The proxy's `RETURNING` columns, after the client's own `RETURNING` list when there is
+    /// one: the observed setting when the check observes, then (with `rows`) the key columns
+    /// and the version.
+    fn returning(
+        &mut self,
+        returning_at: usize,
+        client_returning: bool,
+        key: &[String],
+        rows: bool,
+    ) {
         self.copy_to(returning_at);
         self.out.push_str(if client_returning {
             ", "
         } else {
             " RETURNING "
         });
-        for k in key {
-            self.column(k);
-            self.out.push_str(", ");
+        if self.observe {
+            self.out.push_str("current_setting('");
+            self.out.push_str(OBSERVED_SETTING);
+            self.out.push_str("', true)");
+            if rows {
+                self.out.push_str(", ");
+            }
         }
-        self.column(self.version);
+        if rows {
+            for k in key {
+                self.column(k);
+                self.out.push_str(", ");
+            }
+            self.column(self.version);
+        }
     }
 }
 

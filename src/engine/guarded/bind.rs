@@ -17,7 +17,7 @@ use super::tag::{StmtTag, Tag};
 use crate::engine::replies::Pending;
 use crate::events::Outcome;
 use crate::guard::conflict::Refusal;
-use crate::guard::rewrite::array_text;
+use crate::guard::rewrite::{Expected, array_text};
 use crate::guard::{GuardSet, GuardedWrite, Target, ValueRef};
 use crate::protocol::frontend as fe;
 
@@ -124,12 +124,13 @@ impl GuardState {
         let guards = pw.guards.clone();
         if key.is_none()
             && pinned.is_none()
+            && !guards.guards[w.guard].observes()
             && self.key_unreadable(cx, &guards, w, &b, &prepared.param_types())
         {
             self.refuse_unreadable_key(cx, &guards.guards[w.guard].table);
             return true;
         }
-        let (expected, key) = match self.plan_write(&guards, w, key, pinned) {
+        let (expected, key) = match self.plan_write(cx, &guards, w, key, pinned) {
             Plan::Refuse(refusal) => {
                 let (block, ctx) = self.refusal(&guards.guards[w.guard].table, refusal);
                 self.send_extended_raise(cx, &block, ctx);
@@ -170,15 +171,29 @@ impl GuardState {
         cx.out
             .replies
             .push(Pending::Bind(result_formats_fix(&b, added)));
+        let observed = !extra.is_empty() && {
+            let form = if by_rows {
+                Expected::RowParams(0)
+            } else {
+                Expected::Param(0)
+            };
+            w.observes(&guards, form)
+        };
         let bound = WriteCheck {
             guards: guards.clone(),
             guard: w.guard,
             op: w.op,
             added,
+            observed: observed.then(|| expected.clone()),
             client_returning: w.client_returning,
             // A write inside WITH checks its version in its predicate, but its row count is
-            // not the statement's: the check sent before it raises a conflict.
-            expected: if w.splice.in_cte { None } else { expected },
+            // not the statement's: the check sent before it raises a conflict. An observed
+            // write raises nothing.
+            expected: if w.splice.in_cte || observed {
+                None
+            } else {
+                expected
+            },
             key,
             known,
             plan: self.returning_plan(pw, added, b.result_formats),
@@ -357,6 +372,7 @@ impl GuardState {
             guard: w.guard,
             op: w.op,
             added: pw.added,
+            observed: None,
             client_returning: w.client_returning,
             expected: None,
             key: None,

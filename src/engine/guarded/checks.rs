@@ -78,6 +78,10 @@ pub struct WriteCheck {
     pub op: WriteOp,
     /// Columns the proxy appended to the result (its `RETURNING`).
     pub added: usize,
+    /// The write's check observes (observe mode): the first appended column tells what it
+    /// found (see [`crate::guard::rewrite::OBSERVED_SETTING`]). Holds the version expected of
+    /// the row the write names, if it names one (else the check is of the `known` rows).
+    pub observed: Option<Option<String>>,
     pub client_returning: bool,
     /// The version the write must find; 0 rows then means a conflict.
     pub expected: Option<String>,

@@ -99,6 +99,9 @@ impl GuardState {
             if w.added == 0 {
                 return false;
             }
+            if w.observed.is_some() {
+                self.observe_row(cx, w, body);
+            }
             if let Some(plan) = &w.plan {
                 plan.observe(body, &mut self.tracker, cx.params.date_style);
             }

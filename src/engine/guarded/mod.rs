@@ -35,6 +35,7 @@
 //! - [`kept`]: unnamed guarded writes kept prepared under names of the proxy's.
 //! - [`stale`]: statements prepared before a reload that guards their table.
 //! - [`raise`]: the `DO` blocks that make the server itself raise conflicts and refusals.
+//! - [`observe`]: observe mode: refusals and stale writes recorded instead of raised.
 //! - [`tx_ends`]: where each transaction or savepoint ends, applied to the tracked versions,
 //!   so that what a session learned in one that did not commit is undone.
 //!
@@ -58,6 +59,7 @@ mod describe;
 mod dispatch;
 mod execute;
 mod kept;
+mod observe;
 mod parse;
 mod pinned;
 mod plan;

@@ -137,6 +137,14 @@ impl GuardState {
         };
         match &statement.action {
             Action::Pass { .. } => Parsed::Passed,
+            Action::Refuse { table, reason, .. } if super::simple::observed(&guards, table) => {
+                // Observe mode: prepared as written; recorded once, when prepared.
+                let refusal = Refusal::Unsupported(reason.clone());
+                if let Some(g) = guards.guards.iter().find(|g| g.table == *table) {
+                    self.observe_refusal(cx, g, &refusal);
+                }
+                Parsed::Passed
+            }
             Action::Refuse {
                 table,
                 reason,
@@ -223,7 +231,7 @@ impl GuardState {
         let mut text = String::with_capacity(sql.len() + 128);
         let bump = self.bump_for(w.guard);
         let expected = full_expected(w, guards, Some(extra));
-        w.render_with(sql, guards, expected, true, bump, &mut text);
+        let added = w.render_with(sql, guards, expected, true, bump, &mut text);
         fe::write_parse(
             &mut cx.out.to_server,
             full_name.as_bytes(),
@@ -245,7 +253,7 @@ impl GuardState {
                 full: Some(FullVariant {
                     name: full_name.into_bytes().into(),
                     extra,
-                    added: w.added_columns(guards),
+                    added,
                 }),
                 server_name: None,
             }),
@@ -494,8 +502,7 @@ fn full_form(
     let extra = version_param(w, guards, param_types);
     let mut text = String::with_capacity(sql.len() + 128);
     let expected = full_expected(w, guards, extra);
-    w.render_with(sql, guards, expected, true, bump, &mut text);
-    let added = w.added_columns(guards);
+    let added = w.render_with(sql, guards, expected, true, bump, &mut text);
     let mut prepared = prepared_write(sql, param_types, guards, w, extra, added, false);
     if let Some(pw) = &mut prepared.write {
         pw.server_name = server_name;

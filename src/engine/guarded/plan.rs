@@ -19,8 +19,49 @@ impl GuardState {
         self.resolved.get(guard).map_or(Bump::Plain, |r| r.bump())
     }
 
-    /// Decides what a guarded write expects: pinned, tracked, or the policies.
+    /// Decides what a guarded write expects: pinned, tracked, or the policies. In observe
+    /// mode nothing is refused (a refusal is recorded as observed and the write goes as
+    /// written, with its bump), and only a tracked version is checked, by an observed check
+    /// that changes nothing (see [`crate::guard::rewrite::OBSERVED_SETTING`]).
     pub(super) fn plan_write(
+        &mut self,
+        cx: &mut Cx<'_>,
+        guards: &GuardSet,
+        w: &GuardedWrite,
+        key: Option<Vec<String>>,
+        pinned: Option<String>,
+    ) -> Plan {
+        let plan = self.enforced_plan(guards, w, key, pinned);
+        if !guards.guards[w.guard].observes() {
+            return plan;
+        }
+        match plan {
+            Plan::Refuse(refusal) => {
+                self.observe_refusal(cx, &guards.guards[w.guard], &refusal);
+                Plan::Send {
+                    expected: None,
+                    key: None,
+                }
+            }
+            // A pinned version is the client's own condition, a write inside WITH cannot
+            // report what it finds: nothing to observe.
+            Plan::Send { key, .. } if w.pinned.is_some() || w.splice.in_cte => Plan::Send {
+                expected: None,
+                key,
+            },
+            plan => plan,
+        }
+    }
+
+    /// True when the known rows of the table may be checked against a write of `w` whose
+    /// rows its text does not name: not for an observed write inside `WITH`, which cannot
+    /// report what it finds (and must not filter).
+    pub(super) fn checks_known_rows(&self, guards: &GuardSet, w: &GuardedWrite) -> bool {
+        !(w.splice.in_cte && guards.guards[w.guard].observes())
+    }
+
+    /// [`GuardState::plan_write`] as enforce mode decides it.
+    fn enforced_plan(
         &mut self,
         guards: &GuardSet,
         w: &GuardedWrite,
@@ -104,7 +145,7 @@ impl GuardState {
         guards: &GuardSet,
         w: &GuardedWrite,
     ) -> Vec<(Vec<String>, String)> {
-        if w.pinned.is_some() {
+        if w.pinned.is_some() || !self.checks_known_rows(guards, w) {
             return Vec::new();
         }
         let cap = known_cap(guards.guards[w.guard].key.len());

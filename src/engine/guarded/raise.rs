@@ -217,6 +217,8 @@ impl GuardState {
             client_addr: ident.client,
             user: ident.user.clone(),
             application_name: ident.application_name.clone(),
+            outcome: Outcome::Conflict,
+            reason: None,
         });
     }
 }

@@ -12,6 +12,7 @@ use bytes::BytesMut;
 
 use super::checks::{RaiseCtx, Script, StepSpec, WriteCheck};
 use super::cx::Cx;
+use super::observe::observed_in_row;
 use super::rows::ReadPlan;
 use super::state::GuardState;
 use super::tag::Tag;
@@ -154,6 +155,7 @@ impl GuardState {
             }
             be::DATA_ROW => {
                 let style = cx.params.date_style;
+                let stale = observed_in_row(c, msg.body());
                 step_data_row(
                     c,
                     msg.body(),
@@ -161,6 +163,9 @@ impl GuardState {
                     style,
                     &mut cx.out.to_client,
                 );
+                if let Some((info, found)) = stale {
+                    self.log_observed(cx, &info, found);
+                }
                 Ok(true)
             }
             be::COMMAND_COMPLETE => {
@@ -302,11 +307,14 @@ impl GuardState {
 fn step_row_description(c: &mut WriteCheck, body: &[u8], to_client: &mut BytesMut) {
     let cols = be::row_description(body).unwrap_or_default();
     if cols.len() >= c.added {
-        let types: Vec<u32> = cols[cols.len() - c.added..]
+        // The observed column, if any, comes before the key and version.
+        let types: Vec<u32> = cols[cols.len() - c.added + c.observed.is_some() as usize..]
             .iter()
             .map(|col| col.type_oid)
             .collect();
-        c.plan = Some(ReadPlan::returning(c.table(), &types, 0));
+        if !types.is_empty() {
+            c.plan = Some(ReadPlan::returning(c.table(), &types, 0));
+        }
         if c.client_returning {
             be::write_truncated(to_client, be::ROW_DESCRIPTION, body, cols.len() - c.added);
         }

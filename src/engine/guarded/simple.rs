@@ -154,6 +154,18 @@ impl GuardState {
                         None => (st.range.clone(), i..i + 1),
                     });
                 }
+                Action::Refuse { table, reason, .. } if observed(guards, table) => {
+                    // Observe mode: it goes as written, with the statements around it.
+                    let refusal = Refusal::Unsupported(reason.clone());
+                    let guard = guards.guards.iter().find(|g| g.table == *table);
+                    if let Some(g) = guard {
+                        self.observe_refusal(cx, g, &refusal);
+                    }
+                    chunk = Some(match chunk.take() {
+                        Some((r, n)) => (r.start..st.range.end, n.start..i + 1),
+                        None => (st.range.clone(), i..i + 1),
+                    });
+                }
                 Action::Refuse { table, reason, .. } => {
                     self.push_chunk(&mut steps, chunk.take(), sql, analysis, guards);
                     let (block, ctx) = self.refusal(table, Refusal::Unsupported(reason.clone()));
@@ -347,7 +359,7 @@ impl GuardState {
         };
         let pinned_here = pinned.is_some();
         let guards = cx.settings.guards.clone();
-        match self.plan_write(&guards, w, key, pinned) {
+        match self.plan_write(cx, &guards, w, key, pinned) {
             Plan::Refuse(refusal) => {
                 let (block, ctx) = self.refusal(&guards.guards[w.guard].table, refusal);
                 (None, StepSpec::Raise(block, Box::new(ctx)))
@@ -399,22 +411,25 @@ impl GuardState {
                 None => self.tracker.tracks_table(table),
             };
         let bump = self.bump_for(w.guard);
-        w.render_with(sql, guards, render_with, returning, bump, &mut text);
+        let added = w.render_with(sql, guards, render_with, returning, bump, &mut text);
+        let observed = w.observes(guards, render_with);
         let step = StepSpec::Sql(
             text,
             Some(Box::new(WriteCheck {
                 guards: Arc::clone(guards),
                 guard: w.guard,
                 op: w.op,
-                added: if returning {
-                    w.added_columns(guards)
-                } else {
-                    0
-                },
+                added,
+                observed: observed.then(|| expected.clone()),
                 client_returning: w.client_returning,
                 // A write inside WITH checks its version in its predicate, but its row
-                // count is not the statement's: the check before it raises a conflict.
-                expected: if w.splice.in_cte { None } else { expected },
+                // count is not the statement's: the check before it raises a conflict. An
+                // observed write raises nothing.
+                expected: if w.splice.in_cte || observed {
+                    None
+                } else {
+                    expected
+                },
                 key,
                 known,
                 plan: None,
@@ -425,4 +440,13 @@ impl GuardState {
         );
         (check, step)
     }
+}
+
+/// True when the guard of `table` (a config guard or an alias) is in observe mode.
+pub(super) fn observed(guards: &GuardSet, table: &crate::config::TableName) -> bool {
+    guards
+        .guards
+        .iter()
+        .find(|g| g.table == *table)
+        .is_some_and(|g| g.observes())
 }

@@ -25,7 +25,9 @@
 //! expected (see [`crate::guard::conflict::found_in_error`]). The condition is evaluated again
 //! only for such a row (`CASE` keeps the order), and the statement fails then anyway.
 
-use super::{CONFLICT_MARKER, GuardedWrite, Renderer, push_column, push_literal, push_param};
+use super::{
+    CONFLICT_MARKER, GuardedWrite, Renderer, push_column, push_literal, push_observed, push_param,
+};
 
 /// How many known rows a write with a one-column key lists: the session's most recently used
 /// ones. A row left out counts as "nothing known", as a row the tracker dropped does.
@@ -140,6 +142,10 @@ impl Renderer<'_> {
         self.open_check(s);
         let (q, version) = (self.q, self.version);
         let at = position(q, key, list);
+        if self.observe {
+            self.observed_rows(list, &at);
+            return;
+        }
         let out = &mut *self.out;
         out.push_str("CASE WHEN ");
         out.push_str(&at);
@@ -172,5 +178,31 @@ impl Renderer<'_> {
             out.push_str(" ELSE false");
         }
         out.push_str(" END");
+    }
+
+    /// The observed check of every row against the known rows: a row at another version
+    /// than the one listed records its version and its position in the list (see
+    /// [`super::OBSERVED_SETTING`]); every row is written as the client asked.
+    fn observed_rows(&mut self, list: KnownList<'_>, at: &str) {
+        let (q, version) = (self.q, self.version);
+        let matched = |out: &mut String| {
+            out.push_str(at);
+            out.push_str(" IS NULL OR ");
+            out.push_str(at);
+            out.push_str(" = ANY(array_positions(");
+            match list {
+                KnownList::Literal(rows) => push_array(out, rows.iter().map(|(_, v)| v.as_str())),
+                KnownList::Params(n) => push_param(out, n + 1),
+            }
+            out.push_str(", ");
+            push_column(out, q, version);
+            out.push_str("))");
+        };
+        let more = |out: &mut String| {
+            out.push_str(", ");
+            out.push_str(at);
+            out.push_str(", '#'");
+        };
+        push_observed(self.out, matched, q, version, more);
     }
 }
