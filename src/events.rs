@@ -26,14 +26,21 @@ pub enum Outcome {
     Conflict = 2,
     /// Observe mode: would have been a conflict or a refusal; it went through as written.
     Observed = 3,
+    /// Of the rewritten writes: a keyed write with no expected version known (bump only).
+    Unversioned = 4,
+    /// Of the rewritten writes: a write not pinned to one key, with no version known of the
+    /// rows it touches (bump only).
+    Bulk = 5,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Rewritten,
         Outcome::Refused,
         Outcome::Conflict,
         Outcome::Observed,
+        Outcome::Unversioned,
+        Outcome::Bulk,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +49,8 @@ impl Outcome {
             Outcome::Refused => "refused",
             Outcome::Conflict => "conflict",
             Outcome::Observed => "observed",
+            Outcome::Unversioned => "unversioned",
+            Outcome::Bulk => "bulk",
         }
     }
 }

@@ -438,3 +438,73 @@ async fn reload_switches_a_guard_between_modes_for_open_sessions() {
     assert_eq!(recorded(&proxy, "observed").len(), 2);
     assert_eq!(recorded(&proxy, "conflict").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_counts_per_table_and_application_as_the_metrics_do() {
+    let db = invoice_db("obs_report", 4, "").await;
+    let proxy = Proxy::with_guards(&format!("metrics_listen = \"127.0.0.1:0\"\n{SCOPED}")).await;
+    let pos = proxy.client_as(&db.name, "pos-till-1").await;
+    let report = proxy.client_as(&db.name, "nightly-report").await;
+    // pos: one checked write, one conflict, one unversioned write.
+    pos.simple_query("SELECT version FROM invoice WHERE id = 1")
+        .await
+        .unwrap();
+    pos.simple_query("UPDATE invoice SET total = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    bump_directly(&db, 1).await;
+    pos.simple_query("UPDATE invoice SET total = 2 WHERE id = 1")
+        .await
+        .unwrap_err();
+    pos.execute("UPDATE invoice SET total = 3 WHERE id = $1", &[&2i32])
+        .await
+        .unwrap();
+    // report: one bulk write, one observed stale write; then it leaves (its counts stay).
+    report
+        .simple_query("UPDATE invoice SET total = total + 1 WHERE total > 0")
+        .await
+        .unwrap();
+    report
+        .simple_query("SELECT version FROM invoice WHERE id = 3")
+        .await
+        .unwrap();
+    bump_directly(&db, 3).await;
+    report
+        .simple_query("UPDATE invoice SET total = 4 WHERE id = 3")
+        .await
+        .unwrap();
+    drop(report);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // table|application_name|writes|conflicts|observed|refused|unversioned|bulk
+    let lines = proxy.console_rows("SHOW REPORT");
+    let line = |app: &str| {
+        lines
+            .iter()
+            .find(|l| l[1] == app)
+            .unwrap_or_else(|| panic!("{app} in {lines:?}"))[2..]
+            .iter()
+            .map(|v| v.parse::<u64>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(line("pos-till-1"), vec![3, 1, 0, 0, 1, 0], "{lines:?}");
+    assert_eq!(line("nightly-report"), vec![2, 0, 1, 0, 0, 1], "{lines:?}");
+    // The metrics count the same writes.
+    let (_, body) = http_get(proxy.metrics.unwrap(), "/metrics").await;
+    for (i, outcome) in [
+        "rewritten",
+        "conflict",
+        "observed",
+        "refused",
+        "unversioned",
+        "bulk",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let series = format!(
+            "optlock_guarded_writes_total{{table=\"public.invoice\",outcome=\"{outcome}\"}}"
+        );
+        let total: u64 = lines.iter().map(|l| l[2 + i].parse::<u64>().unwrap()).sum();
+        assert_eq!(sample(&body, &series) as u64, total, "{outcome}");
+    }
+}

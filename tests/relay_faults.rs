@@ -638,6 +638,8 @@ async fn fatal_then_reset(listener: tokio::net::TcpListener) {
     fatal.extend_from_slice(fields);
     s.write_all(&fatal).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // SO_LINGER 0: the close is a reset, which is what this server does.
+    #[allow(deprecated)]
     s.set_linger(Some(Duration::ZERO)).unwrap();
     drop(s);
 }

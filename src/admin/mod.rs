@@ -6,6 +6,7 @@
 //! - [`http`]: a minimal HTTP/1.1 server answering `GET /metrics`.
 //! - [`registry`]: who is connected, and what each session is doing.
 //! - [`conflicts`]: a bounded ring of the most recent conflicts.
+//! - [`report`]: the roll-out report, per table and application.
 //! - [`console`]: `SHOW ...` and `RELOAD`, answered as encoded backend messages.
 //! - [`session`]: a console session: the login checked upstream, then commands.
 //! - [`state`]: all of the above as one cloneable value.
@@ -17,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod operator;
 pub mod registry;
+pub mod report;
 pub mod session;
 pub mod state;
 

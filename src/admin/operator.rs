@@ -93,6 +93,7 @@ impl SessionEvents for SessionAdmin {
 
     fn guarded(&self, table: TableId, outcome: Outcome) {
         self.metrics.guarded(table, outcome);
+        self.handle.count(table, outcome);
     }
 
     fn conflict(&self, conflict: Conflict) {

@@ -18,7 +18,9 @@ use std::time::SystemTime;
 
 use futures_util::task::AtomicWaker;
 
-use crate::events::SessionStart;
+use super::report::{Report, ReportRow, Tally};
+use crate::events::{Outcome, SessionStart};
+use crate::guard::TableId;
 use crate::protocol::TxStatus;
 
 /// What a session is doing, as `pg_stat_activity.state` would say.
@@ -94,6 +96,8 @@ struct Live {
     /// Changes only when the session's scope does (at login, after `SET application_name`
     /// or a reload).
     guards: Mutex<String>,
+    /// The session's guarded writes since they were last folded into the report.
+    tally: Mutex<Tally>,
     connected_at: SystemTime,
     backend_pid: AtomicI32,
     state: AtomicU8,
@@ -112,6 +116,8 @@ pub struct SessionRegistry {
     sessions: Mutex<BTreeMap<u64, Arc<Live>>>,
     /// Set (under the `sessions` lock) by `drain_all`; sessions registered later start drained.
     draining: AtomicBool,
+    /// The guarded writes of sessions that ended (or changed `application_name`).
+    report: Report,
 }
 
 impl SessionRegistry {
@@ -126,6 +132,7 @@ impl SessionRegistry {
             id,
             application_name: Mutex::new(start.application_name.clone()),
             guards: Mutex::new(String::new()),
+            tally: Mutex::new(Tally::new(&start.application_name)),
             start,
             connected_at: SystemTime::now(),
             backend_pid: AtomicI32::new(0),
@@ -186,6 +193,16 @@ impl SessionRegistry {
                 guards: s.guards.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             })
             .collect()
+    }
+
+    /// The roll-out report: ended sessions' counts and the live ones'.
+    pub fn report(&self) -> Vec<ReportRow> {
+        let live: Vec<Arc<Live>> = self.lock().values().cloned().collect();
+        let tallies: Vec<_> = live
+            .iter()
+            .map(|s| s.tally.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        self.report.rows(tallies.iter().map(|t| &**t))
     }
 
     /// How many sessions are live.
@@ -270,7 +287,8 @@ impl SessionHandle {
         *self.live.guards.lock().unwrap_or_else(|e| e.into_inner()) = guards.to_string();
     }
 
-    /// Records a new `application_name` (from the server's `ParameterStatus`).
+    /// Records a new `application_name` (from the server's `ParameterStatus`): what the
+    /// session counted so far is reported under the old one.
     pub fn set_application_name(&self, name: &str) {
         let mut current = self
             .live
@@ -279,12 +297,28 @@ impl SessionHandle {
             .unwrap_or_else(|e| e.into_inner());
         if *current != name {
             *current = name.to_string();
+            let mut tally = self.tally();
+            self.registry.report.fold(&mut tally);
+            tally.application_name = name.to_string();
         }
+    }
+
+    /// Counts one guarded write's outcome for the report.
+    #[inline]
+    pub fn count(&self, table: TableId, outcome: Outcome) {
+        self.tally().add(table, outcome);
+    }
+
+    fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.live.tally.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl Drop for SessionHandle {
     fn drop(&mut self) {
+        // Folded first: a report taken meanwhile sees the counts once, in one place or the
+        // other.
+        self.registry.report.fold(&mut self.tally());
         self.registry.lock().remove(&self.live.id);
     }
 }

@@ -544,10 +544,8 @@ impl Engine {
             let (guard, mut cx) = self.guard_cx(ev);
             guard.on_new_settings(&mut cx);
         } else if std::mem::take(&mut self.link.scope_changed)
-            && !Arc::ptr_eq(
-                &self.settings.guards.config_set(),
-                &self.scoped(self.settings.clone()).guards.config_set(),
-            )
+            && self.settings.guards.config_set_id()
+                != self.scoped(self.settings.clone()).guards.config_set_id()
         {
             // `SET application_name` moved the session into another scope: its guards are
             // resolved again as after a reload.
@@ -563,7 +561,7 @@ impl Engine {
             let (guard, mut cx) = self.guard_cx(ev);
             guard.on_new_settings(&mut cx);
         }
-        let set = Arc::as_ptr(&self.settings.guards.config_set()) as usize;
+        let set = self.settings.guards.config_set_id();
         if self.link.scope_reported != set {
             self.link.scope_reported = set;
             ev.guards_in_force(&self.settings.guards.modes_text());

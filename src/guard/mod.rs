@@ -190,6 +190,14 @@ impl GuardSet {
         self.base.clone().unwrap_or_else(|| self.clone())
     }
 
+    /// The address of [`GuardSet::config_set`], without touching reference counts: what tells
+    /// one session's guards from another's.
+    pub fn config_set_id(&self) -> usize {
+        self.base
+            .as_ref()
+            .map_or(self as *const GuardSet, Arc::as_ptr) as usize
+    }
+
     /// Each config guard's table and the mode it has in this set (a session's scoped set
     /// leaves out the guards the session skips): `public.item=enforce, public.acct=observe`.
     pub fn modes_text(&self) -> String {
@@ -279,18 +287,28 @@ impl GuardSet {
 
 /// The process-wide id of a guarded table: what tracked versions are keyed by (never a guard's
 /// index in one config, which a reload may change).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TableId(pub usize);
+
+static TABLE_IDS: OnceLock<Mutex<HashMap<TableName, TableId>>> = OnceLock::new();
 
 /// The process-wide id of a table name (assigned on first use, never reused).
 pub fn table_id(table: &TableName) -> TableId {
-    static IDS: OnceLock<Mutex<HashMap<TableName, TableId>>> = OnceLock::new();
-    let mut ids = IDS
+    let mut ids = TABLE_IDS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let next = TableId(ids.len());
     *ids.entry(table.clone()).or_insert(next)
+}
+
+/// The table name of a process-wide id (a scan: for reports, not the hot path).
+pub fn table_name(id: TableId) -> Option<TableName> {
+    let ids = TABLE_IDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    ids.iter().find(|(_, i)| **i == id).map(|(t, _)| t.clone())
 }
 
 /// What the guard says about one SQL text (a simple `Query` string, or a `Parse` statement).

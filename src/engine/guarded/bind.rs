@@ -10,12 +10,12 @@ use std::sync::{Arc, OnceLock};
 use super::checks::{BindFix, Plan, WriteCheck};
 use super::cx::Cx;
 use super::parse::{checks_rows_by_param, extra_params};
+use super::plan::unchecked_class;
 use super::rows::{ReadPlan, canonical, param_text, result_format_codes};
 use super::state::GuardState;
 use super::statements::{ParseUndo, Parsed, Portal, Prepared, PreparedWrite};
 use super::tag::{StmtTag, Tag};
 use crate::engine::replies::Pending;
-use crate::events::Outcome;
 use crate::guard::conflict::Refusal;
 use crate::guard::rewrite::{Expected, array_text};
 use crate::guard::{GuardSet, GuardedWrite, Target, ValueRef};
@@ -185,6 +185,7 @@ impl GuardState {
             op: w.op,
             added,
             observed: observed.then(|| expected.clone()),
+            unchecked: unchecked_class(w, expected.is_some() || !known.is_empty()),
             client_returning: w.client_returning,
             // A write inside WITH checks its version in its predicate, but its row count is
             // not the statement's: the check sent before it raises a conflict. An observed
@@ -290,8 +291,7 @@ impl GuardState {
         let w = &pw.write;
         match &pw.full {
             Some(_) if checks_nothing && !self.rows_may_come(cx) && !w.splice.in_cte => {
-                cx.events
-                    .guarded(pw.guards.table_ids[w.guard], Outcome::Rewritten);
+                self.count_write(cx, pw.guards.table_ids[w.guard], unchecked_class(w, false));
                 None
             }
             Some(full) => Some((
@@ -348,8 +348,7 @@ impl GuardState {
     ) -> bool {
         let w = &pw.write;
         if pw.extra.is_none() && pw.added == 0 && pw.server_name.is_none() {
-            cx.events
-                .guarded(pw.guards.table_ids[w.guard], Outcome::Rewritten);
+            self.count_write(cx, pw.guards.table_ids[w.guard], unchecked_class(w, false));
             return false;
         }
         let Some(b) = fe::bind(msg.body()) else {
@@ -373,6 +372,7 @@ impl GuardState {
             op: w.op,
             added: pw.added,
             observed: None,
+            unchecked: unchecked_class(w, false),
             client_returning: w.client_returning,
             expected: None,
             key: None,

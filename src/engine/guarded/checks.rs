@@ -82,6 +82,9 @@ pub struct WriteCheck {
     /// found (see [`crate::guard::rewrite::OBSERVED_SETTING`]). Holds the version expected of
     /// the row the write names, if it names one (else the check is of the `known` rows).
     pub observed: Option<Option<String>>,
+    /// What the write is counted as besides rewritten when it checks nothing
+    /// ([`crate::events::Outcome::Unversioned`] or [`crate::events::Outcome::Bulk`]).
+    pub unchecked: Option<crate::events::Outcome>,
     pub client_returning: bool,
     /// The version the write must find; 0 rows then means a conflict.
     pub expected: Option<String>,

@@ -13,7 +13,6 @@ use super::state::{AfterSync, GuardState};
 use super::statements::Portal;
 use super::tag::{StmtTag, Tag};
 use crate::engine::replies::Pending;
-use crate::events::Outcome;
 use crate::guard::conflict;
 use crate::protocol::{Frame, backend as be, frontend as fe};
 
@@ -26,8 +25,7 @@ impl GuardState {
         let (portal, _) = fe::execute(body)?;
         let p = self.portals.get(portal)?.clone();
         if let Some(w) = &p.write {
-            cx.events
-                .guarded(w.guards.table_ids[w.guard], Outcome::Rewritten);
+            self.count_write(cx, w.guards.table_ids[w.guard], w.unchecked);
         }
         Some(Box::new(Tag::Execute(p)))
     }

@@ -8,6 +8,7 @@ use super::rows::{canonical, param_text};
 use super::state::GuardState;
 use crate::config::{BulkPolicy, UnversionedPolicy};
 use crate::engine::replies::Pending;
+use crate::events::Outcome;
 use crate::guard::conflict::{ConflictInfo, Refusal};
 use crate::guard::rewrite::{Bump, known_cap};
 use crate::guard::{GuardSet, GuardedWrite, TableId, Target, ValueRef, WriteOp};
@@ -181,5 +182,28 @@ impl GuardState {
                 }
             })
             .collect()
+    }
+}
+
+/// What a write of `w` that checks no version (`checked` false) is counted as besides
+/// rewritten: [`Outcome::Unversioned`] for a keyed write, [`Outcome::Bulk`] for one not
+/// pinned to one key. None for a checked write, one that pins its own version, an upsert.
+pub(super) fn unchecked_class(w: &GuardedWrite, checked: bool) -> Option<Outcome> {
+    if checked || w.pinned.is_some() || w.op == WriteOp::Upsert {
+        return None;
+    }
+    Some(match w.target {
+        Target::Bulk => Outcome::Bulk,
+        _ => Outcome::Unversioned,
+    })
+}
+
+impl GuardState {
+    /// Counts one guarded write sent to the server (and its class, if it checks nothing).
+    pub(super) fn count_write(&self, cx: &Cx<'_>, table: TableId, class: Option<Outcome>) {
+        cx.events.guarded(table, Outcome::Rewritten);
+        if let Some(class) = class {
+            cx.events.guarded(table, class);
+        }
     }
 }

@@ -17,7 +17,6 @@ use super::rows::ReadPlan;
 use super::state::GuardState;
 use super::tag::Tag;
 use crate::engine::replies::Pending;
-use crate::events::Outcome;
 use crate::guard::conflict;
 use crate::guard::datestyle::DateStyle;
 use crate::guard::track::Tracker;
@@ -81,8 +80,7 @@ impl GuardState {
         match step {
             StepSpec::Sql(text, check) => {
                 if let Some(c) = &check {
-                    cx.events
-                        .guarded(c.guards.table_ids[c.guard], Outcome::Rewritten);
+                    self.count_write(cx, c.guards.table_ids[c.guard], c.unchecked);
                 }
                 self.note_step_tx(cx, &text);
                 fe::write_query(&mut cx.out.to_server, text.as_bytes());

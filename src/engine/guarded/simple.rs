@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use super::checks::{Plan, StepSpec, WriteCheck};
 use super::cx::Cx;
+use super::plan::unchecked_class;
 use super::rows::{ReadCheck, Reads, canonical};
 use super::state::GuardState;
 use super::tag::Tag;
@@ -115,7 +116,8 @@ impl GuardState {
             && !w.adds_bump(&guards)
             && self.expects_nothing(cx, &guards, w)
         {
-            self.send_as_written(cx, msg, guards.table_ids[w.guard]);
+            let class = unchecked_class(w, false);
+            self.send_as_written(cx, msg, guards.table_ids[w.guard], class);
             return Ok(true);
         }
         let analysis = analysis.of_text(sql, &guards);
@@ -211,7 +213,12 @@ impl GuardState {
             && !check.in_cte
             && text.as_bytes() == sql.as_bytes()
         {
-            self.send_as_written(cx, msg, check.guards.table_ids[check.guard]);
+            self.send_as_written(
+                cx,
+                msg,
+                check.guards.table_ids[check.guard],
+                check.unchecked,
+            );
             return;
         }
         // A lone checked write that may act without rows (a statement-level trigger, a call
@@ -260,8 +267,14 @@ impl GuardState {
 
     /// A query holding one guarded write (of `table`) that needs nothing changed and nothing
     /// checked: sent as the client wrote it.
-    fn send_as_written(&mut self, cx: &mut Cx<'_>, msg: Frame<'_>, table: TableId) {
-        cx.events.guarded(table, Outcome::Rewritten);
+    fn send_as_written(
+        &mut self,
+        cx: &mut Cx<'_>,
+        msg: Frame<'_>,
+        table: TableId,
+        class: Option<Outcome>,
+    ) {
+        self.count_write(cx, table, class);
         cx.out.to_server.extend_from_slice(msg.bytes());
         cx.out.replies.push(Pending::Simple(None));
     }
@@ -421,6 +434,7 @@ impl GuardState {
                 op: w.op,
                 added,
                 observed: observed.then(|| expected.clone()),
+                unchecked: unchecked_class(w, expected.is_some() || !known.is_empty()),
                 client_returning: w.client_returning,
                 // A write inside WITH checks its version in its predicate, but its row
                 // count is not the statement's: the check before it raises a conflict. An
