@@ -198,6 +198,14 @@ async fn observe_mode_changes_no_reply_and_no_row() {
             1,
             "WITH x AS (UPDATE invoice SET total = 17 WHERE id = 4 RETURNING id) SELECT count(*) FROM x",
         ),
+        (
+            0,
+            "INSERT INTO invoice (id, total) VALUES (2, 1), (9, 1) ON CONFLICT (id) DO UPDATE SET total = excluded.total RETURNING id, total",
+        ),
+        (
+            0,
+            "UPDATE invoice SET total = 18 WHERE id = ANY('{1,2,9}'::int[]) RETURNING id",
+        ),
         (0, "SELECT id, total FROM invoice ORDER BY id"),
     ];
     async fn run(a: &Client, b: &Client) -> Vec<String> {

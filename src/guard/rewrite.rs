@@ -260,14 +260,13 @@ impl GuardedWrite {
     /// True when a rendering with `expected` checks versions in observe mode: the check
     /// records what it finds ([`OBSERVED_SETTING`]) instead of filtering or raising, and the
     /// proxy reads it from the first column it appends. Never inside `WITH`, whose
-    /// `RETURNING` feeds the statement.
+    /// `RETURNING` feeds the statement, nor for an upsert.
     pub fn observes(&self, guards: &GuardSet, expected: Expected<'_>) -> bool {
-        let checks = match expected {
-            Expected::None => false,
-            Expected::Rows(_) | Expected::RowParams(_) => true,
-            Expected::Literal(_) | Expected::Param(_) => self.op != WriteOp::Upsert,
-        };
-        checks && !self.splice.in_cte && guards.guards[self.guard].observes()
+        // An upsert's inserted rows run no check: their RETURNING would read another row's.
+        !matches!(expected, Expected::None)
+            && self.op != WriteOp::Upsert
+            && !self.splice.in_cte
+            && guards.guards[self.guard].observes()
     }
 
     /// True when the rewrite bumps the version in the statement's `SET` (not for `xmin`, which

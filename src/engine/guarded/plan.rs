@@ -55,10 +55,11 @@ impl GuardState {
     }
 
     /// True when the known rows of the table may be checked against a write of `w` whose
-    /// rows its text does not name: not for an observed write inside `WITH`, which cannot
-    /// report what it finds (and must not filter).
+    /// rows its text does not name: not for an observed write inside `WITH` or an observed
+    /// upsert, which cannot report what they find (the rows an upsert inserts run no check,
+    /// so their `RETURNING` would read another row's finding) and must not filter.
     pub(super) fn checks_known_rows(&self, guards: &GuardSet, w: &GuardedWrite) -> bool {
-        !(w.splice.in_cte && guards.guards[w.guard].observes())
+        !((w.splice.in_cte || w.op == WriteOp::Upsert) && guards.guards[w.guard].observes())
     }
 
     /// [`GuardState::plan_write`] as enforce mode decides it.
