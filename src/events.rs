@@ -146,6 +146,14 @@ pub trait SessionEvents: Send + Sync {
     fn statement(&self);
     /// A write on a guarded table had this outcome.
     fn guarded(&self, table: TableId, outcome: Outcome);
+    /// A guarded write was sent ([`Outcome::Rewritten`]), and, when it checks no version, its
+    /// class ([`Outcome::Unversioned`] or [`Outcome::Bulk`]): one call on the hot path.
+    fn write_sent(&self, table: TableId, class: Option<Outcome>) {
+        self.guarded(table, Outcome::Rewritten);
+        if let Some(class) = class {
+            self.guarded(table, class);
+        }
+    }
     /// A conflict was raised to the client (counted by [`SessionEvents::guarded`] too).
     fn conflict(&self, conflict: Conflict);
     /// A `ReadyForQuery` arrived with this transaction status; the session tracks `tracked`

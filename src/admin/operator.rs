@@ -93,7 +93,16 @@ impl SessionEvents for SessionAdmin {
 
     fn guarded(&self, table: TableId, outcome: Outcome) {
         self.metrics.guarded(table, outcome);
-        self.handle.count(table, outcome);
+        self.handle.count(table, outcome, None);
+    }
+
+    #[inline]
+    fn write_sent(&self, table: TableId, class: Option<Outcome>) {
+        self.metrics.guarded(table, Outcome::Rewritten);
+        if let Some(class) = class {
+            self.metrics.guarded(table, class);
+        }
+        self.handle.count(table, Outcome::Rewritten, class);
     }
 
     fn conflict(&self, conflict: Conflict) {

@@ -303,10 +303,14 @@ impl SessionHandle {
         }
     }
 
-    /// Counts one guarded write's outcome for the report.
+    /// Counts one guarded write's outcome (and a second one, if any) for the report.
     #[inline]
-    pub fn count(&self, table: TableId, outcome: Outcome) {
-        self.tally().add(table, outcome);
+    pub fn count(&self, table: TableId, outcome: Outcome, also: Option<Outcome>) {
+        let mut tally = self.tally();
+        tally.add(table, outcome);
+        if let Some(also) = also {
+            tally.add(table, also);
+        }
     }
 
     fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {

@@ -202,9 +202,6 @@ pub(super) fn unchecked_class(w: &GuardedWrite, checked: bool) -> Option<Outcome
 impl GuardState {
     /// Counts one guarded write sent to the server (and its class, if it checks nothing).
     pub(super) fn count_write(&self, cx: &Cx<'_>, table: TableId, class: Option<Outcome>) {
-        cx.events.guarded(table, Outcome::Rewritten);
-        if let Some(class) = class {
-            cx.events.guarded(table, class);
-        }
+        cx.events.write_sent(table, class);
     }
 }
