@@ -444,3 +444,56 @@ async fn what_the_database_says_keeps_reads_as_they_are() {
     other_writes(&b, "acct", 12).await;
     stale_write_conflicts(&a, "public.acct", 12, "schema-qualified read").await;
 }
+
+/// Every message of the reply to a simple `Query` up to `ReadyForQuery`: (type, body).
+async fn raw_reply(raw: &mut Raw, sql: &str) -> Vec<(u8, Vec<u8>)> {
+    raw.send(&query(sql)).await;
+    let mut out = Vec::new();
+    loop {
+        let m = raw.read_msg().await.expect("a reply");
+        let done = m.tag == b'Z';
+        out.push((m.tag, m.body().to_vec()));
+        if done {
+            return out;
+        }
+    }
+}
+
+#[tokio::test]
+async fn copy_of_a_select_to_stdout_teaches_and_reads_the_same() {
+    let (db, proxy) = setup("cap_copy").await;
+    let b = proxy.client(&db.name).await;
+    for table in TABLES {
+        for (i, options) in ["", " (FORMAT binary)", " WITH (FORMAT text, NULL 'none')"]
+            .iter()
+            .enumerate()
+        {
+            let id = 1 + i as i32;
+            let sql = format!(
+                "COPY (SELECT balance, 'a\tb' AS t FROM {table} WHERE id IN ({id}, 10) ORDER BY id) TO STDOUT{options}"
+            );
+            let mut direct = db.raw().await;
+            let want = raw_reply(&mut direct, &sql).await;
+            let mut a = proxy.raw(&db.name).await;
+            let got = raw_reply(&mut a, &sql).await;
+            assert_eq!(got, want, "{sql}");
+            assert!(got.iter().any(|(t, _)| *t == b'd'), "{sql}: rows came");
+            // The COPY taught the row's version: another session's write makes A's stale.
+            other_writes(&b, table, id).await;
+            let reply = raw_reply(
+                &mut a,
+                &format!("UPDATE {table} SET balance = 5 WHERE id = {id}"),
+            )
+            .await;
+            let err = reply
+                .iter()
+                .find(|(t, _)| *t == b'E')
+                .unwrap_or_else(|| panic!("{sql}: no conflict: {reply:?}"));
+            assert!(String::from_utf8_lossy(&err.1).contains("40001"), "{sql}");
+        }
+    }
+    // CSV is relayed as it is (not captured): same bytes, nothing learned.
+    let sql = "COPY (SELECT balance FROM acct WHERE id = 5) TO STDOUT (FORMAT csv)";
+    let want = raw_reply(&mut db.raw().await, sql).await;
+    assert_eq!(raw_reply(&mut proxy.raw(&db.name).await, sql).await, want);
+}

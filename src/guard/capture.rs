@@ -28,7 +28,7 @@ use sqlparser::tokenizer::Token;
 use super::keywords::{fold_ident, written};
 use super::lex::Lexed;
 use super::resolve::{name_parts, resolve};
-use super::{Capture, CaptureTable, GuardSet};
+use super::{Capture, CaptureTable, CopyFormat, GuardSet};
 
 /// The name each added column gets: one no client spells, so that an `ORDER BY` of an output
 /// column never meets one of the proxy's, and a result's `RowDescription` tells the proxy's
@@ -41,8 +41,17 @@ pub const COLUMN_ALIAS: &str = "\"?optlock?\"";
 /// The capture of a statement text holding one parsed statement (as statement 0, offsets in
 /// `lexed`'s text), if it reads guarded tables in a form capture keeps exact.
 pub(super) fn capture(stmt: &ast::Statement, lexed: &Lexed, guards: &GuardSet) -> Option<Capture> {
-    let ast::Statement::Query(query) = stmt else {
-        return None;
+    let (query, copy) = match stmt {
+        ast::Statement::Query(query) => (query, None),
+        ast::Statement::Copy {
+            source: ast::CopySource::Query(query),
+            to: true,
+            target: ast::CopyTarget::Stdout,
+            options,
+            legacy_options,
+            ..
+        } => (query, Some(copy_format(options, legacy_options)?)),
+        _ => return None,
     };
     let select = plain_select(query)?;
     let ctes: Vec<String> = query
@@ -65,7 +74,40 @@ pub(super) fn capture(stmt: &ast::Statement, lexed: &Lexed, guards: &GuardSet) -
         at,
         tables: items.tables,
         calls,
+        copy,
     })
+}
+
+/// The format of a `COPY ... TO STDOUT` with these options, when the proxy can take columns
+/// off its rows: text with the tab delimiter and no header line (any `NULL` string or
+/// `ENCODING`: neither changes where a tab is), or binary. CSV is not captured (a field may
+/// hold the delimiter in quotes).
+fn copy_format(
+    options: &[ast::CopyOption],
+    legacy: &[ast::CopyLegacyOption],
+) -> Option<CopyFormat> {
+    let mut format = CopyFormat::Text;
+    for o in options {
+        match o {
+            ast::CopyOption::Format(f) => {
+                format = match fold_ident(f).as_str() {
+                    "text" => CopyFormat::Text,
+                    "binary" => CopyFormat::Binary,
+                    _ => return None,
+                }
+            }
+            ast::CopyOption::Delimiter('\t') | ast::CopyOption::Header(false) => {}
+            ast::CopyOption::Null(_) | ast::CopyOption::Encoding(_) => {}
+            _ => return None,
+        }
+    }
+    for o in legacy {
+        match o {
+            ast::CopyLegacyOption::Binary => format = CopyFormat::Binary,
+            _ => return None,
+        }
+    }
+    Some(format)
 }
 
 /// The query's `SELECT` when it is one whose output columns can be added to without changing

@@ -346,6 +346,17 @@ pub struct Capture {
     /// once): the capture holds only when the session knows none of them is an aggregate
     /// or a window function.
     pub calls: Vec<String>,
+    /// The `SELECT` is the query of a `COPY (...) TO STDOUT` in this format: its rows come
+    /// as `CopyData`, not `DataRow`s.
+    pub copy: Option<CopyFormat>,
+}
+
+/// The format of a captured `COPY (SELECT ...) TO STDOUT` (those the proxy can take columns
+/// off: text with the tab delimiter and no header, and binary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    Text,
+    Binary,
 }
 
 /// One guarded table instance of a captured `SELECT`.

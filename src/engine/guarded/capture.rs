@@ -83,10 +83,12 @@ impl GuardState {
             text.push_str(&sql[copied..at]);
             push_columns(&mut text, tables.iter().copied(), guards);
             copied = at;
+            let copy = c.copy.map(|format| (format, self.column_types(&tables)));
             captured.push(Captured {
                 statement: c.statement,
                 layout: layout(&tables, guards),
                 added: added_columns(tables.iter().copied(), guards),
+                copy,
             });
         }
         if captured.is_empty() {
@@ -121,7 +123,8 @@ impl GuardState {
         guards: &GuardSet,
     ) -> Option<(String, PreparedCapture)> {
         let tables = self.capture_tables(capture);
-        if tables.is_empty() {
+        // A COPY's rows are followed in the simple protocol only.
+        if tables.is_empty() || capture.copy.is_some() {
             return None;
         }
         let mut cols = Vec::new();
@@ -199,6 +202,22 @@ impl GuardState {
 }
 
 /// Each table instance's table and number of key columns, in column order.
+impl GuardState {
+    /// The types of the columns capture adds for `tables` (each one's key columns, then its
+    /// version), as this database's catalog gives them; empty when one is not resolved.
+    fn column_types(&self, tables: &[&CaptureTable]) -> Vec<u32> {
+        let mut types = Vec::new();
+        for t in tables {
+            let Some(rg) = self.resolved.get(t.guard) else {
+                return Vec::new();
+            };
+            types.extend(&rg.key_types);
+            types.push(rg.version_type);
+        }
+        types
+    }
+}
+
 fn layout(tables: &[&CaptureTable], guards: &GuardSet) -> Vec<(TableId, usize)> {
     tables
         .iter()

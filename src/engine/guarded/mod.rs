@@ -4,6 +4,7 @@
 //! Plain data, each file importing only the ones above it:
 //!
 //! - [`rows`]: where a result's guarded keys and versions are, and pinned reads in flight.
+//! - [`copy_out`]: the rows of a captured `COPY (SELECT ...) TO STDOUT`, taken apart.
 //! - [`checks`]: what is checked of a guarded write, its plan, raises, simple-Query scripts.
 //! - [`names`]: the map by statement or portal name that the state's maps use.
 //! - [`statements`]: prepared statements, portals, kept and stale statements, `Parse` undos.
@@ -42,6 +43,7 @@
 //! With no guard configured none of this runs: every hook returns at its first test.
 
 mod checks;
+mod copy_out;
 mod cx;
 mod names;
 mod rows;

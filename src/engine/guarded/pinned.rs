@@ -14,12 +14,13 @@
 use crate::protocol::Frame;
 use std::sync::Arc;
 
+use super::copy_out;
 use super::cx::Cx;
-use super::rows::{Col, ReadCheck, Reads, strip_description, strip_row};
+use super::rows::{Col, ReadCheck, ReadPlan, Reads, strip_description, strip_row};
 use super::state::GuardState;
 use super::tag::Tag;
 use crate::engine::replies::Pending;
-use crate::guard::{GuardSet, PinnedRead};
+use crate::guard::{CopyFormat, GuardSet, PinnedRead};
 use crate::protocol::backend::{self as be, Column};
 use crate::protocol::frontend::Bind;
 
@@ -93,6 +94,30 @@ impl GuardState {
                 let plan = self.row_plan.as_deref();
                 let out = &mut cx.out.to_client;
                 strip_row(body, reads.strip, plan, &mut self.tracker, style, out)
+            }
+            be::COPY_OUT_RESPONSE => {
+                let Some((format, types)) = &c.copy else {
+                    return false;
+                };
+                let out = &mut cx.out.to_client;
+                if copy_out::strip_response(body, c.added, out).is_none() {
+                    return false;
+                }
+                reads.strip = c.added;
+                let f = i16::from(*format == CopyFormat::Binary);
+                let cols: Vec<(u32, i16)> = types.iter().map(|&t| (t, f)).collect();
+                self.row_plan = ReadPlan::captured(&c.layout, &cols).map(Arc::new);
+                true
+            }
+            be::COPY_DATA if reads.strip > 0 => {
+                let Some((format, _)) = &c.copy else {
+                    return false;
+                };
+                let style = cx.params.date_style;
+                let plan = self.row_plan.as_deref();
+                let out = &mut cx.out.to_client;
+                let t = &mut self.tracker;
+                copy_out::strip_data(body, *format, reads.strip, plan, t, style, out)
             }
             be::COMMAND_COMPLETE => {
                 let at = reads.at;

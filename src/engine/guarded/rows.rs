@@ -13,7 +13,7 @@ use crate::guard::capture::COLUMN_NAME;
 use crate::guard::datestyle::{self, DateStyle};
 use crate::guard::track::Tracker;
 use crate::guard::values;
-use crate::guard::{GuardSet, TableId};
+use crate::guard::{CopyFormat, GuardSet, TableId};
 use crate::protocol::backend::{self as be, Column};
 use crate::protocol::frontend::Bind;
 
@@ -235,6 +235,9 @@ pub struct Captured {
     pub layout: Vec<(TableId, usize)>,
     /// How many columns were added at the end of each row.
     pub added: usize,
+    /// The statement is a `COPY (SELECT ...) TO STDOUT` in this format, and the added columns'
+    /// types as the catalog gives them (a COPY says none; empty when unresolved).
+    pub copy: Option<(CopyFormat, Vec<u32>)>,
 }
 
 /// A `RowDescription` of a result whose last `added` columns should be the proxy's. When

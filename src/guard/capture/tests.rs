@@ -169,3 +169,41 @@ fn a_capture_survives_the_texts_shape() {
     }
     assert_eq!(cache.len(), 1, "one shape");
 }
+
+#[test]
+fn copy_of_a_select_to_stdout_is_captured_in_text_and_binary() {
+    let copy_of = |sql: &str| analyze(sql, &guards()).captures.first().map(|c| c.copy);
+    assert_eq!(
+        copy_of("COPY (SELECT total FROM invoice WHERE id < 5) TO STDOUT"),
+        Some(Some(CopyFormat::Text))
+    );
+    assert_eq!(
+        copy_of("copy (select total from invoice) to stdout with (format binary)"),
+        Some(Some(CopyFormat::Binary))
+    );
+    assert_eq!(
+        copy_of(
+            "COPY (SELECT total FROM invoice) TO STDOUT (FORMAT text, NULL 'x', ENCODING 'UTF8')"
+        ),
+        Some(Some(CopyFormat::Text))
+    );
+    assert_eq!(
+        copy_of("COPY (SELECT total FROM invoice) TO STDOUT BINARY"),
+        Some(Some(CopyFormat::Binary))
+    );
+    let sql = "COPY (SELECT i.total FROM invoice i) TO STDOUT";
+    let text = captured(sql).expect("captured");
+    assert!(text.starts_with("COPY (SELECT i.total, i.id "), "{text}");
+    assert!(text.ends_with(") TO STDOUT"), "{text}");
+    // Forms whose rows the proxy cannot take columns off, or that are not reads to stdout.
+    for sql in [
+        "COPY (SELECT total FROM invoice) TO STDOUT (FORMAT csv)",
+        "COPY (SELECT total FROM invoice) TO STDOUT (DELIMITER ',')",
+        "COPY (SELECT total FROM invoice) TO STDOUT (HEADER)",
+        "COPY (SELECT total FROM invoice) TO '/tmp/x'",
+        "COPY invoice TO STDOUT",
+        "COPY (SELECT DISTINCT total FROM invoice) TO STDOUT",
+    ] {
+        assert_eq!(copy_of(sql), None, "{sql}");
+    }
+}
