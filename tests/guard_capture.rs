@@ -445,6 +445,26 @@ async fn what_the_database_says_keeps_reads_as_they_are() {
     stale_write_conflicts(&a, "public.acct", 12, "schema-qualified read").await;
 }
 
+/// Every message of the replies to `sql` prepared, bound, described and run in one
+/// extended batch: (type, body).
+async fn raw_extended(raw: &mut Raw, sql: &str) -> Vec<(u8, Vec<u8>)> {
+    let mut batch = parse("", sql, &[]);
+    batch.extend(bind("", "", &[], &[]));
+    batch.extend(describe(b'P', ""));
+    batch.extend(execute("", 0));
+    batch.extend(sync());
+    raw.send(&batch).await;
+    let mut out = Vec::new();
+    loop {
+        let m = raw.read_msg().await.expect("a reply");
+        let done = m.tag == b'Z';
+        out.push((m.tag, m.body().to_vec()));
+        if done {
+            return out;
+        }
+    }
+}
+
 /// Every message of the reply to a simple `Query` up to `ReadyForQuery`: (type, body).
 async fn raw_reply(raw: &mut Raw, sql: &str) -> Vec<(u8, Vec<u8>)> {
     raw.send(&query(sql)).await;
@@ -496,4 +516,80 @@ async fn copy_of_a_select_to_stdout_teaches_and_reads_the_same() {
     let sql = "COPY (SELECT balance FROM acct WHERE id = 5) TO STDOUT (FORMAT csv)";
     let want = raw_reply(&mut db.raw().await, sql).await;
     assert_eq!(raw_reply(&mut proxy.raw(&db.name).await, sql).await, want);
+}
+
+#[tokio::test]
+async fn a_cursor_s_fetches_teach_and_read_the_same() {
+    let (db, proxy) = setup("cap_cursor").await;
+    let b = proxy.client(&db.name).await;
+    for table in TABLES {
+        for (i, declare) in [
+            "DECLARE c CURSOR FOR",
+            "DECLARE \"Big C\" BINARY NO SCROLL CURSOR WITHOUT HOLD FOR",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let name = if i == 0 { "c" } else { "\"Big C\"" };
+            let (id, other) = (1 + 2 * i as i32, 2 + 2 * i as i32);
+            let statements = [
+                "BEGIN".to_string(),
+                format!(
+                    "{declare} SELECT balance, 'x' AS t FROM {table} WHERE id IN ({id}, {other}) ORDER BY id"
+                ),
+                format!("FETCH NEXT FROM {name}"),
+                format!("fetch forward 5 in {name};"),
+                "COMMIT".to_string(),
+            ];
+            let mut direct = db.raw().await;
+            let mut a = proxy.raw(&db.name).await;
+            for sql in &statements[..3] {
+                let want = raw_reply(&mut direct, sql).await;
+                assert_eq!(raw_reply(&mut a, sql).await, want, "{sql}");
+            }
+            // A FETCH prepared in the extended protocol, described and run (in text, a
+            // BINARY cursor's too: the Bind's formats decide).
+            let fetch = format!("FETCH FORWARD 1 FROM {name}");
+            let want = raw_extended(&mut direct, &fetch).await;
+            assert_eq!(raw_extended(&mut a, &fetch).await, want, "{fetch}");
+            for sql in &statements[3..] {
+                let want = raw_reply(&mut direct, sql).await;
+                assert_eq!(raw_reply(&mut a, sql).await, want, "{sql}");
+            }
+            // The FETCHes taught both rows' versions: writes after another session's are stale.
+            for row in [id, other] {
+                other_writes(&b, table, row).await;
+                let reply = raw_reply(
+                    &mut a,
+                    &format!("UPDATE {table} SET balance = 5 WHERE id = {row}"),
+                )
+                .await;
+                let err = reply
+                    .iter()
+                    .find(|(t, _)| *t == b'E')
+                    .unwrap_or_else(|| panic!("{table} {declare} row {row}: no conflict"));
+                assert!(String::from_utf8_lossy(&err.1).contains("40001"), "{table}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cursor_with_hold_outlives_its_transaction_until_closed() {
+    let (db, proxy) = setup("cap_hold").await;
+    let mut direct = db.raw().await;
+    let mut a = proxy.raw(&db.name).await;
+    for sql in [
+        "DECLARE h CURSOR WITH HOLD FOR SELECT balance FROM acct WHERE id < 4 ORDER BY id",
+        "FETCH NEXT FROM h",
+        "FETCH 2 FROM h",
+        "CLOSE h",
+        "BEGIN",
+        "DECLARE h CURSOR FOR SELECT 1 AS one",
+        "FETCH h",
+        "COMMIT",
+    ] {
+        let want = raw_reply(&mut direct, sql).await;
+        assert_eq!(raw_reply(&mut a, sql).await, want, "{sql}");
+    }
 }

@@ -349,6 +349,18 @@ pub struct Capture {
     /// The `SELECT` is the query of a `COPY (...) TO STDOUT` in this format: its rows come
     /// as `CopyData`, not `DataRow`s.
     pub copy: Option<CopyFormat>,
+    /// The `SELECT` is the query of `DECLARE <name> CURSOR FOR ...`: its rows come from the
+    /// `FETCH`es of that cursor.
+    pub cursor: Option<CursorDecl>,
+}
+
+/// A cursor declared with a captured query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorDecl {
+    /// The name as PostgreSQL folds it.
+    pub name: String,
+    /// `WITH HOLD`: it outlives its transaction.
+    pub hold: bool,
 }
 
 /// The format of a captured `COPY (SELECT ...) TO STDOUT` (those the proxy can take columns

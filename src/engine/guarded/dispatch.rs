@@ -197,6 +197,7 @@ impl GuardState {
             if !self.portals.is_empty() {
                 self.portals.clear();
             }
+            self.end_cursors(None);
             if cx.settings.config.track == crate::config::TrackScope::Transaction {
                 self.tracker.forget_all();
             }

@@ -69,7 +69,7 @@ impl GuardState {
             self.on_session_command(p.query, cx.tx_status == TxStatus::Failed);
         }
         let may_write = found.may_write_guarded();
-        if !may_write && !found.name && before.is_none() {
+        if !may_write && !found.name && before.is_none() && self.fetched(p.query).is_none() {
             return Ok(false);
         }
         // This Parse changes what the session knows of the name: undone if the server does
@@ -386,7 +386,10 @@ impl GuardState {
     ) {
         let captured = match names_guarded {
             true => self.prepare_read(p, guards),
-            false => None,
+            false => {
+                self.prepare_fetch(p);
+                None
+            }
         };
         match captured {
             Some(text) => {

@@ -13,7 +13,7 @@ use crate::guard::capture::COLUMN_NAME;
 use crate::guard::datestyle::{self, DateStyle};
 use crate::guard::track::Tracker;
 use crate::guard::values;
-use crate::guard::{CopyFormat, GuardSet, TableId};
+use crate::guard::{CopyFormat, CursorDecl, GuardSet, TableId};
 use crate::protocol::backend::{self as be, Column};
 use crate::protocol::frontend::Bind;
 
@@ -238,6 +238,16 @@ pub struct Captured {
     /// The statement is a `COPY (SELECT ...) TO STDOUT` in this format, and the added columns'
     /// types as the catalog gives them (a COPY says none; empty when unresolved).
     pub copy: Option<(CopyFormat, Vec<u32>)>,
+}
+
+/// A cursor declared with a captured query: what its `FETCH`es carry.
+#[derive(Debug, Clone)]
+pub struct CapturedCursor {
+    /// The columns added (as statement 0 of a `FETCH`).
+    pub captured: Captured,
+    /// The added columns' types (empty when the guards were not resolved).
+    pub types: Vec<u32>,
+    pub decl: CursorDecl,
 }
 
 /// A `RowDescription` of a result whose last `added` columns should be the proxy's. When

@@ -48,6 +48,7 @@ impl GuardState {
                     self.stale.clear();
                     self.portals.clear();
                     self.deallocated.clear();
+                    self.cursors.clear();
                 }
                 ["RESET", "ALL", ..] => self.tracker.clear(),
                 ["DEALLOCATE", "ALL", ..] | ["DEALLOCATE", "PREPARE", "ALL", ..] if !aborted => {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::checks::{RaiseCtx, Script};
 use super::cx::Cx;
 use super::names::NameMap;
-use super::rows::ReadPlan;
+use super::rows::{CapturedCursor, ReadPlan};
 use super::statements::{Kept, Portal, Prepared, StaleStatement};
 use super::txn::TxnState;
 use crate::catalog::aggregates::Aggregates;
@@ -66,6 +66,8 @@ pub struct GuardState {
     pub(super) after_sync: AfterSync,
     /// Where the server's transactions stand, for undoing what one that failed taught.
     pub(super) txn: TxnState,
+    /// Cursors declared with a captured query, by name.
+    pub(super) cursors: NameMap<CapturedCursor>,
 }
 
 /// A checked write whose batch's `Sync` was sent without waiting for its row count.
@@ -114,6 +116,7 @@ impl GuardState {
             deallocated: Vec::new(),
             after_sync: AfterSync::None,
             txn: TxnState::default(),
+            cursors: NameMap::default(),
         }
     }
 

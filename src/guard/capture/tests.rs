@@ -207,3 +207,62 @@ fn copy_of_a_select_to_stdout_is_captured_in_text_and_binary() {
         assert_eq!(copy_of(sql), None, "{sql}");
     }
 }
+
+#[test]
+fn the_query_of_a_cursor_is_captured_under_the_cursor_s_name() {
+    let cursor_of = |sql: &str| {
+        analyze(sql, &guards())
+            .captures
+            .first()
+            .map(|c| c.cursor.clone().map(|d| d.name))
+    };
+    for (sql, name) in [
+        ("DECLARE c CURSOR FOR SELECT total FROM invoice", "c"),
+        (
+            "declare \"My C\" binary no scroll cursor without hold for select * from invoice where id > 2",
+            "My C",
+        ),
+        (
+            "DECLARE Cur SCROLL CURSOR WITH HOLD FOR SELECT total FROM invoice",
+            "cur",
+        ),
+    ] {
+        assert_eq!(cursor_of(sql), Some(Some(name.to_string())), "{sql}");
+    }
+    let text = captured("DECLARE c CURSOR FOR SELECT total FROM invoice").unwrap();
+    assert!(
+        text.starts_with("DECLARE c CURSOR FOR SELECT total, invoice.id "),
+        "{text}"
+    );
+    assert_eq!(
+        cursor_of("DECLARE c CURSOR FOR SELECT DISTINCT total FROM invoice"),
+        None
+    );
+}
+
+#[test]
+fn a_fetch_names_its_cursor_last() {
+    for (sql, name) in [
+        ("FETCH c", Some("c")),
+        ("fetch forward 2000 from \"My C\";", Some("My C")),
+        ("FETCH ABSOLUTE -1 IN Cur", Some("cur")),
+        ("FETCH NEXT FROM c /* why */ ;", Some("c")),
+        ("MOVE NEXT FROM c", None),
+        ("FETCH c; SELECT 1", None),
+        ("SELECT fetch FROM t", None),
+    ] {
+        assert_eq!(fetched_cursor(sql).as_deref(), name, "{sql}");
+    }
+}
+
+#[test]
+fn a_close_names_its_cursor_or_all() {
+    assert_eq!(closed_cursor("CLOSE c;"), Some(Some("c".to_string())));
+    assert_eq!(
+        closed_cursor("close \"My C\""),
+        Some(Some("My C".to_string()))
+    );
+    assert_eq!(closed_cursor("CLOSE ALL"), Some(None));
+    assert_eq!(closed_cursor("CLOSE c; SELECT 1"), None);
+    assert_eq!(closed_cursor("SELECT 1"), None);
+}
