@@ -593,3 +593,51 @@ async fn a_cursor_with_hold_outlives_its_transaction_until_closed() {
         assert_eq!(raw_reply(&mut a, sql).await, want, "{sql}");
     }
 }
+
+#[tokio::test]
+async fn reads_in_a_query_that_also_writes_teach_too() {
+    let (db, proxy) = setup("cap_mixed").await;
+    let b = proxy.client(&db.name).await;
+    for table in TABLES {
+        // Byte for byte as directly, the write planned after the read it follows.
+        let sql = format!(
+            "SELECT balance, 'x' AS t FROM {table} WHERE id = 7; UPDATE {table} SET balance = 1 WHERE id = 8; SELECT balance FROM {table} WHERE id = 9"
+        );
+        let mut direct = db.raw().await;
+        let want = raw_reply(&mut direct, &sql).await;
+        let mut a = proxy.raw(&db.name).await;
+        let got = raw_reply(&mut a, &sql).await;
+        let tags = |r: &[(u8, Vec<u8>)]| r.iter().map(|(t, _)| *t).collect::<Vec<u8>>();
+        assert_eq!(tags(&got), tags(&want), "{sql}");
+        let rows = |r: &[(u8, Vec<u8>)]| {
+            r.iter()
+                .filter(|(t, _)| matches!(t, b'T' | b'D' | b'C'))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rows(&got), rows(&want), "{sql}");
+        // Rows 7 and 9 were read: a write after another session's is stale.
+        for row in [7, 9] {
+            other_writes(&b, table, row).await;
+            let reply = raw_reply(
+                &mut a,
+                &format!("UPDATE {table} SET balance = 5 WHERE id = {row}"),
+            )
+            .await;
+            assert!(
+                reply
+                    .iter()
+                    .any(|(t, body)| *t == b'E' && String::from_utf8_lossy(body).contains("40001")),
+                "{table} row {row}: no conflict: {reply:?}"
+            );
+        }
+        // A write right after a read of its row in the same text expects what was read.
+        other_writes(&b, table, 10).await;
+        let reply = raw_reply(
+            &mut a,
+            &format!("SELECT balance FROM {table} WHERE id = 10; UPDATE {table} SET balance = 6 WHERE id = 10"),
+        )
+        .await;
+        assert!(!reply.iter().any(|(t, _)| *t == b'E'), "{table}: {reply:?}");
+    }
+}

@@ -118,6 +118,44 @@ impl GuardState {
         true
     }
 
+    /// The text of a run of passed statements of a script (`bytes` of `sql`, the statements
+    /// `statements` of its `analysis`) with the columns of its captured reads added, and what
+    /// was added to which (statement indexes counted from the run's first). A cursor's query
+    /// is not captured here: its `FETCH`es are followed from a `Query` of their own.
+    pub(super) fn captured_chunk(
+        &self,
+        sql: &str,
+        bytes: std::ops::Range<usize>,
+        statements: &std::ops::Range<usize>,
+        analysis: &crate::guard::Analysis,
+        guards: &GuardSet,
+    ) -> (String, Vec<Captured>) {
+        let mut text = String::with_capacity(bytes.len());
+        let mut copied = bytes.start;
+        let mut captured = Vec::new();
+        let ours = analysis
+            .captures
+            .iter()
+            .filter(|c| statements.contains(&c.statement) && c.cursor.is_none());
+        for c in ours {
+            let tables = self.capture_tables(c);
+            if tables.is_empty() || c.at < copied || c.at > bytes.end {
+                continue;
+            }
+            text.push_str(&sql[copied..c.at]);
+            push_columns(&mut text, tables.iter().copied(), guards);
+            copied = c.at;
+            captured.push(Captured {
+                statement: c.statement - statements.start,
+                layout: layout(&tables, guards),
+                added: added_columns(tables.iter().copied(), guards),
+                copy: c.copy.map(|format| (format, self.column_types(&tables))),
+            });
+        }
+        text.push_str(&sql[copied..bytes.end]);
+        (text, captured)
+    }
+
     /// A cursor declared with a captured query: its `FETCH`es carry the same columns. The
     /// map is bounded; a name it holds that now names another cursor is harmless, as the
     /// proxy's columns are recognised by their name before anything is taken off.

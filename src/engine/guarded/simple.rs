@@ -251,7 +251,7 @@ impl GuardState {
         let Some((bytes, statements)) = chunk else {
             return;
         };
-        let text = sql[bytes].to_string();
+        let (text, captured) = self.captured_chunk(sql, bytes, &statements, analysis, guards);
         let checks: Vec<ReadCheck> = analysis
             .reads
             .iter()
@@ -262,13 +262,16 @@ impl GuardState {
                 ..c
             })
             .collect();
-        steps.push_back(if checks.is_empty() && analysis.shared.is_empty() {
-            StepSpec::Sql(text, None)
-        } else {
-            let mut reads = Reads::new(checks, true);
-            reads.shared.clone_from(&analysis.shared);
-            StepSpec::Reads(text, Box::new(reads))
-        });
+        steps.push_back(
+            if checks.is_empty() && analysis.shared.is_empty() && captured.is_empty() {
+                StepSpec::Sql(text, None)
+            } else {
+                let mut reads = Reads::new(checks, true);
+                reads.shared.clone_from(&analysis.shared);
+                reads.captured = captured;
+                StepSpec::Reads(text, Box::new(reads))
+            },
+        );
     }
 
     /// A query holding one guarded write (of `table`) that needs nothing changed and nothing
