@@ -31,7 +31,8 @@
 //! `OPTLOCK_FUZZ_WORKERS` (4 sessions at a time, each worker on a database of its own),
 //! `OPTLOCK_FUZZ_TIMEOUT_MS` (5000, per side), `OPTLOCK_FUZZ_ONLY` (comma-separated session
 //! numbers: replay just those), `OPTLOCK_FUZZ_VERBOSE=1` (print every session's messages and
-//! replies), `OPTLOCK_FUZZ_MINIMIZE` (how many failing sessions, one per kind, to shrink to a
+//! replies), `OPTLOCK_FUZZ_LIST=1` (print every failing session's number and label, known
+//! issues included), `OPTLOCK_FUZZ_MINIMIZE` (how many failing sessions, one per kind, to shrink to a
 //! minimal message sequence at the end; 2), `OPTLOCK_FUZZ_MINIMIZE_KNOWN=1` (shrink sessions
 //! failing by a known issue too, not only the others).
 
@@ -1894,6 +1895,7 @@ async fn differential_wire_fuzz() {
     let workers = env_num("OPTLOCK_FUZZ_WORKERS", 4).max(1) as usize;
     let limit = Duration::from_millis(env_num("OPTLOCK_FUZZ_TIMEOUT_MS", 5000));
     let verbose = env_num("OPTLOCK_FUZZ_VERBOSE", 0) != 0;
+    let list = env_num("OPTLOCK_FUZZ_LIST", 0) != 0;
     let minimize_n = env_num("OPTLOCK_FUZZ_MINIMIZE", 2) as usize;
     let minimize_known = env_num("OPTLOCK_FUZZ_MINIMIZE_KNOWN", 0) != 0;
     let only: Option<Vec<usize>> = std::env::var("OPTLOCK_FUZZ_ONLY")
@@ -1979,6 +1981,9 @@ async fn differential_wire_fuzz() {
                     eprintln!("{}", o.report());
                 }
                 let label = o.label();
+                if list && let Some(label) = &label {
+                    eprintln!("wire_fuzz failing: session {index}: {label}");
+                }
                 o.cached = Some((label.clone(), known_issue(&o), o.unknown_failure()));
                 // Only the first few failing sessions of each kind keep their report and plan
                 // (for the summary and the shrinking), and none its replies: a long campaign
