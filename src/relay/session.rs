@@ -418,10 +418,7 @@ impl Session {
             )),
             _ => None,
         };
-        if matches!(end, End::ServerClosed | End::ServerError(_)) {
-            // Deliver what the server said before it went away.
-            let _ = client_w.write_all(self.engine.to_client()).await;
-        } else {
+        if !matches!(end, End::ServerClosed | End::ServerError(_)) {
             // The proxy ends the session: what the client sent goes first, then a Terminate,
             // which is cleaner than a dropped socket.
             if !self.engine.client_message_unfinished() {
@@ -430,14 +427,21 @@ impl Session {
             let _ = server_w.write_all(&[fe::TERMINATE, 0, 0, 0, 4]).await;
             let _ = server_w.shutdown().await;
         }
+        if !matches!(end, End::ClientError(_)) {
+            // Everything the server said before the end reaches the client (one that sent
+            // Terminate, or half-closed, still reads), and before any FATAL of the proxy's.
+            let _ = client_w.write_all(self.engine.to_client()).await;
+        }
+        // A FATAL after a server message sent only in part would corrupt the stream.
+        let fatal = fatal.filter(|_| !self.engine.server_message_unfinished());
         if let Some((code, message)) = fatal {
             let mut out = BytesMut::new();
             be::write_error(&mut out, "FATAL", code, &message);
             let _ = client_w.write_all(&out).await;
         }
-        if !self.resets_client() {
-            let _ = client_w.shutdown().await;
-        }
+        // After bytes the client sent behind its Terminate, the end of stream goes behind the
+        // replies, and the connection is reset once the client closed (see `relay_to`).
+        let _ = client_w.shutdown().await;
     }
 
     /// True when the client sent bytes after its `Terminate`: PostgreSQL never reads them
