@@ -683,3 +683,30 @@ async fn statements_behind_copy_data_that_fails_run_as_directly() {
     }
     assert!(no_backend_left(&db, Duration::from_secs(2)).await);
 }
+
+/// A batch, then a length PostgreSQL refuses with many more bytes behind it: the server
+/// answers the batch and closes with those bytes unread, so the proxy's next write to it
+/// fails. What the server said before must still reach the client.
+#[tokio::test]
+async fn replies_sent_before_the_server_stopped_reading_reach_the_client() {
+    let db = invoice_db("end_write_fails", 1, "").await;
+    let (direct, through) = both(&db, |addr, name| async move {
+        let mut raw = Raw::open(&addr, &name).await;
+        raw.send(&[pbe("SELECT 1/0"), sync(), vec![b'S', 0, 0, 0, 0]].concat())
+            .await;
+        let big = query(format!("SELECT '{}'", "x".repeat(60_000)));
+        for _ in 0..8 {
+            let _ = raw.stream.write_all(&big).await;
+        }
+        let _ = raw.stream.shutdown().await;
+        replies_to_end(&mut raw).await
+    })
+    .await;
+    assert!(
+        direct
+            .iter()
+            .any(|r| matches!(r, Reply::Error(c, _) if c == "22012")),
+        "{direct:?}"
+    );
+    assert_eq!(through, direct);
+}
