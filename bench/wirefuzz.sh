@@ -27,6 +27,7 @@
 #                      known issues of tests/wire_fuzz.rs included; about a minute each)
 #   ONLY=a,b,...       replay just these session numbers
 #   VERBOSE=1          print every session's messages and replies
+#   LIST=1             print every failing session's number and label (known issues too)
 #   CARGO_TARGET_DIR   where cargo builds (default: <repo>/target)
 # Needs: cargo, the PostgreSQL 15 server binaries (/usr/lib/postgresql/15/bin), root (initdb
 # runs as the postgres OS user through runuser). 20000 sessions take about 15 minutes on two
@@ -56,9 +57,10 @@ log "wire fuzz: $SESSIONS sessions, seed $SEED, $WORKERS workers, timeout ${TIME
 status=0
 (
     cd "$REPO_ROOT" &&
-        OPTLOCK_FUZZ_SESSIONS=$SESSIONS OPTLOCK_FUZZ_SEED=$SEED OPTLOCK_FUZZ_WORKERS=$WORKERS \
+        env OPTLOCK_FUZZ_SESSIONS=$SESSIONS OPTLOCK_FUZZ_SEED=$SEED OPTLOCK_FUZZ_WORKERS=$WORKERS \
         OPTLOCK_FUZZ_TIMEOUT_MS=$TIMEOUT_MS OPTLOCK_FUZZ_MINIMIZE=$MINIMIZE OPTLOCK_FUZZ_MINIMIZE_KNOWN=1 \
         ${ONLY:+OPTLOCK_FUZZ_ONLY=$ONLY} ${VERBOSE:+OPTLOCK_FUZZ_VERBOSE=$VERBOSE} \
+        ${LIST:+OPTLOCK_FUZZ_LIST=$LIST} \
         cargo test --release --test wire_fuzz -- --nocapture 2>&1
 ) | tee -a "$RESULT" || status=$?
 grep -h '^wire_fuzz summary:' "$RESULT" >&2 || log "no summary line (the test did not finish)"

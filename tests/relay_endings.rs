@@ -515,3 +515,198 @@ async fn a_client_that_half_closes_during_copy_from_stdin_reads_what_postgresql_
     assert_eq!(through, direct);
     assert!(no_backend_left(&db, Duration::from_secs(2)).await);
 }
+
+/// A CopyFail sent outside COPY (PostgreSQL ignores it) while an unrelated Parse is still
+/// answered, then a COPY FROM STDIN and a guarded Query: the server is in the COPY when the
+/// Query arrives and ends the session; the proxy must know it is in the COPY too (and not hold
+/// the Query for a reply that never comes, keeping the backend).
+#[tokio::test]
+async fn a_copy_fail_outside_copy_does_not_end_a_later_copy() {
+    let db = invoice_db("end_copy_fail_early", 1, common::guards::AUDIT).await;
+    let (direct, through) = both(&db, |addr, name| async move {
+        let mut raw = Raw::open(&addr, &name).await;
+        raw.send(
+            &[
+                parse("s1", "BEGIN", &[]),
+                copy_fail("fuzz"),
+                query("COPY audit FROM STDIN"),
+                query("UPDATE invoice SET total = total + 1 WHERE id = 1"),
+                terminate(),
+            ]
+            .concat(),
+        )
+        .await;
+        replies_to_end(&mut raw).await
+    })
+    .await;
+    assert!(
+        direct
+            .iter()
+            .any(|r| matches!(r, Reply::Error(c, _) if c == "08P01")),
+        "{direct:?}"
+    );
+    assert_eq!(through, direct);
+    assert!(no_backend_left(&db, Duration::from_secs(2)).await);
+}
+
+/// During COPY FROM STDIN PostgreSQL judges a message by its type byte alone: one COPY does
+/// not take fails the COPY and ends the session at once, whether the rest of the frame comes
+/// or the client half-closes first.
+#[tokio::test]
+async fn a_type_byte_copy_refuses_ends_the_session_at_once() {
+    let db = invoice_db("end_copy_type", 1, common::guards::AUDIT).await;
+    for half_close in [false, true] {
+        let (direct, through) = both(&db, |addr, name| async move {
+            let mut raw = Raw::open(&addr, &name).await;
+            raw.send(&query("COPY audit FROM STDIN")).await;
+            raw.read_until(b'G', 1).await;
+            raw.send(&[0xed, 0x04, 0x75, 0xef, 0x8b, 0xbf]).await;
+            if half_close {
+                raw.stream.shutdown().await.unwrap();
+            }
+            replies_to_end(&mut raw).await
+        })
+        .await;
+        assert!(
+            direct
+                .iter()
+                .any(|r| matches!(r, Reply::Error(c, m) if c == "08P01" && m.contains("0xED"))),
+            "{direct:?}"
+        );
+        assert_eq!(through, direct, "half-close: {half_close}");
+    }
+    assert!(no_backend_left(&db, Duration::from_secs(2)).await);
+}
+
+/// An invalid type byte sent behind the startup packet, then a half-close: PostgreSQL logs the
+/// client in, then ends the session on that byte ("invalid frontend message type"); the proxy
+/// must not drop the unfinished frame at the client's end.
+#[tokio::test]
+async fn an_invalid_type_byte_behind_the_login_is_judged_by_the_server() {
+    let db = invoice_db("end_type_login", 1, "").await;
+    let (direct, through) = both(&db, |addr, name| async move {
+        let mut raw = Raw::connect(&addr).await;
+        let bytes = [
+            startup(&[("user", "postgres"), ("database", &name)]),
+            vec![0x40, 0x01, 0x59, 0x61, 0x18, 0x42, 0xfc],
+        ]
+        .concat();
+        raw.send(&bytes).await;
+        raw.stream.shutdown().await.unwrap();
+        replies_to_end(&mut raw).await
+    })
+    .await;
+    assert!(
+        direct.iter().any(|r| matches!(
+            r,
+            Reply::Error(c, m) if c == "08P01" && m.starts_with("invalid frontend message type")
+        )),
+        "{direct:?}"
+    );
+    assert_eq!(through, direct);
+}
+
+/// A client that sends a large pipeline and its goodbye (Terminate, or a half-close) and reads
+/// only later: PostgreSQL delivers every reply before it closes; so must the proxy, with
+/// replies still buffered in it when the server's end comes.
+#[tokio::test]
+async fn a_slow_reader_saying_goodbye_behind_a_pipeline_reads_every_reply() {
+    let db = invoice_db("end_slow_goodbye", 1, "").await;
+    for terminate_it in [true, false] {
+        let (direct, through) = both(&db, |addr, name| async move {
+            let mut raw = Raw::open(&addr, &name).await;
+            let q = query("SELECT g, repeat('x', 100) FROM generate_series(1, 200) g");
+            let mut bytes = q.repeat(46);
+            if terminate_it {
+                bytes.extend(terminate());
+            }
+            raw.send(&bytes).await;
+            if !terminate_it {
+                raw.stream.shutdown().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            replies_to_end(&mut raw).await
+        })
+        .await;
+        assert_eq!(direct.len(), 46 * 203, "terminate: {terminate_it}");
+        assert!(
+            through == direct,
+            "terminate: {terminate_it}: {} replies of {}, the last {:?}",
+            through.len(),
+            direct.len(),
+            through.last()
+        );
+    }
+}
+
+/// Messages sent behind copy data that fails the COPY: PostgreSQL fails it on the data before
+/// it reads them, so it runs them as usual after the COPY's error (a half-close then ends the
+/// session). The proxy must await and relay their replies, guarded statements included.
+#[tokio::test]
+async fn statements_behind_copy_data_that_fails_run_as_directly() {
+    let db = invoice_db("end_copy_fails", 6, common::guards::AUDIT).await;
+    for next in [
+        [
+            parse("s1", "SELECT 'é', 'ü'", &[]),
+            query("CREATE TEMP TABLE IF NOT EXISTS t (n int)"),
+        ]
+        .concat(),
+        [
+            parse("", "SELECT 1/0", &[]),
+            query(
+                "SELECT id, version FROM invoice WHERE id = 6; \
+                 UPDATE invoice SET total = total + 1 WHERE id = 6",
+            ),
+            query("RESET ALL"),
+        ]
+        .concat(),
+    ] {
+        let (direct, through) = both(&db, |addr, name| {
+            let next = next.clone();
+            async move {
+                let mut raw = Raw::open(&addr, &name).await;
+                raw.send(&query("COPY audit FROM STDIN")).await;
+                raw.read_until(b'G', 1).await;
+                raw.send(&[copy_data(b"x\n"), next].concat()).await;
+                raw.stream.shutdown().await.unwrap();
+                replies_to_end(&mut raw).await
+            }
+        })
+        .await;
+        assert!(
+            direct
+                .iter()
+                .any(|r| matches!(r, Reply::Error(c, _) if c == "22P02")),
+            "{direct:?}"
+        );
+        assert_eq!(through, direct);
+    }
+    assert!(no_backend_left(&db, Duration::from_secs(2)).await);
+}
+
+/// A batch, then a length PostgreSQL refuses with many more bytes behind it: the server
+/// answers the batch and closes with those bytes unread, so the proxy's next write to it
+/// fails. What the server said before must still reach the client.
+#[tokio::test]
+async fn replies_sent_before_the_server_stopped_reading_reach_the_client() {
+    let db = invoice_db("end_write_fails", 1, "").await;
+    let (direct, through) = both(&db, |addr, name| async move {
+        let mut raw = Raw::open(&addr, &name).await;
+        raw.send(&[pbe("SELECT 1/0"), sync(), vec![b'S', 0, 0, 0, 0]].concat())
+            .await;
+        let big = query(format!("SELECT '{}'", "x".repeat(60_000)));
+        for _ in 0..8 {
+            let _ = raw.stream.write_all(&big).await;
+        }
+        let _ = raw.stream.shutdown().await;
+        replies_to_end(&mut raw).await
+    })
+    .await;
+    assert!(
+        direct
+            .iter()
+            .any(|r| matches!(r, Reply::Error(c, _) if c == "22012")),
+        "{direct:?}"
+    );
+    assert_eq!(through, direct);
+}

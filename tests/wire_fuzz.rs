@@ -31,7 +31,8 @@
 //! `OPTLOCK_FUZZ_WORKERS` (4 sessions at a time, each worker on a database of its own),
 //! `OPTLOCK_FUZZ_TIMEOUT_MS` (5000, per side), `OPTLOCK_FUZZ_ONLY` (comma-separated session
 //! numbers: replay just those), `OPTLOCK_FUZZ_VERBOSE=1` (print every session's messages and
-//! replies), `OPTLOCK_FUZZ_MINIMIZE` (how many failing sessions, one per kind, to shrink to a
+//! replies), `OPTLOCK_FUZZ_LIST=1` (print every failing session's number and label, known
+//! issues included), `OPTLOCK_FUZZ_MINIMIZE` (how many failing sessions, one per kind, to shrink to a
 //! minimal message sequence at the end; 2), `OPTLOCK_FUZZ_MINIMIZE_KNOWN=1` (shrink sessions
 //! failing by a known issue too, not only the others).
 
@@ -1129,6 +1130,11 @@ fn proxy_frame_fatal(t: &Tok) -> bool {
 ///   statement its guard refuses by policy (MERGE, EXPLAIN ANALYZE, SQL-level PREPARE of a
 ///   guarded write). What follows may differ as a consequence (an aborted transaction block).
 ///
+/// - "the server's reset cut the direct replies": PostgreSQL closes with client bytes unread
+///   (after a FATAL, a Terminate followed by more bytes, or a length it refuses), which resets
+///   the connection and may drop replies it had not yet transmitted (its last FATAL among
+///   them); the direct stream is then a prefix of the proxy's, which delivers them all.
+///
 /// Conflict errors (40001) would be expected only with a concurrent writer in the same
 /// database; sessions here run one at a time per database, so none is explained.
 fn classify(plan: &Plan, direct: &Side, proxy: &Side) -> Verdict {
@@ -1175,13 +1181,20 @@ fn classify(plan: &Plan, direct: &Side, proxy: &Side) -> Verdict {
         .last()
         .is_some_and(|t| t.t.starts_with("partial:"))
         && is_prefix(&direct.toks[..direct.toks.len() - 1], &proxy.toks);
-    // Cut between two messages: only where a reset is likely (a pipeline piled up unread), and
-    // not after a half-close, where the proxy's extra replies are issue 24/K4.
+    // Cut between two messages: only where a reset is likely (a pipeline piled up unread, or
+    // bytes the server ends the session on with more behind them), and not after a plain
+    // half-close, where the proxy's extra replies are issue 24/K4. The server's last FATAL
+    // lost to its reset is that too.
+    let reset_likely = plan.items.iter().any(|i| matches!(i, Item::Pause(_)))
+        && (plan.ending != Ending::HalfClose || plan.framing_mutated());
+    let fatal_lost = proxy.toks.len() == direct.toks.len() + 1
+        && proxy.toks.last().is_some_and(|t| {
+            t.t.starts_with("E:FATAL") && !proxy_frame_fatal(t) && !t.t.ends_with(":08006")
+        });
     let cut_between = direct.end == SideEnd::Eof
         && direct.toks.len() < proxy.toks.len()
         && is_prefix(&direct.toks, &proxy.toks)
-        && plan.ending != Ending::HalfClose
-        && plan.items.iter().any(|i| matches!(i, Item::Pause(_)));
+        && (reset_likely || fatal_lost);
     if cut_inside || cut_between {
         return Verdict::Explained("the server's reset cut the direct replies");
     }
@@ -1481,12 +1494,6 @@ const KNOWN_ISSUES: &[(&str, &str)] = &[
          and answers everything sent)",
     ),
     (
-        "issue 24/K3 COPY FROM STDIN then a held Query",
-        "a Query the proxy holds for replies (guarded or session-changing) sent while COPY FROM \
-         STDIN runs: PostgreSQL fails the COPY (08P01) and ends the session; the proxy waits \
-         forever, and after the client leaves its backend stays (active in the COPY)",
-    ),
-    (
         "issue 24/K4 replies flushed after a half-close",
         "a client that half-closes mid extended batch (no Sync) reads replies PostgreSQL never \
          sends: the proxy's Flush on client EOF makes the server answer, and they are relayed",
@@ -1496,18 +1503,6 @@ const KNOWN_ISSUES: &[(&str, &str)] = &[
         "refused startups answer FATAL 08P01 where PostgreSQL says 28000 (no user), 0A000 \
          (unsupported protocol; for 2.0 in the pre-3.0 format) or refuses a startup pipelined \
          behind an SSLRequest (08P01 \"received unencrypted data after SSL request\")",
-    ),
-    (
-        "issue 24/K6 invalid type byte waits for a frame",
-        "PostgreSQL ends the session with FATAL 08P01 \"invalid frontend message type\" as soon \
-         as the type byte arrives; the proxy waits for a whole frame first, so the client hangs \
-         (or, after a half-close, never gets the FATAL)",
-    ),
-    (
-        "issue 24/K7 replies cut at the end",
-        "a client that reads slowly and sends Terminate (or half-closes) behind a large pipeline \
-         loses the tail of the replies: the session ends when the server closes, with replies \
-         still buffered in the proxy, and the last message may be cut",
     ),
     (
         "issue 24/K8 malformed frame run by the guard",
@@ -1545,6 +1540,13 @@ const KNOWN_ISSUES: &[(&str, &str)] = &[
          the proxy's next write fails), the client gets the proxy's FATAL 08006 \"lost the \
          upstream server\" after the server's FATAL, or instead of the replies and FATAL the \
          server sent last",
+    ),
+    (
+        "issue 24/K15 Describe of a statement whose new Parse failed",
+        "a named statement that reads the guarded table (prepared by the proxy with its key and \
+         version columns added), then a Parse of the same name that fails, then a Describe of \
+         it: the client sees the proxy's added columns (RowDescription with more fields than \
+         directly)",
     ),
     (
         "issue 24/K14 refusal written inside a message",
@@ -1595,18 +1597,6 @@ fn known_issue(o: &Outcome) -> Option<&'static str> {
         && d.first().is_some_and(|t| t.t == "R0")
     {
         return Some(known("K12"));
-    }
-    let copy = descs
-        .iter()
-        .position(|d| d.starts_with("Q(\"COPY audit FROM STDIN\")") && !d.contains('['));
-    if let Some(at) = copy
-        && descs[at + 1..]
-            .iter()
-            .any(|d| d.starts_with("Q(") || d.starts_with("F("))
-        && ((o.proxy_only_hang() && p.iter().any(|t| t.t == "G"))
-            || o.leak_proxy.as_ref().is_some_and(|l| l.contains("COPY")))
-    {
-        return Some(known("K3"));
     }
     if leak
         && plan.ending == Ending::HalfClose
@@ -1671,20 +1661,6 @@ fn known_issue(o: &Outcome) -> Option<&'static str> {
     {
         return Some(known("K4"));
     }
-    let cut: &[Tok] = match p.last() {
-        Some(t) if t.t.starts_with("partial:") => &p[..p.len() - 1],
-        _ => p,
-    };
-    if matches!(
-        plan.ending,
-        Ending::Terminate | Ending::TerminateTrailing(_) | Ending::HalfClose
-    ) && plan.items.iter().any(|i| matches!(i, Item::Pause(_)))
-        && o.proxy.end == SideEnd::Eof
-        && p.len() <= d.len()
-        && is_prefix(cut, d)
-    {
-        return Some(known("K7"));
-    }
     let malformed_query = descs.iter().any(|d| {
         (d.starts_with("Q(") || d.starts_with("P") || d.starts_with("B("))
             && d.contains("invoice")
@@ -1697,27 +1673,32 @@ fn known_issue(o: &Outcome) -> Option<&'static str> {
         return Some(known("K8"));
     }
     // After a guard refusal (explained) the streams differ before the hang; the hang is still
-    // the one of K6 or K11.
+    // the one of K11.
     let refused = o.verdict == Verdict::Explained("guard refusal");
-    if plan.framing_mutated()
-        && d.last().is_some_and(|t| {
-            t.t == "E:FATAL:08P01"
-                && t.text.as_deref().is_some_and(|m| {
-                    m.starts_with("invalid frontend message type")
-                        || m.starts_with("terminating connection because protocol synchronization")
-                })
-        })
-        && (is_prefix(p, d) || (refused && o.proxy_only_hang()))
-        && o.proxy.end != SideEnd::Closed
-    {
-        return Some(known("K6"));
-    }
     if o.proxy_only_hang()
         && plan.framing_mutated()
         && (p == d || refused)
         && !d.last().is_some_and(|t| t.t.starts_with("E:FATAL"))
     {
         return Some(known("K11"));
+    }
+    let columns = |t: &Tok| t.t.strip_prefix('T').and_then(|n| n.parse::<usize>().ok());
+    let parting = d.iter().zip(p.iter()).find(|(d, p)| d != p);
+    let statement_names: Vec<&str> = descs
+        .iter()
+        .filter(|d| d.starts_with("P(\"") && !d.starts_with("P(\"\""))
+        .filter_map(|d| d.split('"').nth(1))
+        .collect();
+    let named_twice = statement_names
+        .iter()
+        .enumerate()
+        .any(|(i, n)| statement_names[i + 1..].contains(n));
+    if difference
+        && named_twice
+        && parting
+            .is_some_and(|(d, p)| matches!((columns(d), columns(p)), (Some(a), Some(b)) if b > a))
+    {
+        return Some(known("K15"));
     }
     if pipelined {
         return Some(known("K1"));
@@ -1894,6 +1875,7 @@ async fn differential_wire_fuzz() {
     let workers = env_num("OPTLOCK_FUZZ_WORKERS", 4).max(1) as usize;
     let limit = Duration::from_millis(env_num("OPTLOCK_FUZZ_TIMEOUT_MS", 5000));
     let verbose = env_num("OPTLOCK_FUZZ_VERBOSE", 0) != 0;
+    let list = env_num("OPTLOCK_FUZZ_LIST", 0) != 0;
     let minimize_n = env_num("OPTLOCK_FUZZ_MINIMIZE", 2) as usize;
     let minimize_known = env_num("OPTLOCK_FUZZ_MINIMIZE_KNOWN", 0) != 0;
     let only: Option<Vec<usize>> = std::env::var("OPTLOCK_FUZZ_ONLY")
@@ -1979,6 +1961,9 @@ async fn differential_wire_fuzz() {
                     eprintln!("{}", o.report());
                 }
                 let label = o.label();
+                if list && let Some(label) = &label {
+                    eprintln!("wire_fuzz failing: session {index}: {label}");
+                }
                 o.cached = Some((label.clone(), known_issue(&o), o.unknown_failure()));
                 // Only the first few failing sessions of each kind keep their report and plan
                 // (for the summary and the shrinking), and none its replies: a long campaign

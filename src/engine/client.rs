@@ -19,6 +19,18 @@ impl Engine {
         ev: &dyn SessionEvents,
     ) -> Result<(), String> {
         trace!(tag = %(tag as char), len = msg.bytes().len(), "client message");
+        if self.link.type_byte_sent {
+            return self.after_type_byte(tag, |e| e.on_client_message_now(tag, msg, ev));
+        }
+        self.on_client_message_now(tag, msg, ev)
+    }
+
+    fn on_client_message_now(
+        &mut self,
+        tag: u8,
+        msg: Frame<'_>,
+        ev: &dyn SessionEvents,
+    ) -> Result<(), String> {
         if self.handled_before_dispatch(tag, msg, ev) {
             return Ok(());
         }
@@ -41,10 +53,9 @@ impl Engine {
             self.out.to_server.extend_from_slice(msg.bytes());
             return true;
         }
-        if self.link.copy_in && !fe::is_copy_message(tag) {
-            // During COPY FROM STDIN the server ignores Flush and Sync, and ends the session
-            // at any other message without running it ("protocol synchronization was
-            // lost"): it goes as it is, awaiting no reply, and is never held.
+        if self.link.copy_in && matches!(tag, fe::FLUSH | fe::SYNC) {
+            // During COPY FROM STDIN the server ignores Flush and Sync: they go as they are,
+            // awaiting no reply.
             self.out.to_server.extend_from_slice(msg.bytes());
             return true;
         }
@@ -57,10 +68,18 @@ impl Engine {
             }
             return true;
         }
+        // Any other message during COPY FROM STDIN ends the session if the server reads it
+        // there ("unexpected message type"), or runs as usual if the COPY failed on its own
+        // data first: it is handled as usual (a Query that must wait sends its type byte
+        // ahead, see `Engine::wait_for_replies`).
         if matches!(tag, fe::QUERY | fe::FUNCTION_CALL) && self.wait_for_replies(tag, msg) {
             return true;
         }
-        if matches!(tag, fe::QUERY | fe::PARSE | fe::BIND)
+        // A type byte sent ahead (see `Engine::wait_for_replies`) must be followed by the
+        // rest of its message: a reload is picked up at the next one.
+        if !self.link.copy_in
+            && !self.link.type_byte_sent
+            && matches!(tag, fe::QUERY | fe::PARSE | fe::BIND)
             && self.refresh_settings(!self.link.batch_open, ev)
         {
             // The proxy's catalog queries after a reload go first; the message waits for them.
@@ -144,9 +163,9 @@ impl Engine {
             }
             fe::COPY_DONE | fe::COPY_FAIL => {
                 if !self.link.copy_in && !self.out.replies.is_empty() {
-                    // Sent ahead of the server's CopyInResponse: that COPY is over for the
-                    // client before it starts.
-                    self.link.copy_ended_early = true;
+                    // Sent ahead of the server's CopyInResponse: a COPY that what is awaited
+                    // starts is over for the client before it starts.
+                    self.link.copy_ended_before = Some(self.out.replies.next_number());
                 }
                 self.link.copy_in = false;
                 self.out.to_server.extend_from_slice(msg.bytes());
@@ -177,21 +196,58 @@ impl Engine {
         if self.out.replies.is_empty() {
             return false;
         }
-        let wait = self.link.unsynced
-            || (tag == fe::QUERY
-                && !self.settings.guards.is_empty()
-                && fe::query_text(msg.body()).is_some_and(|sql| {
-                    let found = self.settings.guards.prefilter.scan(sql);
-                    found.name || found.session
-                }));
+        let wait = self.link.unsynced || (tag == fe::QUERY && self.guard_plans(msg));
         if !wait {
             return false;
         }
         fe::write_simple(&mut self.out.to_server, fe::FLUSH);
+        if self.link.copy_in && !self.link.type_byte_sent {
+            // The server may be in the COPY, waiting for copy data: it must see this
+            // message's type byte now, to end the session on it as directly. If the COPY
+            // failed first, it waits for the rest, which goes once the replies are in.
+            self.out.to_server.extend_from_slice(&[tag]);
+            self.link.type_byte_sent = true;
+        }
         self.link.query_waits_replies = true;
         self.out.hold_client = true;
         self.put_back(msg);
         true
+    }
+
+    /// Handles a message whose type byte went to the server ahead of it: what the handling
+    /// sends for it starts with that byte, sent once. Returns the handling's result.
+    pub(super) fn after_type_byte(
+        &mut self,
+        tag: u8,
+        handle: impl FnOnce(&mut Engine) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mark = self.out.to_server.len();
+        self.link.type_byte_sent = false;
+        let result = handle(self);
+        if self.out.to_server.len() == mark {
+            // Waits again (put back): the byte is still ahead of it.
+            self.link.type_byte_sent = true;
+        } else if self.out.to_server[mark] == tag {
+            let rest = self.out.to_server.split_off(mark + 1);
+            self.out.to_server.truncate(mark);
+            self.out.to_server.extend_from_slice(&rest);
+        } else {
+            return Err(format!(
+                "the proxy sent a message other than the one whose type byte went ahead ({})",
+                tag as char
+            ));
+        }
+        result
+    }
+
+    /// True for a `Query` the guard may rewrite, or that changes what the session knows: the
+    /// guard plans it against the transaction status the statements before it leave.
+    fn guard_plans(&self, msg: Frame<'_>) -> bool {
+        !self.settings.guards.is_empty()
+            && fe::query_text(msg.body()).is_some_and(|sql| {
+                let found = self.settings.guards.prefilter.scan(sql);
+                found.name || found.session
+            })
     }
 
     /// Puts a message back in front of the client's input, to be handled again later.

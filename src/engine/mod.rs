@@ -124,11 +124,17 @@ struct Link {
     /// A simple `Query` waits for the replies to what went before it (see
     /// `Engine::wait_for_replies`).
     query_waits_replies: bool,
+    /// The type byte of the client's next message went to the server ahead of the rest (a
+    /// Query sent during COPY FROM STDIN that waits for replies: see
+    /// `Engine::wait_for_replies`).
+    type_byte_sent: bool,
     /// The server is in COPY IN: the client's copy messages pass even while it is held.
     copy_in: bool,
-    /// The client ended a COPY (CopyDone or CopyFail) before the server's CopyInResponse
-    /// for it arrived.
-    copy_ended_early: bool,
+    /// The client ended a COPY (CopyDone or CopyFail) outside COPY FROM STDIN, when the
+    /// reply-queue entries numbered below this one were still awaited: a COPY one of them
+    /// starts (its CopyInResponse still to come) is over for the client before it starts.
+    /// Outside COPY the server ignores CopyDone and CopyFail, so a later COPY is not.
+    copy_ended_before: Option<u64>,
     /// The client left mid-batch and a `Flush` went for the replies still awaited.
     eof_flushed: bool,
     /// Bytes the client sent after its `Terminate` (dropped, as the server would never read
@@ -215,7 +221,8 @@ impl Engine {
                 unsynced: false,
                 query_waits_replies: false,
                 copy_in: false,
-                copy_ended_early: false,
+                type_byte_sent: false,
+                copy_ended_before: None,
                 eof_flushed: false,
                 after_terminate: 0,
                 unframed: false,
@@ -334,24 +341,35 @@ impl Engine {
     }
 
     /// True when the client's next bytes are ones PostgreSQL ends the session on as soon as
-    /// it reads them, outside COPY (where it reports a wrong type as an error and reads on):
-    /// a type byte it takes from no client, a length below 4 or above the type's limit
-    /// ([`fe::length_limit`]).
+    /// it reads them: a type byte it takes from no logged-in client (during COPY FROM STDIN
+    /// too, with an error before its FATAL), decided on that byte alone, or a length below 4
+    /// or above the type's limit ([`fe::length_limit`]).
     fn ends_the_server_session(&self) -> bool {
         let Some(&tag) = self.client_in.first() else {
             return false;
         };
-        if self.link.copy_in || !self.link.logged_in {
+        if !self.link.logged_in {
             return false;
         }
-        let Some(limit) = fe::length_limit(tag) else {
+        // An authentication answer is no message of a session that logged in.
+        let Some(limit) = fe::length_limit(tag).filter(|_| tag != fe::PASSWORD) else {
             return true;
         };
+        if self.link.copy_in && !fe::is_copy_message(tag) && !matches!(tag, fe::FLUSH | fe::SYNC) {
+            // Ends the session there too, but only once the server reads it in COPY: the
+            // COPY may fail on its own data first (see `Engine::handled_before_dispatch`).
+            return false;
+        }
         let Some(len) = self.client_in.get(1..5) else {
             return false;
         };
         let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
         len < 4 || len as usize > limit
+    }
+
+    /// True while a large server message is streamed and only part of it went to the client.
+    pub fn server_message_unfinished(&self) -> bool {
+        self.server_stream_left > 0
     }
 
     /// True while a large client message is streamed and only part of it went to the server.
@@ -371,19 +389,46 @@ impl Engine {
         if self.client_stream_left > 0 {
             // A streamed message cut short: what went of it cannot be taken back.
             self.client_in.clear();
-        } else if !self.link.unframed {
-            let complete = complete_frames(&self.client_in);
-            self.client_in.truncate(complete);
+        } else {
+            self.settle_cut_short();
         }
         if !self.link.eof_flushed
             && self.link.logged_in
             && !self.link.terminated
+            && !self.link.type_byte_sent
             && self.link.unsynced
             && !self.out.replies.is_empty()
         {
             self.link.eof_flushed = true;
             fe::write_simple(&mut self.out.to_server, fe::FLUSH);
         }
+    }
+
+    /// After the client's end, a message it never finished that is next to be handled (not
+    /// held, the login over): PostgreSQL judges some by their type byte alone (one it takes
+    /// from no client, or, during COPY FROM STDIN, one COPY does not take), or by their
+    /// length, and ends the session in its own words; those bytes go to it unread. Any other
+    /// is dropped, as the server drops what ends at the client's end of stream.
+    fn settle_cut_short(&mut self) {
+        let waiting = (self.out.hold_client && !self.link.copy_in)
+            || self.waits_for_login()
+            || self.link.terminated
+            || self.link.unframed;
+        if !self.link.client_gone
+            || waiting
+            || self.client_in.is_empty()
+            || complete_frames(&self.client_in) > 0
+        {
+            return;
+        }
+        let tag = self.client_in[0];
+        let judged_by_copy =
+            self.link.copy_in && !fe::is_copy_message(tag) && !matches!(tag, fe::FLUSH | fe::SYNC);
+        if self.link.logged_in && (judged_by_copy || self.ends_the_server_session()) {
+            self.link.unframed = true;
+            self.out.to_server.extend_from_slice(&self.client_in);
+        }
+        self.client_in.clear();
     }
 
     /// Nothing sent that awaits a reply, nothing left to send either way. A login under way
@@ -447,15 +492,22 @@ impl Engine {
             }
             let header = match protocol::peek_header(&self.client_in, max) {
                 Ok(Some(h)) => h,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    self.settle_cut_short();
+                    return Ok(());
+                }
                 Err(e) => return Err(Fault::client(e)),
             };
-            // During COPY FROM STDIN nothing waits: the server takes copy messages, and ends
-            // the session at any other (see `Engine::handled_before_dispatch`).
-            if self.out.hold_client && !self.link.copy_in && !fe::is_copy_message(header.tag) {
+            // During COPY FROM STDIN the client's copy messages pass even while it is held:
+            // what the guard awaits comes after the COPY, which waits for them.
+            if self.out.hold_client && !fe::is_copy_message(header.tag) {
                 return Ok(());
             }
             if self.client_in.len() < header.size {
+                if self.link.client_gone {
+                    self.settle_cut_short();
+                    return Ok(());
+                }
                 if header.tag == fe::COPY_DATA && header.size >= STREAM_THRESHOLD {
                     self.client_stream_left = header.size;
                     continue;

@@ -134,13 +134,19 @@ impl Engine {
         };
         match tag {
             be::COPY_IN_RESPONSE => {
-                self.link.copy_in = !std::mem::take(&mut self.link.copy_ended_early);
+                let front = self.out.replies.front_number();
+                self.link.copy_in = !self.link.copy_ended_before.is_some_and(|n| front < n);
             }
             be::ERROR_RESPONSE => self.link.copy_in = false,
             _ => {}
         }
         if tag == be::READY_FOR_QUERY {
             self.link.copy_in = false;
+            let next = self.out.replies.front_number();
+            if self.link.copy_ended_before.is_some_and(|n| next >= n) {
+                // Every statement a client's early CopyDone or CopyFail could end was answered.
+                self.link.copy_ended_before = None;
+            }
             self.link.tx_status = TxStatus::from_ready(msg.body());
             self.link.batch_open = false;
             if self.link.ddl_in_transaction && self.link.tx_status == TxStatus::Idle {
@@ -162,12 +168,14 @@ impl Engine {
             // of the batch (up to its Sync) goes on, to be skipped by the server too.
             self.out.release_client();
         }
+        let ends_in_copy = self.link.copy_in && !self.link.type_byte_sent;
         if self.link.query_waits_replies
-            && (self.out.replies.is_empty() || self.link.skipping_until_sync || self.link.copy_in)
+            && (self.out.replies.is_empty() || self.link.skipping_until_sync || ends_in_copy)
         {
             // What went before a waiting simple Query answered: it goes as the server will
             // take it (run, skipped up to the Sync after an error, or, during COPY FROM
-            // STDIN, the end of the session).
+            // STDIN, the end of the session; once its type byte went ahead, the COPY is
+            // over when it goes).
             self.link.query_waits_replies = false;
             self.out.release_client();
         }

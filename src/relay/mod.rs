@@ -232,6 +232,7 @@ where
             let (cr, cw) = tcp.split();
             let end = session.run(cr, cw, sr, sw).await;
             if session.resets_client() {
+                drain_client(tcp).await;
                 // A zero linger never blocks: the close sends a reset at once.
                 let _ = tcp.set_zero_linger();
             }
@@ -242,4 +243,24 @@ where
             session.run(cr, cw, sr, sw).await
         }
     }
+}
+
+/// How long a client that sent bytes after its `Terminate` may take to close after the end
+/// of the replies, before its connection is reset.
+const DRAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and drops what a client sent after its `Terminate`, until it closes (or for at most
+/// [`DRAIN_PATIENCE`]): a socket closed with bytes unread is reset at once, and the reset
+/// discards replies still in its send queue, which the client must read first.
+async fn drain_client(tcp: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(DRAIN_PATIENCE, async {
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }

@@ -75,6 +75,9 @@ pub struct Session {
     server_closing: bool,
     /// The server side of the stream was shut down.
     server_shut: bool,
+    /// A write to the server failed (it closed, often after a FATAL of its own): nothing more
+    /// goes to it, and the session ends when its replies end.
+    server_unwritable: bool,
     /// Batches of messages read so far (for sampling `added_latency`).
     batches: u32,
     /// While logging in with TLS on the server's leg: what SCRAM channel binding needs (see
@@ -92,6 +95,7 @@ impl Session {
             client_eof: false,
             server_closing: false,
             server_shut: false,
+            server_unwritable: false,
             batches: 0,
             binding: None,
         }
@@ -205,6 +209,11 @@ impl Session {
     {
         let mut progress = false;
         let to_server = self.engine.to_server();
+        if self.server_unwritable && !to_server.is_empty() {
+            // The server stopped reading: what it sent before is still read and relayed, and
+            // its end of stream (or reset) ends the session.
+            to_server.clear();
+        }
         if !to_server.is_empty() && !waits.server_w {
             match Pin::new(&mut *io.server_w).poll_write(cx, to_server) {
                 Poll::Ready(Ok(n)) if n > 0 => {
@@ -212,13 +221,14 @@ impl Session {
                     io.server_flush = SW::BUFFERS && to_server.is_empty();
                     progress = true;
                 }
-                Poll::Ready(Ok(_)) => {
-                    return Poll::Ready(Err(End::ServerError("the server stopped reading".into())));
-                }
-                Poll::Ready(Err(e)) => {
-                    return Poll::Ready(Err(End::ServerError(format!(
-                        "write to server failed: {e}"
-                    ))));
+                Poll::Ready(result) => {
+                    let why = result
+                        .err()
+                        .map_or("it stopped reading".into(), |e| e.to_string());
+                    debug!(error = %why, "write to server failed; reading what it sent");
+                    to_server.clear();
+                    self.server_unwritable = true;
+                    progress = true;
                 }
                 Poll::Pending => waits.server_w = true,
             }
@@ -245,6 +255,7 @@ impl Session {
         }
         if self.server_closing
             && !self.server_shut
+            && !self.server_unwritable
             && to_server_empty(&mut self.engine)
             && !waits.server_w
         {
@@ -418,10 +429,7 @@ impl Session {
             )),
             _ => None,
         };
-        if matches!(end, End::ServerClosed | End::ServerError(_)) {
-            // Deliver what the server said before it went away.
-            let _ = client_w.write_all(self.engine.to_client()).await;
-        } else {
+        if !matches!(end, End::ServerClosed | End::ServerError(_)) {
             // The proxy ends the session: what the client sent goes first, then a Terminate,
             // which is cleaner than a dropped socket.
             if !self.engine.client_message_unfinished() {
@@ -430,14 +438,21 @@ impl Session {
             let _ = server_w.write_all(&[fe::TERMINATE, 0, 0, 0, 4]).await;
             let _ = server_w.shutdown().await;
         }
+        if !matches!(end, End::ClientError(_)) {
+            // Everything the server said before the end reaches the client (one that sent
+            // Terminate, or half-closed, still reads), and before any FATAL of the proxy's.
+            let _ = client_w.write_all(self.engine.to_client()).await;
+        }
+        // A FATAL after a server message sent only in part would corrupt the stream.
+        let fatal = fatal.filter(|_| !self.engine.server_message_unfinished());
         if let Some((code, message)) = fatal {
             let mut out = BytesMut::new();
             be::write_error(&mut out, "FATAL", code, &message);
             let _ = client_w.write_all(&out).await;
         }
-        if !self.resets_client() {
-            let _ = client_w.shutdown().await;
-        }
+        // After bytes the client sent behind its Terminate, the end of stream goes behind the
+        // replies, and the connection is reset once the client closed (see `relay_to`).
+        let _ = client_w.shutdown().await;
     }
 
     /// True when the client sent bytes after its `Terminate`: PostgreSQL never reads them

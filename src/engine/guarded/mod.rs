@@ -76,6 +76,7 @@ mod txn;
 
 pub use checks::{RaiseCtx, Script, WriteCheck};
 pub use cx::{Cx, Outbox, SessionParams};
+pub use raise::raise_fields_block;
 pub use rows::ReadPlan;
 pub use state::{GuardState, Ident};
 pub use statements::{Portal, Prepared};
