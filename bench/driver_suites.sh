@@ -7,7 +7,11 @@
 # the shipped config/optlock.toml: its guard on public.optlock_demo, which config/quickstart.sql
 # creates in every suite database and which no suite touches). Each suite and target gets a
 # database of its own (ds_<suite>_<target>, dropped afterwards unless KEEP_DB=1). No TLS on either
-# leg (PGSSLMODE=disable): like with like.
+# leg (PGSSLMODE=disable): like with like. Tests that ask for TLS themselves (node-postgres'
+# ssl-tests) get it on both targets: the server has ssl = on, and the proxy is given a
+# self-signed certificate made here (tls_cert, tls_key; the config's client_tls "allow").
+# PGCONNECT_TIMEOUT, which lib.sh sets for its own psql calls, is unset for the suites
+# (psycopg's tests time their own connection attempts and read back the parameters given).
 #
 # The drivers' code is not part of this project. Bring checkouts of their repositories and pass
 # their paths (any recent commit; the script was written against the default branches of 2026):
@@ -65,6 +69,7 @@
 # (status TAB test TAB detail; status pass, fail or skip).
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+unset PGCONNECT_TIMEOUT
 
 NODE_PG_SRC="" PSYCOPG_SRC="" PSYCOPG2_SRC="" RUST_PG_SRC=""
 while [[ $# -gt 0 ]]; do
@@ -128,11 +133,26 @@ start_targets() {
             optlock)
                 build_optlock
                 optlock_port=$(free_port)
-                start_optlock "$optlock_port" "$REPO_ROOT/config/optlock.toml"
+                start_optlock "$optlock_port" "$(tls_config)"
                 TPORT[optlock]=$optlock_port ;;
             *) die "unknown target $t (direct, optlock)" ;;
         esac
     done
+}
+
+# config/optlock.toml with a self-signed certificate for the client leg (the server's ssl = on
+# offers TLS directly; the proxy then offers it too). Prints the config file's path.
+tls_config() {
+    need openssl
+    local config=$WORK_DIR/optlock-drivers.toml
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$WORK_DIR/optlock.key" -out "$WORK_DIR/optlock.crt" >/dev/null 2>&1 ||
+        die "openssl could not make a certificate"
+    # Top-level keys first: anything after the config's [[guard]] belongs to that table.
+    printf 'tls_cert = "%s"\ntls_key = "%s"\n' "$WORK_DIR/optlock.crt" "$WORK_DIR/optlock.key" >"$config"
+    cat "$REPO_ROOT/config/optlock.toml" >>"$config"
+    echo "$config"
 }
 
 # A fresh database for SUITE on TARGET, with the guarded quick-start table. Prints its name.
