@@ -7,7 +7,11 @@
 # the shipped config/optlock.toml: its guard on public.optlock_demo, which config/quickstart.sql
 # creates in every suite database and which no suite touches). Each suite and target gets a
 # database of its own (ds_<suite>_<target>, dropped afterwards unless KEEP_DB=1). No TLS on either
-# leg (PGSSLMODE=disable): like with like.
+# leg (PGSSLMODE=disable): like with like. Tests that ask for TLS themselves (node-postgres'
+# ssl-tests) get it on both targets: the server has ssl = on, and the proxy is given a
+# self-signed certificate made here (tls_cert, tls_key; the config's client_tls "allow").
+# PGCONNECT_TIMEOUT, which lib.sh sets for its own psql calls, is unset for the suites
+# (psycopg's tests time their own connection attempts and read back the parameters given).
 #
 # The drivers' code is not part of this project. Bring checkouts of their repositories and pass
 # their paths (any recent commit; the script was written against the default branches of 2026):
@@ -16,10 +20,11 @@
 #   git clone https://github.com/psycopg/psycopg        /tmp/psycopg
 #   git clone https://github.com/psycopg/psycopg2       /tmp/psycopg2
 #   git clone https://github.com/sfackler/rust-postgres /tmp/rust-postgres
+#   git clone https://github.com/pgjdbc/pgjdbc          /tmp/pgjdbc   (with its tags)
 #
 # Usage:
 #   bench/driver_suites.sh --node-postgres /tmp/node-postgres --psycopg /tmp/psycopg \
-#       --psycopg2 /tmp/psycopg2 --rust-postgres /tmp/rust-postgres
+#       --psycopg2 /tmp/psycopg2 --rust-postgres /tmp/rust-postgres --pgjdbc /tmp/pgjdbc
 #   SUITES="pg-js pg-cursor" bench/driver_suites.sh --node-postgres /tmp/node-postgres
 #
 # Suites (SUITES, default: all those whose checkout was given):
@@ -34,6 +39,15 @@
 #   psycopg         psycopg 3 (pure Python implementation, PSYCOPG_IMPL=python), tests/ with pytest
 #   psycopg2        psycopg2 (built from the checkout), its tests/ run by pytest
 #   tokio-postgres  rust-postgres' tokio-postgres integration tests (cargo test --test test)
+#   pgjdbc          pgjdbc's JUnit tests (pgjdbc/src/test/java) of the release Debian packages
+#                   (libpostgresql-jdbc-java, e.g. REL42.5.5), compiled with javac against that
+#                   driver jar and Debian's junit4, junit5, hamcrest and checker-qual, and run by
+#                   JUnit's console launcher. pgjdbc's own build needs Gradle and Maven Central,
+#                   which this machine cannot reach. Left out: the tests that need libraries
+#                   Debian does not package (system-stubs, classloader-leak-test-framework, OSGi,
+#                   waffle, JNA: OSUtilTest, DriverTest, PgPassParserTest, PgServiceConfParserTest,
+#                   SharedTimerClassLoaderLeakTest, the osgi and sspi packages) and the *TestSuite
+#                   classes (they only list the others).
 # node-postgres' unit tests, pg-protocol's and pg-connection-string's tests never connect to a
 # server and are not run; nor are its Cloudflare Worker tests (need workerd) and SCRAM tests (need
 # a password-checking pg_hba.conf line; the server here trusts 127.0.0.1).
@@ -43,7 +57,8 @@
 #   <node-postgres>/node_modules next to the checkout's own packages; pg-protocol and
 #   pg-query-stream compiled with tsc (their dist/); Python virtualenvs (PyPI) with the psycopg
 #   checkouts installed; a copy of rust-postgres whose tests point at the target's port and
-#   database (they are written for a server on port 5433) and its cargo target directory.
+#   database (they are written for a server on port 5433) and its cargo target directory;
+#   pgjdbc's test sources of the installed driver's release and their classes (javac).
 # The tokio-postgres tests also expect the roles pass_user, md5_user and scram_user and the
 # extensions hstore, citext and ltree (rust-postgres' docker/sql_setup.sh); the roles are
 # created if missing (and dropped afterwards), the extensions in each suite database. Their
@@ -65,14 +80,16 @@
 # (status TAB test TAB detail; status pass, fail or skip).
 
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+unset PGCONNECT_TIMEOUT
 
-NODE_PG_SRC="" PSYCOPG_SRC="" PSYCOPG2_SRC="" RUST_PG_SRC=""
+NODE_PG_SRC="" PSYCOPG_SRC="" PSYCOPG2_SRC="" RUST_PG_SRC="" PGJDBC_SRC=""
 while [[ $# -gt 0 ]]; do
     case $1 in
         --node-postgres) NODE_PG_SRC=$(cd "$2" && pwd); shift 2 ;;
         --psycopg) PSYCOPG_SRC=$(cd "$2" && pwd); shift 2 ;;
         --psycopg2) PSYCOPG2_SRC=$(cd "$2" && pwd); shift 2 ;;
         --rust-postgres) RUST_PG_SRC=$(cd "$2" && pwd); shift 2 ;;
+        --pgjdbc) PGJDBC_SRC=$(cd "$2" && pwd); shift 2 ;;
         -h|--help) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -90,6 +107,7 @@ if [[ -z "${SUITES:-}" ]]; then
     [[ -n "$PSYCOPG_SRC" ]] && SUITES+=" psycopg"
     [[ -n "$RUST_PG_SRC" ]] && SUITES+=" tokio-postgres"
     [[ -n "$PSYCOPG2_SRC" ]] && SUITES+=" psycopg2"
+    [[ -n "$PGJDBC_SRC" ]] && SUITES+=" pgjdbc"
 fi
 [[ -n "${SUITES// /}" ]] || die "no suite to run: pass at least one checkout (see --help)"
 mkdir -p "$DEPS_DIR"
@@ -128,11 +146,26 @@ start_targets() {
             optlock)
                 build_optlock
                 optlock_port=$(free_port)
-                start_optlock "$optlock_port" "$REPO_ROOT/config/optlock.toml"
+                start_optlock "$optlock_port" "$(tls_config)"
                 TPORT[optlock]=$optlock_port ;;
             *) die "unknown target $t (direct, optlock)" ;;
         esac
     done
+}
+
+# config/optlock.toml with a self-signed certificate for the client leg (the server's ssl = on
+# offers TLS directly; the proxy then offers it too). Prints the config file's path.
+tls_config() {
+    need openssl
+    local config=$WORK_DIR/optlock-drivers.toml
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$WORK_DIR/optlock.key" -out "$WORK_DIR/optlock.crt" >/dev/null 2>&1 ||
+        die "openssl could not make a certificate"
+    # Top-level keys first: anything after the config's [[guard]] belongs to that table.
+    printf 'tls_cert = "%s"\ntls_key = "%s"\n' "$WORK_DIR/optlock.crt" "$WORK_DIR/optlock.key" >"$config"
+    cat "$REPO_ROOT/config/optlock.toml" >>"$config"
+    echo "$config"
 }
 
 # A fresh database for SUITE on TARGET, with the guarded quick-start table. Prints its name.
@@ -301,16 +334,16 @@ run_mocha() {
 # ---------------------------------------------------------------------------------------------
 # Python suites (pytest, JUnit XML -> TSV)
 
-junit_tsv() { # XML TSV VENV RUNLOG
-    "$3/bin/python" - "$1" "$2" "$4" <<'EOF'
+junit_tsv() { # XML[,XML...] TSV PYTHON RUNLOG
+    "$3" - "$1" "$2" "$4" <<'EOF'
 import sys, re
 import xml.etree.ElementTree as ET
-xml, tsv, runlog = sys.argv[1:4]
+xmls, tsv, runlog = sys.argv[1:4]
 clean = lambda s: re.sub(r"\s+", " ", s or "")[:400]
 out = []
 try:
-    root = ET.parse(xml).getroot()
-    for tc in root.iter("testcase"):
+    cases = [tc for x in xmls.split(",") for tc in ET.parse(x).getroot().iter("testcase")]
+    for tc in cases:
         tid = f"{tc.get('classname', '')}::{tc.get('name', '')}"
         st, detail = "pass", ""
         for child in tc:
@@ -357,7 +390,7 @@ run_psycopg() { # TARGET
         -m "not mypy" --timeout 120 --junitxml "$OUT/psycopg.$target.xml" $PYTEST_ARGS) \
         >"$OUT/psycopg.$target.log" 2>&1 || rc=$?
     [[ $rc -eq 124 ]] && echo "(timed out after ${SUITE_TIMEOUT}s)" >>"$OUT/psycopg.$target.log"
-    junit_tsv "$OUT/psycopg.$target.xml" "$tsv" "$venv" "$OUT/psycopg.$target.log"
+    junit_tsv "$OUT/psycopg.$target.xml" "$tsv" "$venv/bin/python" "$OUT/psycopg.$target.log"
 }
 
 setup_psycopg2() {
@@ -388,7 +421,7 @@ run_psycopg2() { # TARGET
         --timeout 120 --junitxml "$OUT/psycopg2.$target.xml" $PYTEST_ARGS) \
         >"$OUT/psycopg2.$target.log" 2>&1 || rc=$?
     [[ $rc -eq 124 ]] && echo "(timed out after ${SUITE_TIMEOUT}s)" >>"$OUT/psycopg2.$target.log"
-    junit_tsv "$OUT/psycopg2.$target.xml" "$tsv" "$venv" "$OUT/psycopg2.$target.log"
+    junit_tsv "$OUT/psycopg2.$target.xml" "$tsv" "$venv/bin/python" "$OUT/psycopg2.$target.log"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -451,6 +484,59 @@ run_tokio() { # TARGET
 }
 
 # ---------------------------------------------------------------------------------------------
+# pgjdbc
+
+PGJDBC_JARS=(postgresql junit4 hamcrest checker-qual junit-platform-console-standalone)
+
+setup_pgjdbc() {
+    [[ -n "$PGJDBC_SRC" ]] || die "the pgjdbc suite needs --pgjdbc DIR"
+    need javac java python3
+    local j version tag build=$DEPS_DIR/pgjdbc
+    for j in "${PGJDBC_JARS[@]}"; do
+        [[ -f /usr/share/java/$j.jar ]] ||
+            die "no /usr/share/java/$j.jar: apt-get install libpostgresql-jdbc-java junit4 junit5 libhamcrest-java libchecker-framework-java"
+    done
+    version=$(dpkg-query -W -f '${Version}' libpostgresql-jdbc-java 2>/dev/null) || die "libpostgresql-jdbc-java is not installed"
+    tag=REL${version%%-*}
+    git -C "$PGJDBC_SRC" rev-parse -q --verify "$tag^{commit}" >/dev/null ||
+        die "$PGJDBC_SRC has no tag $tag (the release of the installed driver jar)"
+    if [[ "$(cat "$build/.tag" 2>/dev/null)" != "$tag" ]]; then
+        log "compiling pgjdbc's tests of $tag (javac) into $build"
+        rm -rf "$build" && mkdir -p "$build/src" "$build/classes"
+        git -C "$PGJDBC_SRC" archive "$tag" | tar -x -C "$build/src"
+        (cd "$build/src/pgjdbc" && find src/test/java -name '*.java' -print0 | xargs -0 grep -L -E \
+            '^import (static )?(uk\.org\.webcompere|se\.jiderhamn|org\.osgi|waffle|com\.sun\.jna)|^package org\.postgresql\.test\.(sspi|osgi)' |
+            grep -v 'TestSuite\.java$' >"$build/sources.txt")
+        (cd "$build/src/pgjdbc" && javac -nowarn -encoding UTF-8 -cp "$(pgjdbc_classpath)" -d "$build/classes" \
+            @"$build/sources.txt") >"$OUT/javac-pgjdbc.log" 2>&1 || die "javac failed (see $OUT/javac-pgjdbc.log)"
+        echo "$tag" >"$build/.tag"
+    fi
+    echo "$tag" >"$OUT/pgjdbc.commit"
+}
+
+pgjdbc_classpath() {
+    local cp="" j
+    for j in "${PGJDBC_JARS[@]}"; do cp+="/usr/share/java/$j.jar:"; done
+    echo "${cp}src/test/resources"
+}
+
+run_pgjdbc() { # TARGET
+    local target=$1 db rc=0 build=$DEPS_DIR/pgjdbc log=$OUT/pgjdbc.$1.log reports=$OUT/pgjdbc.$1
+    db=$(suite_db pgjdbc "$target")
+    proxy_alive "$target"
+    rm -rf "$reports"
+    # From pgjdbc/, whose ../build.properties holds the tests' defaults; ssl=false: no TLS.
+    (cd "$build/src/pgjdbc" && timeout -k 10 "$SUITE_TIMEOUT" java -Dserver="$PG_HOST" \
+        -Dport="$(target_port "$target")" -Ddatabase="$db" -Dusername="$PG_USER" -Dpassword= \
+        -DprivilegedUser="$PG_USER" -DprivilegedPassword= -Dssl=false \
+        -jar /usr/share/java/junit-platform-console-standalone.jar -cp "$build/classes:$(pgjdbc_classpath)" \
+        --scan-classpath "$build/classes" --reports-dir "$reports" --details=summary --disable-banner) \
+        >"$log" 2>&1 || rc=$?
+    [[ $rc -eq 124 ]] && echo "(timed out after ${SUITE_TIMEOUT}s)" >>"$log"
+    junit_tsv "$reports/TEST-junit-jupiter.xml,$reports/TEST-junit-vintage.xml" "$OUT/pgjdbc.$target.tsv" python3 "$log"
+}
+
+# ---------------------------------------------------------------------------------------------
 # One suite on one target; a difference re-run.
 
 run_suite() { # SUITE TARGET
@@ -462,6 +548,7 @@ run_suite() { # SUITE TARGET
         psycopg) run_psycopg "$2" ;;
         psycopg2) run_psycopg2 "$2" ;;
         tokio-postgres) run_tokio "$2" ;;
+        pgjdbc) run_pgjdbc "$2" ;;
         *) die "unknown suite $1" ;;
     esac
     echo $((SECONDS - t0)) >"$OUT/$1.$2.seconds"
@@ -498,6 +585,7 @@ for s in $SUITES; do
         psycopg) setup_psycopg ;;
         psycopg2) setup_psycopg2 ;;
         tokio-postgres) setup_tokio ;;
+        pgjdbc) setup_pgjdbc ;;
     esac
     for t in $TARGETS; do
         run_suite "$s" "$t"

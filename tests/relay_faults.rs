@@ -110,6 +110,40 @@ fn closed_port() -> u16 {
         .port()
 }
 
+/// A `CancelRequest`'s connection ends once the server has acted on it, as it does directly:
+/// a client that waits for that end before its next statement (pgjdbc after a query timeout)
+/// must not have the cancel land on that statement. Directly the signal reaches the idle
+/// backend, which ignores it; had the proxy closed the cancel connection before the server
+/// had the request, the cancel would arrive during the next `pg_sleep`.
+#[tokio::test]
+async fn cancel_connection_ends_once_the_server_acted_on_it() {
+    let db = TestDb::new("fault_cancel_end").await;
+    let proxy = Proxy::plain().await;
+    for (target, addr) in [("direct", upstream()), ("optlock", proxy.addr.to_string())] {
+        let (mut session, login) = Raw::login(&addr, "postgres", &db.name).await;
+        let key = login
+            .iter()
+            .find(|m| m.tag == b'K')
+            .expect("BackendKeyData")
+            .body()
+            .to_vec();
+        for round in 0..5 {
+            let mut cancel = Raw::connect(&addr).await;
+            cancel.send(&wire::cancel_request(&key)).await;
+            assert!(
+                cancel.read_to_end().await.is_empty(),
+                "{target}: a reply to a cancel"
+            );
+            session.send(&wire::query("SELECT pg_sleep(0.2)")).await;
+            let replies = session.until_ready().await;
+            assert!(
+                !replies.iter().any(|r| matches!(r, wire::Reply::Error(..))),
+                "{target}, round {round}: the cancel landed on the next statement: {replies:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn refused_upstream_gives_a_clean_fatal_error() {
     let port = closed_port();

@@ -41,8 +41,12 @@ pub enum Opening {
         packet: Vec<u8>,
         params: Vec<(String, String)>,
     },
-    /// A cancel request: the raw packet, to forward to the server.
-    Cancel(Vec<u8>),
+    /// A cancel request: the raw packet, to forward to the server, and the client's connection,
+    /// kept open until the server has taken the request in.
+    Cancel {
+        stream: ClientStream,
+        packet: Vec<u8>,
+    },
 }
 
 /// A start-up that failed; the message is sent to the client as FATAL when it can be.
@@ -95,7 +99,7 @@ pub async fn accept(tcp: TcpStream, setup: &TlsSetup) -> Result<Opening, Handsha
                     ..fail(stream, e.message)
                 });
             }
-            Ok(StartupPacket::Cancel) => return Ok(Opening::Cancel(packet)),
+            Ok(StartupPacket::Cancel) => return Ok(Opening::Cancel { stream, packet }),
             Ok(StartupPacket::GssEnc) => write_byte(&mut stream, b'N').await?,
             Ok(StartupPacket::Ssl) => match (stream, tls) {
                 (ClientStream::Plain(mut tcp), Some(acceptor)) => {

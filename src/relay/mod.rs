@@ -111,8 +111,9 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
         Ok(Ok(o)) => o,
     };
     match opening {
-        Opening::Cancel(packet) => {
-            upstream::forward_cancel(&settings.config, &tls.upstream, &packet, peer).await
+        Opening::Cancel { mut stream, packet } => {
+            upstream::forward_cancel(&settings.config, &tls.upstream, &packet, &mut stream, peer)
+                .await
         }
         Opening::Startup {
             stream,

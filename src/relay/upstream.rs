@@ -8,9 +8,10 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 use tracing::{debug, warn};
@@ -171,17 +172,35 @@ fn server_name(host_port: &str) -> ServerName<'static> {
         .unwrap_or_else(|_| ServerName::try_from("invalid.host.name").expect("a valid name"))
 }
 
+/// How long a forwarded `CancelRequest` may take the server to act on before the client's
+/// connection is closed anyway.
+const CANCEL_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Forwards a `CancelRequest` to the server, over the same kind of connection a session gets
-/// (the key in it was issued by that server).
+/// (the key in it was issued by that server), and closes the client's connection once the
+/// server has closed that one. PostgreSQL closes it after signalling the backend; a client that
+/// waits for the end of its cancel connection before its next statement (pgjdbc after a query
+/// timeout) relies on that to never see the cancel land on that statement.
 pub async fn forward_cancel(
     config: &Config,
     tls: &UpstreamConnector,
     packet: &[u8],
+    client: &mut (impl AsyncWrite + Unpin),
     peer: std::net::SocketAddr,
 ) {
     match connect(config, tls).await {
         Ok(mut s) => {
-            let _ = s.write_all(packet).await;
+            if s.write_all(packet).await.is_ok() && s.flush().await.is_ok() {
+                let mut sink = [0u8; 64];
+                let until_closed =
+                    async { while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {} };
+                if tokio::time::timeout(CANCEL_PATIENCE, until_closed)
+                    .await
+                    .is_err()
+                {
+                    warn!(client = %peer, "the upstream server kept a cancel request's connection open");
+                }
+            }
             let _ = s.shutdown().await;
             debug!(client = %peer, "cancel request forwarded");
         }
@@ -189,6 +208,7 @@ pub async fn forward_cancel(
             warn!(client = %peer, error = %e, "cancel request could not reach the upstream server")
         }
     }
+    let _ = client.shutdown().await;
 }
 
 stream_enum_io!(Upstream { Tcp, Unix, Tls });

@@ -161,6 +161,14 @@ pub fn startup_version(version: i32, params: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
+/// `CancelRequest` for the session whose `BackendKeyData` body (process id and secret) is `key`.
+pub fn cancel_request(key: &[u8]) -> Vec<u8> {
+    let mut out = ((key.len() + 8) as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&80877102i32.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
 /// `SSLRequest`.
 pub fn ssl_request() -> Vec<u8> {
     vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]
