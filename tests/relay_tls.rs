@@ -368,7 +368,11 @@ async fn sessions_show_both_legs(certs: &Certs, proxy: &Proxy) {
     let console = format!("{} sslmode=require", proxy.conninfo("optlock"));
     let (ok, out, err) = psql_async(console, "SHOW SESSIONS").await;
     assert!(ok, "{err}");
-    assert_eq!(raw_session_row(&out)[10..12], ["TLSv1.3", "TLSv1.3"], "{out}");
+    assert_eq!(
+        raw_session_row(&out)[10..12],
+        ["TLSv1.3", "TLSv1.3"],
+        "{out}"
+    );
 }
 
 /// The row of `SHOW SESSIONS` (psql -At) of the raw session: the one without an
