@@ -454,6 +454,11 @@ async fn raw_extended(raw: &mut Raw, sql: &str) -> Vec<(u8, Vec<u8>)> {
     batch.extend(execute("", 0));
     batch.extend(sync());
     raw.send(&batch).await;
+    messages_until_ready(raw).await
+}
+
+/// Every message up to `ReadyForQuery`: (type, body).
+async fn messages_until_ready(raw: &mut Raw) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
     loop {
         let m = raw.read_msg().await.expect("a reply");
@@ -468,15 +473,7 @@ async fn raw_extended(raw: &mut Raw, sql: &str) -> Vec<(u8, Vec<u8>)> {
 /// Every message of the reply to a simple `Query` up to `ReadyForQuery`: (type, body).
 async fn raw_reply(raw: &mut Raw, sql: &str) -> Vec<(u8, Vec<u8>)> {
     raw.send(&query(sql)).await;
-    let mut out = Vec::new();
-    loop {
-        let m = raw.read_msg().await.expect("a reply");
-        let done = m.tag == b'Z';
-        out.push((m.tag, m.body().to_vec()));
-        if done {
-            return out;
-        }
-    }
+    messages_until_ready(raw).await
 }
 
 #[tokio::test]

@@ -115,17 +115,23 @@ pub struct Alias {
 
 impl GuardSet {
     pub fn new(config: &Config) -> Arc<GuardSet> {
-        Arc::new(GuardSet {
-            guards: config.guards.clone(),
-            prefilter: prefilter::Prefilter::new(&config.guards),
-            table_ids: config.guards.iter().map(|g| table_id(&g.table)).collect(),
-            sql_names: config.guards.iter().map(rewrite::SqlNames::of).collect(),
-            refusals: vec![None; config.guards.len()],
-            roots: (0..config.guards.len()).collect(),
-            config_len: config.guards.len(),
+        Arc::new(GuardSet::of_guards(config.guards.clone(), None))
+    }
+
+    /// A set of config guards only (no aliases); `origin` is the set it scopes, if any.
+    fn of_guards(guards: Vec<Guard>, origin: Option<Arc<GuardSet>>) -> GuardSet {
+        let n = guards.len();
+        GuardSet {
+            prefilter: prefilter::Prefilter::new(&guards),
+            table_ids: guards.iter().map(|g| table_id(&g.table)).collect(),
+            sql_names: guards.iter().map(rewrite::SqlNames::of).collect(),
+            guards,
+            refusals: vec![None; n],
+            roots: (0..n).collect(),
+            config_len: n,
             base: None,
-            origin: None,
-        })
+            origin,
+        }
     }
 
     /// The set as it applies to a session of `user` named `application`: each guard in the
@@ -169,18 +175,7 @@ impl GuardSet {
                 ..g.clone()
             })
             .collect();
-        let n = guards.len();
-        let set = Arc::new(GuardSet {
-            prefilter: prefilter::Prefilter::new(&guards),
-            table_ids: guards.iter().map(|g| table_id(&g.table)).collect(),
-            sql_names: guards.iter().map(rewrite::SqlNames::of).collect(),
-            guards,
-            refusals: vec![None; n],
-            roots: (0..n).collect(),
-            config_len: n,
-            base: None,
-            origin: Some(origin.clone()),
-        });
+        let set = Arc::new(GuardSet::of_guards(guards, Some(origin.clone())));
         sets.insert(key, Arc::downgrade(&set));
         set
     }

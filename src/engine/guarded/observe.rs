@@ -72,32 +72,7 @@ impl GuardState {
         info: &ConflictInfo,
         found: Option<String>,
     ) {
-        let table = info.table.to_string();
-        let key = info.key_text();
-        let ident = &self.ident;
-        warn!(
-            table = %table,
-            key = %key,
-            expected = %info.expected,
-            found = %found.as_deref().unwrap_or("NULL"),
-            client = %ident.client,
-            user = %ident.user,
-            application_name = %ident.application_name,
-            "optimistic lock conflict observed (observe mode: the write went through)"
-        );
-        cx.events.guarded(table_id(&info.table), Outcome::Observed);
-        cx.events.conflict(Conflict {
-            at: std::time::SystemTime::now(),
-            table,
-            key,
-            expected: info.expected.clone(),
-            found,
-            client_addr: ident.client,
-            user: ident.user.clone(),
-            application_name: ident.application_name.clone(),
-            outcome: Outcome::Observed,
-            reason: None,
-        });
+        self.record_conflict(cx, info, found, Outcome::Observed);
     }
 }
 

@@ -194,20 +194,38 @@ impl GuardState {
     /// Logs, counts and records a conflict the client was given; `found` is the version the
     /// row was found at (None: the row is gone).
     fn log_conflict(&mut self, cx: &mut Cx<'_>, info: &ConflictInfo, found: Option<String>) {
+        self.record_conflict(cx, info, found, Outcome::Conflict);
+    }
+
+    /// Logs, counts and records a conflict: raised to the client ([`Outcome::Conflict`]) or,
+    /// in observe mode, let through ([`Outcome::Observed`]).
+    pub(super) fn record_conflict(
+        &mut self,
+        cx: &mut Cx<'_>,
+        info: &ConflictInfo,
+        found: Option<String>,
+        outcome: Outcome,
+    ) {
         let table = info.table.to_string();
         let key = info.key_text();
         let ident = &self.ident;
-        warn!(
-            table = %table,
-            key = %key,
-            expected = %info.expected,
-            found = %found.as_deref().unwrap_or("(row gone)"),
-            client = %ident.client,
-            user = %ident.user,
-            application_name = %ident.application_name,
-            "optimistic lock conflict"
-        );
-        cx.events.guarded(table_id(&info.table), Outcome::Conflict);
+        let shown = found.as_deref();
+        if outcome == Outcome::Observed {
+            warn!(
+                table = %table, key = %key, expected = %info.expected,
+                found = %shown.unwrap_or("NULL"), client = %ident.client, user = %ident.user,
+                application_name = %ident.application_name,
+                "optimistic lock conflict observed (observe mode: the write went through)"
+            );
+        } else {
+            warn!(
+                table = %table, key = %key, expected = %info.expected,
+                found = %shown.unwrap_or("(row gone)"), client = %ident.client,
+                user = %ident.user, application_name = %ident.application_name,
+                "optimistic lock conflict"
+            );
+        }
+        cx.events.guarded(table_id(&info.table), outcome);
         cx.events.conflict(Conflict {
             at: std::time::SystemTime::now(),
             table,
@@ -217,7 +235,7 @@ impl GuardState {
             client_addr: ident.client,
             user: ident.user.clone(),
             application_name: ident.application_name.clone(),
-            outcome: Outcome::Conflict,
+            outcome,
             reason: None,
         });
     }
