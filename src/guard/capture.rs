@@ -97,57 +97,6 @@ pub(super) fn capture(stmt: &ast::Statement, lexed: &Lexed, guards: &GuardSet) -
     })
 }
 
-/// What a text of one `CLOSE` statement closes: `Some(None)` for `CLOSE ALL`, the cursor's
-/// name (as PostgreSQL folds it) for `CLOSE name`; None for anything else.
-pub fn closed_cursor(sql: &str) -> Option<Option<String>> {
-    let words = statement_words(sql, "close")?;
-    match words.as_slice() {
-        [Token::Word(w)] if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("all") => {
-            Some(None)
-        }
-        [Token::Word(w)] => Some(Some(fold_ident(
-            &w.clone().into_ident(sqlparser::tokenizer::Span::empty()),
-        ))),
-        _ => None,
-    }
-}
-
-/// The tokens after the first word of a text of one statement that starts with `keyword`
-/// (comments, whitespace and trailing semicolons left out).
-fn statement_words(sql: &str, keyword: &str) -> Option<Vec<Token>> {
-    use sqlparser::dialect::PostgreSqlDialect;
-    use sqlparser::tokenizer::Tokenizer;
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().ok()?;
-    // Comments are whitespace tokens too.
-    let mut words = tokens
-        .into_iter()
-        .filter(|t| !matches!(t, Token::Whitespace(_)));
-    let Some(Token::Word(first)) = words.next() else {
-        return None;
-    };
-    if !first.value.eq_ignore_ascii_case(keyword) || first.quote_style.is_some() {
-        return None;
-    }
-    let mut rest: Vec<Token> = words.collect();
-    while rest.last() == Some(&Token::SemiColon) {
-        rest.pop();
-    }
-    (!rest.contains(&Token::SemiColon)).then_some(rest)
-}
-
-/// The cursor a text of one `FETCH` statement reads from (its name as PostgreSQL folds it):
-/// `FETCH [direction] [FROM | IN] name`, the name always last. None for anything else (a
-/// `MOVE` returns no rows; several statements are not followed).
-pub fn fetched_cursor(sql: &str) -> Option<String> {
-    let rest = statement_words(sql, "fetch")?;
-    match rest.last()? {
-        Token::Word(w) => Some(fold_ident(
-            &w.clone().into_ident(sqlparser::tokenizer::Span::empty()),
-        )),
-        _ => None,
-    }
-}
-
 /// The format of a `COPY ... TO STDOUT` with these options, when the proxy can take columns
 /// off its rows: text with the tab delimiter and no header line (any `NULL` string or
 /// `ENCODING`: neither changes where a tab is), or binary. CSV is not captured (a field may

@@ -51,6 +51,7 @@ pub mod analyze;
 pub mod cache;
 pub mod capture;
 pub mod conflict;
+pub mod cursors;
 pub mod datestyle;
 mod decide;
 mod explain;

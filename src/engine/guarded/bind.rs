@@ -44,6 +44,11 @@ impl GuardState {
         let Some(prepared) = self.statements.get(statement).cloned() else {
             return Ok(false);
         };
+        if !prepared.touches.is_empty() || prepared.cursor.is_some() {
+            // `DECLARE` and `CLOSE` write nothing; their portals return no rows.
+            self.bind_cursor_statement(&prepared);
+            return Ok(false);
+        }
         if let Some(capture) = &prepared.capture {
             return Ok(self.bind_captured(cx, portal, msg, &prepared, capture));
         }

@@ -15,8 +15,9 @@
 //! from what its database says: the tables resolved there, the names another relation
 //! shadows, the names of aggregate functions.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use super::cursors::declared_last;
 use super::cx::Cx;
 use super::rows::{Captured, CapturedCursor, ReadCheck, ReadPlan, Reads};
 use super::state::GuardState;
@@ -24,8 +25,8 @@ use super::statements::{Portal, Prepared, PreparedCapture};
 use super::tag::Tag;
 use crate::engine::replies::Pending;
 use crate::guard::cache::Simple;
-use crate::guard::capture::{added_columns, closed_cursor, fetched_cursor, push_columns};
-use crate::guard::{Capture, CaptureTable, CursorDecl, GuardSet, TableId};
+use crate::guard::capture::{added_columns, push_columns};
+use crate::guard::{Capture, CaptureTable, GuardSet, TableId};
 use crate::protocol::{Frame, frontend as fe};
 
 impl GuardState {
@@ -90,9 +91,14 @@ impl GuardState {
                 added: added_columns(tables.iter().copied(), guards),
                 copy,
             };
-            if let Some(decl) = &c.cursor {
-                let types = self.column_types(&tables);
-                self.remember_cursor(decl, &one, types);
+            if let Some(decl) = &c.cursor
+                && declared_last(sql, &decl.name)
+            {
+                self.remember_cursor(CapturedCursor {
+                    captured: one.clone(),
+                    types: self.column_types(&tables),
+                    decl: decl.clone(),
+                });
             }
             captured.push(one);
         }
@@ -156,98 +162,6 @@ impl GuardState {
         (text, captured)
     }
 
-    /// A cursor declared with a captured query: its `FETCH`es carry the same columns. The
-    /// map is bounded; a name it holds that now names another cursor is harmless, as the
-    /// proxy's columns are recognised by their name before anything is taken off.
-    fn remember_cursor(&mut self, decl: &CursorDecl, captured: &Captured, types: Vec<u32>) {
-        const MAX_CURSORS: usize = 256;
-        if self.cursors.len() >= MAX_CURSORS {
-            self.cursors.clear();
-        }
-        let cursor = CapturedCursor {
-            captured: Captured {
-                statement: 0,
-                ..captured.clone()
-            },
-            types,
-            decl: decl.clone(),
-        };
-        self.cursors.insert(decl.name.as_bytes().into(), cursor);
-    }
-
-    /// The cursors a transaction ended (all but those `WITH HOLD`), or a `CLOSE` in a simple
-    /// `Query` (`CLOSE name`, `CLOSE ALL`) closed.
-    pub(super) fn end_cursors(&mut self, sql: Option<&[u8]>) {
-        if self.cursors.is_empty() {
-            return;
-        }
-        let Some(sql) = sql else {
-            self.cursors.retain(|_, c| c.decl.hold);
-            return;
-        };
-        match std::str::from_utf8(sql).ok().and_then(closed_cursor) {
-            Some(None) => self.cursors.clear(),
-            Some(Some(name)) => {
-                self.cursors.remove(name.as_bytes());
-            }
-            None => {}
-        }
-    }
-
-    /// The cursor a `FETCH` text reads from, when it is one declared with a captured query.
-    pub(super) fn fetched(&self, sql: &[u8]) -> Option<&CapturedCursor> {
-        if self.cursors.is_empty() {
-            return None;
-        }
-        let name = std::str::from_utf8(sql).ok().and_then(fetched_cursor)?;
-        self.cursors.get(name.as_bytes())
-    }
-
-    /// A `FETCH` prepared in the extended protocol from a cursor declared (in a simple
-    /// `Query`) with a captured query: remembered as a captured read, so that its `Describe`
-    /// replies and rows lose the proxy's columns. False when it is not one.
-    pub(super) fn prepare_fetch(&mut self, p: &fe::Parse<'_>) -> bool {
-        let Some(cursor) = self.fetched(p.query) else {
-            return false;
-        };
-        let c = &cursor.captured;
-        let cols: Vec<(u32, i16)> = cursor.types.iter().map(|&t| (t, 0)).collect();
-        let Some(text_plan) = ReadPlan::captured(&c.layout, &cols) else {
-            return false;
-        };
-        // The rows come in the formats the `Bind` asks for, a `BINARY` cursor's too.
-        let binary_plan = text_plan.with_format(1);
-        let capture = PreparedCapture {
-            added: c.added,
-            layout: c.layout.clone(),
-            plans: [Arc::new(text_plan), Arc::new(binary_plan)],
-            text: String::from_utf8_lossy(p.query).into_owned(),
-        };
-        let prepared = Prepared {
-            capture: Some(capture),
-            declared_types: p.param_types.clone(),
-            ..Prepared::default()
-        };
-        self.statements.insert(p.name.into(), Arc::new(prepared));
-        true
-    }
-
-    /// A simple `Query` that is one `FETCH` from a cursor declared with a captured query:
-    /// relayed as it is, its rows stripped of the proxy's columns, which teach their versions.
-    /// False when it is not one.
-    pub(super) fn fetch_query(&mut self, cx: &mut Cx<'_>, msg: Frame<'_>, sql: &[u8]) -> bool {
-        let Some(cursor) = self.fetched(sql) else {
-            return false;
-        };
-        let mut reads = Reads::new(Vec::new(), false);
-        reads.captured = vec![cursor.captured.clone()];
-        cx.out.to_server.extend_from_slice(msg.bytes());
-        cx.out
-            .replies
-            .push(Pending::Simple(Some(Box::new(Tag::Read(Box::new(reads))))));
-        true
-    }
-
     /// The capture of a prepared read: the text to prepare (the client's with the columns
     /// added) and what the session keeps of it. None when the statement is not captured, or
     /// the types of a column it would add are not known.
@@ -280,6 +194,7 @@ impl GuardState {
             layout,
             plans: [Arc::new(text_plan), Arc::new(binary_plan)],
             text: sql.to_string(),
+            fetch: false,
         };
         Some((text, prepared))
     }
@@ -314,24 +229,28 @@ impl GuardState {
                 let types = prepared.param_types();
                 self.read_check(&guards, read, Some((&b, &types)))
             });
-        let info = Portal {
+        let info = Arc::new(Portal {
             statement: Some(prepared.clone()),
             pinned,
             capture: Some((capture.added, capture.plans[usize::from(binary)].clone())),
             result_formats: codes.into(),
+            fetch_shown: capture.fetch.then(OnceLock::new),
             ..Portal::default()
-        };
-        self.portals.insert(portal.into(), Arc::new(info));
-        if count <= 1 {
+        });
+        self.portals.insert(portal.into(), info.clone());
+        if count > 1 {
+            fe::write_bind_rewritten(&mut cx.out.to_server, &b, &[], capture.added);
+            let fix = super::bind::result_formats_fix(&b, capture.added);
+            cx.out.replies.push(Pending::Bind(fix));
+        } else if capture.fetch {
+            cx.out.to_server.extend_from_slice(msg.bytes());
+            cx.out.replies.push(Pending::Bind(None));
+        } else {
             return false;
         }
-        fe::write_bind_rewritten(&mut cx.out.to_server, &b, &[], capture.added);
-        cx.out
-            .replies
-            .push(Pending::Bind(super::bind::result_formats_fix(
-                &b,
-                capture.added,
-            )));
+        if capture.fetch {
+            GuardState::describe_fetch_portal(cx, portal, info);
+        }
         true
     }
 }
@@ -340,7 +259,7 @@ impl GuardState {
 impl GuardState {
     /// The types of the columns capture adds for `tables` (each one's key columns, then its
     /// version), as this database's catalog gives them; empty when one is not resolved.
-    fn column_types(&self, tables: &[&CaptureTable]) -> Vec<u32> {
+    pub(super) fn column_types(&self, tables: &[&CaptureTable]) -> Vec<u32> {
         let mut types = Vec::new();
         for t in tables {
             let Some(rg) = self.resolved.get(t.guard) else {
@@ -353,7 +272,7 @@ impl GuardState {
     }
 }
 
-fn layout(tables: &[&CaptureTable], guards: &GuardSet) -> Vec<(TableId, usize)> {
+pub(super) fn layout(tables: &[&CaptureTable], guards: &GuardSet) -> Vec<(TableId, usize)> {
     tables
         .iter()
         .map(|t| (guards.table_ids[t.guard], guards.guards[t.guard].key.len()))

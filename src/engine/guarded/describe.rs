@@ -6,6 +6,7 @@
 use bytes::BytesMut;
 
 use super::cx::Cx;
+use super::rows::ends_with_added;
 use super::state::GuardState;
 use super::statements::{Described, Parsed, Portal, Prepared};
 use super::tag::{StmtTag, Tag};
@@ -81,6 +82,10 @@ impl GuardState {
             return self.hide_added_columns(cx, body, w.added, w.write.client_returning);
         }
         if let Some(c) = &prepared.capture {
+            // A `FETCH`'s cursor may since be another one.
+            if c.fetch && !ends_with_added(body, c.added) {
+                return false;
+            }
             return self.hide_added_columns(cx, body, c.added, true);
         }
         let pinned_guard = prepared.pinned.as_ref().map(|r| r.guard);
@@ -105,6 +110,13 @@ impl GuardState {
             return self.hide_added_columns(cx, body, w.added, w.client_returning);
         }
         if let Some((added, _)) = &portal.capture {
+            if portal
+                .fetch_shown
+                .as_ref()
+                .is_some_and(|s| s.get() != Some(&true))
+            {
+                return false;
+            }
             return self.hide_added_columns(cx, body, *added, true);
         }
         let pinned_guard = portal.pinned.as_ref().map(|r| r.guard);

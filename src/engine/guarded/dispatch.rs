@@ -114,6 +114,7 @@ impl GuardState {
                 }
                 Tag::DescribeStatement(_)
                 | Tag::DescribePortal(_)
+                | Tag::FetchShown(_)
                 | Tag::Execute(_)
                 | Tag::Parsed(_)
                 | Tag::BindFix(_)
@@ -170,6 +171,7 @@ impl GuardState {
                 Tag::Read(_)
                 | Tag::DescribeStatement(_)
                 | Tag::DescribePortal(_)
+                | Tag::FetchShown(_)
                 | Tag::Execute(_)
                 | Tag::Parsed(_)
                 | Tag::BindFix(_)
@@ -197,7 +199,7 @@ impl GuardState {
             if !self.portals.is_empty() {
                 self.portals.clear();
             }
-            self.end_cursors(None);
+            self.end_cursors();
             if cx.settings.config.track == crate::config::TrackScope::Transaction {
                 self.tracker.forget_all();
             }
@@ -257,6 +259,7 @@ impl GuardState {
                 Ok(self.on_describe_statement(cx, tag, body, &prepared))
             }
             Tag::DescribePortal(portal) => Ok(self.on_describe_portal(cx, tag, body, &portal)),
+            Tag::FetchShown(portal) => Ok(GuardState::on_fetch_shown(tag, body, &portal)),
             Tag::Execute(portal) => self.on_execute_done(cx, tag, msg, &portal),
             Tag::Raise(ctx) => {
                 self.on_extended_raise_done(cx, tag, msg, &ctx);

@@ -116,6 +116,13 @@ impl GuardState {
         }
         let style = cx.params.date_style;
         if let Some((added, plan)) = &portal.capture {
+            if portal
+                .fetch_shown
+                .as_ref()
+                .is_some_and(|s| s.get() != Some(&true))
+            {
+                return false;
+            }
             let out = &mut cx.out.to_client;
             return strip_row(body, *added, Some(plan), &mut self.tracker, style, out);
         }

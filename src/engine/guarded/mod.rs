@@ -57,6 +57,7 @@ mod capture;
 mod catalog;
 mod close;
 mod counts;
+mod cursors;
 mod describe;
 mod dispatch;
 mod execute;

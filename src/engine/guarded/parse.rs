@@ -10,6 +10,7 @@
 use crate::protocol::TxStatus;
 use std::sync::{Arc, OnceLock};
 
+use super::cursors::cursor_touches;
 use super::cx::Cx;
 use super::state::GuardState;
 use super::statements::{
@@ -18,6 +19,7 @@ use super::statements::{
 use super::tag::{StmtTag, Tag};
 use crate::engine::replies::Pending;
 use crate::guard::conflict::Refusal;
+use crate::guard::cursors::may_touch_cursors;
 use crate::guard::prefilter::{Found, Prefilter};
 use crate::guard::rewrite::{Bump, Expected};
 use crate::guard::{Action, GuardSet, GuardedWrite, Target, WriteOp};
@@ -69,7 +71,12 @@ impl GuardState {
             self.on_session_command(p.query, cx.tx_status == TxStatus::Failed);
         }
         let may_write = found.may_write_guarded();
-        if !may_write && !found.name && before.is_none() && self.fetched(p.query).is_none() {
+        if !may_write
+            && !found.name
+            && before.is_none()
+            && self.fetched(p.query).is_none()
+            && !may_touch_cursors(p.query)
+        {
             return Ok(false);
         }
         // This Parse changes what the session knows of the name: undone if the server does
@@ -387,7 +394,7 @@ impl GuardState {
         let captured = match names_guarded {
             true => self.prepare_read(p, guards),
             false => {
-                self.prepare_fetch(p);
+                self.prepare_unguarded(p);
                 None
             }
         };
@@ -409,19 +416,31 @@ impl GuardState {
         }
         let sql = std::str::from_utf8(p.query).ok();
         let analysis = sql.map(|sql| self.cache.get_or_analyze(sql, guards));
-        let captured = match (sql, analysis.as_deref()) {
+        let lone = match (sql, analysis.as_deref()) {
             (Some(sql), Some(a)) => match (a.statements.as_slice(), a.captures.as_slice()) {
-                ([_], [capture]) => self.prepared_capture(sql, capture, guards),
+                ([_], [capture]) => Some((sql, capture)),
                 _ => None,
             },
             _ => None,
         };
-        let (text, capture) = captured.unzip();
+        let (text, capture, cursor) = match lone {
+            Some((sql, c)) if c.cursor.is_some() => {
+                let (text, cursor) = self.prepared_cursor(sql, c, guards).unzip();
+                (text, None, cursor)
+            }
+            Some((sql, c)) => {
+                let (text, capture) = self.prepared_capture(sql, c, guards).unzip();
+                (text, capture, None)
+            }
+            None => (None, None, None),
+        };
         let prepared = Prepared {
             pinned: analysis.as_ref().and_then(|a| a.lone_read().cloned()),
             shared: analysis.map(|a| a.shared.clone()).unwrap_or_default(),
             capture,
             declared_types: p.param_types.clone(),
+            cursor,
+            touches: cursor_touches(p.query),
             ..Prepared::default()
         };
         self.statements.insert(p.name.into(), Arc::new(prepared));

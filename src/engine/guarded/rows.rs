@@ -262,10 +262,7 @@ pub fn strip_description(
 ) -> Option<Option<ReadPlan>> {
     let cols = be::row_description(body)?;
     let keep = cols.len().checked_sub(added)?;
-    if !cols[keep..]
-        .iter()
-        .all(|c| c.name == COLUMN_NAME.as_bytes())
-    {
+    if !ours(&cols[keep..]) {
         return None;
     }
     be::write_truncated(to_client, be::ROW_DESCRIPTION, body, keep)?;
@@ -274,6 +271,19 @@ pub fn strip_description(
         .map(|c| (c.type_oid, c.format))
         .collect();
     Some(ReadPlan::captured(layout, &tail))
+}
+
+/// True when the last `added` columns of a `RowDescription` body are the proxy's.
+pub fn ends_with_added(body: &[u8], added: usize) -> bool {
+    be::row_description(body).is_some_and(|cols| {
+        cols.len()
+            .checked_sub(added)
+            .is_some_and(|keep| ours(&cols[keep..]))
+    })
+}
+
+fn ours(cols: &[be::Column<'_>]) -> bool {
+    cols.iter().all(|c| c.name == COLUMN_NAME.as_bytes())
 }
 
 /// A `DataRow` of a result whose last `added` columns are the proxy's: `plan` reads them,

@@ -58,11 +58,11 @@ impl GuardState {
             return Ok(false);
         };
         let found = cx.settings.guards.prefilter.scan(sql);
-        if !found.name && !self.cursors.is_empty() {
-            if self.fetch_query(cx, msg, sql) {
+        if !self.cursors.is_empty() {
+            if !found.name && self.fetch_query(cx, msg, sql) {
                 return Ok(true);
             }
-            self.end_cursors(Some(sql));
+            self.touch_cursors(sql);
         }
         if found.session {
             self.on_session_command(sql, cx.tx_status == TxStatus::Failed);

@@ -9,8 +9,9 @@
 use std::sync::{Arc, OnceLock};
 
 use super::checks::WriteCheck;
-use super::rows::{Col, ReadCheck, ReadPlan};
+use super::rows::{CapturedCursor, Col, ReadCheck, ReadPlan};
 use crate::guard::TableId;
+use crate::guard::cursors::CursorTouch;
 use crate::guard::{GuardSet, GuardedWrite, PinnedRead};
 
 /// What [`super::GuardState::parse_guarded`] did with a statement.
@@ -48,6 +49,11 @@ pub struct Prepared {
     /// Parameter types: as the client declared them, completed by a `ParameterDescription`.
     pub declared_types: Vec<u32>,
     pub described_types: OnceLock<Vec<u32>>,
+    /// A `DECLARE` whose query is captured: what the cursor's `FETCH`es carry, remembered
+    /// when the statement is bound.
+    pub cursor: Option<CapturedCursor>,
+    /// The cursor names the statement declares or closes: forgotten when it is bound.
+    pub touches: Vec<CursorTouch>,
 }
 
 impl Prepared {
@@ -78,6 +84,10 @@ pub struct PreparedCapture {
     /// The client's own text: what the statement is prepared from again when no guard is
     /// left to read its replies.
     pub text: String,
+    /// A `FETCH` from a cursor declared with a captured query: the name may since have come
+    /// to mean another cursor, so a portal's rows lose the added columns only once a
+    /// `Describe` shows them ([`Portal::fetch_shown`]).
+    pub fetch: bool,
 }
 
 /// A rewritten guarded write.
@@ -151,6 +161,9 @@ pub struct Portal {
     pub described: OnceLock<Described>,
     /// The statement's description with this portal's formats, made on first use.
     pub(super) bound: OnceLock<Described>,
+    /// The portal of a captured `FETCH`: set by the proxy's own `Describe` of it, true when
+    /// its result ends with the proxy's columns.
+    pub fetch_shown: Option<OnceLock<bool>>,
 }
 
 impl Portal {

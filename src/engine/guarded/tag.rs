@@ -53,6 +53,8 @@ pub enum Tag {
     DescribeStatement(Arc<Prepared>),
     /// `Describe` of a portal the guard rewrote or reads from.
     DescribePortal(Arc<Portal>),
+    /// The proxy's own `Describe` of a captured `FETCH`'s portal (see [`super::cursors`]).
+    FetchShown(Arc<Portal>),
     /// `Execute` of a portal whose rows or row count the guard needs.
     Execute(Arc<Portal>),
     /// A simple `Query` (or script step) holding `SELECT`s that pin one guarded row each.

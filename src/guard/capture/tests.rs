@@ -239,30 +239,3 @@ fn the_query_of_a_cursor_is_captured_under_the_cursor_s_name() {
         None
     );
 }
-
-#[test]
-fn a_fetch_names_its_cursor_last() {
-    for (sql, name) in [
-        ("FETCH c", Some("c")),
-        ("fetch forward 2000 from \"My C\";", Some("My C")),
-        ("FETCH ABSOLUTE -1 IN Cur", Some("cur")),
-        ("FETCH NEXT FROM c /* why */ ;", Some("c")),
-        ("MOVE NEXT FROM c", None),
-        ("FETCH c; SELECT 1", None),
-        ("SELECT fetch FROM t", None),
-    ] {
-        assert_eq!(fetched_cursor(sql).as_deref(), name, "{sql}");
-    }
-}
-
-#[test]
-fn a_close_names_its_cursor_or_all() {
-    assert_eq!(closed_cursor("CLOSE c;"), Some(Some("c".to_string())));
-    assert_eq!(
-        closed_cursor("close \"My C\""),
-        Some(Some("My C".to_string()))
-    );
-    assert_eq!(closed_cursor("CLOSE ALL"), Some(None));
-    assert_eq!(closed_cursor("CLOSE c; SELECT 1"), None);
-    assert_eq!(closed_cursor("SELECT 1"), None);
-}
