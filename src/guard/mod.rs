@@ -49,6 +49,7 @@
 
 pub mod analyze;
 pub mod cache;
+pub mod canon;
 pub mod capture;
 pub mod conflict;
 pub mod cursors;

@@ -7,8 +7,10 @@
 //! [`super::reads`] and [`super::pinned`].
 
 use bytes::BytesMut;
+use smallvec::SmallVec;
 
 use crate::catalog::resolve::ResolvedGuards;
+use crate::guard::canon::{self, Canon};
 use crate::guard::capture::COLUMN_NAME;
 use crate::guard::datestyle::{self, DateStyle};
 use crate::guard::track::Tracker;
@@ -210,17 +212,21 @@ impl ReadPlan {
     /// Records the versions in one row's values: the whole row, or the plan's last columns
     /// for a plan that reads the proxy's own.
     pub fn observe_values(&self, vals: &[Option<&[u8]>], tracker: &mut Tracker, style: DateStyle) {
-        for e in &self.entries {
-            let Some(version) = value(vals, e.version, style) else {
+        'entries: for e in &self.entries {
+            let Some(version) = value_canon(vals, e.version, style) else {
                 continue;
             };
-            let keys: Option<Vec<String>> = e.keys.iter().map(|&c| value(vals, c, style)).collect();
-            if let Some(keys) = keys {
-                if self.advance {
-                    tracker.advance(e.table, &keys, &version);
-                } else {
-                    tracker.observe(e.table, &keys, &version);
+            let mut keys: SmallVec<[Canon<'_>; 2]> = SmallVec::new();
+            for &c in &e.keys {
+                match value_canon(vals, c, style) {
+                    Some(k) => keys.push(k),
+                    None => continue 'entries,
                 }
+            }
+            if self.advance {
+                tracker.advance(e.table, &keys, version.as_ref());
+            } else {
+                tracker.observe(e.table, &keys, version.as_ref());
             }
         }
     }
@@ -331,9 +337,10 @@ pub fn result_format_codes(raw: &[u8]) -> Vec<i16> {
     out
 }
 
-fn value(vals: &[Option<&[u8]>], col: Col, style: DateStyle) -> Option<String> {
+/// A column's canonical value, borrowed from the row where it can be.
+fn value_canon<'a>(vals: &[Option<&'a [u8]>], col: Col, style: DateStyle) -> Option<Canon<'a>> {
     let raw = (*vals.get(col.index)?)?;
-    canonical_result(col.type_oid, col.format, raw, style)
+    canon::canonical_result(col.type_oid, col.format, raw, style)
 }
 
 /// The canonical text of a result value, its text form printed under `style` (the session's
