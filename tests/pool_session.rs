@@ -18,9 +18,7 @@ async fn pooled(db_setup: &str, extra: &str) -> Proxy {
     } else {
         format!("default_pool_size = 1\n{extra}")
     };
-    let toml = format!(
-        "pool_mode = \"session\"\nauth_type = \"trust\"\n{extra}\n{db_setup}"
-    );
+    let toml = format!("pool_mode = \"session\"\nauth_type = \"trust\"\n{extra}\n{db_setup}");
     Proxy::start(Config::parse(&toml, "test.toml").expect("test config")).await
 }
 
