@@ -240,3 +240,27 @@ pub fn rows(p: &PoolConfig) -> Vec<(&'static str, Option<String>)> {
         ("auth_dbname", p.auth_dbname.clone()),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// The shipped example config shows each pooling option with its default.
+    #[test]
+    fn the_example_config_shows_the_defaults() {
+        let text = include_str!("../../config/optlock.toml");
+        let cfg = Config::parse(text, "config/optlock.toml").expect("the example config parses");
+        assert_eq!(cfg.pool, PoolConfig::default());
+    }
+
+    #[test]
+    fn pooling_needs_a_source_of_secrets() {
+        let e = Config::parse("pool_mode = \"session\"", "t.toml").unwrap_err();
+        assert!(e.reason.contains("auth_user"), "{e}");
+        let e = Config::parse("auth_type = \"md5\"", "t.toml").unwrap_err();
+        assert!(e.reason.contains("pool_mode"), "{e}");
+        let c = Config::parse("pool_mode = \"session\"\nauth_type = \"trust\"", "t.toml").unwrap();
+        assert_eq!(c.pool.mode, PoolMode::Session);
+    }
+}
