@@ -88,6 +88,17 @@ async fn a_second_client_reuses_the_connection_reset() {
         .find(|r| r[0] == db.name)
         .unwrap_or_else(|| panic!("no pool of {} in {rows:?}", db.name));
     assert_eq!(&mine[1..6], ["postgres", "1", "0", "1", "0"], "{rows:?}");
+    // The pool's events are counted.
+    let stats = proxy.console_rows("SHOW STATS");
+    let count = |name: &str| -> String {
+        stats
+            .iter()
+            .find(|r| r[0] == name)
+            .map(|r| r[1].clone())
+            .unwrap_or_else(|| panic!("no {name} in {stats:?}"))
+    };
+    assert_eq!(count("pool_events_total{event=\"opened\"}"), "1");
+    assert_eq!(count("pool_events_total{event=\"reused\"}"), "1");
 }
 
 #[tokio::test]

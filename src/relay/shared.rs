@@ -86,9 +86,9 @@ impl Shared {
             settings: RwLock::new(Arc::new(settings)),
             shutdown,
             tls: RwLock::new(Arc::new(tls)),
+            pools: Arc::new(Pools::new(operator.clone())),
             operator,
             config_path,
-            pools: Arc::default(),
         }
     }
 

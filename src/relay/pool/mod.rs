@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::config::PoolConfig;
+use crate::events::{PoolEvent, ProcessEvents};
 use server::ServerConn;
 
 /// Which clients may share a server connection: same user, database and startup parameters.
@@ -87,9 +88,8 @@ pub struct Pools {
     expiry_started: AtomicBool,
     /// Idle connections of `auth_user`, per database.
     auth_conns: Mutex<HashMap<String, Vec<ServerConn>>>,
-    /// Pooled server connections opened and closed so far.
-    pub opened: AtomicUsize,
-    pub closed: AtomicUsize,
+    /// Where pool events are counted (the process's metrics).
+    events: Option<Arc<dyn ProcessEvents>>,
 }
 
 /// What a client got from its pool.
@@ -100,6 +100,20 @@ pub enum Got {
 }
 
 impl Pools {
+    /// Pools that count their events in `events`.
+    pub fn new(events: Arc<dyn ProcessEvents>) -> Pools {
+        Pools {
+            events: Some(events),
+            ..Pools::default()
+        }
+    }
+
+    /// Counts a pool event.
+    pub fn event(&self, event: PoolEvent) {
+        if let Some(e) = &self.events {
+            e.pool_event(event);
+        }
+    }
     /// A client connects: false when `max_client_conn` are connected already.
     pub fn client_in(&self, max: usize) -> bool {
         let n = self.clients.fetch_add(1, Ordering::AcqRel);
@@ -244,7 +258,7 @@ impl Pools {
 
     /// Closes a server connection in the background.
     pub fn close(&self, conn: ServerConn, why: &str) {
-        self.closed.fetch_add(1, Ordering::Relaxed);
+        self.event(PoolEvent::Closed);
         debug!(
             backend_pid = conn.info.pid,
             reason = why,

@@ -11,6 +11,7 @@ use super::server::{ConnInfo, Creds, LoginError, ServerConn, startup_packet};
 use super::{Got, PoolKey, Pools};
 use crate::config::{AuthType, Config};
 use crate::engine::Ident;
+use crate::events::PoolEvent;
 use crate::relay::auth::{self, Refused, secret::Secret};
 use crate::relay::handshake::{self, ClientStream};
 use crate::relay::shared::Shared;
@@ -50,6 +51,7 @@ pub async fn start(
     let pools = shared.pools.clone();
     let cfg = &config.pool;
     if !pools.client_in(cfg.max_client_conn) {
+        pools.event(PoolEvent::TooManyClients);
         warn!(
             max_client_conn = cfg.max_client_conn,
             "client refused: max_client_conn reached"
@@ -87,6 +89,7 @@ pub async fn start(
     {
         Ok(Ok(v)) => v,
         Ok(Err(Refused::Password)) => {
+            pools.event(PoolEvent::LoginFailed);
             info!("login refused: password authentication failed");
             return None;
         }
@@ -102,6 +105,7 @@ pub async fn start(
     };
     let key = PoolKey::new(user, &ident.database, params);
     let Some(got) = pools.acquire(&key, cfg).await else {
+        pools.event(PoolEvent::WaitTimeout);
         warn!(
             query_wait_timeout_s = cfg.query_wait_timeout.as_secs_f64(),
             "client refused: no server connection came free"
@@ -130,14 +134,13 @@ pub async fn start(
     };
     let conn = match got {
         Got::Idle(c) => {
+            pools.event(PoolEvent::Reused);
             debug!(backend_pid = c.info.pid, "pooled server connection reused");
             c
         }
         Got::Open => match open(shared, config, packet, user, &creds).await {
             Ok(c) => {
-                pools
-                    .opened
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                pools.event(PoolEvent::Opened);
                 debug!(backend_pid = c.info.pid, "pooled server connection opened");
                 c
             }
