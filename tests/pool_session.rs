@@ -228,3 +228,43 @@ async fn different_startup_parameters_get_different_connections() {
         .get(0);
     assert_eq!(name, "two");
 }
+
+#[tokio::test]
+async fn cancel_keys_are_the_clients_own() {
+    let db = TestDb::new("pool_cancel").await;
+    let proxy = pooled("", "").await;
+    let a = proxy.client(&db.name).await;
+    let old_token = a.cancel_token();
+    leave(&proxy, a).await;
+    let b = proxy.client(&db.name).await;
+    let pid = pid(&b).await;
+    let token = b.cancel_token();
+    let sleeping = tokio::spawn(async move { b.batch_execute("SELECT pg_sleep(60)").await });
+    let admin = db.direct().await;
+    while !active(&admin, pid).await {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The key A kept cancels nothing of B's (the proxy closes the request at once)...
+    old_token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("the proxy takes the request");
+    assert!(active(&admin, pid).await, "B's statement still runs");
+    // ...B's own key does.
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = sleeping.await.unwrap().expect_err("cancelled");
+    assert_eq!(code(&e), "57014", "{e:?}");
+}
+
+/// True while backend `pid` runs a statement.
+async fn active(admin: &Client, pid: i32) -> bool {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'",
+            &[&pid],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 1
+}

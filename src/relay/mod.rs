@@ -117,6 +117,19 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     };
     match opening {
         Opening::Cancel { mut stream, packet } => {
+            // Pooled clients hold keys of their own (see `pool::Pools::cancel_packet`).
+            let packet = if settings.config.pool.mode == PoolMode::Session {
+                match shared.pools.cancel_packet(&packet) {
+                    Some(p) => p,
+                    None => {
+                        debug!(client = %peer, "cancel request with no current pooled client's key: ignored");
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                        return;
+                    }
+                }
+            } else {
+                packet
+            };
             upstream::forward_cancel(&settings.config, &tls.upstream, &packet, &mut stream, peer)
                 .await
         }

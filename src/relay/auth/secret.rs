@@ -138,6 +138,11 @@ pub fn random<const N: usize>() -> [u8; N] {
     b
 }
 
+/// Fills `buf` with random bytes.
+pub fn fill_random(buf: &mut [u8]) {
+    rand::rng().fill_bytes(buf);
+}
+
 pub fn b64(data: &[u8]) -> String {
     B64.encode(data)
 }

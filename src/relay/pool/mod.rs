@@ -88,6 +88,8 @@ pub struct Pools {
     expiry_started: AtomicBool,
     /// Idle connections of `auth_user`, per database.
     auth_conns: Mutex<HashMap<String, Vec<ServerConn>>>,
+    /// The cancel keys given to pooled clients: (backend pid, client's key) -> server's key.
+    cancel_keys: Mutex<HashMap<(i32, Vec<u8>), Vec<u8>>>,
     /// Where pool events are counted (the process's metrics).
     events: Option<Arc<dyn ProcessEvents>>,
 }
@@ -181,6 +183,36 @@ impl Pools {
             pool.idle.push(conn);
         }
         pool.notify.notify_one();
+    }
+
+    /// A cancel key of the client's own for a server connection it was lent: a client that
+    /// kept it after leaving cannot cancel the next client's statements.
+    pub fn client_cancel_key(&self, pid: i32, server_key: &[u8]) -> Vec<u8> {
+        let mut key = vec![0u8; server_key.len()];
+        crate::relay::auth::secret::fill_random(&mut key);
+        let mut keys = self.cancel_keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.insert((pid, key.clone()), server_key.to_vec());
+        key
+    }
+
+    /// The client's cancel key no longer cancels anything.
+    pub fn forget_cancel_key(&self, pid: i32, key: &[u8]) {
+        let mut keys = self.cancel_keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.remove(&(pid, key.to_vec()));
+    }
+
+    /// A pooled client's `CancelRequest` with the server's key in place of the client's;
+    /// `None` when the key is no current client's.
+    pub fn cancel_packet(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        let pid = i32::from_be_bytes(packet.get(8..12)?.try_into().ok()?);
+        let key = packet.get(12..)?;
+        let keys = self.cancel_keys.lock().unwrap_or_else(|e| e.into_inner());
+        let server_key = keys.get(&(pid, key.to_vec()))?;
+        let mut out = Vec::with_capacity(12 + server_key.len());
+        out.extend_from_slice(&((12 + server_key.len()) as i32).to_be_bytes());
+        out.extend_from_slice(&packet[4..12]);
+        out.extend_from_slice(server_key);
+        Some(out)
     }
 
     /// Takes an idle `auth_user` connection for `database`.

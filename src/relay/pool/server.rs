@@ -34,15 +34,26 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// The server's secret cancel key.
+    pub fn cancel_key(&self) -> &[u8] {
+        self.key_data.get(9..).unwrap_or_default()
+    }
+
     /// What a client logging in on this connection gets: `AuthenticationOk`, the server's
     /// parameters, its key for cancel requests, and `ReadyForQuery`.
-    pub fn login_replies(&self) -> BytesMut {
+    /// The client's cancel key is `client_key` (as long as the server's), not the server's.
+    pub fn login_replies(&self, client_key: &[u8]) -> BytesMut {
         let mut out = BytesMut::with_capacity(512);
         auth::auth_ok(&mut out);
         for (_, m) in &self.params {
             out.extend_from_slice(m);
         }
-        out.extend_from_slice(&self.key_data);
+        if self.key_data.len() > 9 {
+            out.put_u8(b'K');
+            out.put_i32(8 + client_key.len() as i32);
+            out.put_i32(self.pid);
+            out.put_slice(client_key);
+        }
         out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
         out
     }

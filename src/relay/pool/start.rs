@@ -24,6 +24,8 @@ pub struct Lease {
     key: PoolKey,
     /// The connection, without its stream (which the session relays over).
     info: Option<ConnInfo>,
+    /// The cancel key the client was given (forgotten when the lease ends).
+    client_key: Vec<u8>,
     reset_query: String,
     lifetime: std::time::Duration,
     given_back: bool,
@@ -128,6 +130,7 @@ pub async fn start(
         pools: pools.clone(),
         key,
         info: None,
+        client_key: Vec::new(),
         reset_query: cfg.server_reset_query.clone(),
         lifetime: cfg.server_lifetime,
         given_back: false,
@@ -158,7 +161,8 @@ pub async fn start(
             }
         },
     };
-    let replies = conn.info.login_replies();
+    lease.client_key = pools.client_cancel_key(conn.info.pid, conn.info.cancel_key());
+    let replies = conn.info.login_replies(&lease.client_key);
     lease.info = Some(conn.info);
     Some((conn.upstream, replies, lease, slot))
 }
@@ -169,6 +173,7 @@ impl Lease {
     pub async fn give_back(mut self, upstream: Upstream, reusable: bool) {
         self.given_back = true;
         let info = self.info.take().expect("a leased connection");
+        self.pools.forget_cancel_key(info.pid, &self.client_key);
         let conn = ServerConn { upstream, info };
         let young = conn.info.created.elapsed() < self.lifetime;
         if !reusable || !young {
@@ -198,6 +203,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.given_back {
+            if let Some(info) = &self.info {
+                self.pools.forget_cancel_key(info.pid, &self.client_key);
+            }
             self.pools.release(&self.key, None);
         }
     }
