@@ -142,18 +142,26 @@ impl Pools {
                 let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
                 let pool = pools.entry(key.clone()).or_default();
                 pool.waiting.remove(&ticket);
+                // A connection of this thread's reactor first (the last given back first).
+                let here = std::thread::current().id();
+                if let Some(i) = pool.idle.iter().rposition(|c| c.info.home == here) {
+                    let last = pool.idle.len() - 1;
+                    pool.idle.swap(i, last);
+                }
                 while let Some(mut conn) = pool.idle.pop() {
                     if expired(&conn, cfg, Instant::now()) || !conn.alive() {
                         stale.push(conn);
                         continue;
                     }
                     pool.active += 1;
+                    pass_on(pool, cfg);
                     drop(pools);
                     self.close_all(stale);
                     return Some(Got::Idle(conn));
                 }
                 if pool.active < cfg.default_pool_size {
                     pool.active += 1;
+                    pass_on(pool, cfg);
                     drop(pools);
                     self.close_all(stale);
                     return Some(Got::Open);
@@ -341,6 +349,14 @@ impl Pools {
             pools.retain(|_, p| p.active > 0 || !p.idle.is_empty() || !p.waiting.is_empty());
         }
         self.close_all(gone);
+    }
+}
+
+/// Wakes one more waiting client when there is still something for it: `Notify` keeps one
+/// permit at most, so two connections given back before any waiter ran wake one waiter only.
+fn pass_on(pool: &Pool, cfg: &PoolConfig) {
+    if !pool.waiting.is_empty() && (!pool.idle.is_empty() || pool.active < cfg.default_pool_size) {
+        pool.notify.notify_one();
     }
 }
 

@@ -29,6 +29,9 @@ pub struct ConnInfo {
     params: Vec<(String, Vec<u8>)>,
     key_data: Vec<u8>,
     pub pid: i32,
+    /// The thread whose runtime's reactor the socket is registered with: a client served on
+    /// that thread is woken without crossing threads.
+    pub home: std::thread::ThreadId,
     pub created: Instant,
     pub idle_since: Instant,
 }
@@ -121,6 +124,7 @@ impl ServerConn {
                 params,
                 key_data,
                 pid,
+                home: std::thread::current().id(),
                 created: now,
                 idle_since: now,
             },
