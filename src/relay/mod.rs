@@ -1,4 +1,5 @@
-//! The relay: one upstream connection per client connection, relayed at the message level.
+//! The relay: one upstream connection per client connection (opened for it, or lent from a
+//! pool), relayed at the message level.
 //!
 //! - [`handshake`]: the client's start-up packets (TLS, GSSENC, cancel, startup).
 //! - [`session`]: the IO loop of one session, around its [`Engine`].
