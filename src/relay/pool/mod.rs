@@ -52,6 +52,9 @@ impl PoolKey {
     }
 }
 
+/// A pooled client's cancel key: the backend's process id and the key the client was given.
+type CancelKey = (i32, Vec<u8>);
+
 /// One pool's connections and clients.
 #[derive(Default)]
 struct Pool {
@@ -89,7 +92,7 @@ pub struct Pools {
     /// Idle connections of `auth_user`, per database.
     auth_conns: Mutex<HashMap<String, Vec<ServerConn>>>,
     /// The cancel keys given to pooled clients: (backend pid, client's key) -> server's key.
-    cancel_keys: Mutex<HashMap<(i32, Vec<u8>), Vec<u8>>>,
+    cancel_keys: Mutex<HashMap<CancelKey, Vec<u8>>>,
     /// Where pool events are counted (the process's metrics).
     events: Option<Arc<dyn ProcessEvents>>,
 }
