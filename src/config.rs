@@ -6,7 +6,9 @@
 //! unquoted names fold to lower case, double-quoted names keep their case and spaces.
 //!
 //! - [`tls`]: the TLS settings of both legs, and their checks.
+//! - [`pool`]: session pooling and the proxy's own checking of logins.
 
+pub mod pool;
 pub mod scope;
 pub mod tls;
 
@@ -18,6 +20,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use pool::{AuthType, PoolConfig, PoolMode};
 pub use scope::{GuardMode, ScopeRule};
 
 pub use self::tls::{ClientTlsMode, TlsConfig, UpstreamTls, UpstreamTlsMode};
@@ -166,6 +169,8 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub max_message_size: usize,
+    /// Session pooling and proxy-side logins.
+    pub pool: PoolConfig,
     pub guards: Vec<Guard>,
 }
 
@@ -189,6 +194,7 @@ impl Default for Config {
             upstream_connect_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             max_message_size: 64 * 1024 * 1024,
+            pool: PoolConfig::default(),
             guards: Vec::new(),
         }
     }
@@ -234,6 +240,18 @@ struct RawConfig {
     upstream_connect_timeout: Option<Spanned<f64>>,
     shutdown_timeout: Option<Spanned<f64>>,
     max_message_size: Option<Spanned<i64>>,
+    pool_mode: Option<PoolMode>,
+    default_pool_size: Option<Spanned<i64>>,
+    max_client_conn: Option<Spanned<i64>>,
+    server_idle_timeout: Option<Spanned<f64>>,
+    server_lifetime: Option<Spanned<f64>>,
+    query_wait_timeout: Option<Spanned<f64>>,
+    server_reset_query: Option<String>,
+    auth_type: Option<Spanned<AuthType>>,
+    auth_file: Option<String>,
+    auth_user: Option<String>,
+    auth_query: Option<String>,
+    auth_dbname: Option<String>,
     #[serde(default)]
     guard: Vec<Spanned<RawGuard>>,
 }
@@ -275,6 +293,7 @@ impl Config {
         cfg.apply_tracking(&mut raw, &src)?;
         cfg.apply_tls(&mut raw, &src)?;
         cfg.apply_limits(&mut raw, &src)?;
+        cfg.apply_pool(&mut raw, &src)?;
         cfg.apply_guards(raw.guard, &src)?;
         Ok(cfg)
     }
@@ -421,6 +440,26 @@ impl Config {
             }
             self.max_message_size = n as usize;
         }
+        Ok(())
+    }
+
+    /// `pool_mode`, the pool's limits and the proxy's logins (see [`pool`]).
+    fn apply_pool(&mut self, raw: &mut RawConfig, src: &Source) -> Result<(), ConfigError> {
+        let fields = pool::RawPool {
+            pool_mode: raw.pool_mode.take(),
+            default_pool_size: raw.default_pool_size.take(),
+            max_client_conn: raw.max_client_conn.take(),
+            server_idle_timeout: raw.server_idle_timeout.take(),
+            server_lifetime: raw.server_lifetime.take(),
+            query_wait_timeout: raw.query_wait_timeout.take(),
+            server_reset_query: raw.server_reset_query.take(),
+            auth_type: raw.auth_type.take(),
+            auth_file: raw.auth_file.take(),
+            auth_user: raw.auth_user.take(),
+            auth_query: raw.auth_query.take(),
+            auth_dbname: raw.auth_dbname.take(),
+        };
+        self.pool = fields.build().map_err(|(span, r)| src.error(span, r))?;
         Ok(())
     }
 

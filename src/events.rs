@@ -188,6 +188,47 @@ pub trait ProcessEvents: Send + Sync {
     fn upstream_connect_failed(&self);
     /// The proxy ended or refused a client for this reason.
     fn client_error(&self, reason: ClientError);
+    /// Something happened to a pool of server connections (`pool_mode = "session"`).
+    fn pool_event(&self, _event: PoolEvent) {}
+}
+
+/// What happens to pooled server connections and the clients that want them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolEvent {
+    /// A client got an idle server connection.
+    Reused = 0,
+    /// A server connection was opened for a client.
+    Opened = 1,
+    /// A server connection was closed (expired, ended by the server, left dirty, reset failed).
+    Closed = 2,
+    /// A login the proxy checked failed (wrong password, unknown user).
+    LoginFailed = 3,
+    /// A client waited `query_wait_timeout` in vain.
+    WaitTimeout = 4,
+    /// A client was refused at `max_client_conn`.
+    TooManyClients = 5,
+}
+
+impl PoolEvent {
+    pub const ALL: [PoolEvent; 6] = [
+        PoolEvent::Reused,
+        PoolEvent::Opened,
+        PoolEvent::Closed,
+        PoolEvent::LoginFailed,
+        PoolEvent::WaitTimeout,
+        PoolEvent::TooManyClients,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolEvent::Reused => "reused",
+            PoolEvent::Opened => "opened",
+            PoolEvent::Closed => "closed",
+            PoolEvent::LoginFailed => "login_failed",
+            PoolEvent::WaitTimeout => "wait_timeout",
+            PoolEvent::TooManyClients => "too_many_clients",
+        }
+    }
 }
 
 /// Events that go nowhere: for tools and tests that run a session without an admin side.

@@ -21,6 +21,7 @@ use super::format_utc;
 use super::metrics::Metrics;
 use super::registry::SessionRegistry;
 use crate::config::{BulkPolicy, Config, Guard, TrackScope, UnversionedPolicy, quote_ident};
+use crate::relay::pool::Pools;
 
 /// Reloads the config; `Ok` carries what changed, `Err` why nothing did.
 pub type ReloadFn = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
@@ -36,6 +37,8 @@ pub struct AdminContext {
     pub config: ConfigFn,
     /// Runs on the caller's thread (the session's task): it reads and validates the file.
     pub reload: ReloadFn,
+    /// The server connection pools (`SHOW POOLS`), when the console runs in a proxy.
+    pub pools: Option<Arc<Pools>>,
 }
 
 impl AdminContext {
@@ -52,6 +55,7 @@ impl AdminContext {
             conflicts,
             config: Box::new(config),
             reload: Box::new(reload),
+            pools: None,
         }
     }
 }
@@ -81,6 +85,10 @@ const COMMANDS: &[(&str, &str)] = &[
     (
         "SHOW CONFIG",
         "every configuration option: value in force and default",
+    ),
+    (
+        "SHOW POOLS",
+        "server connection pools (pool_mode = \"session\"): clients active and waiting, server connections active and idle, longest wait",
     ),
     ("SHOW VERSION", "the optlock version"),
     ("SHOW HELP", "this list"),
@@ -144,6 +152,7 @@ fn run(command: &str, original: &str, ctx: &AdminContext, out: &mut BytesMut) ->
                 .into_iter()
                 .map(|(k, v, d)| vec![Some(k.to_string()), v, d]),
         ),
+        "SHOW POOLS" => show_pools(ctx.pools.as_deref(), out),
         "SHOW VERSION" => rows(
             out,
             &["version"],
@@ -194,6 +203,36 @@ fn run(command: &str, original: &str, ctx: &AdminContext, out: &mut BytesMut) ->
         }
     }
     Ok(())
+}
+
+/// One row per database and user with pooled server connections (none without pooling).
+fn show_pools(pools: Option<&Pools>, out: &mut BytesMut) {
+    let list = pools.map(Pools::rows).unwrap_or_default();
+    rows(
+        out,
+        &[
+            "database",
+            "user",
+            "cl_active",
+            "cl_waiting",
+            "sv_active",
+            "sv_idle",
+            "maxwait",
+            "pool_size",
+        ],
+        list.into_iter().map(|r| {
+            vec![
+                Some(r.database),
+                Some(r.user),
+                Some(r.cl_active.to_string()),
+                Some(r.cl_waiting.to_string()),
+                Some(r.sv_active.to_string()),
+                Some(r.sv_idle.to_string()),
+                Some(format!("{:.3}", r.maxwait.as_secs_f64())),
+                Some(r.pool_size.to_string()),
+            ]
+        }),
+    );
 }
 
 fn show_guards(config: &Config, out: &mut BytesMut) {
@@ -335,6 +374,7 @@ fn config_rows(config: &Config) -> Vec<(&'static str, Option<String>, Option<Str
             upstream_connect_timeout,
             shutdown_timeout,
             max_message_size,
+            pool,
             guards,
         } = c;
         let secs = |d: &Duration| Some(format!("{}", d.as_secs_f64()));
@@ -362,8 +402,9 @@ fn config_rows(config: &Config) -> Vec<(&'static str, Option<String>, Option<Str
             ("upstream_connect_timeout", secs(upstream_connect_timeout)),
             ("shutdown_timeout", secs(shutdown_timeout)),
             ("max_message_size", Some(max_message_size.to_string())),
-            ("guard", Some(format!("{} guarded tables", guards.len()))),
         ]);
+        rows.extend(crate::config::pool::rows(pool));
+        rows.extend([("guard", Some(format!("{} guarded tables", guards.len())))]);
         rows
     }
     let defaults = values(&Config::default());

@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::events::{ClientError, Direction, Outcome};
+use crate::events::{ClientError, Direction, Outcome, PoolEvent};
 use crate::guard::TableId;
 
 type TableLabels = [(&'static str, String); 2];
@@ -179,6 +179,7 @@ pub struct Metrics {
     upstream_connect_failures: Counter,
     bytes: [Counter; 2],
     client_errors: [Counter; 4],
+    pool_events: [Counter; 6],
     added_latency: SharedHistogram,
 }
 
@@ -240,6 +241,14 @@ impl Metrics {
                 .get_or_create(&[("reason", r.as_str())])
                 .clone()
         });
+        let pool_family = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register(
+            "pool_events",
+            "Pooled server connections reused, opened and closed; pooled logins failed; clients refused after query_wait_timeout or at max_client_conn",
+            pool_family.clone(),
+        );
+        let pool_events =
+            PoolEvent::ALL.map(|e| pool_family.get_or_create(&[("event", e.as_str())]).clone());
         let added_latency = SharedHistogram(Arc::new(AtomicHistogram::new(&LATENCY_BOUNDS_NS)));
         registry.register_with_unit(
             "added_latency",
@@ -258,6 +267,7 @@ impl Metrics {
             upstream_connect_failures,
             bytes,
             client_errors,
+            pool_events,
             added_latency,
         }
     }
@@ -326,6 +336,11 @@ impl Metrics {
         self.client_errors[reason as usize].inc();
     }
 
+    /// Counts something that happened to a pool.
+    pub fn pool_event(&self, event: PoolEvent) {
+        self.pool_events[event as usize].inc();
+    }
+
     /// Records the time the proxy added to one batch of messages.
     #[inline]
     pub fn added_latency(&self, d: Duration) {
@@ -389,6 +404,12 @@ impl Metrics {
             rows.push((
                 format!("client_errors_total{{reason=\"{}\"}}", r.as_str()),
                 self.client_errors[r as usize].get().to_string(),
+            ));
+        }
+        for e in PoolEvent::ALL {
+            rows.push((
+                format!("pool_events_total{{event=\"{}\"}}", e.as_str()),
+                self.pool_events[e as usize].get().to_string(),
             ));
         }
         let h = &self.added_latency.0;

@@ -13,8 +13,8 @@ use super::registry::SessionHandle;
 use super::state::{ADMIN_DATABASE, AdminState};
 use crate::engine::{Ident, Settings};
 use crate::events::{
-    ClientError, Conflict, Direction, Outcome, ProcessEvents, SessionEvents, SessionHooks,
-    SessionStart,
+    ClientError, Conflict, Direction, Outcome, PoolEvent, ProcessEvents, SessionEvents,
+    SessionHooks, SessionStart,
 };
 use crate::guard::TableId;
 use crate::protocol::TxStatus;
@@ -47,6 +47,10 @@ impl ProcessEvents for AdminState {
 
     fn client_error(&self, reason: ClientError) {
         self.metrics.client_error(reason);
+    }
+
+    fn pool_event(&self, event: PoolEvent) {
+        self.metrics.pool_event(event);
     }
 }
 

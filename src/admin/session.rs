@@ -235,13 +235,15 @@ async fn forward_passwords(
 fn console_context(shared: &Arc<Shared>, admin: &AdminState) -> AdminContext {
     let for_config = shared.clone();
     let for_reload = shared.clone();
-    AdminContext::new(
+    let mut ctx = AdminContext::new(
         admin.metrics.clone(),
         admin.sessions.clone(),
         admin.conflicts.clone(),
         move || for_config.settings().config.clone(),
         move || for_reload.reload(),
-    )
+    );
+    ctx.pools = Some(shared.pools.clone());
+    ctx
 }
 
 /// Answers simple queries until the client leaves or the proxy shuts down (a console holds no

@@ -1,4 +1,5 @@
-//! The relay: one upstream connection per client connection, relayed at the message level.
+//! The relay: one upstream connection per client connection (opened for it, or lent from a
+//! pool), relayed at the message level.
 //!
 //! - [`handshake`]: the client's start-up packets (TLS, GSSENC, cancel, startup).
 //! - [`session`]: the IO loop of one session, around its [`Engine`].
@@ -7,6 +8,8 @@
 //! - [`tls`]: the TLS material of both legs, read at start and on reload.
 //! - [`binding`]: SCRAM channel binding, which cannot pass a proxy that ends TLS.
 //! - [`shared`]: what every session of the process shares (settings, TLS, the operator).
+//! - [`pool`]: session pooling: server connections kept for the next client.
+//! - [`auth`]: logins the proxy checks itself (pooled mode).
 //!
 //! The relay is the only code that does IO for a session: the protocol itself (the reply queue,
 //! the guard) is [`crate::engine`]'s, which the session loop feeds and drains.
@@ -59,8 +62,10 @@ macro_rules! stream_enum_io {
     };
 }
 
+pub mod auth;
 pub mod binding;
 pub mod handshake;
+pub mod pool;
 pub mod session;
 pub mod tls;
 pub mod upstream;
@@ -73,6 +78,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::config::PoolMode;
 use crate::engine::{Engine, Ident, Settings};
 use crate::events::{ClientError, SessionStart};
 use binding::BindingCheck;
@@ -112,6 +118,19 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     };
     match opening {
         Opening::Cancel { mut stream, packet } => {
+            // Pooled clients hold keys of their own (see `pool::Pools::cancel_packet`).
+            let packet = if settings.config.pool.mode == PoolMode::Session {
+                match shared.pools.cancel_packet(&packet) {
+                    Some(p) => p,
+                    None => {
+                        debug!(client = %peer, "cancel request with no current pooled client's key: ignored");
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                        return;
+                    }
+                }
+            } else {
+                packet
+            };
             upstream::forward_cancel(&settings.config, &tls.upstream, &packet, &mut stream, peer)
                 .await
         }
@@ -152,7 +171,7 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
                     .instrument(span)
                     .await
             } else {
-                run_session(stream, packet, ident, shared, settings, tls)
+                run_session(stream, packet, &params, ident, shared, settings, tls)
                     .instrument(span)
                     .await
             }
@@ -163,6 +182,7 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
 async fn run_session(
     mut stream: ClientStream,
     packet: Vec<u8>,
+    params: &[(String, String)],
     ident: Ident,
     shared: Arc<Shared>,
     settings: Arc<Settings>,
@@ -170,13 +190,24 @@ async fn run_session(
 ) {
     let started = std::time::Instant::now();
     let config = &settings.config;
-    let upstream = match upstream::connect(config, &tls.upstream).await {
-        Ok(s) => s,
-        Err(message) => {
-            shared.operator.upstream_connect_failed();
-            warn!(error = %message, "upstream connection failed");
-            handshake::send_fatal(&mut stream, "08006", &message).await;
+    let mut pooled = None;
+    let mut upstream = if config.pool.mode == PoolMode::Session {
+        let Some((upstream, login, lease, slot)) =
+            pool::start::start(&mut stream, &packet, params, &ident, &shared, config).await
+        else {
             return;
+        };
+        pooled = Some((login, lease, slot));
+        upstream
+    } else {
+        match upstream::connect(config, &tls.upstream).await {
+            Ok(s) => s,
+            Err(message) => {
+                shared.operator.upstream_connect_failed();
+                warn!(error = %message, "upstream connection failed");
+                handshake::send_fatal(&mut stream, "08006", &message).await;
+                return;
+            }
         }
     };
     let hooks = shared.operator.open_session(SessionStart {
@@ -192,29 +223,45 @@ async fn run_session(
         server_tls = upstream.tls_version().unwrap_or("off"),
         "session started"
     );
-    let engine = Engine::new(shared.clone(), settings.clone(), ident, &packet);
+    let mut engine = Engine::new(shared.clone(), settings.clone(), ident, &packet);
+    if let Some((login, ..)) = &pooled {
+        // The proxy checked the login: the client gets the server connection's login replies.
+        engine.to_server().clear();
+        engine.server_input().extend_from_slice(login);
+        let _ = engine.process_server(&*hooks);
+    }
     let mut session = Session::new(shared.clone(), engine, hooks);
-    let client_cert = stream.tls_version().and(tls.client_leaf.as_deref());
-    session.check_binding(BindingCheck::needed(
-        client_cert,
-        upstream.server_certificate(),
-    ));
+    if pooled.is_some() {
+        session.pool_server();
+    } else {
+        let client_cert = stream.tls_version().and(tls.client_leaf.as_deref());
+        session.check_binding(BindingCheck::needed(
+            client_cert,
+            upstream.server_certificate(),
+        ));
+    }
     drop(tls);
-    let end = match upstream {
-        Upstream::Tcp(mut s) => {
+    let end = match &mut upstream {
+        Upstream::Tcp(s) => {
             let (sr, sw) = s.split();
             relay_to(&mut session, &mut stream, sr, sw).await
         }
-        Upstream::Unix(mut s) => {
+        Upstream::Unix(s) => {
             let (sr, sw) = s.split();
             relay_to(&mut session, &mut stream, sr, sw).await
         }
-        Upstream::Tls(mut s) => {
+        Upstream::Tls(s) => {
             let (sr, sw) = tokio::io::split(s.as_mut());
             relay_to(&mut session, &mut stream, sr, sw).await
         }
     };
     session::log_end(&end, started);
+    if let Some((_, lease, _slot)) = pooled {
+        drop(stream);
+        lease
+            .give_back(upstream, session.server_reusable(&end))
+            .await;
+    }
 }
 
 /// Runs the session's relay loop between the client and the server halves given.

@@ -83,6 +83,9 @@ pub struct Session {
     /// While logging in with TLS on the server's leg: what SCRAM channel binding needs (see
     /// [`BindingCheck`]).
     binding: Option<BindingCheck>,
+    /// The server connection is pooled: the client's `Terminate` is not sent on, and an idle
+    /// server connection outlives the session (see [`super::pool`]).
+    pooled: bool,
 }
 
 impl Session {
@@ -98,7 +101,23 @@ impl Session {
             server_unwritable: false,
             batches: 0,
             binding: None,
+            pooled: false,
         }
+    }
+
+    /// Keeps the server connection for the next client (pooled mode).
+    pub fn pool_server(&mut self) {
+        self.pooled = true;
+    }
+
+    /// After the end: true when the pooled server connection may serve another client (the
+    /// client left with nothing in flight, outside any transaction).
+    pub fn server_reusable(&self, end: &End) -> bool {
+        self.pooled
+            && matches!(end, End::ClientClosed)
+            && !self.server_closing
+            && !self.server_unwritable
+            && self.engine.is_idle()
     }
 
     /// Watches SCRAM channel binding during the login, when it is needed.
@@ -153,6 +172,13 @@ impl Session {
     {
         let mut waits = Waits::default();
         loop {
+            if self.pooled && self.engine.terminated() && !self.server_closing {
+                // The client's goodbye is not the server connection's.
+                super::pool::drop_terminate(self.engine.to_server());
+                if self.engine.nothing_in_flight() {
+                    return Poll::Ready(End::ClientClosed);
+                }
+            }
             if self.client_eof {
                 self.engine.client_closed();
                 if self.engine.nothing_in_flight() {
@@ -429,7 +455,7 @@ impl Session {
             )),
             _ => None,
         };
-        if !matches!(end, End::ServerClosed | End::ServerError(_)) {
+        if !matches!(end, End::ServerClosed | End::ServerError(_)) && !self.server_reusable(end) {
             // The proxy ends the session: what the client sent goes first, then a Terminate,
             // which is cleaner than a dropped socket.
             if !self.engine.client_message_unfinished() {

@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 use super::handshake::ClientStream;
+use super::pool::Pools;
 use super::tls::TlsSetup;
 use super::upstream::{self, Upstream};
 use crate::config::Config;
@@ -46,6 +47,8 @@ pub struct Shared {
     pub operator: Arc<dyn Operator>,
     /// The config file, for reloads.
     pub config_path: Option<PathBuf>,
+    /// The server connections kept for reuse (`pool_mode = "session"`).
+    pub pools: Arc<Pools>,
 }
 
 impl SettingsSource for Shared {
@@ -83,6 +86,7 @@ impl Shared {
             settings: RwLock::new(Arc::new(settings)),
             shutdown,
             tls: RwLock::new(Arc::new(tls)),
+            pools: Arc::new(Pools::new(operator.clone())),
             operator,
             config_path,
         }

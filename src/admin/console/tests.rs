@@ -308,7 +308,9 @@ fn show_config_has_every_option_with_defaults() {
         "listen upstream conflict_sqlstate metrics_listen admin_users track track_limit \
          tls_cert tls_key client_tls upstream_tls upstream_tls_ca_file upstream_tls_cert \
          upstream_tls_key client_login_timeout upstream_connect_timeout shutdown_timeout \
-         max_message_size guard"
+         max_message_size pool_mode default_pool_size max_client_conn server_idle_timeout \
+         server_lifetime query_wait_timeout server_reset_query auth_type auth_file auth_user \
+         auth_query auth_dbname guard"
     );
     let row = |k: &str| rows.iter().find(|r| r[0].as_deref() == Some(k)).unwrap();
     assert_eq!(
@@ -321,6 +323,11 @@ fn show_config_has_every_option_with_defaults() {
     assert_eq!(row("admin_users")[1..], [s("postgres"), s("postgres")]);
     assert_eq!(row("tls_cert")[1..], [None, None]);
     assert_eq!(row("upstream_tls")[1..], [s("prefer"), s("prefer")]);
+    assert_eq!(row("pool_mode")[1..], [s("none"), s("none")]);
+    assert_eq!(
+        row("server_reset_query")[1..],
+        [s("DISCARD ALL"), s("DISCARD ALL")]
+    );
     assert_eq!(
         row("guard")[1..],
         [s("2 guarded tables"), s("0 guarded tables")]
