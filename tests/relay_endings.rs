@@ -710,3 +710,63 @@ async fn replies_sent_before_the_server_stopped_reading_reach_the_client() {
     );
     assert_eq!(through, direct);
 }
+
+/// A message COPY refuses, sent in part during COPY FROM STDIN (its type byte and less than
+/// its length), then a Terminate: PostgreSQL ends the session on the type byte alone, without
+/// waiting for the rest (the fuzzer's session 7965).
+#[tokio::test]
+async fn a_message_copy_refuses_sent_in_part_ends_the_session_at_once() {
+    let db = invoice_db("end_copy_part", 1, common::guards::AUDIT).await;
+    for wait_for_copy in [true, false] {
+        let (direct, through) = both(&db, |addr, name| async move {
+            let mut raw = Raw::open(&addr, &name).await;
+            raw.send(&query("COPY audit FROM STDIN")).await;
+            if wait_for_copy {
+                raw.read_until(b'G', 1).await;
+            }
+            let d = describe(b'P', "");
+            raw.send(&[&d[..4], &terminate()[..]].concat()).await;
+            replies_to_end(&mut raw).await
+        })
+        .await;
+        assert!(
+            direct
+                .iter()
+                .any(|r| matches!(r, Reply::Error(c, m) if c == "08P01" && m.contains("0x44"))),
+            "{direct:?}"
+        );
+        assert_eq!(through, direct, "waiting for the COPY: {wait_for_copy}");
+    }
+    assert!(no_backend_left(&db, Duration::from_secs(2)).await);
+}
+
+/// COPY data that fails the COPY, a pipeline behind it, a Bind that fails, a Query that waits
+/// for the Bind's reply and a Terminate (the fuzzer's session 17511): PostgreSQL skips the
+/// Query up to a Sync that never comes and ends at the Terminate; through the proxy the same.
+#[tokio::test]
+async fn a_query_behind_a_failed_copy_and_a_failing_bind_is_skipped_as_directly() {
+    let db = invoice_db("end_copy_bind", 1, common::guards::AUDIT).await;
+    let (direct, through) = both(&db, |addr, name| async move {
+        let mut raw = Raw::open(&addr, &name).await;
+        let mut bytes = [query("COPY audit FROM STDIN"), sync(), copy_data(b"x\n")].concat();
+        for _ in 0..28 {
+            bytes.extend(query(
+                "SELECT g, repeat('x', 100) FROM generate_series(1, 200) g",
+            ));
+        }
+        bytes.extend(bind_text("", "nope", &["11"]));
+        bytes.extend(query("COPY audit FROM STDIN"));
+        bytes.extend(terminate());
+        raw.send(&bytes).await;
+        replies_to_end(&mut raw).await
+    })
+    .await;
+    assert!(
+        direct
+            .iter()
+            .any(|r| matches!(r, Reply::Error(c, _) if c == "26000")),
+        "{direct:?}"
+    );
+    assert_eq!(through, direct);
+    assert!(no_backend_left(&db, Duration::from_secs(2)).await);
+}

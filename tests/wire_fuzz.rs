@@ -1185,12 +1185,18 @@ fn classify(plan: &Plan, direct: &Side, proxy: &Side) -> Verdict {
     // bytes the server ends the session on with more behind them), and not after a plain
     // half-close, where the proxy's extra replies are issue 24/K4. The server's last FATAL
     // lost to its reset is that too.
-    let reset_likely = plan.items.iter().any(|i| matches!(i, Item::Pause(_)))
-        && (plan.ending != Ending::HalfClose || plan.framing_mutated());
-    let fatal_lost = proxy.toks.len() == direct.toks.len() + 1
-        && proxy.toks.last().is_some_and(|t| {
-            t.t.starts_with("E:FATAL") && !proxy_frame_fatal(t) && !t.t.ends_with(":08006")
-        });
+    // Bytes behind a Terminate always make it reset: what it sent last may be lost.
+    let reset_likely = (plan.items.iter().any(|i| matches!(i, Item::Pause(_)))
+        && (plan.ending != Ending::HalfClose || plan.framing_mutated()))
+        || matches!(plan.ending, Ending::TerminateTrailing(_));
+    // The server's own FATAL, and the replies just before it, lost to the reset (one
+    // message, or, when the client sent bytes it ends the session on with more behind them,
+    // any number).
+    let server_fatal_last = proxy.toks.last().is_some_and(|t| {
+        t.t.starts_with("E:FATAL") && !proxy_frame_fatal(t) && !t.t.ends_with(":08006")
+    });
+    let fatal_lost =
+        server_fatal_last && (proxy.toks.len() == direct.toks.len() + 1 || plan.framing_mutated());
     let cut_between = direct.end == SideEnd::Eof
         && direct.toks.len() < proxy.toks.len()
         && is_prefix(&direct.toks, &proxy.toks)

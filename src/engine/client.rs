@@ -90,7 +90,8 @@ impl Engine {
             tag,
             fe::PARSE | fe::BIND | fe::DESCRIBE | fe::EXECUTE | fe::CLOSE | fe::FLUSH
         ) {
-            if !self.link.batch_open && self.guard.has_deallocated() {
+            // (Not behind a type byte sent ahead: its message must be the next to go.)
+            if !self.link.batch_open && !self.link.type_byte_sent && self.guard.has_deallocated() {
                 let (guard, mut cx) = self.guard_cx(ev);
                 guard.close_deallocated(&mut cx);
             }
@@ -162,6 +163,9 @@ impl Engine {
                 self.forward(msg, Pending::Simple(None));
             }
             fe::COPY_DONE | fe::COPY_FAIL => {
+                if !self.link.copy_in {
+                    self.note_copy_message();
+                }
                 if !self.link.copy_in && !self.out.replies.is_empty() {
                     // Sent ahead of the server's CopyInResponse: a COPY that what is awaited
                     // starts is over for the client before it starts.
@@ -172,6 +176,10 @@ impl Engine {
             }
             fe::FLUSH => {
                 self.link.flushed_to = self.out.replies.next_number();
+                self.out.to_server.extend_from_slice(msg.bytes());
+            }
+            fe::COPY_DATA if !self.link.copy_in => {
+                self.note_copy_message();
                 self.out.to_server.extend_from_slice(msg.bytes());
             }
             _ => {
@@ -200,7 +208,10 @@ impl Engine {
         if !wait {
             return false;
         }
-        fe::write_simple(&mut self.out.to_server, fe::FLUSH);
+        if !self.link.type_byte_sent {
+            // (Behind a type byte sent ahead, the server reads the rest of that message.)
+            fe::write_simple(&mut self.out.to_server, fe::FLUSH);
+        }
         if self.link.copy_in && !self.link.type_byte_sent {
             // The server may be in the COPY, waiting for copy data: it must see this
             // message's type byte now, to end the session on it as directly. If the COPY
@@ -222,12 +233,13 @@ impl Engine {
         handle: impl FnOnce(&mut Engine) -> Result<(), String>,
     ) -> Result<(), String> {
         let mark = self.out.to_server.len();
-        self.link.type_byte_sent = false;
+        // Set while it is handled: nothing of the proxy's may go between the byte and the
+        // rest (no Flush, no catalog query, no Close).
         let result = handle(self);
         if self.out.to_server.len() == mark {
             // Waits again (put back): the byte is still ahead of it.
-            self.link.type_byte_sent = true;
         } else if self.out.to_server[mark] == tag {
+            self.link.type_byte_sent = false;
             let rest = self.out.to_server.split_off(mark + 1);
             self.out.to_server.truncate(mark);
             self.out.to_server.extend_from_slice(&rest);
@@ -248,6 +260,14 @@ impl Engine {
                 let found = self.settings.guards.prefilter.scan(sql);
                 found.name || found.session
             })
+    }
+
+    /// A copy message sent before the server said it is in COPY: where it went in the reply
+    /// queue (see `Link::copy_message_at`).
+    fn note_copy_message(&mut self) {
+        if self.link.copy_message_at.is_none() && !self.out.replies.is_empty() {
+            self.link.copy_message_at = Some(self.out.replies.next_number());
+        }
     }
 
     /// Puts a message back in front of the client's input, to be handled again later.

@@ -135,6 +135,10 @@ struct Link {
     /// starts (its CopyInResponse still to come) is over for the client before it starts.
     /// Outside COPY the server ignores CopyDone and CopyFail, so a later COPY is not.
     copy_ended_before: Option<u64>,
+    /// The number the next reply-queue entry had when the client first sent a copy message
+    /// the server was not known to await (its CopyInResponse still to come): a `Sync` sent
+    /// behind it may follow a COPY that failed on that data.
+    copy_message_at: Option<u64>,
     /// The client left mid-batch and a `Flush` went for the replies still awaited.
     eof_flushed: bool,
     /// Bytes the client sent after its `Terminate` (dropped, as the server would never read
@@ -223,6 +227,7 @@ impl Engine {
                 copy_in: false,
                 type_byte_sent: false,
                 copy_ended_before: None,
+                copy_message_at: None,
                 eof_flushed: false,
                 after_terminate: 0,
                 unframed: false,
@@ -493,6 +498,7 @@ impl Engine {
             let header = match protocol::peek_header(&self.client_in, max) {
                 Ok(Some(h)) => h,
                 Ok(None) => {
+                    self.type_byte_ahead_in_copy();
                     self.settle_cut_short();
                     return Ok(());
                 }
@@ -512,6 +518,7 @@ impl Engine {
                     self.client_stream_left = header.size;
                     continue;
                 }
+                self.type_byte_ahead_in_copy();
                 self.client_in.reserve(header.size - self.client_in.len());
                 return Ok(());
             }
@@ -523,6 +530,26 @@ impl Engine {
                     reason: ClientError::Protocol,
                     message,
                 })?;
+        }
+    }
+
+    /// During COPY FROM STDIN, the start of a message COPY refuses whose rest has not come:
+    /// PostgreSQL judges it on its type byte alone (and ends the session, unless the COPY
+    /// failed on its data first), without waiting for the rest. That byte goes ahead now; the
+    /// message follows once whole (see `Engine::after_type_byte`).
+    fn type_byte_ahead_in_copy(&mut self) {
+        let Some(&tag) = self.client_in.first() else {
+            return;
+        };
+        if self.link.copy_in
+            && !self.link.type_byte_sent
+            && !self.link.terminated
+            && !fe::is_copy_message(tag)
+            && !matches!(tag, fe::FLUSH | fe::SYNC)
+            && complete_frames(&self.client_in) == 0
+        {
+            self.out.to_server.extend_from_slice(&[tag]);
+            self.link.type_byte_sent = true;
         }
     }
 
@@ -554,6 +581,8 @@ impl Engine {
                 return Ok(());
             }
             let msg = self.server_in.split_to(header.size);
+            // A COPY FROM STDIN starting: what the client sent meanwhile is looked at again.
+            let copy_before = self.link.copy_in;
             self.on_server_message(header.tag, Frame::new(&msg), ev)
                 .map_err(Fault::Server)?;
             if let Some(guards) = self.out.guards.take() {
@@ -563,7 +592,8 @@ impl Engine {
                     generation: self.settings.generation,
                 });
             }
-            if std::mem::take(&mut self.out.resume) && !self.out.hold_client {
+            let copy_started = !copy_before && self.link.copy_in;
+            if (std::mem::take(&mut self.out.resume) || copy_started) && !self.out.hold_client {
                 // The guard released the client: what it sent meanwhile goes on now.
                 self.process_client(ev)?;
             }

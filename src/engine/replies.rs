@@ -188,6 +188,20 @@ impl<G> Replies<G> {
         (Step::Completes, answered, self.queue.is_empty())
     }
 
+    /// Takes out the `Sync` entries right behind the front one, numbered below `below`, for
+    /// which `take` is true (it sees what each carries); returns how many went.
+    pub fn drop_syncs_behind_front(&mut self, below: u64, take: impl Fn(&G) -> bool) -> usize {
+        let mut n = 0;
+        while let Some(Pending::Sync(g)) = self.queue.get(1) {
+            if self.popped + 1 + n as u64 >= below || !take(g) {
+                break;
+            }
+            self.queue.remove(1);
+            n += 1;
+        }
+        n
+    }
+
     pub fn clear(&mut self) {
         self.popped += self.queue.len() as u64;
         self.queue.clear();

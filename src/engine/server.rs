@@ -136,6 +136,18 @@ impl Engine {
             be::COPY_IN_RESPONSE => {
                 let front = self.out.replies.front_number();
                 self.link.copy_in = !self.link.copy_ended_before.is_some_and(|n| front < n);
+                if self.link.copy_in {
+                    // A Sync sent right behind the statement, before its CopyInResponse came
+                    // (an Execute's own Sync, or a client's pipeline) and before any copy
+                    // message, is read by the server in the COPY, which ignores it: it gets
+                    // no ReadyForQuery. (One behind copy data may follow a COPY that failed
+                    // on that data, and is answered.)
+                    let below = self.link.copy_message_at.unwrap_or(u64::MAX);
+                    self.out
+                        .replies
+                        .drop_syncs_behind_front(below, |g| g.is_none());
+                }
+                self.link.copy_message_at = None;
             }
             be::ERROR_RESPONSE => self.link.copy_in = false,
             _ => {}
@@ -149,6 +161,9 @@ impl Engine {
             }
             self.link.tx_status = TxStatus::from_ready(msg.body());
             self.link.batch_open = false;
+            if self.out.replies.is_empty() {
+                self.link.copy_message_at = None;
+            }
             if self.link.ddl_in_transaction && self.link.tx_status == TxStatus::Idle {
                 self.link.ddl_in_transaction = false;
                 self.source.catalog_changed();

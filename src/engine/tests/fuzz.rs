@@ -312,3 +312,20 @@ fn a_query_after_an_unsynced_begin_runs_in_the_client_s_block() {
     let (_, p_replies, _) = through(GUARDED, &input, 1);
     assert_eq!(ready_statuses(&p_replies), ready_statuses(&replies));
 }
+
+/// During COPY FROM STDIN, the type byte of a message COPY refuses, with the rest still to
+/// come: the server ends the session on that byte alone, so the engine must not wait for the
+/// rest (a client that sends no more would wait for ever).
+#[test]
+fn a_message_copy_refuses_goes_on_its_type_byte_alone() {
+    let mut copy = BytesMut::new();
+    fe::write_query(&mut copy, b"COPY audit FROM STDIN");
+    let mut part = BytesMut::new();
+    fe::write_describe(&mut part, b'P', b"");
+    for toml in ["", GUARDED] {
+        let (_, replies) = direct(&[&copy[..], &part[..4]].concat());
+        let (_, p_replies, _) = through(toml, &[&copy[..], &part[..4]].concat(), 1000);
+        assert_eq!(p_replies, replies);
+        assert!(tags(&replies).ends_with(&[be::ERROR_RESPONSE, be::ERROR_RESPONSE]));
+    }
+}

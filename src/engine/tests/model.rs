@@ -2,7 +2,9 @@
 //! every frontend message as the server does (the reply of each kind, errors, skipping to
 //! `Sync` after an extended-protocol error, transaction status, statements and portals by
 //! name), over a database where every statement succeeds unless its text says otherwise
-//! (`1/0` fails, `SELEC` does not parse, a `DO` block raises 40001). The fuzz tests run the
+//! (`1/0` fails, `SELEC` does not parse, a `DO` block raises 40001). During COPY FROM STDIN
+//! `Flush` and `Sync` are ignored and any type byte but a copy message's ends the session
+//! (ERROR, then FATAL 08P01), as PostgreSQL reads it. The fuzz tests run the
 //! same client messages against it directly and through the engine.
 
 use std::collections::HashMap;
@@ -58,6 +60,29 @@ impl Model {
             be::write_ready(&mut out, TxStatus::Idle);
         }
         while !self.closed {
+            if self.copy_in
+                && self.input.first().is_some_and(|&t| {
+                    !matches!(
+                        t,
+                        fe::COPY_DATA | fe::COPY_DONE | fe::COPY_FAIL | fe::FLUSH | fe::SYNC
+                    )
+                })
+            {
+                // COPY judges a message on its type byte alone, and the session ends there.
+                let text = format!(
+                    "unexpected message type 0x{:02X} during COPY from stdin",
+                    self.input[0]
+                );
+                be::write_error(&mut out, "ERROR", "08P01", &text);
+                be::write_error(
+                    &mut out,
+                    "FATAL",
+                    "08P01",
+                    "terminating connection because protocol synchronization was lost",
+                );
+                self.closed = true;
+                break;
+            }
             let Ok(Some(h)) = protocol::peek_header(&self.input, usize::MAX) else {
                 break;
             };
@@ -80,6 +105,7 @@ impl Model {
                     be::write_ready(out, TxStatus::from_ready(&[self.tx]));
                 }
                 _ => {
+                    // CopyFail (any other type ends the session before it is framed).
                     self.copy_in = false;
                     self.error(out, ("57014", "COPY from stdin failed"));
                     be::write_ready(out, TxStatus::from_ready(&[self.tx]));
