@@ -19,14 +19,14 @@ use std::sync::{Arc, OnceLock};
 
 use super::cursors::declared_last;
 use super::cx::Cx;
-use super::rows::{Captured, CapturedCursor, ReadCheck, ReadPlan, Reads};
+use super::rows::{Captured, CapturedCursor, ReadCheck, ReadPlan, Reads, layout};
 use super::state::GuardState;
 use super::statements::{Portal, Prepared, PreparedCapture};
 use super::tag::Tag;
 use crate::engine::replies::Pending;
 use crate::guard::cache::Simple;
 use crate::guard::capture::{added_columns, push_columns};
-use crate::guard::{Capture, CaptureTable, GuardSet, TableId};
+use crate::guard::{Capture, CaptureTable, GuardSet};
 use crate::protocol::{Frame, frontend as fe};
 
 impl GuardState {
@@ -255,7 +255,7 @@ impl GuardState {
     }
 }
 
-/// Each table instance's table and number of key columns, in column order.
+/// The types of the columns capture adds, as this database resolves them.
 impl GuardState {
     /// The types of the columns capture adds for `tables` (each one's key columns, then its
     /// version), as this database's catalog gives them; empty when one is not resolved.
@@ -270,11 +270,4 @@ impl GuardState {
         }
         types
     }
-}
-
-pub(super) fn layout(tables: &[&CaptureTable], guards: &GuardSet) -> Vec<(TableId, usize)> {
-    tables
-        .iter()
-        .map(|t| (guards.table_ids[t.guard], guards.guards[t.guard].key.len()))
-        .collect()
 }

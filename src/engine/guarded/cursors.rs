@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use super::cx::Cx;
-use super::rows::{Captured, CapturedCursor, ReadPlan, Reads, ends_with_added};
+use super::rows::{Captured, CapturedCursor, ReadPlan, Reads, ends_with_added, layout};
 use super::state::GuardState;
 use super::statements::{Portal, Prepared, PreparedCapture};
 use super::tag::Tag;
@@ -144,7 +144,7 @@ impl GuardState {
         let cursor = CapturedCursor {
             captured: Captured {
                 statement: 0,
-                layout: super::capture::layout(&tables, guards),
+                layout: layout(&tables, guards),
                 added: added_columns(tables.iter().copied(), guards),
                 copy: None,
             },

@@ -463,3 +463,11 @@ pub fn param_text(b: &Bind<'_>, types: &[u32], n: u16, column_type: u32) -> Opti
         canonical(column_type, 0, text.as_bytes())
     }
 }
+
+/// Each table instance's table and number of key columns, in column order.
+pub fn layout(tables: &[&crate::guard::CaptureTable], guards: &GuardSet) -> Vec<(TableId, usize)> {
+    tables
+        .iter()
+        .map(|t| (guards.table_ids[t.guard], guards.guards[t.guard].key.len()))
+        .collect()
+}
