@@ -121,17 +121,6 @@ done
         pc=$(median ${CPU[$mode:plain]:-}); xc=$(median ${CPU[$mode:xmin]:-})
         printf '%-9s %10s %10s %10s %11s %12s %14s %13s\n' "$mode" "$d" "$p" "$x" "$(ratio "$x" "$p")" "$(ratio "$p" "$d")" "$pc" "$xc"
     done
-    echo
-    echo "# every run (TPS, in round order)"
-    for mode in $MODES; do
-        for t in "${TARGET_LIST[@]}"; do
-            printf '%-9s %-7s %s\n' "$mode" "$t" "${TPS[$mode:$t]:- (none)}"
-        done
-    done
-    if [[ ${#ERRORS[@]} -gt 0 ]]; then
-        echo
-        echo "# failed runs"
-        for key in "${!ERRORS[@]}"; do echo "$key ${ERRORS[$key]}"; done
-    fi
+    print_runs "$MODES" 9 7
 } | tee "$RESULT"
 log "saved to $RESULT"

@@ -305,6 +305,31 @@ per_try() {
         'BEGIN { if (n + 0 > 0) printf "%.0f\n", t / hz * 1e6 / n; else print "-" }'
 }
 
+# The end of a report: every run's TPS per group (mode or workload, the words of $1) and
+# target (TARGET_LIST), from the TPS array keyed "group:target", then the failed runs noted in
+# the ERRORS array. $2 and $3: the widths of the group and target columns.
+print_runs() {
+    local g t
+    echo
+    echo "# every run (TPS, in round order)"
+    for g in $1; do
+        for t in "${TARGET_LIST[@]}"; do
+            printf "%-${2}s %-${3}s %s\n" "$g" "$t" "${TPS[$g:$t]:- (none)}"
+        done
+    done
+    print_failures
+}
+
+# The failed runs noted in the ERRORS array, if any.
+print_failures() {
+    local key
+    if [[ ${#ERRORS[@]} -gt 0 ]]; then
+        echo
+        echo "# failed runs"
+        for key in "${!ERRORS[@]}"; do echo "$key ${ERRORS[$key]}"; done
+    fi
+}
+
 # Median of the numbers given as arguments ("-" when none).
 median() {
     [[ $# -gt 0 ]] || { echo "-"; return; }

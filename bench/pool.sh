@@ -116,10 +116,6 @@ med() {
     for key in connect:direct connect:pooled connect:optlock connect:pgbouncer steady:pooled steady:optlock; do
         printf '%-18s %s\n' "$key" "${TPS[$key]:- (none)}"
     done
-    if [[ ${#ERRORS[@]} -gt 0 ]]; then
-        echo
-        echo "# failed runs"
-        for key in "${!ERRORS[@]}"; do echo "$key ${ERRORS[$key]}"; done
-    fi
+    print_failures
 } | tee "$RESULT"
 log "saved to $RESULT"

@@ -149,17 +149,6 @@ done
         for p in "${PAIRS[@]}"; do vals+=("$(ratio "${MED[${p%/*}]}" "${MED[${p#*/}]}")"); done
         row "$mode" "${vals[@]}"
     done
-    echo
-    echo "# every run (TPS, in round order)"
-    for mode in $MODES; do
-        for t in "${TARGET_LIST[@]}"; do
-            printf '%-9s %-10s %s\n' "$mode" "$t" "${TPS[$mode:$t]:- (none)}"
-        done
-    done
-    if [[ ${#ERRORS[@]} -gt 0 ]]; then
-        echo
-        echo "# failed runs"
-        for key in "${!ERRORS[@]}"; do echo "$key ${ERRORS[$key]}"; done
-    fi
+    print_runs "$MODES" 9 10
 } | tee "$RESULT"
 log "saved to $RESULT"

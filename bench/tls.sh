@@ -139,17 +139,6 @@ done
             "$(ratio "${MED[direct-tls]}" "${MED[direct-plain]}")" \
             "$(ratio "${MED[optlock-tls]}" "${MED[optlock-plain]}")"
     done
-    echo
-    echo "# every run (TPS, in round order)"
-    for w in $WORKLOADS; do
-        for t in "${TARGET_LIST[@]}"; do
-            printf '%-13s %-14s %s\n' "$w" "$t" "${TPS[$w:$t]:- (none)}"
-        done
-    done
-    if [[ ${#ERRORS[@]} -gt 0 ]]; then
-        echo
-        echo "# failed runs"
-        for key in "${!ERRORS[@]}"; do echo "$key ${ERRORS[$key]}"; done
-    fi
+    print_runs "$WORKLOADS" 13 14
 } | tee "$RESULT"
 log "saved to $RESULT"

@@ -216,10 +216,6 @@ done
                 "${RETRIED[$run:$t]}" "${FAILED[$run:$t]}" "${TPS[$run:$t]:- (none)}" "${IDLE[$run:$t]:-}"
         done
     done
-    if [[ ${#ERRORS[@]} -gt 0 ]]; then
-        echo
-        echo "# failed runs"
-        for key in "${!ERRORS[@]}"; do echo "$key ${ERRORS[$key]}"; done
-    fi
+    print_failures
 } | tee "$RESULT"
 log "saved to $RESULT"
