@@ -3,12 +3,12 @@
 //!
 //! Entries are appended as the tracker changes ([`Entry::Added`] for a row it did not track,
 //! [`Entry::Was`] for a row whose version changed or that was dropped) with a [`Entry::Mark`]
-//! for each savepoint. The keys are shared with the tracker (`Arc`), and a replaced version is
-//! moved here, so journaling a change allocates nothing beyond the entry itself. The journal
-//! holds at most `limit` entries (twice the tracker's); beyond that it stops recording and says so
+//! for each savepoint. Keys and versions are [`SmolStr`]s (a short one is held inline, a long
+//! one shared), and a replaced version is moved here, so journaling a change allocates nothing
+//! beyond the entry itself. The journal holds at most `limit` entries (twice the tracker's); beyond that it stops recording and says so
 //! ([`Journal::overflowed`]): the tracker then forgets everything instead of undoing.
 
-use std::sync::Arc;
+use smol_str::SmolStr;
 
 /// Entries whose room the journal keeps between transactions.
 const KEPT_ROOM: usize = 256;
@@ -17,9 +17,9 @@ const KEPT_ROOM: usize = 256;
 #[derive(Debug)]
 pub(super) enum Entry {
     /// The row was not tracked before.
-    Added(Arc<str>),
+    Added(SmolStr),
     /// The row was tracked with this version before.
-    Was(Arc<str>, Box<str>),
+    Was(SmolStr, SmolStr),
     /// A savepoint, by its name as PostgreSQL folds it (`None` when unknown).
     Mark(Option<Box<str>>),
 }

@@ -7,8 +7,8 @@
 //! whatever the key text contains); lookups reuse a scratch buffer and do not allocate. Every
 //! change is recorded in the [`Journal`].
 
+use smol_str::SmolStr;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 
 use lru::LruCache;
 
@@ -18,7 +18,7 @@ use crate::guard::TableId;
 /// The versions one session has seen.
 #[derive(Debug)]
 pub struct Tracker {
-    pub(super) rows: LruCache<Arc<str>, Box<str>>,
+    pub(super) rows: LruCache<SmolStr, SmolStr>,
     /// How many rows of each table are tracked, by [`TableId`]: a write or read of a table the
     /// session tracks nothing of needs no key lookup.
     pub(super) per_table: Vec<u32>,
@@ -50,7 +50,7 @@ impl Tracker {
             }
             return;
         }
-        let key: Arc<str> = self.scratch.as_str().into();
+        let key = SmolStr::new(self.scratch.as_str());
         if let Some((dropped, was)) = self.rows.push(key.clone(), version.into()) {
             if let Some(table) = table_of(&dropped) {
                 self.count(table, -1);
@@ -99,6 +99,15 @@ impl Tracker {
         self.rows.get(self.scratch.as_str()).map(|v| &**v)
     }
 
+    /// True when the row is tracked (without marking it used).
+    pub fn tracks_key<S: AsRef<str>>(&mut self, guard: TableId, key_parts: &[S]) -> bool {
+        if !self.tracks_table(guard) {
+            return false;
+        }
+        encode(&mut self.scratch, guard, key_parts);
+        self.rows.contains(self.scratch.as_str())
+    }
+
     /// Forgets one row (e.g. after this session deleted it).
     pub fn forget<S: AsRef<str>>(&mut self, guard: TableId, key_parts: &[S]) {
         if !self.tracks_table(guard) {
@@ -117,7 +126,7 @@ impl Tracker {
         if !self.tracks_table(table) {
             return;
         }
-        let keys: Vec<Arc<str>> = self
+        let keys: Vec<SmolStr> = self
             .rows
             .iter()
             .filter(|(k, _)| table_of(k) == Some(table))

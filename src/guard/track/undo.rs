@@ -2,7 +2,7 @@
 //! journal's entries replayed backwards ([`Tracker::rollback`], [`Tracker::rollback_to`]),
 //! or dropped at a commit point ([`Tracker::commit`]).
 
-use std::sync::Arc;
+use smol_str::SmolStr;
 
 use super::journal::Entry;
 use super::tracker::{Tracker, table_of};
@@ -108,7 +108,7 @@ impl Tracker {
     }
 
     /// Puts a row's earlier version back without journaling it.
-    fn restore_row(&mut self, key: Arc<str>, was: Box<str>) {
+    fn restore_row(&mut self, key: SmolStr, was: SmolStr) {
         if let Some(v) = self.rows.get_mut(&*key) {
             *v = was;
             return;
