@@ -638,3 +638,62 @@ async fn reads_in_a_query_that_also_writes_teach_too() {
         assert!(!reply.iter().any(|(t, _)| *t == b'E'), "{table}: {reply:?}");
     }
 }
+
+/// A captured read of one row that finds none forgets the row, in both protocols and
+/// whatever the session tracked of the table: after another session deleted the row and
+/// inserted it again, the session's write is held to nothing it no longer shows, so it goes
+/// through (no false conflict). A row the session never tracked stays unknown too.
+#[tokio::test]
+async fn a_pinned_read_that_finds_no_row_forgets_it() {
+    let (db, proxy) = setup("cap_forget").await;
+    let direct = db.direct().await;
+    let a = proxy.client(&db.name).await;
+    for table in TABLES {
+        // Rows 11 (simple protocol) and 12 (extended, a prepared statement) are tracked.
+        a.simple_query(&format!("SELECT balance FROM {table} WHERE id = 11"))
+            .await
+            .unwrap();
+        let read = a
+            .prepare(&format!("SELECT balance FROM {table} WHERE id = $1"))
+            .await
+            .unwrap();
+        assert_eq!(a.query(&read, &[&12]).await.unwrap().len(), 1);
+        // Another session deletes them; this session's reads find nothing.
+        direct
+            .batch_execute(&format!("DELETE FROM {table} WHERE id IN (11, 12)"))
+            .await
+            .unwrap();
+        let rows = a
+            .simple_query(&format!("SELECT balance FROM {table} WHERE id = 11"))
+            .await
+            .unwrap();
+        assert!(common::rows(&rows).is_empty(), "{table}");
+        assert!(a.query(&read, &[&12]).await.unwrap().is_empty(), "{table}");
+        // They come back with other versions; this session's blind writes go through.
+        let version = match table {
+            "acct" => ", version",
+            _ => "",
+        };
+        let value = match table {
+            "acct" => ", 41",
+            _ => "",
+        };
+        direct
+            .batch_execute(&format!(
+                "INSERT INTO {table} (id, balance{version}) VALUES (11, 7{value}), (12, 7{value})"
+            ))
+            .await
+            .unwrap();
+        let n = a
+            .execute(
+                &format!("UPDATE {table} SET balance = 8 WHERE id = $1"),
+                &[&11],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{table}: row 11 was forgotten: {e}"));
+        assert_eq!(n, 1, "{table}");
+        a.simple_query(&format!("UPDATE {table} SET balance = 8 WHERE id = 12"))
+            .await
+            .unwrap_or_else(|e| panic!("{table}: row 12 was forgotten: {e}"));
+    }
+}

@@ -34,15 +34,26 @@ pub fn canonical_result(
     raw: &[u8],
     style: DateStyle,
 ) -> Option<Canon<'_>> {
+    if let Some(c) = canonical_plain(type_oid, format, raw) {
+        return Some(c);
+    }
+    if format == 1 {
+        return values::canonical_binary(type_oid, raw).map(Canon::Owned);
+    }
+    datestyle::canonical_result(type_oid, raw, style).map(Canon::Owned)
+}
+
+/// The canonical text of a value in `format` when no allocation is needed: an integer or a
+/// text already canonical, a binary integer. `None` when the value needs the allocating
+/// functions (or is malformed): a bound parameter's text reads the same way, since
+/// [`values::canonical_text`] leaves such a value as it is.
+pub fn canonical_plain(type_oid: u32, format: i16, raw: &[u8]) -> Option<Canon<'_>> {
     let int = matches!(
         type_oid,
         oid::INT2 | oid::INT4 | oid::INT8 | oid::OID | oid::XID
     );
     if format == 1 {
-        if int {
-            return binary_int(type_oid, raw);
-        }
-        return values::canonical_binary(type_oid, raw).map(Canon::Owned);
+        return if int { binary_int(type_oid, raw) } else { None };
     }
     let plain = match type_oid {
         _ if int => plain_integer(raw),
@@ -52,7 +63,7 @@ pub fn canonical_result(
     if plain {
         return std::str::from_utf8(raw).ok().map(Canon::Borrowed);
     }
-    datestyle::canonical_result(type_oid, raw, style).map(Canon::Owned)
+    None
 }
 
 /// An integer printed as [`values::canonical_text`] prints it: optional `-`, no leading zero,
@@ -116,6 +127,14 @@ mod tests {
                 want.as_deref(),
                 "{t} {raw:?}"
             );
+            // A bound parameter's text: where no allocation is needed, the same text.
+            if let Some(plain) = canonical_plain(t, 0, raw) {
+                assert_eq!(
+                    Some(plain.as_ref()),
+                    values::canonical_text(t, raw).as_deref(),
+                    "parameter {t} {raw:?}"
+                );
+            }
         }
         let binaries: [(u32, &[u8]); 6] = [
             (oid::INT2, &(-3i16).to_be_bytes()),

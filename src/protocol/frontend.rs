@@ -5,6 +5,7 @@
 //! raw bytes, since the client's encoding need not be UTF-8.
 
 use bytes::BytesMut;
+use smallvec::SmallVec;
 
 use super::{be_i16, be_i32, be_u16, begin_message, cstr, finish_message};
 
@@ -115,15 +116,35 @@ pub fn write_parse(out: &mut BytesMut, name: &[u8], query: &[u8], param_types: &
 pub struct Bind<'a> {
     pub portal: &'a [u8],
     pub statement: &'a [u8],
-    /// Parameter format codes as sent: none (all text), one (for all) or one per parameter.
-    pub param_formats: Vec<i16>,
+    /// Parameter format codes as sent: none (all text), one (for all) or one per parameter
+    /// (held inline up to eight: decoding a usual `Bind` allocates nothing).
+    pub param_formats: SmallVec<[i16; 8]>,
     /// Parameter values; `None` is SQL NULL.
-    pub params: Vec<Option<&'a [u8]>>,
+    pub params: SmallVec<[Option<&'a [u8]>; 8]>,
     /// The rest of the body: result format codes, kept raw.
     pub result_formats: &'a [u8],
 }
 
-impl Bind<'_> {
+impl<'a> Bind<'a> {
+    /// The same `Bind` naming `statement` instead (a name that may live shorter than the
+    /// message: the parameters are copied, inline up to eight).
+    pub fn renamed<'s>(&self, statement: &'s [u8]) -> Bind<'s>
+    where
+        'a: 's,
+    {
+        Bind {
+            portal: self.portal,
+            statement,
+            param_formats: self.param_formats.clone(),
+            params: self
+                .params
+                .iter()
+                .map(|p| p.map(|v| v as &'s [u8]))
+                .collect(),
+            result_formats: self.result_formats,
+        }
+    }
+
     /// Format code of parameter `i` (0-based): 0 text, 1 binary.
     pub fn param_format(&self, i: usize) -> i16 {
         match self.param_formats.len() {
@@ -138,14 +159,14 @@ pub fn bind(body: &[u8]) -> Option<Bind<'_>> {
     let (portal, rest) = cstr(body)?;
     let (statement, rest) = cstr(rest)?;
     let (nf, mut rest) = be_u16(rest)?;
-    let mut param_formats = Vec::with_capacity(usize::from(nf));
+    let mut param_formats = SmallVec::with_capacity(usize::from(nf));
     for _ in 0..nf {
         let (f, r) = be_i16(rest)?;
         param_formats.push(f);
         rest = r;
     }
     let (np, mut rest) = be_u16(rest)?;
-    let mut params = Vec::with_capacity(usize::from(np));
+    let mut params = SmallVec::with_capacity(usize::from(np));
     for _ in 0..np {
         let (len, r) = be_i32(rest)?;
         if len < 0 {
@@ -345,13 +366,13 @@ mod tests {
 
         let b = bind(body(&msg)).unwrap();
         assert_eq!(b.statement, b"s");
-        assert_eq!(b.params, vec![Some(&42i32.to_be_bytes()[..]), None]);
+        assert_eq!(b.params[..], [Some(&42i32.to_be_bytes()[..]), None]);
         assert_eq!(b.param_format(1), 1);
 
         let mut out = BytesMut::new();
         write_bind_rewritten(&mut out, &b, &[Some(b"7")], 2);
         let b2 = bind(body(&out)).unwrap();
-        assert_eq!(b2.param_formats, vec![1, 1, 0]);
+        assert_eq!(b2.param_formats[..], [1, 1, 0]);
         assert_eq!(b2.params.len(), 3);
         assert_eq!(b2.params[2], Some(&b"7"[..]));
         // A single result format code applies to the proxy's columns too.

@@ -286,11 +286,11 @@ impl GuardState {
     /// that went lean, bound by a `Bind` that checks no version (`checks_nothing`), with no
     /// reply still to come that may make the session track the row, and not inside `WITH`
     /// (whose portal forgets what it may have changed).
-    fn bound_form<'a>(
+    fn bound_form<'a, 'm: 'a>(
         &self,
         cx: &mut Cx<'_>,
         pw: &'a PreparedWrite,
-        b: fe::Bind<'a>,
+        b: fe::Bind<'m>,
         checks_nothing: bool,
     ) -> Option<(fe::Bind<'a>, Option<u16>, usize)> {
         let w = &pw.write;
@@ -299,19 +299,9 @@ impl GuardState {
                 self.count_write(cx, pw.guards.table_ids[w.guard], unchecked_class(w, false));
                 None
             }
-            Some(full) => Some((
-                fe::Bind {
-                    statement: &full.name,
-                    ..b
-                },
-                Some(full.extra),
-                full.added,
-            )),
+            Some(full) => Some((b.renamed(&full.name), Some(full.extra), full.added)),
             None => Some((
-                fe::Bind {
-                    statement: pw.server_name.as_deref().unwrap_or(b.statement),
-                    ..b
-                },
+                b.renamed(pw.server_name.as_deref().unwrap_or(b.statement)),
                 pw.extra,
                 pw.added,
             )),

@@ -221,14 +221,16 @@ impl GuardState {
         // One code for every column (ours too), or text for ours.
         let binary = count == 1 && codes.get(2..4) == Some(&[0, 1]);
         let guards = cx.settings.guards.clone();
-        let pinned = prepared
-            .pinned
-            .as_ref()
-            .filter(|read| self.follows_read(cx, &guards, read))
-            .and_then(|read| {
-                let types = prepared.param_types();
-                self.read_check(&guards, read, Some((&b, &types)))
-            });
+        // The captured columns teach the row's version; a pinned read is followed only to
+        // forget a row the session tracks (or may track by then) that the read does not find.
+        let pinned = prepared.pinned.as_ref().and_then(|read| {
+            let types = prepared.param_types();
+            let tracked =
+                self.rows_may_come(cx) || self.pinned_row_tracked(&guards, read, (&b, &types));
+            tracked
+                .then(|| self.read_check(&guards, read, Some((&b, &types))))
+                .flatten()
+        });
         let info = Arc::new(Portal {
             statement: Some(prepared.clone()),
             pinned,

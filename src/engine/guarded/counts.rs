@@ -47,10 +47,7 @@ impl GuardState {
         } else {
             // One parameter more than the client sent: never the count of the proxy's
             // statement, which has one more than the client's.
-            let rewritten = fe::Bind {
-                statement: server_statement,
-                ..b.clone()
-            };
+            let rewritten = b.renamed(server_statement);
             let extra = extra_params(pw);
             fe::write_bind_rewritten(&mut cx.out.to_server, &rewritten, &[None, None][..extra], 0);
             let fix = BindFix {

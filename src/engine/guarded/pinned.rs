@@ -170,6 +170,26 @@ impl GuardState {
             || self.rows_may_come(cx)
     }
 
+    /// True when the session tracks the row a pinned read names, bound by `bind` (false
+    /// when its key cannot be read). Allocates nothing for a key bound as it is canonical.
+    pub(super) fn pinned_row_tracked(
+        &mut self,
+        guards: &GuardSet,
+        read: &PinnedRead,
+        bind: (&Bind<'_>, &[u32]),
+    ) -> bool {
+        let Some(&table) = guards.table_ids.get(read.guard) else {
+            return false;
+        };
+        if !self.tracker.tracks_table(table) {
+            return false;
+        }
+        match self.key_parts(read.guard, &read.key, Some(bind)) {
+            Some(parts) => self.tracker.tracks_key(table, &parts),
+            None => false,
+        }
+    }
+
     /// A pinned read, ready to follow (`None` when its key is not known).
     pub(super) fn read_check(
         &self,

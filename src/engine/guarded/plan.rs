@@ -4,11 +4,14 @@
 
 use super::checks::Plan;
 use super::cx::Cx;
-use super::rows::{canonical, param_text};
+use smallvec::SmallVec;
+
+use super::rows::{canonical, param_canon};
 use super::state::GuardState;
 use crate::config::{BulkPolicy, UnversionedPolicy};
 use crate::engine::replies::Pending;
 use crate::events::Outcome;
+use crate::guard::canon::{self, Canon};
 use crate::guard::conflict::{ConflictInfo, Refusal};
 use crate::guard::rewrite::{Bump, known_cap};
 use crate::guard::{GuardSet, GuardedWrite, TableId, Target, ValueRef, WriteOp};
@@ -169,16 +172,28 @@ impl GuardState {
         vals: &[ValueRef],
         bind: Option<(&Bind<'_>, &[u32])>,
     ) -> Option<Vec<String>> {
+        let parts = self.key_parts(guard, vals, bind)?;
+        Some(parts.iter().map(|p| p.as_ref().to_string()).collect())
+    }
+
+    /// [`Self::key_text`] without allocating where each part is canonical as written or bound.
+    pub(super) fn key_parts<'v, 'm: 'v>(
+        &self,
+        guard: usize,
+        vals: &'v [ValueRef],
+        bind: Option<(&Bind<'m>, &[u32])>,
+    ) -> Option<SmallVec<[Canon<'v>; 2]>> {
         let rg = self.resolved.get(guard);
         vals.iter()
             .enumerate()
             .map(|(i, v)| {
                 let column_type = rg.and_then(|r| r.key_types.get(i).copied()).unwrap_or(0);
                 match v {
-                    ValueRef::Literal(s) => canonical(column_type, 0, s.as_bytes()),
+                    ValueRef::Literal(s) => canon::canonical_plain(column_type, 0, s.as_bytes())
+                        .or_else(|| canonical(column_type, 0, s.as_bytes()).map(Canon::Owned)),
                     ValueRef::Param(n) => {
                         let (b, declared) = bind?;
-                        param_text(b, declared, *n, column_type)
+                        param_canon(b, declared, *n, column_type)
                     }
                 }
             })

@@ -464,6 +464,23 @@ pub fn param_text(b: &Bind<'_>, types: &[u32], n: u16, column_type: u32) -> Opti
     }
 }
 
+/// [`param_text`] without allocating where the value is already canonical (an integer or a
+/// text bound as the column's own type, a binary integer).
+pub fn param_canon<'b>(b: &Bind<'b>, types: &[u32], n: u16, column_type: u32) -> Option<Canon<'b>> {
+    let idx = usize::from(n).checked_sub(1)?;
+    let raw = (*b.params.get(idx)?)?;
+    let t = match types.get(idx).copied() {
+        Some(t) if t != 0 => t,
+        _ => column_type,
+    };
+    if (t == column_type || column_type == 0)
+        && let Some(c) = canon::canonical_plain(t, b.param_format(idx), raw)
+    {
+        return Some(c);
+    }
+    param_text(b, types, n, column_type).map(Canon::Owned)
+}
+
 /// Each table instance's table and number of key columns, in column order.
 pub fn layout(tables: &[&crate::guard::CaptureTable], guards: &GuardSet) -> Vec<(TableId, usize)> {
     tables

@@ -8,6 +8,8 @@
 
 use std::sync::{Arc, OnceLock};
 
+use smallvec::SmallVec;
+
 use super::checks::WriteCheck;
 use super::rows::{CapturedCursor, Col, ReadCheck, ReadPlan};
 use crate::guard::TableId;
@@ -58,7 +60,7 @@ pub struct Prepared {
 
 impl Prepared {
     /// The type of each parameter, as far as known (0 = unknown).
-    pub(super) fn param_types(&self) -> Vec<u32> {
+    pub(super) fn param_types(&self) -> SmallVec<[u32; 8]> {
         let described = self.described_types.get().map_or(&[][..], Vec::as_slice);
         let n = self.declared_types.len().max(described.len());
         (0..n)
@@ -155,8 +157,8 @@ pub struct Portal {
     /// The columns read capture added at the end of each row (how many), and the plan that
     /// reads them in the portal's format.
     pub capture: Option<(usize, Arc<ReadPlan>)>,
-    /// The raw result-format section of the `Bind`.
-    pub result_formats: Box<[u8]>,
+    /// The raw result-format section of the `Bind` (inline for up to three codes).
+    pub result_formats: SmallVec<[u8; 8]>,
     /// Set by the reply to a `Describe` of the portal (formats as bound).
     pub described: OnceLock<Described>,
     /// The statement's description with this portal's formats, made on first use.
