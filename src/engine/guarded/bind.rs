@@ -423,7 +423,7 @@ impl GuardState {
             hidden: true,
             kept: OnceLock::new(),
         });
-        let reply = Some(Box::new(Tag::Parsed(undo.clone())));
+        let reply = Some(Tag::Parsed(undo.clone()));
         self.parse_guarded(cx, statement, &text, &types, reply, false);
         self.noted_after_parse(&undo).unwrap_or(prepared)
     }
@@ -453,6 +453,6 @@ pub(super) fn result_formats_fix(b: &fe::Bind<'_>, added: usize) -> StmtTag {
             shift: added,
             names: None,
         };
-        Box::new(Tag::BindFix(Box::new(fix)))
+        Tag::BindFix(Box::new(fix))
     })
 }

@@ -163,7 +163,7 @@ impl GuardState {
         let Some(s) = self.script.as_mut() else {
             return false;
         };
-        match t.as_ref() {
+        match t {
             Tag::Block(BlockStep::Begin) => {
                 tag == be::NOTICE_RESPONSE
                     && be::error_field(msg.body(), b'C') == Some(&b"25001"[..])
@@ -221,7 +221,7 @@ impl GuardState {
             && matches!(
                 cx.out.replies.front(),
                 Some(Pending::Simple(Some(t)))
-                    if matches!(**t, Tag::Step(_) | Tag::Read(_) | Tag::Raise(_))
+                    if matches!(*t, Tag::Step(_) | Tag::Read(_) | Tag::Raise(_))
             )
     }
 
@@ -254,5 +254,5 @@ fn hidden_query(cx: &mut Cx<'_>, sql: &[u8]) {
 /// Sends a query of a script, its replies followed as `tag` says.
 fn step_query(cx: &mut Cx<'_>, sql: &[u8], tag: Tag) {
     fe::write_query(&mut cx.out.to_server, sql);
-    cx.out.replies.push(Pending::Simple(Some(Box::new(tag))));
+    cx.out.replies.push(Pending::Simple(Some(tag)));
 }

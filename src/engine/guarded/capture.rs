@@ -120,7 +120,7 @@ impl GuardState {
         fe::write_query(&mut cx.out.to_server, text.as_bytes());
         cx.out
             .replies
-            .push(Pending::Simple(Some(Box::new(Tag::Read(Box::new(reads))))));
+            .push(Pending::Simple(Some(Tag::Read(Box::new(reads)))));
         true
     }
 

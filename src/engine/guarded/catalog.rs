@@ -81,21 +81,17 @@ impl GuardState {
         release: bool,
         login_ready: Option<BytesMut>,
     ) {
-        let part = || Pending::Close(Some(Box::new(Tag::Catalog)));
+        let part = || Pending::Close(Some(Tag::Catalog));
         for (sql, tag) in queries {
             fe::write_run(&mut cx.out.to_server, CATALOG_NAME, sql.as_bytes());
             cx.out.replies.push(part());
             cx.out.replies.push(part());
-            cx.out
-                .replies
-                .push(Pending::Parse(Some(Box::new(Tag::Catalog))));
-            cx.out
-                .replies
-                .push(Pending::Bind(Some(Box::new(Tag::Catalog))));
+            cx.out.replies.push(Pending::Parse(Some(Tag::Catalog)));
+            cx.out.replies.push(Pending::Bind(Some(Tag::Catalog)));
             if !matches!(tag, Tag::Catalog) {
                 self.catalog.outstanding += 1;
             }
-            cx.out.replies.push(Pending::Execute(Some(Box::new(tag))));
+            cx.out.replies.push(Pending::Execute(Some(tag)));
         }
         let out = &mut cx.out.to_server;
         fe::write_close(out, b'P', CATALOG_NAME);
@@ -103,12 +99,10 @@ impl GuardState {
         fe::write_simple(out, fe::SYNC);
         cx.out.replies.push(part());
         cx.out.replies.push(part());
-        cx.out
-            .replies
-            .push(Pending::Sync(Some(Box::new(Tag::CatalogEnd {
-                release,
-                login_ready,
-            }))));
+        cx.out.replies.push(Pending::Sync(Some(Tag::CatalogEnd {
+            release,
+            login_ready,
+        })));
     }
 
     /// Sends the guard resolution and, after a reload, the listing of prepared statements.

@@ -34,9 +34,7 @@ impl GuardState {
     pub(super) fn close_full_variant(&mut self, cx: &mut Cx<'_>, p: &Prepared) {
         if let Some(full) = p.write.as_ref().and_then(|w| w.full.as_ref()) {
             fe::write_close(&mut cx.out.to_server, b'S', &full.name);
-            cx.out
-                .replies
-                .push(Pending::Close(Some(Box::new(Tag::Hidden))));
+            cx.out.replies.push(Pending::Close(Some(Tag::Hidden)));
         }
     }
 
@@ -46,9 +44,7 @@ impl GuardState {
     pub fn close_deallocated(&mut self, cx: &mut Cx<'_>) {
         for name in std::mem::take(&mut self.deallocated) {
             fe::write_close(&mut cx.out.to_server, b'S', &name);
-            cx.out
-                .replies
-                .push(Pending::Close(Some(Box::new(Tag::Hidden))));
+            cx.out.replies.push(Pending::Close(Some(Tag::Hidden)));
         }
     }
 }

@@ -57,7 +57,7 @@ impl GuardState {
             };
             cx.out
                 .replies
-                .push(Pending::Bind(Some(Box::new(Tag::BindFix(Box::new(fix))))));
+                .push(Pending::Bind(Some(Tag::BindFix(Box::new(fix)))));
             return true;
         }
         cx.out.replies.push(Pending::Bind(None));

@@ -169,9 +169,7 @@ impl GuardState {
         fe::write_describe(&mut cx.out.to_server, b'P', name);
         cx.out
             .replies
-            .push(Pending::DescribePortal(Some(Box::new(Tag::FetchShown(
-                portal,
-            )))));
+            .push(Pending::DescribePortal(Some(Tag::FetchShown(portal))));
     }
 
     /// The reply to the proxy's `Describe` of a `FETCH` portal. Returns true when it is kept
@@ -197,7 +195,7 @@ impl GuardState {
         cx.out.to_server.extend_from_slice(msg.bytes());
         cx.out
             .replies
-            .push(Pending::Simple(Some(Box::new(Tag::Read(Box::new(reads))))));
+            .push(Pending::Simple(Some(Tag::Read(Box::new(reads)))));
         true
     }
 }

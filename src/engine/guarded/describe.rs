@@ -30,7 +30,7 @@ impl GuardState {
         }
         if kind == b'P' {
             let tag = self.portals.get(name).cloned().map(Tag::DescribePortal);
-            return (tag.map(Box::new), false);
+            return (tag, false);
         }
         let Some(prepared) = self.statements.get(name).cloned() else {
             return (None, false);
@@ -43,7 +43,7 @@ impl GuardState {
             fe::write_describe(&mut cx.out.to_server, b'S', server_name);
         }
         let sent = server_name.is_some();
-        (Some(Box::new(Tag::DescribeStatement(prepared))), sent)
+        (Some(Tag::DescribeStatement(prepared)), sent)
     }
 
     /// The `ParameterDescription` of a statement the guard rewrote: what it tells of the

@@ -93,7 +93,7 @@ impl GuardState {
             Pending::Execute(Some(t)) | Pending::Sync(Some(t)) if t.is_catalog() => {
                 Ok(GuardState::on_catalog_within(tag, msg, t))
             }
-            Pending::Simple(Some(t)) => match t.as_mut() {
+            Pending::Simple(Some(t)) => match t {
                 Tag::Hidden => Ok(true),
                 Tag::Step(_) => self.on_step_reply(cx, tag, msg),
                 Tag::Raise(_) => self.on_raise_reply(cx, tag, msg),
@@ -107,7 +107,7 @@ impl GuardState {
                 }
                 Tag::Read(_) => {
                     // Taken out of the queue while the session works with it, then put back.
-                    let Tag::Read(reads) = std::mem::replace(t.as_mut(), Tag::Hidden) else {
+                    let Tag::Read(reads) = std::mem::replace(t, Tag::Hidden) else {
                         unreachable!("matched Tag::Read");
                     };
                     Ok(self.on_read_reply(cx, tag, msg, reads))
@@ -153,9 +153,9 @@ impl GuardState {
             | Pending::Sync(Some(t))
                 if t.is_catalog() =>
             {
-                self.on_catalog_complete(cx, tag, msg, *t)
+                self.on_catalog_complete(cx, tag, msg, t)
             }
-            Pending::Simple(Some(t)) => match *t {
+            Pending::Simple(Some(t)) => match t {
                 Tag::Hidden => Ok(true),
                 Tag::Step(check) => self.on_step_done(cx, msg, check),
                 Tag::Raise(ctx) => {
@@ -216,7 +216,7 @@ impl GuardState {
         let body = msg.body();
         match (cx.out.replies.front(), tag) {
             (Some(Pending::DescribeStatement(Some(t))), be::PARAMETER_DESCRIPTION) => {
-                let Tag::DescribeStatement(prepared) = t.as_ref() else {
+                let Tag::DescribeStatement(prepared) = t else {
                     return Ok(false);
                 };
                 Ok(GuardState::on_parameter_description(
@@ -226,7 +226,7 @@ impl GuardState {
                 ))
             }
             (Some(Pending::Execute(Some(t))), be::DATA_ROW) => {
-                let Tag::Execute(portal) = t.as_ref() else {
+                let Tag::Execute(portal) = t else {
                     return Ok(false);
                 };
                 let portal = portal.clone();
@@ -251,7 +251,7 @@ impl GuardState {
             Pending::Execute(Some(t)) => t,
             _ => return Ok(false),
         };
-        match *t {
+        match t {
             Tag::Hidden => Ok(tag != be::ERROR_RESPONSE),
             Tag::Parsed(undo) => Ok(self.on_parse_done(tag, &undo)),
             Tag::BindFix(fix) => Ok(GuardState::on_bind_fix(cx, tag, body, &fix)),

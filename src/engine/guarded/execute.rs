@@ -27,7 +27,7 @@ impl GuardState {
         if let Some(w) = &p.write {
             self.count_write(cx, w.guards.table_ids[w.guard], w.unchecked);
         }
-        Some(Box::new(Tag::Execute(p)))
+        Some(Tag::Execute(p))
     }
 
     /// A checked write's `Execute` was sent. With this `Execute` the only statement of its

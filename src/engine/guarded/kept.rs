@@ -140,7 +140,7 @@ impl GuardState {
         if w.client_returning {
             return false;
         }
-        let undo = match reply.as_deref() {
+        let undo = match reply.as_ref() {
             Some(Tag::Parsed(undo)) => Some(undo.clone()),
             _ => None,
         };
@@ -194,9 +194,7 @@ impl GuardState {
             // The client's `Parse` drops the unnamed statement whatever its outcome: a `Bind`
             // of it after a failed one must fail as it would without the proxy.
             fe::write_close(&mut cx.out.to_server, b'S', b"");
-            cx.out
-                .replies
-                .push(Pending::Close(Some(Box::new(Tag::Hidden))));
+            cx.out.replies.push(Pending::Close(Some(Tag::Hidden)));
         }
         self.full_variants += 1;
         let name = format!("{FULL_VARIANT_PREFIX}{}", self.full_variants);

@@ -32,7 +32,7 @@ fn parse_first(cx: &mut Cx<'_>, name: &[u8], sql: &str, param_types: &[u32]) {
     fe::write_parse(&mut cx.out.to_server, name, sql.as_bytes(), param_types);
     fe::write_close(&mut cx.out.to_server, b'S', name);
     for p in [Pending::Parse, Pending::Close] {
-        cx.out.replies.push(p(Some(Box::new(Tag::Hidden))));
+        cx.out.replies.push(p(Some(Tag::Hidden)));
     }
 }
 
@@ -88,7 +88,7 @@ impl GuardState {
             hidden: false,
             kept: OnceLock::new(),
         });
-        let reply = || Some(Box::new(Tag::Parsed(undo.clone())));
+        let reply = || Some(Tag::Parsed(undo.clone()));
         let parsed = match std::str::from_utf8(p.query) {
             _ if !may_write => Parsed::Passed,
             // Not UTF-8 in a UTF-8 session: the server refuses it in its own words.
@@ -245,9 +245,7 @@ impl GuardState {
             text.as_bytes(),
             param_types,
         );
-        cx.out
-            .replies
-            .push(Pending::Parse(Some(Box::new(Tag::Hidden))));
+        cx.out.replies.push(Pending::Parse(Some(Tag::Hidden)));
         let prepared = Prepared {
             declared_types: param_types.to_vec(),
             write: Some(PreparedWrite {

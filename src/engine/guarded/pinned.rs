@@ -153,7 +153,7 @@ impl GuardState {
         }
         let taken = self.follow_reads(cx, tag, msg, &mut reads);
         if let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() {
-            **t = Tag::Read(reads);
+            *t = Tag::Read(reads);
         }
         taken
     }

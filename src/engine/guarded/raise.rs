@@ -105,19 +105,13 @@ impl GuardState {
         fe::write_run(&mut cx.out.to_server, RAISE_NAME, block.as_bytes());
         fe::write_simple(&mut cx.out.to_server, fe::FLUSH);
         for _ in 0..2 {
-            cx.out
-                .replies
-                .push(Pending::Close(Some(Box::new(Tag::Hidden))));
+            cx.out.replies.push(Pending::Close(Some(Tag::Hidden)));
         }
+        cx.out.replies.push(Pending::Parse(Some(Tag::Hidden)));
+        cx.out.replies.push(Pending::Bind(Some(Tag::Hidden)));
         cx.out
             .replies
-            .push(Pending::Parse(Some(Box::new(Tag::Hidden))));
-        cx.out
-            .replies
-            .push(Pending::Bind(Some(Box::new(Tag::Hidden))));
-        cx.out
-            .replies
-            .push(Pending::Execute(Some(Box::new(Tag::Raise(Box::new(ctx))))));
+            .push(Pending::Execute(Some(Tag::Raise(Box::new(ctx)))));
         cx.out.hold_client = true;
     }
 
@@ -126,7 +120,7 @@ impl GuardState {
         fe::write_query(&mut cx.out.to_server, block.as_bytes());
         cx.out
             .replies
-            .push(Pending::Simple(Some(Box::new(Tag::Raise(Box::new(ctx))))));
+            .push(Pending::Simple(Some(Tag::Raise(Box::new(ctx)))));
     }
 
     /// The reply to a raise in the extended protocol: the error goes to the client (or, when

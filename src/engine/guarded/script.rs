@@ -84,16 +84,12 @@ impl GuardState {
                 }
                 self.note_step_tx(cx, &text);
                 fe::write_query(&mut cx.out.to_server, text.as_bytes());
-                cx.out
-                    .replies
-                    .push(Pending::Simple(Some(Box::new(Tag::Step(check)))));
+                cx.out.replies.push(Pending::Simple(Some(Tag::Step(check))));
             }
             StepSpec::Reads(text, reads) => {
                 self.note_step_tx(cx, &text);
                 fe::write_query(&mut cx.out.to_server, text.as_bytes());
-                cx.out
-                    .replies
-                    .push(Pending::Simple(Some(Box::new(Tag::Read(reads)))));
+                cx.out.replies.push(Pending::Simple(Some(Tag::Read(reads))));
             }
             StepSpec::Raise(block, ctx) => self.send_simple_raise(cx, &block, *ctx),
             StepSpec::Write(_) => unreachable!("a planned write is SQL or a raise"),
@@ -126,7 +122,7 @@ impl GuardState {
         let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() else {
             return Ok(false);
         };
-        let Tag::Step(check) = t.as_mut() else {
+        let Tag::Step(check) = t else {
             return Ok(false);
         };
         if tag == be::ERROR_RESPONSE
@@ -212,7 +208,7 @@ impl GuardState {
         let Some(Pending::Simple(Some(t))) = cx.out.replies.front_mut() else {
             return Ok(false);
         };
-        let Tag::Raise(ctx) = t.as_mut() else {
+        let Tag::Raise(ctx) = t else {
             return Ok(false);
         };
         match tag {
@@ -287,9 +283,7 @@ impl GuardState {
                 b"COMMIT"
             };
             fe::write_query(&mut cx.out.to_server, end);
-            cx.out
-                .replies
-                .push(Pending::Simple(Some(Box::new(Tag::Final))));
+            cx.out.replies.push(Pending::Simple(Some(Tag::Final)));
         } else {
             self.script = None;
             cx.out.release_client();

@@ -350,7 +350,7 @@ impl GuardState {
         cx.out.to_server.extend_from_slice(msg.bytes());
         cx.out
             .replies
-            .push(Pending::Simple(Some(Box::new(Tag::Read(Box::new(reads))))));
+            .push(Pending::Simple(Some(Tag::Read(Box::new(reads)))));
         true
     }
 

@@ -164,10 +164,8 @@ impl GuardState {
             self.close_full_variant(cx, old);
         }
         fe::write_close(&mut cx.out.to_server, b'S', name);
-        cx.out
-            .replies
-            .push(Pending::Close(Some(Box::new(Tag::Hidden))));
-        let hidden = Some(Box::new(Tag::Hidden));
+        cx.out.replies.push(Pending::Close(Some(Tag::Hidden)));
+        let hidden = Some(Tag::Hidden);
         let done = self.parse_guarded(cx, name, &stale.text, &stale.types, hidden, false);
         if done == Parsed::Passed {
             fe::write_parse(
@@ -176,9 +174,7 @@ impl GuardState {
                 stale.text.as_bytes(),
                 &stale.types,
             );
-            cx.out
-                .replies
-                .push(Pending::Parse(Some(Box::new(Tag::Hidden))));
+            cx.out.replies.push(Pending::Parse(Some(Tag::Hidden)));
         }
         done
     }

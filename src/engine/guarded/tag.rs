@@ -12,7 +12,7 @@ use super::statements::{ParseUndo, Portal, Prepared};
 use crate::engine::replies::Pending;
 
 /// What the guard attaches to a pending reply.
-pub type StmtTag = Option<Box<Tag>>;
+pub type StmtTag = Option<Tag>;
 
 /// Why the guard follows a reply.
 #[derive(Debug)]
@@ -118,13 +118,13 @@ impl Tag {
 /// True for an entry the client's batch waits for (a checked write's `Execute`, or the
 /// proxy's raise): when the server skips it after an error, the batch must go on.
 pub fn held_batch_for(p: &Pending<StmtTag>) -> bool {
-    matches!(p, Pending::Execute(Some(t)) if t.holds_batch() || matches!(**t, Tag::Raise(_)))
+    matches!(p, Pending::Execute(Some(t)) if t.holds_batch() || matches!(t, Tag::Raise(_)))
 }
 
 /// What an entry the server skipped after an error leaves to undo (see [`Tag::Parsed`]).
 pub fn skipped_parse(p: &Pending<StmtTag>) -> Option<Arc<ParseUndo>> {
     match p {
-        Pending::Parse(Some(t)) => match t.as_ref() {
+        Pending::Parse(Some(t)) => match t {
             Tag::Parsed(undo) => Some(undo.clone()),
             _ => None,
         },
