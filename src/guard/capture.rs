@@ -364,19 +364,18 @@ fn select_list_end(lexed: &Lexed, select: &ast::Select) -> Option<usize> {
 /// Appends the columns of `tables` (a capture's, those the session takes) to `out`: for each,
 /// its key columns and version column, qualified, each with [`COLUMN_ALIAS`].
 pub fn push_columns<'a>(
-    out: &mut String,
+    out: &mut impl std::fmt::Write,
     tables: impl IntoIterator<Item = &'a CaptureTable>,
     guards: &GuardSet,
 ) {
     for t in tables {
         let names = &guards.sql_names[t.guard];
         for column in names.key.iter().chain(std::iter::once(&names.version)) {
-            out.push_str(", ");
-            out.push_str(&t.qualifier);
-            out.push('.');
-            out.push_str(column);
-            out.push_str(" AS ");
-            out.push_str(COLUMN_ALIAS);
+            // Writing to a String or a BytesMut never fails; plain `write_str`s (no
+            // formatting machinery) keep this cheap on the per-query path.
+            for part in [", ", &t.qualifier, ".", column, " AS ", COLUMN_ALIAS] {
+                let _ = out.write_str(part);
+            }
         }
     }
 }

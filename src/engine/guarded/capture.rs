@@ -17,6 +17,8 @@
 
 use std::sync::{Arc, OnceLock};
 
+use smallvec::SmallVec;
+
 use super::cursors::declared_last;
 use super::cx::Cx;
 use super::rows::{Captured, CapturedCursor, ReadCheck, ReadPlan, Reads, layout};
@@ -27,21 +29,25 @@ use crate::engine::replies::Pending;
 use crate::guard::cache::Simple;
 use crate::guard::capture::{added_columns, push_columns};
 use crate::guard::{Capture, CaptureTable, GuardSet};
-use crate::protocol::{Frame, frontend as fe};
+use crate::protocol::{Frame, begin_message, finish_message, frontend as fe};
+
+/// The table instances one captured statement adds columns for (see
+/// [`GuardState::capture_tables`]).
+pub(super) type CaptureTables<'c> = SmallVec<[&'c CaptureTable; 4]>;
 
 impl GuardState {
     /// The table instances of `capture` this session adds columns for: none when a function
     /// the statement calls may be an aggregate or a window function (or the session has not
     /// learned their names), else those whose guard this database resolves, and named
     /// unqualified only when no other relation has that name.
-    pub(super) fn capture_tables<'c>(&self, capture: &'c Capture) -> Vec<&'c CaptureTable> {
+    pub(super) fn capture_tables<'c>(&self, capture: &'c Capture) -> CaptureTables<'c> {
         let calls_plain = capture.calls.is_empty()
             || self
                 .aggregates
                 .as_ref()
                 .is_some_and(|a| !capture.calls.iter().any(|c| a.contains(c)));
         if !calls_plain {
-            return Vec::new();
+            return CaptureTables::new();
         }
         capture
             .tables
@@ -67,23 +73,22 @@ impl GuardState {
         if kinds.captures.is_empty() || self.resolved.is_empty() {
             return false;
         }
-        let mut text = String::new();
         let mut copied = 0;
         let mut captured = Vec::new();
+        let at = begin_message(&mut cx.out.to_server, fe::QUERY);
         for c in &kinds.captures {
             let tables = self.capture_tables(c);
             if tables.is_empty() {
                 continue;
             }
-            let Some(at) = analysis.capture_at(c).filter(|&at| at >= copied) else {
+            let Some(at_column) = analysis.capture_at(c).filter(|&a| a >= copied) else {
+                cx.out.to_server.truncate(at - 1);
                 return false;
             };
-            if text.is_empty() {
-                text.reserve(sql.len() + 64 * tables.len());
-            }
-            text.push_str(&sql[copied..at]);
-            push_columns(&mut text, tables.iter().copied(), guards);
-            copied = at;
+            let text = &mut cx.out.to_server;
+            text.extend_from_slice(&sql.as_bytes()[copied..at_column]);
+            push_columns(text, tables.iter().copied(), guards);
+            copied = at_column;
             let copy = c.copy.map(|format| (format, self.column_types(&tables)));
             let one = Captured {
                 statement: c.statement,
@@ -103,21 +108,32 @@ impl GuardState {
             captured.push(one);
         }
         if captured.is_empty() {
+            cx.out.to_server.truncate(at - 1);
             return false;
         }
-        text.push_str(&sql[copied..]);
-        let checks: Vec<ReadCheck> = match analysis.reads(sql) {
-            Some(reads) => reads
-                .iter()
-                .filter(|read| self.follows_read(cx, guards, read))
-                .filter_map(|read| self.read_check(guards, read, None))
-                .collect(),
-            None => Vec::new(),
-        };
+        cx.out
+            .to_server
+            .extend_from_slice(&sql.as_bytes()[copied..]);
+        cx.out.to_server.extend_from_slice(&[0]);
+        finish_message(&mut cx.out.to_server, at);
+        // A captured read teaches its row's version itself: its pinned check is needed only
+        // to forget a tracked row it does not find (see `bind_captured`).
+        let mut checks: Vec<ReadCheck> = Vec::new();
+        for read in analysis.reads(sql).iter().flat_map(|r| r.iter()) {
+            let follow = match captured.iter().any(|c| c.statement == read.statement) {
+                true => self.rows_may_come(cx) || self.pinned_row_tracked(guards, read, None),
+                false => self.follows_read(cx, guards, read),
+            };
+            if let Some(check) = follow
+                .then(|| self.read_check(guards, read, None))
+                .flatten()
+            {
+                checks.push(check);
+            }
+        }
         let mut reads = Reads::new(checks, false);
         reads.shared.clone_from(&kinds.shared);
         reads.captured = captured;
-        fe::write_query(&mut cx.out.to_server, text.as_bytes());
         cx.out
             .replies
             .push(Pending::Simple(Some(Tag::Read(Box::new(reads)))));
@@ -225,8 +241,8 @@ impl GuardState {
         // forget a row the session tracks (or may track by then) that the read does not find.
         let pinned = prepared.pinned.as_ref().and_then(|read| {
             let types = prepared.param_types();
-            let tracked =
-                self.rows_may_come(cx) || self.pinned_row_tracked(&guards, read, (&b, &types));
+            let tracked = self.rows_may_come(cx)
+                || self.pinned_row_tracked(&guards, read, Some((&b, &types)));
             tracked
                 .then(|| self.read_check(&guards, read, Some((&b, &types))))
                 .flatten()

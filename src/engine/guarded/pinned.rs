@@ -171,12 +171,12 @@ impl GuardState {
     }
 
     /// True when the session tracks the row a pinned read names, bound by `bind` (false
-    /// when its key cannot be read). Allocates nothing for a key bound as it is canonical.
+    /// when its key cannot be read: a parameter without a `Bind`). Allocates nothing for a key bound as it is canonical.
     pub(super) fn pinned_row_tracked(
         &mut self,
         guards: &GuardSet,
         read: &PinnedRead,
-        bind: (&Bind<'_>, &[u32]),
+        bind: Option<(&Bind<'_>, &[u32])>,
     ) -> bool {
         let Some(&table) = guards.table_ids.get(read.guard) else {
             return false;
@@ -184,7 +184,7 @@ impl GuardState {
         if !self.tracker.tracks_table(table) {
             return false;
         }
-        match self.key_parts(read.guard, &read.key, Some(bind)) {
+        match self.key_parts(read.guard, &read.key, bind) {
             Some(parts) => self.tracker.tracks_key(table, &parts),
             None => false,
         }
