@@ -158,6 +158,12 @@ pub fn data_row(body: &[u8]) -> Option<Values<'_>> {
     Some(vals)
 }
 
+/// The field (or value) count in the header of a `RowDescription` or `DataRow` body, without
+/// reading the fields (0 for a body too short or a negative count).
+pub fn field_count(body: &[u8]) -> usize {
+    be_i16(body).map_or(0, |(n, _)| usize::try_from(n).unwrap_or(0))
+}
+
 /// Writes a `RowDescription` or `DataRow` message keeping only the first `keep` columns of
 /// `body` (used to hide the proxy's own `RETURNING` columns).
 pub fn write_truncated(out: &mut BytesMut, tag: u8, body: &[u8], keep: usize) -> Option<()> {

@@ -172,16 +172,14 @@ impl GuardState {
             return false;
         }
         if client_returning {
-            let n = be::row_description(body).map_or(0, |c| c.len());
-            be::write_truncated(
-                &mut cx.out.to_client,
-                be::ROW_DESCRIPTION,
-                body,
-                n - added.min(n),
-            );
-        } else {
-            be::write_simple(&mut cx.out.to_client, be::NO_DATA);
+            // The count from the header: the fields are walked once, by the copy.
+            let n = be::field_count(body);
+            let out = &mut cx.out.to_client;
+            let keep = n - added.min(n);
+            // A description that does not read as one goes to the client as it is.
+            return be::write_truncated(out, be::ROW_DESCRIPTION, body, keep).is_some();
         }
+        be::write_simple(&mut cx.out.to_client, be::NO_DATA);
         true
     }
 }

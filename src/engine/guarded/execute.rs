@@ -104,7 +104,7 @@ impl GuardState {
                 plan.observe(body, &mut self.tracker, cx.params.date_style);
             }
             if w.client_returning {
-                let n = be::data_row(body).map_or(0, |v| v.len());
+                let n = be::field_count(body);
                 be::write_truncated(
                     &mut cx.out.to_client,
                     be::DATA_ROW,
