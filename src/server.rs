@@ -40,7 +40,7 @@ impl Server {
     /// logs and `SHOW CONFIG` tell where the proxy really listens.
     pub async fn bind(mut config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Server> {
         let tls = relay::tls::TlsSetup::load(&config)?;
-        let listener = listen(&config.listen)
+        let listener = TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let metrics_listener = match &config.metrics_listen {
@@ -91,11 +91,10 @@ impl Server {
             .and_then(|l| l.local_addr().ok())
     }
 
-    /// Runs the sessions on `n` threads, each with a single-threaded runtime of its own that
-    /// accepts clients itself. A session then stays on the thread that accepted it and is woken
-    /// only by its own sockets: no work stealing, no hand-over from an accepting thread and no
-    /// cross-thread wake-ups from its start to its end (the way PgBouncer runs one event loop,
-    /// times `n`).
+    /// Runs the sessions on `n` threads, each with a single-threaded runtime of its own, in
+    /// turn. A session then stays on one thread and is woken only by its own sockets: no work
+    /// stealing, no cross-thread wake-ups on the relay path (the way PgBouncer runs one event
+    /// loop, times `n`).
     pub fn with_session_threads(mut self, n: usize) -> anyhow::Result<Server> {
         for i in 0..n {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -124,6 +123,7 @@ impl Server {
             shutdown_tx,
             session_threads,
         } = self;
+        let mut sessions = JoinSet::new();
         let shutdown_rx = shared.shutdown.clone();
         spawn_signal_handlers(shared.clone(), shutdown_tx.clone())?;
         // `/metrics` stays up while draining (sessions_active shows the drain) and stops when
@@ -135,122 +135,20 @@ impl Server {
             guards = shared.settings().guards.guards.len(),
             "optlock is ready"
         );
-        if session_threads.is_empty() {
-            let mut sessions = JoinSet::new();
-            accept_loop(&listener, &shared, &mut sessions, shutdown_rx).await;
-            drop(listener);
-            admin.sessions.drain_all();
-            drain(sessions, &shared).await;
-        } else {
-            let loops = start_thread_loops(listener, &shared, &session_threads)?;
-            let mut rx = shutdown_rx;
-            let _ = rx.wait_for(|stop| *stop).await;
-            admin.sessions.drain_all();
-            for l in loops {
-                let _ = l.await;
-            }
-        }
+        accept_loop(
+            &listener,
+            &shared,
+            &session_threads,
+            &mut sessions,
+            shutdown_rx,
+        )
+        .await;
+        drop(listener);
+        drain(sessions, &admin, &shared).await;
         drop(stop_metrics);
         info!("optlock stopped");
         Ok(())
     }
-}
-
-/// Starts an accept loop on every session thread, each over a listening socket of its own
-/// (the first is the one bound; the others join it with `SO_REUSEPORT`, and the kernel spreads
-/// new connections over them): a client is accepted, served and reaped by one thread, with
-/// no hand-over between threads and no thread woken for a client another one takes.
-fn start_thread_loops(
-    listener: TcpListener,
-    shared: &Arc<Shared>,
-    session_threads: &[tokio::runtime::Handle],
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let addr = listener.local_addr()?;
-    let mut sockets = vec![listener.into_std()?];
-    for _ in 1..session_threads.len() {
-        sockets.push(
-            reuseport_socket(addr)
-                .and_then(|s| {
-                    s.listen(LISTEN_BACKLOG)?;
-                    Ok(s.into())
-                })
-                .with_context(|| format!("cannot listen on {addr} for a session thread"))?,
-        );
-    }
-    let mut loops = Vec::with_capacity(session_threads.len());
-    for (handle, own) in session_threads.iter().zip(sockets) {
-        let shared = shared.clone();
-        let shutdown_rx = shared.shutdown.clone();
-        loops.push(handle.spawn(async move {
-            let listener = match TcpListener::from_std(own) {
-                Ok(l) => l,
-                Err(e) => {
-                    error!(error = %e, "cannot register the listening socket");
-                    return;
-                }
-            };
-            let mut sessions = JoinSet::new();
-            accept_loop(&listener, &shared, &mut sessions, shutdown_rx).await;
-            drop(listener);
-            drain(sessions, &shared).await;
-        }));
-    }
-    Ok(loops)
-}
-
-/// The listen queue of each listening socket (what tokio's `TcpListener::bind` uses).
-const LISTEN_BACKLOG: i32 = 1024;
-
-/// Binds `addr` (the first of its addresses that binds) for the session threads to share.
-///
-/// The socket has `SO_REUSEPORT`, so that each session thread can listen on a socket of its
-/// own. A port some other listener holds is refused all the same: a plain socket is bound to
-/// it first (which fails on a port in use, whether or not that listener shares it), so a
-/// second proxy started on the port fails as it would without `SO_REUSEPORT` instead of
-/// taking half of the first one's clients.
-async fn listen(addr: &str) -> std::io::Result<TcpListener> {
-    let mut last = None;
-    for a in tokio::net::lookup_host(addr).await? {
-        match bind_shared(a) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "could not resolve to any address",
-        )
-    }))
-}
-
-fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    if addr.port() != 0 {
-        let probe = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            None,
-        )?;
-        probe.set_reuse_address(true)?;
-        probe.bind(&addr.into())?;
-    }
-    let socket = reuseport_socket(addr)?;
-    socket.listen(LISTEN_BACKLOG)?;
-    TcpListener::from_std(socket.into())
-}
-
-/// A non-blocking socket bound to `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`.
-fn reuseport_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket)
 }
 
 /// Serves `/metrics` on its listener, when there is one, until the returned sender is dropped.
@@ -268,19 +166,25 @@ fn start_metrics(
     Ok(stop_metrics)
 }
 
-/// Accepts clients until a shutdown is asked for, serving each in a task of the runtime it
-/// runs on and reaping the sessions that end meanwhile.
+/// Accepts clients until a shutdown is asked for, handing each to a session and reaping the
+/// sessions that end meanwhile.
 async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
+    session_threads: &[tokio::runtime::Handle],
     sessions: &mut JoinSet<()>,
     mut shutdown_rx: watch::Receiver<bool>,
 ) {
+    let mut next_thread = 0usize;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    sessions.spawn(relay::serve_client(tcp, peer, shared.clone()));
+                    let thread = session_threads.get(next_thread % session_threads.len().max(1));
+                    if thread.is_some() {
+                        next_thread = next_thread.wrapping_add(1);
+                    }
+                    spawn_session(sessions, thread, tcp, peer, shared);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -294,9 +198,44 @@ async fn accept_loop(
     }
 }
 
-/// Drains one accept loop's sessions (the idle ones were told to close): waits up to
-/// `shutdown_timeout` for the others to finish their transactions, then closes what is left.
-async fn drain(mut sessions: JoinSet<()>, shared: &Shared) {
+/// Starts the session of an accepted client on `thread`, or on the caller's runtime when the
+/// sessions have no threads of their own.
+fn spawn_session(
+    sessions: &mut JoinSet<()>,
+    thread: Option<&tokio::runtime::Handle>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) {
+    let Some(handle) = thread else {
+        sessions.spawn(relay::serve_client(tcp, peer, shared.clone()));
+        return;
+    };
+    // The socket moves to the session thread's own reactor, so its readiness wakes that
+    // thread directly.
+    match tcp.into_std() {
+        Ok(std) => {
+            let shared = shared.clone();
+            sessions.spawn_on(
+                async move {
+                    match tokio::net::TcpStream::from_std(std) {
+                        Ok(tcp) => relay::serve_client(tcp, peer, shared).await,
+                        Err(e) => {
+                            error!(client = %peer, error = %e, "cannot register the client socket")
+                        }
+                    }
+                },
+                handle,
+            );
+        }
+        Err(e) => error!(client = %peer, error = %e, "cannot hand the client socket over"),
+    }
+}
+
+/// Drains: closes the idle sessions, waits up to `shutdown_timeout` for the others to finish
+/// their transactions, then closes what is left.
+async fn drain(mut sessions: JoinSet<()>, admin: &AdminState, shared: &Shared) {
+    admin.sessions.drain_all();
     let timeout = shared.settings().config.shutdown_timeout;
     info!(
         sessions = sessions.len(),
