@@ -252,6 +252,9 @@ struct RawConfig {
     auth_user: Option<String>,
     auth_query: Option<String>,
     auth_dbname: Option<String>,
+    auth_query_timeout: Option<Spanned<f64>>,
+    #[serde(default)]
+    pool: Vec<Spanned<pool::RawPoolSize>>,
     #[serde(default)]
     guard: Vec<Spanned<RawGuard>>,
 }
@@ -458,6 +461,8 @@ impl Config {
             auth_user: raw.auth_user.take(),
             auth_query: raw.auth_query.take(),
             auth_dbname: raw.auth_dbname.take(),
+            auth_query_timeout: raw.auth_query_timeout.take(),
+            sizes: std::mem::take(&mut raw.pool),
         };
         self.pool = fields.build().map_err(|(span, r)| src.error(span, r))?;
         Ok(())

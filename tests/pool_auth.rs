@@ -137,3 +137,32 @@ async fn logins_checked_by_the_proxy() {
     refused(&listed, "fileuser", "file wrong").await;
     refused(&listed, "scramuser", "scram secret").await;
 }
+
+/// An `auth_query` that does not answer within `auth_query_timeout` refuses the client with a
+/// clear error (the shared server trusts `auth_user`; the query sleeps).
+#[tokio::test]
+async fn a_slow_auth_query_times_out_with_a_clear_error() {
+    let toml = "pool_mode = \"session\"\nauth_type = \"md5\"\nauth_user = \"postgres\"\n\
+                auth_dbname = \"postgres\"\nauth_query_timeout = 0.3\n\
+                auth_query = \"SELECT usename, passwd FROM pg_shadow, pg_sleep(5) WHERE usename=$1\"";
+    let proxy = Proxy::start(Config::parse(toml, "test.toml").expect("test config")).await;
+    let started = std::time::Instant::now();
+    let e = login(&proxy, "postgres", "anything")
+        .await
+        .err()
+        .expect("refused: the secret was not found in time");
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {e:?}"));
+    assert_eq!(db.code().code(), "08006", "{db:?}");
+    assert_eq!(db.severity(), "FATAL");
+    assert_eq!(
+        db.message(),
+        "optlock: auth_query did not answer within auth_query_timeout (0.3 s) for user \"postgres\""
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "refused after {:?}",
+        started.elapsed()
+    );
+}

@@ -193,6 +193,40 @@ async fn a_full_pool_makes_clients_wait_then_refuses_them() {
     }
 }
 
+/// A `[[pool]]` entry sizes its database's pools in place of `default_pool_size` (here 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_entry_overrides_default_pool_size() {
+    let db = TestDb::new("pool_sized").await;
+    let other = TestDb::new("pool_unsized").await;
+    let proxy = pooled(
+        &format!("[[pool]]\ndatabase = \"{}\"\npool_size = 2\n", db.name),
+        "query_wait_timeout = 0.3",
+    )
+    .await;
+    // Two clients at once on the sized database: two server connections.
+    let a = proxy.client(&db.name).await;
+    let b = proxy.client(&db.name).await;
+    assert_ne!(pid(&a).await, pid(&b).await);
+    // The other database keeps default_pool_size = 1: a second client is refused.
+    let _c = proxy.client(&other.name).await;
+    let e = tokio_postgres::connect(&proxy.conninfo(&other.name), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("the other database's pool is full");
+    assert_eq!(code(&e), "53300", "{e:?}");
+    let msg = e.as_db_error().unwrap().message().to_string();
+    assert!(msg.contains("all 1 of its pool are in use"), "{msg}");
+    let rows = proxy.console_rows("SHOW POOLS");
+    let size = |name: &str| {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .map(|r| r[7].clone())
+            .unwrap_or_else(|| panic!("no pool of {name} in {rows:?}"))
+    };
+    assert_eq!(size(&db.name), "2");
+    assert_eq!(size(&other.name), "1");
+}
+
 #[tokio::test]
 async fn max_client_conn_refuses_one_more_client() {
     let db = TestDb::new("pool_max").await;

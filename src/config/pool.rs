@@ -76,6 +76,44 @@ pub struct PoolConfig {
     pub auth_query: String,
     /// The database `auth_query` runs in (default: the client's).
     pub auth_dbname: Option<String>,
+    /// How long the look-up of a user's secret with `auth_query` (the `auth_user` login
+    /// included) may take before the client is refused.
+    pub auth_query_timeout: Duration,
+    /// `[[pool]]` entries: pool sizes of given databases (and users) in place of
+    /// `default_pool_size`.
+    pub sizes: Vec<PoolSize>,
+}
+
+/// A `[[pool]]` entry: the size of the pools of `database` (of `user` only, when given).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSize {
+    pub database: String,
+    pub user: Option<String>,
+    pub pool_size: usize,
+}
+
+impl PoolConfig {
+    /// The size of the pool of `user` on `database`: the `[[pool]]` entry naming both, else
+    /// the one naming the database alone, else `default_pool_size` (PgBouncer's order).
+    pub fn pool_size(&self, database: &str, user: &str) -> usize {
+        let entry = |u: Option<&str>| {
+            self.sizes
+                .iter()
+                .find(|s| s.database == database && s.user.as_deref() == u)
+        };
+        entry(Some(user))
+            .or_else(|| entry(None))
+            .map_or(self.default_pool_size, |s| s.pool_size)
+    }
+}
+
+/// A `[[pool]]` entry as read from the file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoolSize {
+    pub database: String,
+    pub user: Option<String>,
+    pub pool_size: Spanned<i64>,
 }
 
 impl Default for PoolConfig {
@@ -93,6 +131,8 @@ impl Default for PoolConfig {
             auth_user: None,
             auth_query: DEFAULT_AUTH_QUERY.into(),
             auth_dbname: None,
+            auth_query_timeout: Duration::from_secs(10),
+            sizes: Vec::new(),
         }
     }
 }
@@ -112,6 +152,8 @@ pub struct RawPool {
     pub auth_user: Option<String>,
     pub auth_query: Option<String>,
     pub auth_dbname: Option<String>,
+    pub auth_query_timeout: Option<Spanned<f64>>,
+    pub sizes: Vec<Spanned<RawPoolSize>>,
 }
 
 type SpanError = (Option<Range<usize>>, String);
@@ -158,6 +200,11 @@ impl RawPool {
                 self.query_wait_timeout,
                 &mut p.query_wait_timeout,
             ),
+            (
+                "auth_query_timeout",
+                self.auth_query_timeout,
+                &mut p.auth_query_timeout,
+            ),
         ] {
             if let Some(v) = value {
                 let secs = *v.get_ref();
@@ -169,6 +216,44 @@ impl RawPool {
                 }
                 *target = Duration::from_secs_f64(secs);
             }
+        }
+        for entry in self.sizes {
+            let span = entry.span();
+            let raw = entry.into_inner();
+            let n = *raw.pool_size.get_ref();
+            if !(1..=1_000_000).contains(&n) {
+                return Err((
+                    Some(raw.pool_size.span()),
+                    "pool_size must be at least 1".into(),
+                ));
+            }
+            if p.mode == PoolMode::None {
+                return Err((
+                    Some(span),
+                    "[[pool]] sizes apply to pool_mode = \"session\" only".into(),
+                ));
+            }
+            if p.sizes
+                .iter()
+                .any(|s| s.database == raw.database && s.user == raw.user)
+            {
+                return Err((
+                    Some(span),
+                    format!(
+                        "a second [[pool]] entry for database \"{}\"{}",
+                        raw.database,
+                        raw.user
+                            .as_deref()
+                            .map(|u| format!(" and user \"{u}\""))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+            p.sizes.push(PoolSize {
+                database: raw.database,
+                user: raw.user,
+                pool_size: n as usize,
+            });
         }
         if let Some(q) = self.server_reset_query {
             p.server_reset_query = q;
@@ -238,6 +323,20 @@ pub fn rows(p: &PoolConfig) -> Vec<(&'static str, Option<String>)> {
         ("auth_user", p.auth_user.clone()),
         ("auth_query", Some(p.auth_query.clone())),
         ("auth_dbname", p.auth_dbname.clone()),
+        ("auth_query_timeout", secs(&p.auth_query_timeout)),
+        (
+            "pool",
+            (!p.sizes.is_empty()).then(|| {
+                p.sizes
+                    .iter()
+                    .map(|s| match &s.user {
+                        Some(u) => format!("{}/{u}={}", s.database, s.pool_size),
+                        None => format!("{}={}", s.database, s.pool_size),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }),
+        ),
     ]
 }
 
@@ -252,6 +351,38 @@ mod tests {
         let text = include_str!("../../config/optlock.toml");
         let cfg = Config::parse(text, "config/optlock.toml").expect("the example config parses");
         assert_eq!(cfg.pool, PoolConfig::default());
+    }
+
+    #[test]
+    fn pool_sizes_per_database_and_user() {
+        let c = Config::parse(
+            "pool_mode = \"session\"\nauth_type = \"trust\"\ndefault_pool_size = 5\n\
+             [[pool]]\ndatabase = \"erp\"\npool_size = 30\n\
+             [[pool]]\ndatabase = \"erp\"\nuser = \"report\"\npool_size = 2\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.pool.pool_size("erp", "app"), 30);
+        assert_eq!(c.pool.pool_size("erp", "report"), 2);
+        assert_eq!(c.pool.pool_size("shop", "report"), 5);
+        let e = Config::parse(
+            "pool_mode = \"session\"\nauth_type = \"trust\"\n\
+             [[pool]]\ndatabase = \"erp\"\npool_size = 3\n\
+             [[pool]]\ndatabase = \"erp\"\npool_size = 4\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("a second [[pool]] entry"), "{e}");
+        let e =
+            Config::parse("[[pool]]\ndatabase = \"erp\"\npool_size = 3\n", "t.toml").unwrap_err();
+        assert!(e.reason.contains("pool_mode"), "{e}");
+        let e = Config::parse(
+            "pool_mode = \"session\"\nauth_type = \"trust\"\n\
+             [[pool]]\ndatabase = \"erp\"\npool_size = 0\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("pool_size must be at least 1"), "{e}");
     }
 
     #[test]

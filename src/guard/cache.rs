@@ -100,9 +100,11 @@ impl AnalysisCache {
     }
 
     pub fn with_capacity(capacity: usize) -> AnalysisCache {
-        AnalysisCache {
-            entries: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("at least one")),
-        }
+        // The table grows with its entries (a session that runs a few statements does not
+        // pay for `capacity` slots at its start and end); `capacity` only bounds it.
+        let mut entries = LruCache::unbounded();
+        entries.resize(NonZeroUsize::new(capacity.max(1)).expect("at least one"));
+        AnalysisCache { entries }
     }
 
     /// The analysis of `sql` under `guards`, from the cache when it was seen before.

@@ -310,7 +310,7 @@ fn show_config_has_every_option_with_defaults() {
          upstream_tls_key client_login_timeout upstream_connect_timeout shutdown_timeout \
          max_message_size pool_mode default_pool_size max_client_conn server_idle_timeout \
          server_lifetime query_wait_timeout server_reset_query auth_type auth_file auth_user \
-         auth_query auth_dbname guard"
+         auth_query auth_dbname auth_query_timeout pool guard"
     );
     let row = |k: &str| rows.iter().find(|r| r[0].as_deref() == Some(k)).unwrap();
     assert_eq!(

@@ -27,11 +27,20 @@ pub struct Tracker {
     pub(super) journal: Journal,
 }
 
+/// An LRU map of at most `cap` entries whose table grows with its entries: most sessions track
+/// a handful of rows, and a table sized for `track_limit` up front would cost every session
+/// (every pooled client included) its allocation and clearing at start and end.
+fn lazy_lru<K: std::hash::Hash + Eq, V>(cap: NonZeroUsize) -> LruCache<K, V> {
+    let mut lru = LruCache::unbounded();
+    lru.resize(cap);
+    lru
+}
+
 impl Tracker {
     /// A tracker holding at most `limit` rows (at least one).
     pub fn new(limit: usize) -> Tracker {
         Tracker {
-            rows: LruCache::new(NonZeroUsize::new(limit).unwrap_or(NonZeroUsize::MIN)),
+            rows: lazy_lru(NonZeroUsize::new(limit).unwrap_or(NonZeroUsize::MIN)),
             per_table: Vec::new(),
             scratch: String::new(),
             // Room for a transaction's own changes after a `RESET ALL` of a full tracker.

@@ -2,7 +2,8 @@
 //!
 //! A pool is kept per user, database and startup parameters ([`PoolKey`]). A client whose
 //! login the proxy verified ([`crate::relay::auth`]) takes an idle server connection of its
-//! pool, or opens one while the pool has fewer than `default_pool_size`, or waits up to
+//! pool, or opens one while the pool has fewer than its size (`default_pool_size`, or its
+//! `[[pool]]` entry's `pool_size`), or waits up to
 //! `query_wait_timeout` for one to come back. When the client leaves outside a transaction
 //! with nothing in flight, its connection is reset (`server_reset_query`) and goes back idle;
 //! otherwise it is closed. The guard's state is the session's [`crate::engine::Engine`], new
@@ -138,6 +139,7 @@ impl Pools {
     pub async fn acquire(self: &Arc<Self>, key: &PoolKey, cfg: &PoolConfig) -> Option<Got> {
         self.start_expiry(cfg);
         let deadline = tokio::time::Instant::now() + cfg.query_wait_timeout;
+        let size = cfg.pool_size(&key.database, &key.user);
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed) as u64;
         loop {
             let mut stale = Vec::new();
@@ -157,14 +159,14 @@ impl Pools {
                         continue;
                     }
                     pool.active += 1;
-                    pass_on(pool, cfg);
+                    pass_on(pool, size);
                     drop(pools);
                     self.close_all(stale);
                     return Some(Got::Idle(conn));
                 }
-                if pool.active < cfg.default_pool_size {
+                if pool.active < size {
                     pool.active += 1;
-                    pass_on(pool, cfg);
+                    pass_on(pool, size);
                     drop(pools);
                     self.close_all(stale);
                     return Some(Got::Open);
@@ -245,11 +247,11 @@ impl Pools {
 
     /// The pools as `SHOW POOLS` lists them, sorted by database and user.
     pub fn rows(&self) -> Vec<PoolRow> {
-        let size = self
+        let cfg = self
             .config
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .default_pool_size;
+            .clone();
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let mut rows: Vec<PoolRow> = Vec::new();
@@ -280,7 +282,7 @@ impl Pools {
                     sv_active: pool.active,
                     sv_idle: pool.idle.len(),
                     maxwait: wait,
-                    pool_size: size,
+                    pool_size: cfg.pool_size(&key.database, &key.user),
                 }),
             }
         }
@@ -357,8 +359,8 @@ impl Pools {
 
 /// Wakes one more waiting client when there is still something for it: `Notify` keeps one
 /// permit at most, so two connections given back before any waiter ran wake one waiter only.
-fn pass_on(pool: &Pool, cfg: &PoolConfig) {
-    if !pool.waiting.is_empty() && (!pool.idle.is_empty() || pool.active < cfg.default_pool_size) {
+fn pass_on(pool: &Pool, size: usize) {
+    if !pool.waiting.is_empty() && (!pool.idle.is_empty() || pool.active < size) {
         pool.notify.notify_one();
     }
 }

@@ -92,8 +92,9 @@ impl ServerConn {
         let mut key_data = Vec::new();
         let mut pid = 0;
         let mut sasl: Option<Sasl> = None;
+        let mut buf = reply_buffer();
         loop {
-            let (tag, msg) = read_message(&mut upstream).await.map_err(io)?;
+            let (tag, msg) = read_message(&mut upstream, &mut buf).await.map_err(io)?;
             let body = &msg[5..];
             match tag {
                 b'R' => {
@@ -112,7 +113,10 @@ impl ServerConn {
                         .map_or(0, |b| i32::from_be_bytes(b.try_into().unwrap_or_default()));
                     key_data = msg;
                 }
-                b'Z' => break,
+                b'Z' => {
+                    nothing_behind(&buf).map_err(io)?;
+                    break;
+                }
                 // Notices and the like are not replayed.
                 _ => {}
             }
@@ -145,12 +149,16 @@ impl ServerConn {
         let io = |e: std::io::Error| e.to_string();
         self.upstream.write_all(&out).await.map_err(io)?;
         let mut failed = None;
+        let mut buf = reply_buffer();
         loop {
-            let (tag, msg) = read_message(&mut self.upstream).await.map_err(io)?;
+            let (tag, msg) = read_message(&mut self.upstream, &mut buf)
+                .await
+                .map_err(io)?;
             match tag {
                 b'E' => failed = Some(error_text(&msg)),
                 b'S' => set_param(&mut self.info.params, msg),
                 b'Z' => {
+                    nothing_behind(&buf).map_err(io)?;
                     return match (failed, msg.get(5)) {
                         (Some(e), _) => Err(format!("server_reset_query failed: {e}")),
                         (None, Some(b'I')) => Ok(()),
@@ -208,12 +216,16 @@ impl ServerConn {
         self.upstream.write_all(&out).await.map_err(io)?;
         let mut failed = None;
         let mut found = None;
+        let mut buf = reply_buffer();
         loop {
-            let (tag, msg) = read_message(&mut self.upstream).await.map_err(io)?;
+            let (tag, msg) = read_message(&mut self.upstream, &mut buf)
+                .await
+                .map_err(io)?;
             match tag {
                 b'E' => failed = Some(error_text(&msg)),
                 b'D' if found.is_none() => found = Some(second_column(&msg[5..])),
                 b'Z' => {
+                    nothing_behind(&buf).map_err(io)?;
                     return match failed {
                         Some(e) => Err(format!("auth_query failed: {e}")),
                         None => Ok(found.flatten()),
@@ -343,20 +355,47 @@ fn set_param(params: &mut Vec<(String, Vec<u8>)>, msg: Vec<u8>) {
     }
 }
 
-/// One whole server message (its type byte and length included).
-async fn read_message(s: &mut Upstream) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut header = [0u8; 5];
-    s.read_exact(&mut header).await?;
-    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    if !(4..=64 * 1024 * 1024).contains(&len) {
-        return Err(std::io::Error::other(format!(
-            "malformed server message (length {len})"
-        )));
+/// One whole server message (its type byte and length included), read through `buf`: a read
+/// takes what the socket holds (a reply's messages usually arrive together), not one header
+/// and one body at a time.
+async fn read_message(s: &mut Upstream, buf: &mut BytesMut) -> std::io::Result<(u8, Vec<u8>)> {
+    loop {
+        if buf.len() >= 5 {
+            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+            if !(4..=64 * 1024 * 1024).contains(&len) {
+                return Err(std::io::Error::other(format!(
+                    "malformed server message (length {len})"
+                )));
+            }
+            let whole = 1 + len as usize;
+            if buf.len() >= whole {
+                let msg = buf.split_to(whole).to_vec();
+                return Ok((msg[0], msg));
+            }
+            buf.reserve(whole - buf.len());
+        }
+        if s.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
     }
-    let mut msg = vec![0u8; 1 + len as usize];
-    msg[..5].copy_from_slice(&header);
-    s.read_exact(&mut msg[5..]).await?;
-    Ok((header[0], msg))
+}
+
+/// The buffer an exchange with the server is read through.
+fn reply_buffer() -> BytesMut {
+    BytesMut::with_capacity(1024)
+}
+
+/// Fails when the server sent more behind the `ReadyForQuery` that ended an exchange: the
+/// connection would be out of step with the next client.
+fn nothing_behind(buf: &BytesMut) -> std::io::Result<()> {
+    if buf.is_empty() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "{} unexpected bytes behind ReadyForQuery",
+            buf.len()
+        )))
+    }
 }
 
 /// The `M` field of an `ErrorResponse`.

@@ -117,10 +117,10 @@ pub async fn start(
             "53300",
             &format!(
                 "optlock: no server connection free for user \"{user}\" on database \"{}\" \
-                 within query_wait_timeout ({} s): all default_pool_size = {} are in use",
+                 within query_wait_timeout ({} s): all {} of its pool are in use",
                 ident.database,
                 cfg.query_wait_timeout.as_secs_f64(),
-                cfg.default_pool_size
+                cfg.pool_size(&ident.database, user)
             ),
         )
         .await;
@@ -242,6 +242,31 @@ async fn lookup_secret(
     let Some(auth_user) = &cfg.auth_user else {
         return Ok(None);
     };
+    // The connection in use is dropped (closed) with the look-up when it takes too long: a
+    // late answer must not be read as the next look-up's.
+    match tokio::time::timeout(
+        cfg.auth_query_timeout,
+        query_secret(shared, config, auth_user, user, database),
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(_) => Err(format!(
+            "auth_query did not answer within auth_query_timeout ({} s) for user \"{user}\"",
+            cfg.auth_query_timeout.as_secs_f64()
+        )),
+    }
+}
+
+/// Runs `auth_query` as `auth_user` (on a kept connection, or a new one) for `user`.
+async fn query_secret(
+    shared: &Shared,
+    config: &Config,
+    auth_user: &str,
+    user: &str,
+    database: &str,
+) -> Result<Option<Secret>, String> {
+    let cfg = &config.pool;
     let db = cfg.auth_dbname.as_deref().unwrap_or(database);
     let mut conn = match shared.pools.take_auth_conn(db) {
         Some(c) => c,
