@@ -1548,13 +1548,6 @@ const KNOWN_ISSUES: &[(&str, &str)] = &[
          server sent last",
     ),
     (
-        "issue 24/K15 Describe of a statement whose new Parse failed",
-        "a named statement that reads the guarded table (prepared by the proxy with its key and \
-         version columns added), then a Parse of the same name that fails, then a Describe of \
-         it: the client sees the proxy's added columns (RowDescription with more fields than \
-         directly)",
-    ),
-    (
         "issue 24/K14 refusal written inside a message",
         "the proxy's FATAL for a refused frame is written after a server message it sent only \
          in part: the client reads a corrupt stream (and the replies still buffered are lost)",
@@ -1687,24 +1680,6 @@ fn known_issue(o: &Outcome) -> Option<&'static str> {
         && !d.last().is_some_and(|t| t.t.starts_with("E:FATAL"))
     {
         return Some(known("K11"));
-    }
-    let columns = |t: &Tok| t.t.strip_prefix('T').and_then(|n| n.parse::<usize>().ok());
-    let parting = d.iter().zip(p.iter()).find(|(d, p)| d != p);
-    let statement_names: Vec<&str> = descs
-        .iter()
-        .filter(|d| d.starts_with("P(\"") && !d.starts_with("P(\"\""))
-        .filter_map(|d| d.split('"').nth(1))
-        .collect();
-    let named_twice = statement_names
-        .iter()
-        .enumerate()
-        .any(|(i, n)| statement_names[i + 1..].contains(n));
-    if difference
-        && named_twice
-        && parting
-            .is_some_and(|(d, p)| matches!((columns(d), columns(p)), (Some(a), Some(b)) if b > a))
-    {
-        return Some(known("K15"));
     }
     if pipelined {
         return Some(known("K1"));

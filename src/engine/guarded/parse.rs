@@ -106,9 +106,11 @@ impl GuardState {
                 self.parse_read(cx, msg, &p, found.name, &guards);
                 cx.out.replies.push(Pending::Parse(reply()));
                 self.noted_after_parse(&undo);
+                self.note_unanswered(cx, &undo);
             }
             Parsed::Rewritten => {
                 self.noted_after_parse(&undo);
+                self.note_unanswered(cx, &undo);
             }
             // The server never sees this Parse: the statement it has stays what the session
             // knows.
@@ -341,10 +343,69 @@ impl GuardState {
         Some(after)
     }
 
+    /// The client's `Parse` tagged with `undo` went to the server (its reply tagged with it).
+    fn note_unanswered(&mut self, cx: &Cx<'_>, undo: &Arc<ParseUndo>) {
+        let batch = cx.out.replies.sync_points();
+        self.unanswered_parses
+            .insert(undo.name.clone(), (undo.clone(), batch));
+    }
+
+    /// The `Parse` tagged with `undo` was answered (or skipped).
+    fn parse_answered(&mut self, undo: &ParseUndo) {
+        if self
+            .unanswered_parses
+            .get(&undo.name[..])
+            .is_some_and(|(u, _)| std::ptr::eq(Arc::as_ptr(u), undo))
+        {
+            self.unanswered_parses.remove(&undo.name[..]);
+        }
+    }
+
+    /// True when a `Bind` or `Describe` of statement `name`, to be pushed after
+    /// `sync_points` sync points, must wait for the reply to the client's last `Parse` of
+    /// the name: one that changed what the session knows of it, still unanswered, in an
+    /// earlier batch. Whether the server carries that `Parse` out decides which statement the
+    /// message reaches (a `Parse` of a name the server has fails, and the statement it had
+    /// stays; a failed one of the unnamed statement leaves none), and that is known only from
+    /// its reply. (Behind a `Parse` of the same batch the message runs only if the `Parse`
+    /// succeeded: what the session knows is already what it leaves.) The name is remembered
+    /// for [`GuardState::awaited_parse_answered`].
+    pub fn waits_for_parse(&mut self, name: &[u8], sync_points: u64) -> bool {
+        if self.unanswered_parses.is_empty() {
+            return false;
+        }
+        let waits = self
+            .unanswered_parses
+            .get(name)
+            .is_some_and(|(_, batch)| *batch < sync_points);
+        if waits {
+            self.awaited_parse = Some(name.into());
+        }
+        waits
+    }
+
+    /// True once the `Parse` a message waits for (see [`GuardState::waits_for_parse`]) was
+    /// answered; `settled` (nothing awaited from the server any more) forgets every
+    /// `Parse` still noted as unanswered.
+    pub fn awaited_parse_answered(&mut self, settled: bool) -> bool {
+        if settled {
+            self.unanswered_parses.clear();
+        }
+        let answered = self
+            .awaited_parse
+            .as_deref()
+            .is_none_or(|name| !self.unanswered_parses.contains_key(name));
+        if answered {
+            self.awaited_parse = None;
+        }
+        answered
+    }
+
     /// A `Parse` tagged with `undo` was skipped (`answered` false) or failed: what the session
     /// knows of the name goes back to what the server has, unless a later `Parse` or `Close`
     /// of the name changed it since.
     pub fn undo_parse(&mut self, undo: &ParseUndo, answered: bool) {
+        self.parse_answered(undo);
         if let Some(kept) = undo.kept.get() {
             self.kept_not_prepared(kept);
         }
@@ -370,6 +431,7 @@ impl GuardState {
     /// The reply to a tagged `Parse`: a failed one is undone, a kept statement becomes usable.
     /// Returns true when the reply is the proxy's own (hidden).
     pub(super) fn on_parse_done(&mut self, tag: u8, undo: &ParseUndo) -> bool {
+        self.parse_answered(undo);
         if tag == be::ERROR_RESPONSE {
             self.undo_parse(undo, true);
             return false;
