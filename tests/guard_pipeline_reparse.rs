@@ -232,3 +232,96 @@ async fn the_unnamed_statement_after_a_query_is_described_as_itself() {
     .await;
     assert_eq!(columns(&t[0]), vec![3, 1, 1], "{t:?}");
 }
+
+/// A `Parse` of the unnamed statement that the server skips (after an error earlier in its
+/// batch) leaves the statement the server had; a `Parse` of the unnamed statement in a later
+/// batch then replaces that one whatever the skipped `Parse` did: the `Bind` behind it reaches
+/// the new statement, not the guarded write (a `DELETE` whose full form has two more
+/// parameters) the skipped `Parse` would have left in place.
+#[tokio::test]
+async fn an_unnamed_parse_after_a_skipped_one_replaces_the_statement_it_left() {
+    let pbe = |sql: &str, params: &[&str], describe_too: bool| {
+        let mut m = [parse("", sql, &[]), bind_text("", "", params)].concat();
+        if describe_too {
+            m.extend(describe(b'P', ""));
+        }
+        [m, execute("", 0), sync()].concat()
+    };
+    let t = same_through_proxy(
+        "rp_skipped",
+        &[(
+            [
+                pbe("DELETE FROM invoice WHERE id = $1 + 100", &["11"], true),
+                execute("", 1),
+                pbe("INSERT INTO audit VALUES ($1)", &["11"], false),
+                pbe("COMMIT", &[], false),
+            ]
+            .concat(),
+            3,
+        )],
+    )
+    .await;
+    assert!(
+        matches!(&t[1][0], Reply::Error(code, _) if code == "34000"),
+        "{t:?}"
+    );
+    assert_eq!(t[2].last(), Some(&Reply::Ready('I')), "{t:?}");
+    assert!(t[2].contains(&cc("COMMIT")), "{t:?}");
+}
+
+/// The same with a captured read left in place by the skipped `Parse`: the portal of the new
+/// unnamed statement is described with its own two columns (none hidden), and with a guarded
+/// write that adds a parameter, the new statement's `Bind` goes as the client wrote it.
+#[tokio::test]
+async fn a_read_or_write_left_by_a_skipped_parse_is_not_the_new_unnamed_statement() {
+    let pbe = |sql: &str, params: &[&str], describe_too: bool| {
+        let mut m = [parse("", sql, &[]), bind_text("", "", params)].concat();
+        if describe_too {
+            m.extend(describe(b'P', ""));
+        }
+        [m, execute("", 0), sync()].concat()
+    };
+    let t = same_through_proxy(
+        "rp_skipped_read",
+        &[(
+            [
+                pbe("SELECT * FROM invoice", &[], false),
+                bind_text("", "s2", &["-3"]),
+                pbe("SELECT 1/0", &[], false),
+                pbe("SELECT 'é', 'ü'", &[], true),
+            ]
+            .concat(),
+            3,
+        )],
+    )
+    .await;
+    assert_eq!(columns(&t[2]), vec![2], "{t:?}");
+    let t = same_through_proxy(
+        "rp_skipped_write",
+        &[
+            (
+                query("SELECT id, version FROM invoice WHERE id = 2; UPDATE invoice SET total = total + 1 WHERE id = 2"),
+                1,
+            ),
+            (
+                [
+                    pbe(
+                        "UPDATE invoice SET total = $2 WHERE id = $1 RETURNING version",
+                        &["x", "11"],
+                        false,
+                    ),
+                    bind_text("", "", &["x", "-3"]),
+                    pbe("SELECT 'é', 'ü'", &[], true),
+                    pbe("SELECT 1/0", &[], true),
+                ]
+                .concat(),
+                3,
+            ),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(&t[3][1], Reply::Error(code, _) if code == "22012"),
+        "{t:?}"
+    );
+}

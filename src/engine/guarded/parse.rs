@@ -49,6 +49,11 @@ impl GuardState {
             return Ok(false);
         };
         let name = p.name;
+        if name.is_empty() {
+            // Run in a later batch, it replaces the unnamed statement whatever an earlier
+            // Parse still unanswered does (a named one fails where the name is taken).
+            self.supersede_unanswered(cx, name, false);
+        }
         if !self.guards_active(cx) {
             // What a reload left of the name (a statement prepared under the guards, or one
             // to prepare again) is replaced by the client's new statement.
@@ -87,6 +92,7 @@ impl GuardState {
             after: OnceLock::new(),
             hidden: false,
             kept: OnceLock::new(),
+            superseded: OnceLock::new(),
         });
         let reply = || Some(Box::new(Tag::Parsed(undo.clone())));
         let parsed = match std::str::from_utf8(p.query) {
@@ -350,6 +356,21 @@ impl GuardState {
             .insert(undo.name.clone(), (undo.clone(), batch));
     }
 
+    /// A message that replaces or drops statement `name` on the server whatever the client's
+    /// unanswered `Parse` of it does, when both run (`same_batch`: also when that `Parse` is
+    /// in this message's batch, which an error in it skips too).
+    pub(super) fn supersede_unanswered(&mut self, cx: &Cx<'_>, name: &[u8], same_batch: bool) {
+        if self.unanswered_parses.is_empty() {
+            return;
+        }
+        let now = cx.out.replies.sync_points();
+        if let Some((undo, batch)) = self.unanswered_parses.get(name)
+            && (same_batch || *batch < now)
+        {
+            let _ = undo.superseded.set(());
+        }
+    }
+
     /// The `Parse` tagged with `undo` was answered (or skipped).
     fn parse_answered(&mut self, undo: &ParseUndo) {
         if self
@@ -408,6 +429,9 @@ impl GuardState {
         self.parse_answered(undo);
         if let Some(kept) = undo.kept.get() {
             self.kept_not_prepared(kept);
+        }
+        if undo.superseded.get().is_some() {
+            return;
         }
         let current = self.statements.get(&undo.name[..]);
         let unchanged_since = match (current, undo.after.get()) {

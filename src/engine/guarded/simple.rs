@@ -48,6 +48,7 @@ impl GuardState {
         }
         if !self.unanswered_parses.is_empty() {
             // Whatever a Parse of it still unanswered does, the unnamed statement is gone.
+            self.supersede_unanswered(cx, b"", true);
             self.unanswered_parses.remove(&b""[..]);
         }
         if !self.portals.is_empty() {
