@@ -75,6 +75,9 @@ impl Engine {
         if matches!(tag, fe::QUERY | fe::FUNCTION_CALL) && self.wait_for_replies(tag, msg) {
             return true;
         }
+        if matches!(tag, fe::BIND | fe::DESCRIBE) && self.wait_for_parse(tag, msg) {
+            return true;
+        }
         // A type byte sent ahead (see `Engine::wait_for_replies`) must be followed by the
         // rest of its message: a reload is picked up at the next one.
         if !self.link.copy_in
@@ -220,6 +223,36 @@ impl Engine {
             self.link.type_byte_sent = true;
         }
         self.link.query_waits_replies = true;
+        self.out.hold_client = true;
+        self.put_back(msg);
+        true
+    }
+
+    /// True when a `Bind` or `Describe` of a statement must wait for the reply to a `Parse` of
+    /// its name in an earlier batch (see `GuardState::waits_for_parse`): it is put back in
+    /// front of the client's input and goes once that reply is in, planned against the
+    /// statement the server has then. That `Parse` has a sync point behind it, so the server
+    /// answers it without a `Flush`.
+    fn wait_for_parse(&mut self, tag: u8, msg: Frame<'_>) -> bool {
+        if self.out.replies.is_empty() || self.link.type_byte_sent {
+            return false;
+        }
+        let name = match tag {
+            fe::BIND => fe::bind_names(msg.body()).map(|(_, statement)| statement),
+            _ => fe::target(msg.body())
+                .filter(|(kind, _)| *kind == b'S')
+                .map(|(_, name)| name),
+        };
+        let Some(name) = name else {
+            return false;
+        };
+        if !self
+            .guard
+            .waits_for_parse(name, self.out.replies.sync_points())
+        {
+            return false;
+        }
+        self.link.parse_waits_reply = true;
         self.out.hold_client = true;
         self.put_back(msg);
         true

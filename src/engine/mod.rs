@@ -124,6 +124,9 @@ struct Link {
     /// A simple `Query` waits for the replies to what went before it (see
     /// `Engine::wait_for_replies`).
     query_waits_replies: bool,
+    /// A `Bind` or `Describe` waits for the reply to a `Parse` of its statement's name (see
+    /// `Engine::wait_for_parse`).
+    parse_waits_reply: bool,
     /// The type byte of the client's next message went to the server ahead of the rest (a
     /// Query sent during COPY FROM STDIN that waits for replies: see
     /// `Engine::wait_for_replies`).
@@ -224,6 +227,7 @@ impl Engine {
                 server_fatal: false,
                 unsynced: false,
                 query_waits_replies: false,
+                parse_waits_reply: false,
                 copy_in: false,
                 type_byte_sent: false,
                 copy_ended_before: None,

@@ -53,6 +53,8 @@ pub struct Replies<G> {
     queue: VecDeque<Pending<G>>,
     /// Entries taken off the front since the session began: the number of the front entry.
     popped: u64,
+    /// Sync points (`Sync`, simple `Query`) pushed since the session began.
+    sync_points: u64,
 }
 
 impl<G> Default for Replies<G> {
@@ -60,6 +62,7 @@ impl<G> Default for Replies<G> {
         Replies {
             queue: VecDeque::with_capacity(16),
             popped: 0,
+            sync_points: 0,
         }
     }
 }
@@ -77,7 +80,15 @@ pub enum Step {
 
 impl<G> Replies<G> {
     pub fn push(&mut self, p: Pending<G>) {
+        self.sync_points += u64::from(p.is_sync_point());
         self.queue.push_back(p);
+    }
+
+    /// How many sync points (`Sync`, simple `Query`) were pushed since the session began: a
+    /// message pushed when this was lower is in an earlier batch than one pushed now (an
+    /// error in it does not make the server skip the later one).
+    pub fn sync_points(&self) -> u64 {
+        self.sync_points
     }
 
     fn take_front(&mut self) -> Option<Pending<G>> {

@@ -183,6 +183,15 @@ impl Engine {
             // of the batch (up to its Sync) goes on, to be skipped by the server too.
             self.out.release_client();
         }
+        if self.link.parse_waits_reply
+            && self
+                .guard
+                .awaited_parse_answered(self.out.replies.is_empty())
+        {
+            // The Bind or Describe that waited goes, against the statement the server has.
+            self.link.parse_waits_reply = false;
+            self.out.release_client();
+        }
         let ends_in_copy = self.link.copy_in && !self.link.type_byte_sent;
         if self.link.query_waits_replies
             && (self.out.replies.is_empty() || self.link.skipping_until_sync || ends_in_copy)

@@ -422,6 +422,7 @@ impl GuardState {
             after: OnceLock::new(),
             hidden: true,
             kept: OnceLock::new(),
+            superseded: OnceLock::new(),
         });
         let reply = Some(Tag::Parsed(undo.clone()));
         self.parse_guarded(cx, statement, &text, &types, reply, false);

@@ -14,6 +14,7 @@ impl GuardState {
     pub fn guard_close(&mut self, cx: &mut Cx<'_>, body: &[u8]) {
         if let Some((kind, name)) = fe::target(body) {
             if kind == b'S' {
+                self.supersede_unanswered(cx, name, false);
                 self.forget_statement(cx, name);
             } else {
                 self.portals.remove(name);

@@ -49,6 +49,11 @@ impl GuardState {
             return Ok(false);
         };
         let name = p.name;
+        if name.is_empty() {
+            // Run in a later batch, it replaces the unnamed statement whatever an earlier
+            // Parse still unanswered does (a named one fails where the name is taken).
+            self.supersede_unanswered(cx, name, false);
+        }
         if !self.guards_active(cx) {
             // What a reload left of the name (a statement prepared under the guards, or one
             // to prepare again) is replaced by the client's new statement.
@@ -87,6 +92,7 @@ impl GuardState {
             after: OnceLock::new(),
             hidden: false,
             kept: OnceLock::new(),
+            superseded: OnceLock::new(),
         });
         let reply = || Some(Tag::Parsed(undo.clone()));
         let parsed = match std::str::from_utf8(p.query) {
@@ -106,9 +112,11 @@ impl GuardState {
                 self.parse_read(cx, msg, &p, found.name, &guards);
                 cx.out.replies.push(Pending::Parse(reply()));
                 self.noted_after_parse(&undo);
+                self.note_unanswered(cx, &undo);
             }
             Parsed::Rewritten => {
                 self.noted_after_parse(&undo);
+                self.note_unanswered(cx, &undo);
             }
             // The server never sees this Parse: the statement it has stays what the session
             // knows.
@@ -339,12 +347,89 @@ impl GuardState {
         Some(after)
     }
 
+    /// The client's `Parse` tagged with `undo` went to the server (its reply tagged with it).
+    fn note_unanswered(&mut self, cx: &Cx<'_>, undo: &Arc<ParseUndo>) {
+        let batch = cx.out.replies.sync_points();
+        self.unanswered_parses
+            .insert(undo.name.clone(), (undo.clone(), batch));
+    }
+
+    /// A message that replaces or drops statement `name` on the server whatever the client's
+    /// unanswered `Parse` of it does, when both run (`same_batch`: also when that `Parse` is
+    /// in this message's batch, which an error in it skips too).
+    pub(super) fn supersede_unanswered(&mut self, cx: &Cx<'_>, name: &[u8], same_batch: bool) {
+        if self.unanswered_parses.is_empty() {
+            return;
+        }
+        let now = cx.out.replies.sync_points();
+        if let Some((undo, batch)) = self.unanswered_parses.get(name)
+            && (same_batch || *batch < now)
+        {
+            let _ = undo.superseded.set(());
+        }
+    }
+
+    /// The `Parse` tagged with `undo` was answered (or skipped).
+    fn parse_answered(&mut self, undo: &ParseUndo) {
+        if self
+            .unanswered_parses
+            .get(&undo.name[..])
+            .is_some_and(|(u, _)| std::ptr::eq(Arc::as_ptr(u), undo))
+        {
+            self.unanswered_parses.remove(&undo.name[..]);
+        }
+    }
+
+    /// True when a `Bind` or `Describe` of statement `name`, to be pushed after
+    /// `sync_points` sync points, must wait for the reply to the client's last `Parse` of
+    /// the name: one that changed what the session knows of it, still unanswered, in an
+    /// earlier batch. Whether the server carries that `Parse` out decides which statement the
+    /// message reaches (a `Parse` of a name the server has fails, and the statement it had
+    /// stays; a failed one of the unnamed statement leaves none), and that is known only from
+    /// its reply. (Behind a `Parse` of the same batch the message runs only if the `Parse`
+    /// succeeded: what the session knows is already what it leaves.) The name is remembered
+    /// for [`GuardState::awaited_parse_answered`].
+    pub fn waits_for_parse(&mut self, name: &[u8], sync_points: u64) -> bool {
+        if self.unanswered_parses.is_empty() {
+            return false;
+        }
+        let waits = self
+            .unanswered_parses
+            .get(name)
+            .is_some_and(|(_, batch)| *batch < sync_points);
+        if waits {
+            self.awaited_parse = Some(name.into());
+        }
+        waits
+    }
+
+    /// True once the `Parse` a message waits for (see [`GuardState::waits_for_parse`]) was
+    /// answered; `settled` (nothing awaited from the server any more) forgets every
+    /// `Parse` still noted as unanswered.
+    pub fn awaited_parse_answered(&mut self, settled: bool) -> bool {
+        if settled {
+            self.unanswered_parses.clear();
+        }
+        let answered = self
+            .awaited_parse
+            .as_deref()
+            .is_none_or(|name| !self.unanswered_parses.contains_key(name));
+        if answered {
+            self.awaited_parse = None;
+        }
+        answered
+    }
+
     /// A `Parse` tagged with `undo` was skipped (`answered` false) or failed: what the session
     /// knows of the name goes back to what the server has, unless a later `Parse` or `Close`
     /// of the name changed it since.
     pub fn undo_parse(&mut self, undo: &ParseUndo, answered: bool) {
+        self.parse_answered(undo);
         if let Some(kept) = undo.kept.get() {
             self.kept_not_prepared(kept);
+        }
+        if undo.superseded.get().is_some() {
+            return;
         }
         let current = self.statements.get(&undo.name[..]);
         let unchanged_since = match (current, undo.after.get()) {
@@ -368,6 +453,7 @@ impl GuardState {
     /// The reply to a tagged `Parse`: a failed one is undone, a kept statement becomes usable.
     /// Returns true when the reply is the proxy's own (hidden).
     pub(super) fn on_parse_done(&mut self, tag: u8, undo: &ParseUndo) -> bool {
+        self.parse_answered(undo);
         if tag == be::ERROR_RESPONSE {
             self.undo_parse(undo, true);
             return false;

@@ -46,6 +46,11 @@ impl GuardState {
         if !self.statements.is_empty() {
             self.statements.remove(&b""[..]);
         }
+        if !self.unanswered_parses.is_empty() {
+            // Whatever a Parse of it still unanswered does, the unnamed statement is gone.
+            self.supersede_unanswered(cx, b"", true);
+            self.unanswered_parses.remove(&b""[..]);
+        }
         if !self.portals.is_empty() {
             self.portals.remove(&b""[..]);
         }

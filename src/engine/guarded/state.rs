@@ -12,7 +12,7 @@ use super::checks::{RaiseCtx, Script};
 use super::cx::Cx;
 use super::names::NameMap;
 use super::rows::{CapturedCursor, ReadPlan};
-use super::statements::{Kept, Portal, Prepared, StaleStatement};
+use super::statements::{Kept, ParseUndo, Portal, Prepared, StaleStatement};
 use super::txn::TxnState;
 use crate::catalog::aggregates::Aggregates;
 use crate::catalog::resolve::ResolvedGuards;
@@ -42,6 +42,12 @@ pub struct GuardState {
     pub(super) aggregates: Option<Aggregates>,
     pub(super) tracker: Tracker,
     pub(super) statements: NameMap<Arc<Prepared>>,
+    /// The client's last `Parse` of each name that changed what the session knows of it and
+    /// is not answered yet, with the sync points pushed before it (see
+    /// [`GuardState::waits_for_parse`]).
+    pub(super) unanswered_parses: NameMap<(Arc<ParseUndo>, u64)>,
+    /// The name whose `Parse` a `Bind` or `Describe` waits for.
+    pub(super) awaited_parse: Option<Box<[u8]>>,
     /// Statements prepared before a reload that now write a guarded table.
     pub(super) stale: NameMap<StaleStatement>,
     pub(super) portals: NameMap<Arc<Portal>>,
@@ -104,6 +110,8 @@ impl GuardState {
             aggregates: None,
             tracker: Tracker::new(track_limit),
             statements: NameMap::default(),
+            unanswered_parses: NameMap::default(),
+            awaited_parse: None,
             stale: NameMap::default(),
             portals: NameMap::default(),
             row_plan: None,

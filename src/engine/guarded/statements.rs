@@ -132,6 +132,11 @@ pub struct ParseUndo {
     pub hidden: bool,
     /// The kept statement this `Parse` prepares, usable once the server answered it.
     pub kept: OnceLock<Arc<Kept>>,
+    /// Set when a message of a later batch replaced or dropped the statement whatever this
+    /// `Parse` does (a `Parse` of the unnamed statement, a simple `Query` for it, a `Close` of
+    /// the name): what the session knows of the name then follows that message, and this
+    /// `Parse` skipped or failed restores nothing.
+    pub(super) superseded: OnceLock<()>,
 }
 
 /// The full form of a named statement that went lean.

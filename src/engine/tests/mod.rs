@@ -425,6 +425,77 @@ fn bind(params: &[&[u8]]) -> Vec<u8> {
     message(fe::BIND, &body)
 }
 
+/// A `Bind` of statement `stmt` (unnamed portal, text parameters, no result formats).
+fn bind_to(stmt: &str, params: &[&[u8]]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend(cstr(""));
+    body.extend(cstr(stmt));
+    body.extend(0u16.to_be_bytes());
+    body.extend((params.len() as u16).to_be_bytes());
+    for p in params {
+        body.extend((p.len() as u32).to_be_bytes());
+        body.extend_from_slice(p);
+    }
+    body.extend(0u16.to_be_bytes());
+    message(fe::BIND, &body)
+}
+
+/// A `Parse` of a name the server has fails there, and the statement it had stays: a `Bind`
+/// of the name pipelined behind that `Parse`'s `Sync` waits for its reply, then reaches the
+/// guarded write the server kept, checked as the guard checks it.
+#[test]
+fn a_bind_behind_an_unanswered_reparse_waits_for_its_reply() {
+    let mut d = Driver::new(GUARDED);
+    d.log_in();
+    let mut first = BytesMut::new();
+    fe::write_parse(
+        &mut first,
+        b"w",
+        b"UPDATE item SET qty = $1 WHERE id = $2 AND version = $3",
+        &[],
+    );
+    fe::write_simple(&mut first, fe::SYNC);
+    d.client(&first);
+    assert_eq!(tags(&d.sent()), ['P', 'S']);
+    d.server(&[message(b'1', &[]), ready(b'I')].concat());
+    assert_eq!(tags(&d.delivered()), ['1', 'Z']);
+    // The same name again, then a Bind of it behind the Sync, before any reply.
+    let mut batch = BytesMut::new();
+    fe::write_parse(&mut batch, b"w", b"SELECT 1", &[]);
+    fe::write_simple(&mut batch, fe::SYNC);
+    batch.extend_from_slice(&bind_to("w", &[b"5", b"1", b"3"]));
+    fe::write_execute(&mut batch, b"", 0);
+    fe::write_simple(&mut batch, fe::SYNC);
+    d.client(&batch);
+    assert_eq!(
+        tags(&d.sent()),
+        ['P', 'S'],
+        "the Bind waits for the Parse's reply"
+    );
+    assert!(!d.engine.wants_client_input());
+    let mut error = BytesMut::new();
+    be::write_error(
+        &mut error,
+        "ERROR",
+        "42P05",
+        "prepared statement \"w\" already exists",
+    );
+    d.server(&[&error[..], &ready(b'I')].concat());
+    assert_eq!(tags(&d.delivered()), ['E', 'Z']);
+    // The write the server kept is checked: its row count is awaited before the Sync goes.
+    assert_eq!(
+        tags(&d.sent()),
+        ['B', 'E', 'H'],
+        "bound as the guarded write the server kept"
+    );
+    assert!(!d.engine.wants_client_input());
+    d.server(&[message(b'2', &[]), complete("UPDATE 1")].concat());
+    assert_eq!(tags(&d.sent()), ['S']);
+    d.server(&ready(b'I'));
+    assert_eq!(tags(&d.delivered()), ['2', 'C', 'Z']);
+    assert!(d.engine.is_idle());
+}
+
 #[test]
 fn an_error_in_a_batch_skips_to_its_sync_as_the_server_does() {
     let mut d = Driver::new(UNGUARDED);
