@@ -234,7 +234,10 @@ impl Engine {
     /// statement the server has then. That `Parse` has a sync point behind it, so the server
     /// answers it without a `Flush`.
     fn wait_for_parse(&mut self, tag: u8, msg: Frame<'_>) -> bool {
-        if self.out.replies.is_empty() || self.link.type_byte_sent {
+        if self.out.replies.is_empty()
+            || self.link.type_byte_sent
+            || !self.guard.parses_unanswered()
+        {
             return false;
         }
         let name = match tag {

@@ -380,6 +380,12 @@ impl GuardState {
         }
     }
 
+    /// True when some `Parse` that changed what the session knows of a name is unanswered:
+    /// only then may a `Bind` or `Describe` have to wait (checked before decoding its name).
+    pub fn parses_unanswered(&self) -> bool {
+        !self.unanswered_parses.is_empty()
+    }
+
     /// True when a `Bind` or `Describe` of statement `name`, to be pushed after
     /// `sync_points` sync points, must wait for the reply to the client's last `Parse` of
     /// the name: one that changed what the session knows of it, still unanswered, in an
