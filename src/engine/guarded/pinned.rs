@@ -171,7 +171,8 @@ impl GuardState {
     }
 
     /// True when the session tracks the row a pinned read names, bound by `bind` (false
-    /// when its key cannot be read: a parameter without a `Bind`). Allocates nothing for a key bound as it is canonical.
+    /// when its key cannot be read: a parameter without a `Bind`). Allocates nothing for a
+    /// key written or bound as it is canonical.
     pub(super) fn pinned_row_tracked(
         &mut self,
         guards: &GuardSet,

@@ -2,10 +2,10 @@
 //! text, tracked for its row, or none), or a refusal by the table's policies ([`Plan`]); the
 //! canonical key of the row it names; and whether it can go without version check at all.
 
-use super::checks::Plan;
-use super::cx::Cx;
 use smallvec::SmallVec;
 
+use super::checks::Plan;
+use super::cx::Cx;
 use super::rows::{canonical, param_canon};
 use super::state::GuardState;
 use crate::config::{BulkPolicy, UnversionedPolicy};
