@@ -5,8 +5,9 @@
 //! [`Entry::Was`] for a row whose version changed or that was dropped) with a [`Entry::Mark`]
 //! for each savepoint. Keys and versions are [`SmolStr`]s (a short one is held inline, a long
 //! one shared), and a replaced version is moved here, so journaling a change allocates nothing
-//! beyond the entry itself. The journal holds at most `limit` entries (twice the tracker's); beyond that it stops recording and says so
-//! ([`Journal::overflowed`]): the tracker then forgets everything instead of undoing.
+//! beyond the entry itself. The journal holds at most `limit` entries (twice the tracker's);
+//! beyond that it stops recording and says so ([`Journal::overflowed`]): the tracker then
+//! forgets everything instead of undoing.
 
 use smol_str::SmolStr;
 

@@ -7,10 +7,10 @@
 //! whatever the key text contains); lookups reuse a scratch buffer and do not allocate. Every
 //! change is recorded in the [`Journal`].
 
-use smol_str::SmolStr;
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
+use smol_str::SmolStr;
 
 use super::journal::{Entry, Journal};
 use crate::guard::TableId;
