@@ -11,6 +11,7 @@ use bytes::{BufMut, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
+use crate::protocol;
 use crate::relay::auth::scram::PassThrough;
 use crate::relay::auth::secret::{self, Secret};
 use crate::relay::auth::{self};
@@ -355,24 +356,22 @@ fn set_param(params: &mut Vec<(String, Vec<u8>)>, msg: Vec<u8>) {
     }
 }
 
+/// The largest reply message a login, reset or `auth_query` exchange accepts.
+const MAX_REPLY: usize = 64 * 1024 * 1024;
+
 /// One whole server message (its type byte and length included), read through `buf`: a read
 /// takes what the socket holds (a reply's messages usually arrive together), not one header
-/// and one body at a time.
+/// and one body at a time. Framed as the relay frames ([`protocol::peek_header`]).
 async fn read_message(s: &mut Upstream, buf: &mut BytesMut) -> std::io::Result<(u8, Vec<u8>)> {
     loop {
-        if buf.len() >= 5 {
-            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-            if !(4..=64 * 1024 * 1024).contains(&len) {
-                return Err(std::io::Error::other(format!(
-                    "malformed server message (length {len})"
-                )));
+        let header = protocol::peek_header(buf, MAX_REPLY)
+            .map_err(|e| std::io::Error::other(format!("malformed server message: {e}")))?;
+        if let Some(h) = header {
+            if buf.len() >= h.size {
+                let msg = buf.split_to(h.size).to_vec();
+                return Ok((h.tag, msg));
             }
-            let whole = 1 + len as usize;
-            if buf.len() >= whole {
-                let msg = buf.split_to(whole).to_vec();
-                return Ok((msg[0], msg));
-            }
-            buf.reserve(whole - buf.len());
+            buf.reserve(h.size - buf.len());
         }
         if s.read_buf(buf).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
