@@ -179,7 +179,10 @@ impl RawPool {
         ] {
             if let Some(v) = value {
                 if !(1..=1_000_000).contains(v.get_ref()) {
-                    return Err((Some(v.span()), format!("{field} must be at least 1")));
+                    return Err((
+                        Some(v.span()),
+                        format!("{field} must be at least 1 and at most 1000000"),
+                    ));
                 }
                 *target = *v.get_ref() as usize;
             }
@@ -224,7 +227,7 @@ impl RawPool {
             if !(1..=1_000_000).contains(&n) {
                 return Err((
                     Some(raw.pool_size.span()),
-                    "pool_size must be at least 1".into(),
+                    "pool_size must be at least 1 and at most 1000000".into(),
                 ));
             }
             if p.mode == PoolMode::None {
