@@ -120,16 +120,15 @@ impl GuardState {
         // to forget a tracked row it does not find (see `bind_captured`).
         let mut checks: Vec<ReadCheck> = Vec::new();
         for read in analysis.reads(sql).iter().flat_map(|r| r.iter()) {
-            let follow = match captured.iter().any(|c| c.statement == read.statement) {
-                true => self.rows_may_come(cx) || self.pinned_row_tracked(guards, read, None),
-                false => self.follows_read(cx, guards, read),
+            let check = match captured.iter().any(|c| c.statement == read.statement) {
+                true => {
+                    let may_come = self.rows_may_come(cx);
+                    self.captured_read_check(guards, read, None, may_come)
+                }
+                false if self.follows_read(cx, guards, read) => self.read_check(guards, read, None),
+                false => None,
             };
-            if let Some(check) = follow
-                .then(|| self.read_check(guards, read, None))
-                .flatten()
-            {
-                checks.push(check);
-            }
+            checks.extend(check);
         }
         let mut reads = Reads::new(checks, false);
         reads.shared.clone_from(&kinds.shared);
@@ -241,11 +240,8 @@ impl GuardState {
         // forget a row the session tracks (or may track by then) that the read does not find.
         let pinned = prepared.pinned.as_ref().and_then(|read| {
             let types = prepared.param_types();
-            let tracked = self.rows_may_come(cx)
-                || self.pinned_row_tracked(&guards, read, Some((&b, &types)));
-            tracked
-                .then(|| self.read_check(&guards, read, Some((&b, &types))))
-                .flatten()
+            let may_come = self.rows_may_come(cx);
+            self.captured_read_check(&guards, read, Some((&b, &types)), may_come)
         });
         let info = Arc::new(Portal {
             statement: Some(prepared.clone()),

@@ -170,25 +170,33 @@ impl GuardState {
             || self.rows_may_come(cx)
     }
 
-    /// True when the session tracks the row a pinned read names, bound by `bind` (false
-    /// when its key cannot be read: a parameter without a `Bind`). Allocates nothing for a
-    /// key written or bound as it is canonical.
-    pub(super) fn pinned_row_tracked(
+    /// The check of a pinned read whose result read capture already shows (key and version
+    /// in every row): needed only to forget a row the session tracks, or may track once the
+    /// replies still to come (`rows_may_come`) are in, when the read does not find it. `None`
+    /// otherwise, or when its key cannot be read (a parameter without a `Bind`). The key is
+    /// looked up without allocating where it is written or bound as it is canonical.
+    pub(super) fn captured_read_check(
         &mut self,
         guards: &GuardSet,
         read: &PinnedRead,
         bind: Option<(&Bind<'_>, &[u32])>,
-    ) -> bool {
-        let Some(&table) = guards.table_ids.get(read.guard) else {
-            return false;
-        };
-        if !self.tracker.tracks_table(table) {
-            return false;
+        rows_may_come: bool,
+    ) -> Option<ReadCheck> {
+        let &table = guards.table_ids.get(read.guard)?;
+        if !rows_may_come && !self.tracker.tracks_table(table) {
+            return None;
         }
-        match self.key_parts(read.guard, &read.key, bind) {
-            Some(parts) => self.tracker.tracks_key(table, &parts),
-            None => false,
+        let parts = self.key_parts(read.guard, &read.key, bind)?;
+        if !rows_may_come && !self.tracker.tracks_key(table, &parts) {
+            return None;
         }
+        Some(ReadCheck {
+            statement: read.statement,
+            table,
+            guard: read.guard,
+            key: parts.iter().map(|p| p.as_ref().to_string()).collect(),
+            version: None,
+        })
     }
 
     /// A pinned read, ready to follow (`None` when its key is not known).
