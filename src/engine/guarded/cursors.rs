@@ -116,7 +116,7 @@ impl GuardState {
             fetch: true,
         };
         let prepared = Prepared {
-            capture: Some(capture),
+            capture: Some(Arc::new(capture)),
             declared_types: p.param_types.clone(),
             ..Prepared::default()
         };

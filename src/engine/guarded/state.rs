@@ -1,5 +1,5 @@
 //! The guard's per-session state: [`GuardState`] and what its fields hold that belongs to no
-//! other file ([`AfterSync`], [`CatalogState`]), and the session's [`Ident`].
+//! other file ([`ParseText`], [`AfterSync`], [`CatalogState`]), and the session's [`Ident`].
 //!
 //! The behaviour is spread over the other files, each an `impl GuardState` block for one
 //! message or concern; this one only builds the state and answers the engine's plain
@@ -12,7 +12,7 @@ use super::checks::{RaiseCtx, Script};
 use super::cx::Cx;
 use super::names::NameMap;
 use super::rows::{CapturedCursor, ReadPlan};
-use super::statements::{Kept, ParseUndo, Portal, Prepared, StaleStatement};
+use super::statements::{Kept, ParseUndo, Portal, Prepared, ReadPrep, StaleStatement};
 use super::txn::TxnState;
 use crate::catalog::aggregates::Aggregates;
 use crate::catalog::resolve::ResolvedGuards;
@@ -33,9 +33,9 @@ pub struct Ident {
 pub struct GuardState {
     pub ident: Ident,
     pub(super) cache: AnalysisCache,
-    /// What the prefilter found in each `Parse` text (the extended protocol sends the same
-    /// texts again and again; scanning one costs more than looking it up).
-    pub(super) found: NameMap<Found>,
+    /// What the session remembers of each `Parse` text (the extended protocol sends the same
+    /// texts again and again; scanning and planning one costs more than looking it up).
+    pub(super) found: NameMap<ParseText>,
     pub(super) resolved: Arc<ResolvedGuards>,
     /// The names of the database's aggregate and window functions (read capture), once
     /// listed.
@@ -74,6 +74,15 @@ pub struct GuardState {
     pub(super) txn: TxnState,
     /// Cursors declared with a captured query, by name.
     pub(super) cursors: NameMap<CapturedCursor>,
+}
+
+/// What the session remembers of a `Parse` text.
+#[derive(Debug)]
+pub(super) struct ParseText {
+    /// What the prefilter found in it.
+    pub(super) found: Found,
+    /// For a read of a guarded table: what its last `Parse` made of it.
+    pub(super) read: Option<Arc<ReadPrep>>,
 }
 
 /// A checked write whose batch's `Sync` was sent without waiting for its row count.

@@ -1,6 +1,6 @@
 //! What the session knows of prepared statements and portals: [`Prepared`] (a statement that
-//! writes or reads a guarded table, [`PreparedWrite`] and its [`FullVariant`]), [`Portal`],
-//! the [`ParseUndo`] of a `Parse` the server may not carry out, a [`Kept`] unnamed write and
+//! writes or reads a guarded table, [`PreparedWrite`] and its [`FullVariant`]), the
+//! [`ReadPrep`] a read's text is prepared from again, [`Portal`], the [`ParseUndo`] of a `Parse` the server may not carry out, a [`Kept`] unnamed write and
 //! a [`StaleStatement`] to prepare again after a reload.
 //!
 //! Plain data: the messages that change it are handled in [`super::parse`], [`super::bind`],
@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 
 use super::checks::WriteCheck;
 use super::rows::{CapturedCursor, Col, ReadCheck, ReadPlan};
+use crate::catalog::resolve::ResolvedGuards;
 use crate::guard::TableId;
 use crate::guard::cursors::CursorTouch;
 use crate::guard::{GuardSet, GuardedWrite, PinnedRead};
@@ -40,11 +41,11 @@ pub struct Described {
 pub struct Prepared {
     pub write: Option<PreparedWrite>,
     /// A `SELECT` that pins one guarded row.
-    pub pinned: Option<PinnedRead>,
+    pub pinned: Option<Arc<PinnedRead>>,
     /// Guards the statement reads in more than one instance: its rows teach nothing of them.
     pub shared: Vec<usize>,
     /// A read prepared with the proxy's columns added to its output (read capture).
-    pub capture: Option<PreparedCapture>,
+    pub capture: Option<Arc<PreparedCapture>>,
     /// Set by the reply to a `Describe` of the statement, or of its first described portal
     /// (each portal applies its own result formats).
     pub described: OnceLock<Described>,
@@ -90,6 +91,50 @@ pub struct PreparedCapture {
     /// to mean another cursor, so a portal's rows lose the added columns only once a
     /// `Describe` shows them ([`Portal::fetch_shown`]).
     pub fetch: bool,
+}
+
+/// What a read's `Parse` made of its text (see [`super::GuardState::prepare_read`]), kept
+/// with the text's prefilter result: the same text prepared again (libpq's `PQexecParams`
+/// prepares the unnamed statement for every execution) reuses it while the guards and what
+/// the database resolved are the ones it was made with.
+#[derive(Debug)]
+pub struct ReadPrep {
+    pub(super) guards: Arc<GuardSet>,
+    pub(super) resolved: Arc<ResolvedGuards>,
+    /// Whether the database's aggregate names were known (capture waits for them).
+    pub(super) aggregates: bool,
+    /// The text sent instead of the client's: its columns added (read capture).
+    pub(super) sent: Option<Arc<str>>,
+    pub(super) pinned: Option<Arc<PinnedRead>>,
+    pub(super) shared: Vec<usize>,
+    pub(super) capture: Option<Arc<PreparedCapture>>,
+    pub(super) touches: Vec<CursorTouch>,
+}
+
+impl ReadPrep {
+    /// True when it was made under these guards and this resolution.
+    pub(super) fn fits(
+        &self,
+        guards: &Arc<GuardSet>,
+        resolved: &Arc<ResolvedGuards>,
+        aggregates: bool,
+    ) -> bool {
+        Arc::ptr_eq(&self.guards, guards)
+            && Arc::ptr_eq(&self.resolved, resolved)
+            && self.aggregates == aggregates
+    }
+
+    /// What the session knows of a statement prepared from it, with `types` declared.
+    pub(super) fn prepared(&self, types: Vec<u32>) -> Prepared {
+        Prepared {
+            pinned: self.pinned.clone(),
+            shared: self.shared.clone(),
+            capture: self.capture.clone(),
+            declared_types: types,
+            touches: self.touches.clone(),
+            ..Prepared::default()
+        }
+    }
 }
 
 /// A rewritten guarded write.
