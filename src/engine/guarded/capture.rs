@@ -116,23 +116,23 @@ impl GuardState {
             .extend_from_slice(&sql.as_bytes()[copied..]);
         cx.out.to_server.extend_from_slice(&[0]);
         finish_message(&mut cx.out.to_server, at);
-        // A captured read teaches its row's version itself: its pinned check is needed only
-        // to forget a tracked row it does not find (see `bind_captured`).
+        // A captured read teaches its row's version itself: its key is needed only to forget
+        // the row if the read finds none, and read from the text only then.
+        let of_captured = |statement: usize| captured.iter().any(|c| c.statement == statement);
         let mut checks: Vec<ReadCheck> = Vec::new();
-        for read in analysis.reads(sql).iter().flat_map(|r| r.iter()) {
-            let check = match captured.iter().any(|c| c.statement == read.statement) {
-                true => {
-                    let may_come = self.rows_may_come(cx);
-                    self.captured_read_check(guards, read, None, may_come)
+        if kinds.reads.iter().any(|r| !of_captured(r.statement)) {
+            for read in analysis.reads(sql).iter().flat_map(|r| r.iter()) {
+                if !of_captured(read.statement) && self.follows_read(cx, guards, read) {
+                    checks.extend(self.read_check(guards, read, None));
                 }
-                false if self.follows_read(cx, guards, read) => self.read_check(guards, read, None),
-                false => None,
-            };
-            checks.extend(check);
+            }
         }
+        let unfound = kinds.reads.iter().any(|r| of_captured(r.statement));
         let mut reads = Reads::new(checks, false);
         reads.shared.clone_from(&kinds.shared);
         reads.captured = captured;
+        let conforming = cx.params.standard_conforming_strings;
+        reads.unfound = unfound.then(|| (sql.into(), conforming));
         cx.out
             .replies
             .push(Pending::Simple(Some(Tag::Read(Box::new(reads)))));
@@ -217,6 +217,7 @@ impl GuardState {
     /// The `Bind` of a captured read: its portal strips and reads the added columns (in the
     /// one format the `Bind` gives every column, else text), and a `Bind` with one result
     /// format per column gets text formats for them. Returns true when the guard sent it.
+    /// (No key is looked up here: see [`GuardState::forget_unfound`].)
     pub(super) fn bind_captured(
         &mut self,
         cx: &mut Cx<'_>,
@@ -235,17 +236,12 @@ impl GuardState {
         };
         // One code for every column (ours too), or text for ours.
         let binary = count == 1 && codes.get(2..4) == Some(&[0, 1]);
-        let guards = cx.settings.guards.clone();
-        // The captured columns teach the row's version; a pinned read is followed only to
-        // forget a row the session tracks (or may track by then) that the read does not find.
-        let pinned = prepared.pinned.as_ref().and_then(|read| {
-            let types = prepared.param_types();
-            let may_come = self.rows_may_come(cx);
-            self.captured_read_check(&guards, read, Some((&b, &types)), may_come)
-        });
+        // The captured columns teach the row's version; the key a pinned read binds is
+        // needed only to forget the row if the read does not find it.
+        let pinned_bind = prepared.pinned.is_some().then(|| msg.body().into());
         let info = Arc::new(Portal {
             statement: Some(prepared.clone()),
-            pinned,
+            pinned_bind,
             capture: Some((capture.added, capture.plans[usize::from(binary)].clone())),
             result_formats: codes.into(),
             fetch_shown: capture.fetch.then(OnceLock::new),
@@ -271,6 +267,45 @@ impl GuardState {
 
 /// The types of the columns capture adds, as this database resolves them.
 impl GuardState {
+    /// Statement `statement` of a simple query's text `sql` (analysed with
+    /// `standard_conforming_strings` `conforming`), a captured read, found no row or showed
+    /// no version: the row it pins, if any, is forgotten. The text is analysed again (from
+    /// the cache) only then.
+    pub(super) fn forget_unfound_in_text(
+        &mut self,
+        cx: &Cx<'_>,
+        (sql, conforming): &(Box<str>, bool),
+        statement: usize,
+    ) {
+        let guards = cx.settings.guards.clone();
+        let analysis = self.cache.get_or_analyze_simple(sql, &guards, *conforming);
+        let Some(reads) = analysis.reads(sql) else {
+            return;
+        };
+        for read in reads.iter().filter(|r| r.statement == statement) {
+            if let Some(check) = self.read_check(&guards, read, None) {
+                self.tracker.forget(check.table, &check.key);
+            }
+        }
+    }
+
+    /// A captured read that pins one row (bound by `portal`) found none: the row it names is
+    /// forgotten, if tracked. Its `Bind` is decoded only now: a read that finds its row
+    /// teaches the row's version from the captured columns.
+    pub(super) fn forget_unfound(&mut self, cx: &Cx<'_>, portal: &Portal, bind: &[u8]) {
+        let Some(prepared) = &portal.statement else {
+            return;
+        };
+        let (Some(read), Some(b)) = (&prepared.pinned, fe::bind(bind)) else {
+            return;
+        };
+        let types = prepared.param_types();
+        let guards = cx.settings.guards.clone();
+        if let Some(check) = self.read_check(&guards, read, Some((&b, &types))) {
+            self.tracker.forget(check.table, &check.key);
+        }
+    }
+
     /// The types of the columns capture adds for `tables` (each one's key columns, then its
     /// version), as this database's catalog gives them; empty when one is not resolved.
     pub(super) fn column_types(&self, tables: &[&CaptureTable]) -> Vec<u32> {

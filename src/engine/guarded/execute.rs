@@ -147,6 +147,12 @@ impl GuardState {
         portal: &Portal,
     ) -> Result<bool, String> {
         let Some(w) = &portal.write else {
+            if let Some(bind) = &portal.pinned_bind
+                && tag == be::COMMAND_COMPLETE
+                && be::tag_rows(be::command_tag(msg.body())) == Some(0)
+            {
+                self.forget_unfound(cx, portal, bind);
+            }
             if let Some(check) = &portal.pinned
                 && tag == be::COMMAND_COMPLETE
             {

@@ -124,6 +124,11 @@ impl GuardState {
                 if let Some(check) = reads.checks.iter().find(|c| c.statement == at) {
                     check.complete(&mut self.tracker, body, reads.strip > 0);
                 }
+                if let Some(text) = &reads.unfound
+                    && (reads.strip == 0 || be::tag_rows(be::command_tag(body)) == Some(0))
+                {
+                    self.forget_unfound_in_text(cx, text, at);
+                }
                 self.row_plan = None;
                 reads.strip = 0;
                 reads.at += 1;
@@ -168,35 +173,6 @@ impl GuardState {
                 .get(read.guard)
                 .is_none_or(|&t| self.tracker.tracks_table(t))
             || self.rows_may_come(cx)
-    }
-
-    /// The check of a pinned read whose result read capture already shows (key and version
-    /// in every row): needed only to forget a row the session tracks, or may track once the
-    /// replies still to come (`rows_may_come`) are in, when the read does not find it. `None`
-    /// otherwise, or when its key cannot be read (a parameter without a `Bind`). The key is
-    /// looked up without allocating where it is written or bound as it is canonical.
-    pub(super) fn captured_read_check(
-        &mut self,
-        guards: &GuardSet,
-        read: &PinnedRead,
-        bind: Option<(&Bind<'_>, &[u32])>,
-        rows_may_come: bool,
-    ) -> Option<ReadCheck> {
-        let &table = guards.table_ids.get(read.guard)?;
-        if !rows_may_come && !self.tracker.tracks_table(table) {
-            return None;
-        }
-        let parts = self.key_parts(read.guard, &read.key, bind)?;
-        if !rows_may_come && !self.tracker.tracks_key(table, &parts) {
-            return None;
-        }
-        Some(ReadCheck {
-            statement: read.statement,
-            table,
-            guard: read.guard,
-            key: parts.iter().map(|p| p.as_ref().to_string()).collect(),
-            version: None,
-        })
     }
 
     /// A pinned read, ready to follow (`None` when its key is not known).

@@ -432,6 +432,11 @@ pub struct Reads {
     /// Columns to take off the end of each row of the result arriving (the proxy's, found
     /// in its `RowDescription`).
     pub(super) strip: usize,
+    /// The query's text and its `standard_conforming_strings`, when captured statements pin
+    /// rows: their rows teach key and version themselves, so the key of such a read is read
+    /// from the text only when the read finds no row (see
+    /// [`super::GuardState::forget_unfound_in_text`]).
+    pub(super) unfound: Option<(Box<str>, bool)>,
 }
 
 impl Reads {
@@ -443,6 +448,7 @@ impl Reads {
             shared: Vec::new(),
             captured: Vec::new(),
             strip: 0,
+            unfound: None,
         }
     }
 }

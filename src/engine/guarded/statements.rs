@@ -204,6 +204,10 @@ pub struct Portal {
     pub statement: Option<Arc<Prepared>>,
     /// A pinned read with its key bound.
     pub pinned: Option<ReadCheck>,
+    /// The body of the `Bind` of a captured read that pins one row: its rows teach their key
+    /// and version themselves, so the row's key is read from it only when the read finds no
+    /// row (see [`super::GuardState::forget_unfound`]).
+    pub pinned_bind: Option<SmallVec<[u8; 64]>>,
     /// The columns read capture added at the end of each row (how many), and the plan that
     /// reads them in the portal's format.
     pub capture: Option<(usize, Arc<ReadPlan>)>,

@@ -108,15 +108,6 @@ impl Tracker {
         self.rows.get(self.scratch.as_str()).map(|v| &**v)
     }
 
-    /// True when the row is tracked (without marking it used).
-    pub fn tracks_key<S: AsRef<str>>(&mut self, guard: TableId, key_parts: &[S]) -> bool {
-        if !self.tracks_table(guard) {
-            return false;
-        }
-        encode(&mut self.scratch, guard, key_parts);
-        self.rows.contains(self.scratch.as_str())
-    }
-
     /// Forgets one row (e.g. after this session deleted it).
     pub fn forget<S: AsRef<str>>(&mut self, guard: TableId, key_parts: &[S]) {
         if !self.tracks_table(guard) {
