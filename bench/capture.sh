@@ -6,9 +6,12 @@
 # key aid: every SELECT is captured, aid and xmin added to its output, read from each row,
 # tracked and taken off before the client sees it), plus "direct" for reference. Runs are
 # interleaved (round -> mode -> target, order rotated each round) so that a noisy machine hits
-# every target alike. Reported per mode: median TPS, xmin/plain and plain/direct, and the
-# CPU time of each proxy process per transaction (its utime+stime over the run / transactions
-# processed), the figure that decides TPS on a small machine.
+# every target alike. Reported per mode: median TPS, xmin/plain and plain/direct, the median
+# of each round's own xmin/plain (the two runs of a round are back to back: the machine's
+# drift between rounds cancels out), and the CPU time of each proxy process per transaction
+# (its utime+stime over the run / transactions processed), the figure that decides TPS on a
+# small machine, with its user-space part (the proxy's own code; the rest is the kernel's
+# socket work, the same for both).
 #
 # Usage:  bench/capture.sh
 #         ROUNDS=5 DURATION=15 MODES=prepared bench/capture.sh
@@ -70,7 +73,7 @@ for t in $TARGETS; do
 done
 
 read -r -a TARGET_LIST <<<"$TARGETS"
-declare -A TPS=() CPU=() ERRORS=()
+declare -A TPS=() CPU=() USER=() ERRORS=() ROUND_TPS=()
 host_of() { [[ $1 == direct ]] && echo "$PG_HOST" || echo 127.0.0.1; }
 
 total=$(( ROUNDS * $(wc -w <<<"$MODES") * ${#TARGET_LIST[@]} ))
@@ -87,10 +90,12 @@ for round in $(seq 1 "$ROUNDS"); do
                 PID[$t]=${OPTLOCK_AT[${PORT[$t]}]}
             fi
             before=$(proc_cpu_ticks "${PID[$t]:-}")
+            user_before=$(proc_user_ticks "${PID[$t]:-}")
             rc=0
             pgbench -n -S -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$mode" \
                 -h "$(host_of "$t")" -p "${PORT[$t]}" "$DB" >"$out" 2>&1 || rc=$?
             after=$(proc_cpu_ticks "${PID[$t]:-}")
+            user_after=$(proc_user_ticks "${PID[$t]:-}")
             tps=$(pgb_tps "$out")
             done_tx=$(pgb_processed "$out")
             if [[ $rc -ne 0 || -z "$tps" ]]; then
@@ -99,7 +104,11 @@ for round in $(seq 1 "$ROUNDS"); do
             fi
             if [[ -n "$tps" ]]; then
                 TPS[$mode:$t]="${TPS[$mode:$t]:-} $(printf "%.1f" "$tps")"
-                [[ $t != direct ]] && CPU[$mode:$t]="${CPU[$mode:$t]:-} $(per_try $((after - before)) "$done_tx")"
+                ROUND_TPS[$round:$mode:$t]=$tps
+                if [[ $t != direct ]]; then
+                    CPU[$mode:$t]="${CPU[$mode:$t]:-} $(per_try $((after - before)) "$done_tx")"
+                    USER[$mode:$t]="${USER[$mode:$t]:-} $(per_try $((user_after - user_before)) "$done_tx")"
+                fi
             fi
             log "[$n/$total] round $round  -M $mode  $t: ${tps:-FAILED} tps"
         done
@@ -112,14 +121,23 @@ done
     echo "# optlock $("$OPTLOCK_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')); scale $SCALE; $(upstream_note); PGSSLMODE=$PGSSLMODE"
     echo "# plain = optlock without guards; xmin = optlock with pgbench_accounts guarded by xmin (capture on, track_limit $TRACK_LIMIT)"
     echo "# TPS = median over rounds; cpu us/tx = the proxy process's CPU time per transaction (median)"
+    echo "# paired = median over rounds of the round's own xmin/plain; cpu = user+kernel, user = the proxy's own code"
     echo
-    printf '%-9s %10s %10s %10s %11s %12s %14s %13s\n' mode direct plain xmin xmin/plain plain/direct "plain cpu us/tx" "xmin cpu us/tx"
+    printf '%-9s %10s %10s %10s %11s %7s %12s %16s %16s\n' mode direct plain xmin xmin/plain paired plain/direct "plain cpu(user)" "xmin cpu(user)"
     for mode in $MODES; do
         # shellcheck disable=SC2086
         d=$(median ${TPS[$mode:direct]:-}); p=$(median ${TPS[$mode:plain]:-}); x=$(median ${TPS[$mode:xmin]:-})
         # shellcheck disable=SC2086
         pc=$(median ${CPU[$mode:plain]:-}); xc=$(median ${CPU[$mode:xmin]:-})
-        printf '%-9s %10s %10s %10s %11s %12s %14s %13s\n' "$mode" "$d" "$p" "$x" "$(ratio "$x" "$p")" "$(ratio "$p" "$d")" "$pc" "$xc"
+        # shellcheck disable=SC2086
+        pu=$(median ${USER[$mode:plain]:-}); xu=$(median ${USER[$mode:xmin]:-})
+        pairs=()
+        for round in $(seq 1 "$ROUNDS"); do
+            pr=${ROUND_TPS[$round:$mode:plain]:-}; xr=${ROUND_TPS[$round:$mode:xmin]:-}
+            [[ -n $pr && -n $xr ]] && pairs+=("$(ratio "$xr" "$pr")")
+        done
+        paired=$(median_ratio "${pairs[@]}")
+        printf '%-9s %10s %10s %10s %11s %7s %12s %16s %16s\n' "$mode" "$d" "$p" "$x" "$(ratio "$x" "$p")" "$paired" "$(ratio "$p" "$d")" "$pc ($pu)" "$xc ($xu)"
     done
     print_runs "$MODES" 9 7
 } | tee "$RESULT"

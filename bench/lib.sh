@@ -304,6 +304,15 @@ proc_cpu_ticks() {
         echo 0
     fi
 }
+# The user-space CPU time of process $1 (utime only: the proxy's own code, without the
+# kernel's socket work), in clock ticks; 0 when unknown.
+proc_user_ticks() {
+    if [[ -n "${1:-}" && -r /proc/$1/stat ]]; then
+        awk '{print $14}' "/proc/$1/stat"
+    else
+        echo 0
+    fi
+}
 # per_try TICKS TRIES: microseconds per try ("-" when not computable).
 per_try() {
     awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" \
@@ -339,6 +348,13 @@ print_failures() {
 median() {
     [[ $# -gt 0 ]] || { echo "-"; return; }
     printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR%2) printf "%.1f\n", a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+
+# Median of ratios given as arguments, three decimals ("-" when none).
+median_ratio() {
+    [[ $# -gt 0 ]] || { echo "-"; return; }
+    printf '%s\n' "$@" | grep -v '^-$' | sort -g |
+        awk '{a[NR]=$1} END {if (NR == 0) print "-"; else if (NR%2) printf "%.3f\n", a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
 }
 
 # ratio A B: A/B with three decimals ("-" when not computable).
