@@ -20,3 +20,4 @@ pub mod guard;
 pub mod protocol;
 pub mod relay;
 pub mod server;
+pub mod tasks;

@@ -13,13 +13,13 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::admin::{AdminState, serve_metrics};
 use crate::config::Config;
 use crate::engine::Settings;
 use crate::relay::{self, Shared};
+use crate::tasks::SessionTasks;
 
 /// A running proxy: bound, not yet serving.
 pub struct Server {
@@ -123,7 +123,8 @@ impl Server {
             shutdown_tx,
             session_threads,
         } = self;
-        let mut sessions = JoinSet::new();
+        let sessions = SessionTasks::new();
+        let _abort = sessions.abort_on_drop();
         let shutdown_rx = shared.shutdown.clone();
         spawn_signal_handlers(shared.clone(), shutdown_tx.clone())?;
         // `/metrics` stays up while draining (sessions_active shows the drain) and stops when
@@ -135,16 +136,9 @@ impl Server {
             guards = shared.settings().guards.guards.len(),
             "optlock is ready"
         );
-        accept_loop(
-            &listener,
-            &shared,
-            &session_threads,
-            &mut sessions,
-            shutdown_rx,
-        )
-        .await;
+        accept_loop(&listener, &shared, &session_threads, &sessions, shutdown_rx).await;
         drop(listener);
-        drain(sessions, &admin, &shared).await;
+        drain(&sessions, &admin, &shared).await;
         drop(stop_metrics);
         info!("optlock stopped");
         Ok(())
@@ -166,13 +160,12 @@ fn start_metrics(
     Ok(stop_metrics)
 }
 
-/// Accepts clients until a shutdown is asked for, handing each to a session and reaping the
-/// sessions that end meanwhile.
+/// Accepts clients until a shutdown is asked for, handing each to a session.
 async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
     session_threads: &[tokio::runtime::Handle],
-    sessions: &mut JoinSet<()>,
+    sessions: &Arc<SessionTasks>,
     mut shutdown_rx: watch::Receiver<bool>,
 ) {
     let mut next_thread = 0usize;
@@ -192,7 +185,6 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             _ = shutdown_rx.changed() => break,
         }
     }
@@ -201,14 +193,14 @@ async fn accept_loop(
 /// Starts the session of an accepted client on `thread`, or on the caller's runtime when the
 /// sessions have no threads of their own.
 fn spawn_session(
-    sessions: &mut JoinSet<()>,
+    sessions: &Arc<SessionTasks>,
     thread: Option<&tokio::runtime::Handle>,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
 ) {
     let Some(handle) = thread else {
-        sessions.spawn(relay::serve_client(tcp, peer, shared.clone()));
+        sessions.spawn(None, relay::serve_client(tcp, peer, shared.clone()));
         return;
     };
     // The socket moves to the session thread's own reactor, so its readiness wakes that
@@ -216,17 +208,14 @@ fn spawn_session(
     match tcp.into_std() {
         Ok(std) => {
             let shared = shared.clone();
-            sessions.spawn_on(
-                async move {
-                    match tokio::net::TcpStream::from_std(std) {
-                        Ok(tcp) => relay::serve_client(tcp, peer, shared).await,
-                        Err(e) => {
-                            error!(client = %peer, error = %e, "cannot register the client socket")
-                        }
+            sessions.spawn(Some(handle), async move {
+                match tokio::net::TcpStream::from_std(std) {
+                    Ok(tcp) => relay::serve_client(tcp, peer, shared).await,
+                    Err(e) => {
+                        error!(client = %peer, error = %e, "cannot register the client socket")
                     }
-                },
-                handle,
-            );
+                }
+            });
         }
         Err(e) => error!(client = %peer, error = %e, "cannot hand the client socket over"),
     }
@@ -234,7 +223,7 @@ fn spawn_session(
 
 /// Drains: closes the idle sessions, waits up to `shutdown_timeout` for the others to finish
 /// their transactions, then closes what is left.
-async fn drain(mut sessions: JoinSet<()>, admin: &AdminState, shared: &Shared) {
+async fn drain(sessions: &SessionTasks, admin: &AdminState, shared: &Shared) {
     admin.sessions.drain_all();
     let timeout = shared.settings().config.shutdown_timeout;
     info!(
@@ -242,16 +231,13 @@ async fn drain(mut sessions: JoinSet<()>, admin: &AdminState, shared: &Shared) {
         timeout_s = timeout.as_secs_f64(),
         "draining: waiting for open transactions to finish"
     );
-    let drained = tokio::time::timeout(timeout, async {
-        while sessions.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(timeout, sessions.wait_empty()).await;
     if drained.is_err() {
         warn!(
             sessions = sessions.len(),
             "shutdown_timeout reached: closing the remaining sessions"
         );
-        sessions.shutdown().await;
+        sessions.abort_all().await;
     }
 }
 
