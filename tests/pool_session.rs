@@ -2,7 +2,8 @@
 //! a second client gets the first one's server connection, reset (its `SET`, prepared
 //! statement, temporary table and `LISTEN` gone), with guard state of its own; a pooled
 //! connection the server terminated is replaced; a full pool makes clients wait, then refuses
-//! them after `query_wait_timeout`; `max_client_conn`; `SHOW POOLS`.
+//! them after `query_wait_timeout`; `max_client_conn`; `SHOW POOLS`; a connection reused by a
+//! client on another session thread moves to that thread's reactor and serves it.
 
 mod common;
 
@@ -99,6 +100,46 @@ async fn a_second_client_reuses_the_connection_reset() {
     };
     assert_eq!(count("pool_events_total{event=\"opened\"}"), "1");
     assert_eq!(count("pool_events_total{event=\"reused\"}"), "1");
+}
+
+/// Clients handed to two session threads in turn share one pooled server connection: each
+/// reuse on the other thread moves the socket to that thread's reactor, and the client is
+/// served there (a statement that waits on the server, and one that fails, included).
+/// (Multi-threaded: the console's `psql` blocks a thread while the proxy accepts it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reused_on_another_session_thread_serves_its_client() {
+    let db = TestDb::new("pool_threads").await;
+    let toml = "pool_mode = \"session\"\nauth_type = \"trust\"\ndefault_pool_size = 1\n";
+    let config = Config::parse(toml, "test.toml").expect("test config");
+    let proxy = Proxy::with_session_threads(config, 2).await;
+    let mut first = None;
+    for i in 0..6 {
+        let c = proxy.client(&db.name).await;
+        let p = pid(&c).await;
+        assert_eq!(
+            *first.get_or_insert(p),
+            p,
+            "client {i}: the one connection is reused"
+        );
+        let row = c
+            .query_one(
+                "SELECT pg_sleep(0.02)::text || $1::text",
+                &[&format!("{i}")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), format!("{i}"));
+        let err = c.simple_query("SELECT 1/0").await.unwrap_err();
+        assert_eq!(code(&err), "22012");
+        c.simple_query("SELECT 1").await.unwrap();
+        leave(&proxy, c).await;
+    }
+    let stats = proxy.console_rows("SHOW STATS");
+    let reused = stats
+        .iter()
+        .find(|r| r[0] == "pool_events_total{event=\"reused\"}")
+        .map(|r| r[1].clone());
+    assert_eq!(reused.as_deref(), Some("5"), "{stats:?}");
 }
 
 #[tokio::test]

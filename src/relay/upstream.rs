@@ -28,6 +28,18 @@ pub enum Upstream {
 }
 
 impl Upstream {
+    /// The connection registered with the calling thread's reactor instead of the one it was
+    /// opened on, so that its readiness wakes this thread's sessions directly. A TLS
+    /// connection stays where it is (its stream cannot be taken apart and rebuilt): it is
+    /// still served, its wake-ups crossing threads.
+    pub fn rehome(self) -> io::Result<Upstream> {
+        Ok(match self {
+            Upstream::Tcp(s) => Upstream::Tcp(TcpStream::from_std(s.into_std()?)?),
+            Upstream::Unix(s) => Upstream::Unix(UnixStream::from_std(s.into_std()?)?),
+            tls @ Upstream::Tls(_) => tls,
+        })
+    }
+
     /// The TLS version of the connection, when it is encrypted.
     pub fn tls_version(&self) -> Option<&'static str> {
         match self {

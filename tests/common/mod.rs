@@ -177,6 +177,21 @@ impl Proxy {
         Proxy::run(server, None)
     }
 
+    /// Starts a proxy whose sessions run on `threads` threads of their own, as the binary's
+    /// (`--workers`), handed out in turn.
+    pub async fn with_session_threads(mut config: Config, threads: usize) -> Proxy {
+        config.listen = "127.0.0.1:0".into();
+        if config.upstream == optlock::config::DEFAULT_UPSTREAM {
+            config.upstream = upstream();
+        }
+        let server = Server::bind(config, None)
+            .await
+            .expect("bind proxy")
+            .with_session_threads(threads)
+            .expect("session threads");
+        Proxy::run(server, None)
+    }
+
     /// Starts a proxy from a config file holding `toml` after `listen` (a random port) and
     /// `upstream` lines, so that `RELOAD` has a file to read.
     pub async fn from_file(toml: &str, upstream: &str) -> Proxy {

@@ -3,6 +3,7 @@
 //! each client, its reset between clients, the check that it is still alive, and `auth_query`
 //! run on it.
 
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -80,6 +81,17 @@ pub enum LoginError {
 }
 
 impl ServerConn {
+    /// The connection, moved to the calling thread's reactor when it was registered with
+    /// another thread's (see [`Upstream::rehome`]).
+    pub fn here(mut self) -> io::Result<ServerConn> {
+        let here = std::thread::current().id();
+        if self.info.home != here && !matches!(self.upstream, Upstream::Tls(_)) {
+            self.upstream = self.upstream.rehome()?;
+            self.info.home = here;
+        }
+        Ok(self)
+    }
+
     /// Logs in over `upstream` with `startup` (a startup packet) as `user`.
     pub async fn login(
         mut upstream: Upstream,

@@ -137,9 +137,21 @@ pub async fn start(
     };
     let conn = match got {
         Got::Idle(c) => {
-            pools.event(PoolEvent::Reused);
-            debug!(backend_pid = c.info.pid, "pooled server connection reused");
-            c
+            let pid = c.info.pid;
+            match c.here() {
+                Ok(c) => {
+                    pools.event(PoolEvent::Reused);
+                    debug!(backend_pid = pid, "pooled server connection reused");
+                    c
+                }
+                Err(e) => {
+                    // The lease, dropped, frees the connection's room in its pool.
+                    warn!(backend_pid = pid, error = %e, "pooled server connection lost moving it to the client's thread");
+                    let msg = format!("optlock: the pooled server connection was lost: {e}");
+                    handshake::send_fatal(stream, "08006", &msg).await;
+                    return None;
+                }
+            }
         }
         Got::Open => match open(shared, config, packet, user, &creds).await {
             Ok(c) => {
