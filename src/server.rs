@@ -136,8 +136,29 @@ impl Server {
             guards = shared.settings().guards.guards.len(),
             "optlock is ready"
         );
-        accept_loop(&listener, &shared, &session_threads, &sessions, shutdown_rx).await;
-        drop(listener);
+        match session_threads.first().cloned() {
+            // The first session thread accepts: a client it keeps is served where it was
+            // accepted, and a connection wakes one thread fewer.
+            Some(first) => {
+                let listener = listener.into_std()?;
+                let (shared, sessions) = (shared.clone(), sessions.clone());
+                let accepting = first.spawn(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => {
+                            let threads = Threads::Accepting(&session_threads);
+                            accept_loop(&l, &shared, threads, &sessions, shutdown_rx).await
+                        }
+                        Err(e) => error!(error = %e, "cannot listen on the session thread"),
+                    }
+                });
+                accepting.await?;
+            }
+            None => {
+                let threads = Threads::None;
+                accept_loop(&listener, &shared, threads, &sessions, shutdown_rx).await;
+                drop(listener);
+            }
+        }
         drain(&sessions, &admin, &shared).await;
         drop(stop_metrics);
         info!("optlock stopped");
@@ -160,11 +181,20 @@ fn start_metrics(
     Ok(stop_metrics)
 }
 
+/// Where sessions run.
+#[derive(Clone, Copy)]
+enum Threads<'t> {
+    /// On the runtime that accepts them.
+    None,
+    /// On these threads in turn; the accepting loop runs on the first.
+    Accepting(&'t [tokio::runtime::Handle]),
+}
+
 /// Accepts clients until a shutdown is asked for, handing each to a session.
 async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
-    session_threads: &[tokio::runtime::Handle],
+    threads: Threads<'_>,
     sessions: &Arc<SessionTasks>,
     mut shutdown_rx: watch::Receiver<bool>,
 ) {
@@ -173,10 +203,15 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    let thread = session_threads.get(next_thread % session_threads.len().max(1));
-                    if thread.is_some() {
-                        next_thread = next_thread.wrapping_add(1);
-                    }
+                    let thread = match threads {
+                        Threads::Accepting(all) if !all.is_empty() => {
+                            let i = next_thread % all.len();
+                            next_thread = next_thread.wrapping_add(1);
+                            // The first thread is this one: its client stays here.
+                            (i > 0).then(|| &all[i])
+                        }
+                        _ => None,
+                    };
                     spawn_session(sessions, thread, tcp, peer, shared);
                 }
                 Err(e) => {
@@ -190,8 +225,8 @@ async fn accept_loop(
     }
 }
 
-/// Starts the session of an accepted client on `thread`, or on the caller's runtime when the
-/// sessions have no threads of their own.
+/// Starts the session of an accepted client on `thread`, or on the accepting runtime when
+/// `None`.
 fn spawn_session(
     sessions: &Arc<SessionTasks>,
     thread: Option<&tokio::runtime::Handle>,
