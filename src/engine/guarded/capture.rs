@@ -10,6 +10,8 @@
 //!   replies are stripped ([`super::describe`]); a `Bind` that gives one result format per
 //!   column gets formats for the added columns too; each `DataRow` of an `Execute` is
 //!   stripped ([`super::execute`]).
+//! - A captured read that pins one row teaches its key and version from its rows: its key is
+//!   read from its `Bind` or its text only when it finds no row, to forget the row.
 //!
 //! Whether a statement is captured is decided once per text by the analysis, and per session
 //! from what its database says: the tables resolved there, the names another relation
@@ -265,7 +267,7 @@ impl GuardState {
     }
 }
 
-/// The types of the columns capture adds, as this database resolves them.
+/// A captured pinned read that found no row; the types of the columns capture adds.
 impl GuardState {
     /// Statement `statement` of a simple query's text `sql` (analysed with
     /// `standard_conforming_strings` `conforming`), a captured read, found no row or showed
