@@ -30,7 +30,8 @@
 //!   control inside it, as PostgreSQL runs them.
 //! - [`parse`], [`bind`], [`describe`], [`execute`], [`close`]: the extended protocol's
 //!   messages for guarded statements (an extra parameter carries the expected version; the
-//!   batch waits for the row count).
+//!   batch waits for the row count); [`read_parse`]: the `Parse` of a read, planned once per
+//!   text.
 //! - [`counts`]: a `Bind` whose counts the server rejects gets the server's error in the
 //!   client's terms.
 //! - [`kept`]: unnamed guarded writes kept prepared under names of the proxy's.
@@ -67,6 +68,7 @@ mod parse;
 mod pinned;
 mod plan;
 mod raise;
+mod read_parse;
 mod reads;
 mod script;
 mod session;

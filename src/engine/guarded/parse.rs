@@ -10,17 +10,15 @@
 use crate::protocol::TxStatus;
 use std::sync::{Arc, OnceLock};
 
-use super::cursors::cursor_touches;
 use super::cx::Cx;
-use super::state::{GuardState, ParseText};
+use super::state::GuardState;
 use super::statements::{
-    FULL_VARIANT_PREFIX, FullVariant, ParseUndo, Parsed, Prepared, PreparedWrite, ReadPrep,
+    FULL_VARIANT_PREFIX, FullVariant, ParseUndo, Parsed, Prepared, PreparedWrite,
 };
 use super::tag::{StmtTag, Tag};
 use crate::engine::replies::Pending;
 use crate::guard::conflict::Refusal;
 use crate::guard::cursors::may_touch_cursors;
-use crate::guard::prefilter::{Found, Prefilter};
 use crate::guard::rewrite::{Bump, Expected};
 use crate::guard::{Action, GuardSet, GuardedWrite, Target, WriteOp};
 use crate::protocol::{Frame, backend as be, frontend as fe};
@@ -35,9 +33,6 @@ fn parse_first(cx: &mut Cx<'_>, name: &[u8], sql: &str, param_types: &[u32]) {
         cx.out.replies.push(p(Some(Tag::Hidden)));
     }
 }
-
-/// `Parse` texts whose prefilter result a session remembers (forgotten all at once beyond).
-const FOUND_TEXTS: usize = 1024;
 
 impl GuardState {
     /// A `Parse`. Returns true when the guard sent it itself: rewritten, replaced by a
@@ -469,140 +464,6 @@ impl GuardState {
         }
         undo.hidden
     }
-
-    /// Sends the `Parse` (`msg`) of a statement that writes no guarded table: as it is, or,
-    /// for a read that names one (`names_guarded`, with what an earlier `Parse` of the text
-    /// made of it) and is captured, with its key and version columns added.
-    fn parse_read(
-        &mut self,
-        cx: &mut Cx<'_>,
-        msg: Frame<'_>,
-        p: &fe::Parse<'_>,
-        names_guarded: Option<Option<Arc<ReadPrep>>>,
-        guards: &Arc<GuardSet>,
-    ) {
-        let captured = match names_guarded {
-            Some(before) => self.prepare_read(p, before, guards),
-            None => {
-                self.prepare_unguarded(p);
-                None
-            }
-        };
-        match captured {
-            Some(text) => {
-                let out = &mut cx.out.to_server;
-                fe::write_parse(out, p.name, text.as_bytes(), &p.param_types);
-            }
-            None => cx.out.to_server.extend_from_slice(msg.bytes()),
-        }
-    }
-
-    /// Remembers a prepared statement that reads a guarded table (`p` names one), so its rows
-    /// can be followed; `before` is what an earlier `Parse` of the same text made of it,
-    /// reused when it still fits. Returns the text to prepare instead of the client's when
-    /// the read is captured (its key and version columns added).
-    fn prepare_read(
-        &mut self,
-        p: &fe::Parse<'_>,
-        before: Option<Arc<ReadPrep>>,
-        guards: &Arc<GuardSet>,
-    ) -> Option<Arc<str>> {
-        if self.resolved.is_empty() {
-            return None;
-        }
-        let aggregates = self.aggregates.is_some();
-        let prep = match before.filter(|r| r.fits(guards, &self.resolved, aggregates)) {
-            Some(prep) => prep,
-            None => match self.plan_read(p, guards) {
-                PlannedRead::Read(prep) => prep,
-                PlannedRead::Cursor(text) => return text,
-            },
-        };
-        let prepared = prep.prepared(p.param_types.clone());
-        self.statements.insert(p.name.into(), Arc::new(prepared));
-        prep.sent.clone()
-    }
-
-    /// Plans a read's text afresh. A plain read's plan is remembered with the text; a
-    /// cursor's declaration (its cursor named by the text) is remembered as a statement of
-    /// its own here.
-    fn plan_read(&mut self, p: &fe::Parse<'_>, guards: &Arc<GuardSet>) -> PlannedRead {
-        let sql = std::str::from_utf8(p.query).ok();
-        let analysis = sql.map(|sql| self.cache.get_or_analyze(sql, guards));
-        let lone = match (sql, analysis.as_deref()) {
-            (Some(sql), Some(a)) => match (a.statements.as_slice(), a.captures.as_slice()) {
-                ([_], [capture]) => Some((sql, capture)),
-                _ => None,
-            },
-            _ => None,
-        };
-        let pinned = analysis.as_ref().and_then(|a| a.lone_read().cloned());
-        let shared = analysis
-            .as_ref()
-            .map(|a| a.shared.clone())
-            .unwrap_or_default();
-        if let Some((sql, c)) = lone
-            && c.cursor.is_some()
-        {
-            let (text, cursor) = self.prepared_cursor(sql, c, guards).unzip();
-            let prepared = Prepared {
-                pinned: pinned.map(Arc::new),
-                shared,
-                declared_types: p.param_types.clone(),
-                cursor,
-                touches: cursor_touches(p.query),
-                ..Prepared::default()
-            };
-            self.statements.insert(p.name.into(), Arc::new(prepared));
-            return PlannedRead::Cursor(text.map(Arc::from));
-        }
-        let (sent, capture) = match lone {
-            Some((sql, c)) => self.prepared_capture(sql, c, guards).unzip(),
-            None => (None, None),
-        };
-        let prep = Arc::new(ReadPrep {
-            guards: guards.clone(),
-            resolved: self.resolved.clone(),
-            aggregates: self.aggregates.is_some(),
-            sent: sent.map(Arc::from),
-            pinned: pinned.map(Arc::new),
-            shared,
-            capture: capture.map(Arc::new),
-            touches: cursor_touches(p.query),
-        });
-        if let Some(t) = self.found.get_mut(p.query) {
-            t.read = Some(prep.clone());
-        }
-        PlannedRead::Read(prep)
-    }
-
-    /// What the prefilter finds in `text`, and what a read's last `Parse` of it made of it,
-    /// remembered for the texts of `Parse` messages.
-    fn found_in_parse(
-        &mut self,
-        text: &[u8],
-        prefilter: &Prefilter,
-    ) -> (Found, Option<Arc<ReadPrep>>) {
-        if let Some(t) = self.found.get(text) {
-            return (t.found, t.read.clone());
-        }
-        let found = prefilter.scan(text);
-        if self.found.len() >= FOUND_TEXTS {
-            self.found.clear();
-        }
-        self.found
-            .insert(text.into(), ParseText { found, read: None });
-        (found, None)
-    }
-}
-
-/// What [`GuardState::plan_read`] made of a read's text.
-enum PlannedRead {
-    /// A plain read: prepared from this plan, now and when the text comes again.
-    Read(Arc<ReadPrep>),
-    /// A cursor's declaration, already remembered: the text to send instead of the
-    /// client's, when its query is captured.
-    Cursor(Option<Arc<str>>),
 }
 
 /// The parameter the proxy adds for the expected version (1-based), for a write that may
