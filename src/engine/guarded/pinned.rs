@@ -84,9 +84,10 @@ impl GuardState {
             be::ROW_DESCRIPTION => {
                 // Columns not the proxy's (never expected) leave the result as it is.
                 let out = &mut cx.out.to_client;
-                let stripped = strip_description(body, c.added, &c.layout, out);
+                let last = &mut self.last_plan;
+                let stripped = strip_description(body, c.added, &c.layout, out, last);
                 reads.strip = if stripped.is_some() { c.added } else { 0 };
-                self.row_plan = stripped.flatten().map(Arc::new);
+                self.row_plan = stripped.flatten();
                 reads.strip > 0
             }
             be::DATA_ROW if reads.strip > 0 => {

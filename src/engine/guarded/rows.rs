@@ -6,6 +6,8 @@
 //! Plain data and pure functions: what the session learns from the rows is decided in
 //! [`super::reads`] and [`super::pinned`].
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use smallvec::SmallVec;
 
@@ -238,7 +240,7 @@ pub struct Captured {
     /// Index of the statement among the statements of its text (0 for a lone statement).
     pub statement: usize,
     /// Each table instance's table and number of key columns, in column order.
-    pub layout: Vec<(TableId, usize)>,
+    pub layout: Layout,
     /// How many columns were added at the end of each row.
     pub added: usize,
     /// The statement is a `COPY (SELECT ...) TO STDOUT` in this format, and the added columns'
@@ -256,27 +258,53 @@ pub struct CapturedCursor {
     pub decl: CursorDecl,
 }
 
+/// Each captured table instance's table and number of key columns, in column order (inline
+/// for up to two instances).
+pub type Layout = SmallVec<[(TableId, usize); 2]>;
+
+/// The plan last made for a captured simple-query result: the next result with the same
+/// layout and added columns (a query run again with other constants) reuses it.
+#[derive(Debug, Default)]
+pub struct LastPlan {
+    layout: Layout,
+    tail: SmallVec<[(u32, i16); 4]>,
+    plan: Option<Arc<ReadPlan>>,
+}
+
 /// A `RowDescription` of a result whose last `added` columns should be the proxy's. When
 /// they are (they bear [`COLUMN_NAME`]), the client gets it without them, and the plan that
-/// reads them is returned (`Some(None)` when they do not match `layout`); `None` when they
-/// are not, and the result is the client's as it is.
+/// reads them is returned (`Some(None)` when they do not match `layout`), from `last` when
+/// it was made for the same columns; `None` when they are not, and the result is the
+/// client's as it is.
 pub fn strip_description(
     body: &[u8],
     added: usize,
     layout: &[(TableId, usize)],
     to_client: &mut BytesMut,
-) -> Option<Option<ReadPlan>> {
+    last: &mut LastPlan,
+) -> Option<Option<Arc<ReadPlan>>> {
     let cols = be::row_description(body)?;
     let keep = cols.len().checked_sub(added)?;
     if !ours(&cols[keep..]) {
         return None;
     }
     be::write_truncated(to_client, be::ROW_DESCRIPTION, body, keep)?;
-    let tail: Vec<(u32, i16)> = cols[keep..]
+    let tail: SmallVec<[(u32, i16); 4]> = cols[keep..]
         .iter()
         .map(|c| (c.type_oid, c.format))
         .collect();
-    Some(ReadPlan::captured(layout, &tail))
+    if last.plan.is_some() && last.layout[..] == *layout && last.tail == tail {
+        return Some(last.plan.clone());
+    }
+    let plan = ReadPlan::captured(layout, &tail).map(Arc::new);
+    if plan.is_some() {
+        *last = LastPlan {
+            layout: layout.into(),
+            tail,
+            plan: plan.clone(),
+        };
+    }
+    Some(plan)
 }
 
 /// True when the last `added` columns of a `RowDescription` body are the proxy's.
@@ -488,7 +516,7 @@ pub fn param_canon<'b>(b: &Bind<'b>, types: &[u32], n: u16, column_type: u32) ->
 }
 
 /// Each table instance's table and number of key columns, in column order.
-pub fn layout(tables: &[&crate::guard::CaptureTable], guards: &GuardSet) -> Vec<(TableId, usize)> {
+pub fn layout(tables: &[&crate::guard::CaptureTable], guards: &GuardSet) -> Layout {
     tables
         .iter()
         .map(|t| (guards.table_ids[t.guard], guards.guards[t.guard].key.len()))

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::checks::{RaiseCtx, Script};
 use super::cx::Cx;
 use super::names::NameMap;
-use super::rows::{CapturedCursor, ReadPlan};
+use super::rows::{CapturedCursor, LastPlan, ReadPlan};
 use super::statements::{Kept, ParseUndo, Portal, Prepared, ReadPrep, StaleStatement};
 use super::txn::TxnState;
 use crate::catalog::aggregates::Aggregates;
@@ -53,6 +53,8 @@ pub struct GuardState {
     pub(super) portals: NameMap<Arc<Portal>>,
     /// Columns of the result being read in a simple query (set by its `RowDescription`).
     pub(super) row_plan: Option<Arc<ReadPlan>>,
+    /// The plan last made for a captured simple-query result, reused for the same columns.
+    pub(super) last_plan: LastPlan,
     pub(super) script: Option<Script>,
     /// The guards changed: resolve them again before the next statement.
     pub(super) need_resolve: bool,
@@ -124,6 +126,7 @@ impl GuardState {
             stale: NameMap::default(),
             portals: NameMap::default(),
             row_plan: None,
+            last_plan: LastPlan::default(),
             script: None,
             need_resolve: false,
             catalog: CatalogState::default(),

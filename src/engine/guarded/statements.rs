@@ -11,9 +11,8 @@ use std::sync::{Arc, OnceLock};
 use smallvec::SmallVec;
 
 use super::checks::WriteCheck;
-use super::rows::{CapturedCursor, Col, ReadCheck, ReadPlan};
+use super::rows::{CapturedCursor, Col, Layout, ReadCheck, ReadPlan};
 use crate::catalog::resolve::ResolvedGuards;
-use crate::guard::TableId;
 use crate::guard::cursors::CursorTouch;
 use crate::guard::{GuardSet, GuardedWrite, PinnedRead};
 
@@ -80,7 +79,7 @@ pub struct PreparedCapture {
     /// How many columns the proxy added at the end of the statement's output.
     pub added: usize,
     /// Each table instance's table and number of key columns, in column order.
-    pub layout: Vec<(TableId, usize)>,
+    pub layout: Layout,
     /// Reads the added columns: in text, and in binary (a portal's `Bind` may ask either
     /// for every column).
     pub plans: [Arc<ReadPlan>; 2],
