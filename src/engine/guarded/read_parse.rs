@@ -14,10 +14,12 @@ use super::cx::Cx;
 use super::state::{GuardState, ParseText};
 use super::statements::{Prepared, ReadPrep};
 use crate::guard::GuardSet;
+use crate::guard::cache::MAX_CACHED_TEXT;
 use crate::guard::prefilter::{Found, Prefilter};
 use crate::protocol::{Frame, frontend as fe};
 
-/// `Parse` texts whose prefilter result a session remembers (forgotten all at once beyond).
+/// `Parse` texts whose prefilter result a session remembers (forgotten all at once beyond;
+/// texts longer than [`MAX_CACHED_TEXT`] are not kept).
 const FOUND_TEXTS: usize = 1024;
 
 impl GuardState {
@@ -138,6 +140,10 @@ impl GuardState {
             return (t.found, t.read.clone());
         }
         let found = prefilter.scan(text);
+        // A long text (a bulk statement) is scanned every time instead of being kept.
+        if text.len() > MAX_CACHED_TEXT {
+            return (found, None);
+        }
         if self.found.len() >= FOUND_TEXTS {
             self.found.clear();
         }
