@@ -151,6 +151,8 @@ impl Server {
                         Err(e) => error!(error = %e, "cannot listen on the session thread"),
                     }
                 });
+                // A server dropped before its shutdown stops accepting too.
+                let _stop_accepting = AbortTask(accepting.abort_handle());
                 accepting.await?;
             }
             None => {
@@ -179,6 +181,15 @@ fn start_metrics(
         }));
     }
     Ok(stop_metrics)
+}
+
+/// Aborts a task when dropped.
+struct AbortTask(tokio::task::AbortHandle);
+
+impl Drop for AbortTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Where sessions run.

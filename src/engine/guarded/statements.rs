@@ -1,6 +1,7 @@
 //! What the session knows of prepared statements and portals: [`Prepared`] (a statement that
 //! writes or reads a guarded table, [`PreparedWrite`] and its [`FullVariant`]), the
-//! [`ReadPrep`] a read's text is prepared from again, [`Portal`], the [`ParseUndo`] of a `Parse` the server may not carry out, a [`Kept`] unnamed write and
+//! [`ReadPrep`] a read's text is prepared from again, [`Portal`], the [`ParseUndo`] of a
+//! `Parse` the server may not carry out, a [`Kept`] unnamed write and
 //! a [`StaleStatement`] to prepare again after a reload.
 //!
 //! Plain data: the messages that change it are handled in [`super::parse`], [`super::bind`],
@@ -92,7 +93,7 @@ pub struct PreparedCapture {
     pub fetch: bool,
 }
 
-/// What a read's `Parse` made of its text (see [`super::GuardState::prepare_read`]), kept
+/// What a read's `Parse` made of its text (see [`super::read_parse`]), kept
 /// with the text's prefilter result: the same text prepared again (libpq's `PQexecParams`
 /// prepares the unnamed statement for every execution) reuses it while the guards and what
 /// the database resolved are the ones it was made with.
