@@ -11,7 +11,9 @@
 # drift between rounds cancels out), and the CPU time of each proxy process per transaction
 # (its utime+stime over the run / transactions processed), the figure that decides TPS on a
 # small machine, with its user-space part (the proxy's own code; the rest is the kernel's
-# socket work, the same for both).
+# socket work, the same for both), and PostgreSQL's CPU time per transaction for each target
+# (its postmaster's own and reaped children's time: capture's added columns cost the server
+# too; needs the server's data directory readable, else 0).
 #
 # Usage:  bench/capture.sh
 #         ROUNDS=5 DURATION=15 MODES=prepared bench/capture.sh
@@ -73,7 +75,7 @@ for t in $TARGETS; do
 done
 
 read -r -a TARGET_LIST <<<"$TARGETS"
-declare -A TPS=() CPU=() USER=() ERRORS=() ROUND_TPS=()
+declare -A TPS=() CPU=() USER=() SERVER=() ERRORS=() ROUND_TPS=()
 host_of() { [[ $1 == direct ]] && echo "$PG_HOST" || echo 127.0.0.1; }
 
 total=$(( ROUNDS * $(wc -w <<<"$MODES") * ${#TARGET_LIST[@]} ))
@@ -91,11 +93,14 @@ for round in $(seq 1 "$ROUNDS"); do
             fi
             before=$(proc_cpu_ticks "${PID[$t]:-}")
             user_before=$(proc_user_ticks "${PID[$t]:-}")
+            server_before=$(pg_cluster_ticks)
             rc=0
             pgbench -n -S -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -M "$mode" \
                 -h "$(host_of "$t")" -p "${PORT[$t]}" "$DB" >"$out" 2>&1 || rc=$?
             after=$(proc_cpu_ticks "${PID[$t]:-}")
             user_after=$(proc_user_ticks "${PID[$t]:-}")
+            pg_backends_gone "$DB"
+            server_after=$(pg_cluster_ticks)
             tps=$(pgb_tps "$out")
             done_tx=$(pgb_processed "$out")
             if [[ $rc -ne 0 || -z "$tps" ]]; then
@@ -105,6 +110,7 @@ for round in $(seq 1 "$ROUNDS"); do
             if [[ -n "$tps" ]]; then
                 TPS[$mode:$t]="${TPS[$mode:$t]:-} $(printf "%.1f" "$tps")"
                 ROUND_TPS[$round:$mode:$t]=$tps
+                SERVER[$mode:$t]="${SERVER[$mode:$t]:-} $(per_try $((server_after - server_before)) "$done_tx")"
                 if [[ $t != direct ]]; then
                     CPU[$mode:$t]="${CPU[$mode:$t]:-} $(per_try $((after - before)) "$done_tx")"
                     USER[$mode:$t]="${USER[$mode:$t]:-} $(per_try $((user_after - user_before)) "$done_tx")"
@@ -122,8 +128,9 @@ done
     echo "# plain = optlock without guards; xmin = optlock with pgbench_accounts guarded by xmin (capture on, track_limit $TRACK_LIMIT)"
     echo "# TPS = median over rounds; cpu us/tx = the proxy process's CPU time per transaction (median)"
     echo "# paired = median over rounds of the round's own xmin/plain; cpu = user+kernel, user = the proxy's own code"
+    echo "# server us/tx = PostgreSQL's CPU time per transaction (all its processes), direct / plain / xmin"
     echo
-    printf '%-9s %10s %10s %10s %11s %7s %12s %16s %16s\n' mode direct plain xmin xmin/plain paired plain/direct "plain cpu(user)" "xmin cpu(user)"
+    printf '%-9s %10s %10s %10s %11s %7s %12s %16s %16s %16s\n' mode direct plain xmin xmin/plain paired plain/direct "plain cpu(user)" "xmin cpu(user)" "server d/p/x"
     for mode in $MODES; do
         # shellcheck disable=SC2086
         d=$(median ${TPS[$mode:direct]:-}); p=$(median ${TPS[$mode:plain]:-}); x=$(median ${TPS[$mode:xmin]:-})
@@ -137,7 +144,9 @@ done
             [[ -n $pr && -n $xr ]] && pairs+=("$(ratio "$xr" "$pr")")
         done
         paired=$(median_ratio "${pairs[@]}")
-        printf '%-9s %10s %10s %10s %11s %7s %12s %16s %16s\n' "$mode" "$d" "$p" "$x" "$(ratio "$x" "$p")" "$paired" "$(ratio "$p" "$d")" "$pc ($pu)" "$xc ($xu)"
+        # shellcheck disable=SC2086
+        server="$(median ${SERVER[$mode:direct]:-}) / $(median ${SERVER[$mode:plain]:-}) / $(median ${SERVER[$mode:xmin]:-})"
+        printf '%-9s %10s %10s %10s %11s %7s %12s %16s %16s %16s\n' "$mode" "$d" "$p" "$x" "$(ratio "$x" "$p")" "$paired" "$(ratio "$p" "$d")" "$pc ($pu)" "$xc ($xu)" "$server"
     done
     print_runs "$MODES" 9 7
 } | tee "$RESULT"

@@ -313,6 +313,32 @@ proc_user_ticks() {
         echo 0
     fi
 }
+# The CPU time of the PostgreSQL server at PG_HOST:PG_PORT, in clock ticks: its postmaster's
+# own and reaped children's time (a backend that has ended is counted there) plus the time of
+# its children still running. Read before and after a run (after the run's backends are gone:
+# see pg_backends_gone), the difference is what the server spent, wherever a client connected.
+# 0 when the server's data directory cannot be read (a server on another machine).
+pg_cluster_ticks() {
+    local dir pid child total
+    dir=$(pg_direct postgres -Atc "SHOW data_directory" 2>/dev/null) || { echo 0; return; }
+    pid=$(head -n1 "$dir/postmaster.pid" 2>/dev/null) || { echo 0; return; }
+    [[ -r /proc/$pid/stat ]] || { echo 0; return; }
+    # utime, stime, cutime, cstime: fields 14 to 17.
+    total=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat")
+    for child in $(pgrep -P "$pid"); do
+        total=$((total + $(proc_cpu_ticks "$child")))
+    done
+    echo "$total"
+}
+# Wait (up to 5 s) until no client backend is connected to database $1: pgbench's backends
+# end a moment after it exits, and a backend's CPU is counted at its end.
+pg_backends_gone() {
+    local i
+    for i in $(seq 1 50); do
+        [[ $(pg_direct postgres -Atc "SELECT count(*) FROM pg_stat_activity WHERE datname = '$1' AND pid <> pg_backend_pid()" 2>/dev/null) == 0 ]] && return 0
+        sleep 0.1
+    done
+}
 # per_try TICKS TRIES: microseconds per try ("-" when not computable).
 per_try() {
     awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" \
