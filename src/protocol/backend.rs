@@ -165,8 +165,10 @@ pub fn field_count(body: &[u8]) -> usize {
 }
 
 /// Writes a `RowDescription` or `DataRow` message keeping only the first `keep` columns of
-/// `body` (used to hide the proxy's own `RETURNING` columns).
-pub fn write_truncated(out: &mut BytesMut, tag: u8, body: &[u8], keep: usize) -> Option<()> {
+/// `body` (used to hide the proxy's own `RETURNING` columns). Returns where the kept fields
+/// end in `body` (for [`write_head`]); None, having written nothing, when `body` does not read
+/// as one.
+pub fn write_truncated(out: &mut BytesMut, tag: u8, body: &[u8], keep: usize) -> Option<usize> {
     let (_, mut rest) = be_i16(body)?;
     let start = rest.as_ptr() as usize - body.as_ptr() as usize;
     for _ in 0..keep {
@@ -186,7 +188,7 @@ pub fn write_truncated(out: &mut BytesMut, tag: u8, body: &[u8], keep: usize) ->
     out.extend_from_slice(&(keep as i16).to_be_bytes());
     out.extend_from_slice(&body[start..end]);
     finish_message(out, at);
-    Some(())
+    Some(end)
 }
 
 /// Splits a `DataRow` body after its first `keep` values: where those end in `body`, and the

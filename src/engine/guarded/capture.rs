@@ -76,7 +76,7 @@ impl GuardState {
             return false;
         }
         let mut copied = 0;
-        let mut captured = Vec::new();
+        let mut captured: SmallVec<[Captured; 1]> = SmallVec::new();
         let at = begin_message(&mut cx.out.to_server, fe::QUERY);
         for c in &kinds.captures {
             let tables = self.capture_tables(c);

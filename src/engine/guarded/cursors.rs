@@ -191,7 +191,7 @@ impl GuardState {
             return false;
         };
         let mut reads = Reads::new(Vec::new(), false);
-        reads.captured = vec![cursor.captured.clone()];
+        reads.captured = std::iter::once(cursor.captured.clone()).collect();
         cx.out.to_server.extend_from_slice(msg.bytes());
         cx.out
             .replies

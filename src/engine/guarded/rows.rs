@@ -263,13 +263,21 @@ pub struct CapturedCursor {
 pub type Layout = SmallVec<[(TableId, usize); 2]>;
 
 /// The plan last made for a captured simple-query result: the next result with the same
-/// layout and added columns (a query run again with other constants) reuses it.
+/// layout and added columns (a query run again with other constants) reuses it, and one whose
+/// whole description is the same (the usual case) is also stripped without being decoded.
 #[derive(Debug, Default)]
 pub struct LastPlan {
     layout: Layout,
     tail: SmallVec<[(u32, i16); 4]>,
     plan: Option<Arc<ReadPlan>>,
+    /// The `RowDescription` body the plan was last used for, and where its client's columns
+    /// end in it.
+    body: Vec<u8>,
+    end: usize,
 }
+
+/// The largest `RowDescription` body [`LastPlan`] keeps (a wider one is decoded every time).
+const MAX_KEPT_DESCRIPTION: usize = 4096;
 
 /// A `RowDescription` of a result whose last `added` columns should be the proxy's. When
 /// they are (they bear [`COLUMN_NAME`]), the client gets it without them, and the plan that
@@ -283,17 +291,31 @@ pub fn strip_description(
     to_client: &mut BytesMut,
     last: &mut LastPlan,
 ) -> Option<Option<Arc<ReadPlan>>> {
+    if last.plan.is_some()
+        && last.tail.len() == added
+        && last.layout[..] == *layout
+        && last.body == body
+    {
+        // The same description as last time (its added columns and their plan included).
+        let keep = be_i16_count(body) - last.tail.len();
+        be::write_head(to_client, be::ROW_DESCRIPTION, body, keep, last.end);
+        return Some(last.plan.clone());
+    }
     let cols = be::row_description(body)?;
     let keep = cols.len().checked_sub(added)?;
     if !ours(&cols[keep..]) {
         return None;
     }
-    be::write_truncated(to_client, be::ROW_DESCRIPTION, body, keep)?;
+    let end = be::write_truncated(to_client, be::ROW_DESCRIPTION, body, keep)?;
     let tail: SmallVec<[(u32, i16); 4]> = cols[keep..]
         .iter()
         .map(|c| (c.type_oid, c.format))
         .collect();
+    let kept = if body.len() <= MAX_KEPT_DESCRIPTION { body } else { &[] };
     if last.plan.is_some() && last.layout[..] == *layout && last.tail == tail {
+        last.body.clear();
+        last.body.extend_from_slice(kept);
+        last.end = end;
         return Some(last.plan.clone());
     }
     let plan = ReadPlan::captured(layout, &tail).map(Arc::new);
@@ -302,6 +324,8 @@ pub fn strip_description(
             layout: layout.into(),
             tail,
             plan: plan.clone(),
+            body: kept.to_vec(),
+            end,
         };
     }
     Some(plan)
@@ -455,8 +479,9 @@ pub struct Reads {
     pub step: bool,
     /// Guards the query reads in more than one instance: its rows teach nothing of them.
     pub shared: Vec<usize>,
-    /// The statements whose output read capture added columns to.
-    pub captured: Vec<Captured>,
+    /// The statements whose output read capture added columns to (inline for one: the
+    /// usual query).
+    pub captured: SmallVec<[Captured; 1]>,
     /// Columns to take off the end of each row of the result arriving (the proxy's, found
     /// in its `RowDescription`).
     pub(super) strip: usize,
@@ -474,7 +499,7 @@ impl Reads {
             at: 0,
             step,
             shared: Vec::new(),
-            captured: Vec::new(),
+            captured: SmallVec::new(),
             strip: 0,
             unfound: None,
         }
@@ -521,4 +546,69 @@ pub fn layout(tables: &[&crate::guard::CaptureTable], guards: &GuardSet) -> Layo
         .iter()
         .map(|t| (guards.table_ids[t.guard], guards.guards[t.guard].key.len()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `RowDescription` body: (name, type OID) per column, text format.
+    fn description(cols: &[(&str, u32)]) -> Vec<u8> {
+        let mut b = (cols.len() as i16).to_be_bytes().to_vec();
+        for (name, type_oid) in cols {
+            b.extend_from_slice(name.as_bytes());
+            b.push(0);
+            b.extend_from_slice(&0u32.to_be_bytes()); // table OID
+            b.extend_from_slice(&0i16.to_be_bytes()); // attnum
+            b.extend_from_slice(&type_oid.to_be_bytes());
+            b.extend_from_slice(&4i16.to_be_bytes()); // typlen
+            b.extend_from_slice(&(-1i32).to_be_bytes()); // typmod
+            b.extend_from_slice(&0i16.to_be_bytes()); // format
+        }
+        b
+    }
+
+    fn strip(body: &[u8], layout: &Layout, last: &mut LastPlan) -> (BytesMut, Arc<ReadPlan>) {
+        let mut out = BytesMut::new();
+        let plan = strip_description(body, 2, layout, &mut out, last)
+            .expect("the proxy's columns")
+            .expect("a plan for them");
+        (out, plan)
+    }
+
+    #[test]
+    fn a_description_seen_again_is_stripped_alike_and_its_plan_reused() {
+        let layout: Layout = [(TableId(0), 1)].into_iter().collect();
+        let ours = [(COLUMN_NAME, 23), (COLUMN_NAME, 28)];
+        let first = description(&[&[("abalance", 23)][..], &ours].concat());
+        let other = description(&[&[("bid", 23), ("filler", 25)][..], &ours].concat());
+        let mut last = LastPlan::default();
+        let (a, plan_a) = strip(&first, &layout, &mut last);
+        assert_eq!(a[..], framed(&description(&[("abalance", 23)])));
+        // Again: the same bytes, the same plan.
+        let (again, plan_again) = strip(&first, &layout, &mut last);
+        assert_eq!(a, again);
+        assert!(Arc::ptr_eq(&plan_a, &plan_again));
+        // Other client columns before the same added ones: its own bytes, the same plan.
+        let (b, plan_b) = strip(&other, &layout, &mut last);
+        assert_eq!(b[..], framed(&description(&[("bid", 23), ("filler", 25)])));
+        assert!(Arc::ptr_eq(&plan_a, &plan_b));
+        let (b2, _) = strip(&other, &layout, &mut last);
+        assert_eq!(b, b2, "the other description again");
+        let (a2, _) = strip(&first, &layout, &mut last);
+        assert_eq!(a, a2, "the first description after another");
+        // Added columns of other types: a plan of their own.
+        let int8 = description(&[("abalance", 23), (COLUMN_NAME, 20), (COLUMN_NAME, 28)]);
+        let (_, plan_c) = strip(&int8, &layout, &mut last);
+        assert!(!Arc::ptr_eq(&plan_a, &plan_c));
+        assert_eq!(plan_c.entries[0].keys[0].type_oid, 20);
+    }
+
+    /// A body framed as a `RowDescription` message.
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut m = vec![be::ROW_DESCRIPTION];
+        m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
 }

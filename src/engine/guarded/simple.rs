@@ -273,7 +273,7 @@ impl GuardState {
             } else {
                 let mut reads = Reads::new(checks, true);
                 reads.shared.clone_from(&analysis.shared);
-                reads.captured = captured;
+                reads.captured = captured.into();
                 StepSpec::Reads(text, Box::new(reads))
             },
         );
