@@ -245,8 +245,11 @@ fn spawn_session(
     peer: SocketAddr,
     shared: &Arc<Shared>,
 ) {
+    // A session's future is large (kilobytes: the engine, the login's and the relay's
+    // states); boxed where it is made, it is copied once, not again by each wrapper and by
+    // the spawn.
     let Some(handle) = thread else {
-        sessions.spawn(None, relay::serve_client(tcp, peer, shared.clone()));
+        sessions.spawn(None, Box::pin(relay::serve_client(tcp, peer, shared.clone())));
         return;
     };
     // The socket moves to the session thread's own reactor, so its readiness wakes that
@@ -256,7 +259,7 @@ fn spawn_session(
             let shared = shared.clone();
             sessions.spawn(Some(handle), async move {
                 match tokio::net::TcpStream::from_std(std) {
-                    Ok(tcp) => relay::serve_client(tcp, peer, shared).await,
+                    Ok(tcp) => Box::pin(relay::serve_client(tcp, peer, shared)).await,
                     Err(e) => {
                         error!(client = %peer, error = %e, "cannot register the client socket")
                     }

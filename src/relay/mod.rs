@@ -302,7 +302,8 @@ const DRAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 /// discards replies still in its send queue, which the client must read first.
 async fn drain_client(tcp: &mut tokio::net::TcpStream) {
     use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 4096];
+    // On the heap: a buffer held across the reads would be in every session's future.
+    let mut buf = vec![0u8; 4096];
     let _ = tokio::time::timeout(DRAIN_PATIENCE, async {
         while let Ok(n) = tcp.read(&mut buf).await {
             if n == 0 {
