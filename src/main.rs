@@ -8,6 +8,12 @@ use clap::{Args, Parser, Subcommand};
 use optlock::config::{ClientTlsMode, Config, UpstreamTlsMode};
 use optlock::server::Server;
 
+/// mimalloc serves the proxy's many small, short-lived allocations (a session's state at each
+/// connection, a query's plan pieces) from per-thread pages: fewer instructions per allocation
+/// than the system allocator, and no consolidation pass when a session's large future is freed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "optlock",
