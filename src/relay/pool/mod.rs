@@ -83,7 +83,9 @@ pub struct PoolRow {
 /// Every pool of the process.
 #[derive(Default)]
 pub struct Pools {
-    pools: Mutex<HashMap<PoolKey, Pool>>,
+    /// Hashed with foldhash (seeded per process): every connection looks its pool up, and
+    /// SipHash over the user, database and startup parameters cost more than the lookup.
+    pools: Mutex<HashMap<PoolKey, Pool, foldhash::fast::RandomState>>,
     /// Pooled-mode clients connected now (for `max_client_conn`).
     clients: AtomicUsize,
     tickets: AtomicUsize,
@@ -92,8 +94,9 @@ pub struct Pools {
     expiry_started: AtomicBool,
     /// Idle connections of `auth_user`, per database.
     auth_conns: Mutex<HashMap<String, Vec<ServerConn>>>,
-    /// The cancel keys given to pooled clients: (backend pid, client's key) -> server's key.
-    cancel_keys: Mutex<HashMap<CancelKey, Vec<u8>>>,
+    /// The cancel keys given to pooled clients: (backend pid, client's key) -> server's key
+    /// (random keys of the proxy's own: foldhash, as for `pools`).
+    cancel_keys: Mutex<HashMap<CancelKey, Vec<u8>, foldhash::fast::RandomState>>,
     /// Where pool events are counted (the process's metrics).
     events: Option<Arc<dyn ProcessEvents>>,
 }
