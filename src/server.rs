@@ -249,7 +249,10 @@ fn spawn_session(
     // states); boxed where it is made, it is copied once, not again by each wrapper and by
     // the spawn.
     let Some(handle) = thread else {
-        sessions.spawn(None, Box::pin(relay::serve_client(tcp, peer, shared.clone())));
+        sessions.spawn(
+            None,
+            Box::pin(relay::serve_client(tcp, peer, shared.clone())),
+        );
         return;
     };
     // The socket moves to the session thread's own reactor, so its readiness wakes that

@@ -311,7 +311,11 @@ pub fn strip_description(
         .iter()
         .map(|c| (c.type_oid, c.format))
         .collect();
-    let kept = if body.len() <= MAX_KEPT_DESCRIPTION { body } else { &[] };
+    let kept = if body.len() <= MAX_KEPT_DESCRIPTION {
+        body
+    } else {
+        &[]
+    };
     if last.plan.is_some() && last.layout[..] == *layout && last.tail == tail {
         last.body.clear();
         last.body.extend_from_slice(kept);
