@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{error, info, warn};
 
 use crate::admin::{AdminState, serve_metrics};
@@ -142,7 +143,8 @@ impl Server {
             Some(first) => {
                 let listener = listener.into_std()?;
                 let (shared, sessions) = (shared.clone(), sessions.clone());
-                let accepting = first.spawn(async move {
+                // A server dropped before its shutdown stops accepting too.
+                let accepting = AbortOnDropHandle::new(first.spawn(async move {
                     match TcpListener::from_std(listener) {
                         Ok(l) => {
                             let threads = Threads::Accepting(&session_threads);
@@ -150,9 +152,7 @@ impl Server {
                         }
                         Err(e) => error!(error = %e, "cannot listen on the session thread"),
                     }
-                });
-                // A server dropped before its shutdown stops accepting too.
-                let _stop_accepting = AbortTask(accepting.abort_handle());
+                }));
                 accepting.await?;
             }
             None => {
@@ -181,15 +181,6 @@ fn start_metrics(
         }));
     }
     Ok(stop_metrics)
-}
-
-/// Aborts a task when dropped.
-struct AbortTask(tokio::task::AbortHandle);
-
-impl Drop for AbortTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Where sessions run.

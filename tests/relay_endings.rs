@@ -770,3 +770,26 @@ async fn a_query_behind_a_failed_copy_and_a_failing_bind_is_skipped_as_directly(
     assert_eq!(through, direct);
     assert!(no_backend_left(&db, Duration::from_secs(2)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_dropped_before_its_shutdown_stops_listening() {
+    // The first session thread runs the accept loop: dropping the server's task must stop
+    // it and close the listener, as dropping a server that accepts on its own task does.
+    let proxy = Proxy::with_session_threads(optlock::config::Config::default(), 2).await;
+    let addr = proxy.addr;
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the proxy accepts while it runs");
+    let task = proxy.task;
+    task.abort();
+    let _ = task.await;
+    let mut refused = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "{addr} still accepts after the server was dropped");
+}
