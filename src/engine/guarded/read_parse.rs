@@ -161,3 +161,38 @@ enum PlannedRead {
     /// client's, when its query is captured.
     Cursor(Option<Arc<str>>),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::guarded::state::Ident;
+
+    #[test]
+    fn a_parse_text_is_kept_unless_it_is_long() {
+        let config = Config::parse(
+            "[[guard]]\ntable = \"public.invoice\"\nkey = [\"id\"]\n",
+            "test.toml",
+        )
+        .unwrap();
+        let prefilter = Prefilter::new(&config.guards);
+        let ident = Ident {
+            client: "127.0.0.1:1".parse().unwrap(),
+            user: "u".into(),
+            database: "d".into(),
+            application_name: String::new(),
+        };
+        let mut state = GuardState::new(ident, 10);
+        let short = b"SELECT * FROM invoice WHERE id = $1";
+        let (found, _) = state.found_in_parse(short, &prefilter);
+        assert!(found.name);
+        assert!(state.found.contains_key(&short[..]), "a short text is kept");
+        let long = format!(
+            "SELECT * FROM invoice WHERE id IN ({})",
+            "1,".repeat(MAX_CACHED_TEXT)
+        );
+        let (found, _) = state.found_in_parse(long.as_bytes(), &prefilter);
+        assert!(found.name, "a long text is scanned all the same");
+        assert_eq!(state.found.len(), 1, "a long text is not kept");
+    }
+}
